@@ -1,0 +1,30 @@
+"""tideflow: real-time big-data processing in Python.
+
+One columnar dataflow API (Arrow micro-batches, Polars expressions) for unbounded streams and
+bounded batches, with event time, keyed state, checkpoints and online machine learning.
+"""
+
+from __future__ import annotations
+
+from tideflow._errors import (
+    ConfigError,
+    ConnectorError,
+    CostWarning,
+    DataError,
+    JobError,
+    StateError,
+    TideflowError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "ConnectorError",
+    "CostWarning",
+    "DataError",
+    "JobError",
+    "StateError",
+    "TideflowError",
+    "__version__",
+]

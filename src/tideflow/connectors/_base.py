@@ -1,0 +1,187 @@
+"""The contracts between the runtime and every source and sink.
+
+A *source* or *sink* object is an immutable settings object (what the user configures). The
+runtime calls ``build(ctx)`` once per worker to make the runtime object that does the I/O and
+holds the position (what runs). Positions are plain JSON-able data so checkpoints can store them.
+
+Sources
+-------
+``Source.build(ctx)`` returns a :class:`SourceReader` for the partitions that worker owns.
+Partitioning is the source's business: it gets ``ctx.worker_index``/``ctx.worker_count`` and
+``ctx.resume`` (the merged positions of *all* partitions from a checkpoint, keyed by a stable
+partition key such as a file path), so a job can resume with a different number of workers.
+
+``SourceReader.poll()`` returns a :class:`SourceBatch` of at most ``ctx.batch_size`` rows, or
+``None`` when nothing is available right now (an unbounded source waiting for data). Once a
+bounded reader is exhausted, ``finished`` is true. Records that cannot be decoded go into
+``SourceBatch.dead`` (see :func:`dead_letters`) and never stop the job.
+
+Sinks
+-----
+``Sink.build(ctx)`` returns a :class:`SinkWriter`. ``write`` receives micro-batches; ``flush`` is
+called periodically and before a checkpoint; ``close`` at the end of the stream (finalize files,
+commit). A sink whose ``single_writer`` is true receives all data on worker 0 (one output file).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import polars as pl
+
+__all__ = [
+    "DEAD_LETTER_SCHEMA",
+    "Sink",
+    "SinkContext",
+    "SinkWriter",
+    "Source",
+    "SourceBatch",
+    "SourceContext",
+    "SourceReader",
+    "dead_letters",
+]
+
+#: Columns of every dead-letter record: the step that rejected it, where it came from
+#: (``file:line``, ``file@offset``, ``topic/partition/offset``), why, and its raw text.
+DEAD_LETTER_SCHEMA: dict[str, pl.DataType] = {
+    "step": pl.String(),
+    "origin": pl.String(),
+    "reason": pl.String(),
+    "raw": pl.String(),
+    "time": pl.Datetime("us", "UTC"),
+}
+
+
+def dead_letters(
+    step: str,
+    origins: Sequence[str],
+    reasons: Sequence[str],
+    raws: Sequence[str | None],
+) -> pl.DataFrame:
+    """Build a dead-letter frame with :data:`DEAD_LETTER_SCHEMA`.
+
+    Examples
+    --------
+    >>> dl = dead_letters("read", ["a.csv:3"], ["expected 2 fields, got 3"], ["1,2,3"])
+    >>> dl.select("step", "origin", "reason").row(0)
+    ('read', 'a.csv:3', 'expected 2 fields, got 3')
+    """
+    now = datetime.now(UTC)
+    n = len(origins)
+    return pl.DataFrame(
+        {
+            "step": [step] * n,
+            "origin": list(origins),
+            "reason": list(reasons),
+            "raw": list(raws),
+            "time": [now] * n,
+        },
+        schema=DEAD_LETTER_SCHEMA,
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SourceContext:
+    """What a source is told when the runtime builds it on one worker."""
+
+    step_id: str
+    worker_index: int
+    worker_count: int
+    batch_size: int
+    #: Positions of all partitions from the checkpoint being resumed (empty on a fresh start).
+    resume: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SourceBatch:
+    """One micro-batch from a source: good rows and dead letters (either may be empty)."""
+
+    data: pl.DataFrame
+    dead: pl.DataFrame | None = None
+
+
+class SourceReader(abc.ABC):
+    """The runtime side of a source on one worker: reads, and knows its position."""
+
+    @abc.abstractmethod
+    def poll(self) -> SourceBatch | None:
+        """Return the next micro-batch, or ``None`` if nothing is available right now."""
+
+    @property
+    @abc.abstractmethod
+    def finished(self) -> bool:
+        """True once a bounded reader has delivered everything (never for unbounded ones)."""
+
+    @abc.abstractmethod
+    def snapshot(self) -> dict[str, Any]:
+        """Return the position of every partition this reader owns (JSON-able)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release files, sockets and consumers."""
+
+
+class Source(abc.ABC):
+    """Settings of a source; immutable. ``build`` makes the reader."""
+
+    @property
+    @abc.abstractmethod
+    def bounded(self) -> bool:
+        """True when the input ends by itself (files), false for streams (follow mode, Kafka)."""
+
+    def validate(self, step_id: str) -> None:  # noqa: B027 - optional hook
+        """Check settings before the job starts; raise :class:`~tideflow.ConfigError`."""
+
+    def schema(self) -> dict[str, pl.DataType] | None:
+        """The columns this source produces, when known before reading (``None`` otherwise)."""
+        return None
+
+    @abc.abstractmethod
+    def build(self, ctx: SourceContext) -> SourceReader:
+        """Make the reader for the partitions of worker ``ctx.worker_index``."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SinkContext:
+    """What a sink is told when the runtime builds it on one worker."""
+
+    step_id: str
+    worker_index: int
+    worker_count: int
+    resume: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class SinkWriter(abc.ABC):
+    """The runtime side of a sink on one worker."""
+
+    @abc.abstractmethod
+    def write(self, batch: pl.DataFrame) -> None:
+        """Write one micro-batch (may buffer)."""
+
+    def flush(self) -> None:  # noqa: B027 - optional hook
+        """Make everything written so far durable/visible."""
+
+    def snapshot(self) -> dict[str, Any]:
+        """Return what a restart needs to continue this writer (JSON-able)."""
+        return {}
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """End of stream: flush, finalize files, release resources."""
+
+
+class Sink(abc.ABC):
+    """Settings of a sink; immutable. ``build`` makes the writer."""
+
+    #: When true, the runtime routes every batch to worker 0 (for example one output file).
+    single_writer: bool = False
+
+    def validate(self, step_id: str) -> None:  # noqa: B027 - optional hook
+        """Check settings before the job starts; raise :class:`~tideflow.ConfigError`."""
+
+    @abc.abstractmethod
+    def build(self, ctx: SinkContext) -> SinkWriter:
+        """Make the writer for worker ``ctx.worker_index``."""
