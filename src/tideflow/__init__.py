@@ -16,6 +16,9 @@ from tideflow._errors import (
     TideflowError,
 )
 
+from tideflow.api import Dataflow, KeyedStream, Split, Stream
+from tideflow.runtime import RunResult, StepStats, run
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -23,8 +26,15 @@ __all__ = [
     "ConnectorError",
     "CostWarning",
     "DataError",
+    "Dataflow",
     "JobError",
+    "KeyedStream",
+    "RunResult",
+    "Split",
     "StateError",
+    "StepStats",
+    "Stream",
     "TideflowError",
     "__version__",
+    "run",
 ]

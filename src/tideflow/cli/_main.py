@@ -1,8 +1,176 @@
-"""Entry point of the ``tideflow`` command."""
+"""Entry point of the ``tideflow`` command.
+
+Every option can also be set with a ``TIDEFLOW_<OPTION>`` environment variable (shown in
+``--help``); the command line wins.
+"""
 
 from __future__ import annotations
 
+import argparse
+import logging
+import os
+import runpy
+import sys
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the ``tideflow`` command line."""
+from tideflow._errors import ConfigError, TideflowError
+
+__all__ = ["main"]
+
+log = logging.getLogger("tideflow.cli")
+
+
+def _env(name: str, default: str | None) -> str | None:
+    return os.environ.get(f"TIDEFLOW_{name}", default)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {v}")
+    return v
+
+
+def _workers(text: str) -> int:
+    if text == "auto":
+        return os.cpu_count() or 1
+    return _positive_int(text)
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``run`` and ``demo``: the execution knobs."""
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        default=_workers(_env("WORKERS", "auto") or "auto"),
+        help="worker processes, or 'auto' for one per core [TIDEFLOW_WORKERS, default auto]",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=_positive_int(_env("BATCH_SIZE", "65536") or "65536"),
+        help="rows per micro-batch: large for throughput, small for latency "
+        "[TIDEFLOW_BATCH_SIZE, default 65536]",
+    )
+    p.add_argument(
+        "--max-delay-ms",
+        type=_positive_int,
+        default=_positive_int(_env("MAX_DELAY_MS", "100") or "100"),
+        help="longest a source holds rows back to fill a batch [TIDEFLOW_MAX_DELAY_MS, default 100]",
+    )
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        default=(_env("NO_PROGRESS", "") or "") not in ("", "0"),
+        help="do not draw live progress [TIDEFLOW_NO_PROGRESS]",
+    )
+
+
+def run_kwargs(args: argparse.Namespace) -> dict[str, object]:
+    """``tideflow.run`` keyword arguments from parsed run options."""
+    return {
+        "workers": args.workers,
+        "batch_size": args.batch_size,
+        "max_delay": timedelta(milliseconds=args.max_delay_ms),
+        "progress": not args.no_progress,
+    }
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tideflow",
+        description="Real-time big-data processing in Python: run dataflows, the demo, benchmarks.",
+    )
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser(
+        "run",
+        help="run a pipeline file",
+        description="Run the dataflow defined in a Python file. The file builds a "
+        "tideflow.Dataflow in a module-level variable (default name: flow); arguments "
+        "after '--' are passed to the file as sys.argv[1:].",
+    )
+    r.add_argument("path", type=Path, help="the pipeline file")
+    r.add_argument("--flow", default="flow", help="name of the Dataflow variable (default flow)")
+    add_run_options(r)
+    r.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the pipeline, after --")
+
+    d = sub.add_parser(
+        "demo",
+        help="real-time card-transaction monitoring on embedded defaults",
+        description="The main job: synthetic card transactions -> per-card features -> fraud "
+        "rules -> alerts in SQLite and on the terminal; bad records to a dead-letter file.",
+    )
+    from tideflow.demo import add_demo_options
+
+    add_demo_options(d)
+    add_run_options(d)
+
+    b = sub.add_parser("bench", help="benchmarks (Nexmark, ...)", add_help=False)
+    b.add_argument("args", nargs=argparse.REMAINDER)
+    return p
+
+
+def _load_flow(path: Path, name: str, args: Sequence[str]) -> object:
+    from tideflow.api import Dataflow
+
+    if not path.is_file():
+        msg = f"pipeline file {str(path)!r} does not exist"
+        raise ConfigError(msg)
+    argv = sys.argv
+    sys.argv = [str(path), *args]
+    try:
+        ns = runpy.run_path(str(path), run_name="__tideflow__")
+    finally:
+        sys.argv = argv
+    flow = ns.get(name)
+    if not isinstance(flow, Dataflow):
+        found = [k for k, v in ns.items() if isinstance(v, Dataflow)]
+        if len(found) == 1 and name == "flow":
+            return ns[found[0]]
+        msg = (
+            f"{path} defines no Dataflow named {name!r}"
+            + (f"; it has {found}: pass --flow NAME" if found else "; assign one to `flow`")
+        )
+        raise ConfigError(msg)
+    return flow
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``tideflow`` command line; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        from tideflow.bench.cli import main as bench_main
+
+        return bench_main(argv[1:])
+    args = _parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "run":
+            import tideflow
+
+            extra = list(args.args)
+            if extra[:1] == ["--"]:
+                extra = extra[1:]
+            flow = _load_flow(args.path, args.flow, extra)
+            result = tideflow.run(flow, **run_kwargs(args))  # type: ignore[arg-type]
+            if result.dead_letter_path is not None:
+                log.warning(
+                    "%d dead letters written to %s", result.dead_letters, result.dead_letter_path
+                )
+            return 0 if result.completed else 130
+        if args.command == "demo":
+            from tideflow.demo import run_demo
+
+            return run_demo(args)
+    except TideflowError as exc:
+        print(f"tideflow: error: {exc}", file=sys.stderr)
+        return 2
     return 0

@@ -1,0 +1,638 @@
+"""The dataflow API: :class:`Dataflow`, :class:`Stream`, :class:`KeyedStream`, :class:`Split`.
+
+One API for bounded and unbounded inputs. Records travel as columnar micro-batches
+(``polars.DataFrame``); Polars expressions are the vectorized language, and per-record Python
+functions remain available everywhere (``map``, ``flat_map``, ``filter`` with a function).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Literal
+
+import polars as pl
+
+from tideflow._errors import ConfigError
+from tideflow.api._aggs import AggSpec, parse_aggs
+from tideflow.api._graph import FrameOp, Node, NodeKind, OnError, RecordOp, Schema, fn_location
+from tideflow.connectors._base import DEAD_LETTER_SCHEMA, Sink, Source
+
+__all__ = ["AggOp", "Dataflow", "KeyedStream", "Split", "StatefulMapOp", "Stream"]
+
+Emit = Literal["auto", "updates", "final"]
+_EMITS = ("auto", "updates", "final")
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+
+
+def _check_name(name: str, what: str) -> None:
+    if not _NAME_RE.match(name):
+        msg = (
+            f"{what} {name!r} is not a valid step name: use letters, digits, '_' or '-', "
+            "starting with a letter (dots separate scopes and are added by tideflow)"
+        )
+        raise ConfigError(msg)
+
+
+def _check_literal(step_id: str, setting: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        msg = f"step '{step_id}': {setting}={value!r} is not one of {list(allowed)}"
+        raise ConfigError(msg)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AggOp:
+    """Settings of a keyed aggregation."""
+
+    keys: tuple[str, ...]
+    aggs: tuple[AggSpec, ...]
+    emit: Emit
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StatefulMapOp:
+    """Settings of a keyed per-record stateful map.
+
+    ``fn(state, record) -> (new_state, output)``; ``state`` starts as ``init()``; an output of
+    ``None`` emits nothing, a dict emits one record, a list of dicts several. A new state of
+    ``None`` forgets the key.
+    """
+
+    keys: tuple[str, ...]
+    fn: Callable[[Any, dict[str, Any]], tuple[Any, Any]]
+    init: Callable[[], Any]
+    schema: Schema | None
+    on_error: OnError
+    #: "final" keeps outputs per key and emits the last one at the end of a bounded input.
+    emit: Literal["updates", "final"]
+
+
+class Dataflow:
+    """A named dataflow graph: sources, operators and sinks.
+
+    Parameters
+    ----------
+    name
+        Root of every step id (``name.step``); appears in logs, metrics and checkpoints.
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> import tideflow as tf
+    >>> from tideflow.testing import TestingSource, CollectSink
+    >>> flow = tf.Dataflow("example")
+    >>> nums = flow.source(TestingSource([{"x": 1}, {"x": 2}, {"x": 3}]), name="nums")
+    >>> out = CollectSink()
+    >>> nums.filter(pl.col("x") > 1).with_columns(y=pl.col("x") * 10).sink(out)
+    >>> _ = tf.run(flow)
+    >>> out.frame().sort("x").rows()
+    [(2, 20), (3, 30)]
+    """
+
+    def __init__(self, name: str) -> None:
+        _check_name(name, "dataflow name")
+        self.name = name
+        self.nodes: list[Node] = []
+        self._scope: list[str] = []
+        self._taken: set[str] = set()
+        self._dead: Stream | None = None
+
+    def __repr__(self) -> str:
+        return f"Dataflow({self.name!r}, steps={len(self.nodes)})"
+
+    @contextlib.contextmanager
+    def scope(self, name: str) -> Iterator[None]:
+        """Prefix the ids of the steps made inside the ``with`` block (``flow.name.step``)."""
+        _check_name(name, "scope name")
+        self._scope.append(name)
+        try:
+            yield
+        finally:
+            self._scope.pop()
+
+    def _step_id(self, name: str | None, default: str) -> str:
+        if name is not None:
+            _check_name(name, "step name")
+        base = ".".join([self.name, *self._scope, name or default])
+        if name is not None and base in self._taken:
+            msg = f"step id '{base}' is used twice; give one of the steps another name="
+            raise ConfigError(msg)
+        step_id, n = base, 1
+        while step_id in self._taken:
+            n += 1
+            step_id = f"{base}_{n}"
+        self._taken.add(step_id)
+        return step_id
+
+    def _add(
+        self,
+        kind: NodeKind,
+        inputs: list[tuple[int, str]],
+        spec: Any,
+        step_id: str,
+        *,
+        schema: Schema | None = None,
+        ports: tuple[str, ...] = ("out",),
+    ) -> Node:
+        node = Node(len(self.nodes), step_id, kind, inputs, spec, ports, schema)
+        self.nodes.append(node)
+        return node
+
+    def source(self, source: Source, *, name: str | None = None) -> Stream:
+        """Add a source; returns its stream of records.
+
+        ``name`` defaults to ``source`` (``source_2``, ... for further ones).
+        """
+        step_id = self._step_id(name, "source")
+        if not isinstance(source, Source):
+            msg = (
+                f"step '{step_id}': source() takes a tideflow Source (for example "
+                f"files.scan_csv(...)), got {type(source).__name__}"
+            )
+            raise ConfigError(msg)
+        source.validate(step_id)
+        schema = source.schema()
+        node = self._add("source", [], source, step_id, schema=dict(schema) if schema else None)
+        return Stream(self, node)
+
+    @property
+    def dead_letters(self) -> Stream:
+        """Every record any step rejected, with step, origin, reason and raw text.
+
+        If a flow never sinks this stream, the runtime writes it to a JSON-lines file and says
+        where in the run summary.
+        """
+        if self._dead is None:
+            step_id = self._step_id("dead_letters", "dead_letters")
+            node = self._add("dead_union", [], None, step_id, schema=dict(DEAD_LETTER_SCHEMA))
+            self._dead = Stream(self, node)
+        return self._dead
+
+    @property
+    def bounded(self) -> bool:
+        """True when every source ends by itself (the job is a batch job)."""
+        return all(n.spec.bounded for n in self.nodes if n.kind == "source")
+
+    def validate(self) -> None:
+        """Check the whole graph before any data moves; raise :class:`ConfigError`."""
+        sources = [n for n in self.nodes if n.kind == "source"]
+        if not sources:
+            msg = f"dataflow '{self.name}' has no source; add one with flow.source(...)"
+            raise ConfigError(msg)
+        sinks = [n for n in self.nodes if n.kind == "sink"]
+        if not sinks:
+            msg = f"dataflow '{self.name}' has no sink; end a stream with .sink(...)"
+            raise ConfigError(msg)
+
+
+def _empty(schema: Schema) -> pl.DataFrame:
+    return pl.DataFrame(schema=schema)
+
+
+class Stream:
+    """A stream of records (columnar micro-batches) produced by one step.
+
+    Every operator returns a new :class:`Stream` and takes an optional ``name`` for its step id.
+    """
+
+    def __init__(self, flow: Dataflow, node: Node, port: str = "out") -> None:
+        self.flow = flow
+        self.node = node
+        self.port = port
+
+    def __repr__(self) -> str:
+        return f"Stream({self.node.step_id!r}, port={self.port!r})"
+
+    @property
+    def schema(self) -> Schema | None:
+        """Columns and types of this stream, when known before data moves."""
+        return self.node.schema if self.port == "out" else _port_schema(self.node, self.port)
+
+    @property
+    def step_id(self) -> str:
+        """Id of the step that produces this stream."""
+        return self.node.step_id
+
+    # -- vectorized operators ---------------------------------------------------------------
+    def _frame(
+        self,
+        kind: str,
+        name: str | None,
+        apply: Callable[[pl.DataFrame], pl.DataFrame],
+        description: str,
+        *,
+        user_fn: bool = False,
+    ) -> Stream:
+        step_id = self.flow._step_id(name, kind)
+        schema = self.schema
+        out_schema: Schema | None = None
+        if schema is not None and not user_fn:
+            try:
+                out_schema = dict(apply(_empty(schema)).schema)
+            except pl.exceptions.PolarsError as exc:
+                first = str(exc).strip().splitlines()[0]
+                msg = (
+                    f"step '{step_id}' ({description}) does not fit its input: {first}; "
+                    f"input columns: {list(schema)}"
+                )
+                raise ConfigError(msg) from None
+        op = FrameOp(apply, description, user_fn)
+        node = self.flow._add("frame", [(self.node.index, self.port)], op, step_id, schema=out_schema)
+        return Stream(self.flow, node)
+
+    def filter(
+        self,
+        predicate: pl.Expr | Callable[[dict[str, Any]], bool],
+        *,
+        name: str | None = None,
+    ) -> Stream:
+        """Keep the records for which ``predicate`` holds.
+
+        A Polars expression runs vectorized; a Python function runs per record.
+        """
+        if isinstance(predicate, pl.Expr):
+            return self._frame("filter", name, lambda df: df.filter(predicate), f"filter {predicate}")
+        return self._record("filter", predicate, name=name, schema=self.schema, on_error="dead_letter")
+
+    def select(self, *exprs: Any, name: str | None = None, **named: Any) -> Stream:
+        """Keep and derive columns, like :meth:`polars.DataFrame.select`."""
+        return self._frame("select", name, lambda df: df.select(*exprs, **named), "select")
+
+    def with_columns(self, *exprs: Any, name: str | None = None, **named: Any) -> Stream:
+        """Add or replace columns, like :meth:`polars.DataFrame.with_columns`."""
+        return self._frame(
+            "with_columns", name, lambda df: df.with_columns(*exprs, **named), "with_columns"
+        )
+
+    def drop(self, *columns: str, name: str | None = None) -> Stream:
+        """Remove columns."""
+        return self._frame("drop", name, lambda df: df.drop(*columns), f"drop {list(columns)}")
+
+    def rename(self, mapping: Mapping[str, str], *, name: str | None = None) -> Stream:
+        """Rename columns."""
+        m = dict(mapping)
+        return self._frame("rename", name, lambda df: df.rename(m), f"rename {m}")
+
+    def explode(self, *columns: str, name: str | None = None) -> Stream:
+        """One record per element of list columns."""
+        return self._frame("explode", name, lambda df: df.explode(*columns), "explode")
+
+    def map_batches(
+        self, fn: Callable[[pl.DataFrame], pl.DataFrame], *, name: str | None = None
+    ) -> Stream:
+        """Apply ``fn`` to each micro-batch (a ``polars.DataFrame``); it returns a DataFrame."""
+        return self._frame("map_batches", name, fn, fn_location(fn), user_fn=True)
+
+    def validate(self, rules: Mapping[str, pl.Expr], *, name: str | None = None) -> Stream:
+        """Keep rows that satisfy every rule; send the others to the dead letters.
+
+        ``rules`` maps a reason (shown in the dead letter) to a Polars predicate. A row whose
+        predicate is false or null breaks the rule. Vectorized.
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import tideflow as tf
+        >>> from tideflow.testing import TestingSource, CollectSink
+        >>> flow = tf.Dataflow("v")
+        >>> out, dead = CollectSink(), CollectSink()
+        >>> flow.source(TestingSource([{"a": 1}, {"a": -2}])).validate(
+        ...     {"a must be positive": pl.col("a") > 0}).sink(out)
+        >>> flow.dead_letters.sink(dead)
+        >>> _ = tf.run(flow)
+        >>> out.frame()["a"].to_list(), dead.frame()["reason"].to_list()
+        ([1], ['a must be positive'])
+        """
+        step_id = self.flow._step_id(name, "validate")
+        if not rules:
+            msg = f"step '{step_id}': validate() needs at least one rule"
+            raise ConfigError(msg)
+        for reason, pred in rules.items():
+            if not isinstance(pred, pl.Expr):
+                msg = f"step '{step_id}': rule {reason!r} needs a Polars predicate expression"
+                raise ConfigError(msg)
+            if self.schema is not None:
+                try:
+                    _empty(self.schema).filter(pred)
+                except pl.exceptions.PolarsError as exc:
+                    first = str(exc).strip().splitlines()[0]
+                    msg = f"step '{step_id}': rule {reason!r}: {first}; columns {list(self.schema)}"
+                    raise ConfigError(msg) from None
+        node = self.flow._add(
+            "validate", [(self.node.index, self.port)], dict(rules), step_id, schema=self.schema
+        )
+        return Stream(self.flow, node)
+
+    # -- per-record Python --------------------------------------------------------------------
+    def _record(
+        self,
+        kind: Literal["map", "flat_map", "filter"],
+        fn: Callable[[dict[str, Any]], Any],
+        *,
+        name: str | None,
+        schema: Schema | None,
+        on_error: OnError,
+    ) -> Stream:
+        step_id = self.flow._step_id(name, kind)
+        if not callable(fn):
+            msg = f"step '{step_id}': {kind}() takes a function, got {type(fn).__name__}"
+            raise ConfigError(msg)
+        _check_literal(step_id, "on_error", on_error, ("dead_letter", "raise"))
+        op = RecordOp(fn, kind, dict(schema) if schema else None, on_error)
+        node = self.flow._add(
+            "record", [(self.node.index, self.port)], op, step_id, schema=op.schema
+        )
+        return Stream(self.flow, node)
+
+    def map(
+        self,
+        fn: Callable[[dict[str, Any]], dict[str, Any] | None],
+        *,
+        schema: Mapping[str, pl.DataType] | None = None,
+        on_error: OnError = "dead_letter",
+        name: str | None = None,
+    ) -> Stream:
+        """Apply a Python function to each record (a dict); ``None`` drops the record.
+
+        This is the per-record path: flexible, but each record costs a Python call. Give
+        ``schema`` to fix the output types (otherwise they are inferred per batch). A function
+        that raises sends the record to the dead letters (``on_error="raise"`` stops the job).
+        """
+        return self._record(
+            "map", fn, name=name, schema=dict(schema) if schema else None, on_error=on_error
+        )
+
+    def flat_map(
+        self,
+        fn: Callable[[dict[str, Any]], Iterable[dict[str, Any]]],
+        *,
+        schema: Mapping[str, pl.DataType] | None = None,
+        on_error: OnError = "dead_letter",
+        name: str | None = None,
+    ) -> Stream:
+        """Apply a Python function returning zero or more records to each record."""
+        return self._record(
+            "flat_map", fn, name=name, schema=dict(schema) if schema else None, on_error=on_error
+        )
+
+    # -- shape of the graph -------------------------------------------------------------------
+    def union(self, *others: Stream, name: str | None = None) -> Stream:
+        """Merge this stream with others (same columns) into one stream."""
+        step_id = self.flow._step_id(name, "union")
+        streams = [self, *others]
+        for s in others:
+            if s.flow is not self.flow:
+                msg = f"step '{step_id}': cannot union streams of different dataflows"
+                raise ConfigError(msg)
+        known = [s.schema for s in streams if s.schema is not None]
+        if len(known) == len(streams) and any(k != known[0] for k in known[1:]):
+            detail = "; ".join(f"{s.step_id}: {list(s.schema or {})}" for s in streams)
+            msg = f"step '{step_id}': union needs the same columns and types on all inputs; {detail}"
+            raise ConfigError(msg)
+        node = self.flow._add(
+            "union",
+            [(s.node.index, s.port) for s in streams],
+            None,
+            step_id,
+            schema=known[0] if len(known) == len(streams) else None,
+        )
+        return Stream(self.flow, node)
+
+    def split(self, *, name: str | None = None, **branches: pl.Expr) -> Split:
+        """Route records into named branches by predicate; records matching none go to ``rest``.
+
+        A record goes to every branch whose predicate holds.
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import tideflow as tf
+        >>> from tideflow.testing import TestingSource
+        >>> flow = tf.Dataflow("s")
+        >>> parts = flow.source(TestingSource([{"x": 1}])).split(
+        ...     small=pl.col("x") < 10, big=pl.col("x") >= 10)
+        >>> sorted(parts.names)
+        ['big', 'rest', 'small']
+        """
+        step_id = self.flow._step_id(name, "split")
+        if not branches:
+            msg = f"step '{step_id}': split() needs at least one branch, e.g. big=pl.col('x') > 9"
+            raise ConfigError(msg)
+        if "rest" in branches:
+            msg = f"step '{step_id}': 'rest' is reserved for records that match no branch"
+            raise ConfigError(msg)
+        for b, pred in branches.items():
+            _check_name(b, "branch name")
+            if not isinstance(pred, pl.Expr):
+                msg = f"step '{step_id}': branch {b!r} needs a Polars expression"
+                raise ConfigError(msg)
+            if self.schema is not None:
+                try:
+                    _empty(self.schema).filter(pred)
+                except pl.exceptions.PolarsError as exc:
+                    first = str(exc).strip().splitlines()[0]
+                    msg = f"step '{step_id}': branch {b!r}: {first}; input columns {list(self.schema)}"
+                    raise ConfigError(msg) from None
+        ports = (*branches, "rest")
+        node = self.flow._add(
+            "split",
+            [(self.node.index, self.port)],
+            dict(branches),
+            step_id,
+            schema=self.schema,
+            ports=ports,
+        )
+        return Split(self.flow, node)
+
+    def key_by(self, *keys: str | pl.Expr) -> KeyedStream:
+        """Key the stream by columns (or expressions, which become columns) for keyed operators.
+
+        Records with equal keys meet on the same worker.
+        """
+        if not keys:
+            msg = f"key_by() after step '{self.step_id}' needs at least one key column"
+            raise ConfigError(msg)
+        stream = self
+        exprs = [k for k in keys if isinstance(k, pl.Expr)]
+        names: list[str] = []
+        for k in keys:
+            if isinstance(k, str):
+                names.append(k)
+            elif isinstance(k, pl.Expr):
+                names.append(k.meta.output_name())
+            else:
+                msg = f"key_by() after step '{self.step_id}' takes column names or expressions"
+                raise ConfigError(msg)
+        if exprs:
+            stream = stream.with_columns(*exprs, name="key")
+        if stream.schema is not None:
+            missing = [k for k in names if k not in stream.schema]
+            if missing:
+                msg = (
+                    f"key_by() after step '{stream.step_id}': no column {missing}; "
+                    f"columns are {list(stream.schema)}"
+                )
+                raise ConfigError(msg)
+        return KeyedStream(stream, tuple(names))
+
+    def sink(self, sink: Sink, *, name: str | None = None) -> None:
+        """Write this stream to a sink; ``name`` defaults to ``sink``."""
+        step_id = self.flow._step_id(name, "sink")
+        if not isinstance(sink, Sink):
+            msg = (
+                f"step '{step_id}': sink() takes a tideflow Sink (for example "
+                f"files.sink_csv(...)), got {type(sink).__name__}"
+            )
+            raise ConfigError(msg)
+        sink.validate(step_id)
+        up: tuple[int, str] = (self.node.index, self.port)
+        if sink.single_writer:
+            gather = self.flow._add("exchange", [up], None, step_id + ".gather", schema=self.schema)
+            up = (gather.index, "out")
+        self.flow._add("sink", [up], sink, step_id)
+
+
+def _port_schema(node: Node, port: str) -> Schema | None:
+    if node.kind == "split" or port == "out":
+        return node.schema
+    if port == "dead":
+        return dict(DEAD_LETTER_SCHEMA)
+    return None
+
+
+class Split:
+    """Named branches of a :meth:`Stream.split`; each is a :class:`Stream` (``parts.big``)."""
+
+    def __init__(self, flow: Dataflow, node: Node) -> None:
+        self._streams = {p: Stream(flow, node, p) for p in node.ports}
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Branch names, ``rest`` last."""
+        return tuple(self._streams)
+
+    def __getattr__(self, item: str) -> Stream:
+        try:
+            return self._streams[item]
+        except KeyError:
+            msg = f"split has no branch {item!r}; branches are {list(self._streams)}"
+            raise AttributeError(msg) from None
+
+    def __getitem__(self, item: str) -> Stream:
+        return self.__getattr__(item)
+
+
+class KeyedStream:
+    """A stream keyed by columns; keyed operators keep explicit per-key state."""
+
+    def __init__(self, stream: Stream, keys: tuple[str, ...]) -> None:
+        self.stream = stream
+        self.keys = keys
+
+    def __repr__(self) -> str:
+        return f"KeyedStream({self.stream.step_id!r}, keys={list(self.keys)})"
+
+    def _exchange(self, step_id: str) -> tuple[int, str]:
+        s = self.stream
+        node = s.flow._add(
+            "exchange", [(s.node.index, s.port)], self.keys, step_id + ".exchange", schema=s.schema
+        )
+        return (node.index, "out")
+
+    def agg(self, *aggs: pl.Expr, emit: Emit = "auto", name: str | None = None) -> Stream:
+        """Aggregate per key over the whole stream.
+
+        ``aggs`` are Polars aggregations (``pl.len()``, ``pl.col("x").sum()``, ``.mean()``,
+        ``.min()``, ``.max()``, ``.count()``, ``.n_unique()``, ``.top_k(k)``), computed
+        incrementally per micro-batch. ``emit="updates"`` emits the new values of the keys each
+        batch touched; ``emit="final"`` emits every key once when the input ends; ``"auto"`` is
+        final for bounded inputs and updates otherwise.
+        """
+        flow = self.stream.flow
+        step_id = flow._step_id(name, "agg")
+        _check_literal(step_id, "emit", emit, _EMITS)
+        specs = parse_aggs(aggs, step_id)
+        schema = self.stream.schema
+        out_schema: Schema | None = None
+        if schema is not None:
+            needed = [s.column for s in specs if s.column is not None]
+            missing = sorted({c for c in needed if c not in schema})
+            if missing:
+                msg = f"step '{step_id}': no column {missing} to aggregate; columns are {list(schema)}"
+                raise ConfigError(msg)
+            clash = [s.name for s in specs if s.name in self.keys]
+            if clash:
+                msg = f"step '{step_id}': aggregate names {clash} clash with the key; use .alias()"
+                raise ConfigError(msg)
+            out_schema = {k: schema[k] for k in self.keys}
+            for s in specs:
+                out_schema[s.name] = _agg_dtype(s, schema)
+        up = self._exchange(step_id)
+        op = AggOp(self.keys, tuple(specs), emit)
+        node = flow._add("agg", [up], op, step_id, schema=out_schema)
+        return Stream(flow, node)
+
+    def stateful_map(
+        self,
+        fn: Callable[[Any, dict[str, Any]], tuple[Any, Any]],
+        *,
+        init: Callable[[], Any],
+        schema: Mapping[str, pl.DataType] | None = None,
+        emit: Literal["updates", "final"] = "updates",
+        on_error: OnError = "dead_letter",
+        name: str | None = None,
+    ) -> Stream:
+        """Run ``fn(state, record) -> (state, output)`` per record with per-key state.
+
+        The state is explicit: it starts as ``init()`` for each new key, is kept by the runtime
+        (and snapshotted with checkpoints; keep it to plain data: numbers, strings, lists,
+        dicts), and is passed back on the key's next record. Returning ``None`` as the state
+        forgets the key. ``output`` is ``None`` (nothing), a dict, or a list of dicts.
+        """
+        flow = self.stream.flow
+        step_id = flow._step_id(name, "stateful_map")
+        if not callable(fn) or not callable(init):
+            msg = f"step '{step_id}': stateful_map() needs a function fn and a callable init"
+            raise ConfigError(msg)
+        _check_literal(step_id, "emit", emit, ("updates", "final"))
+        _check_literal(step_id, "on_error", on_error, ("dead_letter", "raise"))
+        up = self._exchange(step_id)
+        sch = dict(schema) if schema else None
+        op = StatefulMapOp(self.keys, fn, init, sch, on_error, emit)
+        node = flow._add("stateful_map", [up], op, step_id, schema=sch)
+        return Stream(flow, node)
+
+    def reduce(
+        self,
+        fn: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]],
+        *,
+        emit: Literal["updates", "final"] = "updates",
+        name: str | None = None,
+    ) -> Stream:
+        """Combine each key's records pairwise with ``fn(acc, record) -> acc`` (per record)."""
+
+        def step(acc: Any, rec: dict[str, Any]) -> tuple[Any, Any]:
+            new = rec if acc is None else fn(acc, rec)
+            return new, new
+
+        return self.stateful_map(step, init=_none, emit=emit, name=name or "reduce")
+
+
+def _none() -> None:
+    return None
+
+
+def _agg_dtype(spec: AggSpec, schema: Schema) -> pl.DataType:
+    if spec.kind in ("count", "count_non_null", "n_unique"):
+        return pl.Int64()
+    assert spec.column is not None
+    src = schema[spec.column]
+    if spec.kind == "mean":
+        return pl.Float64()
+    if spec.kind == "sum":
+        return pl.Int64() if src.is_integer() else pl.Float64()
+    if spec.kind == "top_k":
+        return pl.List(src)
+    return src

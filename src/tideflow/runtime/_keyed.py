@@ -1,0 +1,289 @@
+"""Columnar keyed state: dense ids for keys, and accumulators in NumPy arrays.
+
+A keyed aggregation first reduces each micro-batch with a Polars ``group_by`` (vectorized, in
+Rust), so the per-key Python work is one dict look-up per *distinct key of the batch*, not per
+record. Accumulators live in NumPy arrays indexed by the key's dense id and are merged with
+vectorized NumPy operations.
+"""
+
+from __future__ import annotations
+
+import heapq
+import io
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from tideflow._errors import StateError
+from tideflow.api._aggs import AggSpec
+
+__all__ = ["AggState", "KeyIndex"]
+
+
+class KeyIndex:
+    """Maps key values (one or more columns) to dense integer ids 0, 1, 2, ..."""
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        self.keys = keys
+        self._ids: dict[Any, int] = {}
+        self._chunks: list[pl.DataFrame] = []
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def _values(self, frame: pl.DataFrame) -> list[Any]:
+        if len(self.keys) == 1:
+            return frame.get_column(self.keys[0]).to_list()
+        return list(zip(*(frame.get_column(k).to_list() for k in self.keys), strict=True))
+
+    def lookup(self, frame: pl.DataFrame) -> tuple[np.ndarray, int]:
+        """Ids for the (distinct) key rows of ``frame``; new keys get new ids.
+
+        Returns the ids and how many keys were new.
+        """
+        ids_map = self._ids
+        values = self._values(frame)
+        out = np.empty(len(values), dtype=np.int64)
+        start = len(ids_map)
+        new_rows: list[int] = []
+        for i, v in enumerate(values):
+            got = ids_map.get(v)
+            if got is None:
+                got = len(ids_map)
+                ids_map[v] = got
+                new_rows.append(i)
+            out[i] = got
+        if new_rows:
+            sel = frame.select(self.keys)
+            self._chunks.append(sel if len(new_rows) == len(values) else sel[new_rows])
+        return out, len(ids_map) - start
+
+    def frame(self) -> pl.DataFrame:
+        """All keys, in id order."""
+        if not self._chunks:
+            return pl.DataFrame()
+        if len(self._chunks) > 1:
+            self._chunks = [pl.concat(self._chunks, how="vertical_relaxed", rechunk=True)]
+        return self._chunks[0]
+
+
+def _ipc(frame: pl.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    frame.write_ipc(buf)
+    return buf.getvalue()
+
+
+def _from_ipc(data: bytes) -> pl.DataFrame:
+    return pl.read_ipc(io.BytesIO(data))
+
+
+def _grow(arr: np.ndarray, n: int, fill: Any) -> np.ndarray:
+    if n <= len(arr):
+        return arr
+    new = np.full(max(n, 2 * len(arr), 64), fill, dtype=arr.dtype)
+    new[: len(arr)] = arr
+    return new
+
+
+class AggState:
+    """Incremental state of ``key_by(...).agg(...)``: partial aggregates merged per batch."""
+
+    def __init__(self, keys: tuple[str, ...], specs: tuple[AggSpec, ...]) -> None:
+        self.keys = keys
+        self.specs = specs
+        self.index = KeyIndex(keys)
+        self._arrays: dict[str, np.ndarray] = {}
+        self._dtypes: dict[str, pl.DataType] = {}
+        self._seen_pairs: dict[str, set[Any]] = {}
+        self._topk: dict[str, list[list[Any]]] = {}
+        self._partial_exprs: list[pl.Expr] = []
+        for s in specs:
+            self._partial_exprs.extend(self._partials(s))
+
+    # -- partial aggregation --------------------------------------------------------------
+    @staticmethod
+    def _partials(s: AggSpec) -> list[pl.Expr]:
+        c = s.column
+        p = f"__{s.name}"
+        if s.kind == "count":
+            return [pl.len().alias(p)]
+        assert c is not None
+        col = pl.col(c)
+        if s.kind == "count_non_null":
+            return [col.count().alias(p)]
+        if s.kind == "sum":
+            return [col.sum().alias(p)]
+        if s.kind == "mean":
+            return [col.sum().cast(pl.Float64).alias(p + "_s"), col.count().alias(p + "_n")]
+        if s.kind in ("min", "max"):
+            e = col.min() if s.kind == "min" else col.max()
+            return [e.to_physical().alias(p)]
+        if s.kind == "top_k":
+            return [col.top_k(s.k).alias(p)]
+        return []  # n_unique is merged from (key, value) pairs
+
+    def _array(self, name: str, dtype: Any, fill: Any, n: int) -> np.ndarray:
+        arr = self._arrays.get(name)
+        if arr is None:
+            arr = np.full(max(n, 64), fill, dtype=dtype)
+        arr = _grow(arr, n, fill)
+        self._arrays[name] = arr
+        return arr
+
+    def update(self, batch: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray]:
+        """Fold one batch in; return the batch's distinct keys and their ids."""
+        for s in self.specs:
+            if s.column is not None and s.name not in self._dtypes:
+                self._dtypes[s.name] = batch.schema[s.column]
+        partial = batch.group_by(self.keys).agg(self._partial_exprs) if self._partial_exprs else (
+            batch.select(self.keys).unique()
+        )
+        ids, _ = self.index.lookup(partial)
+        n = len(self.index)
+        for s in self.specs:
+            p = f"__{s.name}"
+            if s.kind in ("count", "count_non_null"):
+                arr = self._array(p, np.int64, 0, n)
+                arr[ids] += partial.get_column(p).to_numpy().astype(np.int64)
+            elif s.kind == "sum":
+                src = self._dtypes[s.name]
+                dt = np.int64 if src.is_integer() else np.float64
+                arr = self._array(p, dt, 0, n)
+                vals = partial.get_column(p).fill_null(0).to_numpy()
+                arr[ids] += vals.astype(dt)
+            elif s.kind == "mean":
+                sa = self._array(p + "_s", np.float64, 0.0, n)
+                na = self._array(p + "_n", np.int64, 0, n)
+                sa[ids] += partial.get_column(p + "_s").fill_null(0.0).to_numpy()
+                na[ids] += partial.get_column(p + "_n").to_numpy().astype(np.int64)
+            elif s.kind in ("min", "max"):
+                self._merge_extreme(s, p, partial, ids, n)
+            elif s.kind == "top_k":
+                self._merge_topk(s, partial.get_column(p).to_list(), ids, n)
+            elif s.kind == "n_unique":
+                self._merge_unique(s, batch, n)
+        return partial.select(self.keys), ids
+
+    def _merge_extreme(
+        self, s: AggSpec, p: str, partial: pl.DataFrame, ids: np.ndarray, n: int
+    ) -> None:
+        col = partial.get_column(p)
+        is_int = col.dtype.is_integer()
+        dt = np.int64 if is_int else np.float64
+        info = np.iinfo(np.int64) if is_int else None
+        if s.kind == "min":
+            fill = info.max if info is not None else np.inf
+        else:
+            fill = info.min if info is not None else -np.inf
+        arr = self._array(p, dt, fill, n)
+        has = self._array(p + "_has", np.bool_, False, n)
+        valid = col.is_not_null().to_numpy()
+        vals = col.fill_null(0).to_numpy().astype(dt)
+        vi, vv = ids[valid], vals[valid]
+        arr[vi] = np.minimum(arr[vi], vv) if s.kind == "min" else np.maximum(arr[vi], vv)
+        has[vi] = True
+
+    def _merge_topk(self, s: AggSpec, lists: list[Any], ids: np.ndarray, n: int) -> None:
+        store = self._topk.setdefault(s.name, [])
+        while len(store) < n:
+            store.append([])
+        for i, vals in zip(ids.tolist(), lists, strict=True):
+            vals = [v for v in vals if v is not None]
+            store[i] = heapq.nlargest(s.k, store[i] + vals)
+
+    def _merge_unique(self, s: AggSpec, batch: pl.DataFrame, n: int) -> None:
+        assert s.column is not None
+        pairs = batch.select(*self.keys, s.column).unique()
+        seen = self._seen_pairs.setdefault(s.name, set())
+        cols = [pairs.get_column(c).to_list() for c in pairs.columns]
+        fresh = [i for i, t in enumerate(zip(*cols, strict=True)) if t not in seen]
+        if not fresh:
+            self._array(f"__{s.name}", np.int64, 0, n)
+            return
+        seen.update(tuple(c[i] for c in cols) for i in fresh)
+        new_pairs = pairs[fresh]
+        ids, _ = self.index.lookup(new_pairs.select(self.keys))
+        arr = self._array(f"__{s.name}", np.int64, 0, len(self.index))
+        np.add.at(arr, ids, 1)
+
+    # -- output ---------------------------------------------------------------------------
+    def values(self, keys: pl.DataFrame, ids: np.ndarray) -> pl.DataFrame:
+        """Current aggregates of the keys at ``ids`` (keys given in the same order)."""
+        cols: list[pl.Series] = []
+        for s in self.specs:
+            p = f"__{s.name}"
+            if s.kind in ("count", "count_non_null", "n_unique"):
+                cols.append(pl.Series(s.name, self._arrays[p][ids], dtype=pl.Int64))
+            elif s.kind == "sum":
+                cols.append(pl.Series(s.name, self._arrays[p][ids]))
+            elif s.kind == "mean":
+                sums, cnt = self._arrays[p + "_s"][ids], self._arrays[p + "_n"][ids]
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    mean = sums / cnt
+                cols.append(pl.Series(s.name, mean).fill_nan(None))
+            elif s.kind in ("min", "max"):
+                vals = pl.Series(s.name, self._arrays[p][ids])
+                has = pl.Series(self._arrays[p + "_has"][ids])
+                src = self._dtypes[s.name]
+                vals = pl.select(pl.when(has).then(vals)).to_series().alias(s.name)
+                cols.append(vals.cast(src) if not src.is_float() else vals)
+            elif s.kind == "top_k":
+                store = self._topk.get(s.name, [])
+                src = self._dtypes[s.name]
+                cols.append(
+                    pl.Series(s.name, [store[i] for i in ids.tolist()], dtype=pl.List(src))
+                )
+        return keys.with_columns(cols)
+
+    # -- snapshots ------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """Plain-data state: Arrow IPC tables of keys + accumulators, and seen pairs."""
+        n = len(self.index)
+        table = self.index.frame() if n else pl.DataFrame()
+        cols = [pl.Series(name, arr[:n]) for name, arr in self._arrays.items()]
+        for name, store in self._topk.items():
+            src = self._dtypes[name]
+            cols.append(pl.Series(f"__topk_{name}", store[:n], dtype=pl.List(src)))
+        if n:
+            table = table.with_columns(cols)
+        pairs = {
+            name: _ipc(pl.DataFrame([list(t) for t in seen], orient="row"))
+            for name, seen in self._seen_pairs.items()
+        }
+        return {
+            "version": 1,
+            "table": _ipc(table),
+            "dtypes": _ipc(pl.DataFrame(schema=self._dtypes)),
+            "pairs": pairs,
+        }
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        """Load a :meth:`snapshot` (replaces the current state)."""
+        if snap.get("version") != 1:
+            msg = f"aggregation state version {snap.get('version')!r} is not supported (expected 1)"
+            raise StateError(msg)
+        table = _from_ipc(snap["table"])
+        self.index = KeyIndex(self.keys)
+        self._arrays, self._topk, self._seen_pairs = {}, {}, {}
+        self._dtypes = {}
+        if table.height:
+            self.index.lookup(table.select(self.keys))
+            for c in table.columns:
+                if c in self.keys:
+                    continue
+                if c.startswith("__topk_"):
+                    self._topk[c[len("__topk_") :]] = table.get_column(c).to_list()
+                else:
+                    self._arrays[c] = table.get_column(c).to_numpy().copy()
+        self._dtypes = dict(_from_ipc(snap["dtypes"]).schema)
+        for name, data in snap.get("pairs", {}).items():
+            frame = _from_ipc(data)
+            self._seen_pairs[name] = set(frame.iter_rows())
+
+    def all_values(self) -> pl.DataFrame:
+        """Every key with its aggregates, in id order."""
+        n = len(self.index)
+        if n == 0:
+            return pl.DataFrame()
+        return self.values(self.index.frame(), np.arange(n, dtype=np.int64))

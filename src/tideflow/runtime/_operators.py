@@ -1,0 +1,396 @@
+"""Runtime operators: the objects that hold state and process micro-batches on one worker.
+
+Each logical node becomes one operator per worker. Operators receive batches with
+``on_batch(input_index, batch)``, the end of an input with ``on_end()``, and emit through the
+:class:`OpContext` they were built with. Stateful operators implement ``snapshot()`` returning
+plain data (Arrow tables, numbers, strings) with a version, never pickled objects.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import polars as pl
+
+from tideflow._errors import DataError, JobError, StateError
+from tideflow.api._dataflow import AggOp, StatefulMapOp
+from tideflow.api._graph import FrameOp, Node, RecordOp, fn_location
+from tideflow.connectors._base import DEAD_LETTER_SCHEMA, SinkContext, dead_letters
+from tideflow.runtime._keyed import AggState
+
+if TYPE_CHECKING:
+    from tideflow.connectors._base import SinkWriter
+
+__all__ = ["OpContext", "Operator", "build_operator"]
+
+log = logging.getLogger("tideflow.runtime")
+
+
+class OpContext(Protocol):
+    """What an operator can do to the world around it."""
+
+    worker_index: int
+    worker_count: int
+
+    def emit(self, batch: pl.DataFrame, port: str = "out") -> None:
+        """Send a batch downstream on ``port``."""
+
+    def dead(self, batch: pl.DataFrame) -> None:
+        """Send dead letters (rows of ``DEAD_LETTER_SCHEMA``)."""
+
+
+class Operator:
+    """Base operator: passes batches through."""
+
+    def __init__(self, node: Node, ctx: OpContext) -> None:
+        self.node = node
+        self.ctx = ctx
+
+    def on_batch(self, index: int, batch: pl.DataFrame) -> None:
+        """Process one batch from input ``index``."""
+        self.ctx.emit(batch)
+
+    def on_end(self) -> None:
+        """All inputs ended (bounded input exhausted): emit final results."""
+
+    def flush(self) -> None:
+        """Periodic hook (sinks make data visible)."""
+
+    def close(self) -> None:
+        """Release resources (also on abort)."""
+
+    def snapshot(self) -> dict[str, Any]:
+        """Return the operator state as plain data (empty for stateless operators)."""
+        return {}
+
+    def restore(self, snap: dict[str, Any]) -> None:  # noqa: B027 - stateless default
+        """Load state written by :meth:`snapshot`."""
+
+
+def _raw(rec: dict[str, Any]) -> str:
+    return json.dumps(rec, default=str, ensure_ascii=False)
+
+
+class FrameOperator(Operator):
+    """Vectorized step; on failure, isolates the failing rows into dead letters by bisection."""
+
+    def __init__(self, node: Node, ctx: OpContext) -> None:
+        super().__init__(node, ctx)
+        self.op: FrameOp = node.spec
+
+    def on_batch(self, index: int, batch: pl.DataFrame) -> None:
+        try:
+            out = self.op.apply(batch)
+        except pl.exceptions.PolarsError as exc:
+            if self.op.user_fn or batch.height == 0:
+                msg = f"step '{self.node.step_id}' ({self.op.description}) failed: {exc}"
+                raise JobError(msg, step_id=self.node.step_id) from exc
+            out = self._isolate(batch)
+        if not isinstance(out, pl.DataFrame):
+            msg = (
+                f"step '{self.node.step_id}' ({self.op.description}) must return a "
+                f"polars.DataFrame, returned {type(out).__name__}"
+            )
+            raise JobError(msg, step_id=self.node.step_id)
+        self.ctx.emit(out)
+
+    def _isolate(self, batch: pl.DataFrame) -> pl.DataFrame:
+        good: list[pl.DataFrame] = []
+        bad_rows: list[str] = []
+        reasons: list[str] = []
+        stack = [batch]
+        while stack:
+            part = stack.pop()
+            try:
+                good.append(self.op.apply(part))
+            except pl.exceptions.PolarsError as exc:
+                if part.height <= 1:
+                    bad_rows.extend(_raw(r) for r in part.to_dicts())
+                    reasons.append(str(exc).strip().splitlines()[0])
+                else:
+                    half = part.height // 2
+                    stack.append(part.slice(half))
+                    stack.append(part.slice(0, half))
+        if bad_rows:
+            self.ctx.dead(
+                dead_letters(self.node.step_id, [self.node.step_id] * len(bad_rows), reasons, bad_rows)
+            )
+        good = [g for g in good if g.height]
+        if not good:
+            return self.op.apply(batch.clear())
+        return pl.concat(good, how="vertical_relaxed")
+
+
+class RecordOperator(Operator):
+    """Per-record Python step (map, flat_map, filter with a function)."""
+
+    def __init__(self, node: Node, ctx: OpContext) -> None:
+        super().__init__(node, ctx)
+        self.op: RecordOp = node.spec
+        self.where = fn_location(self.op.fn)
+
+    def on_batch(self, index: int, batch: pl.DataFrame) -> None:
+        fn, mode = self.op.fn, self.op.mode
+        out: list[dict[str, Any]] = []
+        keep: list[bool] = []
+        bad: list[str] = []
+        reasons: list[str] = []
+        for rec in batch.iter_rows(named=True):
+            try:
+                res = fn(rec)
+                if mode == "filter":
+                    keep.append(bool(res))
+                elif mode == "map":
+                    if res is not None:
+                        if not isinstance(res, dict):
+                            msg = f"map function must return a dict or None, got {type(res).__name__}"
+                            raise DataError(msg)
+                        out.append(res)
+                else:
+                    out.extend(res)
+            except Exception as exc:
+                if self.op.on_error == "raise":
+                    msg = f"step '{self.node.step_id}': {self.where} raised {exc!r} on {_raw(rec)}"
+                    raise JobError(msg, step_id=self.node.step_id) from exc
+                if mode == "filter":
+                    keep.append(False)
+                bad.append(_raw(rec))
+                reasons.append(f"{self.where} raised {type(exc).__name__}: {exc}")
+        if bad:
+            self.ctx.dead(dead_letters(self.node.step_id, [self.node.step_id] * len(bad), reasons, bad))
+        if mode == "filter":
+            self.ctx.emit(batch.filter(pl.Series(keep, dtype=pl.Boolean)))
+        elif out:
+            self.ctx.emit(_frame(out, self.op.schema, self.node.step_id))
+
+
+def _frame(rows: list[dict[str, Any]], schema: dict[str, pl.DataType] | None, step: str) -> pl.DataFrame:
+    try:
+        if schema is not None:
+            return pl.DataFrame(rows, schema=schema)
+        return pl.from_dicts(rows, infer_schema_length=None)
+    except (pl.exceptions.PolarsError, TypeError, ValueError) as exc:
+        msg = f"step '{step}': cannot build a batch from the function's records: {exc}"
+        raise JobError(msg, step_id=step) from exc
+
+
+class SplitOperator(Operator):
+    """Routes rows to named ports by predicate; unmatched rows go to ``rest``."""
+
+    def on_batch(self, index: int, batch: pl.DataFrame) -> None:
+        preds: dict[str, pl.Expr] = self.node.spec
+        masks = batch.select(
+            [pl.coalesce(p, pl.lit(False)).alias(n) for n, p in preds.items()]
+        )
+        any_match = pl.Series([False] * batch.height, dtype=pl.Boolean)
+        for name in preds:
+            m = masks.get_column(name)
+            any_match = any_match | m
+            self.ctx.emit(batch.filter(m), name)
+        self.ctx.emit(batch.filter(~any_match), "rest")
+
+
+class ValidateOperator(Operator):
+    """Rows breaking a rule become dead letters naming the broken rules."""
+
+    def __init__(self, node: Node, ctx: OpContext) -> None:
+        super().__init__(node, ctx)
+        self.rules: dict[str, pl.Expr] = node.spec
+        self.checks = [pl.coalesce(p, pl.lit(False)).alias(f"__r{i}") for i, p in enumerate(self.rules.values())]
+
+    def on_batch(self, index: int, batch: pl.DataFrame) -> None:
+        masks = batch.select(self.checks)
+        ok = masks.select(pl.all_horizontal(pl.all())).to_series()
+        if ok.all():
+            self.ctx.emit(batch)
+            return
+        self.ctx.emit(batch.filter(ok))
+        bad = batch.filter(~ok)
+        bad_masks = masks.filter(~ok)
+        reasons = bad_masks.select(
+            pl.concat_list(
+                [pl.when(~pl.col(f"__r{i}")).then(pl.lit(r)) for i, r in enumerate(self.rules)]
+            )
+            .list.drop_nulls()
+            .list.join("; ")
+        ).to_series()
+        raws = bad.select(pl.struct(pl.all()).struct.json_encode()).to_series()
+        step = self.node.step_id
+        self.ctx.dead(dead_letters(step, [step] * bad.height, reasons.to_list(), raws.to_list()))
+
+
+class AggOperator(Operator):
+    """Keyed incremental aggregation; emits updates per batch or finals at the end."""
+
+    def __init__(self, node: Node, ctx: OpContext, emit: str) -> None:
+        super().__init__(node, ctx)
+        op: AggOp = node.spec
+        self.state = AggState(op.keys, op.aggs)
+        self.updates = emit == "updates"
+
+    def on_batch(self, index: int, batch: pl.DataFrame) -> None:
+        if batch.height == 0:
+            return
+        keys, ids = self.state.update(batch)
+        if self.updates:
+            self.ctx.emit(self.state.values(keys, ids))
+
+    def on_end(self) -> None:
+        if not self.updates:
+            out = self.state.all_values()
+            if out.height:
+                self.ctx.emit(out)
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.state.snapshot()
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        self.state.restore(snap)
+
+
+class StatefulMapOperator(Operator):
+    """Per-key Python state machine (the per-record keyed path)."""
+
+    def __init__(self, node: Node, ctx: OpContext) -> None:
+        super().__init__(node, ctx)
+        self.op: StatefulMapOp = node.spec
+        self.states: dict[Any, Any] = {}
+        self.last: dict[Any, list[dict[str, Any]]] = {}
+        self.where = fn_location(self.op.fn)
+
+    def on_batch(self, index: int, batch: pl.DataFrame) -> None:
+        keys = self.op.keys
+        single = len(keys) == 1
+        out: list[dict[str, Any]] = []
+        bad: list[str] = []
+        reasons: list[str] = []
+        states, fn, init = self.states, self.op.fn, self.op.init
+        final = self.op.emit == "final"
+        for rec in batch.iter_rows(named=True):
+            key = rec[keys[0]] if single else tuple(rec[k] for k in keys)
+            state = states.get(key)
+            if state is None:
+                state = init()
+            try:
+                new, res = fn(state, rec)
+            except Exception as exc:
+                if self.op.on_error == "raise":
+                    msg = f"step '{self.node.step_id}': {self.where} raised {exc!r} on {_raw(rec)}"
+                    raise JobError(msg, step_id=self.node.step_id) from exc
+                bad.append(_raw(rec))
+                reasons.append(f"{self.where} raised {type(exc).__name__}: {exc}")
+                continue
+            if new is None:
+                states.pop(key, None)
+            else:
+                states[key] = new
+            if res is None:
+                continue
+            recs = [res] if isinstance(res, dict) else list(res)
+            if final:
+                self.last[key] = recs
+            else:
+                out.extend(recs)
+        if bad:
+            self.ctx.dead(dead_letters(self.node.step_id, [self.node.step_id] * len(bad), reasons, bad))
+        if out:
+            self.ctx.emit(_frame(out, self.op.schema, self.node.step_id))
+
+    def on_end(self) -> None:
+        if self.op.emit == "final" and self.last:
+            rows = [r for recs in self.last.values() for r in recs]
+            self.ctx.emit(_frame(rows, self.op.schema, self.node.step_id))
+
+    def snapshot(self) -> dict[str, Any]:
+        try:
+            items = [[_jsonable_key(k), v] for k, v in self.states.items()]
+            last = [[_jsonable_key(k), v] for k, v in self.last.items()]
+            return {"version": 1, "states": json.dumps(items), "last": json.dumps(last, default=str)}
+        except TypeError as exc:
+            msg = (
+                f"step '{self.node.step_id}': the state returned by {self.where} is not plain "
+                f"data (numbers, strings, lists, dicts): {exc}"
+            )
+            raise StateError(msg) from exc
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        if snap.get("version") != 1:
+            msg = f"step '{self.node.step_id}': state version {snap.get('version')!r} unsupported"
+            raise StateError(msg)
+        single = len(self.op.keys) == 1
+        self.states = {(k if single else tuple(k)): v for k, v in json.loads(snap["states"])}
+        self.last = {(k if single else tuple(k)): v for k, v in json.loads(snap["last"])}
+
+
+def _jsonable_key(key: Any) -> Any:
+    return list(key) if isinstance(key, tuple) else key
+
+
+class SinkOperator(Operator):
+    """Hands batches to a sink writer."""
+
+    def __init__(self, node: Node, ctx: OpContext, resume: dict[str, Any]) -> None:
+        super().__init__(node, ctx)
+        sctx = SinkContext(node.step_id, ctx.worker_index, ctx.worker_count, resume)
+        self.writer: SinkWriter | None = None
+        if node.spec.single_writer and ctx.worker_index != 0:
+            return
+        self.writer = node.spec.build(sctx)
+
+    def on_batch(self, index: int, batch: pl.DataFrame) -> None:
+        if batch.height and self.writer is not None:
+            self.writer.write(batch)
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+    def on_end(self) -> None:
+        self.close()
+
+    def writer_snapshot(self) -> dict[str, Any]:
+        return self.writer.snapshot() if self.writer is not None else {}
+
+    def close(self) -> None:
+        if self.writer is not None:
+            w, self.writer = self.writer, None
+            w.close()
+
+
+class DeadUnionOperator(Operator):
+    """Collects the dead letters of every step; normalizes their columns."""
+
+    def on_batch(self, index: int, batch: pl.DataFrame) -> None:
+        if batch.height:
+            self.ctx.emit(batch.select(list(DEAD_LETTER_SCHEMA)).cast(DEAD_LETTER_SCHEMA))
+
+
+def build_operator(
+    node: Node,
+    ctx: OpContext,
+    *,
+    emit_mode: Callable[[str], str],
+    resume: dict[str, Any],
+) -> Operator:
+    """Make the runtime operator of a (non-source, non-exchange) node."""
+    kind = node.kind
+    if kind == "frame":
+        return FrameOperator(node, ctx)
+    if kind == "record":
+        return RecordOperator(node, ctx)
+    if kind == "split":
+        return SplitOperator(node, ctx)
+    if kind == "validate":
+        return ValidateOperator(node, ctx)
+    if kind == "agg":
+        return AggOperator(node, ctx, emit_mode(node.spec.emit))
+    if kind == "stateful_map":
+        return StatefulMapOperator(node, ctx)
+    if kind == "sink":
+        return SinkOperator(node, ctx, resume)
+    if kind == "dead_union":
+        return DeadUnionOperator(node, ctx)
+    return Operator(node, ctx)  # union

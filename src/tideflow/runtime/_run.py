@@ -1,0 +1,363 @@
+"""Running a dataflow: in this process (one worker) or in N worker processes.
+
+``run(flow, workers=N)`` validates the flow, adds the default dead-letter output if the flow
+has none, and runs it. With one worker everything runs in the calling thread. With more, the
+flow is shipped (cloudpickle, to processes this run starts itself) to N spawned worker
+processes; the driver collects their counters, draws progress and handles Ctrl-C: the first
+stops the sources and flushes the sinks, a second one kills the workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import polars as pl
+
+from tideflow._errors import ConfigError, JobError
+from tideflow.api._dataflow import Dataflow
+from tideflow.api._graph import Node
+from tideflow.connectors._base import Sink, SinkContext, SinkWriter
+from tideflow.runtime._progress import Progress
+from tideflow.runtime._worker import (
+    LocalTransport,
+    QueueTransport,
+    RunConfig,
+    StepStats,
+    Worker,
+)
+
+__all__ = ["RunResult", "run"]
+
+log = logging.getLogger("tideflow.runtime")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunResult:
+    """What a finished (or stopped) run did."""
+
+    flow: str
+    workers: int
+    seconds: float
+    #: Counters per step id, summed over workers.
+    steps: dict[str, StepStats]
+    #: False when the run was stopped (Ctrl-C) before its input ended.
+    completed: bool
+    #: Where dead letters were written by the default dead-letter output (None if not used).
+    dead_letter_path: Path | None
+
+    @property
+    def records_in(self) -> int:
+        """Records read by all sources."""
+        return sum(s.rows_out for k, s in self.steps.items() if k in self.source_steps)
+
+    @property
+    def dead_letters(self) -> int:
+        """Records rejected by any step."""
+        return sum(s.dead for s in self.steps.values())
+
+    #: Step ids of the sources.
+    source_steps: frozenset[str] = frozenset()
+
+
+class _DeadLetterFile(Sink):
+    """Default dead-letter output: a JSON-lines file created on the first dead letter."""
+
+    single_writer = True
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def build(self, ctx: SinkContext) -> SinkWriter:
+        return _DeadLetterWriter(self.path)
+
+
+class _DeadLetterWriter(SinkWriter):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fh: Any = None
+        self.logged = 0
+
+    def write(self, batch: pl.DataFrame) -> None:
+        if self.fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fh = self.path.open("ab")
+        for row in batch.head(max(0, 5 - self.logged)).iter_rows(named=True):
+            log.warning("dead letter from %s (%s): %s", row["step"], row["origin"], row["reason"])
+            self.logged += 1
+        batch.write_ndjson(self.fh)
+
+    def flush(self) -> None:
+        if self.fh is not None:
+            self.fh.flush()
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+            self.fh = None
+
+
+def _plan(flow: Dataflow, cfg: RunConfig) -> tuple[list[Node], Path | None]:
+    """The nodes to run: the flow's, plus the default dead-letter output when needed."""
+    flow.validate()
+    if flow._dead is not None and any(
+        src == flow._dead.node.index for n in flow.nodes for src, _ in n.inputs
+    ):
+        return list(flow.nodes), None
+    path = cfg.dead_letter_path or Path.cwd() / f"{flow.name}.dead-letters.jsonl"
+    # Build on a copy so the user's flow is unchanged.
+    copy = Dataflow(flow.name)
+    copy.nodes = list(flow.nodes)
+    copy._taken = set(flow._taken)
+    copy._dead = flow._dead
+    copy.dead_letters.sink(_DeadLetterFile(path), name="dead_letter_file")
+    return copy.nodes, path
+
+
+def _emit_mode(bounded: bool) -> Callable[[str], str]:
+    def mode(emit: str) -> str:
+        if emit == "auto":
+            return "final" if bounded else "updates"
+        return emit
+
+    return mode
+
+
+def _merge(into: dict[str, StepStats], stats: dict[str, StepStats]) -> None:
+    for k, v in stats.items():
+        into.setdefault(k, StepStats()).add(v)
+
+
+def run(
+    flow: Dataflow,
+    *,
+    workers: int | None = 1,
+    batch_size: int = 65_536,
+    max_delay: timedelta = timedelta(milliseconds=100),
+    flush_interval: timedelta = timedelta(seconds=1),
+    dead_letter_path: str | Path | None = None,
+    progress: bool = False,
+) -> RunResult:
+    """Run a dataflow until its inputs end (bounded) or until stopped (Ctrl-C).
+
+    Parameters
+    ----------
+    flow
+        The dataflow to run.
+    workers
+        Worker processes; ``None`` means one per core. With 1 the job runs in this process.
+    batch_size, max_delay
+        The throughput/latency knob: rows per micro-batch read from a source, and the longest
+        a source holds rows back to fill a batch.
+    flush_interval
+        How often sinks make what they received visible.
+    dead_letter_path
+        Where rejected records go when the flow does not sink ``flow.dead_letters`` itself
+        (default ``./<flow name>.dead-letters.jsonl``, created only if needed).
+    progress
+        Show live progress on the terminal (stderr).
+
+    Examples
+    --------
+    >>> import tideflow as tf
+    >>> from tideflow.testing import TestingSource, CollectSink
+    >>> flow = tf.Dataflow("doc_run")
+    >>> out = CollectSink()
+    >>> flow.source(TestingSource([{"k": "a"}, {"k": "b"}, {"k": "a"}])).key_by("k").agg(
+    ...     pl.len().alias("n")).sink(out)
+    >>> result = tf.run(flow)
+    >>> sorted(out.frame().rows()), result.completed
+    ([('a', 2), ('b', 1)], True)
+    """
+    n = workers if workers is not None else (os.cpu_count() or 1)
+    if not isinstance(n, int) or n < 1:
+        msg = f"run(): workers must be a whole number >= 1 (or None for one per core), got {workers!r}"
+        raise ConfigError(msg)
+    if batch_size < 1:
+        msg = f"run(): batch_size must be >= 1, got {batch_size}"
+        raise ConfigError(msg)
+    if not isinstance(flow, Dataflow):
+        msg = f"run() takes a tideflow.Dataflow, got {type(flow).__name__}"
+        raise ConfigError(msg)
+    cfg = RunConfig(
+        workers=n,
+        batch_size=batch_size,
+        max_delay=max_delay,
+        flush_interval=flush_interval,
+        dead_letter_path=Path(dead_letter_path) if dead_letter_path else None,
+    )
+    nodes, dl_path = _plan(flow, cfg)
+    sources = frozenset(nd.step_id for nd in nodes if nd.kind == "source")
+    sinks = frozenset(nd.step_id for nd in nodes if nd.kind == "sink")
+    bar = Progress(flow.name, sources, sinks) if progress else None
+    start = time.monotonic()
+    if n == 1:
+        stats, completed = _run_local(nodes, cfg, flow.bounded, bar)
+    else:
+        stats, completed = _run_processes(nodes, cfg, flow.bounded, bar)
+    seconds = time.monotonic() - start
+    if bar is not None:
+        bar.finish(stats, seconds, completed)
+    used = dl_path if dl_path is not None and dl_path.exists() else None
+    return RunResult(flow.name, n, seconds, stats, completed, used, sources)
+
+
+def _run_local(
+    nodes: list[Node], cfg: RunConfig, bounded: bool, bar: Progress | None
+) -> tuple[dict[str, StepStats], bool]:
+    stop = threading.Event()
+    old = None
+    if threading.current_thread() is threading.main_thread():
+
+        def on_sigint(signum: int, frame: Any) -> None:
+            if stop.is_set():
+                raise KeyboardInterrupt
+            log.warning("stopping: flushing sinks (Ctrl-C again to abort)")
+            stop.set()
+
+        old = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        worker = Worker(
+            nodes,
+            cfg,
+            LocalTransport(),
+            emit_mode=_emit_mode(bounded),
+            should_stop=stop.is_set,
+            report=bar.update if bar is not None else None,
+        )
+        completed = worker.run()
+        return worker.named_stats(), completed
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGINT, old)
+
+
+def _worker_main(
+    payload: bytes,
+    index: int,
+    count: int,
+    inboxes: list[Any],
+    sent: Any,
+    received: Any,
+    driver: Any,
+    stop: Any,
+) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        nodes, cfg, bounded = cloudpickle.loads(payload)
+        transport = QueueTransport(index, count, inboxes, sent, received, cfg.max_inflight)
+
+        def report(stats: dict[str, StepStats]) -> None:
+            driver.put(("stats", index, stats))
+
+        worker = Worker(
+            nodes, cfg, transport, emit_mode=_emit_mode(bounded), should_stop=stop.is_set, report=report
+        )
+        completed = worker.run()
+        driver.put(("done", index, worker.named_stats(), completed))
+    except BaseException as exc:
+        step = getattr(exc, "step_id", None)
+        driver.put(("error", index, step, f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+
+
+def _run_processes(
+    nodes: list[Node], cfg: RunConfig, bounded: bool, bar: Progress | None
+) -> tuple[dict[str, StepStats], bool]:
+    n = cfg.workers
+    ctx = mp.get_context("spawn")
+    try:
+        payload = cloudpickle.dumps((nodes, cfg, bounded))
+    except Exception as exc:
+        msg = f"the dataflow cannot be sent to worker processes: {exc}; run with workers=1"
+        raise ConfigError(msg) from exc
+    inboxes = [ctx.Queue() for _ in range(n)]
+    sent = ctx.Array("q", n * n, lock=False)
+    received = ctx.Array("q", n * n, lock=False)
+    driver = ctx.Queue()
+    stop = ctx.Event()
+    threads = max(1, (os.cpu_count() or 1) // n)
+    env_old = os.environ.get("POLARS_MAX_THREADS")
+    os.environ["POLARS_MAX_THREADS"] = str(threads)
+    procs = [
+        ctx.Process(
+            target=_worker_main,
+            args=(payload, i, n, inboxes, sent, received, driver, stop),
+            name=f"tideflow-worker-{i}",
+            daemon=True,
+        )
+        for i in range(n)
+    ]
+    try:
+        for p in procs:
+            p.start()
+    finally:
+        if env_old is None:
+            os.environ.pop("POLARS_MAX_THREADS", None)
+        else:
+            os.environ["POLARS_MAX_THREADS"] = env_old
+    latest: dict[int, dict[str, StepStats]] = {}
+    final: dict[int, dict[str, StepStats]] = {}
+    completed = True
+    interrupts = 0
+    error: tuple[Any, ...] | None = None
+    try:
+        while len(final) < n and error is None:
+            try:
+                msg = driver.get(timeout=0.2)
+            except KeyboardInterrupt:
+                interrupts += 1
+                if interrupts == 1:
+                    log.warning("stopping: flushing sinks (Ctrl-C again to abort)")
+                    stop.set()
+                    continue
+                raise
+            except Exception:
+                dead = [p for p in procs if not p.is_alive() and p.exitcode not in (0, None)]
+                if dead and not error:
+                    msg = f"worker {dead[0].name} died with exit code {dead[0].exitcode}"
+                    raise JobError(msg) from None
+                continue
+            kind, idx = msg[0], msg[1]
+            if kind == "stats":
+                latest[idx] = msg[2]
+                if bar is not None:
+                    agg: dict[str, StepStats] = {}
+                    for s in latest.values():
+                        _merge(agg, s)
+                    bar.update(agg)
+            elif kind == "done":
+                final[idx] = msg[2]
+                completed = completed and msg[3]
+            elif kind == "error":
+                error = msg
+    finally:
+        if error is not None or len(final) < n:
+            stop.set()
+            for p in procs:
+                p.join(timeout=5)
+                if p.is_alive():
+                    p.kill()
+        for p in procs:
+            p.join(timeout=10)
+        for q in (*inboxes, driver):
+            q.cancel_join_thread()
+            q.close()
+    if error is not None:
+        _, idx, step, text, tb = error
+        log.debug("worker %s traceback:\n%s", idx, tb)
+        raise JobError(f"worker {idx} failed: {text}", step_id=step)
+    stats: dict[str, StepStats] = {}
+    for s in final.values():
+        _merge(stats, s)
+    return stats, completed

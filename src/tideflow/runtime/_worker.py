@@ -1,0 +1,472 @@
+"""One worker: runs every step of the dataflow for its share of the data.
+
+Every worker runs the whole graph (as in timely/Bytewax). Sources are split between workers;
+at a key boundary an *exchange* hash-partitions each batch by key and sends the other workers'
+shares to them, so equal keys meet on one worker. Batches move by push: a source batch runs
+through all following steps before the next is read. Messages between workers carry Arrow IPC
+bytes. Sends never block; instead a worker stops reading its sources while too many of its
+batches wait unread at a peer (backpressure without deadlock).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import queue
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from tideflow._errors import JobError, TideflowError
+from tideflow.api._graph import Node
+from tideflow.connectors._base import SourceContext, SourceReader
+from tideflow.runtime._operators import Operator, build_operator
+
+__all__ = ["LocalTransport", "QueueTransport", "RunConfig", "StepStats", "Worker"]
+
+log = logging.getLogger("tideflow.runtime")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunConfig:
+    """How a job runs. One knob for throughput vs latency: ``batch_size`` and ``max_delay``."""
+
+    workers: int = 1
+    #: Rows per micro-batch read from a source (large: throughput; small: latency).
+    batch_size: int = 65_536
+    #: Longest time a source holds rows back to fill a batch.
+    max_delay: timedelta = timedelta(milliseconds=100)
+    #: How often sinks are asked to make what they got visible.
+    flush_interval: timedelta = timedelta(seconds=1)
+    #: Batches a worker may have waiting unread at one peer before it pauses its sources.
+    max_inflight: int = 16
+    #: Where dead letters go when the flow does not sink ``flow.dead_letters`` itself.
+    dead_letter_path: Path | None = None
+    resume: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(slots=True)
+class StepStats:
+    """Counters of one step on one worker (summed over workers in a run result)."""
+
+    rows_in: int = 0
+    rows_out: int = 0
+    dead: int = 0
+    batches: int = 0
+
+    def add(self, other: StepStats) -> None:
+        """Add another worker's counters."""
+        self.rows_in += other.rows_in
+        self.rows_out += other.rows_out
+        self.dead += other.dead
+        self.batches += other.batches
+
+
+# -- transports -------------------------------------------------------------------------------
+class LocalTransport:
+    """One worker: nothing to exchange."""
+
+    worker_index = 0
+    worker_count = 1
+
+    def send(self, dest: int, msg: tuple[Any, ...]) -> None:  # pragma: no cover - never called
+        raise AssertionError("a single worker has no peers")
+
+    def recv(self, timeout: float) -> tuple[Any, ...] | None:
+        if timeout > 0:
+            time.sleep(timeout)
+        return None
+
+    def backlogged(self) -> bool:
+        return False
+
+
+class QueueTransport:
+    """Worker-to-worker messages over multiprocessing queues, with credit counters."""
+
+    def __init__(
+        self, index: int, count: int, inboxes: list[Any], sent: Any, received: Any, limit: int
+    ) -> None:
+        self.worker_index = index
+        self.worker_count = count
+        self.inboxes = inboxes
+        self.sent = sent  # sent[s * count + d], written by sender s only
+        self.received = received  # received[s * count + d], written by receiver d only
+        self.limit = limit
+
+    def send(self, dest: int, msg: tuple[Any, ...]) -> None:
+        self.inboxes[dest].put(msg)
+        self.sent[self.worker_index * self.worker_count + dest] += 1
+
+    def recv(self, timeout: float) -> tuple[Any, ...] | None:
+        try:
+            msg = self.inboxes[self.worker_index].get(timeout=timeout) if timeout > 0 else (
+                self.inboxes[self.worker_index].get_nowait()
+            )
+        except queue.Empty:
+            return None
+        sender = msg[2]
+        self.received[sender * self.worker_count + self.worker_index] += 1
+        return msg
+
+    def backlogged(self) -> bool:
+        me, n = self.worker_index, self.worker_count
+        return any(
+            self.sent[me * n + d] - self.received[me * n + d] > self.limit
+            for d in range(n)
+            if d != me
+        )
+
+
+def _to_ipc(batch: pl.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    batch.write_ipc(buf, compression="uncompressed")
+    return buf.getvalue()
+
+
+def _from_ipc(data: bytes) -> pl.DataFrame:
+    return pl.read_ipc(io.BytesIO(data))
+
+
+# -- exchange ----------------------------------------------------------------------------------
+class ExchangeOperator(Operator):
+    """Hash-partitions batches by key between workers (or gathers them on worker 0)."""
+
+    defers_end = True
+
+    def __init__(self, node: Node, ctx: _NodeContext, worker: Worker) -> None:
+        super().__init__(node, ctx)
+        self.keys: tuple[str, ...] | None = node.spec
+        self.worker = worker
+        self.local_ended = False
+        self.peer_ends = 0
+
+    def on_batch(self, index: int, batch: pl.DataFrame) -> None:
+        w = self.worker
+        n, me = w.transport.worker_count, w.transport.worker_index
+        if n == 1 or batch.height == 0:
+            self.ctx.emit(batch)
+            return
+        if self.keys is None:
+            if me == 0:
+                self.ctx.emit(batch)
+            else:
+                w.transport.send(0, ("D", self.node.index, me, _to_ipc(batch)))
+            return
+        keys = list(self.keys)
+        h = pl.col(keys[0]).hash(seed=7) if len(keys) == 1 else pl.struct(keys).hash(seed=7)
+        parts = batch.with_columns((h % n).alias("__dest")).partition_by(
+            "__dest", as_dict=True, include_key=False
+        )
+        for (dest,), part in parts.items():
+            if dest == me:
+                self.ctx.emit(part)
+            else:
+                w.transport.send(int(dest), ("D", self.node.index, me, _to_ipc(part)))
+
+    def on_end(self) -> None:
+        w = self.worker
+        n, me = w.transport.worker_count, w.transport.worker_index
+        self.local_ended = True
+        if self.keys is None:
+            if me != 0:
+                w.transport.send(0, ("E", self.node.index, me, None))
+        else:
+            for d in range(n):
+                if d != me:
+                    w.transport.send(d, ("E", self.node.index, me, None))
+        self._maybe_end()
+
+    def peer_ended(self) -> None:
+        self.peer_ends += 1
+        self._maybe_end()
+
+    def _maybe_end(self) -> None:
+        n, me = self.worker.transport.worker_count, self.worker.transport.worker_index
+        expected = (n - 1) if (self.keys is not None or me == 0) else 0
+        if self.local_ended and self.peer_ends == expected:
+            self.worker.end_node(self.node.index)
+
+
+# -- the worker ----------------------------------------------------------------------------------
+class _NodeContext:
+    """The :class:`OpContext` of one node on one worker."""
+
+    def __init__(self, worker: Worker, index: int) -> None:
+        self.worker = worker
+        self.index = index
+        self.worker_index = worker.transport.worker_index
+        self.worker_count = worker.transport.worker_count
+
+    def emit(self, batch: pl.DataFrame, port: str = "out") -> None:
+        self.worker.emit(self.index, port, batch)
+
+    def dead(self, batch: pl.DataFrame) -> None:
+        self.worker.stats[self.index].dead += batch.height
+        self.worker.emit(self.index, "dead", batch)
+
+
+class _SourceRunner:
+    """Polls one source reader and coalesces small polls into batches."""
+
+    def __init__(self, node: Node, reader: SourceReader, cfg: RunConfig) -> None:
+        self.node = node
+        self.reader = reader
+        self.batch_size = cfg.batch_size
+        self.max_delay = cfg.max_delay.total_seconds()
+        self.buffer: list[pl.DataFrame] = []
+        self.buffered = 0
+        self.since = 0.0
+        self.ended = False
+
+    def take(self) -> pl.DataFrame | None:
+        if not self.buffer:
+            return None
+        out = self.buffer[0] if len(self.buffer) == 1 else pl.concat(
+            self.buffer, how="vertical_relaxed"
+        )
+        self.buffer, self.buffered = [], 0
+        return out
+
+
+class Worker:
+    """Runs the whole graph for one worker's share of the data."""
+
+    def __init__(
+        self,
+        nodes: list[Node],
+        cfg: RunConfig,
+        transport: LocalTransport | QueueTransport,
+        *,
+        emit_mode: Callable[[str], str],
+        should_stop: Callable[[], bool],
+        report: Callable[[dict[str, StepStats]], None] | None = None,
+    ) -> None:
+        self.nodes = nodes
+        self.cfg = cfg
+        self.transport = transport
+        self.should_stop = should_stop
+        self.report = report
+        self.stats = [StepStats() for _ in nodes]
+        self.routes: dict[tuple[int, str], list[tuple[int, int]]] = defaultdict(list)
+        self.pending = [len(n.inputs) for n in nodes]
+        for n in nodes:
+            for i, (src, port) in enumerate(n.inputs):
+                self.routes[(src, port)].append((n.index, i))
+        self._wire_dead_letters()
+        self.ended = [False] * len(nodes)
+        self.ops: list[Operator | None] = [None] * len(nodes)
+        self.sources: list[_SourceRunner] = []
+        try:
+            for n in nodes:
+                ctx = _NodeContext(self, n.index)
+                if n.kind == "source":
+                    sctx = SourceContext(
+                        n.step_id,
+                        transport.worker_index,
+                        transport.worker_count,
+                        cfg.batch_size,
+                        cfg.resume.get(n.step_id, {}),
+                    )
+                    self.sources.append(_SourceRunner(n, n.spec.build(sctx), cfg))
+                elif n.kind == "exchange":
+                    self.ops[n.index] = ExchangeOperator(n, ctx, self)
+                else:
+                    resume = cfg.resume.get(n.step_id, {})
+                    op = build_operator(n, ctx, emit_mode=emit_mode, resume=resume)
+                    if resume and n.kind != "sink":
+                        op.restore(resume)
+                    self.ops[n.index] = op
+        except Exception:
+            self.close()
+            raise
+
+    def _wire_dead_letters(self) -> None:
+        dead = [n for n in self.nodes if n.kind == "dead_union"]
+        if not dead:
+            return
+        d = dead[0]
+        below = {d.index}
+        for n in self.nodes:  # nodes are in topological order
+            if any(src in below for src, _ in n.inputs):
+                below.add(n.index)
+        feeders = [
+            n for n in self.nodes if n.index not in below and n.kind not in ("sink", "exchange")
+        ]
+        for i, n in enumerate(feeders):
+            self.routes[(n.index, "dead")].append((d.index, i))
+        self.pending[d.index] = len(feeders)
+
+    # -- data movement ----------------------------------------------------------------------
+    def emit(self, index: int, port: str, batch: pl.DataFrame) -> None:
+        if batch.height == 0:
+            return
+        if port != "dead":
+            self.stats[index].rows_out += batch.height
+        for dst, inp in self.routes.get((index, port), ()):
+            st = self.stats[dst]
+            st.rows_in += batch.height
+            st.batches += 1
+            op = self.ops[dst]
+            assert op is not None
+            try:
+                op.on_batch(inp, batch)
+            except TideflowError:
+                raise
+            except Exception as exc:
+                step = self.nodes[dst].step_id
+                msg = f"step '{step}' failed: {type(exc).__name__}: {exc}"
+                raise JobError(msg, step_id=step) from exc
+
+    def end_node(self, index: int) -> None:
+        if self.ended[index]:
+            return
+        self.ended[index] = True
+        targets = [t for port in (*self.nodes[index].ports, "dead") for t in self.routes.get((index, port), ())]
+        for dst, _ in targets:
+            self.pending[dst] -= 1
+            if self.pending[dst] == 0:
+                op = self.ops[dst]
+                assert op is not None
+                op.on_end()
+                if not getattr(op, "defers_end", False):
+                    self.end_node(dst)
+
+    def _handle(self, msg: tuple[Any, ...]) -> None:
+        kind, index, _sender, payload = msg
+        op = self.ops[index]
+        assert isinstance(op, ExchangeOperator)
+        if kind == "D":
+            batch = _from_ipc(payload)
+            self.stats[index].rows_in += batch.height
+            self.emit(index, "out", batch)
+        elif kind == "E":
+            op.peer_ended()
+
+    def _push_source(self, src: _SourceRunner) -> None:
+        batch = src.take()
+        if batch is not None:
+            self.stats[src.node.index].batches += 1
+            self.emit(src.node.index, "out", batch)
+
+    def _poll(self, src: _SourceRunner, now: float) -> bool:
+        try:
+            got = src.reader.poll()
+        except TideflowError:
+            raise
+        except Exception as exc:
+            step = src.node.step_id
+            msg = f"source '{step}' failed: {type(exc).__name__}: {exc}"
+            raise JobError(msg, step_id=step) from exc
+        progressed = False
+        if got is not None:
+            if got.dead is not None and got.dead.height:
+                self.stats[src.node.index].dead += got.dead.height
+                self.emit(src.node.index, "dead", got.dead)
+                progressed = True
+            if got.data.height:
+                if not src.buffer:
+                    src.since = now
+                src.buffer.append(got.data)
+                src.buffered += got.data.height
+                progressed = True
+        finished = src.reader.finished
+        if src.buffer and (
+            got is None or finished or src.buffered >= src.batch_size or now - src.since >= src.max_delay
+        ):
+            self._push_source(src)
+        if finished and not src.ended:
+            src.ended = True
+            self.end_node(src.node.index)
+            progressed = True
+        return progressed
+
+    def run(self) -> bool:
+        """Run until every step ended (True) or a stop was requested (False)."""
+        cfg = self.cfg
+        flush_every = cfg.flush_interval.total_seconds()
+        last_flush = last_report = time.monotonic()
+        idle = 0.0
+        completed = False
+        try:
+            while not all(self.ended):
+                if self.should_stop():
+                    break
+                progressed = False
+                for _ in range(64):
+                    msg = self.transport.recv(0)
+                    if msg is None:
+                        break
+                    self._handle(msg)
+                    progressed = True
+                now = time.monotonic()
+                if not self.transport.backlogged():
+                    for src in self.sources:
+                        if not src.ended and self._poll(src, now):
+                            progressed = True
+                if now - last_flush >= flush_every:
+                    self.flush()
+                    last_flush = now
+                if self.report is not None and now - last_report >= 0.5:
+                    self.report(self.named_stats())
+                    last_report = now
+                if progressed:
+                    idle = 0.0
+                else:
+                    idle = min(0.01, idle + 0.0005)
+                    msg = self.transport.recv(idle)
+                    if msg is not None:
+                        self._handle(msg)
+            else:
+                completed = True
+            if not completed:
+                for src in self.sources:  # stop requested: push what was read
+                    self._push_source(src)
+        finally:
+            self.close()
+        return completed
+
+    def flush(self) -> None:
+        """Ask every sink to make what it got visible."""
+        for op in self.ops:
+            if op is not None:
+                op.flush()
+
+    def close(self) -> None:
+        """Close sinks and sources (also after an error or a stop)."""
+        errors: list[BaseException] = []
+        for op in self.ops:
+            if op is not None:
+                try:
+                    op.close()
+                except Exception as exc:
+                    errors.append(exc)
+        for src in self.sources:
+            try:
+                src.reader.close()
+            except Exception as exc:
+                log.warning("closing source %s failed: %s", src.node.step_id, exc)
+        if errors:
+            raise errors[0]
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """State of every step on this worker: source positions, operator and sink state."""
+        out: dict[str, dict[str, Any]] = {}
+        for src in self.sources:
+            out[src.node.step_id] = src.reader.snapshot()
+        for n, op in zip(self.nodes, self.ops, strict=True):
+            if op is not None:
+                snap = op.snapshot() if n.kind != "sink" else op.writer_snapshot()
+                if snap:
+                    out[n.step_id] = snap
+        return out
+
+    def named_stats(self) -> dict[str, StepStats]:
+        """Counters by step id."""
+        return {n.step_id: dataclasses.replace(self.stats[n.index]) for n in self.nodes}

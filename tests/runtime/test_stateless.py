@@ -1,0 +1,150 @@
+import polars as pl
+import pytest
+
+import tideflow as tf
+from tideflow.testing import ABORT, PAUSE, CollectSink, TestingSource, TestingAbort
+
+ROWS = [{"id": i, "word": w, "amount": a} for i, (w, a) in enumerate(
+    [("apple", 5), ("pear", 120), ("fig", 7), ("plum", 300), ("kiwi", 1), ("lime", 101)]
+)]
+
+
+def run_collect(flow, workers, *sinks):
+    result = tf.run(flow, workers=workers)
+    assert result.completed
+    return result
+
+
+def test_vectorized_chain(workers):
+    flow = tf.Dataflow("chain")
+    out = CollectSink()
+    (
+        flow.source(TestingSource(ROWS, batch_size=2))
+        .filter(pl.col("amount") > 5)
+        .with_columns(double=pl.col("amount") * 2)
+        .select("id", "word", "double")
+        .rename({"double": "twice"})
+        .drop("word")
+        .sink(out)
+    )
+    run_collect(flow, workers)
+    assert sorted(out.frame().rows()) == [(1, 240), (2, 14), (3, 600), (5, 202)]
+
+
+def test_explode_and_map_batches(workers):
+    flow = tf.Dataflow("explode")
+    out = CollectSink()
+    src = flow.source(TestingSource([{"line": "a b"}, {"line": "c"}, {"line": ""}]))
+    words = src.select(pl.col("line").str.split(" ").alias("w")).explode("w")
+    words.map_batches(lambda df: df.filter(pl.col("w") != "")).sink(out)
+    run_collect(flow, workers)
+    assert sorted(out.frame()["w"].to_list()) == ["a", "b", "c"]
+
+
+def test_per_record_map_flat_map_filter(workers):
+    flow = tf.Dataflow("records")
+    out_map, out_flat, out_filter = CollectSink(), CollectSink(), CollectSink()
+    src = flow.source(TestingSource(ROWS, batch_size=4))
+    src.map(lambda r: {"id": r["id"], "len": len(r["word"])}).sink(out_map)
+    src.flat_map(lambda r: [{"c": c} for c in r["word"][:2]]).sink(out_flat)
+    src.filter(lambda r: r["word"].startswith("p")).sink(out_filter)
+    run_collect(flow, workers)
+    assert sorted(out_map.frame().rows()) == [(r["id"], len(r["word"])) for r in ROWS]
+    assert sorted(out_flat.frame()["c"].to_list()) == sorted(c for r in ROWS for c in r["word"][:2])
+    assert sorted(out_filter.frame()["word"].to_list()) == ["pear", "plum"]
+
+
+def test_map_errors_become_dead_letters_and_the_job_goes_on(workers):
+    flow = tf.Dataflow("errors")
+    out, dead = CollectSink(), CollectSink()
+    src = flow.source(TestingSource([{"x": 1}, {"x": 0}, {"x": 4}]))
+    src.map(lambda r: {"inv": 1 / r["x"]}, name="invert").sink(out)
+    flow.dead_letters.sink(dead)
+    result = run_collect(flow, workers)
+    assert sorted(out.frame()["inv"].to_list()) == [0.25, 1.0]
+    d = dead.frame()
+    assert d.height == 1
+    assert d["step"][0] == "errors.invert"
+    assert "ZeroDivisionError" in d["reason"][0]
+    assert '"x": 0' in d["raw"][0]
+    assert result.dead_letters == 1
+
+
+def test_on_error_raise_stops_the_job_naming_the_step():
+    flow = tf.Dataflow("strict")
+    flow.source(TestingSource([{"x": 0}])).map(
+        lambda r: {"inv": 1 / r["x"]}, on_error="raise", name="invert"
+    ).sink(CollectSink())
+    with pytest.raises(tf.JobError, match="strict.invert"):
+        tf.run(flow)
+
+
+def test_vectorized_failure_isolates_bad_rows(workers):
+    flow = tf.Dataflow("cast")
+    out, dead = CollectSink(), CollectSink()
+    src = flow.source(TestingSource([{"v": "1"}, {"v": "x"}, {"v": "3"}, {"v": "4"}], batch_size=4))
+    src.with_columns(n=pl.col("v").cast(pl.Int64, strict=True), name="parse").sink(out)
+    flow.dead_letters.sink(dead)
+    run_collect(flow, workers)
+    assert sorted(out.frame()["n"].to_list()) == [1, 3, 4]
+    assert dead.frame()["raw"].to_list() == ['{"v": "x"}']
+
+
+def test_union_and_split(workers):
+    flow = tf.Dataflow("shape")
+    a = flow.source(TestingSource([{"x": 1}, {"x": 20}]), name="a")
+    b = flow.source(TestingSource([{"x": 300}, {"x": 4}]), name="b")
+    parts = a.union(b).split(small=pl.col("x") < 10, mid=pl.col("x") < 100)
+    small, mid, rest = CollectSink(), CollectSink(), CollectSink()
+    parts.small.sink(small)
+    parts.mid.sink(mid)
+    parts.rest.sink(rest)
+    run_collect(flow, workers)
+    assert sorted(small.frame()["x"].to_list()) == [1, 4]
+    assert sorted(mid.frame()["x"].to_list()) == [1, 4, 20]
+    assert rest.frame()["x"].to_list() == [300]
+
+
+def test_validate_routes_rule_breakers_to_dead_letters(workers):
+    flow = tf.Dataflow("rules")
+    out, dead = CollectSink(), CollectSink()
+    rows = [{"card": "c1", "amount": 5.0}, {"card": None, "amount": 3.0}, {"card": "c2", "amount": -1.0}]
+    flow.source(TestingSource(rows)).validate(
+        {"card is missing": pl.col("card").is_not_null(), "amount must be positive": pl.col("amount") > 0}
+    ).sink(out)
+    flow.dead_letters.sink(dead)
+    run_collect(flow, workers)
+    assert out.frame()["card"].to_list() == ["c1"]
+    assert sorted(dead.frame()["reason"].to_list()) == ["amount must be positive", "card is missing"]
+
+
+def test_default_dead_letter_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    flow = tf.Dataflow("dlfile")
+    flow.source(TestingSource([{"x": 0}, {"x": 1}])).map(lambda r: {"y": 1 // r["x"]}).sink(CollectSink())
+    result = tf.run(flow)
+    assert result.dead_letter_path == tmp_path / "dlfile.dead-letters.jsonl"
+    lines = pl.read_ndjson(result.dead_letter_path)
+    assert "raised ZeroDivisionError" in lines["reason"][0]
+    assert "test_stateless.py:" in lines["reason"][0]
+
+
+def test_no_dead_letter_file_without_dead_letters(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    flow = tf.Dataflow("clean")
+    flow.source(TestingSource([{"x": 1}])).sink(CollectSink())
+    assert tf.run(flow).dead_letter_path is None
+    assert not list(tmp_path.iterdir())
+
+
+def test_unbounded_source_pause_marker_and_abort():
+    flow = tf.Dataflow("abort")
+    out = CollectSink()
+    flow.source(TestingSource([{"x": 1}, PAUSE, {"x": 2}, ABORT], batch_size=1)).sink(out)
+    with pytest.raises(tf.JobError, match="ABORT"):
+        tf.run(flow, max_delay=__import__("datetime").timedelta(0))
+    assert sorted(out.frame()["x"].to_list()) == [1, 2]
+
+
+def test_testing_abort_is_a_runtime_error():
+    assert issubclass(TestingAbort, RuntimeError)
