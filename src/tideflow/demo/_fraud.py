@@ -1,21 +1,311 @@
-"""Placeholder replaced by the fraud demo."""
+"""The main job: real-time monitoring of card transactions (``tideflow demo``).
+
+Synthetic card transactions (with a small share of bad records) flow through:
+
+1. ``validate``: records without a card or with a non-positive amount go to the dead letters;
+2. per-card running statistics (count, spend, mean, max), vectorized, upserted into SQLite;
+3. per-card rules with explicit state: a *burst* (many transactions within a minute), a
+   *spend spike* (an amount far above the card's running mean), a *new country*;
+4. alerts appended to SQLite and shown on the terminal; dead letters to a JSON-lines file.
+
+No Kafka or database server is needed: everything is embedded.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
+import numpy as np
+import polars as pl
+from rich.console import Console
+
+import tideflow
+from tideflow._errors import ConfigError
 from tideflow.api import Dataflow
+from tideflow.connectors import files, generator, sqlite
+from tideflow.connectors._base import Sink, SinkContext, SinkWriter
+
+__all__ = ["RULES", "add_demo_options", "build_flow", "make_transactions", "run_demo"]
+
+log = logging.getLogger("tideflow.demo")
+
+COUNTRIES = ["DE", "FR", "NL", "ES", "IT", "PL", "SE", "US", "GB", "BR", "IN", "JP"]
+T0_MS = int(datetime(2026, 1, 1, tzinfo=UTC).timestamp() * 1000)
+N_CARDS = 20_000
+#: Rule settings: burst = BURST_COUNT transactions within BURST_WINDOW_MS; spike = amount over
+#: SPIKE_FACTOR times the card's running mean after SPIKE_MIN_HISTORY transactions; new country
+#: after NEW_COUNTRY_MIN_HISTORY transactions.
+BURST_COUNT = 6
+BURST_WINDOW_MS = 60_000
+SPIKE_FACTOR = 8.0
+SPIKE_MIN_HISTORY = 5
+NEW_COUNTRY_MIN_HISTORY = 3
+RULES = ("burst", "spend_spike", "new_country")
+
+TX_SCHEMA = {
+    "tx_id": pl.Int64(),
+    "card": pl.String(),
+    "amount": pl.Float64(),
+    "country": pl.String(),
+    "merchant": pl.String(),
+    "ts": pl.Datetime("ms", "UTC"),
+}
+ALERT_SCHEMA = {
+    "card": pl.String(),
+    "ts": pl.Datetime("ms", "UTC"),
+    "rule": pl.String(),
+    "amount": pl.Float64(),
+    "country": pl.String(),
+    "detail": pl.String(),
+}
+
+
+def _mix(x: np.ndarray, salt: int) -> np.ndarray:
+    """splitmix64 of ``x`` and a salt: a reproducible uniform hash per index."""
+    z = (x.astype(np.uint64) + np.uint64(salt) * np.uint64(0x9E3779B97F4A7C15)) & np.uint64(
+        0xFFFFFFFFFFFFFFFF
+    )
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _unit(x: np.ndarray, salt: int) -> np.ndarray:
+    return (_mix(x, salt) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def make_transactions(start: int, n: int) -> pl.DataFrame:
+    """Transactions ``start .. start + n - 1``; each row depends only on its index.
+
+    About 0.3% are abroad, 0.2% are amount spikes, bursts of 8 hit one card, and 0.1% are bad
+    records (no card, or a non-positive amount).
+
+    Examples
+    --------
+    >>> df = make_transactions(0, 1000)
+    >>> df.height, df.columns
+    (1000, ['tx_id', 'card', 'amount', 'country', 'merchant', 'ts'])
+    >>> make_transactions(10, 5).equals(make_transactions(0, 20).slice(10, 5))
+    True
+    """
+    i = np.arange(start, start + n, dtype=np.int64)
+    # Card: skewed popularity; bursts of 8 consecutive transactions on one card.
+    card_id = (N_CARDS * _unit(i, 1) ** 2).astype(np.int64)
+    block = i - (i % 16)
+    in_burst = (_unit(block, 2) < 0.004) & (i % 16 < 8)
+    card_id = np.where(in_burst, (N_CARDS * _unit(block, 3)).astype(np.int64), card_id)
+    home = (_mix(card_id, 4) % np.uint64(len(COUNTRIES))).astype(np.int64)
+    abroad = _unit(i, 5) < 0.003
+    country_idx = np.where(abroad, (home + 1 + (_unit(i, 6) * 11).astype(np.int64)) % 12, home)
+    card_mean = 15.0 + 120.0 * _unit(card_id, 7)
+    amount = np.round(card_mean * np.exp(0.5 * (_unit(i, 8) - 0.5)), 2)
+    amount = np.where(_unit(i, 9) < 0.002, np.round(amount * 25.0, 2), amount)
+    bad = _unit(i, 10)
+    amount = np.where(bad < 0.0005, -amount, amount)
+    # Event time: 1,000 transactions per second of event time; bursts within seconds.
+    ts = T0_MS + i
+    cards = pl.Series("card", card_id).cast(pl.String)
+    frame = pl.DataFrame(
+        {
+            "tx_id": i,
+            "card": pl.select(pl.lit("card-") + cards.str.zfill(5)).to_series(),
+            "amount": amount,
+            "country": pl.Series(np.array(COUNTRIES)[country_idx]),
+            "merchant": pl.Series((_mix(i, 11) % np.uint64(500)).astype(np.int64)).cast(pl.String),
+            "ts": pl.Series(ts).cast(pl.Datetime("ms", "UTC")),
+        }
+    )
+    missing_card = (bad >= 0.0005) & (bad < 0.001)
+    return frame.with_columns(
+        card=pl.when(pl.Series(missing_card)).then(None).otherwise(pl.col("card")),
+        merchant=pl.lit("m-") + pl.col("merchant"),
+    )
+
+
+def card_rules(state: dict[str, Any], tx: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """Per-card rule state machine: returns the new state and the alerts of this transaction.
+
+    The state is plain data: count, spend, countries seen, recent event times (ms).
+    """
+    ts: datetime = tx["ts"]
+    ms = int(ts.timestamp() * 1000)
+    amount = float(tx["amount"])
+    n, spend = state["n"], state["spend"]
+    alerts: list[dict[str, Any]] = []
+
+    def alert(rule: str, detail: str) -> None:
+        alerts.append(
+            {"card": tx["card"], "ts": ts, "rule": rule, "amount": amount,
+             "country": tx["country"], "detail": detail}
+        )
+
+    recent = [t for t in state["recent"] if ms - t < BURST_WINDOW_MS] + [ms]
+    if len(recent) == BURST_COUNT:  # fires once, when the burst reaches the threshold
+        alert("burst", f"{len(recent)} transactions within {BURST_WINDOW_MS // 1000}s")
+    if n >= SPIKE_MIN_HISTORY and amount > SPIKE_FACTOR * (spend / n):
+        alert("spend_spike", f"{amount:.2f} vs running mean {spend / n:.2f}")
+    countries = state["countries"]
+    if n >= NEW_COUNTRY_MIN_HISTORY and tx["country"] not in countries:
+        alert("new_country", f"{tx['country']} after {'/'.join(countries)}")
+    new_state = {
+        "n": n + 1,
+        "spend": spend + amount,
+        "countries": countries if tx["country"] in countries else [*countries, tx["country"]],
+        "recent": recent[-BURST_COUNT:],
+    }
+    return new_state, alerts or None
+
+
+def _new_card_state() -> dict[str, Any]:
+    return {"n": 0, "spend": 0.0, "countries": [], "recent": []}
+
+
+class _AlertConsole(Sink):
+    """Shows alerts on the terminal, at most a few lines per batch."""
+
+    single_writer = True
+
+    def __init__(self, per_batch: int = 3) -> None:
+        self.per_batch = per_batch
+
+    def build(self, ctx: SinkContext) -> SinkWriter:
+        return _AlertConsoleWriter(self.per_batch)
+
+
+class _AlertConsoleWriter(SinkWriter):
+    def __init__(self, per_batch: int) -> None:
+        self.console = Console(stderr=False, highlight=False)
+        self.per_batch = per_batch
+
+    def write(self, batch: pl.DataFrame) -> None:
+        for row in batch.head(self.per_batch).iter_rows(named=True):
+            self.console.print(
+                f"[bold red]ALERT[/] {row['rule']:<12} {row['card']}  {row['amount']:>9.2f} "
+                f"{row['country']}  {row['detail']}"
+            )
+        if batch.height > self.per_batch:
+            self.console.print(f"      … and {batch.height - self.per_batch} more alerts")
+
+    def close(self) -> None:
+        pass
+
+
+def build_flow(
+    out_dir: Path,
+    *,
+    events: int | None,
+    rate: float | None,
+    show_alerts: bool = True,
+) -> Dataflow:
+    """The fraud-monitoring dataflow, writing into ``out_dir``."""
+    db = out_dir / "demo.sqlite"
+    flow = Dataflow("fraud")
+    tx = flow.source(generator.generate(make_transactions, count=events, rate=rate), name="transactions")
+    valid = tx.validate(
+        {
+            "card is missing": pl.col("card").is_not_null(),
+            "amount must be positive": pl.col("amount") > 0,
+        },
+        name="validate",
+    )
+    with flow.scope("features"):
+        stats = valid.key_by("card").agg(
+            pl.len().alias("tx_count"),
+            pl.col("amount").sum().alias("spend"),
+            pl.col("amount").mean().alias("mean_amount"),
+            pl.col("amount").max().alias("max_amount"),
+            pl.col("ts").max().alias("last_seen"),
+            emit="updates",
+            name="card_stats",
+        )
+    stats.sink(sqlite.sink_sqlite(db, "card_stats", mode="upsert", key="card"), name="card_stats_db")
+    with flow.scope("rules"):
+        alerts = valid.key_by("card").stateful_map(
+            card_rules, init=_new_card_state, schema=ALERT_SCHEMA, name="card_rules"
+        )
+    alerts.sink(sqlite.sink_sqlite(db, "alerts", mode="append"), name="alerts_db")
+    if show_alerts:
+        alerts.sink(_AlertConsole(), name="alerts_console")
+    flow.dead_letters.sink(files.sink_jsonl(out_dir / "dead-letters.jsonl"), name="dead_letter_file")
+    return flow
 
 
 def add_demo_options(p: argparse.ArgumentParser) -> None:
     """Options of ``tideflow demo``."""
+    p.add_argument(
+        "--events",
+        type=int,
+        default=None,
+        help="stop after this many transactions (default: run until Ctrl-C)",
+    )
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="transactions per second (default: as fast as possible)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("tideflow-demo"),
+        help="output directory for demo.sqlite and dead-letters.jsonl (default ./tideflow-demo)",
+    )
+    p.add_argument("--quiet-alerts", action="store_true", help="do not print alerts")
 
 
-def build_flow(args: argparse.Namespace) -> Dataflow:
-    """The demo dataflow."""
-    raise NotImplementedError
+def _summary(out_dir: Path) -> list[str]:
+    db = out_dir / "demo.sqlite"
+    lines: list[str] = []
+    if not db.exists():
+        return lines
+    con = sqlite3.connect(db)
+    try:
+        tables = {r[0] for r in con.execute("select name from sqlite_master where type='table'")}
+        if "alerts" in tables:
+            for rule, n in con.execute("select rule, count(*) from alerts group by rule order by 1"):
+                lines.append(f"  alerts[{rule}] = {n}")
+        if "card_stats" in tables:
+            (cards,) = con.execute("select count(*) from card_stats").fetchone()
+            lines.append(f"  cards tracked = {cards}")
+    finally:
+        con.close()
+    return lines
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """Run the demo."""
-    return 0
+    """Run the demo from parsed command-line arguments; returns the exit code."""
+    from tideflow.cli._main import run_kwargs
+
+    out_dir: Path = args.out
+    if args.events is not None and args.events < 1:
+        msg = f"demo: --events must be >= 1, got {args.events}"
+        raise ConfigError(msg)
+    if args.rate is not None and args.rate <= 0:
+        msg = f"demo: --rate must be > 0, got {args.rate}"
+        raise ConfigError(msg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("demo.sqlite", "dead-letters.jsonl"):
+        (out_dir / name).unlink(missing_ok=True)
+    flow = build_flow(out_dir, events=args.events, rate=args.rate, show_alerts=not args.quiet_alerts)
+    kwargs = run_kwargs(args)
+    if args.rate is not None and args.rate < 100_000:
+        kwargs["max_delay"] = timedelta(milliseconds=min(args.max_delay_ms, 200))
+    result = tideflow.run(flow, **kwargs)  # type: ignore[arg-type]
+    out = Console(stderr=False, highlight=False)
+    state = "finished" if result.completed else "stopped"
+    rate = result.records_in / result.seconds if result.seconds else 0.0
+    out.print(
+        f"demo {state}: {result.records_in:,} transactions in {result.seconds:,.1f}s "
+        f"({rate:,.0f}/s, {result.workers} workers); {result.dead_letters:,} dead letters"
+    )
+    for line in _summary(out_dir):
+        out.print(line)
+    out.print(f"alerts and card stats: {out_dir / 'demo.sqlite'} (tables alerts, card_stats)")
+    out.print(f"dead letters:          {out_dir / 'dead-letters.jsonl'}")
+    return 0 if result.completed or args.events is None else 130
