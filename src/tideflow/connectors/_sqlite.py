@@ -43,7 +43,7 @@ def _to_sql_values(batch: pl.DataFrame) -> pl.DataFrame:
     for name, dtype in batch.schema.items():
         col = pl.col(name)
         if isinstance(dtype, pl.Datetime):
-            fmt = "%Y-%m-%dT%H:%M:%S%.f" + ("%:z" if dtype.time_zone else "")
+            fmt = "%Y-%m-%dT%H:%M:%S%.6f" + ("%:z" if dtype.time_zone else "")
             exprs.append(col.dt.to_string(fmt))
         elif isinstance(dtype, pl.Date):
             exprs.append(col.dt.to_string("%Y-%m-%d"))
