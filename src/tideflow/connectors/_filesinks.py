@@ -1,0 +1,309 @@
+"""File sinks: one CSV or JSON-lines file, or a directory of rolling Parquet parts."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import time
+import urllib.parse
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import IO, Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tideflow._errors import ConfigError, ConnectorError
+from tideflow.connectors._base import Sink, SinkContext, SinkWriter
+
+__all__ = ["SinkCsv", "SinkJsonl", "SinkParquet"]
+
+logger = logging.getLogger(__name__)
+
+_NESTED = (pl.List, pl.Struct, pl.Array, pl.Object)
+
+
+def _check_parent(step_id: str, path: str) -> None:
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        msg = (
+            f"step {step_id!r}: cannot write {path!r}: the directory {parent!r} does not exist; "
+            "create it first"
+        )
+        raise ConfigError(msg)
+    if os.path.isdir(path):
+        msg = f"step {step_id!r}: {path!r} is a directory; pass a file path"
+        raise ConfigError(msg)
+
+
+class _FileWriter(SinkWriter):
+    """Appends encoded batches to one file; positions are byte offsets."""
+
+    def __init__(self, path: str, ctx: SinkContext) -> None:
+        self._path = path
+        self._ctx = ctx
+        self._rows = 0
+        self._header_written = False
+        pos = ctx.resume.get(path) if isinstance(ctx.resume, Mapping) else None
+        try:
+            if isinstance(pos, Mapping) and os.path.exists(path):
+                self._file: IO[bytes] = open(path, "r+b")  # noqa: SIM115 - closed in close()
+                self._file.truncate(int(pos["bytes"]))
+                self._file.seek(0, os.SEEK_END)
+                self._rows = int(pos.get("rows", 0))
+                self._header_written = bool(pos.get("header", False))
+            else:
+                self._file = open(path, "wb")  # noqa: SIM115 - closed in close()
+        except OSError as exc:
+            msg = f"step {ctx.step_id!r}: cannot open {path!r} for writing: {exc}"
+            raise ConnectorError(msg) from exc
+
+    def _encode(self, batch: pl.DataFrame) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def write(self, batch: pl.DataFrame) -> None:
+        if batch.height == 0 and self._header_written:
+            return
+        try:
+            self._encode(batch)
+        except OSError as exc:
+            msg = f"step {self._ctx.step_id!r}: writing {self._path!r} failed: {exc}"
+            raise ConnectorError(msg) from exc
+        self._rows += batch.height
+
+    def flush(self) -> None:
+        if not self._file.closed:
+            self._file.flush()
+
+    def snapshot(self) -> dict[str, Any]:
+        self.flush()
+        offset = self._file.tell() if not self._file.closed else os.path.getsize(self._path)
+        return {self._path: {"bytes": offset, "rows": self._rows, "header": self._header_written}}
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+
+
+class _CsvWriter(_FileWriter):
+    def _encode(self, batch: pl.DataFrame) -> None:
+        nested = [n for n, t in batch.schema.items() if isinstance(t, _NESTED)]
+        if nested:
+            msg = (
+                f"step {self._ctx.step_id!r}: CSV cannot hold the nested columns {nested}; "
+                "select them away, convert them (for example .list.join(',')), or write "
+                "with sink_jsonl/sink_parquet"
+            )
+            raise ConnectorError(msg)
+        batch.write_csv(self._file, include_header=not self._header_written)
+        self._header_written = True
+
+
+class _JsonlWriter(_FileWriter):
+    def _encode(self, batch: pl.DataFrame) -> None:
+        if batch.height:
+            batch.write_ndjson(self._file)
+        self._header_written = True
+
+
+@dataclasses.dataclass(frozen=True)
+class SinkCsv(Sink):
+    """Settings of :func:`tideflow.connectors.files.sink_csv`."""
+
+    path: str
+    single_writer = True
+
+    def validate(self, step_id: str) -> None:
+        _check_parent(step_id, self.path)
+
+    def build(self, ctx: SinkContext) -> SinkWriter:
+        self.validate(ctx.step_id)
+        return _CsvWriter(self.path, ctx)
+
+
+@dataclasses.dataclass(frozen=True)
+class SinkJsonl(Sink):
+    """Settings of :func:`tideflow.connectors.files.sink_jsonl`."""
+
+    path: str
+    single_writer = True
+
+    def validate(self, step_id: str) -> None:
+        _check_parent(step_id, self.path)
+
+    def build(self, ctx: SinkContext) -> SinkWriter:
+        self.validate(ctx.step_id)
+        return _JsonlWriter(self.path, ctx)
+
+
+# -- Parquet ---------------------------------------------------------------------------------
+
+_PART = re.compile(r"^part-(\d+)-(\d+)\.parquet$")
+_NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
+
+
+def _partition_value(value: object) -> str:
+    if value is None:
+        return _NULL_PARTITION
+    return urllib.parse.quote(str(value), safe=" -_.,:@+")
+
+
+@dataclasses.dataclass(slots=True)
+class _Part:
+    directory: str
+    temp: str
+    final: str
+    writer: pq.ParquetWriter
+    schema: pa.Schema
+    opened: float
+    rows: int = 0
+
+
+class _ParquetWriter(SinkWriter):
+    def __init__(self, settings: SinkParquet, ctx: SinkContext) -> None:
+        self._s = settings
+        self._ctx = ctx
+        self._open: dict[str, _Part] = {}
+        self._done: list[str] = []
+        self._seq = 0
+        os.makedirs(settings.path, exist_ok=True)
+        prefix = f"part-{ctx.worker_index:04d}-"
+        for root, _, names in os.walk(settings.path):
+            for name in names:
+                m = _PART.match(name)
+                if m and int(m.group(1)) == ctx.worker_index:
+                    self._seq = max(self._seq, int(m.group(2)) + 1)
+                elif name.startswith("." + prefix) and name.endswith(".tmp"):
+                    # an unfinished part of an earlier run of this worker: never visible
+                    os.remove(os.path.join(root, name))
+
+    def _roll_due(self, part: _Part, now: float) -> bool:
+        if part.rows >= self._s.roll_rows:
+            return True
+        interval = self._s.roll_interval
+        return interval is not None and now - part.opened >= interval.total_seconds()
+
+    def _start(self, directory: str, schema: pa.Schema) -> _Part:
+        os.makedirs(directory, exist_ok=True)
+        name = f"part-{self._ctx.worker_index:04d}-{self._seq:06d}.parquet"
+        self._seq += 1
+        temp = os.path.join(directory, f".{name}.tmp")
+        final = os.path.join(directory, name)
+        try:
+            writer = pq.ParquetWriter(temp, schema)
+        except (OSError, pa.ArrowException) as exc:
+            msg = f"step {self._ctx.step_id!r}: cannot create {temp!r}: {exc}"
+            raise ConnectorError(msg) from exc
+        return _Part(directory, temp, final, writer, schema, time.monotonic())
+
+    def _finish(self, key: str) -> None:
+        part = self._open.pop(key)
+        part.writer.close()
+        os.replace(part.temp, part.final)
+        self._done.append(part.final)
+        logger.debug("step %r: wrote %s (%d rows)", self._ctx.step_id, part.final, part.rows)
+
+    def _append(self, key: str, directory: str, frame: pl.DataFrame) -> None:
+        table = frame.to_arrow()
+        part = self._open.get(key)
+        if part is not None and not table.schema.equals(part.schema):
+            try:
+                table = table.cast(part.schema)
+            except (pa.ArrowException, ValueError):
+                self._finish(key)  # the schema changed: start a new part file
+                part = None
+        if part is None:
+            part = self._open[key] = self._start(directory, table.schema)
+        room = self._s.roll_rows - part.rows
+        if table.num_rows > room:
+            part.writer.write_table(table.slice(0, room))
+            part.rows += room
+            self._finish(key)
+            self._append(key, directory, frame.slice(room))
+            return
+        part.writer.write_table(table)
+        part.rows += table.num_rows
+        if self._roll_due(part, time.monotonic()):
+            self._finish(key)
+
+    def write(self, batch: pl.DataFrame) -> None:
+        if batch.height == 0:
+            return
+        keys = list(self._s.partition_by)
+        missing = [k for k in keys if k not in batch.columns]
+        if missing:
+            msg = (
+                f"step {self._ctx.step_id!r}: partition_by names {missing} but the batch has "
+                f"columns {batch.columns}; fix partition_by"
+            )
+            raise ConnectorError(msg)
+        if not keys:
+            self._append("", self._s.path, batch)
+        else:
+            for values, group in batch.group_by(keys, maintain_order=True):
+                sub = "/".join(
+                    f"{k}={_partition_value(v)}" for k, v in zip(keys, values, strict=True)
+                )
+                self._append(sub, os.path.join(self._s.path, sub), group.drop(keys))
+        self._roll_by_time()
+
+    def _roll_by_time(self) -> None:
+        if self._s.roll_interval is None:
+            return
+        now = time.monotonic()
+        for key in [k for k, p in self._open.items() if self._roll_due(p, now)]:
+            self._finish(key)
+
+    def flush(self) -> None:
+        self._roll_by_time()
+
+    def snapshot(self) -> dict[str, Any]:
+        return {f"{self._s.path}#{self._ctx.worker_index}": {"next_seq": self._seq}}
+
+    def close(self) -> None:
+        for key in list(self._open):
+            self._finish(key)
+
+    @property
+    def files(self) -> list[str]:
+        """The part files completed so far."""
+        return list(self._done)
+
+
+@dataclasses.dataclass(frozen=True)
+class SinkParquet(Sink):
+    """Settings of :func:`tideflow.connectors.files.sink_parquet`."""
+
+    path: str
+    partition_by: tuple[str, ...] = ()
+    roll_rows: int = 1_000_000
+    roll_interval: timedelta | None = None
+
+    def validate(self, step_id: str) -> None:
+        if not isinstance(self.roll_rows, int) or self.roll_rows < 1:
+            msg = f"step {step_id!r}: roll_rows must be a positive integer, got {self.roll_rows!r}"
+            raise ConfigError(msg)
+        if self.roll_interval is not None and (
+            not isinstance(self.roll_interval, timedelta) or self.roll_interval <= timedelta(0)
+        ):
+            msg = (
+                f"step {step_id!r}: roll_interval must be a positive timedelta or None, got "
+                f"{self.roll_interval!r}"
+            )
+            raise ConfigError(msg)
+        if os.path.isfile(self.path):
+            msg = f"step {step_id!r}: {self.path!r} is a file; sink_parquet writes a directory"
+            raise ConfigError(msg)
+        parent = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(parent):
+            msg = f"step {step_id!r}: the directory {parent!r} does not exist; create it first"
+            raise ConfigError(msg)
+
+    def build(self, ctx: SinkContext) -> SinkWriter:
+        self.validate(ctx.step_id)
+        return _ParquetWriter(self, ctx)

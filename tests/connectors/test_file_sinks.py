@@ -1,0 +1,200 @@
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from tideflow import ConfigError, ConnectorError
+from tideflow.connectors import files, sqlite
+from tideflow.connectors._base import SinkContext
+
+
+def ctx(worker: int = 0, workers: int = 1, resume: dict[str, object] | None = None) -> SinkContext:
+    return SinkContext("job.write", worker, workers, resume or {})
+
+
+def batches() -> list[pl.DataFrame]:
+    ts = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    return [
+        pl.DataFrame(
+            {
+                "word": [f"w{i}" for i in range(s, s + n)],
+                "count": list(range(s, s + n)),
+                "ts": [ts + timedelta(seconds=i) for i in range(s, s + n)],
+            }
+        )
+        for s, n in ((0, 3), (3, 0), (3, 5), (8, 2))
+    ]
+
+
+def test_csv_round_trip_with_single_header(tmp_path: Path) -> None:
+    p = tmp_path / "out.csv"
+    sink = files.sink_csv(p)
+    assert sink.single_writer
+    w = sink.build(ctx())
+    for b in batches():
+        w.write(b)
+        w.flush()
+    w.close()
+    back = pl.read_csv(p, schema={"word": pl.String, "count": pl.Int64,
+                                  "ts": pl.Datetime("us", "UTC")})
+    assert back.equals(pl.concat(batches()))
+    assert p.read_text().count("word,count,ts") == 1
+
+
+def test_jsonl_round_trip(tmp_path: Path) -> None:
+    p = tmp_path / "out.jsonl"
+    w = files.sink_jsonl(p).build(ctx())
+    for b in batches():
+        w.write(b)
+    w.close()
+    back = pl.read_ndjson(p, schema={"word": pl.String, "count": pl.Int64,
+                                     "ts": pl.Datetime("us", "UTC")})
+    assert back.equals(pl.concat(batches()))
+
+
+def test_csv_resume_truncates_to_the_snapshot(tmp_path: Path) -> None:
+    p = tmp_path / "out.csv"
+    first, *_ = batches()
+    w = files.sink_csv(p).build(ctx())
+    w.write(first)
+    pos = w.snapshot()
+    w.write(pl.DataFrame({"word": ["lost"], "count": [99], "ts": [None]}, schema=first.schema))
+    w.flush()  # a crash here: the row after the snapshot must not survive
+    w2 = files.sink_csv(p).build(ctx(resume=pos))
+    w2.write(batches()[2])
+    w2.close()
+    w.close()
+    back = pl.read_csv(p)
+    assert back["word"].to_list() == [f"w{i}" for i in range(8)]
+
+
+def test_csv_rejects_nested_columns(tmp_path: Path) -> None:
+    w = files.sink_csv(tmp_path / "x.csv").build(ctx())
+    with pytest.raises(ConnectorError, match=r"nested columns \['l'\]"):
+        w.write(pl.DataFrame({"l": [[1, 2]]}))
+    w.close()
+    with pytest.raises(ConfigError, match="does not exist"):
+        files.sink_csv(tmp_path / "no" / "x.csv").validate("w")
+
+
+def visible(root: Path) -> list[str]:
+    return sorted(
+        str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()
+        and not p.name.startswith(".")
+    )
+
+
+def test_parquet_rolls_and_renames_when_complete(tmp_path: Path) -> None:
+    out = tmp_path / "pq"
+    w = files.sink_parquet(out, roll_rows=4).build(ctx())
+    for b in batches():
+        w.write(b)
+    # 10 rows, 4 per part: two parts are complete, the third is still a hidden temp file
+    assert visible(out) == ["part-0000-000000.parquet", "part-0000-000001.parquet"]
+    hidden = [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert hidden == [".part-0000-000002.parquet.tmp"]
+    w.close()
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    parts = visible(out)
+    assert len(parts) == 3
+    assert [pl.read_parquet(out / p).height for p in parts] == [4, 4, 2]
+    back = pl.read_parquet(out / "*.parquet")
+    assert back.equals(pl.concat(batches()))
+
+
+def test_parquet_partitions_and_workers(tmp_path: Path) -> None:
+    out = tmp_path / "pq"
+    data = pl.DataFrame({"day": ["d1", "d2", "d1", None], "kind": ["a/b", "c", "a/b", "c"],
+                         "v": [1, 2, 3, 4]})
+    for worker in (0, 1):
+        w = files.sink_parquet(out, partition_by=["day", "kind"]).build(ctx(worker, 2))
+        w.write(data.filter(pl.col("v") % 2 == worker))
+        w.close()
+    assert visible(out) == [
+        "day=__HIVE_DEFAULT_PARTITION__/kind=c/part-0000-000001.parquet",
+        "day=d1/kind=a%2Fb/part-0001-000000.parquet",
+        "day=d2/kind=c/part-0000-000000.parquet",
+    ]
+    back = pl.read_parquet(out / "day=d1" / "kind=a%2Fb" / "*.parquet")
+    assert back.columns == ["v"] and back["v"].to_list() == [1, 3]
+    w = files.sink_parquet(out, partition_by="day").build(ctx())
+    with pytest.raises(ConnectorError, match="partition_by names"):
+        w.write(pl.DataFrame({"x": [1]}))
+    w.close()
+
+
+def test_parquet_roll_interval_and_no_overwrite_on_restart(tmp_path: Path) -> None:
+    out = tmp_path / "pq"
+    w = files.sink_parquet(out, roll_interval=timedelta(milliseconds=20)).build(ctx())
+    w.write(batches()[0])
+    assert visible(out) == []
+    time.sleep(0.03)
+    w.flush()
+    assert visible(out) == ["part-0000-000000.parquet"]
+    w.close()
+    (out / ".part-0000-000009.parquet.tmp").write_bytes(b"junk from a crash")
+    w = files.sink_parquet(out).build(ctx())
+    assert not (out / ".part-0000-000009.parquet.tmp").exists()
+    w.write(batches()[2])
+    w.close()
+    assert visible(out) == ["part-0000-000000.parquet", "part-0000-000001.parquet"]
+    with pytest.raises(ConfigError, match="roll_rows must be a positive integer"):
+        files.sink_parquet(out, roll_rows=0).validate("w")
+
+
+def test_sqlite_append_creates_table_and_stores_iso_timestamps(tmp_path: Path) -> None:
+    db = tmp_path / "out.db"
+    sink = sqlite.sink_sqlite(db, "events")
+    assert sink.single_writer
+    w = sink.build(ctx())
+    for b in batches():
+        w.write(b)
+    w.close()
+    con = sqlite3.connect(db)
+    got = con.execute("SELECT word, count, ts FROM events ORDER BY count").fetchall()
+    types = {r[1]: r[2] for r in con.execute("PRAGMA table_info(events)")}
+    con.close()
+    assert len(got) == 10
+    assert got[0] == ("w0", 0, "2024-05-01T12:00:00.000000+00:00")
+    assert types == {"word": "TEXT", "count": "INTEGER", "ts": "TEXT"}
+
+
+def test_sqlite_upsert_by_key(tmp_path: Path) -> None:
+    db = tmp_path / "out.db"
+    w = sqlite.sink_sqlite(db, "cards", mode="upsert", key=["card", "day"]).build(ctx())
+    w.write(pl.DataFrame({"card": ["a", "b", "a"], "day": [1, 1, 2], "spend": [1.0, 2.0, 3.0]}))
+    w.write(pl.DataFrame({"card": ["a", "c", "a"], "day": [1, 1, 1], "spend": [10.0, 5.0, 11.0]}))
+    w.close()
+    con = sqlite3.connect(db)
+    got = con.execute("SELECT card, day, spend FROM cards ORDER BY card, day").fetchall()
+    con.close()
+    assert got == [("a", 1, 11.0), ("a", 2, 3.0), ("b", 1, 2.0), ("c", 1, 5.0)]
+    # a second writer on the existing table keeps upserting
+    w = sqlite.sink_sqlite(db, "cards", mode="upsert", key=["card", "day"]).build(ctx())
+    w.write(pl.DataFrame({"card": ["b"], "day": [1], "spend": [0.5]}))
+    w.close()
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT spend FROM cards WHERE card='b'").fetchall() == [(0.5,)]
+    con.close()
+
+
+def test_sqlite_errors(tmp_path: Path) -> None:
+    db = tmp_path / "out.db"
+    with pytest.raises(ConfigError, match="needs key="):
+        sqlite.sink_sqlite(db, "t", mode="upsert").validate("w")
+    with pytest.raises(ConfigError, match="unknown mode 'merge'"):
+        sqlite.sink_sqlite(db, "t", mode="merge").validate("w")  # type: ignore[arg-type]
+    with pytest.raises(ConnectorError, match="does not exist"):
+        sqlite.sink_sqlite(db, "t", create=False).build(ctx())
+    w = sqlite.sink_sqlite(db, "t").build(ctx())
+    w.write(pl.DataFrame({"a": [1]}))
+    with pytest.raises(ConnectorError, match=r"has no columns \['b'\]"):
+        w.write(pl.DataFrame({"a": [1], "b": [2]}))
+    w.close()
+    assert os.path.exists(db)
