@@ -20,7 +20,7 @@ from tideflow.api._aggs import AggSpec, parse_aggs
 from tideflow.api._graph import FrameOp, Node, NodeKind, OnError, RecordOp, Schema, fn_location
 from tideflow.connectors._base import DEAD_LETTER_SCHEMA, Sink, Source
 
-__all__ = ["AggOp", "Dataflow", "KeyedStream", "Split", "StatefulMapOp", "Stream"]
+__all__ = ["AggOp", "Dataflow", "KeyedStream", "Split", "StatefulMapOp", "Stream", "TransformOp"]
 
 Emit = Literal["auto", "updates", "final"]
 _EMITS = ("auto", "updates", "final")
@@ -67,6 +67,15 @@ class StatefulMapOp:
     on_error: OnError
     #: "final" keeps outputs per key and emits the last one at the end of a bounded input.
     emit: Literal["updates", "final"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TransformOp:
+    """Settings of a vectorized keyed transform with declared state columns."""
+
+    keys: tuple[str, ...]
+    fn: Callable[[pl.DataFrame, pl.DataFrame], tuple[pl.DataFrame, pl.DataFrame]]
+    state: Schema
 
 
 class Dataflow:
@@ -602,6 +611,60 @@ class KeyedStream:
         sch = dict(schema) if schema else None
         op = StatefulMapOp(self.keys, fn, init, sch, on_error, emit)
         node = flow._add("stateful_map", [up], op, step_id, schema=sch)
+        return Stream(flow, node)
+
+    def transform(
+        self,
+        fn: Callable[[pl.DataFrame, pl.DataFrame], tuple[pl.DataFrame, pl.DataFrame]],
+        *,
+        state: Mapping[str, pl.DataType],
+        name: str | None = None,
+    ) -> Stream:
+        """Vectorized keyed state: ``fn(batch, state) -> (output, new_state)`` per micro-batch.
+
+        ``state`` declares the state columns (scalar types). ``fn`` receives the batch (rows
+        of many keys, in arrival order) and the current state rows of the batch's keys that
+        have state (key columns + state columns; keys without state are absent, so join with
+        ``how="left"``). It returns its output rows and the new state rows (key columns +
+        state columns, one row per key) that replace the old ones. The runtime keeps the state,
+        snapshots it with checkpoints and restores it.
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import tideflow as tf
+        >>> from tideflow.testing import TestingSource, CollectSink
+        >>> def running_total(batch, state):
+        ...     df = batch.join(state, on="k", how="left").with_columns(
+        ...         total=pl.col("v").cum_sum().over("k") + pl.col("total").fill_null(0))
+        ...     return df.select("k", "v", "total"), df.group_by("k").agg(pl.col("total").last())
+        >>> flow = tf.Dataflow("t")
+        >>> out = CollectSink()
+        >>> rows = [{"k": "a", "v": 1}, {"k": "a", "v": 2}, {"k": "b", "v": 5}, {"k": "a", "v": 3}]
+        >>> flow.source(TestingSource(rows, batch_size=2)).key_by("k").transform(
+        ...     running_total, state={"total": pl.Int64()}).sink(out)
+        >>> _ = tf.run(flow)
+        >>> out.frame().filter(pl.col("k") == "a")["total"].to_list()
+        [1, 3, 6]
+        """
+        flow = self.stream.flow
+        step_id = flow._step_id(name, "transform")
+        if not callable(fn):
+            msg = f"step '{step_id}': transform() needs a function fn(batch, state)"
+            raise ConfigError(msg)
+        if not state:
+            msg = f"step '{step_id}': transform() needs state columns, e.g. state={{'n': pl.Int64()}}"
+            raise ConfigError(msg)
+        bad = [c for c, t in state.items() if isinstance(t, (pl.List, pl.Array, pl.Struct))]
+        if bad or any(c in self.keys for c in state):
+            msg = (
+                f"step '{step_id}': state columns must be scalar types and not key columns; "
+                f"check {bad or [c for c in state if c in self.keys]}"
+            )
+            raise ConfigError(msg)
+        up = self._exchange(step_id)
+        op = TransformOp(self.keys, fn, dict(state))
+        node = flow._add("keyed_transform", [up], op, step_id)
         return Stream(flow, node)
 
     def reduce(

@@ -24,6 +24,7 @@ NodeKind = Literal[
     "exchange",
     "agg",
     "stateful_map",
+    "keyed_transform",
     "sink",
     "dead_union",
 ]

@@ -287,3 +287,84 @@ class AggState:
         if n == 0:
             return pl.DataFrame()
         return self.values(self.index.frame(), np.arange(n, dtype=np.int64))
+
+
+class KeyedTable:
+    """One row of typed state columns per key, stored columnar (Polars series by key id).
+
+    Reads gather the rows of the keys a batch touches; writes scatter new rows back. State
+    columns must be scalar types (numbers, booleans, strings, dates and times).
+    """
+
+    def __init__(self, keys: tuple[str, ...], schema: dict[str, pl.DataType]) -> None:
+        self.keys = keys
+        self.schema = schema
+        self.index = KeyIndex(keys)
+        self.capacity = 0
+        self.cols: dict[str, pl.Series] = {}
+        self.has = np.zeros(0, dtype=np.bool_)
+        self._grow(1024)
+
+    def _grow(self, n: int) -> None:
+        if n <= self.capacity:
+            return
+        cap = max(n, 2 * self.capacity, 1024)
+        extra = cap - self.capacity
+        for name, dtype in self.schema.items():
+            pad = pl.Series(name, [None] * extra, dtype=dtype)
+            old = self.cols.get(name)
+            self.cols[name] = pad if old is None else pl.concat([old, pad], rechunk=True)
+        self.has = np.concatenate([self.has, np.zeros(extra, dtype=np.bool_)])
+        self.capacity = cap
+
+    def __len__(self) -> int:
+        return int(self.has.sum())
+
+    def get(self, keys: pl.DataFrame) -> pl.DataFrame:
+        """State rows (keys + state columns) of the distinct ``keys`` that have state."""
+        ids, _ = self.index.lookup(keys)
+        self._grow(len(self.index))
+        present = self.has[ids]
+        sel = ids[present]
+        idx = pl.Series(sel)
+        return keys.filter(pl.Series(present)).with_columns(
+            [self.cols[c].gather(idx).alias(c) for c in self.schema]
+        )
+
+    def put(self, rows: pl.DataFrame) -> None:
+        """Replace the state of the keys in ``rows`` (keys + state columns, distinct keys)."""
+        if rows.height == 0:
+            return
+        ids, _ = self.index.lookup(rows.select(self.keys))
+        self._grow(len(self.index))
+        idx = pl.Series(ids)
+        for c, dtype in self.schema.items():
+            self.cols[c].scatter(idx, rows.get_column(c).cast(dtype))
+        self.has[ids] = True
+
+    def delete(self, keys: pl.DataFrame) -> None:
+        """Forget the state of ``keys``."""
+        ids, _ = self.index.lookup(keys)
+        self._grow(len(self.index))
+        self.has[ids] = False
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain data: an Arrow IPC table of the keys with state and their columns."""
+        n = len(self.index)
+        if n == 0:
+            return {"version": 1, "table": _ipc(pl.DataFrame())}
+        mask = pl.Series(self.has[:n])
+        table = self.index.frame().with_columns(
+            [self.cols[c].slice(0, n).alias(c) for c in self.schema]
+        ).filter(mask)
+        return {"version": 1, "table": _ipc(table)}
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        """Load a :meth:`snapshot`."""
+        if snap.get("version") != 1:
+            msg = f"keyed state version {snap.get('version')!r} is not supported (expected 1)"
+            raise StateError(msg)
+        self.__init__(self.keys, self.schema)  # type: ignore[misc]
+        table = _from_ipc(snap["table"])
+        if table.height:
+            self.put(table)

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import polars as pl
 
 from tideflow._errors import DataError, JobError, StateError
-from tideflow.api._dataflow import AggOp, StatefulMapOp
+from tideflow.api._dataflow import AggOp, StatefulMapOp, TransformOp
 from tideflow.api._graph import FrameOp, Node, RecordOp, fn_location
 from tideflow.connectors._base import DEAD_LETTER_SCHEMA, SinkContext, dead_letters
-from tideflow.runtime._keyed import AggState
+from tideflow.runtime._keyed import AggState, KeyedTable
 
 if TYPE_CHECKING:
     from tideflow.connectors._base import SinkWriter
@@ -329,6 +329,44 @@ def _jsonable_key(key: Any) -> Any:
     return list(key) if isinstance(key, tuple) else key
 
 
+class TransformOperator(Operator):
+    """Vectorized keyed state: the user function sees the batch and its keys' state rows."""
+
+    def __init__(self, node: Node, ctx: OpContext) -> None:
+        super().__init__(node, ctx)
+        self.op: TransformOp = node.spec
+        self.table = KeyedTable(self.op.keys, self.op.state)
+        self.where = fn_location(self.op.fn)
+
+    def on_batch(self, index: int, batch: pl.DataFrame) -> None:
+        if batch.height == 0:
+            return
+        keys = list(self.op.keys)
+        state = self.table.get(batch.select(keys).unique(maintain_order=True))
+        result = self.op.fn(batch, state)
+        if not (isinstance(result, tuple) and len(result) == 2):
+            msg = f"step '{self.node.step_id}': {self.where} must return (output, new_state)"
+            raise JobError(msg, step_id=self.node.step_id)
+        out, new_state = result
+        want = [*keys, *self.op.state]
+        missing = [c for c in want if c not in new_state.columns]
+        if missing:
+            msg = (
+                f"step '{self.node.step_id}': the new state from {self.where} lacks columns "
+                f"{missing}; it needs {want}"
+            )
+            raise JobError(msg, step_id=self.node.step_id)
+        self.table.put(new_state.select(want))
+        if out.height:
+            self.ctx.emit(out)
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.table.snapshot()
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        self.table.restore(snap)
+
+
 class SinkOperator(Operator):
     """Hands batches to a sink writer."""
 
@@ -389,6 +427,8 @@ def build_operator(
         return AggOperator(node, ctx, emit_mode(node.spec.emit))
     if kind == "stateful_map":
         return StatefulMapOperator(node, ctx)
+    if kind == "keyed_transform":
+        return TransformOperator(node, ctx)
     if kind == "sink":
         return SinkOperator(node, ctx, resume)
     if kind == "dead_union":
