@@ -201,3 +201,24 @@ def test_stateful_map_state_must_be_plain_data():
     op.on_batch(0, pl.DataFrame({"k": [1]}))
     with pytest.raises(tf.StateError, match="not plain data"):
         op.snapshot()
+
+
+@settings(max_examples=100, deadline=None)
+@given(rows=rows_st, sizes=st.lists(st.integers(1, 50), max_size=20), workers=st.integers(1, 4))
+def test_combiner_partials_merged_across_workers_equal_reference(rows, sizes, workers):
+    """Per-batch partials (the combiner), shuffled by key and merged, give the reference."""
+    combinable = tuple(e for e in AGGS if e.meta.output_name() not in ("distinct", "top"))
+    specs = tuple(parse_aggs(combinable, "t"))
+    states = [AggState(("k",), specs) for _ in range(workers)]
+    assert all(s.combinable for s in states)
+    for batch in batches_of(rows, sizes):
+        partial = batch.group_by("k").agg(states[0].partial_exprs())
+        part = partial.with_columns(w=(pl.col("k").hash(seed=7) % workers)).partition_by(
+            "w", as_dict=True, include_key=False
+        )
+        for (w,), b in part.items():
+            states[w].merge(b)
+    frames = [s.all_values() for s in states if len(s.index)]
+    got = as_dict(pl.concat(frames)) if frames else {}
+    want = {k: {c: v for c, v in d.items() if c not in ("distinct", "top")} for k, d in reference(rows).items()}
+    assert_same(got, want)

@@ -49,6 +49,8 @@ class AggOp:
     keys: tuple[str, ...]
     aggs: tuple[AggSpec, ...]
     emit: Emit
+    #: True when the input rows are partials from a combiner (see ``AggState.partial_exprs``).
+    combined: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -578,8 +580,24 @@ class KeyedStream:
             out_schema = {k: schema[k] for k in self.keys}
             for s in specs:
                 out_schema[s.name] = _agg_dtype(s, schema)
-        up = self._exchange(step_id)
-        op = AggOp(self.keys, tuple(specs), emit)
+        combine = all(s.kind not in ("n_unique", "top_k") for s in specs)
+        if combine:
+            # Combiner: reduce each batch to one partial row per key before the shuffle.
+            from tideflow.runtime._keyed import AggState
+
+            exprs = AggState(self.keys, tuple(specs)).partial_exprs()
+            keys = list(self.keys)
+            pre = KeyedStream(
+                self.stream._frame(
+                    "combine", None, lambda df: df.group_by(keys).agg(exprs), "combine",
+                    user_fn=True,
+                ),
+                self.keys,
+            )
+            up = pre._exchange(step_id)
+        else:
+            up = self._exchange(step_id)
+        op = AggOp(self.keys, tuple(specs), emit, combine)
         node = flow._add("agg", [up], op, step_id, schema=out_schema)
         return Stream(flow, node)
 

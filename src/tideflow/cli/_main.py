@@ -94,12 +94,12 @@ def _parser() -> argparse.ArgumentParser:
         help="run a pipeline file",
         description="Run the dataflow defined in a Python file. The file builds a "
         "tideflow.Dataflow in a module-level variable (default name: flow); arguments "
-        "after '--' are passed to the file as sys.argv[1:].",
+        "after '--' are passed to the file as sys.argv[1:]: "
+        "tideflow run pipeline.py [options] -- [pipeline arguments]",
     )
     r.add_argument("path", type=Path, help="the pipeline file")
     r.add_argument("--flow", default="flow", help="name of the Dataflow variable (default flow)")
     add_run_options(r)
-    r.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the pipeline, after --")
 
     d = sub.add_parser(
         "demo",
@@ -149,6 +149,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tideflow.bench.cli import main as bench_main
 
         return bench_main(argv[1:])
+    pipeline_args: list[str] = []
+    if argv[:1] == ["run"] and "--" in argv:
+        cut = argv.index("--")
+        argv, pipeline_args = argv[:cut], argv[cut + 1 :]
     args = _parser().parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
@@ -156,10 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             import tideflow
 
-            extra = list(args.args)
-            if extra[:1] == ["--"]:
-                extra = extra[1:]
-            flow = _load_flow(args.path, args.flow, extra)
+            flow = _load_flow(args.path, args.flow, pipeline_args)
             result = tideflow.run(flow, **run_kwargs(args))  # type: ignore[arg-type]
             if result.dead_letter_path is not None:
                 log.warning(

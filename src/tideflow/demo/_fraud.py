@@ -146,7 +146,7 @@ def card_rules(state: dict[str, Any], tx: dict[str, Any]) -> tuple[dict[str, Any
         )
 
     prev = state["recent"]
-    in_burst = len(prev) >= BURST_COUNT - 1 and ms - prev[-(BURST_COUNT - 1)] < BURST_WINDOW_MS
+    in_burst = len(prev) >= BURST_COUNT - 1 and 0 <= ms - prev[-(BURST_COUNT - 1)] < BURST_WINDOW_MS
     if in_burst and not state["burst"]:
         alert("burst", f"{BURST_COUNT} transactions within {BURST_WINDOW_MS // 1000}s")
     if n >= SPIKE_MIN_HISTORY and amount > SPIKE_FACTOR * (spend / n):
@@ -181,7 +181,7 @@ def card_rules_batch(batch: pl.DataFrame, state: pl.DataFrame) -> tuple[pl.DataF
     df = (
         batch.with_columns(ms=pl.col("ts").dt.epoch("ms"))
         .with_row_index("__row")
-        .sort("card", "__row")
+        .sort("card", "ms", "__row")
         .join(state, on="card", how="left", maintain_order="left")
         .with_columns(
             pl.col("n").fill_null(0),
@@ -190,7 +190,7 @@ def card_rules_batch(batch: pl.DataFrame, state: pl.DataFrame) -> tuple[pl.DataF
             pl.col("burst").fill_null(False),
         )
     )
-    # Rows are sorted by card, then arrival: per-card positions and running sums come from
+    # Rows are sorted by card, then event time: per-card positions and running sums come from
     # run boundaries, with no per-group evaluation.
     idx = pl.int_range(pl.len(), dtype=pl.Int64)
     starts = pl.col("card") != pl.col("card").shift(1)
@@ -205,7 +205,7 @@ def card_rules_batch(batch: pl.DataFrame, state: pl.DataFrame) -> tuple[pl.DataF
     df = df.with_columns(
         n_prior=pl.col("n") + pl.col("w"),
         spend_prior=pl.col("spend") + pl.col("cum_excl") - group_base,
-        in_burst=(pl.col("ms") - prev_k < BURST_WINDOW_MS).fill_null(False),
+        in_burst=(pl.col("ms") - prev_k).is_between(0, BURST_WINDOW_MS, closed="left").fill_null(False),
         first_pair=pl.struct("card", "country").is_first_distinct(),
     )
     df = df.with_columns(

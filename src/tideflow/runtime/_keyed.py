@@ -102,26 +102,49 @@ class AggState:
             self._partial_exprs.extend(self._partials(s))
 
     # -- partial aggregation --------------------------------------------------------------
+    @property
+    def combinable(self) -> bool:
+        """True when every aggregate merges from partials (a combiner may run before a shuffle)."""
+        return all(s.kind not in ("n_unique", "top_k") for s in self.specs)
+
     @staticmethod
     def _partials(s: AggSpec) -> list[pl.Expr]:
         c = s.column
         p = f"__{s.name}"
         if s.kind == "count":
-            return [pl.len().alias(p)]
+            return [pl.len().cast(pl.Int64).alias(p)]
         assert c is not None
         col = pl.col(c)
         if s.kind == "count_non_null":
-            return [col.count().alias(p)]
+            return [col.count().cast(pl.Int64).alias(p)]
         if s.kind == "sum":
             return [col.sum().alias(p)]
         if s.kind == "mean":
-            return [col.sum().cast(pl.Float64).alias(p + "_s"), col.count().alias(p + "_n")]
+            return [col.sum().cast(pl.Float64).alias(p + "_s"), col.count().cast(pl.Int64).alias(p + "_n")]
         if s.kind in ("min", "max"):
-            e = col.min() if s.kind == "min" else col.max()
-            return [e.to_physical().alias(p)]
+            return [(col.min() if s.kind == "min" else col.max()).alias(p)]
         if s.kind == "top_k":
             return [col.top_k(s.k).alias(p)]
         return []  # n_unique is merged from (key, value) pairs
+
+    def partial_exprs(self) -> list[pl.Expr]:
+        """Expressions turning raw rows into one partial row per key."""
+        return list(self._partial_exprs)
+
+    def merge_exprs(self) -> list[pl.Expr]:
+        """Expressions combining partial rows of the same key into one."""
+        out: list[pl.Expr] = []
+        for s in self.specs:
+            p = f"__{s.name}"
+            if s.kind == "mean":
+                out += [pl.col(p + "_s").sum(), pl.col(p + "_n").sum()]
+            elif s.kind == "min":
+                out.append(pl.col(p).min())
+            elif s.kind == "max":
+                out.append(pl.col(p).max())
+            else:
+                out.append(pl.col(p).sum())
+        return out
 
     def _array(self, name: str, dtype: Any, fill: Any, n: int) -> np.ndarray:
         arr = self._arrays.get(name)
@@ -132,13 +155,27 @@ class AggState:
         return arr
 
     def update(self, batch: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray]:
-        """Fold one batch in; return the batch's distinct keys and their ids."""
+        """Fold one batch of raw rows in; return the batch's distinct keys and their ids."""
+        if self._partial_exprs:
+            partial = batch.group_by(self.keys).agg(self._partial_exprs)
+        else:
+            partial = batch.select(self.keys).unique()
+        return self._fold(partial, batch)
+
+    def merge(self, partials: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray]:
+        """Fold partial rows (from :meth:`partial_exprs`, keys may repeat) in."""
+        partial = partials.group_by(self.keys).agg(self.merge_exprs())
+        return self._fold(partial, None)
+
+    def _fold(
+        self, partial: pl.DataFrame, batch: pl.DataFrame | None
+    ) -> tuple[pl.DataFrame, np.ndarray]:
         for s in self.specs:
-            if s.column is not None and s.name not in self._dtypes:
-                self._dtypes[s.name] = batch.schema[s.column]
-        partial = batch.group_by(self.keys).agg(self._partial_exprs) if self._partial_exprs else (
-            batch.select(self.keys).unique()
-        )
+            if s.name not in self._dtypes and s.column is not None:
+                if batch is not None:
+                    self._dtypes[s.name] = batch.schema[s.column]
+                elif s.kind in ("sum", "min", "max"):
+                    self._dtypes[s.name] = partial.schema[f"__{s.name}"]
         ids, _ = self.index.lookup(partial)
         n = len(self.index)
         for s in self.specs:
@@ -162,14 +199,15 @@ class AggState:
             elif s.kind == "top_k":
                 self._merge_topk(s, partial.get_column(p).to_list(), ids, n)
             elif s.kind == "n_unique":
+                assert batch is not None
                 self._merge_unique(s, batch, n)
         return partial.select(self.keys), ids
 
     def _merge_extreme(
         self, s: AggSpec, p: str, partial: pl.DataFrame, ids: np.ndarray, n: int
     ) -> None:
-        col = partial.get_column(p)
-        is_int = col.dtype.is_integer()
+        col = partial.get_column(p).to_physical()
+        is_int = col.dtype.is_integer() or col.dtype == pl.Boolean
         dt = np.int64 if is_int else np.float64
         info = np.iinfo(np.int64) if is_int else None
         if s.kind == "min":

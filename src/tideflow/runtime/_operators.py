@@ -230,11 +230,12 @@ class AggOperator(Operator):
         op: AggOp = node.spec
         self.state = AggState(op.keys, op.aggs)
         self.updates = emit == "updates"
+        self.combined = op.combined
 
     def on_batch(self, index: int, batch: pl.DataFrame) -> None:
         if batch.height == 0:
             return
-        keys, ids = self.state.update(batch)
+        keys, ids = self.state.merge(batch) if self.combined else self.state.update(batch)
         if self.updates:
             self.ctx.emit(self.state.values(keys, ids))
 
