@@ -59,8 +59,8 @@ class TestingSource(Source):
     --------
     >>> src = TestingSource([{"x": 1}, {"x": 2}, PAUSE, {"x": 3}], batch_size=10)
     >>> reader = src.build(SourceContext("t", 0, 1, 100))
-    >>> [None if b is None else b.data["x"].to_list() for b in iter(reader.poll, "stop")][:3]
-    [[1, 2], None, [3]]
+    >>> [(b := reader.poll()) and b.data["x"].to_list() for _ in range(3)], reader.finished
+    ([[1, 2], None, [3]], True)
     """
 
     __test__ = False  # not a pytest test class

@@ -166,7 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log.warning(
                     "%d dead letters written to %s", result.dead_letters, result.dead_letter_path
                 )
-            return 0 if result.completed else 130
+            # Ctrl-C is how an unbounded job ends; a bounded one stopped early did not finish.
+            return 0 if result.completed or not flow.bounded else 130
         if args.command == "demo":
             from tideflow.demo import run_demo
 
