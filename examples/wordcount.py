@@ -24,8 +24,12 @@ args = parser.parse_args()
 
 flow = tf.Dataflow("wordcount")
 lines = flow.source(files.scan_text(args.input), name="read")
-words = lines.select(
-    pl.col("line").str.to_lowercase().str.extract_all(r"\p{L}+").alias("word"), name="split"
-).explode("word", name="words").filter(pl.col("word").is_not_null(), name="nonempty")
+words = (
+    lines.select(
+        pl.col("line").str.to_lowercase().str.extract_all(r"\p{L}+").alias("word"), name="split"
+    )
+    .explode("word", name="words")
+    .filter(pl.col("word").is_not_null(), name="nonempty")
+)
 counts = words.key_by("word").agg(pl.len().alias("count"), emit="final", name="count")
 counts.sink(files.sink_csv(args.output), name="write")

@@ -15,7 +15,6 @@ from tideflow._errors import (
     StateError,
     TideflowError,
 )
-
 from tideflow.api import Dataflow, KeyedStream, Split, Stream
 from tideflow.runtime import RunResult, StepStats, run
 

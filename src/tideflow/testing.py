@@ -92,7 +92,11 @@ class TestingSource(Source):
         def close_rows() -> None:
             for i in range(0, len(rows), batch_size):
                 chunk = rows[i : i + batch_size]
-                out.append(pl.DataFrame(chunk, schema=self._schema) if self._schema else pl.from_dicts(chunk))
+                out.append(
+                    pl.DataFrame(chunk, schema=self._schema)
+                    if self._schema
+                    else pl.from_dicts(chunk)
+                )
             rows.clear()
 
         for it in self.items:
@@ -113,7 +117,9 @@ class TestingSource(Source):
 
 
 class _TestingReader(SourceReader):
-    def __init__(self, batches: list[pl.DataFrame | _Marker], start: int, key: str, bounded: bool) -> None:
+    def __init__(
+        self, batches: list[pl.DataFrame | _Marker], start: int, key: str, bounded: bool
+    ) -> None:
         self.batches = batches
         self.pos = start
         self.key = key
@@ -139,7 +145,6 @@ class _TestingReader(SourceReader):
         return {self.key: self.pos}
 
 
-
 class CollectSink(Sink):
     """Collects every batch written, from any worker process, for assertions.
 
@@ -154,7 +159,9 @@ class CollectSink(Sink):
 
     def frames(self) -> list[pl.DataFrame]:
         """Every batch written, in write order per worker."""
-        files = sorted(self.dir.glob("*.arrow"), key=lambda p: tuple(int(x) for x in p.stem.split("-")))
+        files = sorted(
+            self.dir.glob("*.arrow"), key=lambda p: tuple(int(x) for x in p.stem.split("-"))
+        )
         return [pl.read_ipc(f) for f in files]
 
     def frame(self) -> pl.DataFrame:

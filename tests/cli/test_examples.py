@@ -2,7 +2,6 @@
 
 import collections
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -22,7 +21,9 @@ def tideflow(*args, cwd, timeout=120, check=True):
         [*TIDEFLOW, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+        raise AssertionError(
+            f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        )
     return proc
 
 
@@ -44,10 +45,29 @@ def reference_wordcount(paths):
 
 def write_corpus(directory: Path) -> list[Path]:
     directory.mkdir()
-    words = ["Alpha", "beta", "GAMMA", "naïve", "Ünïcode", "日本語", "x2y", "don't", "ΣΑΣ", "İstanbul",
-             "ǅungla", "ʰmodifier", "e\u0301", "под", "foo_bar", "١٢٣", "Ⅻ"]
+    words = [
+        "Alpha",
+        "beta",
+        "GAMMA",
+        "naïve",
+        "Ünïcode",
+        "日本語",
+        "x2y",
+        "don't",
+        "ΣΑΣ",
+        "İstanbul",
+        "ǅungla",
+        "ʰmodifier",
+        "e\u0301",
+        "под",
+        "foo_bar",
+        "١٢٣",
+        "Ⅻ",
+    ]
     a = directory / "a.txt"
-    a.write_text("\n".join(" ".join(words[(i * 7 + j) % len(words)] for j in range(9)) for i in range(3000)))
+    a.write_text(
+        "\n".join(" ".join(words[(i * 7 + j) % len(words)] for j in range(9)) for i in range(3000))
+    )
     b = directory / "b.log"
     b.write_bytes(b"bad \xff\xfe bytes\xc3 here\nlast line without newline Beta")
     return [a, b]
@@ -57,8 +77,19 @@ def write_corpus(directory: Path) -> list[Path]:
 def test_wordcount_matches_plain_python(tmp_path, workers):
     files = write_corpus(tmp_path / "in")
     out = tmp_path / "counts.csv"
-    tideflow("run", str(ROOT / "examples/wordcount.py"), "--workers", workers, "--no-progress",
-             "--", "--input", str(tmp_path / "in"), "--output", str(out), cwd=tmp_path)
+    tideflow(
+        "run",
+        str(ROOT / "examples/wordcount.py"),
+        "--workers",
+        workers,
+        "--no-progress",
+        "--",
+        "--input",
+        str(tmp_path / "in"),
+        "--output",
+        str(out),
+        cwd=tmp_path,
+    )
     assert out.read_text().splitlines()[0] == "word,count"
     got = dict(pl.read_csv(out, schema={"word": pl.String, "count": pl.Int64}).iter_rows())
     assert got == reference_wordcount(files)
@@ -67,8 +98,20 @@ def test_wordcount_matches_plain_python(tmp_path, workers):
 def test_wordcount_file_arguments(tmp_path):
     files = write_corpus(tmp_path / "in")
     out = tmp_path / "counts.csv"
-    tideflow("run", str(ROOT / "examples/wordcount.py"), "--workers", "1", "--no-progress",
-             "--", "--input", str(files[0]), str(files[1]), "--output", str(out), cwd=tmp_path)
+    tideflow(
+        "run",
+        str(ROOT / "examples/wordcount.py"),
+        "--workers",
+        "1",
+        "--no-progress",
+        "--",
+        "--input",
+        str(files[0]),
+        str(files[1]),
+        "--output",
+        str(out),
+        cwd=tmp_path,
+    )
     got = dict(pl.read_csv(out).iter_rows())
     assert got == reference_wordcount(files)
 
@@ -89,12 +132,30 @@ def test_follow_log_picks_up_new_lines_and_stops_on_ctrl_c(tmp_path, workers):
     (logs / "a.jsonl").write_text('{"level":"info","service":"api"}\nnot json\n')
     out = tmp_path / "counts.jsonl"
     proc = subprocess.Popen(
-        [*TIDEFLOW, "run", str(ROOT / "examples/follow_log.py"), "--workers", workers,
-         "--no-progress", "--max-delay-ms", "20", "--", "--dir", str(logs), "--output", str(out),
-         "--poll-ms", "50"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            *TIDEFLOW,
+            "run",
+            str(ROOT / "examples/follow_log.py"),
+            "--workers",
+            workers,
+            "--no-progress",
+            "--max-delay-ms",
+            "20",
+            "--",
+            "--dir",
+            str(logs),
+            "--output",
+            str(out),
+            "--poll-ms",
+            "50",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
+
         def rows():
             if not out.exists():
                 return []
@@ -117,7 +178,9 @@ def test_follow_log_picks_up_new_lines_and_stops_on_ctrl_c(tmp_path, workers):
     assert "stopping" in stderr
     printed = [json.loads(x) for x in stdout.splitlines() if x.startswith("{")]
     assert {"level": "WARN", "service": "web", "events": 1} in printed
-    dead = [json.loads(x) for x in (tmp_path / "follow_log.dead-letters.jsonl").read_text().splitlines()]
+    dead = [
+        json.loads(x) for x in (tmp_path / "follow_log.dead-letters.jsonl").read_text().splitlines()
+    ]
     assert dead[0]["origin"].endswith("a.jsonl:2")
     assert "JSON" in dead[0]["reason"]
 

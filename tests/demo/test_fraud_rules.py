@@ -42,15 +42,22 @@ def reference(rows):
         st_ = states.get(r["card"]) or _new_card_state()
         states[r["card"]], out = card_rules(st_, r)
         alerts.extend(out or [])
-    return sorted((a["card"], a["ts"], a["rule"], a["amount"], a["country"], a["detail"]) for a in alerts)
+    return sorted(
+        (a["card"], a["ts"], a["rule"], a["amount"], a["country"], a["detail"]) for a in alerts
+    )
 
 
 def vectorized(rows, sizes):
     table = KeyedTable(("card",), CARD_STATE)
-    schema = {"card": pl.String, "ts": pl.Datetime("ms", "UTC"), "amount": pl.Float64,
-              "country": pl.String, "tx_id": pl.Int64}
+    schema = {
+        "card": pl.String,
+        "ts": pl.Datetime("ms", "UTC"),
+        "amount": pl.Float64,
+        "country": pl.String,
+        "tx_id": pl.Int64,
+    }
     out, i = [], 0
-    sizes = list(sizes) + [len(rows)]
+    sizes = [*sizes, len(rows)]
     for s in sizes:
         chunk = rows[i : i + max(s, 1)]
         i += max(s, 1)
@@ -78,9 +85,21 @@ def test_each_rule_fires_on_a_crafted_stream():
     t = T0
     rows = []
     for i in range(6):  # card a: 6 transactions in 5 seconds -> burst
-        rows.append({"card": "a", "ts": t + timedelta(seconds=i), "amount": 10.0, "country": "DE", "tx_id": i})
-    rows.append({"card": "a", "ts": t + timedelta(seconds=7), "amount": 900.0, "country": "DE", "tx_id": 6})
-    rows.append({"card": "a", "ts": t + timedelta(seconds=8), "amount": 10.0, "country": "BR", "tx_id": 7})
+        rows.append(
+            {
+                "card": "a",
+                "ts": t + timedelta(seconds=i),
+                "amount": 10.0,
+                "country": "DE",
+                "tx_id": i,
+            }
+        )
+    rows.append(
+        {"card": "a", "ts": t + timedelta(seconds=7), "amount": 900.0, "country": "DE", "tx_id": 6}
+    )
+    rows.append(
+        {"card": "a", "ts": t + timedelta(seconds=8), "amount": 10.0, "country": "BR", "tx_id": 7}
+    )
     rules = [a[2] for a in reference(rows)]
     assert sorted(rules) == ["burst", "new_country", "spend_spike"]
     assert sorted(r[2] for r in vectorized(rows, [3, 5])) == sorted(rules)

@@ -184,8 +184,10 @@ def test_stateful_map_state_must_be_plain_data():
     from tideflow.runtime._operators import StatefulMapOperator
 
     flow = tf.Dataflow("snap")
-    s = flow.source(TestingSource([{"k": 1}])).key_by("k").stateful_map(
-        lambda st, r: (object(), None), init=dict
+    s = (
+        flow.source(TestingSource([{"k": 1}]))
+        .key_by("k")
+        .stateful_map(lambda st, r: (object(), None), init=dict)
     )
 
     class Ctx:
@@ -220,5 +222,8 @@ def test_combiner_partials_merged_across_workers_equal_reference(rows, sizes, wo
             states[w].merge(b)
     frames = [s.all_values() for s in states if len(s.index)]
     got = as_dict(pl.concat(frames)) if frames else {}
-    want = {k: {c: v for c, v in d.items() if c not in ("distinct", "top")} for k, d in reference(rows).items()}
+    want = {
+        k: {c: v for c, v in d.items() if c not in ("distinct", "top")}
+        for k, d in reference(rows).items()
+    }
     assert_same(got, want)

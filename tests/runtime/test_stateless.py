@@ -2,11 +2,14 @@ import polars as pl
 import pytest
 
 import tideflow as tf
-from tideflow.testing import ABORT, PAUSE, CollectSink, TestingSource, TestingAbort
+from tideflow.testing import ABORT, PAUSE, CollectSink, TestingAbort, TestingSource
 
-ROWS = [{"id": i, "word": w, "amount": a} for i, (w, a) in enumerate(
-    [("apple", 5), ("pear", 120), ("fig", 7), ("plum", 300), ("kiwi", 1), ("lime", 101)]
-)]
+ROWS = [
+    {"id": i, "word": w, "amount": a}
+    for i, (w, a) in enumerate(
+        [("apple", 5), ("pear", 120), ("fig", 7), ("plum", 300), ("kiwi", 1), ("lime", 101)]
+    )
+]
 
 
 def run_collect(flow, workers, *sinks):
@@ -75,7 +78,7 @@ def test_on_error_raise_stops_the_job_naming_the_step():
     flow.source(TestingSource([{"x": 0}])).map(
         lambda r: {"inv": 1 / r["x"]}, on_error="raise", name="invert"
     ).sink(CollectSink())
-    with pytest.raises(tf.JobError, match="strict.invert"):
+    with pytest.raises(tf.JobError, match=r"strict\.invert"):
         tf.run(flow)
 
 
@@ -108,20 +111,32 @@ def test_union_and_split(workers):
 def test_validate_routes_rule_breakers_to_dead_letters(workers):
     flow = tf.Dataflow("rules")
     out, dead = CollectSink(), CollectSink()
-    rows = [{"card": "c1", "amount": 5.0}, {"card": None, "amount": 3.0}, {"card": "c2", "amount": -1.0}]
+    rows = [
+        {"card": "c1", "amount": 5.0},
+        {"card": None, "amount": 3.0},
+        {"card": "c2", "amount": -1.0},
+    ]
     flow.source(TestingSource(rows)).validate(
-        {"card is missing": pl.col("card").is_not_null(), "amount must be positive": pl.col("amount") > 0}
+        {
+            "card is missing": pl.col("card").is_not_null(),
+            "amount must be positive": pl.col("amount") > 0,
+        }
     ).sink(out)
     flow.dead_letters.sink(dead)
     run_collect(flow, workers)
     assert out.frame()["card"].to_list() == ["c1"]
-    assert sorted(dead.frame()["reason"].to_list()) == ["amount must be positive", "card is missing"]
+    assert sorted(dead.frame()["reason"].to_list()) == [
+        "amount must be positive",
+        "card is missing",
+    ]
 
 
 def test_default_dead_letter_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     flow = tf.Dataflow("dlfile")
-    flow.source(TestingSource([{"x": 0}, {"x": 1}])).map(lambda r: {"y": 1 // r["x"]}).sink(CollectSink())
+    flow.source(TestingSource([{"x": 0}, {"x": 1}])).map(lambda r: {"y": 1 // r["x"]}).sink(
+        CollectSink()
+    )
     result = tf.run(flow)
     assert result.dead_letter_path == tmp_path / "dlfile.dead-letters.jsonl"
     lines = pl.read_ndjson(result.dead_letter_path)

@@ -15,7 +15,9 @@ def src(flow):
 
 def test_unknown_column_in_filter_names_the_step_and_columns():
     flow = tf.Dataflow("fraud")
-    with pytest.raises(tf.ConfigError, match=r"step 'fraud.big'.*input columns: \['card', 'amount'\]"):
+    with pytest.raises(
+        tf.ConfigError, match=r"step 'fraud.big'.*input columns: \['card', 'amount'\]"
+    ):
         src(flow).filter(pl.col("amont") > 100, name="big")
 
 

@@ -70,7 +70,9 @@ def _parse_one(expr: pl.Expr, step_id: str) -> AggSpec:
                 nulls = bool(body.get("include_nulls"))
                 spec = AggSpec("count" if nulls else "count_non_null", col, name or col)
         elif kind in _AGG_NODES:
-            col = _column_of(body) or _column_of(body.get("input") if isinstance(body, dict) else None)
+            col = _column_of(body) or _column_of(
+                body.get("input") if isinstance(body, dict) else None
+            )
             if col is not None:
                 spec = AggSpec(_AGG_NODES[kind], col, name or col)
     elif isinstance(tree, dict) and "Function" in tree:

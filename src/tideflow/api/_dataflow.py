@@ -250,7 +250,9 @@ class Stream:
                 )
                 raise ConfigError(msg) from None
         op = FrameOp(apply, description, user_fn)
-        node = self.flow._add("frame", [(self.node.index, self.port)], op, step_id, schema=out_schema)
+        node = self.flow._add(
+            "frame", [(self.node.index, self.port)], op, step_id, schema=out_schema
+        )
         return Stream(self.flow, node)
 
     def filter(
@@ -264,8 +266,12 @@ class Stream:
         A Polars expression runs vectorized; a Python function runs per record.
         """
         if isinstance(predicate, pl.Expr):
-            return self._frame("filter", name, lambda df: df.filter(predicate), f"filter {predicate}")
-        return self._record("filter", predicate, name=name, schema=self.schema, on_error="dead_letter")
+            return self._frame(
+                "filter", name, lambda df: df.filter(predicate), f"filter {predicate}"
+            )
+        return self._record(
+            "filter", predicate, name=name, schema=self.schema, on_error="dead_letter"
+        )
 
     def select(self, *exprs: Any, name: str | None = None, **named: Any) -> Stream:
         """Keep and derive columns, like :meth:`polars.DataFrame.select`."""
@@ -400,7 +406,9 @@ class Stream:
         known = [s.schema for s in streams if s.schema is not None]
         if len(known) == len(streams) and any(k != known[0] for k in known[1:]):
             detail = "; ".join(f"{s.step_id}: {list(s.schema or {})}" for s in streams)
-            msg = f"step '{step_id}': union needs the same columns and types on all inputs; {detail}"
+            msg = (
+                f"step '{step_id}': union needs the same columns and types on all inputs; {detail}"
+            )
             raise ConfigError(msg)
         node = self.flow._add(
             "union",
@@ -589,7 +597,10 @@ class KeyedStream:
             keys = list(self.keys)
             pre = KeyedStream(
                 self.stream._frame(
-                    "combine", None, lambda df: df.group_by(keys).agg(exprs), "combine",
+                    "combine",
+                    None,
+                    lambda df: df.group_by(keys).agg(exprs),
+                    "combine",
                     user_fn=True,
                 ),
                 self.keys,
@@ -671,7 +682,9 @@ class KeyedStream:
             msg = f"step '{step_id}': transform() needs a function fn(batch, state)"
             raise ConfigError(msg)
         if not state:
-            msg = f"step '{step_id}': transform() needs state columns, e.g. state={{'n': pl.Int64()}}"
+            msg = (
+                f"step '{step_id}': transform() needs state columns, e.g. state={{'n': pl.Int64()}}"
+            )
             raise ConfigError(msg)
         bad = [c for c, t in state.items() if isinstance(t, (pl.List, pl.Array, pl.Struct))]
         if bad or any(c in self.keys for c in state):

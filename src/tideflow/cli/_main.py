@@ -16,6 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from tideflow._errors import ConfigError, TideflowError
+from tideflow.api import Dataflow
 
 __all__ = ["main"]
 
@@ -117,9 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load_flow(path: Path, name: str, args: Sequence[str]) -> object:
-    from tideflow.api import Dataflow
-
+def _load_flow(path: Path, name: str, args: Sequence[str]) -> Dataflow:
     if not path.is_file():
         msg = f"pipeline file {str(path)!r} does not exist"
         raise ConfigError(msg)
@@ -133,10 +132,10 @@ def _load_flow(path: Path, name: str, args: Sequence[str]) -> object:
     if not isinstance(flow, Dataflow):
         found = [k for k, v in ns.items() if isinstance(v, Dataflow)]
         if len(found) == 1 and name == "flow":
-            return ns[found[0]]
-        msg = (
-            f"{path} defines no Dataflow named {name!r}"
-            + (f"; it has {found}: pass --flow NAME" if found else "; assign one to `flow`")
+            only: Dataflow = ns[found[0]]
+            return only
+        msg = f"{path} defines no Dataflow named {name!r}" + (
+            f"; it has {found}: pass --flow NAME" if found else "; assign one to `flow`"
         )
         raise ConfigError(msg)
     return flow
@@ -148,7 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["bench"]:
         from tideflow.bench.cli import main as bench_main
 
-        return bench_main(argv[1:])
+        code: int = bench_main(argv[1:])
+        return code
     pipeline_args: list[str] = []
     if argv[:1] == ["run"] and "--" in argv:
         cut = argv.index("--")

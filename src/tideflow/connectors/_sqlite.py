@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import sqlite3
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 import polars as pl
 

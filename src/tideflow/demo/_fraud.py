@@ -141,8 +141,14 @@ def card_rules(state: dict[str, Any], tx: dict[str, Any]) -> tuple[dict[str, Any
 
     def alert(rule: str, detail: str) -> None:
         alerts.append(
-            {"card": tx["card"], "ts": ts, "rule": rule, "amount": amount,
-             "country": tx["country"], "detail": detail}
+            {
+                "card": tx["card"],
+                "ts": ts,
+                "rule": rule,
+                "amount": amount,
+                "country": tx["country"],
+                "detail": detail,
+            }
         )
 
     prev = state["recent"]
@@ -198,14 +204,16 @@ def card_rules_batch(batch: pl.DataFrame, state: pl.DataFrame) -> tuple[pl.DataF
         w=idx - pl.when(starts.fill_null(True)).then(idx).forward_fill(),
         cum_excl=pl.col("amount").cum_sum() - pl.col("amount"),
     )
-    prev_k = pl.when(pl.col("w") >= k).then(pl.col("ms").shift(k))
+    prev_k: pl.Expr = pl.when(pl.col("w") >= k).then(pl.col("ms").shift(k))
     for i in range(k):  # the k-th previous time comes from the state for the first k rows
         prev_k = pl.when(pl.col("w") == i).then(pl.col(times[i])).otherwise(prev_k)
     group_base = pl.when(pl.col("w") == 0).then(pl.col("cum_excl")).forward_fill()
     df = df.with_columns(
         n_prior=pl.col("n") + pl.col("w"),
         spend_prior=pl.col("spend") + pl.col("cum_excl") - group_base,
-        in_burst=(pl.col("ms") - prev_k).is_between(0, BURST_WINDOW_MS, closed="left").fill_null(False),
+        in_burst=(pl.col("ms") - prev_k)
+        .is_between(0, BURST_WINDOW_MS, closed="left")
+        .fill_null(False),
         first_pair=pl.struct("card", "country").is_first_distinct(),
     )
     df = df.with_columns(
@@ -236,17 +244,20 @@ def card_rules_batch(batch: pl.DataFrame, state: pl.DataFrame) -> tuple[pl.DataF
     alerts = pl.concat([burst, spikes, countries]).select(list(ALERT_SCHEMA))
     # New state: counts, seen countries, the last k times, the burst flag of the last row.
     new_pairs = (
-        df.filter(pl.col("first_pair") & ~pl.col("seen").str.contains("|" + pl.col("country") + "|", literal=True))
+        df.filter(
+            pl.col("first_pair")
+            & ~pl.col("seen").str.contains("|" + pl.col("country") + "|", literal=True)
+        )
         .group_by("card", maintain_order=True)
         .agg(added=pl.col("country").str.join("|"))
     )
     grouped = df.group_by("card", maintain_order=True).agg(
+        *[pl.col(t).first() for t in times],
         n=pl.col("n").first() + pl.len(),
         spend=pl.col("spend").first() + pl.col("amount").sum(),
         seen=pl.col("seen").first(),
         burst=pl.col("in_burst").last(),
         ms=pl.col("ms"),
-        *[pl.col(t).first() for t in times],
     )
     grouped = grouped.join(new_pairs, on="card", how="left").with_columns(
         seen=pl.when(pl.col("added").is_null())
@@ -255,8 +266,15 @@ def card_rules_batch(batch: pl.DataFrame, state: pl.DataFrame) -> tuple[pl.DataF
         recent=pl.concat_list(times).list.drop_nulls().list.concat(pl.col("ms")).list.reverse(),
     )
     new_state = grouped.select(
-        "card", "n", "spend", "seen", "burst",
-        *[pl.col("recent").list.get(k - i, null_on_oob=True).alias(times[i - 1]) for i in range(1, k + 1)],
+        "card",
+        "n",
+        "spend",
+        "seen",
+        "burst",
+        *[
+            pl.col("recent").list.get(k - i, null_on_oob=True).alias(times[i - 1])
+            for i in range(1, k + 1)
+        ],
     )
     return alerts, new_state
 
@@ -305,7 +323,9 @@ def build_flow(
     """The fraud-monitoring dataflow, writing into ``out_dir``."""
     db = out_dir / "demo.sqlite"
     flow = Dataflow("fraud")
-    tx = flow.source(generator.generate(make_transactions, count=events, rate=rate), name="transactions")
+    tx = flow.source(
+        generator.generate(make_transactions, count=events, rate=rate), name="transactions"
+    )
     valid = tx.validate(
         {
             "card is missing": pl.col("card").is_not_null(),
@@ -323,13 +343,19 @@ def build_flow(
             emit="updates",
             name="card_stats",
         )
-    stats.sink(sqlite.sink_sqlite(db, "card_stats", mode="upsert", key="card"), name="card_stats_db")
+    stats.sink(
+        sqlite.sink_sqlite(db, "card_stats", mode="upsert", key="card"), name="card_stats_db"
+    )
     with flow.scope("rules"):
-        alerts = valid.key_by("card").transform(card_rules_batch, state=CARD_STATE, name="card_rules")
+        alerts = valid.key_by("card").transform(
+            card_rules_batch, state=CARD_STATE, name="card_rules"
+        )
     alerts.sink(sqlite.sink_sqlite(db, "alerts", mode="append"), name="alerts_db")
     if show_alerts:
         alerts.sink(_AlertConsole(), name="alerts_console")
-    flow.dead_letters.sink(files.sink_jsonl(out_dir / "dead-letters.jsonl"), name="dead_letter_file")
+    flow.dead_letters.sink(
+        files.sink_jsonl(out_dir / "dead-letters.jsonl"), name="dead_letter_file"
+    )
     return flow
 
 
@@ -365,7 +391,9 @@ def _summary(out_dir: Path) -> list[str]:
     try:
         tables = {r[0] for r in con.execute("select name from sqlite_master where type='table'")}
         if "alerts" in tables:
-            for rule, n in con.execute("select rule, count(*) from alerts group by rule order by 1"):
+            for rule, n in con.execute(
+                "select rule, count(*) from alerts group by rule order by 1"
+            ):
                 lines.append(f"  alerts, rule {rule}: {n:,}")
         if "card_stats" in tables:
             (cards,) = con.execute("select count(*) from card_stats").fetchone()
@@ -389,7 +417,9 @@ def run_demo(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in ("demo.sqlite", "dead-letters.jsonl"):
         (out_dir / name).unlink(missing_ok=True)
-    flow = build_flow(out_dir, events=args.events, rate=args.rate, show_alerts=not args.quiet_alerts)
+    flow = build_flow(
+        out_dir, events=args.events, rate=args.rate, show_alerts=not args.quiet_alerts
+    )
     kwargs = run_kwargs(args)
     if args.rate is not None and args.rate < 100_000:
         kwargs["max_delay"] = timedelta(milliseconds=min(args.max_delay_ms, 200))

@@ -120,7 +120,10 @@ class AggState:
         if s.kind == "sum":
             return [col.sum().alias(p)]
         if s.kind == "mean":
-            return [col.sum().cast(pl.Float64).alias(p + "_s"), col.count().cast(pl.Int64).alias(p + "_n")]
+            return [
+                col.sum().cast(pl.Float64).alias(p + "_s"),
+                col.count().cast(pl.Int64).alias(p + "_n"),
+            ]
         if s.kind in ("min", "max"):
             return [(col.min() if s.kind == "min" else col.max()).alias(p)]
         if s.kind == "top_k":
@@ -269,9 +272,7 @@ class AggState:
             elif s.kind == "top_k":
                 store = self._topk.get(s.name, [])
                 src = self._dtypes[s.name]
-                cols.append(
-                    pl.Series(s.name, [store[i] for i in ids.tolist()], dtype=pl.List(src))
-                )
+                cols.append(pl.Series(s.name, [store[i] for i in ids.tolist()], dtype=pl.List(src)))
         return keys.with_columns(cols)
 
     # -- snapshots ------------------------------------------------------------------------
@@ -392,9 +393,11 @@ class KeyedTable:
         if n == 0:
             return {"version": 1, "table": _ipc(pl.DataFrame())}
         mask = pl.Series(self.has[:n])
-        table = self.index.frame().with_columns(
-            [self.cols[c].slice(0, n).alias(c) for c in self.schema]
-        ).filter(mask)
+        table = (
+            self.index.frame()
+            .with_columns([self.cols[c].slice(0, n).alias(c) for c in self.schema])
+            .filter(mask)
+        )
         return {"version": 1, "table": _ipc(table)}
 
     def restore(self, snap: dict[str, Any]) -> None:

@@ -66,7 +66,7 @@ class Operator:
         """Return the operator state as plain data (empty for stateless operators)."""
         return {}
 
-    def restore(self, snap: dict[str, Any]) -> None:  # noqa: B027 - stateless default
+    def restore(self, snap: dict[str, Any]) -> None:
         """Load state written by :meth:`snapshot`."""
 
 
@@ -116,7 +116,9 @@ class FrameOperator(Operator):
                     stack.append(part.slice(0, half))
         if bad_rows:
             self.ctx.dead(
-                dead_letters(self.node.step_id, [self.node.step_id] * len(bad_rows), reasons, bad_rows)
+                dead_letters(
+                    self.node.step_id, [self.node.step_id] * len(bad_rows), reasons, bad_rows
+                )
             )
         good = [g for g in good if g.height]
         if not good:
@@ -146,7 +148,9 @@ class RecordOperator(Operator):
                 elif mode == "map":
                     if res is not None:
                         if not isinstance(res, dict):
-                            msg = f"map function must return a dict or None, got {type(res).__name__}"
+                            msg = (
+                                f"map function must return a dict or None, got {type(res).__name__}"
+                            )
                             raise DataError(msg)
                         out.append(res)
                 else:
@@ -160,14 +164,18 @@ class RecordOperator(Operator):
                 bad.append(_raw(rec))
                 reasons.append(f"{self.where} raised {type(exc).__name__}: {exc}")
         if bad:
-            self.ctx.dead(dead_letters(self.node.step_id, [self.node.step_id] * len(bad), reasons, bad))
+            self.ctx.dead(
+                dead_letters(self.node.step_id, [self.node.step_id] * len(bad), reasons, bad)
+            )
         if mode == "filter":
             self.ctx.emit(batch.filter(pl.Series(keep, dtype=pl.Boolean)))
         elif out:
             self.ctx.emit(_frame(out, self.op.schema, self.node.step_id))
 
 
-def _frame(rows: list[dict[str, Any]], schema: dict[str, pl.DataType] | None, step: str) -> pl.DataFrame:
+def _frame(
+    rows: list[dict[str, Any]], schema: dict[str, pl.DataType] | None, step: str
+) -> pl.DataFrame:
     try:
         if schema is not None:
             return pl.DataFrame(rows, schema=schema)
@@ -182,9 +190,7 @@ class SplitOperator(Operator):
 
     def on_batch(self, index: int, batch: pl.DataFrame) -> None:
         preds: dict[str, pl.Expr] = self.node.spec
-        masks = batch.select(
-            [pl.coalesce(p, pl.lit(False)).alias(n) for n, p in preds.items()]
-        )
+        masks = batch.select([pl.coalesce(p, pl.lit(False)).alias(n) for n, p in preds.items()])
         any_match = pl.Series([False] * batch.height, dtype=pl.Boolean)
         for name in preds:
             m = masks.get_column(name)
@@ -199,7 +205,10 @@ class ValidateOperator(Operator):
     def __init__(self, node: Node, ctx: OpContext) -> None:
         super().__init__(node, ctx)
         self.rules: dict[str, pl.Expr] = node.spec
-        self.checks = [pl.coalesce(p, pl.lit(False)).alias(f"__r{i}") for i, p in enumerate(self.rules.values())]
+        self.checks = [
+            pl.coalesce(p, pl.lit(False)).alias(f"__r{i}")
+            for i, p in enumerate(self.rules.values())
+        ]
 
     def on_batch(self, index: int, batch: pl.DataFrame) -> None:
         masks = batch.select(self.checks)
@@ -296,7 +305,9 @@ class StatefulMapOperator(Operator):
             else:
                 out.extend(recs)
         if bad:
-            self.ctx.dead(dead_letters(self.node.step_id, [self.node.step_id] * len(bad), reasons, bad))
+            self.ctx.dead(
+                dead_letters(self.node.step_id, [self.node.step_id] * len(bad), reasons, bad)
+            )
         if out:
             self.ctx.emit(_frame(out, self.op.schema, self.node.step_id))
 
@@ -309,7 +320,11 @@ class StatefulMapOperator(Operator):
         try:
             items = [[_jsonable_key(k), v] for k, v in self.states.items()]
             last = [[_jsonable_key(k), v] for k, v in self.last.items()]
-            return {"version": 1, "states": json.dumps(items), "last": json.dumps(last, default=str)}
+            return {
+                "version": 1,
+                "states": json.dumps(items),
+                "last": json.dumps(last, default=str),
+            }
         except TypeError as exc:
             msg = (
                 f"step '{self.node.step_id}': the state returned by {self.where} is not plain "
@@ -404,7 +419,7 @@ class DeadUnionOperator(Operator):
 
     def on_batch(self, index: int, batch: pl.DataFrame) -> None:
         if batch.height:
-            self.ctx.emit(batch.select(list(DEAD_LETTER_SCHEMA)).cast(DEAD_LETTER_SCHEMA))
+            self.ctx.emit(batch.select(list(DEAD_LETTER_SCHEMA)).cast(pl.Schema(DEAD_LETTER_SCHEMA)))
 
 
 def build_operator(

@@ -262,7 +262,12 @@ def _worker_main(
             driver.put(("stats", index, stats))
 
         worker = Worker(
-            nodes, cfg, transport, emit_mode=_emit_mode(bounded), should_stop=stop.is_set, report=report
+            nodes,
+            cfg,
+            transport,
+            emit_mode=_emit_mode(bounded),
+            should_stop=stop.is_set,
+            report=report,
         )
         completed = worker.run()
         driver.put(("done", index, worker.named_stats(), completed))

@@ -26,7 +26,7 @@ import polars as pl
 from tideflow._errors import JobError, TideflowError
 from tideflow.api._graph import Node
 from tideflow.connectors._base import SourceContext, SourceReader
-from tideflow.runtime._operators import Operator, build_operator
+from tideflow.runtime._operators import Operator, SinkOperator, build_operator
 
 __all__ = ["LocalTransport", "QueueTransport", "RunConfig", "StepStats", "Worker"]
 
@@ -106,11 +106,14 @@ class QueueTransport:
 
     def recv(self, timeout: float) -> tuple[Any, ...] | None:
         try:
-            msg = self.inboxes[self.worker_index].get(timeout=timeout) if timeout > 0 else (
-                self.inboxes[self.worker_index].get_nowait()
+            msg = (
+                self.inboxes[self.worker_index].get(timeout=timeout)
+                if timeout > 0
+                else (self.inboxes[self.worker_index].get_nowait())
             )
         except queue.Empty:
             return None
+        assert isinstance(msg, tuple)
         sender = msg[2]
         self.received[sender * self.worker_count + self.worker_index] += 1
         return msg
@@ -228,8 +231,10 @@ class _SourceRunner:
     def take(self) -> pl.DataFrame | None:
         if not self.buffer:
             return None
-        out = self.buffer[0] if len(self.buffer) == 1 else pl.concat(
-            self.buffer, how="vertical_relaxed"
+        out = (
+            self.buffer[0]
+            if len(self.buffer) == 1
+            else pl.concat(self.buffer, how="vertical_relaxed")
         )
         self.buffer, self.buffered = [], 0
         return out
@@ -328,7 +333,11 @@ class Worker:
         if self.ended[index]:
             return
         self.ended[index] = True
-        targets = [t for port in (*self.nodes[index].ports, "dead") for t in self.routes.get((index, port), ())]
+        targets = [
+            t
+            for port in (*self.nodes[index].ports, "dead")
+            for t in self.routes.get((index, port), ())
+        ]
         for dst, _ in targets:
             self.pending[dst] -= 1
             if self.pending[dst] == 0:
@@ -378,7 +387,10 @@ class Worker:
                 progressed = True
         finished = src.reader.finished
         if src.buffer and (
-            got is None or finished or src.buffered >= src.batch_size or now - src.since >= src.max_delay
+            got is None
+            or finished
+            or src.buffered >= src.batch_size
+            or now - src.since >= src.max_delay
         ):
             self._push_source(src)
         if finished and not src.ended:
@@ -462,7 +474,7 @@ class Worker:
             out[src.node.step_id] = src.reader.snapshot()
         for n, op in zip(self.nodes, self.ops, strict=True):
             if op is not None:
-                snap = op.snapshot() if n.kind != "sink" else op.writer_snapshot()
+                snap = op.writer_snapshot() if isinstance(op, SinkOperator) else op.snapshot()
                 if snap:
                     out[n.step_id] = snap
         return out

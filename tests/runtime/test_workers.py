@@ -1,0 +1,104 @@
+"""Multi-worker behaviour: exchanges, backpressure, equality with one worker."""
+
+import multiprocessing as mp
+import time
+
+import polars as pl
+
+import tideflow as tf
+from tideflow.connectors._base import Sink, SinkContext, SinkWriter
+from tideflow.runtime._worker import QueueTransport
+from tideflow.testing import CollectSink, TestingSource
+
+
+class _FakeQueue:
+    def __init__(self):
+        self.items = []
+
+    def put(self, msg):
+        self.items.append(msg)
+
+
+def test_backlog_counts_unread_batches_per_peer():
+    sent = mp.Array("q", 4, lock=False)
+    received = mp.Array("q", 4, lock=False)
+    inboxes = [_FakeQueue(), _FakeQueue()]
+    t0 = QueueTransport(0, 2, inboxes, sent, received, limit=2)
+    for _ in range(3):
+        assert not t0.backlogged()
+        t0.send(1, ("D", 0, 0, b""))
+    assert t0.backlogged()  # 3 unread > limit 2
+    received[0 * 2 + 1] += 2  # worker 1 read two of them
+    assert not t0.backlogged()
+
+
+class SlowSink(Sink):
+    """A sink that takes its time, so that sources must wait for it."""
+
+    single_writer = True
+
+    def __init__(self, path):
+        self.inner = CollectSink()
+
+    def build(self, ctx: SinkContext) -> SinkWriter:
+        inner = self.inner.build(ctx)
+
+        class W(SinkWriter):
+            def write(self, batch):
+                time.sleep(0.01)
+                inner.write(batch)
+
+            def close(self):
+                inner.close()
+
+        return W()
+
+
+def test_slow_sink_loses_nothing_under_backpressure(tmp_path):
+    rows = [{"k": i % 7, "v": i} for i in range(20_000)]
+    flow = tf.Dataflow("slow")
+    sink = SlowSink(tmp_path)
+    flow.source(TestingSource(rows, batch_size=100)).sink(sink)
+    result = tf.run(flow, workers=2, batch_size=100)
+    got = sink.inner.frame()
+    assert got.height == 20_000
+    assert sorted(got["v"].to_list()) == list(range(20_000))
+    assert result.records_in == 20_000
+
+
+def test_two_workers_equal_one_worker_on_a_keyed_pipeline():
+    rows = [{"user": f"u{i % 97}", "amount": (i * 37) % 1000, "ok": i % 5 != 0} for i in range(30_000)]
+
+    def build():
+        flow = tf.Dataflow("eq")
+        out = CollectSink()
+        (
+            flow.source(TestingSource(rows, batch_size=1000))
+            .filter(pl.col("ok"))
+            .key_by("user")
+            .agg(pl.len().alias("n"), pl.col("amount").sum().alias("s"), pl.col("amount").max().alias("mx"))
+            .sink(out)
+        )
+        return flow, out
+
+    results = []
+    for workers in (1, 2):
+        flow, out = build()
+        tf.run(flow, workers=workers, batch_size=1000)
+        results.append(out.frame().sort("user"))
+    assert results[0].height == 97
+    assert results[0].equals(results[1])
+
+
+def test_worker_failure_is_reported_with_the_step():
+    flow = tf.Dataflow("boom")
+    flow.source(TestingSource([{"x": 1}, {"x": 2}])).map(
+        lambda r: {"y": 1 / 0}, on_error="raise", name="divide"
+    ).sink(CollectSink())
+    try:
+        tf.run(flow, workers=2)
+    except tf.JobError as exc:
+        assert exc.step_id == "boom.divide"
+        assert "ZeroDivisionError" in str(exc)
+    else:
+        raise AssertionError("the job should have failed")
