@@ -90,6 +90,27 @@ def test_dead_letters_carry_origin_line_and_reason(tmp_path: Path) -> None:
     assert dead["raw"][3] == '{"id": "x", "level": "warn"}'
 
 
+def test_timestamps_parse_vectorized_and_bad_ones_are_dead(tmp_path: Path) -> None:
+    p = tmp_path / "t.jsonl"
+    p.write_text(
+        '{"id": 1, "ts": "2024-01-01T01:00:00+01:00"}\n'
+        '{"id": 2, "ts": "yesterday"}\n'
+        '{"id": 3, "ts": null}\n'
+        '{"id": 4, "ts": "2024-01-01T00:00:04+00:00"}\n'
+    )
+    src = files.scan_jsonl(p, schema={"id": pl.Int64, "ts": pl.Datetime("ms", "UTC")})
+    data, dead = read_all(src)
+    assert data is not None and dead is not None
+    assert data.schema["ts"] == pl.Datetime("ms", "UTC")
+    assert data.rows() == [
+        (1, datetime(2024, 1, 1, tzinfo=UTC)),
+        (3, None),
+        (4, datetime(2024, 1, 1, 0, 0, 4, tzinfo=UTC)),
+    ]
+    assert dead["origin"].to_list() == [f"{p}:2"]
+    assert dead["reason"].to_list() == ["field 'ts': cannot convert \"yesterday\" to Datetime(time_unit='ms', time_zone='UTC')"]
+
+
 def test_required_can_be_narrowed(tmp_path: Path) -> None:
     p = tmp_path / "a.jsonl"
     p.write_text('{"id": 1}\n{"level": "x"}\n')

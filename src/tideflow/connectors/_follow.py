@@ -265,7 +265,7 @@ class FollowReader(SourceReader):
         f.chunk_start = f.offset
         f.chunk_end = f.offset + len(data)
         f.chunk_line = f.line
-        f.chunk_lines = count_lines(data)
+        f.chunk_lines = parsed.lines if parsed.lines is not None else count_lines(data)
         f.emitted = 0
 
     def _read(self, f: _File) -> bool:

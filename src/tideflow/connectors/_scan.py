@@ -57,7 +57,7 @@ logger = logging.getLogger(__name__)
 #: Byte size of the ranges large files are cut into (the unit of work split between workers).
 DEFAULT_SPLIT_BYTES = 64 << 20
 #: Bytes read and parsed at a time (then sliced into micro-batches of ``ctx.batch_size`` rows).
-DEFAULT_CHUNK_BYTES = 8 << 20
+DEFAULT_CHUNK_BYTES = 4 << 20
 #: Bytes of the first file used to infer a schema.
 _SAMPLE_BYTES = 1 << 20
 _BOM = b"\xef\xbb\xbf"
@@ -226,7 +226,7 @@ class LineReader(SourceReader):
         r.chunk_start = start
         r.chunk_end = start + len(data)
         r.chunk_line = r.line
-        r.chunk_lines = count_lines(data)
+        r.chunk_lines = parsed.lines if parsed.lines is not None else count_lines(data)
         r.emitted = 0
 
     def _align(self, r: _Range, fd: int) -> None:
