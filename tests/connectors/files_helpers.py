@@ -42,7 +42,7 @@ def drain(
             assert reader.finished, "a bounded file reader returned None before finishing"
             break
         polls += 1
-        assert batch.data.height <= getattr(reader, "_ctx").batch_size
+        assert batch.data.height <= reader._ctx.batch_size
         data.append(batch.data)
         if batch.dead is not None:
             dead.append(batch.dead)

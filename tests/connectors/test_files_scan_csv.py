@@ -114,8 +114,9 @@ def test_dead_letter_lines_are_absolute_across_ranges_and_workers(tmp_path: Path
     p = tmp_path / "big.csv"
     rows = ["id,v"] + [f"{i},{i}" if i % 97 else f"{i},bad{i}" for i in range(1, 2001)]
     p.write_text("\n".join(rows) + "\n")
-    src = files.scan_csv(p, schema={"id": pl.Int64, "v": pl.Int64}, split_bytes=3000,
-                         chunk_bytes=1000)
+    src = files.scan_csv(
+        p, schema={"id": pl.Int64, "v": pl.Int64}, split_bytes=3000, chunk_bytes=1000
+    )
     data, dead = read_workers(src, 3, batch_size=100)
     assert data is not None and dead is not None
     bad_ids = [i for i in range(1, 2001) if i % 97 == 0]

@@ -18,7 +18,11 @@ SCHEMA = {"id": pl.Int64, "level": pl.String, "ts": pl.Datetime("us", "UTC")}
 
 def write_jsonl(path: Path, n: int, start: int = 0) -> list[dict[str, object]]:
     rows = [
-        {"id": i, "level": ["info", "warn", "error"][i % 3], "ts": f"2024-01-01T00:00:{i % 60:02d}Z"}
+        {
+            "id": i,
+            "level": ["info", "warn", "error"][i % 3],
+            "ts": f"2024-01-01T00:00:{i % 60:02d}Z",
+        }
         for i in range(start, start + n)
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -108,7 +112,9 @@ def test_timestamps_parse_vectorized_and_bad_ones_are_dead(tmp_path: Path) -> No
         (4, datetime(2024, 1, 1, 0, 0, 4, tzinfo=UTC)),
     ]
     assert dead["origin"].to_list() == [f"{p}:2"]
-    assert dead["reason"].to_list() == ["field 'ts': cannot convert \"yesterday\" to Datetime(time_unit='ms', time_zone='UTC')"]
+    assert dead["reason"].to_list() == [
+        "field 'ts': cannot convert \"yesterday\" to Datetime(time_unit='ms', time_zone='UTC')"
+    ]
 
 
 def test_required_can_be_narrowed(tmp_path: Path) -> None:
@@ -128,8 +134,11 @@ def test_required_can_be_narrowed(tmp_path: Path) -> None:
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
-    kinds=st.lists(st.sampled_from(["ok", "ok", "ok", "invalid", "missing", "type", "blank"]),
-                   min_size=1, max_size=60),
+    kinds=st.lists(
+        st.sampled_from(["ok", "ok", "ok", "invalid", "missing", "type", "blank"]),
+        min_size=1,
+        max_size=60,
+    ),
     split_bytes=st.integers(1, 400),
     chunk_bytes=st.integers(1, 300),
     batch_size=st.integers(1, 7),
@@ -148,16 +157,19 @@ def test_property_dead_letters_workers_and_resume(
     p = tmp_path_factory.mktemp("prop") / "a.jsonl"
     lines = []
     for i, kind in enumerate(kinds):
-        lines.append({
-            "ok": json.dumps({"id": i, "s": f"v{i}"}),
-            "invalid": '{"id": ' + str(i),
-            "missing": json.dumps({"s": f"v{i}"}),
-            "type": json.dumps({"id": f"i{i}", "s": "t"}),
-            "blank": "",
-        }[kind])
+        lines.append(
+            {
+                "ok": json.dumps({"id": i, "s": f"v{i}"}),
+                "invalid": '{"id": ' + str(i),
+                "missing": json.dumps({"s": f"v{i}"}),
+                "type": json.dumps({"id": f"i{i}", "s": "t"}),
+                "blank": "",
+            }[kind]
+        )
     p.write_text("\n".join(lines) + "\n")
-    src = files.scan_jsonl(p, schema={"id": pl.Int64, "s": pl.String},
-                           split_bytes=split_bytes, chunk_bytes=chunk_bytes)
+    src = files.scan_jsonl(
+        p, schema={"id": pl.Int64, "s": pl.String}, split_bytes=split_bytes, chunk_bytes=chunk_bytes
+    )
     good = [i for i, k in enumerate(kinds) if k == "ok"]
     bad = [f"{p}:{i + 1}" for i, k in enumerate(kinds) if k in ("invalid", "missing", "type")]
     first, first_dead, merged = [], [], {}
@@ -167,8 +179,9 @@ def test_property_dead_letters_workers_and_resume(
         first.append(d)
         first_dead.append(x)
         merged.update(reader.snapshot())
-    rest = [read_all(src, worker=w, workers=2, batch_size=batch_size, resume=merged)
-            for w in range(2)]
+    rest = [
+        read_all(src, worker=w, workers=2, batch_size=batch_size, resume=merged) for w in range(2)
+    ]
     data = concat(first + [r[0] for r in rest])
     dead = concat(first_dead + [r[1] for r in rest])
     assert sorted([] if data is None else data["id"].to_list()) == good

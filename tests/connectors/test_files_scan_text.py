@@ -31,12 +31,18 @@ def expected_lines(*paths: Path) -> list[str]:
 
 def test_full_read_equals_file_lines(tmp_path: Path) -> None:
     p = tmp_path / "a.txt"
-    p.write_bytes(b"\xef\xbb\xbfhello world\r\n\nbad \xff\xfe byte\nunicode \xc3\xa9t\xc3\xa9\nlast")
+    p.write_bytes(
+        b"\xef\xbb\xbfhello world\r\n\nbad \xff\xfe byte\nunicode \xc3\xa9t\xc3\xa9\nlast"
+    )
     data, dead = read_all(files.scan_text(p))
     assert dead is None
     assert data is not None and data.columns == ["line"]
     assert data["line"].to_list() == [
-        "hello world", "", "bad \ufffd\ufffd byte", "unicode été", "last",
+        "hello world",
+        "",
+        "bad \ufffd\ufffd byte",
+        "unicode été",
+        "last",
     ]
 
 

@@ -31,7 +31,7 @@ def test_generate_accepts_dict_and_checks_row_count() -> None:
     data, _ = read_all(src)
     assert data is not None and data["x"].to_list() == [0, 1, 2]
     wrong = generator.generate(lambda s, n: {"x": [1]}, count=3)
-    with pytest.raises(ConnectorError, match="asked for 3 rows .* returned 1"):
+    with pytest.raises(ConnectorError, match=r"asked for 3 rows .* returned 1"):
         read_all(wrong)
 
 
@@ -93,8 +93,9 @@ def test_generator_settings_errors() -> None:
         generator.generate(rows, count=-1).validate("g")
 
 
-def drain_stdin(src: stdio.ScanStdin, batch_size: int = 1000) -> tuple[pl.DataFrame | None,
-                                                                      pl.DataFrame | None]:
+def drain_stdin(
+    src: stdio.ScanStdin, batch_size: int = 1000
+) -> tuple[pl.DataFrame | None, pl.DataFrame | None]:
     reader = build(src, batch_size=batch_size)
     data, dead = [], []
     deadline = time.monotonic() + 5

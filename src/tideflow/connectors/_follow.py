@@ -97,7 +97,7 @@ class Follow(Source):
             except (TypeError, ValueError) as exc:
                 msg = f"step {step_id!r}: schema must map column names to Polars types: {exc}"
                 raise ConfigError(msg) from exc
-        if self.format == "csv" and (len(self.separator) != 1 or self.separator in "\r\n\""):
+        if self.format == "csv" and (len(self.separator) != 1 or self.separator in '\r\n"'):
             msg = f"step {step_id!r}: separator must be one character, got {self.separator!r}"
             raise ConfigError(msg)
         mode = self._mode()
@@ -128,9 +128,7 @@ class Follow(Source):
         try:
             with os.scandir(self.path) as it:
                 return sorted(
-                    e.path
-                    for e in it
-                    if e.is_file() and not e.name.startswith((".", "_"))
+                    e.path for e in it if e.is_file() and not e.name.startswith((".", "_"))
                 )
         except FileNotFoundError:
             return []
@@ -277,7 +275,10 @@ class FollowReader(SourceReader):
         if size < f.offset:
             logger.warning(
                 "step %r: %s shrank from %d to %d bytes; reading it again from the start",
-                self._ctx.step_id, f.path, f.offset, size,
+                self._ctx.step_id,
+                f.path,
+                f.offset,
+                size,
             )
             f.offset, f.line, f.parser = 0, 0, None
             if f.fd is not None:

@@ -68,9 +68,7 @@ def expand_paths(
     for entry in entries:
         found: list[str]
         if any(c in entry for c in _GLOB_CHARS) and not os.path.exists(entry):
-            found = sorted(
-                p for p in glob.glob(entry, recursive=True) if os.path.isfile(p)
-            )
+            found = sorted(p for p in glob.glob(entry, recursive=True) if os.path.isfile(p))
             if not found:
                 msg = f"step {step_id!r}: the glob {entry!r} matches no file; check the pattern"
                 raise ConfigError(msg)

@@ -278,9 +278,7 @@ class JsonlParser(Parser):
         (The NDJSON reader parses timestamps an order of magnitude slower than
         ``str.to_datetime``.) With ``strict``, a value that does not convert raises.
         """
-        df = pl.read_ndjson(
-            io.BytesIO(data), schema=self._read_schema, ignore_errors=not strict
-        )
+        df = pl.read_ndjson(io.BytesIO(data), schema=self._read_schema, ignore_errors=not strict)
         if not self._temporal:
             return df
         converted = []
@@ -302,9 +300,10 @@ class JsonlParser(Parser):
             df = self._read(chunk, strict=True)
         except pl.exceptions.PolarsError:
             return self._fallback(chunk)
-        if self.required and df.select(
-            pl.any_horizontal(pl.col(self.required).is_null()).any()
-        ).item():
+        if (
+            self.required
+            and df.select(pl.any_horizontal(pl.col(self.required).is_null()).any()).item()
+        ):
             return self._fallback(chunk)
         return Parsed(df, [])
 
@@ -369,9 +368,10 @@ def _to_temporal(raw: pl.Series, dtype: pl.DataType) -> pl.Series:
     except pl.exceptions.PolarsError:
         return pl.Series(raw.name, [None] * raw.len(), dtype=dtype)
     assert isinstance(out.dtype, pl.Datetime)
-    if out.dtype.time_zone is None and dtype.time_zone is not None:
+    parsed_tz = out.dtype.time_zone
+    if parsed_tz is None and dtype.time_zone is not None:
         out = out.dt.replace_time_zone(dtype.time_zone)
-    elif out.dtype.time_zone is not None:
+    elif parsed_tz is not None:
         out = out.dt.convert_time_zone(dtype.time_zone or "UTC")
         if dtype.time_zone is None:
             out = out.dt.replace_time_zone(None)

@@ -74,7 +74,7 @@ def check_sizes(step_id: str, split_bytes: int, chunk_bytes: int) -> None:
 
 
 def _check_separator(step_id: str, separator: str) -> None:
-    if not isinstance(separator, str) or len(separator) != 1 or separator in "\r\n\"":
+    if not isinstance(separator, str) or len(separator) != 1 or separator in '\r\n"':
         msg = (
             f"step {step_id!r}: separator must be one character other than a quote or a "
             f"line break, got {separator!r}; pass separator=',' or separator='\\t'"
@@ -341,9 +341,7 @@ class _LineScan(Source):
         files = self._files(ctx.step_id)
         factory = self._parser_factory(ctx.step_id, files)
         parts = assign(plan_ranges(files, self.split_bytes), ctx.worker_index, ctx.worker_count)
-        return LineReader(
-            ctx, parts, factory, header=self._header, chunk_bytes=self.chunk_bytes
-        )
+        return LineReader(ctx, parts, factory, header=self._header, chunk_bytes=self.chunk_bytes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -374,9 +372,7 @@ class ScanCsv(_LineScan):
     has_header: bool = True
     separator: str = ","
 
-    _suffixes: tuple[str, ...] = dataclasses.field(
-        default=(".csv", ".tsv"), init=False, repr=False
-    )
+    _suffixes: tuple[str, ...] = dataclasses.field(default=(".csv", ".tsv"), init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_header", bool(self.has_header))
