@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -149,3 +150,18 @@ def test_follow_settings_errors(tmp_path: Path) -> None:
     bad = files.Follow(str(tmp_path), "xml")
     with pytest.raises(ConfigError, match=r"unknown follow format 'xml'"):
         bad.validate("f")
+
+
+def test_follow_rereads_a_truncated_or_replaced_file(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    log.write_text("old-1\nold-2\n")
+    reader = build(files.follow_text(tmp_path, poll_interval=FAST))
+    assert lines_of(poll_until(reader, lambda g: len(lines_of(g)) >= 2)) == ["old-1", "old-2"]
+    log.write_text("new\n")  # truncated and rewritten (copytruncate rotation)
+    assert lines_of(poll_until(reader, lambda g: len(g) >= 1)) == ["new"]
+    replacement = tmp_path / ".next"
+    replacement.write_text("fresh-1\nfresh-2\nfresh-3\n")
+    os.replace(replacement, log)  # a new file under the same name
+    got = lines_of(poll_until(reader, lambda g: len(lines_of(g)) >= 3))
+    assert got == ["fresh-1", "fresh-2", "fresh-3"]
+    reader.close()

@@ -214,7 +214,8 @@ class FollowReader(SourceReader):
         for path in listed:
             if path not in self._files and _owner(path, n) == w:
                 self._files[path] = _File(path)
-        gone = [p for p in self._files if p not in set(listed)]
+        present = set(listed)
+        gone = {p for p in self._files if p not in present}
         for p in gone:
             f = self._files[p]
             if f.pending is None and f.fd is not None:
@@ -269,18 +270,19 @@ class FollowReader(SourceReader):
     def _read(self, f: _File) -> bool:
         """Read the next complete lines of ``f``; true when it has something pending."""
         try:
-            size = os.stat(f.path).st_size
+            st = os.stat(f.path)
         except FileNotFoundError:
             return False
-        if size < f.offset:
+        size = st.st_size
+        replaced = f.fd is not None and os.fstat(f.fd).st_ino != st.st_ino
+        if size < f.offset or replaced:
             logger.warning(
-                "step %r: %s shrank from %d to %d bytes; reading it again from the start",
+                "step %r: %s was %s; reading it again from the start",
                 self._ctx.step_id,
                 f.path,
-                f.offset,
-                size,
+                "replaced" if replaced else f"truncated to {size} bytes",
             )
-            f.offset, f.line, f.parser = 0, 0, None
+            f.offset, f.line, f.parser, f.names = 0, 0, None, None
             if f.fd is not None:
                 os.close(f.fd)
                 f.fd = None

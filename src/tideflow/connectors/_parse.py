@@ -223,7 +223,8 @@ class CsvParser(Parser):
         for name in self.names:
             if self.schema[name] == pl.String():
                 continue
-            mask = (typed[name].is_null() & raw[name].is_not_null()).to_numpy()
+            given = raw[name].is_not_null() & (raw[name].str.strip_chars() != "")
+            mask = (typed[name].is_null() & given).to_numpy()
             if not mask.any():
                 continue
             values = raw[name].to_list()
