@@ -139,3 +139,13 @@ def test_inferred_schema_is_reported_before_reading(tmp_path: Path) -> None:
     write_csv(tmp_path / "a.csv", 3)
     src = files.scan_csv(tmp_path / "a.csv", schema={"id": pl.Int16})
     assert src.schema() == {"id": pl.Int16, "name": pl.String, "amount": pl.Float64}
+
+
+def test_empty_files_do_not_decide_the_schema(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("")
+    (tmp_path / "b.csv").write_text("x,y\n")
+    (tmp_path / "c.csv").write_text("y,x\n2,1\n")
+    data, dead = read_all(files.scan_csv(tmp_path))
+    assert dead is None and data is not None
+    assert data.schema == pl.Schema({"x": pl.Int64, "y": pl.Int64})
+    assert data.rows() == [(1, 2)]

@@ -186,3 +186,10 @@ def test_property_dead_letters_workers_and_resume(
     dead = concat(first_dead + [r[1] for r in rest])
     assert sorted([] if data is None else data["id"].to_list()) == good
     assert sorted([] if dead is None else dead["origin"].to_list()) == sorted(bad)
+
+
+def test_schema_is_inferred_from_the_first_file_with_data(tmp_path: Path) -> None:
+    (tmp_path / "a.jsonl").write_text("\n")
+    (tmp_path / "b.jsonl").write_text('{"n": 1}\n')
+    data, _ = read_all(files.scan_jsonl(tmp_path))
+    assert data is not None and data.rows() == [(1,)]

@@ -395,13 +395,33 @@ class ScanCsv(_LineScan):
                 raise ConfigError(msg)
 
     def _reference(self, step_id: str, files: list[str]) -> tuple[list[str], pl.Schema]:
+        """Column names and types: from the first file with a header and the first with data."""
         overrides = _check_schema(step_id, self.user_schema)
-        first = files[0]
-        if self.has_header:
-            names, header_len = csv_header(first, self.separator)
-            sample = sample_lines(first, header_len)
-        else:
-            sample = sample_lines(first)
+        names: list[str] = []
+        sample = b""
+        for path in files:
+            if self.has_header:
+                own, header_len = csv_header(path, self.separator)
+                if not own or own == [""]:
+                    continue  # an empty file
+                names = names or own
+                if sorted(own) != sorted(names):
+                    continue
+                sample = sample_lines(path, header_len)
+                if own != names and sample:
+                    reordered = (
+                        CsvParser(
+                            own, infer_csv_schema(sample, own, self.separator, None), self.separator
+                        )
+                        .parse(sample)
+                        .data.select(names)
+                    )
+                    sample = reordered.write_csv(include_header=False).encode()
+            else:
+                sample = sample_lines(path)
+            if sample.strip():
+                break
+        if not self.has_header:
             if overrides is not None:
                 names = list(overrides)
             else:
@@ -426,6 +446,8 @@ class ScanCsv(_LineScan):
             if not self.has_header:
                 return CsvParser(names, schema, self.separator)
             own, _ = csv_header(path, self.separator)
+            if not own or own == [""]:
+                return CsvParser(names, schema, self.separator)  # an empty file
             if sorted(own) != sorted(names):
                 msg = (
                     f"step {step_id!r}: {path!r} has columns {own} but {files[0]!r} has "
@@ -480,7 +502,11 @@ class ScanJsonl(_LineScan):
         if overrides is not None:
             schema = overrides
         else:
-            schema = infer_jsonl_schema(sample_lines(files[0]), None)
+            schema = pl.Schema()
+            for path in files:  # the first file with data
+                schema = infer_jsonl_schema(sample_lines(path), None)
+                if schema:
+                    break
         if self.required is not None:
             required = list(self.required)
         else:
