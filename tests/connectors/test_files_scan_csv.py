@@ -149,3 +149,20 @@ def test_empty_files_do_not_decide_the_schema(tmp_path: Path) -> None:
     assert dead is None and data is not None
     assert data.schema == pl.Schema({"x": pl.Int64, "y": pl.Int64})
     assert data.rows() == [(1, 2)]
+
+
+def test_timestamps_convert_and_bad_ones_are_dead(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    p = tmp_path / "t.csv"
+    p.write_text("id,ts\n1,2024-01-01T01:00:00+01:00\n2,soon\n3,\n4,2024-01-01T00:00:04Z\n")
+    src = files.scan_csv(p, schema={"ts": pl.Datetime("us", "UTC")})
+    data, dead = read_all(src)
+    assert data is not None and dead is not None
+    assert data.rows() == [
+        (1, datetime(2024, 1, 1, tzinfo=UTC)),
+        (3, None),
+        (4, datetime(2024, 1, 1, 0, 0, 4, tzinfo=UTC)),
+    ]
+    assert dead["origin"].to_list() == [f"{p}:3"]
+    assert dead["reason"][0].startswith("column 'ts': cannot parse 'soon' as Datetime")
