@@ -168,3 +168,15 @@ def test_property_chunks_workers_and_resume(
     union = concat(first + rest)
     lines = [] if union is None else union["line"].to_list()
     assert sorted(lines) == sorted(expected)
+
+
+def test_reader_is_finished_with_its_last_batch(tmp_path: Path) -> None:
+    p = tmp_path / "a.txt"
+    p.write_text("a\nb\nc\n")
+    reader = build(files.scan_text(p), batch_size=2)
+    first = reader.poll()
+    assert first is not None and first.data.height == 2 and not reader.finished
+    last = reader.poll()
+    assert last is not None and last.data["line"].to_list() == ["c"]
+    assert reader.finished
+    assert reader.snapshot() == {f"{p}:0-6": {"done": True}}

@@ -164,6 +164,7 @@ class LineReader(SourceReader):
             pos = ctx.resume.get(r.part.key)
             if isinstance(pos, Mapping):
                 self._restore(r, pos)
+        self._skip_done()
 
     # -- positions -----------------------------------------------------------------------
     def _restore(self, r: _Range, pos: Mapping[str, Any]) -> None:
@@ -285,9 +286,21 @@ class LineReader(SourceReader):
             r.pending = None
             r.offset = r.chunk_end
             r.line = r.chunk_line + r.chunk_lines
+            if r.offset >= r.part.end:
+                r.done = True
+                self._skip_done()
         if data.height == 0 and dead is None:
             return None
         return SourceBatch(data, dead)
+
+    def _skip_done(self) -> None:
+        """Move past finished ranges, so ``finished`` turns true with the last batch."""
+        while self._cur < len(self._ranges):
+            r = self._ranges[self._cur]
+            if not (r.done and r.pending is None):
+                return
+            self._cur += 1
+        self.close()
 
     def poll(self) -> SourceBatch | None:
         while self._cur < len(self._ranges):
@@ -592,6 +605,8 @@ class ParquetReader(SourceReader):
             if g.row >= g.table.height:
                 g.done = True
                 g.table = None
+                while self._cur < len(self._groups) and self._groups[self._cur].done:
+                    self._cur += 1
             if data.height:
                 return SourceBatch(data)
         self.close()
