@@ -165,3 +165,18 @@ def test_follow_rereads_a_truncated_or_replaced_file(tmp_path: Path) -> None:
     got = lines_of(poll_until(reader, lambda g: len(lines_of(g)) >= 3))
     assert got == ["fresh-1", "fresh-2", "fresh-3"]
     reader.close()
+
+
+def test_parquet_round_trip_restores_hive_partition_columns(tmp_path: Path) -> None:
+    from tideflow.connectors._base import SinkContext
+
+    out = tmp_path / "pq"
+    data = pl.DataFrame({"day": ["d1", "d/2", None, "d1"], "v": [1, 2, 3, 4]})
+    w = files.sink_parquet(out, partition_by="day").build(SinkContext("w", 0, 1))
+    w.write(data)
+    w.close()
+    src = files.scan_parquet(out)
+    assert src.schema() == {"v": pl.Int64, "day": pl.String}
+    back, _ = read_workers(src, 2)
+    assert back is not None
+    assert sorted(back.select("day", "v").rows(), key=lambda r: r[1]) == data.rows()

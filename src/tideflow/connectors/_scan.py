@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -61,6 +62,7 @@ DEFAULT_CHUNK_BYTES = 4 << 20
 #: Bytes of the first file used to infer a schema.
 _SAMPLE_BYTES = 1 << 20
 _BOM = b"\xef\xbb\xbf"
+_NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
 
 PathArg = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 
@@ -553,8 +555,14 @@ class _Group:
 class ParquetReader(SourceReader):
     """Reads the row groups one worker owns, sliced to the batch size."""
 
-    def __init__(self, ctx: SourceContext, parts: list[FilePart]) -> None:
+    def __init__(
+        self,
+        ctx: SourceContext,
+        parts: list[FilePart],
+        hive: Mapping[str, dict[str, str | None]] | None = None,
+    ) -> None:
         self._ctx = ctx
+        self._hive = hive or {}
         self._groups = [_Group(p) for p in parts]
         self._cur = 0
         self._file: pq.ParquetFile | None = None
@@ -590,6 +598,13 @@ class ParquetReader(SourceReader):
         assert self._file is not None
         frame = pl.from_arrow(self._file.read_row_group(g.part.start))
         assert isinstance(frame, pl.DataFrame)
+        cols = self._hive.get(g.part.path)
+        if cols:
+            frame = frame.with_columns(
+                pl.lit(v, dtype=pl.String).alias(k)
+                for k, v in cols.items()
+                if k not in frame.columns
+            )
         return frame
 
     def poll(self) -> SourceBatch | None:
@@ -635,12 +650,34 @@ class ScanParquet(Source):
     def validate(self, step_id: str) -> None:
         self._files(step_id)
 
+    def _hive(self, files: list[str]) -> dict[str, dict[str, str | None]]:
+        """Hive-style ``key=value`` directories below each input directory, per file."""
+        roots = [os.path.abspath(p) for p in self.paths if os.path.isdir(p)]
+        out: dict[str, dict[str, str | None]] = {}
+        for path in files:
+            full = os.path.abspath(path)
+            for root in roots:
+                if full.startswith(root + os.sep):
+                    cols: dict[str, str | None] = {}
+                    for seg in os.path.relpath(os.path.dirname(full), root).split(os.sep):
+                        key, eq, value = seg.partition("=")
+                        if eq and key:
+                            raw = urllib.parse.unquote(value)
+                            cols[key] = None if raw == _NULL_PARTITION else raw
+                    if cols:
+                        out[path] = cols
+                    break
+        return out
+
     def schema(self) -> dict[str, pl.DataType] | None:
         try:
             files = self._files("?")
         except ConfigError:
             return None
-        return dict(pl.read_parquet_schema(files[0]))
+        schema = dict(pl.read_parquet_schema(files[0]))
+        for key in self._hive(files[:1]).get(files[0], {}):
+            schema.setdefault(key, pl.String())
+        return schema
 
     def build(self, ctx: SourceContext) -> SourceReader:
         files = self._files(ctx.step_id)
@@ -654,4 +691,5 @@ class ScanParquet(Source):
             for i in range(meta.num_row_groups):
                 rows = meta.row_group(i).num_rows
                 parts.append(FilePart(f"{path}#rg{i}", path, i, i + 1, order, rows))
-        return ParquetReader(ctx, assign(parts, ctx.worker_index, ctx.worker_count))
+        mine = assign(parts, ctx.worker_index, ctx.worker_count)
+        return ParquetReader(ctx, mine, self._hive(files))

@@ -201,8 +201,9 @@ def scan_jsonl(
 def scan_parquet(path_or_paths: PathArg) -> ScanParquet:
     """Read Parquet files; workers share the work by row groups.
 
-    A directory is read recursively (``*.parquet`` files, for example the hive-style output
-    of :func:`sink_parquet`), sorted by path.
+    A directory is read recursively (``*.parquet`` files, sorted by path). Hive-style
+    ``key=value`` directories below it (the output of :func:`sink_parquet` with
+    ``partition_by``) become string columns of that name.
 
     Examples
     --------
