@@ -180,3 +180,24 @@ def test_reader_is_finished_with_its_last_batch(tmp_path: Path) -> None:
     assert last is not None and last.data["line"].to_list() == ["c"]
     assert reader.finished
     assert reader.snapshot() == {f"{p}:0-6": {"done": True}}
+
+
+def test_automatic_range_size_depends_on_the_input_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tideflow.connectors import _lines
+
+    monkeypatch.setattr(_lines, "AUTO_SPLIT_MIN", 1000)
+    monkeypatch.setattr(_lines, "AUTO_SPLIT_RANGES", 8)
+    big = tmp_path / "big.txt"
+    big.write_text("".join(f"{i:04d}\n" for i in range(4000)))  # 20,000 bytes
+    small = tmp_path / "small.txt"
+    small.write_text("s\n")
+    parts = _lines.plan_ranges([str(big), str(small)], None)
+    # 20,002 bytes / 8 ranges -> 2,501 bytes per range (above the minimum of 1,000)
+    assert [p.end - p.start for p in parts] == [2501] * 7 + [20000 - 7 * 2501, 2]
+    assert parts[-1].key == f"{small}:0-2"
+    union, _ = read_workers(files.scan_text([big, small]), 3, batch_size=300)
+    assert union is not None and sorted(union["line"].to_list()) == sorted(
+        [f"{i:04d}" for i in range(4000)] + ["s"]
+    )

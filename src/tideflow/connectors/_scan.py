@@ -55,8 +55,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Byte size of the ranges large files are cut into (the unit of work split between workers).
-DEFAULT_SPLIT_BYTES = 64 << 20
+#: Byte size of the ranges large files are cut into (the unit of work split between workers);
+#: ``None`` derives it from the total input size (see :func:`plan_ranges`).
+DEFAULT_SPLIT_BYTES: int | None = None
 #: Bytes read and parsed at a time (then sliced into micro-batches of ``ctx.batch_size`` rows).
 DEFAULT_CHUNK_BYTES = 4 << 20
 #: Bytes of the first file used to infer a schema.
@@ -67,9 +68,11 @@ _NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
 PathArg = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 
 
-def check_sizes(step_id: str, split_bytes: int, chunk_bytes: int) -> None:
+def check_sizes(step_id: str, split_bytes: int | None, chunk_bytes: int) -> None:
     """Validate the byte-size settings of a line source."""
     for name, value in (("split_bytes", split_bytes), ("chunk_bytes", chunk_bytes)):
+        if name == "split_bytes" and value is None:
+            continue
         if not isinstance(value, int) or value < 1:
             msg = f"step {step_id!r}: {name} must be a positive integer, got {value!r}"
             raise ConfigError(msg)
@@ -162,6 +165,7 @@ class LineReader(SourceReader):
         self._cur = 0
         self._fd: int | None = None
         self._fd_path: str | None = None
+        self._known: dict[str, dict[int, int]] = {}
         for r in self._ranges:
             pos = ctx.resume.get(r.part.key)
             if isinstance(pos, Mapping):
@@ -240,6 +244,7 @@ class LineReader(SourceReader):
             return
         head = os.pread(fd, 3, 0)
         r.offset = 3 if head == _BOM else 0
+        r.base = 1
         if self._header and r.offset < part.end:
             r.offset = csv_header(r.part.path, ",")[1]
             r.line = 1
@@ -258,13 +263,22 @@ class LineReader(SourceReader):
             return
         self._set_pending(r, self._parser(r.part.path).parse(data), r.offset, data)
 
+    def _newlines_before(self, path: str, offset: int) -> int:
+        """Newlines in ``path[:offset]``, counted from the nearest point already known."""
+        known = self._known.setdefault(path, {0: 0})
+        start = max(k for k in known if k <= offset)
+        n = known[start] + count_newlines(path, offset, start)
+        known[offset] = n
+        return n
+
     def _base_line(self, r: _Range) -> int:
         if r.base is None:
             if r.part.start == 0:
                 r.base = 1
             else:
                 first = find_line_start(self._open(r.part.path), r.part.start)
-                r.base = 1 + count_newlines(r.part.path, first if first is not None else 0)
+                end = first if first is not None else r.part.end
+                r.base = 1 + self._newlines_before(r.part.path, end)
         return r.base
 
     def _emit(self, r: _Range) -> SourceBatch | None:
@@ -290,6 +304,8 @@ class LineReader(SourceReader):
             r.line = r.chunk_line + r.chunk_lines
             if r.offset >= r.part.end:
                 r.done = True
+                if r.base is not None:  # the next range of this file can start counting here
+                    self._known.setdefault(r.part.path, {0: 0})[r.offset] = r.base - 1 + r.line
                 self._skip_done()
         if data.height == 0 and dead is None:
             return None
@@ -331,7 +347,7 @@ class _LineScan(Source):
     """Common settings of the line-oriented bounded sources."""
 
     paths: tuple[str, ...]
-    split_bytes: int = DEFAULT_SPLIT_BYTES
+    split_bytes: int | None = DEFAULT_SPLIT_BYTES
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
 
     _suffixes: tuple[str, ...] = dataclasses.field(default=(), init=False, repr=False)
