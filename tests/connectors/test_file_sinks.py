@@ -41,8 +41,9 @@ def test_csv_round_trip_with_single_header(tmp_path: Path) -> None:
         w.write(b)
         w.flush()
     w.close()
-    back = pl.read_csv(p, schema={"word": pl.String, "count": pl.Int64,
-                                  "ts": pl.Datetime("us", "UTC")})
+    back = pl.read_csv(
+        p, schema={"word": pl.String, "count": pl.Int64, "ts": pl.Datetime("us", "UTC")}
+    )
     assert back.equals(pl.concat(batches()))
     assert p.read_text().count("word,count,ts") == 1
 
@@ -53,8 +54,9 @@ def test_jsonl_round_trip(tmp_path: Path) -> None:
     for b in batches():
         w.write(b)
     w.close()
-    back = pl.read_ndjson(p, schema={"word": pl.String, "count": pl.Int64,
-                                     "ts": pl.Datetime("us", "UTC")})
+    back = pl.read_ndjson(
+        p, schema={"word": pl.String, "count": pl.Int64, "ts": pl.Datetime("us", "UTC")}
+    )
     assert back.equals(pl.concat(batches()))
 
 
@@ -85,8 +87,9 @@ def test_csv_rejects_nested_columns(tmp_path: Path) -> None:
 
 def visible(root: Path) -> list[str]:
     return sorted(
-        str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()
-        and not p.name.startswith(".")
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if p.is_file() and not p.name.startswith(".")
     )
 
 
@@ -110,8 +113,9 @@ def test_parquet_rolls_and_renames_when_complete(tmp_path: Path) -> None:
 
 def test_parquet_partitions_and_workers(tmp_path: Path) -> None:
     out = tmp_path / "pq"
-    data = pl.DataFrame({"day": ["d1", "d2", "d1", None], "kind": ["a/b", "c", "a/b", "c"],
-                         "v": [1, 2, 3, 4]})
+    data = pl.DataFrame(
+        {"day": ["d1", "d2", "d1", None], "kind": ["a/b", "c", "a/b", "c"], "v": [1, 2, 3, 4]}
+    )
     for worker in (0, 1):
         w = files.sink_parquet(out, partition_by=["day", "kind"]).build(ctx(worker, 2))
         w.write(data.filter(pl.col("v") % 2 == worker))

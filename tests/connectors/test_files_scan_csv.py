@@ -114,8 +114,9 @@ def test_dead_letter_lines_are_absolute_across_ranges_and_workers(tmp_path: Path
     p = tmp_path / "big.csv"
     rows = ["id,v"] + [f"{i},{i}" if i % 97 else f"{i},bad{i}" for i in range(1, 2001)]
     p.write_text("\n".join(rows) + "\n")
-    src = files.scan_csv(p, schema={"id": pl.Int64, "v": pl.Int64}, split_bytes=3000,
-                         chunk_bytes=1000)
+    src = files.scan_csv(
+        p, schema={"id": pl.Int64, "v": pl.Int64}, split_bytes=3000, chunk_bytes=1000
+    )
     data, dead = read_workers(src, 3, batch_size=100)
     assert data is not None and dead is not None
     bad_ids = [i for i in range(1, 2001) if i % 97 == 0]
@@ -138,3 +139,30 @@ def test_inferred_schema_is_reported_before_reading(tmp_path: Path) -> None:
     write_csv(tmp_path / "a.csv", 3)
     src = files.scan_csv(tmp_path / "a.csv", schema={"id": pl.Int16})
     assert src.schema() == {"id": pl.Int16, "name": pl.String, "amount": pl.Float64}
+
+
+def test_empty_files_do_not_decide_the_schema(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("")
+    (tmp_path / "b.csv").write_text("x,y\n")
+    (tmp_path / "c.csv").write_text("y,x\n2,1\n")
+    data, dead = read_all(files.scan_csv(tmp_path))
+    assert dead is None and data is not None
+    assert data.schema == pl.Schema({"x": pl.Int64, "y": pl.Int64})
+    assert data.rows() == [(1, 2)]
+
+
+def test_timestamps_convert_and_bad_ones_are_dead(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    p = tmp_path / "t.csv"
+    p.write_text("id,ts\n1,2024-01-01T01:00:00+01:00\n2,soon\n3,\n4,2024-01-01T00:00:04Z\n")
+    src = files.scan_csv(p, schema={"ts": pl.Datetime("us", "UTC")})
+    data, dead = read_all(src)
+    assert data is not None and dead is not None
+    assert data.rows() == [
+        (1, datetime(2024, 1, 1, tzinfo=UTC)),
+        (3, None),
+        (4, datetime(2024, 1, 1, 0, 0, 4, tzinfo=UTC)),
+    ]
+    assert dead["origin"].to_list() == [f"{p}:3"]
+    assert dead["reason"][0].startswith("column 'ts': cannot parse 'soon' as Datetime")

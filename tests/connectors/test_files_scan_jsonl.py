@@ -18,7 +18,11 @@ SCHEMA = {"id": pl.Int64, "level": pl.String, "ts": pl.Datetime("us", "UTC")}
 
 def write_jsonl(path: Path, n: int, start: int = 0) -> list[dict[str, object]]:
     rows = [
-        {"id": i, "level": ["info", "warn", "error"][i % 3], "ts": f"2024-01-01T00:00:{i % 60:02d}Z"}
+        {
+            "id": i,
+            "level": ["info", "warn", "error"][i % 3],
+            "ts": f"2024-01-01T00:00:{i % 60:02d}Z",
+        }
         for i in range(start, start + n)
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -90,6 +94,29 @@ def test_dead_letters_carry_origin_line_and_reason(tmp_path: Path) -> None:
     assert dead["raw"][3] == '{"id": "x", "level": "warn"}'
 
 
+def test_timestamps_parse_vectorized_and_bad_ones_are_dead(tmp_path: Path) -> None:
+    p = tmp_path / "t.jsonl"
+    p.write_text(
+        '{"id": 1, "ts": "2024-01-01T01:00:00+01:00"}\n'
+        '{"id": 2, "ts": "yesterday"}\n'
+        '{"id": 3, "ts": null}\n'
+        '{"id": 4, "ts": "2024-01-01T00:00:04+00:00"}\n'
+    )
+    src = files.scan_jsonl(p, schema={"id": pl.Int64, "ts": pl.Datetime("ms", "UTC")})
+    data, dead = read_all(src)
+    assert data is not None and dead is not None
+    assert data.schema["ts"] == pl.Datetime("ms", "UTC")
+    assert data.rows() == [
+        (1, datetime(2024, 1, 1, tzinfo=UTC)),
+        (3, None),
+        (4, datetime(2024, 1, 1, 0, 0, 4, tzinfo=UTC)),
+    ]
+    assert dead["origin"].to_list() == [f"{p}:2"]
+    assert dead["reason"].to_list() == [
+        "field 'ts': cannot convert \"yesterday\" to Datetime(time_unit='ms', time_zone='UTC')"
+    ]
+
+
 def test_required_can_be_narrowed(tmp_path: Path) -> None:
     p = tmp_path / "a.jsonl"
     p.write_text('{"id": 1}\n{"level": "x"}\n')
@@ -107,8 +134,11 @@ def test_required_can_be_narrowed(tmp_path: Path) -> None:
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
-    kinds=st.lists(st.sampled_from(["ok", "ok", "ok", "invalid", "missing", "type", "blank"]),
-                   min_size=1, max_size=60),
+    kinds=st.lists(
+        st.sampled_from(["ok", "ok", "ok", "invalid", "missing", "type", "blank"]),
+        min_size=1,
+        max_size=60,
+    ),
     split_bytes=st.integers(1, 400),
     chunk_bytes=st.integers(1, 300),
     batch_size=st.integers(1, 7),
@@ -127,16 +157,19 @@ def test_property_dead_letters_workers_and_resume(
     p = tmp_path_factory.mktemp("prop") / "a.jsonl"
     lines = []
     for i, kind in enumerate(kinds):
-        lines.append({
-            "ok": json.dumps({"id": i, "s": f"v{i}"}),
-            "invalid": '{"id": ' + str(i),
-            "missing": json.dumps({"s": f"v{i}"}),
-            "type": json.dumps({"id": f"i{i}", "s": "t"}),
-            "blank": "",
-        }[kind])
+        lines.append(
+            {
+                "ok": json.dumps({"id": i, "s": f"v{i}"}),
+                "invalid": '{"id": ' + str(i),
+                "missing": json.dumps({"s": f"v{i}"}),
+                "type": json.dumps({"id": f"i{i}", "s": "t"}),
+                "blank": "",
+            }[kind]
+        )
     p.write_text("\n".join(lines) + "\n")
-    src = files.scan_jsonl(p, schema={"id": pl.Int64, "s": pl.String},
-                           split_bytes=split_bytes, chunk_bytes=chunk_bytes)
+    src = files.scan_jsonl(
+        p, schema={"id": pl.Int64, "s": pl.String}, split_bytes=split_bytes, chunk_bytes=chunk_bytes
+    )
     good = [i for i, k in enumerate(kinds) if k == "ok"]
     bad = [f"{p}:{i + 1}" for i, k in enumerate(kinds) if k in ("invalid", "missing", "type")]
     first, first_dead, merged = [], [], {}
@@ -146,9 +179,17 @@ def test_property_dead_letters_workers_and_resume(
         first.append(d)
         first_dead.append(x)
         merged.update(reader.snapshot())
-    rest = [read_all(src, worker=w, workers=2, batch_size=batch_size, resume=merged)
-            for w in range(2)]
+    rest = [
+        read_all(src, worker=w, workers=2, batch_size=batch_size, resume=merged) for w in range(2)
+    ]
     data = concat(first + [r[0] for r in rest])
     dead = concat(first_dead + [r[1] for r in rest])
     assert sorted([] if data is None else data["id"].to_list()) == good
     assert sorted([] if dead is None else dead["origin"].to_list()) == sorted(bad)
+
+
+def test_schema_is_inferred_from_the_first_file_with_data(tmp_path: Path) -> None:
+    (tmp_path / "a.jsonl").write_text("\n")
+    (tmp_path / "b.jsonl").write_text('{"n": 1}\n')
+    data, _ = read_all(files.scan_jsonl(tmp_path))
+    assert data is not None and data.rows() == [(1,)]

@@ -31,12 +31,18 @@ def expected_lines(*paths: Path) -> list[str]:
 
 def test_full_read_equals_file_lines(tmp_path: Path) -> None:
     p = tmp_path / "a.txt"
-    p.write_bytes(b"\xef\xbb\xbfhello world\r\n\nbad \xff\xfe byte\nunicode \xc3\xa9t\xc3\xa9\nlast")
+    p.write_bytes(
+        b"\xef\xbb\xbfhello world\r\n\nbad \xff\xfe byte\nunicode \xc3\xa9t\xc3\xa9\nlast"
+    )
     data, dead = read_all(files.scan_text(p))
     assert dead is None
     assert data is not None and data.columns == ["line"]
     assert data["line"].to_list() == [
-        "hello world", "", "bad \ufffd\ufffd byte", "unicode été", "last",
+        "hello world",
+        "",
+        "bad \ufffd\ufffd byte",
+        "unicode été",
+        "last",
     ]
 
 
@@ -162,3 +168,36 @@ def test_property_chunks_workers_and_resume(
     union = concat(first + rest)
     lines = [] if union is None else union["line"].to_list()
     assert sorted(lines) == sorted(expected)
+
+
+def test_reader_is_finished_with_its_last_batch(tmp_path: Path) -> None:
+    p = tmp_path / "a.txt"
+    p.write_text("a\nb\nc\n")
+    reader = build(files.scan_text(p), batch_size=2)
+    first = reader.poll()
+    assert first is not None and first.data.height == 2 and not reader.finished
+    last = reader.poll()
+    assert last is not None and last.data["line"].to_list() == ["c"]
+    assert reader.finished
+    assert reader.snapshot() == {f"{p}:0-6": {"done": True}}
+
+
+def test_automatic_range_size_depends_on_the_input_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tideflow.connectors import _lines
+
+    monkeypatch.setattr(_lines, "AUTO_SPLIT_MIN", 1000)
+    monkeypatch.setattr(_lines, "AUTO_SPLIT_RANGES", 8)
+    big = tmp_path / "big.txt"
+    big.write_text("".join(f"{i:04d}\n" for i in range(4000)))  # 20,000 bytes
+    small = tmp_path / "small.txt"
+    small.write_text("s\n")
+    parts = _lines.plan_ranges([str(big), str(small)], None)
+    # 20,002 bytes / 8 ranges -> 2,501 bytes per range (above the minimum of 1,000)
+    assert [p.end - p.start for p in parts] == [2501] * 7 + [20000 - 7 * 2501, 2]
+    assert parts[-1].key == f"{small}:0-2"
+    union, _ = read_workers(files.scan_text([big, small]), 3, batch_size=300)
+    assert union is not None and sorted(union["line"].to_list()) == sorted(
+        [f"{i:04d}" for i in range(4000)] + ["s"]
+    )

@@ -93,8 +93,9 @@ def test_generator_settings_errors() -> None:
         generator.generate(rows, count=-1).validate("g")
 
 
-def drain_stdin(src: stdio.ScanStdin, batch_size: int = 1000) -> tuple[pl.DataFrame | None,
-                                                                      pl.DataFrame | None]:
+def drain_stdin(
+    src: stdio.ScanStdin, batch_size: int = 1000
+) -> tuple[pl.DataFrame | None, pl.DataFrame | None]:
     reader = build(src, batch_size=batch_size)
     data, dead = [], []
     deadline = time.monotonic() + 5

@@ -97,7 +97,7 @@ class Follow(Source):
             except (TypeError, ValueError) as exc:
                 msg = f"step {step_id!r}: schema must map column names to Polars types: {exc}"
                 raise ConfigError(msg) from exc
-        if self.format == "csv" and (len(self.separator) != 1 or self.separator in "\r\n\""):
+        if self.format == "csv" and (len(self.separator) != 1 or self.separator in '\r\n"'):
             msg = f"step {step_id!r}: separator must be one character, got {self.separator!r}"
             raise ConfigError(msg)
         mode = self._mode()
@@ -128,9 +128,7 @@ class Follow(Source):
         try:
             with os.scandir(self.path) as it:
                 return sorted(
-                    e.path
-                    for e in it
-                    if e.is_file() and not e.name.startswith((".", "_"))
+                    e.path for e in it if e.is_file() and not e.name.startswith((".", "_"))
                 )
         except FileNotFoundError:
             return []
@@ -216,7 +214,8 @@ class FollowReader(SourceReader):
         for path in listed:
             if path not in self._files and _owner(path, n) == w:
                 self._files[path] = _File(path)
-        gone = [p for p in self._files if p not in set(listed)]
+        present = set(listed)
+        gone = {p for p in self._files if p not in present}
         for p in gone:
             f = self._files[p]
             if f.pending is None and f.fd is not None:
@@ -265,21 +264,25 @@ class FollowReader(SourceReader):
         f.chunk_start = f.offset
         f.chunk_end = f.offset + len(data)
         f.chunk_line = f.line
-        f.chunk_lines = count_lines(data)
+        f.chunk_lines = parsed.lines if parsed.lines is not None else count_lines(data)
         f.emitted = 0
 
     def _read(self, f: _File) -> bool:
         """Read the next complete lines of ``f``; true when it has something pending."""
         try:
-            size = os.stat(f.path).st_size
+            st = os.stat(f.path)
         except FileNotFoundError:
             return False
-        if size < f.offset:
+        size = st.st_size
+        replaced = f.fd is not None and os.fstat(f.fd).st_ino != st.st_ino
+        if size < f.offset or replaced:
             logger.warning(
-                "step %r: %s shrank from %d to %d bytes; reading it again from the start",
-                self._ctx.step_id, f.path, f.offset, size,
+                "step %r: %s was %s; reading it again from the start",
+                self._ctx.step_id,
+                f.path,
+                "replaced" if replaced else f"truncated to {size} bytes",
             )
-            f.offset, f.line, f.parser = 0, 0, None
+            f.offset, f.line, f.parser, f.names = 0, 0, None, None
             if f.fd is not None:
                 os.close(f.fd)
                 f.fd = None

@@ -107,9 +107,7 @@ class GeneratorReader(SourceReader):
         return self._s.count is not None and self._next >= self._s.count
 
     def snapshot(self) -> dict[str, Any]:
-        live = [
-            layer.to_json() for layer in self._layers if max(layer.nexts) > self._next
-        ]
+        live = [layer.to_json() for layer in self._layers if max(layer.nexts) > self._next]
         return {
             f"generator/{self._w}of{self._n}": {
                 "next": self._next,

@@ -68,9 +68,7 @@ def expand_paths(
     for entry in entries:
         found: list[str]
         if any(c in entry for c in _GLOB_CHARS) and not os.path.exists(entry):
-            found = sorted(
-                p for p in glob.glob(entry, recursive=True) if os.path.isfile(p)
-            )
+            found = sorted(p for p in glob.glob(entry, recursive=True) if os.path.isfile(p))
             if not found:
                 msg = f"step {step_id!r}: the glob {entry!r} matches no file; check the pattern"
                 raise ConfigError(msg)
@@ -130,15 +128,32 @@ class FilePart:
     weight: int
 
 
-def plan_ranges(paths: Sequence[str], split_bytes: int) -> list[FilePart]:
-    """Cut every file into ranges of at most ``split_bytes`` bytes (one for an empty file)."""
-    parts: list[FilePart] = []
-    for order, path in enumerate(paths):
+#: Bounds of the automatic range size (``split_bytes=None``).
+AUTO_SPLIT_MIN = 4 << 20
+AUTO_SPLIT_MAX = 64 << 20
+#: The automatic range size aims at about this many ranges over the whole input.
+AUTO_SPLIT_RANGES = 64
+
+
+def plan_ranges(paths: Sequence[str], split_bytes: int | None) -> list[FilePart]:
+    """Cut every file into ranges of at most ``split_bytes`` bytes (one for an empty file).
+
+    ``None`` picks the size from the total input size (about ``AUTO_SPLIT_RANGES`` ranges,
+    between ``AUTO_SPLIT_MIN`` and ``AUTO_SPLIT_MAX`` bytes each): it depends on the input only,
+    never on the worker count, so the plan stays the same when a job resumes rescaled.
+    """
+    sizes = []
+    for path in paths:
         try:
-            size = os.path.getsize(path)
+            sizes.append(os.path.getsize(path))
         except OSError as exc:
             msg = f"cannot read input file {path!r}: {exc}"
             raise ConnectorError(msg) from exc
+    if split_bytes is None:
+        split_bytes = -(-sum(sizes) // AUTO_SPLIT_RANGES)
+        split_bytes = min(max(split_bytes, AUTO_SPLIT_MIN), AUTO_SPLIT_MAX)
+    parts: list[FilePart] = []
+    for order, (path, size) in enumerate(zip(paths, sizes, strict=True)):
         start = 0
         while True:
             end = min(size, start + split_bytes)
@@ -166,11 +181,12 @@ def assign(parts: Iterable[FilePart], worker_index: int, worker_count: int) -> l
     return mine
 
 
-def count_newlines(path: str, end: int) -> int:
-    """Count ``\\n`` bytes in ``path[0:end]``."""
+def count_newlines(path: str, end: int, start: int = 0) -> int:
+    """Count ``\\n`` bytes in ``path[start:end]``."""
     n = 0
     with open(path, "rb") as f:
-        left = end
+        f.seek(start)
+        left = end - start
         while left > 0:
             block = f.read(min(_SCAN_BLOCK, left))
             if not block:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -54,27 +55,31 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Byte size of the ranges large files are cut into (the unit of work split between workers).
-DEFAULT_SPLIT_BYTES = 64 << 20
+#: Byte size of the ranges large files are cut into (the unit of work split between workers);
+#: ``None`` derives it from the total input size (see :func:`plan_ranges`).
+DEFAULT_SPLIT_BYTES: int | None = None
 #: Bytes read and parsed at a time (then sliced into micro-batches of ``ctx.batch_size`` rows).
-DEFAULT_CHUNK_BYTES = 8 << 20
+DEFAULT_CHUNK_BYTES = 4 << 20
 #: Bytes of the first file used to infer a schema.
 _SAMPLE_BYTES = 1 << 20
 _BOM = b"\xef\xbb\xbf"
+_NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
 
 PathArg = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 
 
-def check_sizes(step_id: str, split_bytes: int, chunk_bytes: int) -> None:
+def check_sizes(step_id: str, split_bytes: int | None, chunk_bytes: int) -> None:
     """Validate the byte-size settings of a line source."""
     for name, value in (("split_bytes", split_bytes), ("chunk_bytes", chunk_bytes)):
+        if name == "split_bytes" and value is None:
+            continue
         if not isinstance(value, int) or value < 1:
             msg = f"step {step_id!r}: {name} must be a positive integer, got {value!r}"
             raise ConfigError(msg)
 
 
 def _check_separator(step_id: str, separator: str) -> None:
-    if not isinstance(separator, str) or len(separator) != 1 or separator in "\r\n\"":
+    if not isinstance(separator, str) or len(separator) != 1 or separator in '\r\n"':
         msg = (
             f"step {step_id!r}: separator must be one character other than a quote or a "
             f"line break, got {separator!r}; pass separator=',' or separator='\\t'"
@@ -160,10 +165,12 @@ class LineReader(SourceReader):
         self._cur = 0
         self._fd: int | None = None
         self._fd_path: str | None = None
+        self._known: dict[str, dict[int, int]] = {}
         for r in self._ranges:
             pos = ctx.resume.get(r.part.key)
             if isinstance(pos, Mapping):
                 self._restore(r, pos)
+        self._skip_done()
 
     # -- positions -----------------------------------------------------------------------
     def _restore(self, r: _Range, pos: Mapping[str, Any]) -> None:
@@ -226,7 +233,7 @@ class LineReader(SourceReader):
         r.chunk_start = start
         r.chunk_end = start + len(data)
         r.chunk_line = r.line
-        r.chunk_lines = count_lines(data)
+        r.chunk_lines = parsed.lines if parsed.lines is not None else count_lines(data)
         r.emitted = 0
 
     def _align(self, r: _Range, fd: int) -> None:
@@ -237,6 +244,7 @@ class LineReader(SourceReader):
             return
         head = os.pread(fd, 3, 0)
         r.offset = 3 if head == _BOM else 0
+        r.base = 1
         if self._header and r.offset < part.end:
             r.offset = csv_header(r.part.path, ",")[1]
             r.line = 1
@@ -255,13 +263,22 @@ class LineReader(SourceReader):
             return
         self._set_pending(r, self._parser(r.part.path).parse(data), r.offset, data)
 
+    def _newlines_before(self, path: str, offset: int) -> int:
+        """Newlines in ``path[:offset]``, counted from the nearest point already known."""
+        known = self._known.setdefault(path, {0: 0})
+        start = max(k for k in known if k <= offset)
+        n = known[start] + count_newlines(path, offset, start)
+        known[offset] = n
+        return n
+
     def _base_line(self, r: _Range) -> int:
         if r.base is None:
             if r.part.start == 0:
                 r.base = 1
             else:
                 first = find_line_start(self._open(r.part.path), r.part.start)
-                r.base = 1 + count_newlines(r.part.path, first if first is not None else 0)
+                end = first if first is not None else r.part.end
+                r.base = 1 + self._newlines_before(r.part.path, end)
         return r.base
 
     def _emit(self, r: _Range) -> SourceBatch | None:
@@ -285,9 +302,23 @@ class LineReader(SourceReader):
             r.pending = None
             r.offset = r.chunk_end
             r.line = r.chunk_line + r.chunk_lines
+            if r.offset >= r.part.end:
+                r.done = True
+                if r.base is not None:  # the next range of this file can start counting here
+                    self._known.setdefault(r.part.path, {0: 0})[r.offset] = r.base - 1 + r.line
+                self._skip_done()
         if data.height == 0 and dead is None:
             return None
         return SourceBatch(data, dead)
+
+    def _skip_done(self) -> None:
+        """Move past finished ranges, so ``finished`` turns true with the last batch."""
+        while self._cur < len(self._ranges):
+            r = self._ranges[self._cur]
+            if not (r.done and r.pending is None):
+                return
+            self._cur += 1
+        self.close()
 
     def poll(self) -> SourceBatch | None:
         while self._cur < len(self._ranges):
@@ -316,7 +347,7 @@ class _LineScan(Source):
     """Common settings of the line-oriented bounded sources."""
 
     paths: tuple[str, ...]
-    split_bytes: int = DEFAULT_SPLIT_BYTES
+    split_bytes: int | None = DEFAULT_SPLIT_BYTES
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
 
     _suffixes: tuple[str, ...] = dataclasses.field(default=(), init=False, repr=False)
@@ -341,9 +372,7 @@ class _LineScan(Source):
         files = self._files(ctx.step_id)
         factory = self._parser_factory(ctx.step_id, files)
         parts = assign(plan_ranges(files, self.split_bytes), ctx.worker_index, ctx.worker_count)
-        return LineReader(
-            ctx, parts, factory, header=self._header, chunk_bytes=self.chunk_bytes
-        )
+        return LineReader(ctx, parts, factory, header=self._header, chunk_bytes=self.chunk_bytes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -374,9 +403,7 @@ class ScanCsv(_LineScan):
     has_header: bool = True
     separator: str = ","
 
-    _suffixes: tuple[str, ...] = dataclasses.field(
-        default=(".csv", ".tsv"), init=False, repr=False
-    )
+    _suffixes: tuple[str, ...] = dataclasses.field(default=(".csv", ".tsv"), init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_header", bool(self.has_header))
@@ -399,13 +426,33 @@ class ScanCsv(_LineScan):
                 raise ConfigError(msg)
 
     def _reference(self, step_id: str, files: list[str]) -> tuple[list[str], pl.Schema]:
+        """Column names and types: from the first file with a header and the first with data."""
         overrides = _check_schema(step_id, self.user_schema)
-        first = files[0]
-        if self.has_header:
-            names, header_len = csv_header(first, self.separator)
-            sample = sample_lines(first, header_len)
-        else:
-            sample = sample_lines(first)
+        names: list[str] = []
+        sample = b""
+        for path in files:
+            if self.has_header:
+                own, header_len = csv_header(path, self.separator)
+                if not own or own == [""]:
+                    continue  # an empty file
+                names = names or own
+                if sorted(own) != sorted(names):
+                    continue
+                sample = sample_lines(path, header_len)
+                if own != names and sample:
+                    reordered = (
+                        CsvParser(
+                            own, infer_csv_schema(sample, own, self.separator, None), self.separator
+                        )
+                        .parse(sample)
+                        .data.select(names)
+                    )
+                    sample = reordered.write_csv(include_header=False).encode()
+            else:
+                sample = sample_lines(path)
+            if sample.strip():
+                break
+        if not self.has_header:
             if overrides is not None:
                 names = list(overrides)
             else:
@@ -430,6 +477,8 @@ class ScanCsv(_LineScan):
             if not self.has_header:
                 return CsvParser(names, schema, self.separator)
             own, _ = csv_header(path, self.separator)
+            if not own or own == [""]:
+                return CsvParser(names, schema, self.separator)  # an empty file
             if sorted(own) != sorted(names):
                 msg = (
                     f"step {step_id!r}: {path!r} has columns {own} but {files[0]!r} has "
@@ -484,7 +533,11 @@ class ScanJsonl(_LineScan):
         if overrides is not None:
             schema = overrides
         else:
-            schema = infer_jsonl_schema(sample_lines(files[0]), None)
+            schema = pl.Schema()
+            for path in files:  # the first file with data
+                schema = infer_jsonl_schema(sample_lines(path), None)
+                if schema:
+                    break
         if self.required is not None:
             required = list(self.required)
         else:
@@ -518,8 +571,14 @@ class _Group:
 class ParquetReader(SourceReader):
     """Reads the row groups one worker owns, sliced to the batch size."""
 
-    def __init__(self, ctx: SourceContext, parts: list[FilePart]) -> None:
+    def __init__(
+        self,
+        ctx: SourceContext,
+        parts: list[FilePart],
+        hive: Mapping[str, dict[str, str | None]] | None = None,
+    ) -> None:
         self._ctx = ctx
+        self._hive = hive or {}
         self._groups = [_Group(p) for p in parts]
         self._cur = 0
         self._file: pq.ParquetFile | None = None
@@ -555,6 +614,13 @@ class ParquetReader(SourceReader):
         assert self._file is not None
         frame = pl.from_arrow(self._file.read_row_group(g.part.start))
         assert isinstance(frame, pl.DataFrame)
+        cols = self._hive.get(g.part.path)
+        if cols:
+            frame = frame.with_columns(
+                pl.lit(v, dtype=pl.String).alias(k)
+                for k, v in cols.items()
+                if k not in frame.columns
+            )
         return frame
 
     def poll(self) -> SourceBatch | None:
@@ -570,6 +636,8 @@ class ParquetReader(SourceReader):
             if g.row >= g.table.height:
                 g.done = True
                 g.table = None
+                while self._cur < len(self._groups) and self._groups[self._cur].done:
+                    self._cur += 1
             if data.height:
                 return SourceBatch(data)
         self.close()
@@ -598,12 +666,34 @@ class ScanParquet(Source):
     def validate(self, step_id: str) -> None:
         self._files(step_id)
 
+    def _hive(self, files: list[str]) -> dict[str, dict[str, str | None]]:
+        """Hive-style ``key=value`` directories below each input directory, per file."""
+        roots = [os.path.abspath(p) for p in self.paths if os.path.isdir(p)]
+        out: dict[str, dict[str, str | None]] = {}
+        for path in files:
+            full = os.path.abspath(path)
+            for root in roots:
+                if full.startswith(root + os.sep):
+                    cols: dict[str, str | None] = {}
+                    for seg in os.path.relpath(os.path.dirname(full), root).split(os.sep):
+                        key, eq, value = seg.partition("=")
+                        if eq and key:
+                            raw = urllib.parse.unquote(value)
+                            cols[key] = None if raw == _NULL_PARTITION else raw
+                    if cols:
+                        out[path] = cols
+                    break
+        return out
+
     def schema(self) -> dict[str, pl.DataType] | None:
         try:
             files = self._files("?")
         except ConfigError:
             return None
-        return dict(pl.read_parquet_schema(files[0]))
+        schema = dict(pl.read_parquet_schema(files[0]))
+        for key in self._hive(files[:1]).get(files[0], {}):
+            schema.setdefault(key, pl.String())
+        return schema
 
     def build(self, ctx: SourceContext) -> SourceReader:
         files = self._files(ctx.step_id)
@@ -617,4 +707,5 @@ class ScanParquet(Source):
             for i in range(meta.num_row_groups):
                 rows = meta.row_group(i).num_rows
                 parts.append(FilePart(f"{path}#rg{i}", path, i, i + 1, order, rows))
-        return ParquetReader(ctx, assign(parts, ctx.worker_index, ctx.worker_count))
+        mine = assign(parts, ctx.worker_index, ctx.worker_count)
+        return ParquetReader(ctx, mine, self._hive(files))

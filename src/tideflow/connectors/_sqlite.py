@@ -119,8 +119,9 @@ class _SqliteWriter(SinkWriter):
         with self._conn:
             self._conn.execute(f"CREATE TABLE IF NOT EXISTS {_q(self._s.table)} ({defs})")
         self._columns = list(batch.columns)
-        logger.info("step %r: created table %s in %s", self._ctx.step_id, self._s.table,
-                    self._s.path)
+        logger.info(
+            "step %r: created table %s in %s", self._ctx.step_id, self._s.table, self._s.path
+        )
         self._ensure_key_index()
 
     def _statement(self, columns: tuple[str, ...]) -> str:

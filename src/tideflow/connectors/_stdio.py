@@ -133,7 +133,7 @@ class StdinReader(SourceReader):
             end = data.find(b"\n")
             header = data if end < 0 else data[: end + 1]
             names = split_csv_header(header, self._s.separator)
-            data = data[len(header):]
+            data = data[len(header) :]
             self._offset += len(header)
             self._line += 1
             schema = pl.Schema(self._s.user_schema) if self._s.user_schema is not None else None

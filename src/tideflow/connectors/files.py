@@ -71,7 +71,7 @@ def scan_text(
     path_or_paths: PathArg,
     *,
     column: str = "line",
-    split_bytes: int = DEFAULT_SPLIT_BYTES,
+    split_bytes: int | None = DEFAULT_SPLIT_BYTES,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> ScanText:
     """Read lines of UTF-8 text (undecodable bytes replaced) into one string column.
@@ -84,7 +84,8 @@ def scan_text(
         Name of the output column.
     split_bytes
         Large files are cut into byte ranges of this size (at line boundaries) that workers
-        read in parallel.
+        read in parallel. ``None`` (default) derives it from the total input size: about 64
+        ranges, each between 4 and 64 MiB.
     chunk_bytes
         Bytes read, decoded and split at once; chunks are sliced into micro-batches of the
         runtime's batch size.
@@ -108,7 +109,7 @@ def scan_csv(
     schema: Mapping[str, Any] | None = None,
     has_header: bool = True,
     separator: str = ",",
-    split_bytes: int = DEFAULT_SPLIT_BYTES,
+    split_bytes: int | None = DEFAULT_SPLIT_BYTES,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> ScanCsv:
     """Read CSV files; rows that do not parse go to the dead letters with their line.
@@ -158,7 +159,7 @@ def scan_jsonl(
     *,
     schema: Mapping[str, Any] | None = None,
     required: Sequence[str] | None = None,
-    split_bytes: int = DEFAULT_SPLIT_BYTES,
+    split_bytes: int | None = DEFAULT_SPLIT_BYTES,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> ScanJsonl:
     """Read JSON-lines files (one object per line) into typed columns.
@@ -201,8 +202,9 @@ def scan_jsonl(
 def scan_parquet(path_or_paths: PathArg) -> ScanParquet:
     """Read Parquet files; workers share the work by row groups.
 
-    A directory is read recursively (``*.parquet`` files, for example the hive-style output
-    of :func:`sink_parquet`), sorted by path.
+    A directory is read recursively (``*.parquet`` files, sorted by path). Hive-style
+    ``key=value`` directories below it (the output of :func:`sink_parquet` with
+    ``partition_by``) become string columns of that name.
 
     Examples
     --------
