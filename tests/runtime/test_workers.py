@@ -102,3 +102,47 @@ def test_worker_failure_is_reported_with_the_step():
         assert "ZeroDivisionError" in str(exc)
     else:
         raise AssertionError("the job should have failed")
+
+
+class Recorder:
+    def __init__(self):
+        self.events = []
+        self.rows = []
+
+    def on_start(self, flow, steps, workers):
+        self.events.append(("start", flow, workers, [s.step_id for s in steps]))
+
+    def on_stats(self, stats, elapsed):
+        self.events.append(("stats",))
+
+    def on_rows(self, topic, rows):
+        self.rows.append((topic, rows))
+
+    def on_finish(self, result):
+        self.events.append(("finish", result.completed, result.records_in))
+
+
+class PublishingSink(Sink):
+    def build(self, ctx):
+        class W(SinkWriter):
+            def write(self, batch):
+                ctx.publish("latest", batch.tail(2))
+
+            def close(self):
+                pass
+
+        return W()
+
+
+def test_observers_see_graph_published_rows_and_result(workers):
+    flow = tf.Dataflow("obs")
+    flow.source(TestingSource([{"x": i} for i in range(10)], batch_size=5)).sink(
+        PublishingSink(), name="live"
+    )
+    rec = Recorder()
+    tf.run(flow, workers=workers, batch_size=5, observers=[rec])
+    start = rec.events[0]
+    assert start[0] == "start" and start[2] == workers and "obs.live" in start[3]
+    assert rec.events[-1] == ("finish", True, 10)
+    assert rec.rows and all(t == "latest" and r.height <= 2 for t, r in rec.rows)
+    assert {v for _, r in rec.rows for v in r["x"].to_list()} <= set(range(10))

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -152,6 +152,10 @@ class SinkContext:
     worker_index: int
     worker_count: int
     resume: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: Send a (small) frame to the run's observers under a topic, e.g. for live tables.
+    publish: Callable[[str, pl.DataFrame], None] = dataclasses.field(
+        default=lambda topic, rows: None
+    )
 
 
 class SinkWriter(abc.ABC):

@@ -41,6 +41,9 @@ class OpContext(Protocol):
     def dead(self, batch: pl.DataFrame) -> None:
         """Send dead letters (rows of ``DEAD_LETTER_SCHEMA``)."""
 
+    def publish(self, topic: str, rows: pl.DataFrame) -> None:
+        """Send rows to the run's observers (in the driver process)."""
+
 
 class Operator:
     """Base operator: passes batches through."""
@@ -388,7 +391,9 @@ class SinkOperator(Operator):
 
     def __init__(self, node: Node, ctx: OpContext, resume: dict[str, Any]) -> None:
         super().__init__(node, ctx)
-        sctx = SinkContext(node.step_id, ctx.worker_index, ctx.worker_count, resume)
+        sctx = SinkContext(
+            node.step_id, ctx.worker_index, ctx.worker_count, resume, publish=ctx.publish
+        )
         self.writer: SinkWriter | None = None
         if node.spec.single_writer and ctx.worker_index != 0:
             return
@@ -419,7 +424,9 @@ class DeadUnionOperator(Operator):
 
     def on_batch(self, index: int, batch: pl.DataFrame) -> None:
         if batch.height:
-            self.ctx.emit(batch.select(list(DEAD_LETTER_SCHEMA)).cast(pl.Schema(DEAD_LETTER_SCHEMA)))
+            self.ctx.emit(
+                batch.select(list(DEAD_LETTER_SCHEMA)).cast(pl.Schema(DEAD_LETTER_SCHEMA))
+            )
 
 
 def build_operator(

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 if TYPE_CHECKING:
+    from tideflow.runtime._run import RunResult
     from tideflow.runtime._worker import StepStats
 
 __all__ = ["Progress"]
@@ -53,6 +54,20 @@ class Progress:
         dead = sum(s.dead for s in stats.values())
         t.add_row("dead letters (all steps)", f"{dead:,}", "", "")
         return t
+
+    def on_start(self, flow: str, steps: list[Any], workers: int) -> None:
+        """Nothing to draw yet."""
+
+    def on_rows(self, topic: str, rows: Any) -> None:
+        """Published rows are not shown."""
+
+    def on_stats(self, stats: dict[str, StepStats], elapsed: float) -> None:
+        """New counters."""
+        self.update(stats)
+
+    def on_finish(self, result: RunResult) -> None:
+        """Print the summary."""
+        self.finish(result.steps, result.seconds, result.completed)
 
     def update(self, stats: dict[str, StepStats]) -> None:
         """New counters (summed over workers)."""

@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from tideflow._errors import ConfigError, JobError
 from tideflow.api._dataflow import Dataflow
 from tideflow.api._graph import Node
 from tideflow.connectors._base import Sink, SinkContext, SinkWriter
+from tideflow.runtime._observe import RunObserver, StepInfo
 from tideflow.runtime._progress import Progress
 from tideflow.runtime._worker import (
     LocalTransport,
@@ -36,6 +37,8 @@ from tideflow.runtime._worker import (
     RunConfig,
     StepStats,
     Worker,
+    _from_ipc,
+    _to_ipc,
 )
 
 __all__ = ["RunResult", "run"]
@@ -69,6 +72,8 @@ class RunResult:
 
     #: Step ids of the sources.
     source_steps: frozenset[str] = frozenset()
+    #: Why the run failed (``None`` when it finished or was stopped).
+    error: str | None = None
 
 
 class _DeadLetterFile(Sink):
@@ -139,6 +144,38 @@ def _merge(into: dict[str, StepStats], stats: dict[str, StepStats]) -> None:
         into.setdefault(k, StepStats()).add(v)
 
 
+class _Hub:
+    """Fans run events out to observers; an observer that raises is logged and dropped."""
+
+    def __init__(self, observers: list[RunObserver]) -> None:
+        self.observers = observers
+        self.start = time.monotonic()
+
+    def _call(self, method: str, *args: Any) -> None:
+        for obs in list(self.observers):
+            try:
+                getattr(obs, method)(*args)
+            except Exception:
+                log.exception("observer %r failed in %s; it is disabled", obs, method)
+                self.observers.remove(obs)
+
+    def started(self, flow: str, nodes: list[Node], workers: int) -> None:
+        by_index = {n.index: n.step_id for n in nodes}
+        steps = [
+            StepInfo(n.step_id, n.kind, tuple((by_index[i], p) for i, p in n.inputs)) for n in nodes
+        ]
+        self._call("on_start", flow, steps, workers)
+
+    def stats(self, stats: dict[str, StepStats]) -> None:
+        self._call("on_stats", stats, time.monotonic() - self.start)
+
+    def rows(self, topic: str, rows: pl.DataFrame) -> None:
+        self._call("on_rows", topic, rows)
+
+    def finished(self, result: RunResult) -> None:
+        self._call("on_finish", result)
+
+
 def run(
     flow: Dataflow,
     *,
@@ -148,6 +185,7 @@ def run(
     flush_interval: timedelta = timedelta(seconds=1),
     dead_letter_path: str | Path | None = None,
     progress: bool = False,
+    observers: Sequence[RunObserver] = (),
 ) -> RunResult:
     """Run a dataflow until its inputs end (bounded) or until stopped (Ctrl-C).
 
@@ -167,6 +205,9 @@ def run(
         (default ``./<flow name>.dead-letters.jsonl``, created only if needed).
     progress
         Show live progress on the terminal (stderr).
+    observers
+        Objects told about the run as it goes (:class:`~tideflow.runtime.RunObserver`): the
+        graph, counters, rows that sinks publish, the result. Dashboards and metrics use this.
 
     Examples
     --------
@@ -200,21 +241,32 @@ def run(
     nodes, dl_path = _plan(flow, cfg)
     sources = frozenset(nd.step_id for nd in nodes if nd.kind == "source")
     sinks = frozenset(nd.step_id for nd in nodes if nd.kind == "sink")
-    bar = Progress(flow.name, sources, sinks) if progress else None
-    start = time.monotonic()
-    if n == 1:
-        stats, completed = _run_local(nodes, cfg, flow.bounded, bar)
-    else:
-        stats, completed = _run_processes(nodes, cfg, flow.bounded, bar)
-    seconds = time.monotonic() - start
-    if bar is not None:
-        bar.finish(stats, seconds, completed)
-    used = dl_path if dl_path is not None and dl_path.exists() else None
-    return RunResult(flow.name, n, seconds, stats, completed, used, sources)
+    watchers: list[RunObserver] = list(observers)
+    if progress:
+        watchers.append(Progress(flow.name, sources, sinks))
+    hub = _Hub(watchers)
+    hub.started(flow.name, nodes, n)
+    stats: dict[str, StepStats] = {}
+    completed = False
+    error: str | None = None
+    try:
+        if n == 1:
+            stats, completed = _run_local(nodes, cfg, flow.bounded, hub)
+        else:
+            stats, completed = _run_processes(nodes, cfg, flow.bounded, hub)
+    except BaseException as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        seconds = time.monotonic() - hub.start
+        used = dl_path if dl_path is not None and dl_path.exists() else None
+        result = RunResult(flow.name, n, seconds, stats, completed, used, sources, error)
+        hub.finished(result)
+    return result
 
 
 def _run_local(
-    nodes: list[Node], cfg: RunConfig, bounded: bool, bar: Progress | None
+    nodes: list[Node], cfg: RunConfig, bounded: bool, hub: _Hub
 ) -> tuple[dict[str, StepStats], bool]:
     stop = threading.Event()
     old = None
@@ -234,7 +286,8 @@ def _run_local(
             LocalTransport(),
             emit_mode=_emit_mode(bounded),
             should_stop=stop.is_set,
-            report=bar.update if bar is not None else None,
+            report=hub.stats,
+            publish=hub.rows,
         )
         completed = worker.run()
         return worker.named_stats(), completed
@@ -261,6 +314,9 @@ def _worker_main(
         def report(stats: dict[str, StepStats]) -> None:
             driver.put(("stats", index, stats))
 
+        def publish(topic: str, rows: pl.DataFrame) -> None:
+            driver.put(("rows", index, topic, _to_ipc(rows)))
+
         worker = Worker(
             nodes,
             cfg,
@@ -268,6 +324,7 @@ def _worker_main(
             emit_mode=_emit_mode(bounded),
             should_stop=stop.is_set,
             report=report,
+            publish=publish,
         )
         completed = worker.run()
         driver.put(("done", index, worker.named_stats(), completed))
@@ -277,7 +334,7 @@ def _worker_main(
 
 
 def _run_processes(
-    nodes: list[Node], cfg: RunConfig, bounded: bool, bar: Progress | None
+    nodes: list[Node], cfg: RunConfig, bounded: bool, hub: _Hub
 ) -> tuple[dict[str, StepStats], bool]:
     n = cfg.workers
     ctx = mp.get_context("spawn")
@@ -336,11 +393,12 @@ def _run_processes(
             kind, idx = msg[0], msg[1]
             if kind == "stats":
                 latest[idx] = msg[2]
-                if bar is not None:
-                    agg: dict[str, StepStats] = {}
-                    for s in latest.values():
-                        _merge(agg, s)
-                    bar.update(agg)
+                agg: dict[str, StepStats] = {}
+                for s in latest.values():
+                    _merge(agg, s)
+                hub.stats(agg)
+            elif kind == "rows":
+                hub.rows(msg[2], _from_ipc(msg[3]))
             elif kind == "done":
                 final[idx] = msg[2]
                 completed = completed and msg[3]

@@ -214,6 +214,10 @@ class _NodeContext:
         self.worker.stats[self.index].dead += batch.height
         self.worker.emit(self.index, "dead", batch)
 
+    def publish(self, topic: str, rows: pl.DataFrame) -> None:
+        if self.worker.publish is not None:
+            self.worker.publish(topic, rows)
+
 
 class _SourceRunner:
     """Polls one source reader and coalesces small polls into batches."""
@@ -252,12 +256,14 @@ class Worker:
         emit_mode: Callable[[str], str],
         should_stop: Callable[[], bool],
         report: Callable[[dict[str, StepStats]], None] | None = None,
+        publish: Callable[[str, pl.DataFrame], None] | None = None,
     ) -> None:
         self.nodes = nodes
         self.cfg = cfg
         self.transport = transport
         self.should_stop = should_stop
         self.report = report
+        self.publish = publish
         self.stats = [StepStats() for _ in nodes]
         self.routes: dict[tuple[int, str], list[tuple[int, int]]] = defaultdict(list)
         self.pending = [len(n.inputs) for n in nodes]
