@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import timedelta
 from typing import Any, Literal
 
 import polars as pl
@@ -18,11 +19,15 @@ import polars as pl
 from tideflow._errors import ConfigError
 from tideflow.api._aggs import AggSpec, parse_aggs
 from tideflow.api._graph import FrameOp, Node, NodeKind, OnError, RecordOp, Schema, fn_location
+from tideflow.api._windows import Clock, WindowedStream, WindowSpec
 from tideflow.connectors._base import DEAD_LETTER_SCHEMA, Sink, Source
 
 __all__ = ["AggOp", "Dataflow", "KeyedStream", "Split", "StatefulMapOp", "Stream", "TransformOp"]
 
 Emit = Literal["auto", "updates", "final"]
+#: Steps whose output keeps the event-time column of their input (if the column survives).
+_KEEPS_TIME = frozenset({"frame", "record", "union", "split", "validate", "exchange"})
+TimeUnit = Literal["s", "ms", "us", "ns"]
 _EMITS = ("auto", "updates", "final")
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 
@@ -69,6 +74,16 @@ class StatefulMapOp:
     on_error: OnError
     #: "final" keeps outputs per key and emits the last one at the end of a bounded input.
     emit: Literal["updates", "final"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EventTimeOp:
+    """Settings of an event-time declaration (column, unit, out-of-orderness, idleness)."""
+
+    column: str
+    unit: str | None
+    delay: timedelta
+    idle: timedelta | None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -148,6 +163,11 @@ class Dataflow:
         ports: tuple[str, ...] = ("out",),
     ) -> Node:
         node = Node(len(self.nodes), step_id, kind, inputs, spec, ports, schema)
+        if kind in _KEEPS_TIME and inputs:
+            times = {self.nodes[i].time_column for i, _ in inputs}
+            col = times.pop() if len(times) == 1 else None
+            if col is not None and (schema is None or col in schema):
+                node.time_column = col
         self.nodes.append(node)
         return node
 
@@ -225,6 +245,78 @@ class Stream:
     def step_id(self) -> str:
         """Id of the step that produces this stream."""
         return self.node.step_id
+
+    @property
+    def time_column(self) -> str | None:
+        """The event-time column (declared with :meth:`event_time`), if any."""
+        return self.node.time_column
+
+    def event_time(
+        self,
+        column: str,
+        *,
+        unit: TimeUnit | None = None,
+        delay: timedelta = timedelta(0),
+        idle: timedelta | None = timedelta(seconds=10),
+        name: str | None = None,
+    ) -> Stream:
+        """Declare the event-time column and start watermarks here.
+
+        ``column`` becomes a UTC timestamp column (``Datetime("us", "UTC")``): timezone-aware
+        timestamps are converted, integers need ``unit`` (epoch seconds, ms, us or ns), strings
+        are parsed as ISO-8601 (a string without an offset is taken as UTC). Records whose time
+        is missing or unparsable go to the dead letters.
+
+        The watermark is the largest event time seen minus ``delay`` (the bounded
+        out-of-orderness). When no record arrives for ``idle`` (processing time), this input
+        stops holding the watermark back until data comes again (``None``: never).
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import tideflow as tf
+        >>> from tideflow.testing import TestingSource
+        >>> flow = tf.Dataflow("t")
+        >>> s = flow.source(TestingSource([], schema={"ts": pl.Int64()})).event_time("ts", unit="ms")
+        >>> s.time_column, s.schema
+        ('ts', {'ts': Datetime(time_unit='us', time_zone='UTC')})
+        """
+        step_id = self.flow._step_id(name, "event_time")
+        if unit is not None:
+            _check_literal(step_id, "unit", unit, ("s", "ms", "us", "ns"))
+        if delay < timedelta(0) or (idle is not None and idle <= timedelta(0)):
+            msg = f"step '{step_id}': delay must be >= 0 and idle > 0 (or None)"
+            raise ConfigError(msg)
+        schema = self.schema
+        out_schema = None
+        if schema is not None:
+            if column not in schema:
+                msg = f"step '{step_id}': no column {column!r} for event time; columns are {list(schema)}"
+                raise ConfigError(msg)
+            dtype = schema[column]
+            if dtype.is_integer() and unit is None:
+                msg = (
+                    f"step '{step_id}': column {column!r} holds integers; say what they count "
+                    "with unit='s', 'ms', 'us' or 'ns'"
+                )
+                raise ConfigError(msg)
+            if isinstance(dtype, pl.Datetime) and dtype.time_zone is None:
+                msg = (
+                    f"step '{step_id}': column {column!r} is a timestamp without a time zone; "
+                    "event times must be UTC instants: convert it with "
+                    f"pl.col({column!r}).dt.replace_time_zone('UTC') first"
+                )
+                raise ConfigError(msg)
+            if not (dtype.is_integer() or isinstance(dtype, pl.Datetime) or dtype == pl.String):
+                msg = f"step '{step_id}': column {column!r} of type {dtype} cannot be an event time"
+                raise ConfigError(msg)
+            out_schema = {**schema, column: pl.Datetime("us", "UTC")}
+        spec = EventTimeOp(column, unit, delay, idle)
+        node = self.flow._add(
+            "event_time", [(self.node.index, self.port)], spec, step_id, schema=out_schema
+        )
+        node.time_column = column
+        return Stream(self.flow, node)
 
     # -- vectorized operators ---------------------------------------------------------------
     def _frame(
@@ -641,6 +733,41 @@ class KeyedStream:
         op = StatefulMapOp(self.keys, fn, init, sch, on_error, emit)
         node = flow._add("stateful_map", [up], op, step_id, schema=sch)
         return Stream(flow, node)
+
+    def window(
+        self,
+        spec: WindowSpec,
+        *,
+        clock: Clock = "event",
+        allowed_lateness: timedelta = timedelta(0),
+        early: timedelta | int | None = None,
+    ) -> WindowedStream:
+        """Cut each key's records into windows (see :mod:`tideflow.windows`).
+
+        Finish with ``.agg(...)``, ``.reduce(fn)``, ``.fold(init, fn)`` or ``.apply(fn)``, which
+        return a :class:`~tideflow.api.WindowOut` (``results`` and ``late``).
+
+        Examples
+        --------
+        >>> from datetime import timedelta
+        >>> import polars as pl
+        >>> import tideflow as tf
+        >>> from tideflow import windows
+        >>> from tideflow.testing import TestingSource, CollectSink
+        >>> rows = [{"k": "a", "t": 1_000, "v": 1}, {"k": "a", "t": 9_000, "v": 2},
+        ...         {"k": "a", "t": 12_000, "v": 5}]
+        >>> flow = tf.Dataflow("w")
+        >>> out = CollectSink()
+        >>> win = (flow.source(TestingSource(rows)).event_time("t", unit="ms").key_by("k")
+        ...        .window(windows.tumbling(timedelta(seconds=10))).agg(pl.col("v").sum()))
+        >>> win.results.sink(out)
+        >>> _ = tf.run(flow)
+        >>> out.frame().sort("window_start").select("k", "v").rows()
+        [('a', 3), ('a', 5)]
+        """
+        return WindowedStream(
+            self, spec, clock=clock, allowed_lateness=allowed_lateness, early=early
+        )
 
     def transform(
         self,

@@ -21,6 +21,8 @@ NodeKind = Literal[
     "union",
     "split",
     "validate",
+    "event_time",
+    "window",
     "exchange",
     "agg",
     "stateful_map",
@@ -77,3 +79,5 @@ class Node:
     ports: tuple[str, ...] = ("out",)
     #: Output schema of port "out" when known before data moves.
     schema: Schema | None = None
+    #: The event-time column of the output (set by ``event_time``, kept by stateless steps).
+    time_column: str | None = None

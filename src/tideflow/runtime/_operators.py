@@ -44,6 +44,18 @@ class OpContext(Protocol):
     def publish(self, topic: str, rows: pl.DataFrame) -> None:
         """Send rows to the run's observers (in the driver process)."""
 
+    def watermark(self, wm: int, idle: bool = False) -> None:
+        """Announce this step's output watermark (int64 µs since the epoch) or idleness."""
+
+    def now(self) -> float:
+        """Processing time, seconds since the epoch (the run's clock)."""
+        ...
+
+    @property
+    def current_watermark(self) -> int:
+        """The watermark this step last announced."""
+        ...
+
 
 class Operator:
     """Base operator: passes batches through."""
@@ -58,6 +70,13 @@ class Operator:
 
     def on_end(self) -> None:
         """All inputs ended (bounded input exhausted): emit final results."""
+
+    def on_watermark(self, wm: int, idle: bool) -> None:
+        """The combined watermark of the inputs advanced (or all inputs went idle)."""
+        self.ctx.watermark(wm, idle)
+
+    def on_tick(self) -> None:
+        """Called about every 20 ms when overridden (timers, idleness, processing time)."""
 
     def flush(self) -> None:
         """Periodic hook (sinks make data visible)."""

@@ -28,7 +28,19 @@ from tideflow.api._graph import Node
 from tideflow.connectors._base import SourceContext, SourceReader
 from tideflow.runtime._operators import Operator, SinkOperator, build_operator
 
-__all__ = ["LocalTransport", "QueueTransport", "RunConfig", "StepStats", "Worker"]
+__all__ = [
+    "WM_MAX",
+    "WM_MIN",
+    "LocalTransport",
+    "QueueTransport",
+    "RunConfig",
+    "StepStats",
+    "Worker",
+]
+
+#: Watermarks are int64 microseconds since the epoch (UTC); these are -inf and +inf.
+WM_MIN = -(2**63)
+WM_MAX = 2**63 - 1
 
 log = logging.getLogger("tideflow.runtime")
 
@@ -49,6 +61,8 @@ class RunConfig:
     #: Where dead letters go when the flow does not sink ``flow.dead_letters`` itself.
     dead_letter_path: Path | None = None
     resume: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    #: Processing-time clock (seconds since the epoch); tests pass a fake one.
+    clock: Callable[[], float] = time.time
 
 
 @dataclasses.dataclass(slots=True)
@@ -149,6 +163,7 @@ class ExchangeOperator(Operator):
         self.worker = worker
         self.local_ended = False
         self.peer_ends = 0
+        self._init_wm()
 
     def on_batch(self, index: int, batch: pl.DataFrame) -> None:
         w = self.worker
@@ -173,6 +188,41 @@ class ExchangeOperator(Operator):
             else:
                 w.transport.send(int(dest), ("D", self.node.index, me, _to_ipc(part)))
 
+    def _init_wm(self) -> None:
+        n = self.worker.transport.worker_count
+        self.sender_wm = [WM_MIN] * n
+        self.sender_idle = [False] * n
+
+    def _senders(self) -> list[int]:
+        n, me = self.worker.transport.worker_count, self.worker.transport.worker_index
+        if self.keys is None and me != 0:
+            return [me]  # gathered data only reaches worker 0; this copy sees local input only
+        return list(range(n))
+
+    def _combine_wm(self) -> None:
+        senders = self._senders()
+        active = [self.sender_wm[s] for s in senders if not self.sender_idle[s]]
+        if active:
+            self.ctx.watermark(min(active))
+        else:
+            self.ctx.watermark(min(self.sender_wm[s] for s in senders), idle=True)
+
+    def on_watermark(self, wm: int, idle: bool = False) -> None:
+        w = self.worker
+        n, me = w.transport.worker_count, w.transport.worker_index
+        self.sender_wm[me], self.sender_idle[me] = wm, idle
+        if n > 1:
+            dests = [0] if self.keys is None else range(n)
+            for d in dests:
+                if d != me:
+                    w.transport.send(d, ("W", self.node.index, me, (wm, idle)))
+        self._combine_wm()
+
+    def peer_watermark(self, sender: int, wm: int, idle: bool) -> None:
+        self.sender_wm[sender] = max(self.sender_wm[sender], wm)
+        self.sender_idle[sender] = idle
+        self._combine_wm()
+
     def on_end(self) -> None:
         w = self.worker
         n, me = w.transport.worker_count, w.transport.worker_index
@@ -186,8 +236,10 @@ class ExchangeOperator(Operator):
                     w.transport.send(d, ("E", self.node.index, me, None))
         self._maybe_end()
 
-    def peer_ended(self) -> None:
+    def peer_ended(self, sender: int) -> None:
         self.peer_ends += 1
+        self.sender_wm[sender], self.sender_idle[sender] = WM_MAX, False
+        self._combine_wm()
         self._maybe_end()
 
     def _maybe_end(self) -> None:
@@ -217,6 +269,16 @@ class _NodeContext:
     def publish(self, topic: str, rows: pl.DataFrame) -> None:
         if self.worker.publish is not None:
             self.worker.publish(topic, rows)
+
+    def watermark(self, wm: int, idle: bool = False) -> None:
+        self.worker.watermark(self.index, wm, idle)
+
+    def now(self) -> float:
+        return self.worker.cfg.clock()
+
+    @property
+    def current_watermark(self) -> int:
+        return self.worker.out_wm[self.index]
 
 
 class _SourceRunner:
@@ -272,6 +334,10 @@ class Worker:
                 self.routes[(src, port)].append((n.index, i))
         self._wire_dead_letters()
         self.ended = [False] * len(nodes)
+        self.in_wm = [[WM_MIN] * len(n.inputs) for n in nodes]
+        self.in_idle = [[False] * len(n.inputs) for n in nodes]
+        self.out_wm = [WM_MIN] * len(nodes)
+        self.out_idle = [False] * len(nodes)
         self.ops: list[Operator | None] = [None] * len(nodes)
         self.sources: list[_SourceRunner] = []
         try:
@@ -288,6 +354,14 @@ class Worker:
                     self.sources.append(_SourceRunner(n, n.spec.build(sctx), cfg))
                 elif n.kind == "exchange":
                     self.ops[n.index] = ExchangeOperator(n, ctx, self)
+                elif n.kind == "event_time":
+                    from tideflow.runtime._time import EventTimeOperator
+
+                    self.ops[n.index] = EventTimeOperator(n, ctx)
+                elif n.kind == "window":
+                    from tideflow.runtime._windowing import build_window_operator
+
+                    self.ops[n.index] = build_window_operator(n, ctx)
                 else:
                     resume = cfg.resume.get(n.step_id, {})
                     op = build_operator(n, ctx, emit_mode=emit_mode, resume=resume)
@@ -297,6 +371,9 @@ class Worker:
         except Exception:
             self.close()
             raise
+        self.tickers = [
+            op for op in self.ops if op is not None and type(op).on_tick is not Operator.on_tick
+        ]
 
     def _wire_dead_letters(self) -> None:
         dead = [n for n in self.nodes if n.kind == "dead_union"]
@@ -335,10 +412,36 @@ class Worker:
                 msg = f"step '{step}' failed: {type(exc).__name__}: {exc}"
                 raise JobError(msg, step_id=step) from exc
 
+    def watermark(self, index: int, wm: int, idle: bool = False) -> None:
+        """Node ``index`` announces its output watermark (monotonic) or that it is idle."""
+        wm = max(wm, self.out_wm[index])
+        if wm == self.out_wm[index] and idle == self.out_idle[index]:
+            return
+        self.out_wm[index], self.out_idle[index] = wm, idle
+        for port in self.nodes[index].ports:
+            for dst, inp in self.routes.get((index, port), ()):
+                self.in_wm[dst][inp], self.in_idle[dst][inp] = wm, idle
+                self._input_watermark(dst)
+
+    def _input_watermark(self, dst: int) -> None:
+        op = self.ops[dst]
+        if op is None or self.nodes[dst].kind == "dead_union":
+            return
+        wms, idles = self.in_wm[dst], self.in_idle[dst]
+        active = [w for w, i in zip(wms, idles, strict=True) if not i]
+        if active:
+            wm = min(active)
+            if wm > self.out_wm[dst] or self.out_idle[dst]:
+                op.on_watermark(wm, False)
+        elif not self.out_idle[dst]:
+            op.on_watermark(max(self.out_wm[dst], min(wms)), True)
+
     def end_node(self, index: int) -> None:
         if self.ended[index]:
             return
         self.ended[index] = True
+        if self.nodes[index].kind != "sink":
+            self.watermark(index, WM_MAX)
         targets = [
             t
             for port in (*self.nodes[index].ports, "dead")
@@ -361,8 +464,10 @@ class Worker:
             batch = _from_ipc(payload)
             self.stats[index].rows_in += batch.height
             self.emit(index, "out", batch)
+        elif kind == "W":
+            op.peer_watermark(_sender, payload[0], payload[1])
         elif kind == "E":
-            op.peer_ended()
+            op.peer_ended(_sender)
 
     def _push_source(self, src: _SourceRunner) -> None:
         batch = src.take()
@@ -409,7 +514,7 @@ class Worker:
         """Run until every step ended (True) or a stop was requested (False)."""
         cfg = self.cfg
         flush_every = cfg.flush_interval.total_seconds()
-        last_flush = last_report = time.monotonic()
+        last_flush = last_report = last_tick = time.monotonic()
         idle = 0.0
         completed = False
         try:
@@ -428,6 +533,10 @@ class Worker:
                     for src in self.sources:
                         if not src.ended and self._poll(src, now):
                             progressed = True
+                if self.tickers and now - last_tick >= 0.02:
+                    for op in self.tickers:
+                        op.on_tick()
+                    last_tick = now
                 if now - last_flush >= flush_every:
                     self.flush()
                     last_flush = now

@@ -1,0 +1,267 @@
+"""Window settings and the windowed-stream API.
+
+Windows are half-open ``[start, end)``. Tumbling windows of size S are aligned to the epoch
+(plus an optional offset). Sliding windows of size S and hop H: a record belongs to every window
+whose range contains it. Session windows with gap G: records of a key closer than G share a
+session, which ends G after its last record. Count windows: every N records of a key.
+
+A window's result is emitted once the watermark reaches its end (``final``). Within
+``allowed_lateness`` after that, a late record updates the window and the new result is emitted
+again (``update``); later records go to the ``late`` stream with the reason. ``early`` asks for
+results before the end (``early``): every so often (a ``timedelta``, processing time) or every
+N records (an ``int``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+import polars as pl
+
+from tideflow._errors import ConfigError
+from tideflow.api._aggs import AggSpec, parse_aggs
+
+if TYPE_CHECKING:
+    from tideflow.api._dataflow import KeyedStream, Stream
+
+__all__ = [
+    "Clock",
+    "Count",
+    "Session",
+    "Sliding",
+    "Tumbling",
+    "WindowOp",
+    "WindowOut",
+    "WindowSpec",
+    "WindowedStream",
+    "count",
+    "session",
+    "sliding",
+    "tumbling",
+]
+
+Clock = Literal["event", "processing"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Tumbling:
+    """Fixed, non-overlapping windows of ``size``, aligned to the epoch plus ``offset``."""
+
+    size: timedelta
+    offset: timedelta = timedelta(0)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Sliding:
+    """Windows of ``size`` starting every ``hop`` (aligned to the epoch plus ``offset``)."""
+
+    size: timedelta
+    hop: timedelta
+    offset: timedelta = timedelta(0)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Session:
+    """Per-key sessions: records closer than ``gap`` belong together."""
+
+    gap: timedelta
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Count:
+    """Every ``n`` records of a key form a window."""
+
+    n: int
+
+
+WindowSpec = Tumbling | Sliding | Session | Count
+
+
+def tumbling(size: timedelta, *, offset: timedelta = timedelta(0)) -> Tumbling:
+    """Tumbling windows of ``size``.
+
+    Examples
+    --------
+    >>> tumbling(timedelta(seconds=10))
+    Tumbling(size=datetime.timedelta(seconds=10), offset=datetime.timedelta(0))
+    """
+    return Tumbling(size, offset)
+
+
+def sliding(size: timedelta, hop: timedelta, *, offset: timedelta = timedelta(0)) -> Sliding:
+    """Sliding (hopping) windows of ``size`` every ``hop``."""
+    return Sliding(size, hop, offset)
+
+
+def session(gap: timedelta) -> Session:
+    """Session windows closing after ``gap`` without records of the key."""
+    return Session(gap)
+
+
+def count(n: int) -> Count:
+    """Count windows of ``n`` records per key."""
+    return Count(n)
+
+
+def _us(d: timedelta) -> int:
+    return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WindowOp:
+    """Settings of a window step (what runs is built from this on each worker)."""
+
+    keys: tuple[str, ...]
+    spec: WindowSpec
+    clock: Clock
+    time_column: str | None
+    lateness_us: int
+    early: timedelta | int | None
+    #: Incremental aggregations, or None when ``fn`` is used.
+    aggs: tuple[AggSpec, ...] | None
+    #: ``("reduce", fn)``, ``("fold", (init, fn))`` or ``("apply", fn)`` over a window's records.
+    fn: tuple[str, Any] | None
+    #: Emit the ``result`` column (early/final/update); on when lateness or early is set.
+    mark: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WindowOut:
+    """Outputs of a window step: ``results`` and the ``late`` records (with ``late_reason``)."""
+
+    results: Stream
+    late: Stream
+
+
+class WindowedStream:
+    """A keyed stream cut into windows; finish it with :meth:`agg`, :meth:`reduce`,
+    :meth:`fold` or :meth:`apply`."""
+
+    def __init__(
+        self,
+        keyed: KeyedStream,
+        spec: WindowSpec,
+        *,
+        clock: Clock,
+        allowed_lateness: timedelta,
+        early: timedelta | int | None,
+    ) -> None:
+        self.keyed = keyed
+        self.spec = spec
+        self.clock = clock
+        self.allowed_lateness = allowed_lateness
+        self.early = early
+
+    def _check(self, step_id: str) -> str | None:
+        spec, stream = self.spec, self.keyed.stream
+        if self.clock not in ("event", "processing"):
+            msg = f"step '{step_id}': clock={self.clock!r} is not one of ['event', 'processing']"
+            raise ConfigError(msg)
+        if isinstance(spec, Tumbling | Sliding) and spec.size <= timedelta(0):
+            msg = f"step '{step_id}': window size must be > 0, got {spec.size}"
+            raise ConfigError(msg)
+        if isinstance(spec, Sliding) and (spec.hop <= timedelta(0) or spec.hop > spec.size):
+            msg = f"step '{step_id}': sliding hop must be > 0 and <= size, got {spec.hop}"
+            raise ConfigError(msg)
+        if isinstance(spec, Session) and spec.gap <= timedelta(0):
+            msg = f"step '{step_id}': session gap must be > 0, got {spec.gap}"
+            raise ConfigError(msg)
+        if isinstance(spec, Count) and (not isinstance(spec.n, int) or spec.n < 1):
+            msg = f"step '{step_id}': count windows need n >= 1, got {spec.n!r}"
+            raise ConfigError(msg)
+        if not isinstance(spec, Tumbling | Sliding | Session | Count):
+            msg = f"step '{step_id}': unknown window {spec!r}; use windows.tumbling/sliding/session/count"
+            raise ConfigError(msg)
+        if self.allowed_lateness < timedelta(0):
+            msg = f"step '{step_id}': allowed_lateness must be >= 0"
+            raise ConfigError(msg)
+        early = self.early
+        if early is not None and not (
+            (isinstance(early, timedelta) and early > timedelta(0))
+            or (isinstance(early, int) and early > 0)
+        ):
+            msg = f"step '{step_id}': early must be a positive timedelta or record count"
+            raise ConfigError(msg)
+        time_col = stream.time_column
+        if self.clock == "event" and time_col is None and not isinstance(spec, Count):
+            msg = (
+                f"step '{step_id}': event-time windows need an event-time column; declare it "
+                "upstream with .event_time('column', ...) or use clock='processing'"
+            )
+            raise ConfigError(msg)
+        return time_col
+
+    def _build(
+        self,
+        kind: str,
+        name: str | None,
+        aggs: tuple[pl.Expr, ...] | None,
+        fn: tuple[str, Any] | None,
+    ) -> WindowOut:
+        from tideflow.api._dataflow import Stream
+
+        stream = self.keyed.stream
+        flow = stream.flow
+        step_id = flow._step_id(name, kind)
+        time_col = self._check(step_id)
+        specs = tuple(parse_aggs(aggs, step_id)) if aggs is not None else None
+        schema = stream.schema
+        if specs is not None and schema is not None:
+            missing = sorted({s.column for s in specs if s.column and s.column not in schema})
+            if missing:
+                msg = f"step '{step_id}': no column {missing} to aggregate; columns are {list(schema)}"
+                raise ConfigError(msg)
+        mark = self.allowed_lateness > timedelta(0) or self.early is not None
+        op = WindowOp(
+            self.keyed.keys,
+            self.spec,
+            self.clock,
+            time_col,
+            _us(self.allowed_lateness),
+            self.early,
+            specs,
+            fn,
+            mark,
+        )
+        up = self.keyed._exchange(step_id)
+        node = flow._add("window", [up], op, step_id, ports=("out", "late"))
+        return WindowOut(Stream(flow, node, "out"), Stream(flow, node, "late"))
+
+    def agg(self, *aggs: pl.Expr, name: str | None = None) -> WindowOut:
+        """Aggregate each key's window with Polars aggregations (vectorized, incremental).
+
+        Results carry the key columns, ``window_start``, ``window_end`` (count windows:
+        ``window``, the window's number per key) and the aggregates.
+        """
+        return self._build("window", name, aggs, None)
+
+    def reduce(
+        self,
+        fn: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]],
+        *,
+        name: str | None = None,
+    ) -> WindowOut:
+        """Combine a window's records pairwise, ``fn(acc, record) -> acc`` (per record)."""
+        return self._build("window", name, None, ("reduce", fn))
+
+    def fold(
+        self,
+        init: Callable[[], Any],
+        fn: Callable[[Any, dict[str, Any]], Any],
+        *,
+        name: str | None = None,
+    ) -> WindowOut:
+        """Fold a window's records into ``fn(acc, record) -> acc`` from ``init()``.
+
+        A dict accumulator becomes columns of the result; anything else a ``value`` column.
+        """
+        return self._build("window", name, None, ("fold", (init, fn)))
+
+    def apply(
+        self, fn: Callable[[pl.DataFrame], pl.DataFrame], *, name: str | None = None
+    ) -> WindowOut:
+        """Call ``fn`` with all records of a key's window (a DataFrame); it returns rows."""
+        return self._build("window", name, None, ("apply", fn))

@@ -1,0 +1,570 @@
+"""Window operators: tumbling/sliding (aligned buckets), sessions, count windows.
+
+Aligned windows keep, per window start, a list of *partial* frames (one row per key with
+mergeable partial aggregates, computed vectorized per batch). When the watermark passes a
+window's end, its partials are merged with one ``group_by`` and finalized. Nothing per record
+or per key runs in Python for Polars aggregations; user functions (reduce/fold/apply) keep the
+window's raw records instead and run per key at firing time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import polars as pl
+
+from tideflow._errors import JobError
+from tideflow.api._aggs import AggSpec
+from tideflow.api._graph import Node, fn_location
+from tideflow.api._windows import Count, Session, Sliding, Tumbling, WindowOp, _us
+from tideflow.runtime._operators import OpContext, Operator
+
+__all__ = ["build_window_operator"]
+
+WM_MAX = 2**63 - 1
+TIME = pl.Datetime("us", "UTC")
+_COMPACT_AT = 16
+
+
+# -- aggregations as partial -> merge -> final expressions ---------------------------------------
+def _p(s: AggSpec) -> str:
+    return f"__{s.name}"
+
+
+def partial_exprs(specs: Iterable[AggSpec]) -> list[pl.Expr]:
+    """Raw rows -> one partial row per group."""
+    out: list[pl.Expr] = []
+    for s in specs:
+        p = _p(s)
+        col = pl.col(s.column) if s.column else None
+        if s.kind == "count":
+            out.append(pl.len().cast(pl.Int64).alias(p))
+        elif s.kind == "count_non_null":
+            assert col is not None
+            out.append(col.count().cast(pl.Int64).alias(p))
+        elif s.kind == "sum":
+            assert col is not None
+            out.append(col.sum().alias(p))
+        elif s.kind == "mean":
+            assert col is not None
+            out += [
+                col.sum().cast(pl.Float64).alias(p + "_s"),
+                col.count().cast(pl.Int64).alias(p + "_n"),
+            ]
+        elif s.kind in ("min", "max"):
+            assert col is not None
+            out.append((col.min() if s.kind == "min" else col.max()).alias(p))
+        elif s.kind == "n_unique":
+            assert col is not None
+            out.append(col.unique().alias(p))
+        elif s.kind == "top_k":
+            assert col is not None
+            out.append(col.drop_nulls().top_k(s.k).alias(p))
+    return out
+
+
+def merge_exprs(specs: Iterable[AggSpec]) -> list[pl.Expr]:
+    """Partial rows of one group -> one partial row."""
+    out: list[pl.Expr] = []
+    for s in specs:
+        p = _p(s)
+        if s.kind == "mean":
+            out += [pl.col(p + "_s").sum(), pl.col(p + "_n").sum()]
+        elif s.kind == "min":
+            out.append(pl.col(p).min())
+        elif s.kind == "max":
+            out.append(pl.col(p).max())
+        elif s.kind == "n_unique":
+            out.append(pl.col(p).flatten().unique())
+        elif s.kind == "top_k":
+            out.append(pl.col(p).flatten().top_k(s.k))
+        else:
+            out.append(pl.col(p).sum())
+    return out
+
+
+def final_exprs(specs: Iterable[AggSpec]) -> list[pl.Expr]:
+    """Partial row -> the aggregate values."""
+    out: list[pl.Expr] = []
+    for s in specs:
+        p = _p(s)
+        if s.kind == "mean":
+            n = pl.col(p + "_n")
+            out.append(pl.when(n > 0).then(pl.col(p + "_s") / n).alias(s.name))
+        elif s.kind == "n_unique":
+            out.append(pl.col(p).list.len().cast(pl.Int64).alias(s.name))
+        elif s.kind == "top_k":
+            out.append(pl.col(p).list.sort(descending=True).alias(s.name))
+        elif s.kind in ("count", "count_non_null"):
+            out.append(pl.col(p).cast(pl.Int64).alias(s.name))
+        else:
+            out.append(pl.col(p).alias(s.name))
+    return out
+
+
+# -- the shared part -------------------------------------------------------------------------------
+class _WindowBase(Operator):
+    """Time handling shared by the window operators: clock, watermark, late records."""
+
+    def __init__(self, node: Node, ctx: OpContext) -> None:
+        super().__init__(node, ctx)
+        self.op: WindowOp = node.spec
+        self.keys = list(self.op.keys)
+        self.wm = -(2**63)
+        self.processing = self.op.clock == "processing"
+        self.time_col = self.op.time_column
+        self.lateness = self.op.lateness_us
+        early = self.op.early
+        self.early_every_s = early.total_seconds() if hasattr(early, "total_seconds") else None
+        self.early_every_n = early if isinstance(early, int) else None
+        self.since_early = 0
+        self.last_early = ctx.now()
+        if self.op.aggs is not None:
+            self.partials = partial_exprs(self.op.aggs)
+            self.merges = merge_exprs(self.op.aggs)
+            self.finals = final_exprs(self.op.aggs)
+            self.agg_names = [s.name for s in self.op.aggs]
+
+    # times -------------------------------------------------------------------------------
+    def _times(self, batch: pl.DataFrame) -> pl.Series:
+        if self.processing:
+            now = int(self.ctx.now() * 1_000_000)
+            return pl.Series("__t", [now] * batch.height, dtype=pl.Int64)
+        assert self.time_col is not None
+        if self.time_col not in batch.columns:
+            msg = f"step '{self.node.step_id}': no event-time column {self.time_col!r} in {batch.columns}"
+            raise JobError(msg, step_id=self.node.step_id)
+        return batch.get_column(self.time_col).dt.epoch("us").alias("__t")
+
+    def _late(self, rows: pl.DataFrame, reason: str) -> None:
+        if rows.height:
+            drop = [c for c in rows.columns if c.startswith("__")]
+            self.ctx.emit(rows.drop(drop).with_columns(late_reason=pl.lit(reason)), "late")
+
+    def _mark(self, frame: pl.DataFrame, result: str) -> pl.DataFrame:
+        return frame.with_columns(result=pl.lit(result)) if self.op.mark else frame
+
+    # grouping ------------------------------------------------------------------------------
+    def _partial(self, rows: pl.DataFrame, by: list[str]) -> pl.DataFrame:
+        if self.op.aggs is not None:
+            return rows.group_by(by).agg(self.partials)
+        return rows
+
+    def _merge(self, frames: list[pl.DataFrame], by: list[str]) -> pl.DataFrame:
+        merged = frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical_relaxed")
+        if self.op.aggs is not None:
+            return merged.group_by(by).agg(self.merges)
+        return merged
+
+    def _finalize(self, merged: pl.DataFrame, window_cols: list[str]) -> pl.DataFrame:
+        """Partials (or raw records) of windows -> result rows: keys, window columns, values."""
+        by = [*self.keys, *window_cols]
+        if self.op.aggs is not None:
+            return merged.select(*by, *self.finals)
+        assert self.op.fn is not None
+        kind, fn = self.op.fn
+        where = fn_location(fn if kind != "fold" else fn[1])
+        rows: list[dict[str, Any]] = []
+        frames: list[pl.DataFrame] = []
+        for part in merged.partition_by(by, maintain_order=True):
+            head = {c: part.get_column(c)[0] for c in by}
+            records = part.drop([c for c in part.columns if c.startswith("__")])
+            try:
+                if kind == "apply":
+                    out = fn(records)
+                    frames.append(
+                        out.with_columns(**{c: pl.lit(v) for c, v in head.items()}).select(
+                            *by, *[c for c in out.columns if c not in by]
+                        )
+                    )
+                elif kind == "reduce":
+                    acc: Any = None
+                    for rec in records.iter_rows(named=True):
+                        acc = rec if acc is None else fn(acc, rec)
+                    rows.append({**head, **{k: v for k, v in acc.items() if k not in head}})
+                else:
+                    init, step = fn
+                    acc = init()
+                    for rec in records.iter_rows(named=True):
+                        acc = step(acc, rec)
+                    rows.append({**head, **(acc if isinstance(acc, dict) else {"value": acc})})
+            except Exception as exc:
+                msg = f"step '{self.node.step_id}': {where} raised {type(exc).__name__}: {exc}"
+                raise JobError(msg, step_id=self.node.step_id) from exc
+        if frames:
+            return pl.concat(frames, how="diagonal_relaxed")
+        return pl.from_dicts(rows, infer_schema_length=None) if rows else pl.DataFrame()
+
+    # clocks --------------------------------------------------------------------------------
+    def on_watermark(self, wm: int, idle: bool) -> None:
+        if not idle and (not self.processing or wm == WM_MAX):
+            self._advance(wm)
+        self.ctx.watermark(wm, idle)
+
+    def on_tick(self) -> None:
+        now = self.ctx.now()
+        if self.processing:
+            self._advance(int(now * 1_000_000))
+        if self.early_every_s is not None and now - self.last_early >= self.early_every_s:
+            self.last_early = now
+            self._early()
+
+    def _count_for_early(self, n: int) -> None:
+        if self.early_every_n is not None:
+            self.since_early += n
+            if self.since_early >= self.early_every_n:
+                self.since_early = 0
+                self._early()
+
+    def _advance(self, wm: int) -> None:
+        raise NotImplementedError
+
+    def _early(self) -> None:
+        """Emit current results of windows that changed since the last early firing."""
+
+
+# -- tumbling and sliding ------------------------------------------------------------------------
+class AlignedWindowOperator(_WindowBase):
+    """Tumbling and sliding windows: buckets of partials per window start."""
+
+    def __init__(self, node: Node, ctx: OpContext) -> None:
+        super().__init__(node, ctx)
+        spec = self.op.spec
+        assert isinstance(spec, Tumbling | Sliding)
+        self.size = _us(spec.size)
+        self.hop = _us(spec.hop) if isinstance(spec, Sliding) else self.size
+        self.offset = _us(spec.offset)
+        self.copies = -(-self.size // self.hop)
+        self.pending: dict[int, list[pl.DataFrame]] = {}
+        self.fired: dict[int, pl.DataFrame] = {}
+        self.dirty: set[int] = set()
+
+    def _assign(self, batch: pl.DataFrame) -> pl.DataFrame:
+        t = self._times(batch)
+        base = batch.with_columns(t)
+        start = ((pl.col("__t") - self.offset) // self.hop) * self.hop + self.offset
+        if self.copies == 1:
+            return base.with_columns(__ws=start)
+        parts = [base.with_columns(__ws=start - j * self.hop) for j in range(self.copies)]
+        out = pl.concat(parts)
+        return out.filter(pl.col("__t") < pl.col("__ws") + self.size)
+
+    def on_batch(self, index: int, batch: pl.DataFrame) -> None:
+        if batch.height == 0:
+            return
+        rows = self._assign(batch.with_row_index("__rid"))
+        end = pl.col("__ws") + self.size
+        wm, late = self.wm, self.lateness
+        live = rows.filter(end > wm)
+        update = rows.filter((end <= wm) & (end + late > wm)) if late else rows.clear()
+        if live.height + update.height < rows.height:
+            kept = pl.concat([live.select("__rid"), update.select("__rid")]).unique()
+            lost = batch.with_row_index("__rid").join(kept, on="__rid", how="anti")
+            self._late(
+                lost, "its windows closed: the watermark passed their end plus the allowed lateness"
+            )
+        by = [*self.keys, "__ws"]
+        if live.height:
+            partial = self._partial(live.drop("__rid", "__t"), by)
+            for (ws,), part in partial.partition_by("__ws", as_dict=True).items():
+                bucket = self.pending.setdefault(int(ws), [])
+                bucket.append(part)
+                self.dirty.add(int(ws))
+                if len(bucket) >= _COMPACT_AT:
+                    self.pending[int(ws)] = [self._merge(bucket, by)]
+        if update.height:
+            partial = self._partial(update.drop("__rid", "__t"), by)
+            out: list[pl.DataFrame] = []
+            for (ws,), part in partial.partition_by("__ws", as_dict=True).items():
+                ws = int(ws)
+                merged = (
+                    self._merge([self.fired[ws], part], by)
+                    if ws in self.fired
+                    else self._merge([part], by)
+                )
+                self.fired[ws] = merged
+                touched = part.select(self.keys).unique()
+                out.append(self._result(merged.join(touched, on=self.keys, how="semi")))
+            self._emit_results(out, "update")
+        self._count_for_early(batch.height)
+
+    def _result(self, merged: pl.DataFrame) -> pl.DataFrame:
+        res = self._finalize(merged, ["__ws"])
+        return res.with_columns(
+            window_start=pl.col("__ws").cast(TIME),
+            window_end=(pl.col("__ws") + self.size).cast(TIME),
+        ).select(
+            *self.keys,
+            "window_start",
+            "window_end",
+            pl.exclude([*self.keys, "__ws", "window_start", "window_end"]),
+        )
+
+    def _emit_results(self, frames: list[pl.DataFrame], result: str) -> None:
+        frames = [f for f in frames if f.height]
+        if frames:
+            self.ctx.emit(self._mark(pl.concat(frames, how="vertical_relaxed"), result))
+
+    def _advance(self, wm: int) -> None:
+        if wm <= self.wm:
+            return
+        self.wm = wm
+        by = [*self.keys, "__ws"]
+        ready = sorted(ws for ws in self.pending if ws + self.size <= wm)
+        out: list[pl.DataFrame] = []
+        for ws in ready:
+            merged = self._merge(self.pending.pop(ws), by)
+            self.dirty.discard(ws)
+            out.append(self._result(merged))
+            if self.lateness and ws + self.size + self.lateness > wm:
+                self.fired[ws] = merged
+        self._emit_results(out, "final")
+        for ws in [w for w in self.fired if w + self.size + self.lateness <= wm]:
+            del self.fired[ws]
+
+    def _early(self) -> None:
+        by = [*self.keys, "__ws"]
+        out = []
+        for ws in sorted(self.dirty):
+            if ws in self.pending:
+                merged = self._merge(self.pending[ws], by)
+                self.pending[ws] = [merged]
+                out.append(self._result(merged))
+        self.dirty.clear()
+        self._emit_results(out, "early")
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"version": 1, "wm": self.wm, "open": len(self.pending)}
+
+
+# -- sessions -------------------------------------------------------------------------------------
+class SessionWindowOperator(_WindowBase):
+    """Per-key sessions merged vectorized: sort by key and start, cut where a gap opens."""
+
+    def __init__(self, node: Node, ctx: OpContext) -> None:
+        super().__init__(node, ctx)
+        spec = self.op.spec
+        assert isinstance(spec, Session)
+        self.gap = _us(spec.gap)
+        self.open: pl.DataFrame | None = None  # keys, __start, __end, __fired, __new, partials
+        self.dirty = False
+
+    def _merge_sessions(self, frame: pl.DataFrame) -> pl.DataFrame:
+        frame = frame.sort([*self.keys, "__start"])
+        key_change = pl.any_horizontal(
+            [pl.col(k).ne_missing(pl.col(k).shift(1)) for k in self.keys]
+        ).fill_null(True)
+        # Within a key's run (sorted by start), a session continues while the next start is
+        # before the largest end so far.
+        frame = frame.with_columns(__run=key_change.cum_sum())
+        frame = frame.with_columns(__pend=pl.col("__end").cum_max().shift(1).over("__run"))
+        cut = key_change | (pl.col("__start") >= pl.col("__pend")).fill_null(True)
+        frame = frame.with_columns(__sid=cut.cum_sum())
+        aggs: list[pl.Expr] = [
+            pl.col("__start").min(),
+            pl.col("__end").max(),
+            pl.col("__fired").any(),
+            pl.col("__new").any(),
+            pl.col("__emitted").any(),
+        ]
+        if self.op.aggs is not None:
+            aggs += self.merges
+        else:
+            aggs.append(pl.col("__records").flatten())
+        return frame.group_by([*self.keys, "__sid"], maintain_order=True).agg(aggs).drop("__sid")
+
+    def on_batch(self, index: int, batch: pl.DataFrame) -> None:
+        if batch.height == 0:
+            return
+        rows = batch.with_columns(self._times(batch))
+        wm, late = self.wm, self.lateness
+        by = [*self.keys, "__t"]
+        if self.op.aggs is not None:
+            mini = rows.group_by(by).agg(self.partials)
+        else:
+            mini = rows.group_by(by, maintain_order=True).agg(
+                __records=pl.struct(pl.exclude("__t"))
+            )
+        mini = mini.rename({"__t": "__start"}).with_columns(
+            __end=pl.col("__start") + self.gap,
+            __fired=pl.lit(False),
+            __new=pl.lit(True),
+            __emitted=pl.lit(False),
+        )
+        # Records whose own session is past the lateness bound survive only if they fall into a
+        # session that is still kept (open, or fired within the allowed lateness).
+        too_late = (pl.col("__end") + late) <= wm
+        cand = mini.filter(too_late)
+        if cand.height:
+            keep = self._overlapping(cand)
+            lost_keys = cand.join(keep, on=[*self.keys, "__start"], how="anti")
+            if lost_keys.height:
+                lost = rows.join(
+                    lost_keys.select(*self.keys, pl.col("__start").alias("__t")), on=by, how="semi"
+                )
+                self._late(
+                    lost,
+                    "its session closed: the watermark passed its end plus the allowed lateness",
+                )
+            mini = pl.concat([mini.filter(~too_late), keep], how="vertical_relaxed")
+        if mini.height == 0:
+            return
+        if self.open is not None and self.open.height:
+            touched = mini.select(self.keys).unique()
+            mine = self.open.join(touched, on=self.keys, how="semi")
+            rest = self.open.join(touched, on=self.keys, how="anti")
+            merged = self._merge_sessions(pl.concat([mine, mini], how="vertical_relaxed"))
+            self.open = pl.concat([rest, merged], how="vertical_relaxed")
+        else:
+            self.open = self._merge_sessions(mini)
+        # Fired sessions that took new records within the lateness emit an update now.
+        upd = self.open.filter(pl.col("__fired") & pl.col("__new"))
+        if upd.height:
+            self._emit(upd, "update")
+        self.open = self.open.with_columns(__new=pl.lit(False))
+        self.dirty = True
+        self._count_for_early(batch.height)
+
+    def _overlapping(self, cand: pl.DataFrame) -> pl.DataFrame:
+        """The candidate mini-sessions that overlap a kept session of their key."""
+        if self.open is None or self.open.height == 0:
+            return cand.clear()
+        sessions = self.open.select(
+            *self.keys, pl.col("__start").alias("__os"), pl.col("__end").alias("__oe")
+        )
+        hits = cand.join(sessions, on=self.keys, how="inner").filter(
+            (pl.col("__start") < pl.col("__oe")) & (pl.col("__end") > pl.col("__os"))
+        )
+        return cand.join(
+            hits.select(*self.keys, "__start").unique(), on=[*self.keys, "__start"], how="semi"
+        )
+
+    def _emit(self, sessions: pl.DataFrame, result: str) -> None:
+        if self.op.aggs is not None:
+            res = sessions.select(
+                *self.keys,
+                pl.col("__start").cast(TIME).alias("window_start"),
+                pl.col("__end").cast(TIME).alias("window_end"),
+                *self.finals,
+            )
+        else:
+            flat = (
+                sessions.select(*self.keys, "__start", "__end", "__records")
+                .explode("__records")
+                .unnest("__records")
+            )
+            res = self._finalize(flat, ["__start", "__end"])
+            res = res.with_columns(
+                window_start=pl.col("__start").cast(TIME), window_end=pl.col("__end").cast(TIME)
+            ).drop("__start", "__end")
+            res = res.select(
+                *self.keys,
+                "window_start",
+                "window_end",
+                pl.exclude([*self.keys, "window_start", "window_end"]),
+            )
+        self.ctx.emit(self._mark(res, result))
+
+    def _advance(self, wm: int) -> None:
+        if wm <= self.wm:
+            return
+        self.wm = wm
+        if self.open is None or self.open.height == 0:
+            return
+        due = (pl.col("__end") <= wm) & ~pl.col("__fired")
+        ready = self.open.filter(due)
+        if ready.height:
+            self._emit(ready, "final")
+        self.open = self.open.with_columns(__fired=pl.col("__fired") | due).filter(
+            (pl.col("__end") + self.lateness) > wm
+        )
+
+    def _early(self) -> None:
+        if self.dirty and self.open is not None:
+            live = self.open.filter(~pl.col("__fired"))
+            if live.height:
+                self._emit(live, "early")
+        self.dirty = False
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"version": 1, "wm": self.wm, "open": 0 if self.open is None else self.open.height}
+
+
+# -- count windows ----------------------------------------------------------------------------------
+class CountWindowOperator(_WindowBase):
+    """Every n records of a key (in arrival order) form a window, emitted when full."""
+
+    def __init__(self, node: Node, ctx: OpContext) -> None:
+        super().__init__(node, ctx)
+        spec = self.op.spec
+        assert isinstance(spec, Count)
+        self.n = spec.n
+        self.open: pl.DataFrame | None = None  # keys, __w, __c, partials (or __records)
+        self.counts: pl.DataFrame | None = None  # keys, __seen
+
+    def on_batch(self, index: int, batch: pl.DataFrame) -> None:
+        if batch.height == 0:
+            return
+        rows = batch.with_row_index("__rid").sort([*self.keys, "__rid"])
+        if self.counts is not None:
+            rows = rows.join(self.counts, on=self.keys, how="left", maintain_order="left")
+        else:
+            rows = rows.with_columns(__seen=pl.lit(None, dtype=pl.Int64))
+        idx = pl.int_range(pl.len(), dtype=pl.Int64)
+        starts = pl.any_horizontal(
+            [pl.col(k).ne_missing(pl.col(k).shift(1)) for k in self.keys]
+        ).fill_null(True)
+        rows = rows.with_columns(__pos=idx - pl.when(starts).then(idx).forward_fill())
+        rows = rows.with_columns(__w=(pl.col("__seen").fill_null(0) + pl.col("__pos")) // self.n)
+        seen = rows.group_by(self.keys).agg(__seen=pl.col("__seen").fill_null(0).first() + pl.len())
+        self.counts = (
+            seen
+            if self.counts is None
+            else pl.concat(
+                [self.counts.join(seen, on=self.keys, how="anti"), seen], how="vertical_relaxed"
+            )
+        )
+        by = [*self.keys, "__w"]
+        body = rows.drop("__rid", "__seen", "__pos")
+        if self.op.aggs is not None:
+            part = body.group_by(by).agg(pl.len().alias("__c"), *self.partials)
+            merges: list[pl.Expr] = [pl.col("__c").sum(), *self.merges]
+        else:
+            part = body.group_by(by, maintain_order=True).agg(
+                __c=pl.len(), __records=pl.struct(pl.exclude(by))
+            )
+            merges = [pl.col("__c").sum(), pl.col("__records").flatten()]
+        allw = part if self.open is None else pl.concat([self.open, part], how="vertical_relaxed")
+        allw = allw.group_by(by, maintain_order=True).agg(merges)
+        full = allw.filter(pl.col("__c") >= self.n)
+        self.open = allw.filter(pl.col("__c") < self.n)
+        if full.height:
+            self._emit(full, "final")
+
+    def _emit(self, windows: pl.DataFrame, result: str) -> None:
+        if self.op.aggs is not None:
+            res = windows.select(*self.keys, pl.col("__w").alias("window"), *self.finals)
+        else:
+            flat = (
+                windows.select(*self.keys, "__w", "__records")
+                .explode("__records")
+                .unnest("__records")
+            )
+            res = self._finalize(flat, ["__w"]).rename({"__w": "window"})
+        self.ctx.emit(self._mark(res, result))
+
+    def _advance(self, wm: int) -> None:
+        if wm == WM_MAX and self.open is not None and self.open.height:
+            self._emit(self.open, "final")
+            self.open = self.open.clear()
+
+
+def build_window_operator(node: Node, ctx: OpContext) -> Operator:
+    """The runtime operator for a window step."""
+    spec = node.spec.spec
+    if isinstance(spec, Session):
+        return SessionWindowOperator(node, ctx)
+    if isinstance(spec, Count):
+        return CountWindowOperator(node, ctx)
+    return AlignedWindowOperator(node, ctx)
