@@ -26,7 +26,7 @@ from tideflow.connectors._base import (
     SourceReader,
 )
 
-__all__ = ["ABORT", "PAUSE", "CollectSink", "TestingAbort", "TestingSource"]
+__all__ = ["ABORT", "PAUSE", "CollectSink", "FakeClock", "TestingAbort", "TestingSource"]
 
 
 class TestingAbort(RuntimeError):
@@ -45,7 +45,42 @@ PAUSE = _Marker("pause")
 #: Marker: the source raises :class:`TestingAbort` (a simulated crash).
 ABORT = _Marker("abort")
 
-Item = dict[str, Any] | pl.DataFrame | _Marker
+
+class FakeClock:
+    """A processing-time clock that moves only when told (pass it as ``run(..., clock=)``).
+
+    ``clock.advance(seconds)`` moves it now; ``clock.advance_marker(seconds)`` is an item for a
+    :class:`TestingSource` that moves it when the source reaches that point (one worker).
+
+    Examples
+    --------
+    >>> clock = FakeClock(100.0)
+    >>> clock.advance(5); clock()
+    105.0
+    """
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock forward."""
+        self.now += seconds
+
+    def advance_marker(self, seconds: float) -> _Advance:
+        """A source item that advances this clock when reached."""
+        return _Advance(self, seconds)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Advance:
+    clock: FakeClock
+    seconds: float
+
+
+Item = dict[str, Any] | pl.DataFrame | _Marker | _Advance
 
 
 class TestingSource(Source):
@@ -85,8 +120,8 @@ class TestingSource(Source):
     def schema(self) -> dict[str, pl.DataType] | None:
         return self._schema
 
-    def _batches(self, batch_size: int) -> list[pl.DataFrame | _Marker]:
-        out: list[pl.DataFrame | _Marker] = []
+    def _batches(self, batch_size: int) -> list[pl.DataFrame | _Marker | _Advance]:
+        out: list[pl.DataFrame | _Marker | _Advance] = []
         rows: list[dict[str, Any]] = []
 
         def close_rows() -> None:
@@ -118,7 +153,7 @@ class TestingSource(Source):
 
 class _TestingReader(SourceReader):
     def __init__(
-        self, batches: list[pl.DataFrame | _Marker], start: int, key: str, bounded: bool
+        self, batches: list[pl.DataFrame | _Marker | _Advance], start: int, key: str, bounded: bool
     ) -> None:
         self.batches = batches
         self.pos = start
@@ -131,6 +166,9 @@ class _TestingReader(SourceReader):
         item = self.batches[self.pos]
         self.pos += 1
         if item is PAUSE:
+            return None
+        if isinstance(item, _Advance):
+            item.clock.advance(item.seconds)
             return None
         if item is ABORT:
             raise TestingAbort("TestingSource reached an ABORT marker")

@@ -186,6 +186,7 @@ def run(
     dead_letter_path: str | Path | None = None,
     progress: bool = False,
     observers: Sequence[RunObserver] = (),
+    clock: Callable[[], float] | None = None,
 ) -> RunResult:
     """Run a dataflow until its inputs end (bounded) or until stopped (Ctrl-C).
 
@@ -208,6 +209,9 @@ def run(
     observers
         Objects told about the run as it goes (:class:`~tideflow.runtime.RunObserver`): the
         graph, counters, rows that sinks publish, the result. Dashboards and metrics use this.
+    clock
+        Processing-time clock in seconds since the epoch (default ``time.time``); tests pass a
+        :class:`~tideflow.testing.FakeClock`.
 
     Examples
     --------
@@ -237,6 +241,7 @@ def run(
         max_delay=max_delay,
         flush_interval=flush_interval,
         dead_letter_path=Path(dead_letter_path) if dead_letter_path else None,
+        clock=clock or time.time,
     )
     nodes, dl_path = _plan(flow, cfg)
     sources = frozenset(nd.step_id for nd in nodes if nd.kind == "source")

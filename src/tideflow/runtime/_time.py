@@ -7,7 +7,7 @@ below it is *late*.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, cast
 
 import polars as pl
 
@@ -35,12 +35,9 @@ def to_utc_micros(col: pl.Series, unit: str | None) -> pl.Series:
         if unit is None:
             msg = f"column {col.name!r} holds integers; an event-time unit is needed"
             raise ValueError(msg)
-        return (
-            pl.select(pl.from_epoch(col, time_unit=unit))
-            .to_series()
-            .dt.replace_time_zone("UTC")
-            .cast(TIME_DTYPE)
-        )  # type: ignore[arg-type]
+        epoch_unit = cast(Literal["ns", "us", "ms", "s"], unit)
+        times = pl.from_epoch(col, time_unit=epoch_unit)
+        return times.dt.replace_time_zone("UTC").cast(TIME_DTYPE)
     if dtype == pl.String:
         parsed = col.str.to_datetime(time_zone="UTC", strict=False, time_unit="us")
         return parsed.cast(TIME_DTYPE)

@@ -76,9 +76,9 @@ def merge_exprs(specs: Iterable[AggSpec]) -> list[pl.Expr]:
         elif s.kind == "max":
             out.append(pl.col(p).max())
         elif s.kind == "n_unique":
-            out.append(pl.col(p).flatten().unique())
+            out.append(pl.col(p).list.explode(keep_nulls=False, empty_as_null=False).unique())
         elif s.kind == "top_k":
-            out.append(pl.col(p).flatten().top_k(s.k))
+            out.append(pl.col(p).list.explode(keep_nulls=False, empty_as_null=False).top_k(s.k))
         else:
             out.append(pl.col(p).sum())
     return out
@@ -130,6 +130,7 @@ class _WindowBase(Operator):
     def _times(self, batch: pl.DataFrame) -> pl.Series:
         if self.processing:
             now = int(self.ctx.now() * 1_000_000)
+            self._advance(now)  # windows that ended before this batch arrived fire first
             return pl.Series("__t", [now] * batch.height, dtype=pl.Int64)
         assert self.time_col is not None
         if self.time_col not in batch.columns:
@@ -198,7 +199,7 @@ class _WindowBase(Operator):
 
     # clocks --------------------------------------------------------------------------------
     def on_watermark(self, wm: int, idle: bool) -> None:
-        if not idle and (not self.processing or wm == WM_MAX):
+        if not self.processing or wm == WM_MAX:
             self._advance(wm)
         self.ctx.watermark(wm, idle)
 
@@ -371,7 +372,7 @@ class SessionWindowOperator(_WindowBase):
         if self.op.aggs is not None:
             aggs += self.merges
         else:
-            aggs.append(pl.col("__records").flatten())
+            aggs.append(pl.col("__records").list.explode(keep_nulls=False, empty_as_null=False))
         return frame.group_by([*self.keys, "__sid"], maintain_order=True).agg(aggs).drop("__sid")
 
     def on_batch(self, index: int, batch: pl.DataFrame) -> None:
@@ -407,15 +408,15 @@ class SessionWindowOperator(_WindowBase):
                     lost,
                     "its session closed: the watermark passed its end plus the allowed lateness",
                 )
-            mini = pl.concat([mini.filter(~too_late), keep], how="vertical_relaxed")
+            mini = pl.concat([mini.filter(~too_late), keep], how="diagonal_relaxed")
         if mini.height == 0:
             return
         if self.open is not None and self.open.height:
             touched = mini.select(self.keys).unique()
             mine = self.open.join(touched, on=self.keys, how="semi")
             rest = self.open.join(touched, on=self.keys, how="anti")
-            merged = self._merge_sessions(pl.concat([mine, mini], how="vertical_relaxed"))
-            self.open = pl.concat([rest, merged], how="vertical_relaxed")
+            merged = self._merge_sessions(pl.concat([mine, mini], how="diagonal_relaxed"))
+            self.open = pl.concat([rest, merged], how="diagonal_relaxed")
         else:
             self.open = self._merge_sessions(mini)
         # Fired sessions that took new records within the lateness emit an update now.
@@ -423,6 +424,7 @@ class SessionWindowOperator(_WindowBase):
         if upd.height:
             self._emit(upd, "update")
         self.open = self.open.with_columns(__new=pl.lit(False))
+        self._fire(self.wm)  # sessions that ended before the current watermark fire now
         self.dirty = True
         self._count_for_early(batch.height)
 
@@ -470,6 +472,9 @@ class SessionWindowOperator(_WindowBase):
         if wm <= self.wm:
             return
         self.wm = wm
+        self._fire(wm)
+
+    def _fire(self, wm: int) -> None:
         if self.open is None or self.open.height == 0:
             return
         due = (pl.col("__end") <= wm) & ~pl.col("__fired")
@@ -534,7 +539,10 @@ class CountWindowOperator(_WindowBase):
             part = body.group_by(by, maintain_order=True).agg(
                 __c=pl.len(), __records=pl.struct(pl.exclude(by))
             )
-            merges = [pl.col("__c").sum(), pl.col("__records").flatten()]
+            merges = [
+                pl.col("__c").sum(),
+                pl.col("__records").list.explode(keep_nulls=False, empty_as_null=False),
+            ]
         allw = part if self.open is None else pl.concat([self.open, part], how="vertical_relaxed")
         allw = allw.group_by(by, maintain_order=True).agg(merges)
         full = allw.filter(pl.col("__c") >= self.n)

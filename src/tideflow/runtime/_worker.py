@@ -205,7 +205,8 @@ class ExchangeOperator(Operator):
         if active:
             self.ctx.watermark(min(active))
         else:
-            self.ctx.watermark(min(self.sender_wm[s] for s in senders), idle=True)
+            # Every sender is idle: release what they promised (the largest watermark).
+            self.ctx.watermark(max(self.sender_wm[s] for s in senders), idle=True)
 
     def on_watermark(self, wm: int, idle: bool = False) -> None:
         w = self.worker
@@ -433,8 +434,9 @@ class Worker:
             wm = min(active)
             if wm > self.out_wm[dst] or self.out_idle[dst]:
                 op.on_watermark(wm, False)
-        elif not self.out_idle[dst]:
-            op.on_watermark(max(self.out_wm[dst], min(wms)), True)
+        elif not self.out_idle[dst] or max(wms) > self.out_wm[dst]:
+            # All inputs idle: release the largest watermark any of them promised.
+            op.on_watermark(max(self.out_wm[dst], max(wms)), True)
 
     def end_node(self, index: int) -> None:
         if self.ended[index]:
