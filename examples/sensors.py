@@ -25,7 +25,9 @@ from tideflow import windows
 from tideflow.connectors import generator, stdio
 
 parser = argparse.ArgumentParser(prog="sensors", description=__doc__.splitlines()[0])
-parser.add_argument("--rate", type=float, default=2000.0, help="readings per second (0: unthrottled)")
+parser.add_argument(
+    "--rate", type=float, default=2000.0, help="readings per second (0: unthrottled)"
+)
 parser.add_argument("--events", type=int, default=None, help="stop after N readings")
 parser.add_argument("--sensors", type=int, default=20)
 parser.add_argument("--start", type=float, default=None, help="event time of reading 0 (epoch s)")
@@ -51,7 +53,9 @@ def readings(start: int, n: int) -> pl.DataFrame:
     frame = pl.DataFrame({"sensor": sensor, "device": device, "ts": ts, "temp": np.round(temp, 2)})
     return frame.with_columns(
         pl.when(pl.Series(quiet)).then(None).otherwise(pl.col("sensor")).alias("sensor")
-    ).with_columns(pl.format("s{}", "sensor").alias("sensor"), pl.format("d{}", "device").alias("device"))
+    ).with_columns(
+        pl.format("s{}", "sensor").alias("sensor"), pl.format("d{}", "device").alias("device")
+    )
 
 
 flow = tf.Dataflow("sensors")
@@ -63,21 +67,28 @@ live = raw.filter(pl.col("sensor").is_not_null(), name="active").event_time(
     "ts", unit="us", delay=timedelta(seconds=5)
 )
 
-means = live.key_by("sensor").window(windows.tumbling(timedelta(seconds=10))).agg(
-    pl.col("temp").mean().alias("mean_temp"), pl.len().alias("readings"), name="means"
+means = (
+    live.key_by("sensor")
+    .window(windows.tumbling(timedelta(seconds=10)))
+    .agg(pl.col("temp").mean().alias("mean_temp"), pl.len().alias("readings"), name="means")
 )
 means.results.with_columns(pl.col("mean_temp").round(2)).sink(
     stdio.sink_stdout("jsonl"), name="print_means"
 )
 
-sessions = live.key_by("device").window(windows.session(timedelta(seconds=5))).agg(
-    pl.len().alias("readings"), name="sessions"
+sessions = (
+    live.key_by("device")
+    .window(windows.session(timedelta(seconds=5)))
+    .agg(pl.len().alias("readings"), name="sessions")
 )
 sessions.results.with_columns(
-    seconds=(pl.col("window_end") - pl.col("window_start")).dt.total_seconds(), kind=pl.lit("session")
+    seconds=(pl.col("window_end") - pl.col("window_start")).dt.total_seconds(),
+    kind=pl.lit("session"),
 ).sink(stdio.sink_stdout("jsonl"), name="print_sessions")
 
-late = means.late.with_columns(kind=pl.lit("late")).key_by("kind").agg(
-    pl.len().alias("late_readings"), emit="updates", name="late_count"
+late = (
+    means.late.with_columns(kind=pl.lit("late"))
+    .key_by("kind")
+    .agg(pl.len().alias("late_readings"), emit="updates", name="late_count")
 )
 late.sink(stdio.sink_stdout("jsonl"), name="print_late")

@@ -191,7 +191,11 @@ def test_demo_writes_alerts_stats_and_dead_letters(tmp_path):
     assert "out/demo.sqlite" in proc.stdout and "out/dead-letters.jsonl" in proc.stdout
     con = sqlite3.connect(tmp_path / "out/demo.sqlite")
     rules = dict(con.execute("select rule, count(*) from alerts group by rule").fetchall())
-    assert set(rules) <= {"burst", "spend_spike", "new_country"} and sum(rules.values()) > 0
+    assert set(rules) <= {"burst", "spend_spike", "new_country", "velocity", "hourly_spend"}
+    assert sum(rules.values()) > 0
+    assert rules.get("velocity", 0) > 0  # event-time sliding windows found the injected bursts
+    (sessions,) = con.execute("select count(*) from card_sessions where tx_count >= 3").fetchone()
+    assert sessions > 0
     (cards,) = con.execute("select count(*) from card_stats").fetchone()
     (n,) = con.execute("select sum(tx_count) from card_stats").fetchone()
     dead = [json.loads(x) for x in (tmp_path / "out/dead-letters.jsonl").read_text().splitlines()]

@@ -23,8 +23,23 @@ def load_generator(monkeypatch, *args):
 def test_bounded_run_equals_batch_reference(tmp_path, monkeypatch, workers):
     args = ["--events", "30000", "--rate", "0", "--start", "1700000000"]
     proc = subprocess.run(
-        [sys.executable, "-m", "tideflow.cli", "run", str(EXAMPLE), "--workers", workers, "--no-progress", "--", *args],
-        cwd=tmp_path, capture_output=True, text=True, timeout=180, check=True,
+        [
+            sys.executable,
+            "-m",
+            "tideflow.cli",
+            "run",
+            str(EXAMPLE),
+            "--workers",
+            workers,
+            "--no-progress",
+            "--",
+            *args,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
     )
     rows = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
     means = pl.DataFrame([r for r in rows if "mean_temp" in r])
@@ -46,9 +61,25 @@ def test_bounded_run_equals_batch_reference(tmp_path, monkeypatch, workers):
 
 def test_live_run_counts_late_readings(tmp_path):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tideflow.cli", "run", str(EXAMPLE), "--workers", "1", "--no-progress",
-         "--max-delay-ms", "20", "--", "--rate", "4000"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tideflow.cli",
+            "run",
+            str(EXAMPLE),
+            "--workers",
+            "1",
+            "--no-progress",
+            "--max-delay-ms",
+            "20",
+            "--",
+            "--rate",
+            "4000",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     import time
 

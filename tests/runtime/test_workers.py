@@ -67,7 +67,9 @@ def test_slow_sink_loses_nothing_under_backpressure(tmp_path):
 
 
 def test_two_workers_equal_one_worker_on_a_keyed_pipeline():
-    rows = [{"user": f"u{i % 97}", "amount": (i * 37) % 1000, "ok": i % 5 != 0} for i in range(30_000)]
+    rows = [
+        {"user": f"u{i % 97}", "amount": (i * 37) % 1000, "ok": i % 5 != 0} for i in range(30_000)
+    ]
 
     def build():
         flow = tf.Dataflow("eq")
@@ -76,7 +78,11 @@ def test_two_workers_equal_one_worker_on_a_keyed_pipeline():
             flow.source(TestingSource(rows, batch_size=1000))
             .filter(pl.col("ok"))
             .key_by("user")
-            .agg(pl.len().alias("n"), pl.col("amount").sum().alias("s"), pl.col("amount").max().alias("mx"))
+            .agg(
+                pl.len().alias("n"),
+                pl.col("amount").sum().alias("s"),
+                pl.col("amount").max().alias("mx"),
+            )
             .sink(out)
         )
         return flow, out

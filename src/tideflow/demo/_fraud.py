@@ -25,6 +25,7 @@ import polars as pl
 from rich.console import Console
 
 import tideflow
+from tideflow import windows
 from tideflow._errors import ConfigError
 from tideflow.api import Dataflow
 from tideflow.connectors import files, generator, sqlite
@@ -45,7 +46,13 @@ BURST_WINDOW_MS = 60_000
 SPIKE_FACTOR = 8.0
 SPIKE_MIN_HISTORY = 5
 NEW_COUNTRY_MIN_HISTORY = 3
-RULES = ("burst", "spend_spike", "new_country")
+#: Windowed rules: VELOCITY_COUNT transactions within a minute (sliding by VELOCITY_HOP), or
+#: HOURLY_SPEND spent within an hour (sliding by 10 minutes); sessions end after SESSION_GAP.
+VELOCITY_COUNT = 5
+VELOCITY_HOP = timedelta(seconds=10)
+HOURLY_SPEND = 2500.0
+SESSION_GAP = timedelta(minutes=10)
+RULES = ("burst", "spend_spike", "new_country", "velocity", "hourly_spend")
 
 TX_SCHEMA = {
     "tx_id": pl.Int64(),
@@ -350,6 +357,51 @@ def build_flow(
         alerts = valid.key_by("card").transform(
             card_rules_batch, state=CARD_STATE, name="card_rules"
         )
+    with flow.scope("windows"):
+        timed = valid.event_time("ts", delay=timedelta(seconds=5))
+        by_card = timed.key_by("card")
+        minute = by_card.window(windows.sliding(timedelta(minutes=1), VELOCITY_HOP)).agg(
+            pl.len().alias("tx_1m"),
+            pl.col("amount").sum().alias("spend_1m"),
+            pl.col("ts").max().alias("last_tx"),
+            name="last_minute",
+        )
+        hour = by_card.window(windows.sliding(timedelta(hours=1), timedelta(minutes=10))).agg(
+            pl.len().alias("tx_1h"),
+            pl.col("amount").sum().alias("spend_1h"),
+            pl.col("ts").max().alias("last_tx"),
+            name="last_hour",
+        )
+        sessions = by_card.window(windows.session(SESSION_GAP)).agg(
+            pl.len().alias("tx_count"), pl.col("amount").sum().alias("spend"), name="sessions"
+        )
+    velocity = minute.results.filter(
+        # One alert per burst: the window whose last hop holds the burst's last transaction.
+        (pl.col("tx_1m") >= VELOCITY_COUNT)
+        & (pl.col("last_tx") >= pl.col("window_end") - VELOCITY_HOP)
+    ).select(
+        "card",
+        pl.col("window_end").dt.cast_time_unit("ms").alias("ts"),
+        rule=pl.lit("velocity"),
+        amount=pl.col("spend_1m"),
+        country=pl.lit(None, dtype=pl.String),
+        detail=pl.format("{} transactions in a minute", "tx_1m"),
+    )
+    hourly = hour.results.filter(
+        (pl.col("spend_1h") >= HOURLY_SPEND)
+        & (pl.col("last_tx") >= pl.col("window_end") - timedelta(minutes=10))
+    ).select(
+        "card",
+        pl.col("window_end").dt.cast_time_unit("ms").alias("ts"),
+        rule=pl.lit("hourly_spend"),
+        amount=pl.col("spend_1h"),
+        country=pl.lit(None, dtype=pl.String),
+        detail=pl.format("{} spent within an hour", pl.col("spend_1h").round(2)),
+    )
+    alerts = alerts.union(velocity, hourly, name="all_alerts")
+    sessions.results.filter(pl.col("tx_count") >= 3).sink(
+        sqlite.sink_sqlite(db, "card_sessions", mode="append"), name="sessions_db"
+    )
     alerts.sink(sqlite.sink_sqlite(db, "alerts", mode="append"), name="alerts_db")
     if show_alerts:
         alerts.sink(_AlertConsole(), name="alerts_console")
