@@ -54,13 +54,50 @@ def decode_position(value: Any) -> Any:
     return value
 
 
-def _frame(names: list[str], rows: list[tuple[Any, ...]], schema: dict[str, Any] | None) -> pl.DataFrame:
+#: PostgreSQL type OIDs with a fixed Polars type (others are inferred from the first batch).
+_OID_TYPES: dict[int, pl.DataType] = {
+    16: pl.Boolean(),
+    17: pl.Binary(),
+    18: pl.String(),
+    19: pl.String(),
+    20: pl.Int64(),
+    21: pl.Int16(),
+    23: pl.Int32(),
+    25: pl.String(),
+    700: pl.Float32(),
+    701: pl.Float64(),
+    1042: pl.String(),
+    1043: pl.String(),
+    1082: pl.Date(),
+    1083: pl.Time(),
+    1114: pl.Datetime("us"),
+    1184: pl.Datetime("us", "UTC"),
+    2950: pl.String(),
+}
+
+
+def _columns(description: Any) -> list[tuple[str, pl.DataType | None]]:
+    return [(d.name, _OID_TYPES.get(d.type_code)) for d in description]
+
+
+def _frame(
+    columns: list[tuple[str, pl.DataType | None]],
+    rows: list[tuple[Any, ...]],
+    schema: dict[str, Any] | None,
+) -> pl.DataFrame:
     if schema is not None:
         try:
             return pl.DataFrame(rows, schema=schema, orient="row")
         except (pl.exceptions.PolarsError, TypeError, ValueError, OverflowError):
             pass
-    return pl.DataFrame(rows, schema=names, orient="row", infer_schema_length=None)
+    frame = pl.DataFrame(rows, schema=columns, orient="row", infer_schema_length=None)
+    if any(isinstance(t, pl.Datetime) and t.time_zone for t in frame.schema.values()):
+        frame = frame.with_columns(  # timestamptz values arrive in the session's time zone
+            pl.col(n).dt.convert_time_zone("UTC")
+            for n, t in frame.schema.items()
+            if isinstance(t, pl.Datetime) and t.time_zone
+        )
+    return frame
 
 
 def _connect(step: str, dsn: str) -> Any:
@@ -146,13 +183,14 @@ class _ScanReader(SourceReader):
             rows = self._cur.fetchmany(self._ctx.batch_size)
         except pg.Error as exc:
             raise _pg_error(self._step, f"reading {self._s.table_or_query!r}", exc) from exc
-        names = [d.name for d in self._cur.description]
+        columns = _columns(self._cur.description)
         if len(rows) < self._ctx.batch_size:
             self._done = True
             self.close()
         if not rows:
-            return SourceBatch(pl.DataFrame(schema=self._schema or names))
-        frame = _frame(names, rows, self._schema)
+            empty = [(n, t if t is not None else pl.String()) for n, t in columns]
+            return SourceBatch(pl.DataFrame(schema=self._schema or empty))
+        frame = _frame(columns, rows, self._schema)
         self._schema = dict(frame.schema)
         self._rows += len(rows)
         return SourceBatch(frame)
@@ -238,7 +276,8 @@ class _PollReader(SourceReader):
                 else:
                     cur.execute(self._sql_after, (self._last, n))
                 rows = cur.fetchall()
-                names = [d.name for d in cur.description]
+                description = cur.description
+                names = [d.name for d in description]
                 idx = names.index(self._s.cursor_column) if self._s.cursor_column in names else -1
                 if idx < 0:
                     msg = (
@@ -260,7 +299,7 @@ class _PollReader(SourceReader):
         if not rows:
             return None
         self._last = rows[-1][idx]
-        frame = _frame(names, rows, self._schema)
+        frame = _frame(_columns(description), rows, self._schema)
         self._schema = dict(frame.schema)
         return SourceBatch(frame)
 
