@@ -213,7 +213,12 @@ class _PostgresWriter(SinkWriter):
             with self._conn.transaction():
                 self._conn.execute(sql)
         except self._pg.Error as exc:
-            raise self._error("creating", exc) from exc
+            # Another worker may have created it at the same moment (IF NOT EXISTS is not
+            # atomic): use the table if it is there now.
+            self._columns = self._existing_columns()
+            if self._columns is None:
+                raise self._error("creating", exc) from exc
+            return
         self._columns = list(batch.columns)
         logger.info("step %r: created table %s", self._step, self._s.table)
 
