@@ -45,6 +45,7 @@ META_SCHEMA: dict[str, pl.DataType] = {
 }
 
 _METADATA_TIMEOUT = 15.0
+_MISSING_TOPIC_GRACE = 5.0  # a topic created a moment ago may take this long to show
 
 
 def _ck() -> Any:
@@ -218,7 +219,7 @@ class _KafkaReader(SourceReader):
     def _partitions(self) -> list[tuple[str, int]]:
         ck = self._ck
         out: list[tuple[str, int]] = []
-        deadline = time.monotonic() + _METADATA_TIMEOUT
+        deadline = time.monotonic() + _MISSING_TOPIC_GRACE
         for topic in self._s.topics:
             while True:
                 try:
