@@ -47,9 +47,7 @@ numbers = (
     .with_columns(n=pl.col("value").str.strip_chars().cast(pl.Int64, strict=False), name="parse")
     .validate({"value is not an integer": pl.col("n").is_not_null()}, name="check")
 )
-plus_one = numbers.select(
-    "key", (pl.col("n") + 1).cast(pl.String).alias("value"), name="increment"
-)
+plus_one = numbers.select("key", (pl.col("n") + 1).cast(pl.String).alias("value"), name="increment")
 plus_one.sink(
     kafka.sink_kafka(args.output_topic, bootstrap=args.bootstrap, key="key", value="value"),
     name="write",

@@ -31,7 +31,9 @@ parser.add_argument(
 parser.add_argument("--topic", required=True, help="topic of JSON events")
 parser.add_argument(
     "--dsn",
-    default=os.environ.get("TIDEFLOW_POSTGRES_DSN", "postgresql://tideflow@127.0.0.1:15432/tideflow"),
+    default=os.environ.get(
+        "TIDEFLOW_POSTGRES_DSN", "postgresql://tideflow@127.0.0.1:15432/tideflow"
+    ),
     help="PostgreSQL DSN (env TIDEFLOW_POSTGRES_DSN; default %(default)s)",
 )
 parser.add_argument("--table", default="minute_totals", help="table to upsert into")
@@ -43,8 +45,10 @@ read = kafka.scan_kafka if args.bounded else kafka.follow_kafka
 schema = {"card": pl.String, "amount": pl.Float64, "ts": pl.Int64}
 flow = tf.Dataflow("kafka_to_postgres")
 events = (
-    flow.source(read(args.topic, bootstrap=args.bootstrap, group_id=args.group_id, schema=schema),
-                name="read")
+    flow.source(
+        read(args.topic, bootstrap=args.bootstrap, group_id=args.group_id, schema=schema),
+        name="read",
+    )
     .validate(
         {
             "card is missing": pl.col("card").is_not_null(),

@@ -46,8 +46,14 @@ def kafka_benches(bootstrap: str, n: int) -> None:
     values = [str(i).encode() for i in range(n)]
     # 1. confluent-kafka's own produce loop, one partition
     raw_topic = new_topic(bootstrap, 1)
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.num.messages": 100_000,
-                  "queue.buffering.max.messages": 1_000_000})
+    p = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 20,
+            "batch.num.messages": 100_000,
+            "queue.buffering.max.messages": 1_000_000,
+        }
+    )
     t = time.perf_counter()
     for v in values:
         while True:
@@ -63,8 +69,15 @@ def kafka_benches(bootstrap: str, n: int) -> None:
         ("default fetch sizes", {}),
         ("8 MB/32 MB fetches", {"max.partition.fetch.bytes": 8 << 20, "fetch.max.bytes": 32 << 20}),
     ):
-        c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"b-{uuid.uuid4().hex}",
-                      "auto.offset.reset": "earliest", "enable.auto.commit": False, **extra})
+        c = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"b-{uuid.uuid4().hex}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                **extra,
+            }
+        )
         c.subscribe([raw_topic])
         got = 0
         t = time.perf_counter()
@@ -85,7 +98,9 @@ def kafka_benches(bootstrap: str, n: int) -> None:
     w.close()
     report("tideflow sink_kafka (1 partition, value column)", n, time.perf_counter() - t)
     # 4. scan_kafka, text values
-    r = kafka.scan_kafka(topic, bootstrap=bootstrap, format="text").build(SourceContext("b", 0, 1, 65_536))
+    r = kafka.scan_kafka(topic, bootstrap=bootstrap, format="text").build(
+        SourceContext("b", 0, 1, 65_536)
+    )
     rows = 0
     t = time.perf_counter()
     while not r.finished:
@@ -96,16 +111,18 @@ def kafka_benches(bootstrap: str, n: int) -> None:
     r.close()
     # 5. scan_kafka, JSON with a schema
     jtopic = new_topic(bootstrap, 1)
-    jframe = pl.DataFrame({"card": [f"c{i % 1000}" for i in range(n)], "amount": [i * 0.5 for i in range(n)]})
+    jframe = pl.DataFrame(
+        {"card": [f"c{i % 1000}" for i in range(n)], "amount": [i * 0.5 for i in range(n)]}
+    )
     w = kafka.sink_kafka(jtopic, bootstrap=bootstrap).build(SinkContext("b", 0, 1))
     t = time.perf_counter()
     for chunk in jframe.iter_slices(65_536):
         w.write(chunk)
     w.close()
     report("tideflow sink_kafka (1 partition, rows as JSON)", n, time.perf_counter() - t)
-    r = kafka.scan_kafka(jtopic, bootstrap=bootstrap, schema={"card": pl.String, "amount": pl.Float64}).build(
-        SourceContext("b", 0, 1, 65_536)
-    )
+    r = kafka.scan_kafka(
+        jtopic, bootstrap=bootstrap, schema={"card": pl.String, "amount": pl.Float64}
+    ).build(SourceContext("b", 0, 1, 65_536))
     rows = 0
     t = time.perf_counter()
     while not r.finished:
@@ -118,8 +135,14 @@ def kafka_benches(bootstrap: str, n: int) -> None:
     for partitions, workers in ((1, 1), (4, 2), (4, 4)):
         src = new_topic(bootstrap, partitions)
         dst = new_topic(bootstrap, partitions)
-        p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.num.messages": 100_000,
-                      "queue.buffering.max.messages": 2_000_000})
+        p = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "linger.ms": 20,
+                "batch.num.messages": 100_000,
+                "queue.buffering.max.messages": 2_000_000,
+            }
+        )
         for i, v in enumerate(values):
             while True:
                 try:
@@ -129,8 +152,18 @@ def kafka_benches(bootstrap: str, n: int) -> None:
                     p.poll(0.05)
         p.flush(120)
         argv = sys.argv
-        sys.argv = ["kafka_increment", "--bootstrap", bootstrap, "--input-topic", src,
-                    "--output-topic", dst, "--bounded", "--group-id", f"b-{uuid.uuid4().hex}"]
+        sys.argv = [
+            "kafka_increment",
+            "--bootstrap",
+            bootstrap,
+            "--input-topic",
+            src,
+            "--output-topic",
+            dst,
+            "--bounded",
+            "--group-id",
+            f"b-{uuid.uuid4().hex}",
+        ]
         try:
             ns = runpy.run_path(str(ROOT / "examples" / "kafka_increment.py"), run_name="__bench__")
         finally:
@@ -138,34 +171,44 @@ def kafka_benches(bootstrap: str, n: int) -> None:
         t = time.perf_counter()
         result = tf.run(ns["flow"], workers=workers)
         assert result.completed
-        report(f"kafka_increment end to end ({partitions} partition(s), {workers} worker(s))", n,
-               time.perf_counter() - t)
+        report(
+            f"kafka_increment end to end ({partitions} partition(s), {workers} worker(s))",
+            n,
+            time.perf_counter() - t,
+        )
 
 
 def postgres_benches(dsn: str, n: int) -> None:
     import psycopg
 
     now = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
-    frame = pl.DataFrame({
-        "id": pl.int_range(0, n, eager=True),
-        "card": [f"c{i % 1000}" for i in range(n)],
-        "amount": [i * 0.25 for i in range(n)],
-    }).with_columns(ts=pl.lit(now) + pl.duration(seconds=pl.col("id")))
+    frame = pl.DataFrame(
+        {
+            "id": pl.int_range(0, n, eager=True),
+            "card": [f"c{i % 1000}" for i in range(n)],
+            "amount": [i * 0.25 for i in range(n)],
+        }
+    ).with_columns(ts=pl.lit(now) + pl.duration(seconds=pl.col("id")))
     ddl = "(id bigint, card text, amount double precision, ts timestamptz)"
     with psycopg.connect(dsn, autocommit=True) as conn:
         for t in ("b_raw", "b_sink", "b_up"):
             conn.execute(f"DROP TABLE IF EXISTS {t}")
         conn.execute(f"CREATE TABLE b_raw {ddl}")
         conn.execute(f"CREATE TABLE b_sink {ddl}")
-        conn.execute("CREATE TABLE b_up (id bigint PRIMARY KEY, card text, amount double precision, ts timestamptz)")
+        conn.execute(
+            "CREATE TABLE b_up "
+            "(id bigint PRIMARY KEY, card text, amount double precision, ts timestamptz)"
+        )
     rows = frame.rows()
     # psycopg's own COPY loop (write_row per row), batches of 65,536 in a transaction each
     with psycopg.connect(dsn) as conn:
         t = time.perf_counter()
         for start in range(0, n, 65_536):
-            with conn.transaction(), conn.cursor() as cur, cur.copy(
-                "COPY b_raw (id, card, amount, ts) FROM STDIN"
-            ) as copy:
+            with (
+                conn.transaction(),
+                conn.cursor() as cur,
+                cur.copy("COPY b_raw (id, card, amount, ts) FROM STDIN") as copy,
+            ):
                 for row in rows[start : start + 65_536]:
                     copy.write_row(row)
         report("psycopg COPY write_row loop", n, time.perf_counter() - t)
@@ -182,7 +225,9 @@ def postgres_benches(dsn: str, n: int) -> None:
     for chunk in frame.iter_slices(65_536):  # second pass: every row is an update
         w.write(chunk)
     w.close()
-    report("tideflow sink_postgres upsert (half inserts, half updates)", 2 * n, time.perf_counter() - t)
+    report(
+        "tideflow sink_postgres upsert (half inserts, half updates)", 2 * n, time.perf_counter() - t
+    )
     r = postgres.scan_postgres(dsn, "b_sink").build(SourceContext("b", 0, 1, 65_536))
     got = 0
     t = time.perf_counter()

@@ -1,7 +1,7 @@
 """Stdlib-only helpers for scripts/services (no third-party imports: runs before any venv).
 
-    probe.py free-port PREFERRED      print PREFERRED if it can be bound on 127.0.0.1, else a free port
-    probe.py kafka-ready HOST:PORT    exit 0 once the broker answers a Metadata request listing itself
+probe.py free-port PREFERRED      print PREFERRED if it can be bound on 127.0.0.1, else a free port
+probe.py kafka-ready HOST:PORT    exit 0 once the broker answers a Metadata request listing itself
 """
 
 from __future__ import annotations

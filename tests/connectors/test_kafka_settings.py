@@ -25,7 +25,7 @@ def test_unknown_choices_are_config_errors() -> None:
         kafka.sink_kafka("bad topic!", bootstrap="x:1")
     with pytest.raises(tf.ConfigError, match="clash with the Kafka columns"):
         kafka.follow_kafka("t", bootstrap="x:1", schema={"offset": pl.Int64})
-    with pytest.raises(tf.ConfigError, match="enable.auto.commit must stay off"):
+    with pytest.raises(tf.ConfigError, match=r"enable\.auto\.commit must stay off"):
         kafka.follow_kafka("t", bootstrap="x:1", config={"enable.auto.commit": True})
 
 
@@ -42,7 +42,9 @@ def test_schema_is_known_before_reading() -> None:
     assert kafka.follow_kafka("t", bootstrap="x:1").schema() is None  # json, inferred
 
 
-def test_environment_and_config_merge_and_secrets_are_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_environment_and_config_merge_and_secrets_are_masked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("TIDEFLOW_KAFKA_SASL_PASSWORD", "hunter2")
     monkeypatch.setenv("TIDEFLOW_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
     monkeypatch.setenv("TIDEFLOW_KAFKA_BOOTSTRAP", "ignored:1")

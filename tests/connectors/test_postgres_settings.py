@@ -19,8 +19,9 @@ def test_settings_are_checked() -> None:
     with pytest.raises(tf.ConfigError, match="unknown mode='merge'"):
         postgres.sink_postgres("postgresql://x/db", "t", mode="merge")  # type: ignore[arg-type]
     with pytest.raises(tf.ConfigError, match="positive timedelta"):
-        postgres.follow_postgres("postgresql://x/db", "t", cursor_column="id",
-                                 poll_interval=dt.timedelta(0))
+        postgres.follow_postgres(
+            "postgresql://x/db", "t", cursor_column="id", poll_interval=dt.timedelta(0)
+        )
 
 
 def test_passwords_never_shown() -> None:
@@ -29,7 +30,9 @@ def test_passwords_never_shown() -> None:
 
 
 def test_table_or_query() -> None:
-    assert postgres.scan_postgres("x", "with a as (select 1) select * from a").query.startswith("with")
+    assert postgres.scan_postgres("x", "with a as (select 1) select * from a").query.startswith(
+        "with"
+    )
     assert postgres.scan_postgres("x", "s.t").query == 'SELECT * FROM "s"."t"'
 
 
@@ -44,7 +47,12 @@ def test_copy_text_of_awkward_types() -> None:
     )
     out = _copy_frame(df)
     assert out.row(0) == ("\\x00ff", "2024-01-02 03:04:05.000000+00:00", "[1, 2]", '{"x":1}')
-    assert [postgres.pg_type(t) for t in df.schema.values()] == ["bytea", "timestamptz", "jsonb", "jsonb"]
+    assert [postgres.pg_type(t) for t in df.schema.values()] == [
+        "bytea",
+        "timestamptz",
+        "jsonb",
+        "jsonb",
+    ]
 
 
 def test_positions_round_trip_through_json() -> None:

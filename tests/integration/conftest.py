@@ -67,5 +67,5 @@ def postgres_dsn() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def services() -> object:
-    """``services("start", "kafka")`` runs ``scripts/services`` and returns the completed process."""
+    """``services("start", "kafka")`` runs ``scripts/services``; returns the completed process."""
     return run_services

@@ -58,7 +58,9 @@ def consume_raw(bootstrap: str, topic: str, count: int, timeout: float = 30) -> 
     return got
 
 
-def drain(reader: SourceReader, want: int | None = None, timeout: float = 30) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+def drain(
+    reader: SourceReader, want: int | None = None, timeout: float = 30
+) -> tuple[pl.DataFrame, pl.DataFrame | None]:
     """Poll until finished (bounded) or ``want`` rows (unbounded)."""
     data: list[pl.DataFrame] = []
     dead: list[pl.DataFrame] = []
@@ -81,7 +83,13 @@ def drain(reader: SourceReader, want: int | None = None, timeout: float = 30) ->
     return frame, (pl.concat(dead) if dead else None)
 
 
-def ctx(step: str = "read", index: int = 0, count: int = 1, batch: int = 500, resume: dict[str, Any] | None = None) -> SourceContext:
+def ctx(
+    step: str = "read",
+    index: int = 0,
+    count: int = 1,
+    batch: int = 500,
+    resume: dict[str, Any] | None = None,
+) -> SourceContext:
     return SourceContext(step, index, count, batch, resume or {})
 
 
@@ -106,7 +114,11 @@ def test_sink_round_trip_keys_pick_partitions(kafka_bootstrap: str) -> None:
 
 def test_bounded_scan_splits_partitions_over_workers(kafka_bootstrap: str) -> None:
     topic = new_topic(kafka_bootstrap, partitions=3)
-    produce_raw(kafka_bootstrap, topic, [(str(i).encode(), json.dumps({"i": i}).encode()) for i in range(900)])
+    produce_raw(
+        kafka_bootstrap,
+        topic,
+        [(str(i).encode(), json.dumps({"i": i}).encode()) for i in range(900)],
+    )
     src = kafka.scan_kafka(topic, bootstrap=kafka_bootstrap, schema={"i": pl.Int64})
     frames = []
     for w in range(2):
@@ -168,7 +180,9 @@ def test_bad_messages_become_dead_letters(kafka_bootstrap: str) -> None:
             (None, b'{"n": 5}'),
         ],
     )
-    r = kafka.scan_kafka(topic, bootstrap=kafka_bootstrap, schema={"n": pl.Int64}).build(ctx("ingest"))
+    r = kafka.scan_kafka(topic, bootstrap=kafka_bootstrap, schema={"n": pl.Int64}).build(
+        ctx("ingest")
+    )
     got, dead = drain(r)
     r.close()
     assert got["n"].to_list() == [1, 5]
@@ -186,7 +200,9 @@ def test_bad_messages_become_dead_letters(kafka_bootstrap: str) -> None:
 def test_follow_picks_up_new_messages_and_start_latest(kafka_bootstrap: str) -> None:
     topic = new_topic(kafka_bootstrap)
     produce_raw(kafka_bootstrap, topic, [(None, b"old")])
-    r = kafka.follow_kafka(topic, bootstrap=kafka_bootstrap, format="bytes", start="latest").build(ctx())
+    r = kafka.follow_kafka(topic, bootstrap=kafka_bootstrap, format="bytes", start="latest").build(
+        ctx()
+    )
     assert r.poll() is None and not r.finished
     produce_raw(kafka_bootstrap, topic, [(b"k", b"new1"), (b"k", b"new2")])
     got, _ = drain(r, want=2)
@@ -211,7 +227,9 @@ def test_start_at_a_time_and_committed(kafka_bootstrap: str) -> None:
     first = src.build(ctx(batch=4))
     part, _ = drain(first, want=4)
     first.close()  # commits the offsets it read to the group
-    committed = kafka.scan_kafka(topic, bootstrap=kafka_bootstrap, format="text", group_id=group, start="committed")
+    committed = kafka.scan_kafka(
+        topic, bootstrap=kafka_bootstrap, format="text", group_id=group, start="committed"
+    )
     rest, _ = drain(committed.build(ctx()))
     assert part["value"].to_list() + rest["value"].to_list() == [str(i) for i in range(10)]
 
@@ -224,10 +242,14 @@ def test_undeliverable_records_fail_flush_and_close(kafka_bootstrap: str) -> Non
         topic, bootstrap=kafka_bootstrap, value="v", config={"message.max.bytes": 5_000_000}
     ).build(SinkContext("out", 0, 1))
     w.write(big)
-    with pytest.raises(tf.ConnectorError, match=r"step 'out': [12] record\(s\) could not be delivered"):
+    with pytest.raises(
+        tf.ConnectorError, match=r"step 'out': [12] record\(s\) could not be delivered"
+    ):
         w.close()
     # a record the producer refuses before sending is a failure too
-    w = kafka.sink_kafka(topic, bootstrap=kafka_bootstrap, value="v").build(SinkContext("out", 0, 1))
+    w = kafka.sink_kafka(topic, bootstrap=kafka_bootstrap, value="v").build(
+        SinkContext("out", 0, 1)
+    )
     w.write(pl.DataFrame({"v": ["y" * 2_000_000]}))
     with pytest.raises(tf.ConnectorError, match="could not be delivered"):
         w.flush()

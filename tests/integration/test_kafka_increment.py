@@ -42,10 +42,27 @@ def run_example(
     """Run an example through the tideflow CLI (default: kafka_increment with src -> dst)."""
     if options is None:
         options = ["--input-topic", src, "--output-topic", dst]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
     return subprocess.Popen(
-        [sys.executable, "-c", CLI, "run", str(script), "--workers", str(workers), "--",
-         "--bootstrap", bootstrap, *options, "--group-id", f"g-{uuid.uuid4().hex[:6]}", *extra],
+        [
+            sys.executable,
+            "-c",
+            CLI,
+            "run",
+            str(script),
+            "--workers",
+            str(workers),
+            "--",
+            "--bootstrap",
+            bootstrap,
+            *options,
+            "--group-id",
+            f"g-{uuid.uuid4().hex[:6]}",
+            *extra,
+        ],
         cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -56,13 +73,23 @@ def run_example(
 
 
 def kcat_produce(kcat: str, bootstrap: str, topic: str, lines: list[str]) -> None:
-    subprocess.run([kcat, "-P", "-b", bootstrap, "-t", topic, "-K", ":"],
-                   input="".join(f"{line}\n" for line in lines), text=True, check=True, timeout=60)
+    subprocess.run(
+        [kcat, "-P", "-b", bootstrap, "-t", topic, "-K", ":"],
+        input="".join(f"{line}\n" for line in lines),
+        text=True,
+        check=True,
+        timeout=60,
+    )
 
 
 def kcat_consume(kcat: str, bootstrap: str, topic: str) -> list[tuple[str, str]]:
-    out = subprocess.run([kcat, "-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-e", "-q",
-                          "-f", "%k\t%s\n"], capture_output=True, text=True, check=True, timeout=60)
+    out = subprocess.run(
+        [kcat, "-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-e", "-q", "-f", "%k\t%s\n"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     return [tuple(line.split("\t")) for line in out.stdout.splitlines()]  # type: ignore[misc]
 
 
@@ -73,9 +100,11 @@ def test_bounded_increment_against_kcat(
     src = new_topic(kafka_bootstrap, partitions=partitions)
     dst = new_topic(kafka_bootstrap, partitions=partitions)
     n = 2000
-    kcat_produce(kcat, kafka_bootstrap, src, [f"k{i % 37}:{i}" for i in range(n)] + ["bad:not-a-number"])
+    kcat_produce(
+        kcat, kafka_bootstrap, src, [f"k{i % 37}:{i}" for i in range(n)] + ["bad:not-a-number"]
+    )
     job = run_example(tmp_path, kafka_bootstrap, src, dst, "--bounded", workers=workers)
-    out, err = job.communicate(timeout=120)
+    _, err = job.communicate(timeout=120)
     assert job.returncode == 0, err
     assert "1 dead letters" in err
     got = kcat_consume(kcat, kafka_bootstrap, dst)

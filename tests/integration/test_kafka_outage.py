@@ -21,19 +21,34 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 OUTAGE = float(os.environ.get("TIDEFLOW_TEST_OUTAGE_SECONDS", "8"))
 
 
-@pytest.mark.skipif(bool(os.environ.get("TIDEFLOW_TEST_KAFKA")), reason="needs the project's own broker")
-def test_broker_outage_waits_and_loses_nothing(kafka_bootstrap: str, services: Callable[..., Any]) -> None:
+@pytest.mark.skipif(
+    bool(os.environ.get("TIDEFLOW_TEST_KAFKA")), reason="needs the project's own broker"
+)
+def test_broker_outage_waits_and_loses_nothing(
+    kafka_bootstrap: str, services: Callable[..., Any]
+) -> None:
     topic = new_topic(kafka_bootstrap, partitions=2)
-    w = kafka.sink_kafka(topic, bootstrap=kafka_bootstrap, key="k", value="v").build(SinkContext("out", 0, 1))
-    r = kafka.follow_kafka(topic, bootstrap=kafka_bootstrap, format="text").build(SourceContext("in", 0, 1, 500))
-    first = pl.DataFrame({"k": [str(i % 13) for i in range(1000)], "v": [str(i) for i in range(1000)]})
+    w = kafka.sink_kafka(topic, bootstrap=kafka_bootstrap, key="k", value="v").build(
+        SinkContext("out", 0, 1)
+    )
+    r = kafka.follow_kafka(topic, bootstrap=kafka_bootstrap, format="text").build(
+        SourceContext("in", 0, 1, 500)
+    )
+    first = pl.DataFrame(
+        {"k": [str(i % 13) for i in range(1000)], "v": [str(i) for i in range(1000)]}
+    )
     w.write(first)
     w.flush()
     before, _ = drain(r, want=1000)
     paused = services("pause", "kafka")
     assert paused.returncode == 0, paused.stderr
     try:
-        second = pl.DataFrame({"k": [str(i % 13) for i in range(1000, 2000)], "v": [str(i) for i in range(1000, 2000)]})
+        second = pl.DataFrame(
+            {
+                "k": [str(i % 13) for i in range(1000, 2000)],
+                "v": [str(i) for i in range(1000, 2000)],
+            }
+        )
         w.write(second)  # queued by the producer while the broker is away
         deadline = time.monotonic() + OUTAGE
         while time.monotonic() < deadline:

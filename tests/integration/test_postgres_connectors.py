@@ -73,17 +73,29 @@ def test_insert_with_copy_keeps_values_exactly(postgres_dsn: str) -> None:
     )
     assert rows[1][1:4] == (None, "", False)  # NULL and empty string stay distinct
     assert rows[2][2] is None and rows[2][6] is None
-    types = dict(query(postgres_dsn, "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = %s", t))
+    types = dict(
+        query(
+            postgres_dsn,
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = %s",
+            t,
+        )
+    )
     assert types["id"] == "bigint" and types["at"] == "timestamp with time zone"
 
 
 def test_upsert_last_write_wins_per_key(postgres_dsn: str) -> None:
     t = table_name()
-    w = postgres.sink_postgres(postgres_dsn, t, mode="upsert", key="card", create=True).build(SinkContext("db", 0, 1))
+    w = postgres.sink_postgres(postgres_dsn, t, mode="upsert", key="card", create=True).build(
+        SinkContext("db", 0, 1)
+    )
     w.write(pl.DataFrame({"card": ["a", "b", "a"], "total": [1, 2, 3]}))  # duplicate key in a batch
     w.write(pl.DataFrame({"card": ["b", "c"], "total": [20, 30]}))
     w.close()
-    assert query(postgres_dsn, f"SELECT card, total FROM {t} ORDER BY card") == [("a", 3), ("b", 20), ("c", 30)]
+    assert query(postgres_dsn, f"SELECT card, total FROM {t} ORDER BY card") == [
+        ("a", 3),
+        ("b", 20),
+        ("c", 30),
+    ]
 
 
 def test_refused_write_names_the_table_and_keeps_earlier_batches(postgres_dsn: str) -> None:
@@ -91,16 +103,23 @@ def test_refused_write_names_the_table_and_keeps_earlier_batches(postgres_dsn: s
     query(postgres_dsn, f"CREATE TABLE {t} (id bigint NOT NULL, v text)")
     w = postgres.sink_postgres(postgres_dsn, t).build(SinkContext("db", 0, 1))
     w.write(pl.DataFrame({"id": [1, 2], "v": ["x", "y"]}))
-    with pytest.raises(tf.ConnectorError, match=rf"step 'db': writing to table '{t}' failed: .*not-null"):
+    with pytest.raises(
+        tf.ConnectorError, match=rf"step 'db': writing to table '{t}' failed: .*not-null"
+    ):
         w.write(pl.DataFrame({"id": [3, None], "v": ["z", "w"]}))
     w.close()
-    assert query(postgres_dsn, f"SELECT id FROM {t} ORDER BY id") == [(1,), (2,)]  # batch 2 rolled back
+    assert query(postgres_dsn, f"SELECT id FROM {t} ORDER BY id") == [
+        (1,),
+        (2,),
+    ]  # batch 2 rolled back
 
 
 def test_upsert_without_a_unique_key_is_a_clear_error(postgres_dsn: str) -> None:
     t = table_name()
     query(postgres_dsn, f"CREATE TABLE {t} (k text, v int)")
-    w = postgres.sink_postgres(postgres_dsn, t, mode="upsert", key="k").build(SinkContext("db", 0, 1))
+    w = postgres.sink_postgres(postgres_dsn, t, mode="upsert", key="k").build(
+        SinkContext("db", 0, 1)
+    )
     with pytest.raises(tf.ConnectorError, match="no unique or exclusion constraint"):
         w.write(pl.DataFrame({"k": ["a"], "v": [1]}))
     w.close()
@@ -110,7 +129,10 @@ def test_upsert_without_a_unique_key_is_a_clear_error(postgres_dsn: str) -> None
 
 def test_scan_reads_a_table_and_a_query_in_batches(postgres_dsn: str) -> None:
     t = table_name()
-    query(postgres_dsn, f"CREATE TABLE {t} AS SELECT g AS id, 'r' || g AS name FROM generate_series(1, 2500) g")
+    query(
+        postgres_dsn,
+        f"CREATE TABLE {t} AS SELECT g AS id, 'r' || g AS name FROM generate_series(1, 2500) g",
+    )
     r = postgres.scan_postgres(postgres_dsn, t).build(SourceContext("scan", 0, 1, 1000))
     got = drain(r)
     assert sorted(got["id"]) == list(range(1, 2501))
@@ -125,8 +147,12 @@ def test_scan_reads_a_table_and_a_query_in_batches(postgres_dsn: str) -> None:
 def test_follow_polls_new_rows_in_order_and_resumes(postgres_dsn: str) -> None:
     t = table_name()
     query(postgres_dsn, f"CREATE TABLE {t} (seq bigint, v text)")
-    query(postgres_dsn, f"INSERT INTO {t} VALUES (1, 'a'), (2, 'b'), (2, 'b2'), (2, 'b3'), (3, 'c')")
-    src = postgres.follow_postgres(postgres_dsn, t, cursor_column="seq", poll_interval=dt.timedelta(milliseconds=50))
+    query(
+        postgres_dsn, f"INSERT INTO {t} VALUES (1, 'a'), (2, 'b'), (2, 'b2'), (2, 'b3'), (3, 'c')"
+    )
+    src = postgres.follow_postgres(
+        postgres_dsn, t, cursor_column="seq", poll_interval=dt.timedelta(milliseconds=50)
+    )
     r = src.build(SourceContext("poll", 0, 1, 2))  # batch of 2 cuts through the seq=2 rows
     first = drain(r, want=5)
     assert sorted(first["v"]) == ["a", "b", "b2", "b3", "c"]

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import pytest
-
 from collections.abc import Callable
 from typing import Any
+
+import pytest
 
 Services = Callable[..., Any]
 
 
 @pytest.mark.kafka
-def test_kafka_is_reachable_and_start_is_idempotent(kafka_bootstrap: str, services: Services) -> None:
+def test_kafka_is_reachable_and_start_is_idempotent(
+    kafka_bootstrap: str, services: Services
+) -> None:
     from confluent_kafka.admin import AdminClient
 
     md = AdminClient({"bootstrap.servers": kafka_bootstrap}).list_topics(timeout=10)
@@ -23,7 +25,9 @@ def test_kafka_is_reachable_and_start_is_idempotent(kafka_bootstrap: str, servic
 
 
 @pytest.mark.postgres
-def test_postgres_is_reachable_and_start_is_idempotent(postgres_dsn: str, services: Services) -> None:
+def test_postgres_is_reachable_and_start_is_idempotent(
+    postgres_dsn: str, services: Services
+) -> None:
     import psycopg
 
     with psycopg.connect(postgres_dsn) as conn:

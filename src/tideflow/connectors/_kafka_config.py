@@ -99,7 +99,9 @@ def check_topic(step_id: str, topic: object) -> str:
     return topic
 
 
-def connector_error(step_id: str, what: str, exc: BaseException, conf: Mapping[str, Any]) -> ConnectorError:
+def connector_error(
+    step_id: str, what: str, exc: BaseException, conf: Mapping[str, Any]
+) -> ConnectorError:
     """A :class:`ConnectorError` for a failed Kafka call, naming the broker (never secrets)."""
     servers = conf.get("bootstrap.servers", "?")
     return ConnectorError(f"step {step_id!r}: {what} (bootstrap {servers}): {exc}")

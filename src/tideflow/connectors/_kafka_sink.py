@@ -12,7 +12,12 @@ import polars as pl
 
 from tideflow._errors import ConfigError, ConnectorError
 from tideflow.connectors._base import Sink, SinkContext, SinkWriter
-from tideflow.connectors._kafka_config import check_topic, client_config, connector_error, log_config
+from tideflow.connectors._kafka_config import (
+    check_topic,
+    client_config,
+    connector_error,
+    log_config,
+)
 from tideflow.connectors._kafka_source import _ck
 
 __all__ = ["KafkaSink", "encode_column", "encode_values"]
@@ -108,7 +113,9 @@ class _KafkaWriter(SinkWriter):
         try:
             self._producer = ck.Producer(self._conf)
         except ck.KafkaException as exc:
-            raise connector_error(self._step, "cannot create the Kafka producer", exc, self._conf) from exc
+            raise connector_error(
+                self._step, "cannot create the Kafka producer", exc, self._conf
+            ) from exc
         self._closed = False
 
     def _on_error(self, err: Any) -> None:
@@ -203,5 +210,8 @@ class _KafkaWriter(SinkWriter):
         finally:
             self._closed = True
         logger.info(
-            "step %r: %d record(s) delivered to Kafka topic %r", self._step, self._delivered, self._s.topic
+            "step %r: %d record(s) delivered to Kafka topic %r",
+            self._step,
+            self._delivered,
+            self._s.topic,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import logging
@@ -113,7 +114,8 @@ class KafkaSource(Source):
         elif not isinstance(self.format, Deserializer):
             msg = (
                 f"step {step_id!r}: format must be 'json', 'text', 'bytes' or a Deserializer "
-                f"(an object with schema() and deserialize(values)), got {type(self.format).__name__}"
+                "(an object with schema() and deserialize(values)), got "
+                f"{type(self.format).__name__}"
             )
             raise ConfigError(msg)
         clash = sorted(set(self._value_schema() or {}) & set(META_SCHEMA))
@@ -202,7 +204,9 @@ class _KafkaReader(SourceReader):
         try:
             self._consumer = ck.Consumer(self._conf)
         except ck.KafkaException as exc:
-            raise connector_error(self._step, "cannot create the Kafka consumer", exc, self._conf) from exc
+            raise connector_error(
+                self._step, "cannot create the Kafka consumer", exc, self._conf
+            ) from exc
         try:
             self._setup()
         except BaseException:
@@ -246,12 +250,16 @@ class _KafkaReader(SourceReader):
         ck = self._ck
         TP = ck.TopicPartition
         everything = self._partitions()
-        mine = [tp for i, tp in enumerate(everything) if i % self._ctx.worker_count == self._ctx.worker_index]
+        mine = [
+            tp
+            for i, tp in enumerate(everything)
+            if i % self._ctx.worker_count == self._ctx.worker_index
+        ]
         self._positions: dict[str, int] = {}
         self._ends: dict[str, int] = {}
         self._tps = {partition_key(t, p): TP(t, p) for t, p in mine}
         todo: list[str] = []
-        for key, tp in self._tps.items():
+        for key in self._tps:
             if key in self._ctx.resume:
                 self._positions[key] = int(self._ctx.resume[key])
             else:
@@ -270,9 +278,13 @@ class _KafkaReader(SourceReader):
         start = self._s.start
         if todo and start == "committed":
             try:
-                got = self._consumer.committed([self._tps[k] for k in todo], timeout=_METADATA_TIMEOUT)
+                got = self._consumer.committed(
+                    [self._tps[k] for k in todo], timeout=_METADATA_TIMEOUT
+                )
             except ck.KafkaException as exc:
-                raise connector_error(self._step, "cannot read committed offsets", exc, self._conf) from exc
+                raise connector_error(
+                    self._step, "cannot read committed offsets", exc, self._conf
+                ) from exc
             for tp in got:
                 key = partition_key(tp.topic, tp.partition)
                 low = watermarks[key][0]
@@ -283,7 +295,9 @@ class _KafkaReader(SourceReader):
             try:
                 got = self._consumer.offsets_for_times(query, timeout=_METADATA_TIMEOUT)
             except ck.KafkaException as exc:
-                raise connector_error(self._step, "cannot look up offsets by time", exc, self._conf) from exc
+                raise connector_error(
+                    self._step, "cannot look up offsets by time", exc, self._conf
+                ) from exc
             for tp in got:
                 key = partition_key(tp.topic, tp.partition)
                 self._positions[key] = tp.offset if tp.offset >= 0 else watermarks[key][1]
@@ -297,7 +311,11 @@ class _KafkaReader(SourceReader):
         if self._s.until_end:
             self._ends = {key: watermarks[key][1] for key in self._tps}
         self._open = {k for k in self._tps if not self._ends or self._positions[k] < self._ends[k]}
-        assign = [TP(tp.topic, tp.partition, self._positions[k]) for k, tp in self._tps.items() if k in self._open]
+        assign = [
+            TP(tp.topic, tp.partition, self._positions[k])
+            for k, tp in self._tps.items()
+            if k in self._open
+        ]
         if assign:
             self._consumer.assign(assign)
         logger.info(
@@ -389,10 +407,8 @@ class _KafkaReader(SourceReader):
         done = [k for k in self._open if self._positions[k] >= self._ends[k]]
         if done:
             self._open.difference_update(done)
-            try:
+            with contextlib.suppress(self._ck.KafkaException):
                 self._consumer.pause([self._tps[k] for k in done])
-            except self._ck.KafkaException:
-                pass
 
     def _batch(self, msgs: list[Any]) -> SourceBatch | None:
         topics = [m.topic() for m in msgs]
@@ -403,7 +419,9 @@ class _KafkaReader(SourceReader):
         if self._ends:
             ends = self._ends
             over = {
-                tp: ends[partition_key(*tp)] for tp, off in last.items() if off >= ends[partition_key(*tp)]
+                tp: ends[partition_key(*tp)]
+                for tp, off in last.items()
+                if off >= ends[partition_key(*tp)]
             }
             if over:  # the end of a bounded read: drop what was produced after the start
                 keep = [

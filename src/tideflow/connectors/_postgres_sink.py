@@ -1,4 +1,4 @@
-"""PostgreSQL sink (psycopg 3): COPY for inserts, COPY + merge for upserts, a transaction a batch."""
+"""PostgreSQL sink (psycopg 3): COPY inserts, COPY + merge upserts, a transaction a batch."""
 
 from __future__ import annotations
 
@@ -110,7 +110,9 @@ def _copy_frame(batch: pl.DataFrame) -> pl.DataFrame:
             fmt = "%Y-%m-%d %H:%M:%S%.6f" + ("%:z" if dtype.time_zone else "")
             exprs.append((name, col.dt.to_string(fmt)))
         elif isinstance(dtype, pl.Duration):
-            exprs.append((name, col.dt.total_microseconds().cast(pl.String) + pl.lit(" microseconds")))
+            exprs.append(
+                (name, col.dt.total_microseconds().cast(pl.String) + pl.lit(" microseconds"))
+            )
         elif isinstance(dtype, pl.List | pl.Array):
             exprs.append(
                 (
@@ -163,7 +165,9 @@ class _PostgresWriter(SinkWriter):
         self._rows = 0
         self._table = qualified(s.table)
         try:
-            self._conn = self._pg.connect(s.dsn, autocommit=False, application_name=f"tideflow {ctx.step_id}")
+            self._conn = self._pg.connect(
+                s.dsn, autocommit=False, application_name=f"tideflow {ctx.step_id}"
+            )
         except self._pg.Error as exc:
             msg = f"step {self._step!r}: cannot connect to PostgreSQL {safe_dsn(s.dsn)}: {exc}"
             raise ConnectorError(msg) from exc

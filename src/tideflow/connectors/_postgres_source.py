@@ -226,8 +226,14 @@ class PostgresPoll(Source):
         if not isinstance(self.cursor_column, str) or not self.cursor_column:
             msg = f"step {step_id!r}: cursor_column must name a column that only increases"
             raise ConfigError(msg)
-        if not isinstance(self.poll_interval, dt.timedelta) or self.poll_interval.total_seconds() <= 0:
-            msg = f"step {step_id!r}: poll_interval must be a positive timedelta, got {self.poll_interval!r}"
+        if (
+            not isinstance(self.poll_interval, dt.timedelta)
+            or self.poll_interval.total_seconds() <= 0
+        ):
+            msg = (
+                f"step {step_id!r}: poll_interval must be a positive timedelta, "
+                f"got {self.poll_interval!r}"
+            )
             raise ConfigError(msg)
 
     def build(self, ctx: SourceContext) -> SourceReader:
@@ -244,10 +250,12 @@ class _PollReader(SourceReader):
         self._step = ctx.step_id
         self._active = ctx.worker_index == 0
         self._key = s.table
-        self._last = decode_position(ctx.resume[self._key]) if self._key in ctx.resume else s.start_after
+        self._last = (
+            decode_position(ctx.resume[self._key]) if self._key in ctx.resume else s.start_after
+        )
         self._next = 0.0
         self._schema: dict[str, Any] | None = None
-        self._conn = _connect(self._step, s.dsn) if self._active else None
+        self._conn: Any = _connect(self._step, s.dsn) if self._active else None
         if self._conn is not None:
             self._conn.autocommit = True
         table, col = qualified(s.table), qualified(s.cursor_column)
@@ -265,7 +273,7 @@ class _PollReader(SourceReader):
         return {self._key: encode_position(self._last)}
 
     def poll(self) -> SourceBatch | None:
-        if not self._active or time.monotonic() < self._next:
+        if self._conn is None or time.monotonic() < self._next:
             return None
         pg = psycopg()
         n = self._ctx.batch_size
