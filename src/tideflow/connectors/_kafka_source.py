@@ -246,6 +246,31 @@ class _KafkaReader(SourceReader):
                 time.sleep(0.2)
         return sorted(out)
 
+    def _retrying(self, what: str, call: Any) -> Any:
+        """Run a metadata call, retrying errors Kafka calls retriable (leader moving, broker
+        starting) until :data:`_METADATA_TIMEOUT`."""
+        ck = self._ck
+        deadline = time.monotonic() + _METADATA_TIMEOUT
+        while True:
+            try:
+                return call()
+            except ck.KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                retriable = isinstance(err, ck.KafkaError) and (
+                    err.retriable()
+                    or err.code()
+                    in (
+                        ck.KafkaError.NOT_LEADER_FOR_PARTITION,
+                        ck.KafkaError.LEADER_NOT_AVAILABLE,
+                        ck.KafkaError._TIMED_OUT,
+                        ck.KafkaError._TRANSPORT,
+                    )
+                )
+                if not retriable or time.monotonic() > deadline:
+                    raise connector_error(self._step, what, exc, self._conf) from exc
+                logger.info("step %r: %s: %s; retrying", self._step, what, err)
+                time.sleep(0.2)
+
     def _setup(self) -> None:
         ck = self._ck
         TP = ck.TopicPartition
@@ -267,24 +292,20 @@ class _KafkaReader(SourceReader):
         watermarks: dict[str, tuple[int, int]] = {}
         if todo or self._s.until_end:
             for key, tp in self._tps.items():
-                try:
-                    watermarks[key] = self._consumer.get_watermark_offsets(
+                watermarks[key] = self._retrying(
+                    f"cannot read the offsets of {key}",
+                    lambda tp=tp: self._consumer.get_watermark_offsets(
                         tp, timeout=_METADATA_TIMEOUT, cached=False
-                    )
-                except ck.KafkaException as exc:
-                    raise connector_error(
-                        self._step, f"cannot read the offsets of {key}", exc, self._conf
-                    ) from exc
+                    ),
+                )
         start = self._s.start
         if todo and start == "committed":
-            try:
-                got = self._consumer.committed(
+            got = self._retrying(
+                "cannot read committed offsets",
+                lambda: self._consumer.committed(
                     [self._tps[k] for k in todo], timeout=_METADATA_TIMEOUT
-                )
-            except ck.KafkaException as exc:
-                raise connector_error(
-                    self._step, "cannot read committed offsets", exc, self._conf
-                ) from exc
+                ),
+            )
             for tp in got:
                 key = partition_key(tp.topic, tp.partition)
                 low = watermarks[key][0]
@@ -292,12 +313,10 @@ class _KafkaReader(SourceReader):
         elif todo and isinstance(start, datetime):
             ms = int(start.astimezone(UTC).timestamp() * 1000)
             query = [TP(self._tps[k].topic, self._tps[k].partition, ms) for k in todo]
-            try:
-                got = self._consumer.offsets_for_times(query, timeout=_METADATA_TIMEOUT)
-            except ck.KafkaException as exc:
-                raise connector_error(
-                    self._step, "cannot look up offsets by time", exc, self._conf
-                ) from exc
+            got = self._retrying(
+                "cannot look up offsets by time",
+                lambda: self._consumer.offsets_for_times(query, timeout=_METADATA_TIMEOUT),
+            )
             for tp in got:
                 key = partition_key(tp.topic, tp.partition)
                 self._positions[key] = tp.offset if tp.offset >= 0 else watermarks[key][1]
