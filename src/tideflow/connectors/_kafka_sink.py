@@ -103,6 +103,7 @@ class _KafkaWriter(SinkWriter):
                 "queue.buffering.max.kbytes": 1_048_576,
                 "enable.idempotence": True,
                 "partitioner": "murmur2_random",  # same partition for a key as Java clients
+                "reconnect.backoff.max.ms": 2000,  # back within ~2 s of the broker's return
             },
             dict(s.config),
         )

@@ -189,6 +189,7 @@ class _KafkaReader(SourceReader):
                 "queued.max.messages.kbytes": 65536,
                 "fetch.wait.max.ms": 100,
                 "socket.keepalive.enable": True,
+                "reconnect.backoff.max.ms": 2000,  # back within ~2 s of the broker's return
             },
             dict(s.config),
             forced={
