@@ -259,3 +259,18 @@ def test_unknown_topic_is_a_connector_error(kafka_bootstrap: str) -> None:
     src = kafka.scan_kafka("does-not-exist-" + uuid.uuid4().hex[:6], bootstrap=kafka_bootstrap)
     with pytest.raises(tf.ConnectorError, match="does not exist"):
         src.build(ctx())
+
+
+def test_a_job_with_undelivered_records_fails(kafka_bootstrap: str) -> None:
+    from tideflow.testing import TestingSource
+
+    topic = new_topic(kafka_bootstrap, **{"max.message.bytes": "2000"})
+    flow = tf.Dataflow("undelivered")
+    flow.source(TestingSource([{"v": "ok"}, {"v": "x" * 50_000}])).sink(
+        kafka.sink_kafka(
+            topic, bootstrap=kafka_bootstrap, value="v", config={"message.max.bytes": 5_000_000}
+        ),
+        name="out",
+    )
+    with pytest.raises(tf.TideflowError, match="could not be delivered"):
+        tf.run(flow)
