@@ -1,0 +1,30 @@
+"""tideflow.ml: online machine learning inside the stream.
+
+River's per-record interface (``learn_one``/``predict_one`` on dicts, ``|`` pipelines) and a
+vectorized mini-batch interface (``learn_many``/``predict_many`` on NumPy arrays and
+Polars/Arrow/pandas tables). Models snapshot to versioned plain data and save to ``.npz`` files
+without pickle.
+"""
+
+from tideflow.ml import (
+    base,
+    compose,
+    datasets,
+    linear_model,
+    metrics,
+    optim,
+    preprocessing,
+)
+from tideflow.ml._base import from_snapshot, load
+
+__all__ = [
+    "base",
+    "compose",
+    "datasets",
+    "from_snapshot",
+    "linear_model",
+    "load",
+    "metrics",
+    "optim",
+    "preprocessing",
+]
