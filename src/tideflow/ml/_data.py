@@ -21,7 +21,7 @@ __all__ = ["Cols", "FeatureSpace", "LabelSpace", "as_cols", "as_labels"]
 class Cols:
     """A mini-batch as named columns; ``mat`` holds them as one float matrix when all numeric."""
 
-    __slots__ = ("_mat", "cols", "n", "names")
+    __slots__ = ("_mat", "cols", "n", "names", "positional")
 
     def __init__(
         self,
@@ -29,8 +29,10 @@ class Cols:
         cols: list[np.ndarray] | None,
         n: int,
         mat: np.ndarray | None = None,
+        positional: bool = False,
     ) -> None:
         self.names = names
+        self.positional = positional
         self.n = n
         self._mat = mat
         if cols is None:
@@ -72,8 +74,8 @@ class Cols:
 
     def take(self, idx: np.ndarray) -> Cols:
         if self._mat is not None:
-            return Cols(self.names, None, len(idx), self._mat[idx])
-        return Cols(self.names, [c[idx] for c in self.cols], len(idx))
+            return Cols(self.names, None, len(idx), self._mat[idx], self.positional)
+        return Cols(self.names, [c[idx] for c in self.cols], len(idx), None, self.positional)
 
 
 def _column(values: Any) -> np.ndarray:
@@ -103,8 +105,10 @@ def as_cols(X: Any) -> Cols:
             raise DataError(msg)
         names: list[Hashable] = list(range(X.shape[1]))
         if X.dtype.kind in "fiub":
-            return Cols(names, None, X.shape[0], np.ascontiguousarray(X, dtype=np.float64))
-        return Cols(names, [_column(X[:, j]) for j in range(X.shape[1])], X.shape[0])
+            mat = np.ascontiguousarray(X, dtype=np.float64)
+            return Cols(names, None, X.shape[0], mat, positional=True)
+        cols = [_column(X[:, j]) for j in range(X.shape[1])]
+        return Cols(names, cols, X.shape[0], positional=True)
     mod = type(X).__module__
     if mod.startswith("pyarrow"):
         import polars as pl
@@ -200,22 +204,34 @@ class FeatureSpace:
                 v[i] = val
         return v
 
+    def columns(self, X: Cols, *, grow: bool = True) -> list[int]:
+        """Feature index of each column of ``X`` (-1 if unknown and not growing).
+
+        Columns of a plain NumPy array are positional: column ``j`` is feature number ``j`` in
+        the order features first appeared (new trailing columns are named by their position).
+        """
+        if X.positional:
+            d = len(X.names)
+            if grow:
+                while len(self.names) < d:
+                    self.add(len(self.names))
+            return [j if j < len(self.names) else -1 for j in range(d)]
+        if grow:
+            return [self.add(k) for k in X.names]
+        return [self.index.get(k, -1) for k in X.names]
+
     def matrix(
         self, X: Cols, *, grow: bool = True, fill: float = 0.0, step: str = "model"
     ) -> np.ndarray:
         """The batch as a float matrix with one column per known feature, in index order."""
-        if grow:
-            for k in X.names:
-                if k not in self.index:
-                    self.add(k)
+        idx = self.columns(X, grow=grow)
         d = len(self.names)
-        if X.names == self.names:
+        if len(idx) == d and (X.positional or X.names == self.names):
             m = X.matrix(step)
             if fill != fill or not np.isnan(m).any():
                 return m
             return np.where(np.isnan(m), fill, m)
         out = np.full((X.n, d), fill)
-        idx = [self.index.get(k, -1) for k in X.names]
         keep = [j for j, i in enumerate(idx) if i >= 0]
         if keep:
             src = X.matrix(step)

@@ -85,11 +85,9 @@ class StandardScaler(Transformer):
     def learn_many(self, X: Any, y: Any = None) -> None:
         """Merge the statistics of one mini-batch."""
         Xc = as_cols(X)
-        for k in Xc.names:
-            self._fs.add(k)
+        cols = np.asarray(self._fs.columns(Xc, grow=True), dtype=np.int64)
         self._grow()
         M = Xc.matrix("StandardScaler")
-        cols = np.asarray([self._fs.index[k] for k in Xc.names], dtype=np.int64)
         ok = ~np.isnan(M)
         nb = ok.sum(axis=0).astype(np.float64)
         Mz = np.where(ok, M, 0.0)
@@ -113,7 +111,7 @@ class StandardScaler(Transformer):
         """Scale a mini-batch (NaN stays NaN, meaning missing)."""
         Xc = as_cols(X)
         M = Xc.matrix("StandardScaler")
-        idx = [self._fs.index.get(k, -1) for k in Xc.names]
+        idx = self._fs.columns(Xc, grow=False)
         known = np.asarray([i >= 0 for i in idx], dtype=bool)
         safe = np.asarray([max(i, 0) for i in idx], dtype=np.int64)
         mean = np.where(known, np.asarray(self._mean + [0.0])[safe], 0.0)
@@ -126,7 +124,7 @@ class StandardScaler(Transformer):
                 std = np.sqrt(var)
                 out = np.where(std > 0, out / np.where(std > 0, std, 1.0), np.where(np.isnan(M), np.nan, 0.0))
         out[:, ~known] = np.where(np.isnan(M[:, ~known]), np.nan, 0.0)
-        return Cols(list(Xc.names), None, Xc.n, out)
+        return Cols(list(Xc.names), None, Xc.n, out, Xc.positional)
 
     def _get_state(self) -> dict[str, Any]:
         return {
