@@ -10,10 +10,13 @@ from tideflow.ml import (
     base,
     compose,
     datasets,
+    drift,
+    forest,
     linear_model,
     metrics,
     optim,
     preprocessing,
+    tree,
 )
 from tideflow.ml._base import from_snapshot, load
 
@@ -21,10 +24,13 @@ __all__ = [
     "base",
     "compose",
     "datasets",
+    "drift",
+    "forest",
     "from_snapshot",
     "linear_model",
     "load",
     "metrics",
     "optim",
     "preprocessing",
+    "tree",
 ]

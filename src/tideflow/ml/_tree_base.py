@@ -27,7 +27,7 @@ def hoeffding_bound(value_range: float, delta: float, n: float) -> float:
 class Split:
     """An inner node. Numeric: ``children = [left, right]``; nominal: ``children`` a dict."""
 
-    __slots__ = ("children", "depth", "dist", "feature", "nominal", "threshold", "wl", "wr")
+    __slots__ = ("children", "depth", "dist", "ext", "feature", "nominal", "threshold", "wl", "wr")
 
     def __init__(
         self,
@@ -48,6 +48,7 @@ class Split:
         self.depth = depth
         self.wl = wl
         self.wr = wr
+        self.ext: Any = None
 
     def child_of(self, v: float) -> Any:
         """The child for value ``v`` (``None`` for an unseen nominal value)."""
