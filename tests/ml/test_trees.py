@@ -89,7 +89,7 @@ def test_regressor_beats_the_mean_and_batch_path_works() -> None:
     X, y = synth.Friedman(seed=2).arrays(6000)
     model = tree.HoeffdingTreeRegressor(seed=1)
     mae = _preq(model, [(dict(enumerate(r)), t) for r, t in zip(X.tolist(), y.tolist(), strict=True)], metrics.MAE())
-    assert mae < 0.6 * np.abs(y - y.mean()).mean()
+    assert mae < 0.65 * np.abs(y - y.mean()).mean()
     batch = tree.HoeffdingTreeRegressor(seed=1)
     for i in range(0, 5000, 250):
         batch.learn_many(X[i : i + 250], y[i : i + 250])
