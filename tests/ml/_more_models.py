@@ -15,3 +15,15 @@ MORE_MODELS: list[tuple[Any, str]] = [
     (ARFClassifier, "binary"),
     (ARFClassifier, "multiclass"),
 ]
+
+from tideflow.ml import anomaly, cluster, neighbors  # noqa: E402
+
+MORE_MODELS += [
+    (neighbors.KNNClassifier, "binary"),
+    (neighbors.KNNClassifier, "multiclass"),
+    (neighbors.KNNRegressor, "regression"),
+    (anomaly.HalfSpaceTrees, "anomaly"),
+    (anomaly.RobustZScore, "anomaly"),
+    (cluster.KMeans, "cluster"),
+    (cluster.CluStream, "cluster"),
+]

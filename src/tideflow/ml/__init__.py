@@ -7,13 +7,16 @@ without pickle.
 """
 
 from tideflow.ml import (
+    anomaly,
     base,
+    cluster,
     compose,
     datasets,
     drift,
     forest,
     linear_model,
     metrics,
+    neighbors,
     optim,
     preprocessing,
     tree,
@@ -21,7 +24,9 @@ from tideflow.ml import (
 from tideflow.ml._base import from_snapshot, load
 
 __all__ = [
+    "anomaly",
     "base",
+    "cluster",
     "compose",
     "datasets",
     "drift",
@@ -30,6 +35,7 @@ __all__ = [
     "linear_model",
     "load",
     "metrics",
+    "neighbors",
     "optim",
     "preprocessing",
     "tree",
