@@ -246,7 +246,7 @@ class RobustZScore(AnomalyDetector):
     """
 
     def __init__(
-        self, alpha: float = 0.02, key: Hashable | None = None, warmup: int = 20, clip: float = 5.0
+        self, alpha: float = 0.02, key: Hashable | None = None, warmup: int = 20, clip: float = 3.0
     ) -> None:
         _check_positive("RobustZScore", "alpha", alpha)
         _check_positive("RobustZScore", "clip", clip)
