@@ -172,11 +172,12 @@ class FeatureSpace:
     ['a', 'b', 'c']
     """
 
-    __slots__ = ("index", "names")
+    __slots__ = ("_order", "index", "names")
 
     def __init__(self, names: Iterable[Hashable] = ()) -> None:
         self.names: list[Hashable] = []
         self.index: dict[Hashable, int] = {}
+        self._order: tuple[Hashable, ...] = ()
         for n in names:
             self.add(n)
 
@@ -188,10 +189,16 @@ class FeatureSpace:
         if i is None:
             i = self.index[name] = len(self.names)
             self.names.append(name)
+            self._order = tuple(self.names)
         return i
 
     def vector(self, x: dict[Hashable, Any], *, grow: bool = True, fill: float = 0.0) -> np.ndarray:
         """``x`` as a float vector over the known features (new ones added when ``grow``)."""
+        if tuple(x) == self._order:  # same features in the same order: one C-level copy
+            try:
+                return np.fromiter(x.values(), np.float64, len(x))
+            except (TypeError, ValueError):
+                pass
         index = self.index
         if grow:
             for k in x:

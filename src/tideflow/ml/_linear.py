@@ -2,13 +2,16 @@
 
 All models keep a weight matrix ``W`` (one row per output: one for regression and binary
 classification, one per class for multiclass) over a growing feature space. ``learn_many`` is
-one step with the per-record gradients of the batch summed, all taken at the same weights;
+one step with the per-record gradients of the batch summed, all taken at the same weights (for
+plain SGD the step is damped when it would exceed the loss's stability limit, see
+``_damping``; passive-aggressive models average the projections of the batch's records);
 ``learn_one(x, y)`` is exactly ``learn_many`` on a one-row batch, so a stream of records and the
 same stream as one-row batches give the same model.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable
 from typing import Any, Literal
 
@@ -141,10 +144,18 @@ class _LinearClassifier(_Linear, Classifier):
         tot = P.sum(axis=1, keepdims=True)
         return np.where(tot > 0, P / np.where(tot > 0, tot, 1.0), 1.0 / k)  # type: ignore[no-any-return]
 
+    def _score1(self, x: dict[Hashable, Any]) -> float:
+        v = self._fs.vector(x, grow=False)
+        d = min(len(v), self._W.shape[1])
+        return float(self._W[0, :d] @ v[:d]) + float(self._b[0])
+
     def predict_proba_one(self, x: dict[Hashable, Any]) -> dict[Any, float]:
         """Class probabilities for one record (empty before any learning)."""
         if not self._ls.labels:
             return {}
+        if self._W.shape[0] == 1 and len(self._ls) == 2:
+            p = 0.5 * (1.0 + math.tanh(0.5 * self._score1(x)))
+            return {self._ls.labels[0]: 1.0 - p, self._ls.labels[1]: p}
         P = self._proba(self._x1(x, grow=False))[0]
         return dict(zip(self._ls.labels, P.tolist(), strict=True))
 
@@ -152,6 +163,8 @@ class _LinearClassifier(_Linear, Classifier):
         """The most likely class for one record (``None`` before any learning)."""
         if not self._ls.labels:
             return None
+        if self._W.shape[0] == 1 and len(self._ls) == 2:
+            return self._ls.labels[1 if self._score1(x) > 0.0 else 0]
         P = self._proba(self._x1(x, grow=False))[0]
         return self._ls.labels[int(P.argmax())]
 
@@ -217,6 +230,40 @@ class _SGDClassifier(_LinearClassifier):
     def _reset_opt(self) -> None:
         self.optimizer.reset()
 
+    def learn_one(self, x: dict[Hashable, Any], y: Any, w: float = 1.0) -> None:
+        """Update on one record (equal to ``learn_many`` on a one-row batch)."""
+        if (
+            self._W.shape[0] == 1
+            and type(self.optimizer) is SGD
+            and self.clip_gradient >= 1e12
+            and len(self._ls) == 2
+        ):
+            c = self._ls.index.get(plain_label(y))
+            if c is not None:  # binary fast path: scalar maths, three array operations
+                v = self._fs.vector(x, grow=True)
+                self._grow_features()
+                Wr = self._W[0]
+                s = float(Wr @ v) + float(self._b[0])
+                t = 1.0 if c == 1 else 0.0
+                if self._loss == "log":
+                    e = 0.5 * (1.0 + math.tanh(0.5 * s)) - t
+                else:
+                    sg = 2.0 * t - 1.0
+                    e = -sg if sg * s < 1.0 else 0.0
+                lr, blr = self.optimizer.lr, self.intercept_lr
+                curv = 0.5 if self.multiclass == "softmax" else 0.25
+                e *= w
+                load = lr * curv * w * float(v @ v)
+                ew = e / load if load > 1.0 else e
+                if self.l2:
+                    Wr *= 1.0 - lr * self.l2 * w
+                if ew:
+                    Wr -= (lr * ew) * v
+                bload = blr * curv * w
+                self._b[0] -= blr * (e / bload if bload > 1.0 else e)
+                return
+        super().learn_one(x, y, w)
+
     def _update(self, M: np.ndarray, yi: np.ndarray, sw: np.ndarray) -> None:
         Y = self._targets(yi)
         S = self._scores(M)
@@ -233,12 +280,13 @@ class _SGDClassifier(_LinearClassifier):
             E = np.where(s * S < 1.0, -s, 0.0)
         if self.clip_gradient < 1e12:
             np.clip(E, -self.clip_gradient, self.clip_gradient, out=E)
+        curv = 0.5 if self.multiclass == "softmax" else 0.25
         E *= sw[:, None]
-        G = E.T @ M
+        G = (E.T @ M) * _damping(self.optimizer, curv, M, sw)
         if self.l2:
             G += self.l2 * sw.sum() * self._W
         self.optimizer.step(self._W, G)
-        self._b -= self.intercept_lr * E.sum(axis=0)
+        self._b -= self.intercept_lr * _bias_damping(self.intercept_lr, curv, sw) * E.sum(axis=0)
 
 
 class LogisticRegression(_SGDClassifier):
@@ -355,10 +403,50 @@ class PAClassifier(_LinearClassifier):
         S = self._scores(M)
         loss = np.maximum(0.0, 1.0 - s * S)
         tau = _pa_tau(loss, (M * M).sum(axis=1)[:, None], self.C, self.mode)
-        T = tau * s * sw[:, None]
+        T = tau * s * sw[:, None] / max(1, int((tau > 0).any(axis=1).sum()))
         self._W += T.T @ M
         if self.learn_intercept:
             self._b += T.sum(axis=0)
+
+
+def _damping(opt: Optimizer, curvature: float, M: np.ndarray, sw: np.ndarray) -> float:
+    """Scale for a plain-SGD step so that ``lr * curvature * sum(w |x|^2) <= 1``.
+
+    Summing a batch's gradients is like taking its records one by one only while the step stays
+    inside the loss's stability limit; beyond it (large batches, unscaled features) the sum
+    would overshoot or diverge. On standardised features a single record never reaches the
+    limit, so per-record learning is the plain SGD step (as in River).
+    """
+    if type(opt) is not SGD:
+        return 1.0
+    load = opt.lr * curvature * _lambda_max(M, sw)
+    return 1.0 / load if load > 1.0 else 1.0
+
+
+def _lambda_max(M: np.ndarray, sw: np.ndarray) -> float:
+    """Largest eigenvalue of ``sum_i w_i x_i x_i^T`` (exact for one row or up to 256 features)."""
+    if M.shape[0] == 1:
+        return float(sw[0] * (M[0] @ M[0]))
+    d = M.shape[1]
+    if d == 0:
+        return 0.0
+    if d <= 256:
+        A = (M * sw[:, None]).T @ M
+        return float(np.linalg.eigvalsh(A)[-1])
+    v = np.ones(d) / math.sqrt(d)
+    lam = 0.0
+    for _ in range(12):  # power iteration, from below: pad by 20%
+        u = M.T @ (sw * (M @ v))
+        lam = float(np.linalg.norm(u))
+        if lam == 0.0:
+            return 0.0
+        v = u / lam
+    return 1.2 * lam
+
+
+def _bias_damping(lr: float, curvature: float, sw: np.ndarray) -> float:
+    load = lr * curvature * float(sw.sum())
+    return 1.0 / load if load > 1.0 else 1.0
 
 
 def _pa_tau(loss: np.ndarray, norm: np.ndarray, C: float, mode: int) -> np.ndarray:
@@ -375,7 +463,9 @@ def _pa_tau(loss: np.ndarray, norm: np.ndarray, C: float, mode: int) -> np.ndarr
 class _LinearRegressor(_Linear, Regressor):
     def predict_one(self, x: dict[Hashable, Any]) -> float:
         """Prediction for one record."""
-        return float(self._scores(self._x1(x, grow=False))[0, 0])
+        v = self._fs.vector(x, grow=False)
+        d = min(len(v), self._W.shape[1])
+        return float(self._W[0, :d] @ v[:d]) + float(self._b[0])
 
     def predict_many(self, X: Any) -> np.ndarray:
         """Predictions for a mini-batch."""
@@ -435,16 +525,36 @@ class LinearRegression(_LinearRegressor):
         self.clip_gradient = clip_gradient
         self._init_linear(intercept_init)
 
+    def learn_one(self, x: dict[Hashable, Any], y: float, w: float = 1.0) -> None:
+        """Update on one record (equal to ``learn_many`` on a one-row batch)."""
+        if type(self.optimizer) is not SGD or self.clip_gradient < 1e12:
+            super().learn_one(x, y, w)
+            return
+        v = self._fs.vector(x, grow=True)
+        self._grow_features()
+        Wr = self._W[0]
+        e = 2.0 * (float(Wr @ v) + float(self._b[0]) - float(y))
+        lr, blr = self.optimizer.lr, self.intercept_lr
+        e *= w
+        load = lr * 2.0 * w * float(v @ v)
+        ew = e / load if load > 1.0 else e
+        if self.l2:
+            Wr *= 1.0 - lr * self.l2 * w
+        if ew:
+            Wr -= (lr * ew) * v
+        bload = blr * 2.0 * w
+        self._b[0] -= blr * (e / bload if bload > 1.0 else e)
+
     def _update(self, M: np.ndarray, y: np.ndarray, sw: np.ndarray) -> None:
         e = 2.0 * (self._scores(M)[:, 0] - y)
         if self.clip_gradient < 1e12:
             np.clip(e, -self.clip_gradient, self.clip_gradient, out=e)
         e *= sw
-        G = (e @ M)[None, :]
+        G = (e @ M)[None, :] * _damping(self.optimizer, 2.0, M, sw)
         if self.l2:
             G += self.l2 * sw.sum() * self._W
         self.optimizer.step(self._W, G)
-        self._b -= self.intercept_lr * e.sum()
+        self._b -= self.intercept_lr * _bias_damping(self.intercept_lr, 2.0, sw) * e.sum()
 
 
 class PARegressor(_LinearRegressor):
@@ -475,6 +585,7 @@ class PARegressor(_LinearRegressor):
         r = y - self._scores(M)[:, 0]
         loss = np.maximum(0.0, np.abs(r) - self.eps)
         tau = _pa_tau(loss, (M * M).sum(axis=1), self.C, self.mode) * np.sign(r) * sw
+        tau /= max(1, int((tau != 0).sum()))  # average the projections of the active records
         self._W[0] += tau @ M
         if self.learn_intercept:
             self._b[0] += tau.sum()
