@@ -278,6 +278,15 @@ class LabelSpace:
         """Labels to indices (-1 for unknown labels when not growing)."""
         if len(y) == 0:
             return np.zeros(0, dtype=np.int64)
+        if 0 < len(self.labels) <= 8 and y.dtype.kind in "biuUS":  # known labels: k comparisons
+            codes_fast = np.full(len(y), -1, dtype=np.int64)
+            try:
+                for j, lab in enumerate(self.labels):
+                    codes_fast[y == lab] = j
+            except (TypeError, ValueError):  # pragma: no cover - incomparable label types
+                codes_fast[:] = -1
+            if (codes_fast >= 0).all():
+                return codes_fast
         uniq, first, inv = np.unique(y, return_index=True, return_inverse=True)
         codes = np.empty(len(uniq), dtype=np.int64)
         for j in np.argsort(first, kind="stable").tolist():  # first-seen order, as per record

@@ -88,20 +88,25 @@ class StandardScaler(Transformer):
         cols = np.asarray(self._fs.columns(Xc, grow=True), dtype=np.int64)
         self._grow()
         M = Xc.matrix("StandardScaler")
-        ok = ~np.isnan(M)
-        nb = ok.sum(axis=0).astype(np.float64)
-        Mz = np.where(ok, M, 0.0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mb = np.where(nb > 0, Mz.sum(axis=0) / nb, 0.0)
-        m2b = (np.where(ok, M - mb, 0.0) ** 2).sum(axis=0)
+        nan = np.isnan(M)
+        if nan.any():
+            ok = ~nan
+            nb = ok.sum(axis=0).astype(np.float64)
+            Mz = np.where(ok, M, 0.0)
+            mb = np.divide(Mz.sum(axis=0), nb, out=np.zeros(len(nb)), where=nb > 0)
+            m2b = (np.where(ok, M - mb, 0.0) ** 2).sum(axis=0)
+        else:
+            nb = np.full(M.shape[1], float(M.shape[0]))
+            mb = M.mean(axis=0) if M.shape[0] else np.zeros(M.shape[1])
+            m2b = ((M - mb) ** 2).sum(axis=0)
         n = np.asarray(self._n)[cols]
         mean = np.asarray(self._mean)[cols]
         m2 = np.asarray(self._m2)[cols]
         tot = n + nb
-        with np.errstate(invalid="ignore", divide="ignore"):
-            delta = mb - mean
-            new_mean = np.where(tot > 0, mean + delta * nb / tot, mean)
-            new_m2 = np.where(tot > 0, m2 + m2b + delta**2 * n * nb / tot, m2)
+        safe = np.where(tot > 0, tot, 1.0)
+        delta = mb - mean
+        new_mean = np.where(tot > 0, mean + delta * nb / safe, mean)
+        new_m2 = np.where(tot > 0, m2 + m2b + delta**2 * n * nb / safe, m2)
         for j, i in enumerate(cols.tolist()):
             self._n[i] = float(tot[j])
             self._mean[i] = float(new_mean[j])
@@ -119,11 +124,15 @@ class StandardScaler(Transformer):
         if self.with_std:
             n = np.asarray(self._n + [0.0])[safe]
             m2 = np.asarray(self._m2 + [0.0])[safe]
-            with np.errstate(invalid="ignore", divide="ignore"):
-                var = np.where(n > 0, m2 / np.where(n > 0, n, 1.0), 0.0)
-                std = np.sqrt(var)
-                out = np.where(std > 0, out / np.where(std > 0, std, 1.0), np.where(np.isnan(M), np.nan, 0.0))
-        out[:, ~known] = np.where(np.isnan(M[:, ~known]), np.nan, 0.0)
+            var = np.divide(m2, n, out=np.zeros(len(n)), where=n > 0)
+            std = np.sqrt(np.maximum(var, 0.0))
+            pos = std > 0
+            if pos.all():
+                out /= std
+            else:
+                out = np.where(pos, out / np.where(pos, std, 1.0), np.where(np.isnan(M), np.nan, 0.0))
+        if not known.all():
+            out[:, ~known] = np.where(np.isnan(M[:, ~known]), np.nan, 0.0)
         return Cols(list(Xc.names), None, Xc.n, out, Xc.positional)
 
     def _get_state(self) -> dict[str, Any]:
