@@ -22,8 +22,14 @@ River is a benchmark dependency only (the ``bench`` extra).
 
 from __future__ import annotations
 
+import os
+
+# Per-core comparison: one BLAS thread (the machine is shared; River does not use BLAS much).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import argparse
-import json
+import json  # noqa: E402
 import math
 import platform
 import sys

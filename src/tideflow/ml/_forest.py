@@ -76,6 +76,10 @@ class ARFClassifier(Classifier):
     True
     """
 
+    #: Rows per tree update in ``learn_many`` (``None``: ``grace_period`` rows, which keeps
+    #: the accuracy of the per-record path; larger chunks are faster but split later).
+    batch_chunk: int | None = None
+
     def __init__(
         self,
         n_models: int = 10,
@@ -153,6 +157,7 @@ class ARFClassifier(Classifier):
     def _share(self, tree: HoeffdingTreeClassifier) -> None:
         p = self._proto
         tree._fs, tree._nominal, tree._vocab, tree._ls = p._fs, p._nominal, p._vocab, p._ls
+        tree._chunk = self.batch_chunk or self.grace_period
 
     def _init_members(self) -> None:
         if not self._members:

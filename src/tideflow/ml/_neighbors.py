@@ -64,9 +64,8 @@ class _Window(Estimator):
         if Q.shape[1] < self._X.shape[1]:
             Q = np.concatenate([Q, np.zeros((Q.shape[0], self._X.shape[1] - Q.shape[1]))], axis=1)
             X = self._X[:n]
-        if self.p == 2:
-            D2 = (Q * Q).sum(axis=1)[:, None] + (X * X).sum(axis=1)[None, :] - 2.0 * (Q @ X.T)
-            D = np.sqrt(np.maximum(D2, 0.0))
+        if self.p == 2:  # rank by |x|^2 - 2 q.x (|q|^2 is the same for a query's row)
+            D = (X * X).sum(axis=1)[None, :] - 2.0 * (Q @ X.T)
         else:
             D = (np.abs(Q[:, None, :] - X[None, :, :]) ** self.p).sum(axis=2) ** (1.0 / self.p)
         k = min(self.n_neighbors, n)
@@ -156,8 +155,8 @@ class KNNClassifier(_Window, Classifier):
             W = np.where(exact.any(axis=1, keepdims=True), exact * 1.0, 1.0 / np.maximum(D, 1e-12))
         else:
             W = np.ones_like(D)
-        rows = np.repeat(np.arange(Q.shape[0]), idx.shape[1])
-        np.add.at(out, (rows, labels.ravel()), W.ravel())
+        flat = (np.arange(Q.shape[0])[:, None] * k + labels).ravel()
+        out += np.bincount(flat, W.ravel(), Q.shape[0] * k).reshape(Q.shape[0], k)
         s = out.sum(axis=1, keepdims=True)
         return np.where(s > 0, out / np.where(s > 0, s, 1.0), 1.0 / k)  # type: ignore[no-any-return]
 

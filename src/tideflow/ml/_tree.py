@@ -171,6 +171,7 @@ class HoeffdingTreeClassifier(TreeBase, Classifier):
         self._root = self._new_leaf(None, 0)
         self._memo: Any = None
         self._numc: np.ndarray | None = None
+        self._chunk: int | None = grace_period  # rows per learn_many step (None: whole batch)
 
     @property
     def classes_(self) -> list[Any]:
@@ -320,7 +321,7 @@ class HoeffdingTreeClassifier(TreeBase, Classifier):
 
     def _learn_matrix(self, M: np.ndarray, yi: np.ndarray, sw: np.ndarray) -> None:
         self._memo = None
-        step = max(int(self.grace_period), 1)
+        step = max(int(self._chunk or M.shape[0]), 1)
         if M.shape[0] > step:  # chunks of grace_period rows keep split timing near per-record
             for i in range(0, M.shape[0], step):
                 self._learn_chunk(M[i : i + step], yi[i : i + step], sw[i : i + step])
@@ -406,15 +407,19 @@ class HoeffdingTreeClassifier(TreeBase, Classifier):
             if leaf.weight > self.nb_threshold:
                 nb = self._nb_log(leaf, M, dist).argmax(axis=1)
                 leaf.nb_ok += float(sw[nb == yi].sum())
-        np.add.at(leaf.dist, yi, sw)
+        m = M.shape[0]
+        Y1 = np.zeros((m, k))
+        Y1[np.arange(m), yi] = sw
+        leaf.dist[:k] += Y1.sum(axis=0)
         leaf.total = float(leaf.dist.sum())
-        nominal = self._nominal
-        num = np.asarray([not nominal[j] for j in range(d)], dtype=bool)
+        num = self._num_mask(d)
+        if num.any():
+            _merge_gauss_all(leaf, M, Y1, num)
+        if num.all():
+            return
         for c in np.unique(yi).tolist():
             sel = yi == c
             Xc, wc = M[sel], sw[sel]
-            if num.any():
-                _merge_gauss(leaf, Xc, wc, c, num)
             for f in np.flatnonzero(~num).tolist():
                 codes = Xc[:, f]
                 ok = ~np.isnan(codes) & (codes >= 0)
@@ -576,6 +581,44 @@ class HoeffdingTreeClassifier(TreeBase, Classifier):
         self._numc = None
         self._ls = LabelSpace(state["classes"])
         self._set_base_state(state)
+
+
+def _merge_gauss_all(leaf: CLeaf, X: np.ndarray, Y1: np.ndarray, num: np.ndarray) -> None:
+    """Merge weighted rows into every class's Gaussian estimators at once (Chan et al.).
+
+    ``Y1`` holds each row's weight in its class column. Uses per-class weighted sums
+    (three matrix products) instead of a pass per class.
+    """
+    d, k = X.shape[1], Y1.shape[1]
+    ok = ~np.isnan(X)
+    ok &= num
+    Xz = np.where(ok, X, 0.0)
+    S0 = (Y1.T @ ok.astype(np.float64)).T  # (d, k) weights
+    S1 = (Y1.T @ Xz).T
+    has = S0 > 0
+    safe = np.where(has, S0, 1.0)
+    mb = S1 / safe
+    # second moment about the batch mean, computed directly (no E[x^2] - E[x]^2 cancellation)
+    if k <= 8:
+        m2b = np.zeros((d, k))
+        for c in range(k):
+            w = Y1[:, c]
+            if has[:, c].any():
+                dev = np.where(ok, X - mb[:, c], 0.0)
+                m2b[:, c] = w @ (dev * dev)
+    else:
+        m2b = np.maximum((Y1.T @ (Xz * Xz)).T - S1 * mb, 0.0)
+    na, ma, m2a = leaf.n[:d, :k], leaf.mean[:d, :k], leaf.m2[:d, :k]
+    tot = na + S0
+    safe_tot = np.where(tot > 0, tot, 1.0)
+    delta = mb - ma
+    leaf.mean[:d, :k] = np.where(has, ma + delta * S0 / safe_tot, ma)
+    leaf.m2[:d, :k] = np.where(has, m2a + m2b + delta * delta * na * S0 / safe_tot, m2a)
+    leaf.n[:d, :k] = tot
+    sel = (Y1 > 0)[:, None, :] & ok[:, :, None]  # (m, d, k)
+    X3 = X[:, :, None]
+    leaf.lo[:d, :k] = np.minimum(leaf.lo[:d, :k], np.where(sel, X3, np.inf).min(axis=0))
+    leaf.hi[:d, :k] = np.maximum(leaf.hi[:d, :k], np.where(sel, X3, -np.inf).max(axis=0))
 
 
 def _merge_gauss(leaf: CLeaf, X: np.ndarray, w: np.ndarray, c: int, num: np.ndarray) -> None:
