@@ -29,7 +29,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse
-import json  # noqa: E402
+import json
 import math
 import platform
 import sys
@@ -81,7 +81,9 @@ class Row:
 def _from_rows(name: str, task: str, rows: list[tuple[dict[Any, Any], Any]]) -> Data:
     names = list(rows[0][0])
     X = np.asarray([[float(x.get(k, 0.0)) for k in names] for x, _ in rows])
-    rows = [(dict(zip(names, r, strict=True)), y) for r, (_, y) in zip(X.tolist(), rows, strict=True)]
+    rows = [
+        (dict(zip(names, r, strict=True)), y) for r, (_, y) in zip(X.tolist(), rows, strict=True)
+    ]
     y = np.asarray([y for _, y in rows])
     return Data(name, task, rows, X, y)
 
@@ -89,7 +91,9 @@ def _from_rows(name: str, task: str, rows: list[tuple[dict[Any, Any], Any]]) -> 
 def _from_stream(name: str, task: str, s: synth.SyntheticStream, n: int) -> Data:
     X, y = s.arrays(n)
     names = s.feature_names
-    rows = [(dict(zip(names, r, strict=True)), t) for r, t in zip(X.tolist(), y.tolist(), strict=True)]
+    rows = [
+        (dict(zip(names, r, strict=True)), t) for r, t in zip(X.tolist(), y.tolist(), strict=True)
+    ]
     return Data(name, task, rows, X, y)
 
 
@@ -100,16 +104,36 @@ def datasets(n: int) -> list[Data]:
         _from_rows("Phishing", "clf", list(rd.Phishing())),
         _from_rows("Bananas", "clf", list(rd.Bananas())),
         _from_stream(
-            "SEA+drift", "clf",
-            synth.ConceptDriftStream(synth.SEA(0, noise=0.1, seed=1), synth.SEA(2, noise=0.1, seed=2),
-                                     position=n // 2, width=n // 20, seed=3), n),
+            "SEA+drift",
+            "clf",
+            synth.ConceptDriftStream(
+                synth.SEA(0, noise=0.1, seed=1),
+                synth.SEA(2, noise=0.1, seed=2),
+                position=n // 2,
+                width=n // 20,
+                seed=3,
+            ),
+            n,
+        ),
         _from_stream(
-            "Agrawal+drift", "clf",
-            synth.ConceptDriftStream(synth.Agrawal(0, seed=1), synth.Agrawal(5, seed=2),
-                                     position=n // 2, width=n // 20, seed=3), n),
+            "Agrawal+drift",
+            "clf",
+            synth.ConceptDriftStream(
+                synth.Agrawal(0, seed=1),
+                synth.Agrawal(5, seed=2),
+                position=n // 2,
+                width=n // 20,
+                seed=3,
+            ),
+            n,
+        ),
         _from_stream("Hyperplane+drift", "clf", synth.Hyperplane(seed=1, mag_change=0.001), n),
-        _from_stream("RandomRBF+drift", "clf",
-                     synth.RandomRBF(seed_model=1, seed_sample=2, change_speed=1e-4), n),
+        _from_stream(
+            "RandomRBF+drift",
+            "clf",
+            synth.RandomRBF(seed_model=1, seed_sample=2, change_speed=1e-4),
+            n,
+        ),
         _from_rows("TrumpApproval", "reg", list(rd.TrumpApproval())),
         _from_rows("ChickWeights", "reg", [(x, float(y)) for x, y in rd.ChickWeights()]),
         _from_stream("Friedman+drift", "reg", synth.Friedman(seed=1, drift_at=(n // 2,)), n),
@@ -135,30 +159,79 @@ def specs() -> list[Spec]:
     rss = rpp.StandardScaler
     _ = river
     return [
-        Spec("LogisticRegression", "clf", lambda: tss() | linear_model.LogisticRegression(),
-             lambda: rss() | rlm.LogisticRegression()),
-        Spec("LinearSVC (hinge)", "clf", lambda: tss() | linear_model.LinearSVC(),
-             lambda: rss() | rlm.LogisticRegression(loss=ropt.losses.Hinge(), l2=1e-4)),
-        Spec("PAClassifier", "clf", lambda: tss() | linear_model.PAClassifier(),
-             lambda: rss() | rlm.PAClassifier()),
-        Spec("HoeffdingTreeClassifier", "clf", tree.HoeffdingTreeClassifier,
-             rtr.HoeffdingTreeClassifier),
-        Spec("HoeffdingAdaptiveTree", "clf", lambda: tree.HoeffdingAdaptiveTreeClassifier(seed=1),
-             lambda: rtr.HoeffdingAdaptiveTreeClassifier(seed=1)),
-        Spec("ARFClassifier (10 trees)", "clf", lambda: forest.ARFClassifier(seed=1),
-             lambda: rfo.ARFClassifier(seed=1), max_n=5000),
-        Spec("KNNClassifier (w=1000)", "clf", lambda: tss() | neighbors.KNNClassifier(window_size=1000),
-             lambda: rss() | rnb.KNNClassifier(engine=rnb.LazySearch(window_size=1000))),
-        Spec("LinearRegression", "reg", lambda: tss() | linear_model.LinearRegression(),
-             lambda: rss() | rlm.LinearRegression()),
-        Spec("PARegressor", "reg", lambda: tss() | linear_model.PARegressor(),
-             lambda: rss() | rlm.PARegressor()),
-        Spec("HoeffdingTreeRegressor", "reg", lambda: tree.HoeffdingTreeRegressor(seed=1),
-             rtr.HoeffdingTreeRegressor),
-        Spec("KNNRegressor (w=1000)", "reg", lambda: tss() | neighbors.KNNRegressor(window_size=1000),
-             lambda: rss() | rnb.KNNRegressor(engine=rnb.LazySearch(window_size=1000))),
-        Spec("HalfSpaceTrees", "anomaly", lambda: anomaly.HalfSpaceTrees(seed=1),
-             lambda: ran.HalfSpaceTrees(seed=1)),
+        Spec(
+            "LogisticRegression",
+            "clf",
+            lambda: tss() | linear_model.LogisticRegression(),
+            lambda: rss() | rlm.LogisticRegression(),
+        ),
+        Spec(
+            "LinearSVC (hinge)",
+            "clf",
+            lambda: tss() | linear_model.LinearSVC(),
+            lambda: rss() | rlm.LogisticRegression(loss=ropt.losses.Hinge(), l2=1e-4),
+        ),
+        Spec(
+            "PAClassifier",
+            "clf",
+            lambda: tss() | linear_model.PAClassifier(),
+            lambda: rss() | rlm.PAClassifier(),
+        ),
+        Spec(
+            "HoeffdingTreeClassifier",
+            "clf",
+            tree.HoeffdingTreeClassifier,
+            rtr.HoeffdingTreeClassifier,
+        ),
+        Spec(
+            "HoeffdingAdaptiveTree",
+            "clf",
+            lambda: tree.HoeffdingAdaptiveTreeClassifier(seed=1),
+            lambda: rtr.HoeffdingAdaptiveTreeClassifier(seed=1),
+        ),
+        Spec(
+            "ARFClassifier (10 trees)",
+            "clf",
+            lambda: forest.ARFClassifier(seed=1),
+            lambda: rfo.ARFClassifier(seed=1),
+            max_n=5000,
+        ),
+        Spec(
+            "KNNClassifier (w=1000)",
+            "clf",
+            lambda: tss() | neighbors.KNNClassifier(window_size=1000),
+            lambda: rss() | rnb.KNNClassifier(engine=rnb.LazySearch(window_size=1000)),
+        ),
+        Spec(
+            "LinearRegression",
+            "reg",
+            lambda: tss() | linear_model.LinearRegression(),
+            lambda: rss() | rlm.LinearRegression(),
+        ),
+        Spec(
+            "PARegressor",
+            "reg",
+            lambda: tss() | linear_model.PARegressor(),
+            lambda: rss() | rlm.PARegressor(),
+        ),
+        Spec(
+            "HoeffdingTreeRegressor",
+            "reg",
+            lambda: tree.HoeffdingTreeRegressor(seed=1),
+            rtr.HoeffdingTreeRegressor,
+        ),
+        Spec(
+            "KNNRegressor (w=1000)",
+            "reg",
+            lambda: tss() | neighbors.KNNRegressor(window_size=1000),
+            lambda: rss() | rnb.KNNRegressor(engine=rnb.LazySearch(window_size=1000)),
+        ),
+        Spec(
+            "HalfSpaceTrees",
+            "anomaly",
+            lambda: anomaly.HalfSpaceTrees(seed=1),
+            lambda: ran.HalfSpaceTrees(seed=1),
+        ),
     ]
 
 
@@ -201,7 +274,9 @@ def score(task: str, y: np.ndarray, preds: Any) -> tuple[str, float]:
         m.update_many(np.asarray(y.tolist(), dtype=object), np.asarray(p, dtype=object))
         return "accuracy %", 100.0 * m.get()
     if task == "reg":
-        arr = np.asarray([float(v) if v is not None and math.isfinite(float(v)) else 0.0 for v in p])
+        arr = np.asarray(
+            [float(v) if v is not None and math.isfinite(float(v)) else 0.0 for v in p]
+        )
         m = tml.metrics.MAE()
         m.update_many(y.astype(float), arr)
         return "MAE", m.get()
@@ -214,8 +289,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=10_000, help="records per synthetic stream")
     ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--min-batches", type=int, default=40,
-                    help="cap the batch size at n / this, so short streams get enough steps")
+    ap.add_argument(
+        "--min-batches",
+        type=int,
+        default=40,
+        help="cap the batch size at n / this, so short streams get enough steps",
+    )
     ap.add_argument("--models", default="", help="comma-separated substrings of model names")
     ap.add_argument("--datasets", default="", help="comma-separated substrings of data set names")
     ap.add_argument("--json", default="", help="also write the rows to this JSON file")
@@ -228,9 +307,12 @@ def main(argv: list[str] | None = None) -> int:
     want_m = [s.strip().lower() for s in args.models.split(",") if s.strip()]
     want_d = [s.strip().lower() for s in args.datasets.split(",") if s.strip()]
     rows: list[Row] = []
-    print(f"# tideflow.ml vs River {river.__version__} -- prequential, Python "
-          f"{platform.python_version()}, NumPy {np.__version__}, batch size {args.batch_size} "
-          f"(at most n/{args.min_batches})\n", file=sys.stderr)
+    print(
+        f"# tideflow.ml vs River {river.__version__} -- prequential, Python "
+        f"{platform.python_version()}, NumPy {np.__version__}, batch size {args.batch_size} "
+        f"(at most n/{args.min_batches})\n",
+        file=sys.stderr,
+    )
     for spec in specs():
         if want_m and not any(w in spec.name.lower() for w in want_m):
             continue
@@ -249,18 +331,40 @@ def main(argv: list[str] | None = None) -> int:
             bs = max(8, min(args.batch_size, len(d.rows) // args.min_batches))
             bp, bdt = run_batch(spec.tf(), d, bs)
             _, b_metric = score(d.task, d.y, bp)
-            row = Row(spec.name, d.name, len(d.rows), name, r_metric, t_metric, b_metric, r_rps,
-                      len(d.rows) / tdt, len(d.rows) / bdt, bs)
+            row = Row(
+                spec.name,
+                d.name,
+                len(d.rows),
+                name,
+                r_metric,
+                t_metric,
+                b_metric,
+                r_rps,
+                len(d.rows) / tdt,
+                len(d.rows) / bdt,
+                bs,
+            )
             rows.append(row)
-            print(f"{spec.name:28s} {d.name:17s} {name:10s} river={_f(r_metric)} "
-                  f"tf={_f(t_metric)} tf-batch={_f(b_metric)} | rec/s river={_i(r_rps)} "
-                  f"tf={_i(row.tf_record_rps)} tf-batch={_i(row.tf_batch_rps)}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{spec.name:28s} {d.name:17s} {name:10s} river={_f(r_metric)} "
+                f"tf={_f(t_metric)} tf-batch={_f(b_metric)} | rec/s river={_i(r_rps)} "
+                f"tf={_i(row.tf_record_rps)} tf-batch={_i(row.tf_batch_rps)}",
+                file=sys.stderr,
+                flush=True,
+            )
     print(markdown(rows))
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"river_version": river.__version__, "batch_size": args.batch_size,
-                       "n": args.n, "rows": [asdict(r) for r in rows]}, fh, indent=1)
+            json.dump(
+                {
+                    "river_version": river.__version__,
+                    "batch_size": args.batch_size,
+                    "n": args.n,
+                    "rows": [asdict(r) for r in rows],
+                },
+                fh,
+                indent=1,
+            )
     return 0
 
 
@@ -278,8 +382,9 @@ def _x(a: float | None, b: float | None) -> str:
 
 def markdown(rows: list[Row]) -> str:
     head = (
-        "| model | data set | n | metric | River | tideflow per-record | tideflow mini-batch (size) "
-        "| River rec/s | tideflow rec/s (x River) | tideflow batch rec/s (x River) |\n"
+        "| model | data set | n | metric | River | tideflow per-record "
+        "| tideflow mini-batch (size) | River rec/s | tideflow rec/s (x River) "
+        "| tideflow batch rec/s (x River) |\n"
         "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"
     )
     lines = [head]

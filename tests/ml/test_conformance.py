@@ -9,8 +9,8 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pytest
-
 from tests.ml._streams import NAMES, dicts, stream
+
 from tideflow.ml import from_snapshot, load
 from tideflow.ml import linear_model as lm
 from tideflow.ml import preprocessing as pp

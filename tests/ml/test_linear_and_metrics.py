@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from tests.ml._streams import dicts, stream
+
 from tideflow import ConfigError, DataError
 from tideflow.ml import linear_model as lm
 from tideflow.ml import metrics, optim
@@ -47,7 +47,9 @@ def test_linear_classifiers_beat_majority_on_sea(model: Any) -> None:
 @pytest.mark.parametrize("multiclass", ["ovr", "softmax"])
 def test_multiclass_logistic_regression(multiclass: str) -> None:
     X, y = stream("multiclass", 4000, seed=6)
-    model = pp.StandardScaler() | lm.LogisticRegression(optimizer=optim.Adam(0.05), multiclass=multiclass)
+    model = pp.StandardScaler() | lm.LogisticRegression(
+        optimizer=optim.Adam(0.05), multiclass=multiclass
+    )
     acc = _prequential(model, X, y, metrics.Accuracy())
     majority = max(np.mean(y == c) for c in np.unique(y))
     assert acc > majority + 0.2, (acc, majority)
@@ -74,19 +76,23 @@ def test_linear_regressors_beat_the_mean_on_friedman(model: Any) -> None:
         lambda: lm.LinearSVC(),
         lambda: lm.PAClassifier(mode=2),
         lambda: lm.LinearRegression(l2=0.1),
+        lambda: lm.LinearRegression(optimizer=optim.SGD(0.05)),  # damped steps
+        lambda: lm.LogisticRegression(optimizer=optim.SGD(0.5), l2=0.01),  # damped steps
         lambda: lm.PARegressor(mode=0),
     ],
 )
 def test_learn_one_equals_one_row_batches(factory: Any) -> None:
     name = type(factory()).__name__
-    task = "regression" if name in ("LinearRegression", "PARegressor") else "multiclass"
-    X, y = stream(task, 300, seed=8)
-    a, b = factory(), factory()
-    for i, x in enumerate(dicts(X)):
-        a.learn_one(x, y[i].item())
-        b.learn_many(X[i : i + 1], y[i : i + 1])
-    np.testing.assert_allclose(a._W, b._W, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(a._b, b._b, rtol=1e-12, atol=1e-12)
+    tasks = ["regression"] if name in ("LinearRegression", "PARegressor") else ["binary", "multiclass"]
+    for task in tasks:  # binary exercises the scalar fast paths, multiclass the general one
+        X, y = stream(task, 300, seed=8)
+        X = X * 3.0  # large enough that the damping of plain SGD steps kicks in sometimes
+        a, b = factory(), factory()
+        for i, x in enumerate(dicts(X)):
+            a.learn_one(x, y[i].item())
+            b.learn_many(X[i : i + 1], y[i : i + 1])
+        np.testing.assert_allclose(a._W, b._W, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(a._b, b._b, rtol=1e-10, atol=1e-12)
 
 
 def test_learn_many_is_one_summed_gradient_step() -> None:
@@ -162,7 +168,9 @@ def test_scaler_learn_many_equals_learn_one(rows: list[list[float]], chunk: int)
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.booleans(), st.floats(0, 1)), min_size=1, max_size=60), st.integers(1, 50))
+@given(
+    st.lists(st.tuples(st.booleans(), st.floats(0, 1)), min_size=1, max_size=60), st.integers(1, 50)
+)
 def test_classification_metrics_update_many_equals_update(
     pairs: list[tuple[bool, float]], window: int
 ) -> None:
@@ -191,7 +199,12 @@ def test_regression_metrics_update_many_equals_update(
 ) -> None:
     yt = np.asarray([t for t, _ in pairs])
     yp = np.asarray([p for _, p in pairs])
-    for make in [metrics.MAE, metrics.RMSE, metrics.R2, lambda: metrics.Rolling(metrics.MAE(), window)]:
+    for make in [
+        metrics.MAE,
+        metrics.RMSE,
+        metrics.R2,
+        lambda: metrics.Rolling(metrics.MAE(), window),
+    ]:
         a, b = make(), make()
         for t, p in zip(yt.tolist(), yp.tolist(), strict=True):
             a.update(t, p)

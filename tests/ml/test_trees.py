@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from tests.ml._streams import dicts, stream
+
 from tideflow import ConfigError
 from tideflow.ml import metrics, tree
 from tideflow.ml.datasets import synth
@@ -37,7 +37,9 @@ def test_trees_learn_a_nonlinear_concept(factory: Any) -> None:
     rng = np.random.default_rng(4)
     X = rng.random((4000, 4))
     ys = (X[:, 0] > 0.5) ^ (X[:, 1] > 0.3)  # XOR-like: no linear model gets this
-    data = [(dict(zip("abcd", r, strict=True)), y) for r, y in zip(X.tolist(), ys.tolist(), strict=True)]
+    data = [
+        (dict(zip("abcd", r, strict=True)), y) for r, y in zip(X.tolist(), ys.tolist(), strict=True)
+    ]
     majority = max(ys.mean(), 1 - ys.mean())
     acc = _preq(factory(), data, metrics.Accuracy())
     assert acc > majority + 0.12, (acc, majority)
@@ -69,7 +71,9 @@ def test_tree_learn_many_matches_per_record_statistics() -> None:
     np.testing.assert_allclose(la.dist, lb.dist[order])
     np.testing.assert_allclose(la.mean, lb.mean[:, order], rtol=1e-10)
     np.testing.assert_allclose(la.m2, lb.m2[:, order], rtol=1e-8, atol=1e-10)
-    np.testing.assert_allclose(a.predict_proba_many(X), b.predict_proba_many(X)[:, order], rtol=1e-8)
+    np.testing.assert_allclose(
+        a.predict_proba_many(X), b.predict_proba_many(X)[:, order], rtol=1e-8
+    )
 
 
 def test_tree_batch_and_record_paths_reach_similar_accuracy() -> None:
@@ -88,7 +92,11 @@ def test_tree_batch_and_record_paths_reach_similar_accuracy() -> None:
 def test_regressor_beats_the_mean_and_batch_path_works() -> None:
     X, y = synth.Friedman(seed=2).arrays(6000)
     model = tree.HoeffdingTreeRegressor(seed=1)
-    mae = _preq(model, [(dict(enumerate(r)), t) for r, t in zip(X.tolist(), y.tolist(), strict=True)], metrics.MAE())
+    mae = _preq(
+        model,
+        [(dict(enumerate(r)), t) for r, t in zip(X.tolist(), y.tolist(), strict=True)],
+        metrics.MAE(),
+    )
     assert mae < 0.65 * np.abs(y - y.mean()).mean()
     batch = tree.HoeffdingTreeRegressor(seed=1)
     for i in range(0, 5000, 250):
@@ -104,7 +112,9 @@ def test_regressor_leaf_models_never_diverge() -> None:
     X = np.column_stack([rng.standard_cauchy(n) * 1e6, rng.random(n) * 1e9, rng.normal(size=n)])
     y = 1e-3 * X[:, 1] + 50 * X[:, 2] + rng.normal(size=n)
     for leaf_prediction in ("model", "adaptive"):
-        model = tree.HoeffdingTreeRegressor(leaf_prediction=leaf_prediction, grace_period=50, seed=1)
+        model = tree.HoeffdingTreeRegressor(
+            leaf_prediction=leaf_prediction, grace_period=50, seed=1
+        )
         preds = []
         for r, t in zip(X.tolist(), y.tolist(), strict=True):
             preds.append(model.predict_one(dict(enumerate(r))))
@@ -125,7 +135,10 @@ def test_adaptive_tree_recovers_after_drift() -> None:
     )
     data = stream_.take(9000)
     hat, ht = tree.HoeffdingAdaptiveTreeClassifier(seed=1), tree.HoeffdingTreeClassifier()
-    acc_hat, acc_ht = metrics.Rolling(metrics.Accuracy(), 2000), metrics.Rolling(metrics.Accuracy(), 2000)
+    acc_hat, acc_ht = (
+        metrics.Rolling(metrics.Accuracy(), 2000),
+        metrics.Rolling(metrics.Accuracy(), 2000),
+    )
     _preq(hat, data, acc_hat)
     _preq(ht, data, acc_ht)
     assert hat.n_switches >= 1

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from tests.ml._streams import dicts, stream
+
 from tideflow import ConfigError
 from tideflow.ml import anomaly, cluster, drift, metrics, neighbors
 from tideflow.ml.datasets import synth
@@ -77,7 +77,12 @@ def test_robust_zscore_is_per_key_and_resists_outliers() -> None:
     one = anomaly.RobustZScore(key="user", alpha=0.05)
     for r in rows:
         one.learn_one(r)
-    many.learn_many({"user": np.asarray([r["user"] for r in rows], dtype=object), "v": np.asarray([r["v"] for r in rows])})
+    many.learn_many(
+        {
+            "user": np.asarray([r["user"] for r in rows], dtype=object),
+            "v": np.asarray([r["v"] for r in rows]),
+        }
+    )
     for k in ("a", "b"):
         np.testing.assert_allclose(one._stats[k][1], many._stats[k][1])
         np.testing.assert_allclose(one._stats[k][2], many._stats[k][2])
@@ -88,7 +93,10 @@ def test_clusterers_separate_blobs() -> None:
     centers = np.asarray([[-6.0, 0.0], [6.0, 0.0], [0.0, 8.0]])
     lab = rng.integers(0, 3, 3000)
     X = centers[lab] + rng.normal(0, 0.5, (3000, 2))
-    for model in (cluster.KMeans(n_clusters=5, halflife=0.05, sigma=5.0, seed=2), cluster.CluStream(n_macro_clusters=3, seed=2)):
+    for model in (
+        cluster.KMeans(n_clusters=5, halflife=0.05, sigma=5.0, seed=2),
+        cluster.CluStream(n_macro_clusters=3, seed=2),
+    ):
         for x in dicts(np.column_stack([X, X])[:, :4]):
             model.learn_one(x)
         pred = model.predict_many(np.column_stack([X, X])[:, :4])
@@ -99,7 +107,11 @@ def test_clusterers_separate_blobs() -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(
-    st.lists(st.lists(st.floats(-10, 10, allow_nan=False), min_size=3, max_size=3), min_size=1, max_size=30),
+    st.lists(
+        st.lists(st.floats(-10, 10, allow_nan=False), min_size=3, max_size=3),
+        min_size=1,
+        max_size=30,
+    ),
     st.integers(0, 1000),
 )
 def test_kmeans_assignments_and_moves_for_a_fixed_state(rows: list[list[float]], seed: int) -> None:

@@ -208,9 +208,14 @@ class HalfSpaceTrees(AnomalyDetector):
 
     def _get_state(self) -> dict[str, Any]:
         return {
-            "features": self._fs.to_state(), "feat": np.asarray(self._feat, dtype=np.int64),
-            "thr": np.asarray(self._thr), "r": np.asarray(self._r), "l": np.asarray(self._l),
-            "count": self._count, "windows": self._windows, "rng": rng_state(self._rng),
+            "features": self._fs.to_state(),
+            "feat": np.asarray(self._feat, dtype=np.int64),
+            "thr": np.asarray(self._thr),
+            "r": np.asarray(self._r),
+            "l": np.asarray(self._l),
+            "count": self._count,
+            "windows": self._windows,
+            "rng": rng_state(self._rng),
         }
 
     def _set_state(self, state: dict[str, Any]) -> None:
@@ -265,7 +270,9 @@ class RobustZScore(AnomalyDetector):
     def _vec(self, x: dict[Hashable, Any], grow: bool) -> np.ndarray:
         if self.key is not None:
             x = {k: v for k, v in x.items() if k != self.key}
-        return self._fs.vector({k: v for k, v in x.items() if isinstance(v, (int, float))}, grow=grow, fill=math.nan)
+        return self._fs.vector(
+            {k: v for k, v in x.items() if isinstance(v, (int, float))}, grow=grow, fill=math.nan
+        )
 
     def _get(self, k: Any) -> list[Any]:
         st = self._stats.get(k)
@@ -323,12 +330,20 @@ class RobustZScore(AnomalyDetector):
             elif c.dtype.kind != "O":
                 names.append(n)
                 cols.append(c)
-        return keys, self._fs.matrix(Cols(names, cols, Xc.n, positional=Xc.positional and self.key is None), grow=False, fill=math.nan) if names else np.zeros((Xc.n, len(self._fs)))
+        return keys, self._fs.matrix(
+            Cols(names, cols, Xc.n, positional=Xc.positional and self.key is None),
+            grow=False,
+            fill=math.nan,
+        ) if names else np.zeros((Xc.n, len(self._fs)))
 
     def learn_many(self, X: Any, y: Any = None) -> None:
         """Update per key, in row order within each key."""
         Xc = as_cols(X)
-        names = [n for n, c in zip(Xc.names, Xc.cols, strict=True) if n != self.key and c.dtype.kind != "O"]
+        names = [
+            n
+            for n, c in zip(Xc.names, Xc.cols, strict=True)
+            if n != self.key and c.dtype.kind != "O"
+        ]
         for n in names:
             self._fs.add(n)
         keys, M = self._split(Xc)
@@ -349,6 +364,10 @@ class RobustZScore(AnomalyDetector):
     def _set_state(self, state: dict[str, Any]) -> None:
         self._fs = FeatureSpace(state["features"])
         self._stats = {
-            (k if not isinstance(k, list) else tuple(k)): [int(n), np.asarray(m, dtype=float), np.asarray(d, dtype=float)]
+            (k if not isinstance(k, list) else tuple(k)): [
+                int(n),
+                np.asarray(m, dtype=float),
+                np.asarray(d, dtype=float),
+            ]
             for k, n, m, d in state["stats"]
         }

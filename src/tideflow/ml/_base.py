@@ -327,7 +327,9 @@ def _from_json(v: Any, arrays: Any) -> Any:
         if "__nd__" in v and len(v) == 1:
             return np.array(arrays[v["__nd__"]])
         if "__items__" in v and len(v) == 1:
-            return {_hashable(_from_json(k, arrays)): _from_json(i, arrays) for k, i in v["__items__"]}
+            return {
+                _hashable(_from_json(k, arrays)): _from_json(i, arrays) for k, i in v["__items__"]
+            }
         return {k: _from_json(i, arrays) for k, i in v.items()}
     if isinstance(v, list):
         return [_from_json(i, arrays) for i in v]

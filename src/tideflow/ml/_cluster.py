@@ -58,7 +58,9 @@ class KMeans(Clusterer):
 
     @property
     def centers(self) -> dict[int, dict[Hashable, float]]:
-        return {i: dict(zip(self._fs.names, c.tolist(), strict=True)) for i, c in enumerate(self._C)}
+        return {
+            i: dict(zip(self._fs.names, c.tolist(), strict=True)) for i, c in enumerate(self._C)
+        }
 
     def _grow(self) -> None:
         d = len(self._fs)
@@ -288,9 +290,17 @@ class CluStream(Clusterer):
 
     def _get_state(self) -> dict[str, Any]:
         return {
-            "features": self._fs.to_state(), "n": self._n, "ls": self._ls, "ss": self._ss,
-            "lst": self._lst, "sst": self._sst, "used": self._used, "t": self._t,
-            "macro": self._macro, "macro_t": self._macro_t, "rng": rng_state(self._rng),
+            "features": self._fs.to_state(),
+            "n": self._n,
+            "ls": self._ls,
+            "ss": self._ss,
+            "lst": self._lst,
+            "sst": self._sst,
+            "used": self._used,
+            "t": self._t,
+            "macro": self._macro,
+            "macro_t": self._macro_t,
+            "rng": rng_state(self._rng),
         }
 
     def _set_state(self, state: dict[str, Any]) -> None:

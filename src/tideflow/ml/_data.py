@@ -53,7 +53,9 @@ class Cols:
                 try:
                     self._mat = np.column_stack([c.astype(np.float64) for c in self.cols])
                 except (TypeError, ValueError) as e:
-                    bad = [n for n, c in zip(self.names, self.cols, strict=True) if c.dtype.kind == "O"]
+                    bad = [
+                        n for n, c in zip(self.names, self.cols, strict=True) if c.dtype.kind == "O"
+                    ]
                     msg = (
                         f"{step} needs numeric features, got non-numeric columns {bad[:5]}; put "
                         "preprocessing.OneHotEncoder() or FeatureHasher() before it"

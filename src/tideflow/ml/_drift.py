@@ -167,7 +167,10 @@ class ADWIN(_Detector):
     def _get_state(self) -> dict[str, Any]:
         return {
             "rows": [[list(b) for b in r] for r in self._rows],
-            "width": self._width, "total": self._total, "var": self._var, "t": self._t,
+            "width": self._width,
+            "total": self._total,
+            "var": self._var,
+            "t": self._t,
             "drift": self.drift_detected,
         }
 
@@ -233,7 +236,10 @@ class PageHinkley(_Detector):
             self.drift_detected = True
 
     def _get_state(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("_n", "_mean", "_up", "_up_min", "_down", "_down_max", "drift_detected")}
+        return {
+            k: getattr(self, k)
+            for k in ("_n", "_mean", "_up", "_up_min", "_down", "_down_max", "drift_detected")
+        }
 
     def _set_state(self, state: dict[str, Any]) -> None:
         for k, v in state.items():

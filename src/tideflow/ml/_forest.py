@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 
 from tideflow.ml._base import Classifier, _check_positive, from_snapshot
-from tideflow.ml._data import LabelSpace, as_labels, plain_label
+from tideflow.ml._data import as_labels, plain_label
 from tideflow.ml._drift import ADWIN
 from tideflow.ml._tree import HoeffdingTreeClassifier, LeafPrediction
 from tideflow.ml._tree_base import rng_from_state, rng_state
@@ -144,8 +144,12 @@ class ARFClassifier(Classifier):
 
     def _new_tree(self) -> HoeffdingTreeClassifier:
         tree = HoeffdingTreeClassifier(
-            grace_period=self.grace_period, max_depth=self.max_depth, delta=self.delta,
-            tau=self.tau, leaf_prediction=self.leaf_prediction, nb_threshold=self.nb_threshold,
+            grace_period=self.grace_period,
+            max_depth=self.max_depth,
+            delta=self.delta,
+            tau=self.tau,
+            leaf_prediction=self.leaf_prediction,
+            nb_threshold=self.nb_threshold,
             nominal_attributes=self.nominal_attributes,
             max_features=self._n_features() if hasattr(self, "_proto") else None,
             seed=int(self._rng.integers(2**31)),
@@ -162,7 +166,9 @@ class ARFClassifier(Classifier):
     def _init_members(self) -> None:
         if not self._members:
             self._members = [
-                _Member(self._new_tree(), self.drift_detector.clone(), self.warning_detector.clone())
+                _Member(
+                    self._new_tree(), self.drift_detector.clone(), self.warning_detector.clone()
+                )
                 for _ in range(self.n_models)
             ]
 

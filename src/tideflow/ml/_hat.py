@@ -74,8 +74,17 @@ class HoeffdingAdaptiveTreeClassifier(HoeffdingTreeClassifier):
         seed: int | None = None,
     ) -> None:
         super().__init__(
-            grace_period, max_depth, delta, tau, leaf_prediction, nb_threshold,
-            nominal_attributes, n_splits, min_branch_fraction, None, seed,
+            grace_period,
+            max_depth,
+            delta,
+            tau,
+            leaf_prediction,
+            nb_threshold,
+            nominal_attributes,
+            n_splits,
+            min_branch_fraction,
+            None,
+            seed,
         )
         self.drift_window_threshold = drift_window_threshold
         self.switch_significance = switch_significance
@@ -109,7 +118,9 @@ class HoeffdingAdaptiveTreeClassifier(HoeffdingTreeClassifier):
     def _learn_row(self, row: np.ndarray, c: int, w: float) -> None:
         self._hat_learn(self._root, row, c, w, None, None)
 
-    def _hat_learn(self, node: Any, row: np.ndarray, c: int, w: float, holder: Any, key: Any) -> None:
+    def _hat_learn(
+        self, node: Any, row: np.ndarray, c: int, w: float, holder: Any, key: Any
+    ) -> None:
         path: list[tuple[Any, Any, Any]] = []
         cur, hold, k = node, holder, key
         while isinstance(cur, Split):
@@ -159,7 +170,9 @@ class HoeffdingAdaptiveTreeClassifier(HoeffdingTreeClassifier):
             return False
         old_err, alt_err = ad.estimation, alt_ad.estimation
         fn = 1.0 / alt_ad.width + 1.0 / ad.width
-        bound = math.sqrt(2.0 * old_err * (1.0 - old_err) * math.log(2.0 / self.switch_significance) * fn)
+        bound = math.sqrt(
+            2.0 * old_err * (1.0 - old_err) * math.log(2.0 / self.switch_significance) * fn
+        )
         if bound < old_err - alt_err:
             self._set_child(holder, key, alt, node)
             self.n_switches += 1
@@ -198,7 +211,10 @@ class HoeffdingAdaptiveTreeClassifier(HoeffdingTreeClassifier):
     def _node_state(self, node: Any) -> Any:
         s = super()._node_state(node)
         if node is not None and node.ext is not None:
-            s["ext"] = {"adwin": node.ext["adwin"].snapshot(), "alt": self._node_state(node.ext["alt"])}
+            s["ext"] = {
+                "adwin": node.ext["adwin"].snapshot(),
+                "alt": self._node_state(node.ext["alt"]),
+            }
         return s
 
     def _node_from_state(self, s: Any) -> Any:

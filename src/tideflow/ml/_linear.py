@@ -398,6 +398,24 @@ class PAClassifier(_LinearClassifier):
         self.learn_intercept = learn_intercept
         self._init_clf()
 
+    def learn_one(self, x: dict[Hashable, Any], y: Any, w: float = 1.0) -> None:
+        """Update on one record (equal to ``learn_many`` on a one-row batch)."""
+        if self._W.shape[0] == 1 and len(self._ls) == 2:
+            c = self._ls.index.get(plain_label(y))
+            if c is not None:  # binary fast path
+                v = self._fs.vector(x, grow=True)
+                self._grow_features()
+                Wr = self._W[0]
+                sg = 1.0 if c == 1 else -1.0
+                loss = 1.0 - sg * (float(Wr @ v) + float(self._b[0]))
+                if loss > 0.0:
+                    t = _pa_tau1(loss, float(v @ v), self.C, self.mode) * sg * w
+                    Wr += t * v
+                    if self.learn_intercept:
+                        self._b[0] += t
+                return
+        super().learn_one(x, y, w)
+
     def _update(self, M: np.ndarray, yi: np.ndarray, sw: np.ndarray) -> None:
         s = 2.0 * self._targets(yi) - 1.0
         S = self._scores(M)
@@ -447,6 +465,15 @@ def _lambda_max(M: np.ndarray, sw: np.ndarray) -> float:
 def _bias_damping(lr: float, curvature: float, sw: np.ndarray) -> float:
     load = lr * curvature * float(sw.sum())
     return 1.0 / load if load > 1.0 else 1.0
+
+
+def _pa_tau1(loss: float, norm: float, C: float, mode: int) -> float:
+    """:func:`_pa_tau` for one record."""
+    if mode == 0:
+        return loss / norm if norm > 0 else 0.0
+    if mode == 1:
+        return min(C, loss / norm) if norm > 0 else C
+    return loss / (norm + 0.5 / C)
 
 
 def _pa_tau(loss: np.ndarray, norm: np.ndarray, C: float, mode: int) -> np.ndarray:
@@ -581,6 +608,19 @@ class PARegressor(_LinearRegressor):
         self.learn_intercept = learn_intercept
         self._init_linear(0.0)
 
+    def learn_one(self, x: dict[Hashable, Any], y: float, w: float = 1.0) -> None:
+        """Update on one record (equal to ``learn_many`` on a one-row batch)."""
+        v = self._fs.vector(x, grow=True)
+        self._grow_features()
+        Wr = self._W[0]
+        r = float(y) - (float(Wr @ v) + float(self._b[0]))
+        loss = abs(r) - self.eps
+        if loss > 0.0:
+            t = _pa_tau1(loss, float(v @ v), self.C, self.mode) * (1.0 if r > 0 else -1.0) * w
+            Wr += t * v
+            if self.learn_intercept:
+                self._b[0] += t
+
     def _update(self, M: np.ndarray, y: np.ndarray, sw: np.ndarray) -> None:
         r = y - self._scores(M)[:, 0]
         loss = np.maximum(0.0, np.abs(r) - self.eps)
@@ -589,4 +629,3 @@ class PARegressor(_LinearRegressor):
         self._W[0] += tau @ M
         if self.learn_intercept:
             self._b[0] += tau.sum()
-

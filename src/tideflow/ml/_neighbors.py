@@ -75,7 +75,11 @@ class _Window(Estimator):
             idx = np.broadcast_to(np.arange(n), (Q.shape[0], n))
         # exact distances for the chosen neighbours (the expansion above loses precision)
         diff = np.abs(Q[:, None, :] - X[idx])
-        Dk = np.sqrt((diff * diff).sum(axis=2)) if self.p == 2 else (diff**self.p).sum(axis=2) ** (1.0 / self.p)
+        Dk = (
+            np.sqrt((diff * diff).sum(axis=2))
+            if self.p == 2
+            else (diff**self.p).sum(axis=2) ** (1.0 / self.p)
+        )
         return idx, Dk
 
     def _q1(self, x: dict[Hashable, Any]) -> np.ndarray:
@@ -216,7 +220,12 @@ class KNNRegressor(_Window, Regressor):
         aggregation_method: Literal["mean", "median", "weighted_mean"] = "mean",
         p: float = 2.0,
     ) -> None:
-        _check_choice("KNNRegressor", "aggregation_method", aggregation_method, ("mean", "median", "weighted_mean"))
+        _check_choice(
+            "KNNRegressor",
+            "aggregation_method",
+            aggregation_method,
+            ("mean", "median", "weighted_mean"),
+        )
         self._init_window(n_neighbors, window_size, p)
         self.aggregation_method = aggregation_method
 

@@ -119,18 +119,20 @@ class StandardScaler(Transformer):
         idx = self._fs.columns(Xc, grow=False)
         known = np.asarray([i >= 0 for i in idx], dtype=bool)
         safe = np.asarray([max(i, 0) for i in idx], dtype=np.int64)
-        mean = np.where(known, np.asarray(self._mean + [0.0])[safe], 0.0)
+        mean = np.where(known, np.asarray([*self._mean, 0.0])[safe], 0.0)
         out = M - mean
         if self.with_std:
-            n = np.asarray(self._n + [0.0])[safe]
-            m2 = np.asarray(self._m2 + [0.0])[safe]
+            n = np.asarray([*self._n, 0.0])[safe]
+            m2 = np.asarray([*self._m2, 0.0])[safe]
             var = np.divide(m2, n, out=np.zeros(len(n)), where=n > 0)
             std = np.sqrt(np.maximum(var, 0.0))
             pos = std > 0
             if pos.all():
                 out /= std
             else:
-                out = np.where(pos, out / np.where(pos, std, 1.0), np.where(np.isnan(M), np.nan, 0.0))
+                out = np.where(
+                    pos, out / np.where(pos, std, 1.0), np.where(np.isnan(M), np.nan, 0.0)
+                )
         if not known.all():
             out[:, ~known] = np.where(np.isnan(M[:, ~known]), np.nan, 0.0)
         return Cols(list(Xc.names), None, Xc.n, out, Xc.positional)
@@ -155,7 +157,10 @@ class StandardScaler(Transformer):
 
     @property
     def vars(self) -> dict[Hashable, float]:
-        return {k: (m2 / n if n > 0 else 0.0) for k, n, m2 in zip(self._fs.names, self._n, self._m2, strict=True)}
+        return {
+            k: (m2 / n if n > 0 else 0.0)
+            for k, n, m2 in zip(self._fs.names, self._n, self._m2, strict=True)
+        }
 
     @property
     def counts(self) -> dict[Hashable, float]:

@@ -44,7 +44,10 @@ class SyntheticStream:
         """The next ``n`` rows as ``(x, y)`` pairs with ``x`` a dict."""
         X, y = self._gen(n)
         names = self.feature_names
-        return [(dict(zip(names, r, strict=True)), t) for r, t in zip(X.tolist(), y.tolist(), strict=True)]
+        return [
+            (dict(zip(names, r, strict=True)), t)
+            for r, t in zip(X.tolist(), y.tolist(), strict=True)
+        ]
 
     def __iter__(self) -> Iterator[tuple[dict[Hashable, Any], Any]]:
         while True:
@@ -110,7 +113,15 @@ class Agrawal(SyntheticStream):
         self.perturbation = perturbation
         self._rng = np.random.default_rng(seed)
         self.feature_names = [
-            "salary", "commission", "age", "elevel", "car", "zipcode", "hvalue", "hyears", "loan",
+            "salary",
+            "commission",
+            "age",
+            "elevel",
+            "car",
+            "zipcode",
+            "hvalue",
+            "hyears",
+            "loan",
         ]
 
     @staticmethod
@@ -124,8 +135,10 @@ class Agrawal(SyntheticStream):
         if f == 0:
             return young | old
         if f == 1:
-            return (young & rng(sal, 50e3, 100e3)) | (mid & rng(sal, 75e3, 125e3)) | (
-                old & rng(sal, 25e3, 75e3)
+            return (
+                (young & rng(sal, 50e3, 100e3))
+                | (mid & rng(sal, 75e3, 125e3))
+                | (old & rng(sal, 25e3, 75e3))
             )
         if f == 2:
             return (young & rng(el, 0, 1)) | (mid & rng(el, 1, 3)) | (old & rng(el, 2, 4))
@@ -137,14 +150,31 @@ class Agrawal(SyntheticStream):
             )
         if f == 4:
             return (
-                (young & np.where(rng(sal, 50e3, 100e3), rng(loan, 100e3, 300e3), rng(loan, 200e3, 400e3)))
-                | (mid & np.where(rng(sal, 75e3, 125e3), rng(loan, 200e3, 400e3), rng(loan, 300e3, 500e3)))
-                | (old & np.where(rng(sal, 25e3, 75e3), rng(loan, 300e3, 500e3), rng(loan, 100e3, 300e3)))
+                (
+                    young
+                    & np.where(
+                        rng(sal, 50e3, 100e3), rng(loan, 100e3, 300e3), rng(loan, 200e3, 400e3)
+                    )
+                )
+                | (
+                    mid
+                    & np.where(
+                        rng(sal, 75e3, 125e3), rng(loan, 200e3, 400e3), rng(loan, 300e3, 500e3)
+                    )
+                )
+                | (
+                    old
+                    & np.where(
+                        rng(sal, 25e3, 75e3), rng(loan, 300e3, 500e3), rng(loan, 100e3, 300e3)
+                    )
+                )
             )
         tot = sal + c["commission"]
         if f == 5:
-            return (young & rng(tot, 50e3, 100e3)) | (mid & rng(tot, 75e3, 125e3)) | (
-                old & rng(tot, 25e3, 75e3)
+            return (
+                (young & rng(tot, 50e3, 100e3))
+                | (mid & rng(tot, 75e3, 125e3))
+                | (old & rng(tot, 25e3, 75e3))
             )
         equity = 0.1 * c["hvalue"] * np.maximum(c["hyears"] - 20, 0)
         disp = 0.67 * tot - 5000 * el
@@ -174,8 +204,13 @@ class Agrawal(SyntheticStream):
         }
         y = self._label(self.classification_function, c).astype(np.int64)
         if self.perturbation > 0:
-            for k, (lo, hi) in {"salary": (20e3, 150e3), "age": (20, 80), "loan": (0, 500e3),
-                                "hvalue": (0, 1.35e6), "hyears": (1, 30)}.items():
+            for k, (lo, hi) in {
+                "salary": (20e3, 150e3),
+                "age": (20, 80),
+                "loan": (0, 500e3),
+                "hvalue": (0, 1.35e6),
+                "hyears": (1, 30),
+            }.items():
                 c[k] = c[k] + r.uniform(-1, 1, n) * self.perturbation * (hi - lo)
         return np.column_stack([c[k] for k in self.feature_names]), y
 
@@ -259,7 +294,10 @@ class RandomRBF(SyntheticStream):
     ) -> None:
         self.seed_model, self.seed_sample = seed_model, seed_sample
         self.n_classes, self.n_features, self.n_centroids = n_classes, n_features, n_centroids
-        self.change_speed, self.n_drift_centroids = change_speed, min(n_drift_centroids, n_centroids)
+        self.change_speed, self.n_drift_centroids = (
+            change_speed,
+            min(n_drift_centroids, n_centroids),
+        )
         m = np.random.default_rng(seed_model)
         self._c = m.random((n_centroids, n_features))
         self._cls = m.integers(0, n_classes, n_centroids)
@@ -326,8 +364,10 @@ class Friedman(SyntheticStream):
             p = self._perms[e]
             Z = X[m][:, p]
             y[m] = (
-                10 * np.sin(np.pi * Z[:, 0] * Z[:, 1]) + 20 * (Z[:, 2] - 0.5) ** 2
-                + 10 * Z[:, 3] + 5 * Z[:, 4]
+                10 * np.sin(np.pi * Z[:, 0] * Z[:, 1])
+                + 20 * (Z[:, 2] - 0.5) ** 2
+                + 10 * Z[:, 3]
+                + 5 * Z[:, 4]
             )
         self._t += n
         return X, y + self._rng.normal(size=n)
@@ -344,7 +384,9 @@ class Anomalies(SyntheticStream):
     True
     """
 
-    def __init__(self, n_features: int = 5, anomaly_rate: float = 0.01, seed: int | None = None) -> None:
+    def __init__(
+        self, n_features: int = 5, anomaly_rate: float = 0.01, seed: int | None = None
+    ) -> None:
         self.n_features, self.anomaly_rate, self.seed = n_features, anomaly_rate, seed
         self._rng = np.random.default_rng(seed)
         self._centers = self._rng.uniform(0.3, 0.7, (3, n_features))

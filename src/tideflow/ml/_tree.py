@@ -39,10 +39,9 @@ class CLeaf:
 
     __slots__ = (
         "active",
-        "ext",
-        "total",
         "depth",
         "dist",
+        "ext",
         "feats",
         "hi",
         "last",
@@ -53,6 +52,7 @@ class CLeaf:
         "n",
         "nb_ok",
         "nom",
+        "total",
     )
 
     def __init__(self, dist: np.ndarray, depth: int, d: int, k: int) -> None:
@@ -227,7 +227,9 @@ class HoeffdingTreeClassifier(TreeBase, Classifier):
                 tot_ll = np.nansum(t, axis=0)
             logp = (prior + tot_ll)[None, :]
         else:
-            t = (-0.5 * np.log(2 * math.pi * var))[None] - (M[:, :, None] - mean[None]) ** 2 / (2 * var)[None]
+            t = (-0.5 * np.log(2 * math.pi * var))[None] - (M[:, :, None] - mean[None]) ** 2 / (
+                2 * var
+            )[None]
             logp = prior + np.nansum(t * has[None], axis=1)
         for f, tab in leaf.nom.items():
             if f >= d:
@@ -331,7 +333,11 @@ class HoeffdingTreeClassifier(TreeBase, Classifier):
     def _learn_chunk(self, M: np.ndarray, yi: np.ndarray, sw: np.ndarray) -> None:
         for leaf, idx in self._route(M, grow=True):
             self._learn_leaf(leaf, M[idx], yi[idx], sw[idx])
-            if isinstance(leaf, CLeaf) and leaf.active and leaf.weight - leaf.last >= self.grace_period:
+            if (
+                isinstance(leaf, CLeaf)
+                and leaf.active
+                and leaf.weight - leaf.last >= self.grace_period
+            ):
                 self._attempt_split(leaf)
 
     def _learn_leaf_one(self, leaf: Any, row: np.ndarray, c: int, w: float) -> None:
@@ -480,8 +486,14 @@ class HoeffdingTreeClassifier(TreeBase, Classifier):
             Tt = T[:, :, None]
             with np.errstate(divide="ignore", invalid="ignore"):
                 z = (Tt - mean[:, None, :]) / std[:, None, :]
-                cdf = np.where(std[:, None, :] > 0, 0.5 * (1 + _erf(z / math.sqrt(2))), (Tt >= mean[:, None, :]) * 1.0)
-            cdf = np.where(Tt < leaf.lo[cols, None, :k], 0.0, np.where(Tt >= leaf.hi[cols, None, :k], 1.0, cdf))
+                cdf = np.where(
+                    std[:, None, :] > 0,
+                    0.5 * (1 + _erf(z / math.sqrt(2))),
+                    (Tt >= mean[:, None, :]) * 1.0,
+                )
+            cdf = np.where(
+                Tt < leaf.lo[cols, None, :k], 0.0, np.where(Tt >= leaf.hi[cols, None, :k], 1.0, cdf)
+            )
             L = n[:, None, :] * cdf
             R = n[:, None, :] - L
             merit = _split_merit(pre, L, R, self.min_branch_fraction)  # (f, S)
@@ -509,7 +521,16 @@ class HoeffdingTreeClassifier(TreeBase, Classifier):
         if kind == "num":
             _, f, thr, L, R = best[1]
             children: Any = [self._new_leaf(L, depth), self._new_leaf(R, depth)]
-            node = Split(f, thr, children, False, leaf.dist.copy(), leaf.depth, float(L.sum()), float(R.sum()))
+            node = Split(
+                f,
+                thr,
+                children,
+                False,
+                leaf.dist.copy(),
+                leaf.depth,
+                float(L.sum()),
+                float(R.sum()),
+            )
         else:
             _, f, t = best[1]
             children = {v: self._new_leaf(t[v], depth) for v in range(t.shape[0]) if t[v].sum() > 0}
@@ -638,7 +659,9 @@ def _merge_gauss(leaf: CLeaf, X: np.ndarray, w: np.ndarray, c: int, num: np.ndar
     safe_tot = np.where(tot > 0, tot, 1.0)
     delta = mb - ma
     leaf.mean[: len(W), c] = np.where(has, ma + delta * W / safe_tot, ma)
-    leaf.m2[: len(W), c] = np.where(has, leaf.m2[: len(W), c] + m2b + delta * delta * na * W / safe_tot, leaf.m2[: len(W), c])
+    leaf.m2[: len(W), c] = np.where(
+        has, leaf.m2[: len(W), c] + m2b + delta * delta * na * W / safe_tot, leaf.m2[: len(W), c]
+    )
     leaf.n[: len(W), c] = tot
     big = np.where(ok, X, -np.inf).max(axis=0)
     small = np.where(ok, X, np.inf).min(axis=0)
@@ -669,5 +692,7 @@ def _erf(x: np.ndarray) -> np.ndarray:
     s = np.sign(x)
     a = np.abs(x)
     t = 1.0 / (1.0 + 0.3275911 * a)
-    y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * np.exp(-a * a)
+    y = 1.0 - (
+        ((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592
+    ) * t * np.exp(-a * a)
     return s * y  # type: ignore[no-any-return]

@@ -8,6 +8,7 @@ multiway, one child per value.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Hashable, Iterator
 from typing import Any
@@ -254,7 +255,10 @@ class TreeBase(Estimator):
             return None
         if isinstance(node, Split):
             ch = (
-                {"codes": list(node.children), "nodes": [self._node_state(c) for c in node.children.values()]}
+                {
+                    "codes": list(node.children),
+                    "nodes": [self._node_state(c) for c in node.children.values()],
+                }
                 if node.nominal
                 else [self._node_state(c) for c in node.children]
             )
@@ -285,9 +289,14 @@ class TreeBase(Estimator):
             ch = [self._node_from_state(n) for n in s["children"]]
         dist = s["dist"]
         return Split(
-            int(s["feature"]), float(s["threshold"]), ch, bool(s["nominal"]),
+            int(s["feature"]),
+            float(s["threshold"]),
+            ch,
+            bool(s["nominal"]),
             np.asarray(dist, dtype=float) if isinstance(dist, (list, np.ndarray)) else dist,
-            int(s["depth"]), float(s["wl"]), float(s["wr"]),
+            int(s["depth"]),
+            float(s["wl"]),
+            float(s["wr"]),
         )
 
     def _base_state(self) -> dict[str, Any]:
@@ -314,10 +323,8 @@ def _plain(v: Any) -> Any:
 def _to_float(c: np.ndarray) -> np.ndarray:
     out = np.full(len(c), math.nan)
     for i, v in enumerate(c.tolist()):
-        try:
+        with contextlib.suppress(TypeError, ValueError):
             out[i] = float(v)
-        except (TypeError, ValueError):
-            pass
     return out
 
 

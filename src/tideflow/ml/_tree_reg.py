@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from tideflow._errors import ConfigError
 from tideflow.ml._base import Regressor, _check_choice, _check_positive
 from tideflow.ml._data import as_labels
 from tideflow.ml._tree_base import Split, TreeBase, hoeffding_bound
@@ -37,8 +38,22 @@ class RLeaf:
     """A regression leaf: target statistics, reservoir sample and a linear model."""
 
     __slots__ = (
-        "active", "bw", "bx", "by", "depth", "err_mean", "err_model", "fill", "hi", "last",
-        "lo", "m2", "mean", "n", "seen", "w",
+        "active",
+        "bw",
+        "bx",
+        "by",
+        "depth",
+        "err_mean",
+        "err_model",
+        "fill",
+        "hi",
+        "last",
+        "lo",
+        "m2",
+        "mean",
+        "n",
+        "seen",
+        "w",
     )
 
     def __init__(self, depth: int, d: int) -> None:
@@ -116,8 +131,7 @@ class HoeffdingTreeRegressor(TreeBase, Regressor):
         _check_positive(name, "delta", delta)
         _check_choice(name, "leaf_prediction", leaf_prediction, ("mean", "model", "adaptive"))
         if not 0 < model_lr < 2:
-            msg = f"{name}: model_lr must be in (0, 2) for the leaf model to be stable, got {model_lr}"
-            from tideflow._errors import ConfigError
+            msg = f"{name}: model_lr must be in (0, 2) for a stable leaf model, got {model_lr}"
 
             raise ConfigError(msg)
         _check_positive(name, "max_leaf_samples", max_leaf_samples)
@@ -167,7 +181,9 @@ class HoeffdingTreeRegressor(TreeBase, Regressor):
         safe = np.where(tot > 0, tot, 1.0)
         delta = mb - ma
         self._smean[:d] = np.where(has, ma + delta * W / safe, ma)
-        self._sm2[:d] = np.where(has, self._sm2[:d] + m2b + delta * delta * na * W / safe, self._sm2[:d])
+        self._sm2[:d] = np.where(
+            has, self._sm2[:d] + m2b + delta * delta * na * W / safe, self._sm2[:d]
+        )
         self._sn[:d] = tot
 
     def _z(self, M: np.ndarray) -> np.ndarray:
@@ -434,11 +450,21 @@ class HoeffdingTreeRegressor(TreeBase, Regressor):
     # -- state ----------------------------------------------------------------------------------
     def _leaf_state(self, leaf: RLeaf) -> dict[str, Any]:
         return {
-            "depth": leaf.depth, "n": leaf.n, "mean": leaf.mean, "m2": leaf.m2,
-            "lo": leaf.lo, "hi": leaf.hi, "bx": leaf.bx[: leaf.fill].copy(),
-            "by": leaf.by[: leaf.fill].copy(), "bw": leaf.bw[: leaf.fill].copy(),
-            "fill": leaf.fill, "seen": leaf.seen, "w": leaf.w.copy(),
-            "err_mean": leaf.err_mean, "err_model": leaf.err_model, "last": leaf.last,
+            "depth": leaf.depth,
+            "n": leaf.n,
+            "mean": leaf.mean,
+            "m2": leaf.m2,
+            "lo": leaf.lo,
+            "hi": leaf.hi,
+            "bx": leaf.bx[: leaf.fill].copy(),
+            "by": leaf.by[: leaf.fill].copy(),
+            "bw": leaf.bw[: leaf.fill].copy(),
+            "fill": leaf.fill,
+            "seen": leaf.seen,
+            "w": leaf.w.copy(),
+            "err_mean": leaf.err_mean,
+            "err_model": leaf.err_model,
+            "last": leaf.last,
             "active": leaf.active,
         }
 
