@@ -83,7 +83,9 @@ def test_linear_regressors_beat_the_mean_on_friedman(model: Any) -> None:
 )
 def test_learn_one_equals_one_row_batches(factory: Any) -> None:
     name = type(factory()).__name__
-    tasks = ["regression"] if name in ("LinearRegression", "PARegressor") else ["binary", "multiclass"]
+    tasks = (
+        ["regression"] if name in ("LinearRegression", "PARegressor") else ["binary", "multiclass"]
+    )
     for task in tasks:  # binary exercises the scalar fast paths, multiclass the general one
         X, y = stream(task, 300, seed=8)
         X = X * 3.0  # large enough that the damping of plain SGD steps kicks in sometimes

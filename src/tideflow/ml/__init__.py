@@ -22,6 +22,7 @@ from tideflow.ml import (
     tree,
 )
 from tideflow.ml._base import from_snapshot, load
+from tideflow.ml._operators import evaluate, learn, predict
 
 __all__ = [
     "anomaly",
@@ -30,13 +31,16 @@ __all__ = [
     "compose",
     "datasets",
     "drift",
+    "evaluate",
     "forest",
     "from_snapshot",
+    "learn",
     "linear_model",
     "load",
     "metrics",
     "neighbors",
     "optim",
+    "predict",
     "preprocessing",
     "tree",
 ]
