@@ -137,7 +137,7 @@ class HoeffdingAdaptiveTreeClassifier(HoeffdingTreeClassifier):
                 nk = 0 if child is cur.children[0] else 1
             hold, k, cur = cur, nk, child
         leaf = cur
-        P = self._leaf_proba(leaf, row[None, :])[0]
+        P = self._proba_leaf_row(leaf, row)
         err = 0.0 if len(P) and int(P.argmax()) == c else 1.0
         for n, n_hold, n_key in [*path, (leaf, hold, k)]:
             ext = self._ext(n)
@@ -197,7 +197,7 @@ class HoeffdingAdaptiveTreeClassifier(HoeffdingTreeClassifier):
             if node is old:
                 self._set_child(holder, key, new, old)
                 if node.ext is not None:
-                    new.ext = {"adwin": node.ext["adwin"], "alt": node.ext["alt"]}
+                    new.ext = dict(node.ext)
                 return
             if node is None:
                 continue

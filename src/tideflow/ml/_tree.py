@@ -290,6 +290,9 @@ class HoeffdingTreeClassifier(TreeBase, Classifier):
     def _proba_row(self, row: np.ndarray) -> np.ndarray:
         """Probabilities for one row; remembers the naive Bayes vote for the next learn."""
         leaf, _ = self._leaf_of(row)
+        return self._proba_leaf_row(leaf, row)
+
+    def _proba_leaf_row(self, leaf: Any, row: np.ndarray) -> np.ndarray:
         k = len(self._ls)
         if (
             isinstance(leaf, CLeaf)
@@ -370,6 +373,8 @@ class HoeffdingTreeClassifier(TreeBase, Classifier):
         self._memo = None
         leaf.dist[c] += w
         leaf.total += w
+        if not leaf.active:
+            return
         ok = ~np.isnan(row)
         allok = bool(ok.all())
         x = row if allok else np.where(ok, row, 0.0)
@@ -418,6 +423,8 @@ class HoeffdingTreeClassifier(TreeBase, Classifier):
         Y1[np.arange(m), yi] = sw
         leaf.dist[:k] += Y1.sum(axis=0)
         leaf.total = float(leaf.dist.sum())
+        if not leaf.active:
+            return
         num = self._num_mask(d)
         if num.any():
             _merge_gauss_all(leaf, M, Y1, num)
@@ -449,15 +456,20 @@ class HoeffdingTreeClassifier(TreeBase, Classifier):
         if (dist > 0).sum() < 2:
             return
         cands = self._candidates(leaf, dist)
-        if not cands:
-            return
-        cands.sort(key=lambda c: c[0], reverse=True)
-        best = cands[0]
-        second = cands[1][0] if len(cands) > 1 else 0.0
-        second = max(second, 0.0)
         eps = hoeffding_bound(math.log2(max(int((dist > 0).sum()), 2)), self.delta, leaf.weight)
-        if best[0] > 0 and (best[0] - second > eps or eps < self.tau):
-            self._split(leaf, best)
+        cands.sort(key=lambda c: c[0], reverse=True)
+        top = cands[0][0] if cands else -math.inf
+        if top <= 0.0:
+            # "no split" is the best candidate: when it wins clearly, the leaf's estimators
+            # describe data no split can use; start them afresh so that the leaf can react
+            # to a change (River gets a similar effect by deactivating such a leaf and
+            # reactivating it with empty estimators after the next split in the tree)
+            if -top > eps or eps < self.tau:
+                _reset_estimators(leaf)
+            return
+        second = max(cands[1][0], 0.0) if len(cands) > 1 else 0.0
+        if top - second > eps or eps < self.tau:
+            self._split(leaf, cands[0])
 
     def _candidates(self, leaf: CLeaf, dist: np.ndarray) -> list[tuple[float, Any]]:
         k = len(dist)
@@ -602,6 +614,16 @@ class HoeffdingTreeClassifier(TreeBase, Classifier):
         self._numc = None
         self._ls = LabelSpace(state["classes"])
         self._set_base_state(state)
+
+
+def _reset_estimators(leaf: CLeaf) -> None:
+    """Forget a leaf's split estimators (its class counts stay)."""
+    leaf.n[:] = 0.0
+    leaf.mean[:] = 0.0
+    leaf.m2[:] = 0.0
+    leaf.lo[:] = np.inf
+    leaf.hi[:] = -np.inf
+    leaf.nom = {}
 
 
 def _merge_gauss_all(leaf: CLeaf, X: np.ndarray, Y1: np.ndarray, num: np.ndarray) -> None:
