@@ -150,3 +150,16 @@ def test_tree_settings_are_checked() -> None:
         tree.HoeffdingTreeClassifier(leaf_prediction="bogus")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="model_lr"):
         tree.HoeffdingTreeRegressor(model_lr=3.0)
+
+
+def test_regressor_learn_one_matches_one_row_batches() -> None:
+    X, y = synth.Friedman(seed=6).arrays(1500)
+    a = tree.HoeffdingTreeRegressor(grace_period=100, seed=3)
+    b = tree.HoeffdingTreeRegressor(grace_period=100, seed=3)
+    for i, (r, t) in enumerate(zip(X.tolist(), y.tolist(), strict=True)):
+        a.learn_one(dict(enumerate(r)), t)
+        b.learn_many(X[i : i + 1], y[i : i + 1])
+    assert a.n_nodes == b.n_nodes > 1
+    np.testing.assert_allclose(
+        a.predict_many(X[:200]), b.predict_many(X[:200]), rtol=1e-7, atol=1e-7
+    )

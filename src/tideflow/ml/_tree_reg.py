@@ -149,6 +149,7 @@ class HoeffdingTreeRegressor(TreeBase, Regressor):
         self._sn = np.zeros(0)
         self._smean = np.zeros(0)
         self._sm2 = np.zeros(0)
+        self._zc: Any = None
         self._root = self._new_leaf(None, 0)
 
     def _new_leaf(self, dist: Any, depth: int) -> RLeaf:
@@ -166,6 +167,7 @@ class HoeffdingTreeRegressor(TreeBase, Regressor):
             self._sm2 = np.concatenate([self._sm2, np.zeros(pad)])
 
     def _update_scaler(self, M: np.ndarray, w: np.ndarray) -> None:
+        self._zc = None
         d = M.shape[1]
         self._grow_scaler(d)
         num = ~np.asarray(self._nominal[:d], dtype=bool)
@@ -187,14 +189,21 @@ class HoeffdingTreeRegressor(TreeBase, Regressor):
         self._sn[:d] = tot
 
     def _z(self, M: np.ndarray) -> np.ndarray:
+        """Standardised, clipped features for the leaf models (0 for missing/nominal/constant)."""
         d = M.shape[1]
-        self._grow_scaler(d)
-        n = self._sn[:d]
-        std = np.sqrt(np.where(n > 0, self._sm2[:d] / np.where(n > 0, n, 1.0), 0.0))
-        num = ~np.asarray(self._nominal[:d], dtype=bool)
-        Z = (M - self._smean[:d]) / np.where(std > 0, std, 1.0)
-        Z = np.where(np.isnan(Z) | ~num | (std <= 0), 0.0, Z)
-        return np.clip(Z, -5.0, 5.0)  # type: ignore[no-any-return]
+        c = self._zc
+        if c is None or c[0] != d:
+            self._grow_scaler(d)
+            n = self._sn[:d]
+            std = np.sqrt(np.where(n > 0, self._sm2[:d] / np.where(n > 0, n, 1.0), 0.0))
+            num = ~np.asarray(self._nominal[:d], dtype=bool)
+            keep = num & (std > 0)
+            inv = np.where(keep, 1.0 / np.where(keep, std, 1.0), 0.0)
+            c = self._zc = (d, self._smean[:d].copy(), inv)
+        Z = (M - c[1]) * c[2]
+        if np.isnan(Z).any():
+            Z = np.nan_to_num(Z, nan=0.0)
+        return np.clip(Z, -5.0, 5.0, out=Z)  # type: ignore[no-any-return]
 
     # -- prediction ---------------------------------------------------------------------------
     def _leaf_predict(self, leaf: Any, M: np.ndarray, Z: np.ndarray | None = None) -> np.ndarray:
@@ -223,6 +232,12 @@ class HoeffdingTreeRegressor(TreeBase, Regressor):
         """Prediction for one record (0.0 before any learning)."""
         row = self._row(x, grow=False)
         leaf, _ = self._leaf_of(row)
+        if isinstance(leaf, RLeaf) and (
+            self.leaf_prediction == "mean"
+            or leaf.n <= 0
+            or (self.leaf_prediction == "adaptive" and leaf.err_mean <= leaf.err_model)
+        ):
+            return float(leaf.mean)
         return float(self._leaf_predict(leaf, row[None, :])[0])
 
     def predict_many(self, X: Any) -> np.ndarray:
@@ -237,7 +252,68 @@ class HoeffdingTreeRegressor(TreeBase, Regressor):
     def learn_one(self, x: dict[Hashable, Any], y: float, w: float = 1.0) -> None:
         """Update the tree with one record."""
         row = self._row(x, grow=True)
-        self._learn(row[None, :], np.asarray([float(y)]), np.asarray([float(w)]))
+        yf = float(y)
+        if not math.isfinite(yf):
+            return
+        self._update_scaler_one(row, float(w))
+        leaf, _ = self._leaf_of(row, grow=True)
+        if not isinstance(leaf, RLeaf):  # pragma: no cover
+            return
+        self._learn_leaf_one(leaf, row, yf, float(w))
+        if leaf.active and leaf.n - leaf.last >= self.grace_period:
+            self._attempt_split(leaf)
+
+    def _update_scaler_one(self, row: np.ndarray, w: float) -> None:
+        self._zc = None
+        d = len(row)
+        self._grow_scaler(d)
+        ok = ~np.isnan(row)
+        if True in self._nominal:
+            ok &= ~np.asarray(self._nominal[:d], dtype=bool)
+        wv = np.where(ok, w, 0.0)
+        x = np.where(ok, row, 0.0)
+        n = self._sn[:d] + wv
+        mean = self._smean[:d]
+        delta = x - mean
+        new_mean = mean + np.divide(delta * wv, n, out=np.zeros(d), where=n > 0)
+        self._sm2[:d] += wv * delta * (x - new_mean)
+        self._smean[:d] = new_mean
+        self._sn[:d] = n
+
+    def _learn_leaf_one(self, leaf: RLeaf, row: np.ndarray, y: float, w: float) -> None:
+        """The one-record case of :meth:`_learn_leaf` (scalar target arithmetic)."""
+        d = len(row)
+        if len(leaf.w) < d:
+            leaf.w = np.concatenate([leaf.w, np.zeros(d - len(leaf.w))])
+        if leaf.n > 0:
+            z = self._z(row[None, :])[0]
+            lin = float(z @ leaf.w[:d])
+            p = leaf.mean + lin
+            if leaf.hi >= leaf.lo:
+                span = 0.5 * (leaf.hi - leaf.lo) + 1e-12
+                p = min(max(p, leaf.lo - span), leaf.hi + span)
+            if not math.isfinite(p):
+                p = leaf.mean
+            leaf.err_mean = _FADE * leaf.err_mean + (1 - _FADE) * abs(y - leaf.mean)
+            leaf.err_model = _FADE * leaf.err_model + (1 - _FADE) * abs(y - p)
+            r = y - (leaf.mean + lin)
+            leaf.w[:d] += (self.model_lr * w * r / (1.0 + float(z @ z))) * z
+        tot = leaf.n + w
+        delta = y - leaf.mean
+        leaf.m2 += delta * delta * leaf.n * w / tot
+        leaf.mean += delta * w / tot
+        leaf.n = tot
+        leaf.lo = min(leaf.lo, y)
+        leaf.hi = max(leaf.hi, y)
+        cap = self.max_leaf_samples
+        if leaf.fill < cap and leaf.bx.shape[0] > leaf.fill and leaf.bx.shape[1] == d:
+            leaf.bx[leaf.fill] = row
+            leaf.by[leaf.fill] = y
+            leaf.bw[leaf.fill] = w
+            leaf.fill += 1
+            leaf.seen += 1
+        else:
+            self._reservoir(leaf, row[None, :], np.asarray([y]), np.asarray([w]))
 
     def learn_many(self, X: Any, y: Any, w: Any = None) -> None:
         """Update the tree with a mini-batch."""
@@ -486,6 +562,7 @@ class HoeffdingTreeRegressor(TreeBase, Regressor):
         return {**self._base_state(), "sn": self._sn, "smean": self._smean, "sm2": self._sm2}
 
     def _set_state(self, state: dict[str, Any]) -> None:
+        self._zc = None
         self._set_base_state(state)
         self._sn = np.asarray(state["sn"], dtype=float)
         self._smean = np.asarray(state["smean"], dtype=float)
