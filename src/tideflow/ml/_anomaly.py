@@ -150,7 +150,7 @@ class HalfSpaceTrees(AnomalyDetector):
         Xc: Cols = as_cols(X)
         if not self._feat:
             self._build(list(Xc.names))
-        return np.nan_to_num(self._fs.matrix(Xc, grow=False, fill=0.0, step="HalfSpaceTrees"))
+        return np.nan_to_num(self._fs.matrix(Xc, grow=False, fill=0.0, step="HalfSpaceTrees"))  # type: ignore[no-any-return]
 
     def _paths(self, M: np.ndarray) -> np.ndarray:
         """Node index per (row, tree, level 0..height)."""
@@ -183,7 +183,7 @@ class HalfSpaceTrees(AnomalyDetector):
             stop = min(M.shape[0], start + room)
             flat = (P[start:stop] + offs).ravel()
             L = np.asarray(self._l).ravel() + np.bincount(flat, minlength=self.n_trees * n_nodes)
-            self._l = L.reshape(self.n_trees, n_nodes).tolist()
+            self._l = L.reshape(self.n_trees, n_nodes).astype(float).tolist()
             self._count += stop - start
             if self._count % self.window_size == 0:
                 self._swap()

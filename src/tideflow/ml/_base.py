@@ -160,7 +160,7 @@ class Estimator:
         meta = _to_json(self.snapshot(), arrays)
         blob = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         buf = io.BytesIO()
-        np.savez_compressed(buf, __meta__=blob, **arrays)
+        np.savez_compressed(buf, __meta__=blob, **arrays)  # type: ignore[arg-type]
         with open(path, "wb") as fh:
             fh.write(buf.getvalue())
 
@@ -171,7 +171,7 @@ class Estimator:
         if cls is not Estimator and not isinstance(model, cls):
             msg = f"{os.fspath(path)} holds a {type(model).__name__}, not a {cls.__name__}"
             raise StateError(msg)
-        return model  # type: ignore[return-value]
+        return model  # type: ignore[no-any-return]
 
     # -- composition ------------------------------------------------------------------------
     def __or__(self, other: Estimator) -> Any:

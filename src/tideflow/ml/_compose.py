@@ -48,7 +48,7 @@ class Pipeline(Estimator):
             if not hasattr(s, "transform_one"):
                 msg = f"Pipeline step {type(s).__name__} is not a transformer but is not last"
                 raise ConfigError(msg)
-        self.steps = flat
+        self.steps: list[Estimator] = flat
 
     def _get_params(self) -> dict[str, Any]:
         return {"steps": self.steps}

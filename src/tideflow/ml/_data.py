@@ -302,7 +302,7 @@ class LabelSpace:
     def decode(self, idx: np.ndarray) -> np.ndarray:
         if not self.labels:
             return np.full(len(idx), None, dtype=object)
-        return np.asarray(self.labels)[idx]
+        return np.asarray(self.labels)[idx]  # type: ignore[no-any-return]
 
 
 def plain_label(v: Any) -> Any:

@@ -179,7 +179,7 @@ class ARFClassifier(Classifier):
             tot += w * P
         s = tot.sum(axis=-1, keepdims=True)
         k = tot.shape[-1]
-        return np.where(s > 0, tot / np.where(s > 0, s, 1.0), 1.0 / max(k, 1))  # type: ignore[no-any-return]
+        return np.where(s > 0, tot / np.where(s > 0, s, 1.0), 1.0 / max(k, 1))
 
     def _weights(self) -> list[float]:
         if self.disable_weighted_vote:

@@ -65,7 +65,7 @@ class _Linear(Estimator):
         return M
 
     def _scores(self, M: np.ndarray) -> np.ndarray:
-        return M @ self._W[:, : M.shape[1]].T + self._b
+        return M @ self._W[:, : M.shape[1]].T + self._b  # type: ignore[no-any-return]
 
     def _lin_state(self) -> dict[str, Any]:
         return {"features": self._fs.to_state(), "W": self._W, "b": self._b}
@@ -123,7 +123,7 @@ class _LinearClassifier(_Linear, Classifier):
     def _targets(self, yi: np.ndarray) -> np.ndarray:
         k = self._W.shape[0]
         if k == 1:
-            return (yi == 1).astype(np.float64)[:, None]
+            return (yi == 1).astype(np.float64)[:, None]  # type: ignore[no-any-return]
         Y = np.zeros((len(yi), k))
         Y[np.arange(len(yi)), yi] = 1.0
         return Y
@@ -142,7 +142,7 @@ class _LinearClassifier(_Linear, Classifier):
             return E / E.sum(axis=1, keepdims=True)  # type: ignore[no-any-return]
         P = _sigmoid(S)
         tot = P.sum(axis=1, keepdims=True)
-        return np.where(tot > 0, P / np.where(tot > 0, tot, 1.0), 1.0 / k)  # type: ignore[no-any-return]
+        return np.where(tot > 0, P / np.where(tot > 0, tot, 1.0), 1.0 / k)
 
     def _score1(self, x: dict[Hashable, Any]) -> float:
         v = self._fs.vector(x, grow=False)
@@ -484,7 +484,7 @@ def _pa_tau(loss: np.ndarray, norm: np.ndarray, C: float, mode: int) -> np.ndarr
             tau = np.minimum(C, loss / norm)
         else:
             tau = loss / (norm + 0.5 / C)
-    return np.where(np.isfinite(tau), tau, 0.0)  # type: ignore[no-any-return]
+    return np.where(np.isfinite(tau), tau, 0.0)
 
 
 class _LinearRegressor(_Linear, Regressor):

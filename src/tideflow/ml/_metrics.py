@@ -147,7 +147,7 @@ class ROCAUC(Metric):
         self._neg = np.zeros(n_bins)
 
     def _bin(self, p: np.ndarray) -> np.ndarray:
-        return np.clip((np.nan_to_num(p) * self.n_bins).astype(np.int64), 0, self.n_bins - 1)
+        return np.clip((np.nan_to_num(p) * self.n_bins).astype(np.int64), 0, self.n_bins - 1)  # type: ignore[no-any-return]
 
     def update(self, y_true: Any, y_pred: Any, w: float = 1.0) -> None:
         b = int(self._bin(np.asarray([_pos_proba(y_pred, self.pos_val)]))[0])

@@ -162,7 +162,7 @@ class KNNClassifier(_Window, Classifier):
         flat = (np.arange(Q.shape[0])[:, None] * k + labels).ravel()
         out += np.bincount(flat, W.ravel(), Q.shape[0] * k).reshape(Q.shape[0], k)
         s = out.sum(axis=1, keepdims=True)
-        return np.where(s > 0, out / np.where(s > 0, s, 1.0), 1.0 / k)  # type: ignore[no-any-return]
+        return np.where(s > 0, out / np.where(s > 0, s, 1.0), 1.0 / k)
 
     def predict_proba_one(self, x: dict[Hashable, Any]) -> dict[Any, float]:
         """Class probabilities from the neighbours' (weighted) votes."""

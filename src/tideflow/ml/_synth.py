@@ -135,13 +135,13 @@ class Agrawal(SyntheticStream):
         if f == 0:
             return young | old
         if f == 1:
-            return (
+            return (  # type: ignore[no-any-return]
                 (young & rng(sal, 50e3, 100e3))
                 | (mid & rng(sal, 75e3, 125e3))
                 | (old & rng(sal, 25e3, 75e3))
             )
         if f == 2:
-            return (young & rng(el, 0, 1)) | (mid & rng(el, 1, 3)) | (old & rng(el, 2, 4))
+            return (young & rng(el, 0, 1)) | (mid & rng(el, 1, 3)) | (old & rng(el, 2, 4))  # type: ignore[no-any-return]
         if f == 3:
             return (
                 (young & np.where(rng(el, 0, 1), rng(sal, 25e3, 75e3), rng(sal, 50e3, 100e3)))
@@ -171,7 +171,7 @@ class Agrawal(SyntheticStream):
             )
         tot = sal + c["commission"]
         if f == 5:
-            return (
+            return (  # type: ignore[no-any-return]
                 (young & rng(tot, 50e3, 100e3))
                 | (mid & rng(tot, 75e3, 125e3))
                 | (old & rng(tot, 25e3, 75e3))
@@ -179,12 +179,12 @@ class Agrawal(SyntheticStream):
         equity = 0.1 * c["hvalue"] * np.maximum(c["hyears"] - 20, 0)
         disp = 0.67 * tot - 5000 * el
         if f == 6:
-            return disp - 20e3 > 0
+            return disp - 20e3 > 0  # type: ignore[no-any-return]
         if f == 7:
-            return disp - 0.2 * loan - 10e3 > 0
+            return disp - 0.2 * loan - 10e3 > 0  # type: ignore[no-any-return]
         if f == 8:
-            return disp + 0.2 * equity - 10e3 - 0.2 * loan > 0
-        return 0.67 * tot - 5000 * el - 0.2 * loan + 0.2 * equity - 15e3 * (age < 35) - 10e3 > 0
+            return disp + 0.2 * equity - 10e3 - 0.2 * loan > 0  # type: ignore[no-any-return]
+        return 0.67 * tot - 5000 * el - 0.2 * loan + 0.2 * equity - 15e3 * (age < 35) - 10e3 > 0  # type: ignore[no-any-return]
 
     def _draw(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         r = self._rng
@@ -212,7 +212,7 @@ class Agrawal(SyntheticStream):
                 "hyears": (1, 30),
             }.items():
                 c[k] = c[k] + r.uniform(-1, 1, n) * self.perturbation * (hi - lo)
-        return np.column_stack([c[k] for k in self.feature_names]), y
+        return np.column_stack([c[str(k)] for k in self.feature_names]), y
 
     def _gen(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         if not self.balance_classes:

@@ -249,7 +249,7 @@ class HoeffdingTreeClassifier(TreeBase, Classifier):
         mx = np.where(np.isfinite(mx), mx, 0.0)
         P = np.exp(logp - mx)
         s = P.sum(axis=1, keepdims=True)
-        return np.where(s > 0, P / np.where(s > 0, s, 1.0), 1.0 / len(dist))  # type: ignore[no-any-return]
+        return np.where(s > 0, P / np.where(s > 0, s, 1.0), 1.0 / len(dist))
 
     def predict_proba_one(self, x: dict[Hashable, Any]) -> dict[Any, float]:
         """Class probabilities for one record (empty before any learning)."""
@@ -307,8 +307,8 @@ class HoeffdingTreeClassifier(TreeBase, Classifier):
                 mx = logp.max()
                 P = np.exp(logp - (mx if np.isfinite(mx) else 0.0))
                 tot = P.sum()
-                return P / tot if tot > 0 else np.full(k, 1.0 / k)  # type: ignore[no-any-return]
-        return self._leaf_proba(leaf, row[None, :])[0]
+                return P / tot if tot > 0 else np.full(k, 1.0 / k)
+        return self._leaf_proba(leaf, row[None, :])[0]  # type: ignore[no-any-return]
 
     def _proba_matrix(self, M: np.ndarray) -> np.ndarray:
         out = np.zeros((M.shape[0], len(self._ls)))
@@ -706,7 +706,7 @@ def _split_merit(pre: float, L: np.ndarray, R: np.ndarray, min_frac: float) -> n
     safe = np.where(tot > 0, tot, 1.0)
     merit = pre - (wl / safe) * _entropy(L) - (wr / safe) * _entropy(R)
     ok = (wl / safe >= min_frac) & (wr / safe >= min_frac) & (tot > 0)
-    return np.where(ok, merit, -np.inf)  # type: ignore[no-any-return]
+    return np.where(ok, merit, -np.inf)
 
 
 def _erf(x: np.ndarray) -> np.ndarray:

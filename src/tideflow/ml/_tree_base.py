@@ -36,7 +36,7 @@ class Split:
         threshold: float,
         children: Any,
         nominal: bool,
-        dist: np.ndarray,
+        dist: Any,
         depth: int,
         wl: float = 0.0,
         wr: float = 0.0,

@@ -226,7 +226,7 @@ class HoeffdingTreeRegressor(TreeBase, Regressor):
         if leaf.hi >= leaf.lo:
             span = 0.5 * (leaf.hi - leaf.lo) + 1e-12
             p = np.clip(p, leaf.lo - span, leaf.hi + span)
-        return np.where(np.isfinite(p), p, leaf.mean)  # type: ignore[no-any-return]
+        return np.where(np.isfinite(p), p, leaf.mean)
 
     def predict_one(self, x: dict[Hashable, Any]) -> float:
         """Prediction for one record (0.0 before any learning)."""
