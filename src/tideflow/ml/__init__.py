@@ -1,0 +1,46 @@
+"""tideflow.ml: online machine learning inside the stream.
+
+River's per-record interface (``learn_one``/``predict_one`` on dicts, ``|`` pipelines) and a
+vectorized mini-batch interface (``learn_many``/``predict_many`` on NumPy arrays and
+Polars/Arrow/pandas tables). Models snapshot to versioned plain data and save to ``.npz`` files
+without pickle.
+"""
+
+from tideflow.ml import (
+    anomaly,
+    base,
+    cluster,
+    compose,
+    datasets,
+    drift,
+    forest,
+    linear_model,
+    metrics,
+    neighbors,
+    optim,
+    preprocessing,
+    tree,
+)
+from tideflow.ml._base import from_snapshot, load
+from tideflow.ml._operators import evaluate, learn, predict
+
+__all__ = [
+    "anomaly",
+    "base",
+    "cluster",
+    "compose",
+    "datasets",
+    "drift",
+    "evaluate",
+    "forest",
+    "from_snapshot",
+    "learn",
+    "linear_model",
+    "load",
+    "metrics",
+    "neighbors",
+    "optim",
+    "predict",
+    "preprocessing",
+    "tree",
+]
