@@ -229,3 +229,25 @@ def test_pipeline_mistake_fails_before_data_moves(tmp_path):
 def test_help_lists_env_variables(tmp_path):
     proc = tideflow("run", "--help", cwd=tmp_path)
     assert "TIDEFLOW_WORKERS" in proc.stdout and "TIDEFLOW_BATCH_SIZE" in proc.stdout
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_stdin_pipeline_with_worker_processes(tmp_path, workers):
+    (tmp_path / "p.py").write_text(
+        "import polars as pl, tideflow as tf\n"
+        "from tideflow.connectors import stdio\n"
+        "flow = tf.Dataflow('stdin')\n"
+        "flow.source(stdio.scan_stdin('text')).key_by('line').agg(pl.len().alias('n'))"
+        ".sink(stdio.sink_stdout('jsonl'))\n"
+    )
+    proc = subprocess.run(
+        [*TIDEFLOW, "run", "p.py", "--workers", workers, "--no-progress"],
+        cwd=tmp_path,
+        input="a\nb\na\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = sorted(json.loads(x)["line"] + str(json.loads(x)["n"]) for x in proc.stdout.splitlines())
+    assert rows == ["a2", "b1"]

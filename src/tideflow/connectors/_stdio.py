@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import queue
+import os
 import sys
 import threading
 from collections.abc import Mapping
@@ -224,8 +225,17 @@ class ScanStdin(Source):
         self.validate(ctx.step_id)
         stream: IO[bytes] | None = None
         if ctx.worker_index == 0:
-            stream = self.stream if self.stream is not None else sys.stdin.buffer
+            # File descriptor 0 itself: worker processes inherit it, while multiprocessing
+            # replaces their sys.stdin with /dev/null.
+            stream = self.stream if self.stream is not None else _stdin_fd()
         return StdinReader(self, ctx, stream)
+
+
+def _stdin_fd() -> IO[bytes]:
+    try:
+        return os.fdopen(0, "rb", buffering=0, closefd=False)
+    except OSError:
+        return sys.stdin.buffer
 
 
 class _StdoutWriter(SinkWriter):
