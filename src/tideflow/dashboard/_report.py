@@ -75,7 +75,7 @@ def svg_lines(
     return "".join(parts)
 
 
-def svg_bars(labels: Sequence[str], values: Sequence[float], *, width: int = 760) -> str:
+def svg_bars(labels: Sequence[str], values: Sequence[float], *, width: int = 860) -> str:
     """A horizontal SVG bar chart.
 
     Examples
@@ -84,7 +84,7 @@ def svg_bars(labels: Sequence[str], values: Sequence[float], *, width: int = 760
     True
     """
     e = html.escape
-    bar, gap, left, right = 18, 6, 230, 90
+    bar, gap, left, right = 18, 6, 300, 90
     height = max(1, len(labels)) * (bar + gap) + 6
     top = max([*values, 1])
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
@@ -146,8 +146,10 @@ def render_report(log: RunLog) -> str:
         [s["id"], s["kind"], *(f"{v:,}" for v in last.get(s["id"], [0, 0, 0, 0]))]
         for s in log.steps
     ]
-    labels = [f"{s['id']} (out)" for s in log.steps]
-    values = [float(last.get(s["id"], [0, 0, 0, 0])[1]) for s in log.steps]
+    # Rows out per step; sinks emit nothing, so theirs is rows in.
+    col = {s["id"]: 0 if s["kind"] == "sink" else 1 for s in log.steps}
+    labels = [f"{s['id']} ({'in' if col[s['id']] == 0 else 'out'})" for s in log.steps]
+    values = [float(last.get(s["id"], [0, 0, 0, 0])[col[s["id"]]]) for s in log.steps]
     tables = "".join(
         f"<h3>{e(topic)} <small>({total:,} rows published; last {len(rows):,} kept, newest "
         f"last)</small></h3>{_table(cols, rows[-20:])}"

@@ -214,7 +214,7 @@ class Dashboard(LiveState):
             if time.monotonic() > deadline:
                 break
             time.sleep(0.01)
-        log.warning("dashboard: %s", self.url)
+        log.info("dashboard: %s", self.url)
         return self
 
     def stop(self) -> None:
@@ -241,7 +241,8 @@ class Dashboard(LiveState):
             return []
         with self._panel_lock:
             version, at, cached = self._panel_cache
-            if version == self.version or time.monotonic() - at < 0.5:
+            fresh = time.monotonic() - at < 0.5 and self.status == "running"
+            if version == self.version or fresh:
                 return cached
             frames = self.frames()
             out = []

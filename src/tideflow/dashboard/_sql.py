@@ -258,16 +258,31 @@ def load_files(paths: Iterable[str | Path]) -> dict[str, pl.DataFrame]:
             msg = f"tideflow sql: {str(p)!r} does not exist; pass output files or directories"
             raise ConfigError(msg)
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in _FILE_KINDS)
-            parquet = [f for f in files if f.suffix.lower() == ".parquet"]
-            if parquet and len(parquet) == len(files):
-                tables[_table_name(p, taken)] = pl.read_parquet(parquet)
+            # Files directly inside; a subdirectory holding Parquet parts (a partitioned or
+            # rolling sink) becomes one table named after it. No deeper walk: pointing at a
+            # project directory must not read every JSON file below it.
+            files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in _FILE_KINDS)
+            parts = sorted(p.glob("*.parquet"))
+            if parts and len(parts) == len(files):
+                tables[_table_name(p, taken)] = pl.read_parquet(parts)
                 continue
             for f in files:
-                _load_one(f, tables, taken)
+                if f.suffix.lower() != ".json":  # .json only when named: often not JSON lines
+                    _load_one(f, tables, taken)
+            for sub in sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")):
+                nested = sorted(sub.rglob("*.parquet"))
+                if nested:
+                    tables[_table_name(sub, taken)] = _read_parts(nested)
         else:
             _load_one(p, tables, taken)
     return tables
+
+
+def _read_parts(parts: list[Path]) -> pl.DataFrame:
+    try:  # key=value directories become columns
+        return pl.read_parquet(parts, hive_partitioning=True)
+    except pl.exceptions.PolarsError:
+        return pl.read_parquet(parts, hive_partitioning=False)
 
 
 def _load_one(path: Path, tables: dict[str, pl.DataFrame], taken: set[str]) -> None:
