@@ -452,10 +452,6 @@ def dashboard_panels() -> tuple[Any, ...]:
 
     return (
         Panel(
-            "Alert feed (latest)",
-            "SELECT ts, card, rule, amount, country, detail FROM alerts ORDER BY ts DESC LIMIT 25",
-        ),
-        Panel(
             "Spend per minute (event time)",
             "SELECT minute, spend FROM spend_per_minute ORDER BY minute",
             kind="line",
@@ -468,6 +464,10 @@ def dashboard_panels() -> tuple[Any, ...]:
             kind="bar",
             x="rule",
             y=("cards",),
+        ),
+        Panel(
+            "Alert feed (latest)",
+            "SELECT ts, card, rule, amount, country, detail FROM alerts ORDER BY ts DESC LIMIT 25",
         ),
     )
 

@@ -4,9 +4,11 @@
 "use strict";
 const SVGNS = "http://www.w3.org/2000/svg";
 const $ = (sel) => document.querySelector(sel);
+const ISO = /^(\d{4}-\d\d-\d\d)T(\d\d:\d\d:\d\d(\.\d{1,3})?)\d*(\+00:00|Z)?$/;
 const fmt = (v) => (v === null || v === undefined) ? "n/a"
   : (typeof v === "number" ? (Number.isInteger(v) ? v.toLocaleString("en-US")
-    : v.toLocaleString("en-US", {maximumFractionDigits: 2})) : String(v));
+    : v.toLocaleString("en-US", {maximumFractionDigits: 2}))
+    : String(v).replace(ISO, (m, d, t, f, z) => `${d} ${t}${z ? " UTC" : ""}`));
 const cls = (v) => (v === null || v === undefined) ? "na" : (typeof v === "number" ? "num" : "");
 
 function el(tag, attrs = {}, text) {
@@ -154,7 +156,7 @@ function renderPanels(panels) {
   panels.forEach((p, i) => {
     let div = box.children[i];
     if (!div) {
-      div = el("div", {class: "panel", id: `panel-${i}`});
+      div = el("div", {class: `panel ${p.kind}-panel`, id: `panel-${i}`});
       div.appendChild(el("h2", {}, p.title));
       div.appendChild(p.kind === "table" ? el("div", {class: "tablewrap"}) : el("svg", {class: "chart"}));
       div.appendChild(el("div", {class: "err"}));
