@@ -18,7 +18,9 @@ def running() -> Iterator[Any]:
 
     def start(flow: tf.Dataflow, observers: list[Any]) -> threading.Thread:
         t = threading.Thread(
-            target=tf.run, args=(flow,), kwargs={"observers": observers, "workers": 1},
+            target=tf.run,
+            args=(flow,),
+            kwargs={"observers": observers, "workers": 1},
             daemon=True,
         )
         t.start()

@@ -9,6 +9,7 @@ import urllib.request
 from typing import Any
 
 import polars as pl
+
 import tideflow as tf
 from tideflow.connectors import generator, live
 
@@ -48,8 +49,7 @@ def counting_flow(name: str, *, events: int | None = None, rate: float = 2000.0)
     src = flow.source(generator.generate(_make, count=events, rate=rate), name="numbers")
     ok = src.validate({"v must be below 1e12": pl.col("v") < 10**12}, name="check")
     ok.sink(live.sink_live("latest", keep=50), name="latest_live")
-    ok.key_by("key").agg(pl.len().alias("n"), pl.col("v").sum().alias("total"), emit="updates",
-                         name="per_key").sink(live.sink_live("per_key", key="key"), name="keys_live")
+    ok.key_by("key").agg(
+        pl.len().alias("n"), pl.col("v").sum().alias("total"), emit="updates", name="per_key"
+    ).sink(live.sink_live("per_key", key="key"), name="keys_live")
     return flow
-
-

@@ -44,9 +44,22 @@ def demo(tmp_path: Path):  # type: ignore[no-untyped-def]
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     env.pop("TIDEFLOW_DASHBOARD_TOKEN", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tideflow.cli", "demo", "--rate", "20000", "--dashboard",
-         f"127.0.0.1:{port}", "--workers", "1", "--quiet-alerts", "--no-progress",
-         "--out", str(tmp_path / "out")],
+        [
+            sys.executable,
+            "-m",
+            "tideflow.cli",
+            "demo",
+            "--rate",
+            "20000",
+            "--dashboard",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "1",
+            "--quiet-alerts",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "out"),
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

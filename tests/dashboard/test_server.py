@@ -6,12 +6,11 @@ import time
 import urllib.request
 
 import pytest
+from dash_helpers import counting_flow, free_port, http, http_json
 from prometheus_client.parser import text_string_to_metric_families
 
 from tideflow._errors import ConfigError
 from tideflow.dashboard import Dashboard, DashboardSettings, Panel
-
-from dash_helpers import counting_flow, free_port, http, http_json
 
 
 def _wait(pred, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
@@ -34,8 +33,9 @@ def _metrics(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def test_live_run_state_metrics_and_sql(running) -> None:  # type: ignore[no-untyped-def]
-    panels = (Panel("per key", "SELECT key, n FROM per_key ORDER BY key", kind="bar", x="key",
-                    y=("n",)),)
+    panels = (
+        Panel("per key", "SELECT key, n FROM per_key ORDER BY key", kind="bar", x="key", y=("n",)),
+    )
     with Dashboard(DashboardSettings(port=0, panels=panels)) as dash:
         running(counting_flow("srv", events=12_000, rate=4000), [dash])
         _wait(lambda: http_json(dash.url + "api/state")[1]["totals"]["records_in"] > 0)
@@ -44,12 +44,18 @@ def test_live_run_state_metrics_and_sql(running) -> None:  # type: ignore[no-unt
         ids = {s["id"] for s in first["steps"]}
         assert {"srv.numbers", "srv.check", "srv.per_key"} <= ids
         # Numbers move while the job runs.
-        _wait(lambda: http_json(dash.url + "api/state")[1]["totals"]["records_in"]
-              > first["totals"]["records_in"])
+        _wait(
+            lambda: (
+                http_json(dash.url + "api/state")[1]["totals"]["records_in"]
+                > first["totals"]["records_in"]
+            )
+        )
         # Prometheus text, parsed by prometheus-client's own parser.
         m = _metrics(dash.url)
-        key = ("tideflow_records_out_total",
-               (("flow", "srv"), ("kind", "source"), ("step", "srv.numbers")))
+        key = (
+            "tideflow_records_out_total",
+            (("flow", "srv"), ("kind", "source"), ("step", "srv.numbers")),
+        )
         assert m[key] > 0
         assert all(name.startswith("tideflow_") for name, _ in m)
         # SQL over the live tables.
@@ -96,12 +102,18 @@ def test_token_required_off_loopback_and_enforced(monkeypatch: pytest.MonkeyPatc
         status, body = http(dash.url + "api/state", headers={"Authorization": f"Bearer {token}"})
         assert status == 200
         assert token.encode() not in body
-        assert http(dash.url + "api/state", headers={"Authorization": "Bearer wrong-token-xx"})[0] == 401
+        assert (
+            http(dash.url + "api/state", headers={"Authorization": "Bearer wrong-token-xx"})[0]
+            == 401
+        )
 
 
 def test_port_in_use_is_a_clear_error() -> None:
     from tideflow._errors import ConnectorError
 
     port = free_port()
-    with Dashboard(DashboardSettings(port=port)), pytest.raises(ConnectorError, match="cannot listen"):
+    with (
+        Dashboard(DashboardSettings(port=port)),
+        pytest.raises(ConnectorError, match="cannot listen"),
+    ):
         Dashboard(DashboardSettings(port=port)).start()

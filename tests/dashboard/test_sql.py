@@ -51,8 +51,10 @@ def test_select_with_join_and_cte() -> None:
         ("SELECT * FROM read_parquet('x.parquet')", "read_parquet"),
         ("SELECT * FROM duckdb_settings()", "duckdb_settings"),
         ("SELECT getenv('HOME')", "getenv"),
-        ("SELECT * FROM alerts WHERE card IN (SELECT column0 FROM read_csv('/etc/passwd'))",
-         "read_csv"),
+        (
+            "SELECT * FROM alerts WHERE card IN (SELECT column0 FROM read_csv('/etc/passwd'))",
+            "read_csv",
+        ),
     ],
 )
 def test_writes_and_file_reads_are_refused(sql: str, match: str) -> None:

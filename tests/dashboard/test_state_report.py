@@ -85,7 +85,9 @@ def test_recorder_and_report(tmp_path: Path, workers: int) -> None:
     assert main(["report", str(run_dir), "--out", str(out)]) == 0
     text = out.read_text()
     assert "Run report: rec" in text and "<svg" in text and "300" in text
-    assert "<script" not in text and "http://" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert "<script" not in text and "http://" not in text.replace(
+        'xmlns="http://www.w3.org/2000/svg"', ""
+    )
 
 
 def test_report_of_a_directory_without_a_run(tmp_path: Path) -> None:

@@ -169,7 +169,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             import tideflow
-
             from tideflow.dashboard._cli import observers_for
 
             flow = _load_flow(args.path, args.flow, pipeline_args)

@@ -83,9 +83,7 @@ def add_sql_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "parts.",
     )
     s.add_argument("query", help='the query, e.g. "SELECT rule, count(*) FROM alerts GROUP BY 1"')
-    s.add_argument(
-        "paths", nargs="*", type=Path, help="output files or directories (default: .)"
-    )
+    s.add_argument("paths", nargs="*", type=Path, help="output files or directories (default: .)")
     s.add_argument(
         "--connect",
         metavar="HOST:PORT",

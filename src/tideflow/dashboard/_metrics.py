@@ -77,7 +77,9 @@ class _StateCollector(Collector):
         yield _gauge("tideflow_workers", "Worker processes.", flow, self.state.workers)
         yield _gauge("tideflow_run_seconds", "Seconds since the run started.", flow, elapsed)
         yield _gauge(
-            "tideflow_run_running", "1 while the run runs, 0 once it ended.", flow,
+            "tideflow_run_running",
+            "1 while the run runs, 0 once it ended.",
+            flow,
             1.0 if status == "running" else 0.0,
         )
 

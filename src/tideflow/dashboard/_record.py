@@ -216,6 +216,11 @@ def read_run(run_dir: str | Path) -> RunLog:
         msg = f"{path} has no start line: not a tideflow run log"
         raise ConfigError(msg)
     return RunLog(
-        start["flow"], int(start["workers"]), start["started"], start["steps"], points, tables,
+        start["flow"],
+        int(start["workers"]),
+        start["started"],
+        start["steps"],
+        points,
+        tables,
         finish,
     )

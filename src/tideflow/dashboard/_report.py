@@ -40,8 +40,10 @@ def svg_lines(
     """
     e = html.escape
     left, right, top, bottom = 70, 12, 22, 30
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" class="chart">']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" class="chart">'
+    ]
     values = [v for _, vs in series for v in vs]
     if len(xs) < 2 or not values:
         parts.append(f'<text x="{left}" y="{height // 2}">not enough points</text></svg>')
@@ -58,19 +60,26 @@ def svg_lines(
 
     for i in range(5):
         v = y0 + yspan * i / 4
-        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{py(v):.1f}" y2="{py(v):.1f}" '
-                     'stroke="#eceff3"/>')
-        parts.append(f'<text x="{left - 5}" y="{py(v) + 4:.1f}" text-anchor="end" '
-                     f'class="ax">{_num(v)}</text>')
+        parts.append(
+            f'<line x1="{left}" x2="{width - right}" y1="{py(v):.1f}" y2="{py(v):.1f}" '
+            'stroke="#eceff3"/>'
+        )
+        parts.append(
+            f'<text x="{left - 5}" y="{py(v) + 4:.1f}" text-anchor="end" '
+            f'class="ax">{_num(v)}</text>'
+        )
     parts.append(f'<text x="{left}" y="{height - 8}" class="ax">{_num(x0)}</text>')
-    parts.append(f'<text x="{width - right}" y="{height - 8}" text-anchor="end" class="ax">'
-                 f'{_num(x1)} {e(xlabel)}</text>')
+    parts.append(
+        f'<text x="{width - right}" y="{height - 8}" text-anchor="end" class="ax">'
+        f"{_num(x1)} {e(xlabel)}</text>"
+    )
     for i, (name, vs) in enumerate(series):
         color = _COLORS[i % len(_COLORS)]
         pts = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in zip(xs, vs, strict=False))
         parts.append(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="2"/>')
-        parts.append(f'<text x="{left + 8 + 170 * i}" y="14" fill="{color}" class="ax">'
-                     f'{e(name)}</text>')
+        parts.append(
+            f'<text x="{left + 8 + 170 * i}" y="14" fill="{color}" class="ax">{e(name)}</text>'
+        )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -87,13 +96,16 @@ def svg_bars(labels: Sequence[str], values: Sequence[float], *, width: int = 860
     bar, gap, left, right = 18, 6, 300, 90
     height = max(1, len(labels)) * (bar + gap) + 6
     top = max([*values, 1])
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" class="chart">']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" class="chart">'
+    ]
     for i, (label, v) in enumerate(zip(labels, values, strict=True)):
         y = 3 + i * (bar + gap)
         w = max(1.0, (width - left - right) * v / top)
-        parts.append(f'<text x="{left - 6}" y="{y + 13}" text-anchor="end" class="ax">'
-                     f'{e(label)}</text>')
+        parts.append(
+            f'<text x="{left - 6}" y="{y + 13}" text-anchor="end" class="ax">{e(label)}</text>'
+        )
         parts.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar}" fill="#1769aa"/>')
         parts.append(f'<text x="{left + w + 5:.1f}" y="{y + 13}" class="ax">{_num(v)}</text>')
     parts.append("</svg>")
@@ -132,8 +144,13 @@ def render_report(log: RunLog) -> str:
     records = log.records_in
     dead = sum(v[2] for v in last.values())
     state = (
-        "failed: " + str(log.finish["error"]) if log.finish and log.finish.get("error")
-        else "finished" if log.completed else "stopped" if log.finish else "no end recorded"
+        "failed: " + str(log.finish["error"])
+        if log.finish and log.finish.get("error")
+        else "finished"
+        if log.completed
+        else "stopped"
+        if log.finish
+        else "no end recorded"
     )
     rate = records / seconds if seconds else 0.0
     xs, r_in = _rates(log, sources, 1)
@@ -150,11 +167,14 @@ def render_report(log: RunLog) -> str:
     col = {s["id"]: 0 if s["kind"] == "sink" else 1 for s in log.steps}
     labels = [f"{s['id']} ({'in' if col[s['id']] == 0 else 'out'})" for s in log.steps]
     values = [float(last.get(s["id"], [0, 0, 0, 0])[col[s["id"]]]) for s in log.steps]
-    tables = "".join(
-        f"<h3>{e(topic)} <small>({total:,} rows published; last {len(rows):,} kept, newest "
-        f"last)</small></h3>{_table(cols, rows[-20:])}"
-        for topic, (cols, rows, total) in sorted(log.tables.items())
-    ) or "<p>No live tables were published (add a <code>connectors.live.sink_live</code>).</p>"
+    tables = (
+        "".join(
+            f"<h3>{e(topic)} <small>({total:,} rows published; last {len(rows):,} kept, newest "
+            f"last)</small></h3>{_table(cols, rows[-20:])}"
+            for topic, (cols, rows, total) in sorted(log.tables.items())
+        )
+        or "<p>No live tables were published (add a <code>connectors.live.sink_live</code>).</p>"
+    )
     css = (
         "body{font:14px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:980px;color:#1d232b}"
         "h1{font-size:1.4rem}h2{font-size:1.1rem;margin-top:2rem}h3{font-size:.95rem}"

@@ -205,7 +205,9 @@ class Dashboard(LiveState):
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name="tideflow-dashboard",
+            target=self._server.run,
+            kwargs={"sockets": [sock]},
+            name="tideflow-dashboard",
             daemon=True,
         )
         self._thread.start()
@@ -286,8 +288,10 @@ class Dashboard(LiveState):
             if dash._authorized(request):
                 return None
             return JSONResponse(
-                {"error": "this dashboard needs its token: open /?token=... or send "
-                 "'Authorization: Bearer ...'"},
+                {
+                    "error": "this dashboard needs its token: open /?token=... or send "
+                    "'Authorization: Bearer ...'"
+                },
                 status_code=401,
             )
 
@@ -348,8 +352,11 @@ class Dashboard(LiveState):
             frames = dash.frames()
             return JSONResponse(
                 {
-                    name: {"columns": f.columns, "dtypes": [str(d) for d in f.dtypes],
-                           "rows": f.height}
+                    name: {
+                        "columns": f.columns,
+                        "dtypes": [str(d) for d in f.dtypes],
+                        "rows": f.height,
+                    }
                     for name, f in sorted(frames.items())
                 }
             )
@@ -399,4 +406,3 @@ class Dashboard(LiveState):
                 Mount("/static", StaticFiles(directory=STATIC), name="static"),
             ]
         )
-

@@ -261,7 +261,9 @@ def load_files(paths: Iterable[str | Path]) -> dict[str, pl.DataFrame]:
             # Files directly inside; a subdirectory holding Parquet parts (a partitioned or
             # rolling sink) becomes one table named after it. No deeper walk: pointing at a
             # project directory must not read every JSON file below it.
-            files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in _FILE_KINDS)
+            files = sorted(
+                f for f in p.iterdir() if f.is_file() and f.suffix.lower() in _FILE_KINDS
+            )
             parts = sorted(p.glob("*.parquet"))
             if parts and len(parts) == len(files):
                 tables[_table_name(p, taken)] = pl.read_parquet(parts)

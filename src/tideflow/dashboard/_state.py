@@ -272,9 +272,7 @@ class LiveState(BaseObserver):
             "steps": out_steps,
             # [elapsed, records read by sources, dead letters], oldest first.
             "history": series,
-            "tables": {
-                name: _table_json(t, table_rows) for name, t in sorted(tables.items())
-            },
+            "tables": {name: _table_json(t, table_rows) for name, t in sorted(tables.items())},
             "result": None
             if result is None
             else {
