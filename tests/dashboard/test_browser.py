@@ -20,7 +20,21 @@ from dash_helpers import free_port, http
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = os.environ.get("TIDEFLOW_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def _chromium() -> str:
+    """Debian's chromium; installed through scripts/browser (apt-get) when missing."""
+    found = os.environ.get("TIDEFLOW_CHROMIUM") or shutil.which("chromium")
+    if found:
+        return found
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "browser")], capture_output=True, text=True, timeout=900
+    )
+    if done.returncode != 0:
+        pytest.fail(f"scripts/browser could not install chromium:\n{done.stderr[-2000:]}")
+    return done.stdout.strip().splitlines()[-1]
+
+
 ARGS = [
     "--headless",
     "--no-sandbox",
@@ -86,11 +100,11 @@ def demo(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def test_demo_dashboard_in_chromium(demo: str) -> None:
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no chromium at {CHROMIUM}: run scripts/browser")
-    sync_api = pytest.importorskip("playwright.sync_api")
+    chromium = _chromium()
+    from playwright import sync_api
+
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        browser = pw.chromium.launch(executable_path=chromium, args=ARGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1700})
             page.goto(demo)

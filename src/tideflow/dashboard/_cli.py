@@ -57,7 +57,14 @@ def observers_for(
 
         observers.append(RunRecorder(args.run_dir))
     if getattr(args, "dashboard", None):
-        from tideflow.dashboard._server import Dashboard, DashboardSettings, parse_address
+        try:
+            from tideflow.dashboard._server import Dashboard, DashboardSettings, parse_address
+        except ImportError as exc:
+            msg = (
+                f"--dashboard needs the dashboard extra ({exc.name} is missing): "
+                "pip install 'tideflow[dashboard]'"
+            )
+            raise ConfigError(msg) from None
 
         host, port = parse_address(args.dashboard)
         dash = Dashboard(DashboardSettings(host=host, port=port, panels=tuple(panels)))
