@@ -11,7 +11,7 @@ import collections
 import dataclasses
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import polars as pl
@@ -234,11 +234,11 @@ class LiveState(BaseObserver):
                     "batches": st.batches if st else 0,
                     "rate_in": round(r_in, 1),
                     "rate_out": round(r_out, 1),
-                    # Slots for what the engine does not report yet: null means "n/a".
-                    "backpressure": None,
-                    "watermark": None,
-                    "watermark_lag_s": None,
-                    "late": None,
+                    # Filled when the engine's counters carry them; null means "n/a".
+                    "backpressure": _optional(st, "backpressure"),
+                    "watermark": _optional(st, "watermark"),
+                    "watermark_lag_s": _optional(st, "watermark_lag_s"),
+                    "late": _optional(st, "late"),
                 }
             )
         records_in = sum(latest[k].rows_out for k in sources if k in latest)
@@ -266,7 +266,7 @@ class LiveState(BaseObserver):
                 "records_out": records_out,
                 "dead_letters": dead,
                 "rate_in": round(rate_in, 1),
-                "late": None,
+                "late": _sum_optional(latest.values(), "late"),
             },
             "checkpoint": None,
             "steps": out_steps,
@@ -283,6 +283,18 @@ class LiveState(BaseObserver):
                 "error": result.error,
             },
         }
+
+
+def _optional(stats: object, name: str) -> Any:
+    """A counter the engine may not report (yet): its value, or None for "n/a"."""
+    value = getattr(stats, name, None) if stats is not None else None
+    return _jsonable(value)
+
+
+def _sum_optional(stats: Iterable[object], name: str) -> int | None:
+    values = [getattr(s, name, None) for s in stats]
+    known = [v for v in values if isinstance(v, int | float)]
+    return int(sum(known)) if known else None
 
 
 def _rates(
