@@ -117,3 +117,8 @@ def test_port_in_use_is_a_clear_error() -> None:
         pytest.raises(ConnectorError, match="cannot listen"),
     ):
         Dashboard(DashboardSettings(port=port)).start()
+
+
+def test_a_panel_that_writes_is_refused_before_the_run() -> None:
+    with pytest.raises(ConfigError, match="panel 'bad'.*only SELECT"):
+        Dashboard(DashboardSettings(port=0, panels=(Panel("bad", "DELETE FROM alerts"),)))

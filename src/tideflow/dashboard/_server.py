@@ -43,7 +43,7 @@ from starlette.staticfiles import StaticFiles
 
 from tideflow._errors import ConfigError, ConnectorError
 from tideflow.dashboard._metrics import RunMetrics
-from tideflow.dashboard._sql import SqlError, run_query
+from tideflow.dashboard._sql import SqlError, check_read_only, connect, run_query
 from tideflow.dashboard._state import LiveState, Panel
 
 __all__ = ["Dashboard", "DashboardSettings", "parse_address"]
@@ -153,6 +153,13 @@ class Dashboard(LiveState):
     def __init__(self, settings: DashboardSettings | None = None, *, keep: int = 200) -> None:
         super().__init__(keep=keep)
         self.settings = (settings or DashboardSettings()).checked()
+        for panel in self.settings.panels:
+            try:
+                check_read_only(panel.sql)
+            except SqlError as exc:
+                msg = f"dashboard panel {panel.title!r}: {exc}"
+                raise ConfigError(msg) from None
+        self._panel_db: Any = None
         self.metrics = RunMetrics(self)
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -229,6 +236,10 @@ class Dashboard(LiveState):
         if self._sock is not None:
             self._sock.close()
         self._server = self._thread = None
+        with self._panel_lock:
+            if self._panel_db is not None:
+                self._panel_db.close()
+                self._panel_db = None
 
     def __enter__(self) -> Dashboard:
         return self.start()
@@ -238,12 +249,12 @@ class Dashboard(LiveState):
 
     # -- data -----------------------------------------------------------------------------
     def panels(self) -> list[dict[str, Any]]:
-        """The job's panels with their current data (recomputed at most twice a second)."""
+        """The job's panels with their current data (recomputed at most once a second)."""
         if not self.settings.panels:
             return []
         with self._panel_lock:
             version, at, cached = self._panel_cache
-            fresh = time.monotonic() - at < 0.5 and self.status == "running"
+            fresh = time.monotonic() - at < 1.0 and self.status == "running"
             if version == self.version or fresh:
                 return cached
             frames = self.frames()
@@ -255,7 +266,16 @@ class Dashboard(LiveState):
                     item.update(columns=[], rows=[], error=None)
                 else:
                     try:
-                        res = run_query(p.sql, frames, max_rows=500, timeout=2.0)
+                        if self._panel_db is None:
+                            self._panel_db = connect()
+                        res = run_query(
+                            p.sql,
+                            {t: frames[t] for t in needed},
+                            max_rows=500,
+                            timeout=2.0,
+                            connection=self._panel_db,
+                            checked=True,
+                        )
                         item.update(res.to_json(), error=None)
                     except SqlError as exc:
                         item.update(columns=[], rows=[], error=str(exc))

@@ -31,6 +31,7 @@ __all__ = [
     "QueryResult",
     "SqlError",
     "check_read_only",
+    "connect",
     "load_files",
     "run_query",
 ]
@@ -120,11 +121,11 @@ def check_read_only(sql: str) -> None:
     if kind != duckdb.StatementType.SELECT:
         msg = f"only SELECT queries are allowed, got {kind.name}"
         raise SqlError(msg)
-    con = duckdb.connect(config={"enable_external_access": False})
-    try:
-        (text,) = con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone() or ("",)
-    finally:
-        con.close()
+    with _PARSER_LOCK:
+        global _PARSER
+        if _PARSER is None:
+            _PARSER = connect()
+        (text,) = _PARSER.execute("SELECT json_serialize_sql(?)", [sql]).fetchone() or ("",)
     tree = json.loads(text)
     if tree.get("error"):
         msg = f"cannot parse the query: {tree.get('error_message', 'unknown error')}"
@@ -144,12 +145,33 @@ def check_read_only(sql: str) -> None:
             raise SqlError(msg)
 
 
+def connect() -> duckdb.DuckDBPyConnection:
+    """A locked-down in-memory DuckDB: no external access, no extension loading, settings locked."""
+    con = duckdb.connect(
+        config={
+            "enable_external_access": False,
+            "autoload_known_extensions": False,
+            "autoinstall_known_extensions": False,
+            "threads": 1,
+            "memory_limit": "1GB",
+        }
+    )
+    con.execute("SET lock_configuration = true")
+    return con
+
+
+_PARSER: duckdb.DuckDBPyConnection | None = None
+_PARSER_LOCK = threading.Lock()
+
+
 def run_query(
     sql: str,
     tables: Mapping[str, pl.DataFrame],
     *,
     max_rows: int = 10_000,
     timeout: float = 5.0,
+    connection: duckdb.DuckDBPyConnection | None = None,
+    checked: bool = False,
 ) -> QueryResult:
     """Run a read-only query over ``tables`` (name -> frame) in a locked-down DuckDB.
 
@@ -163,6 +185,10 @@ def run_query(
         Rows returned at most; ``truncated`` says when there were more.
     timeout
         Seconds before the query is interrupted (:class:`SqlError`).
+    connection
+        A connection from :func:`connect` to reuse (one caller at a time); default: a fresh one.
+    checked
+        ``sql`` already passed :func:`check_read_only` (fixed queries such as panels).
 
     Examples
     --------
@@ -172,20 +198,12 @@ def run_query(
     >>> r.columns, r.rows
     (['rule', 'n'], [['a', 2], ['b', 1]])
     """
-    check_read_only(sql)
-    con = duckdb.connect(
-        config={
-            "enable_external_access": False,
-            "autoload_known_extensions": False,
-            "autoinstall_known_extensions": False,
-            "threads": 1,
-            "memory_limit": "1GB",
-        }
-    )
+    if not checked:
+        check_read_only(sql)
+    con = connection if connection is not None else connect()
     try:
         for name, frame in tables.items():
             con.register(name, frame.to_arrow())
-        con.execute("SET lock_configuration = true")
         timer = threading.Timer(timeout, con.interrupt)
         start = time.perf_counter()
         timer.start()
@@ -206,7 +224,8 @@ def run_query(
             timer.cancel()
         seconds = time.perf_counter() - start
     finally:
-        con.close()
+        if connection is None:
+            con.close()
     truncated = len(rows) > max_rows
     return QueryResult(columns, [list(r) for r in rows[:max_rows]], truncated, seconds)
 
