@@ -120,5 +120,31 @@ def test_port_in_use_is_a_clear_error() -> None:
 
 
 def test_a_panel_that_writes_is_refused_before_the_run() -> None:
-    with pytest.raises(ConfigError, match="panel 'bad'.*only SELECT"):
+    with pytest.raises(ConfigError, match=r"panel 'bad'.*only SELECT"):
         Dashboard(DashboardSettings(port=0, panels=(Panel("bad", "DELETE FROM alerts"),)))
+
+
+def test_browser_token_moves_into_a_cookie(monkeypatch: pytest.MonkeyPatch) -> None:
+    import http.client
+
+    token = "another-token-for-tests"
+    monkeypatch.setenv("TIDEFLOW_DASHBOARD_TOKEN", token)
+    with Dashboard(DashboardSettings(port=0)) as dash:
+        host, port = dash.address
+        conn = http.client.HTTPConnection(host, port, timeout=10)
+        try:
+            conn.request("GET", f"/?token={token}")
+            resp = conn.getresponse()
+            resp.read()
+            assert resp.status == 303 and resp.getheader("Location") == "/"
+            cookie = resp.getheader("Set-Cookie") or ""
+            assert "HttpOnly" in cookie and "SameSite=strict" in cookie
+            conn.request("GET", "/api/state", headers={"Cookie": cookie.split(";")[0]})
+            resp = conn.getresponse()
+            assert resp.status == 200 and token.encode() not in resp.read()
+            conn.request("GET", "/", headers={"Cookie": "tideflow_dashboard=wrong"})
+            resp = conn.getresponse()
+            resp.read()
+            assert resp.status == 401
+        finally:
+            conn.close()
