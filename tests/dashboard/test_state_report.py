@@ -93,3 +93,32 @@ def test_recorder_and_report(tmp_path: Path, workers: int) -> None:
 def test_report_of_a_directory_without_a_run(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"holds no run\.jsonl"):
         write_report(tmp_path, tmp_path / "r.html")
+
+
+def test_engine_counters_for_event_time_fill_their_slots() -> None:
+    """When the engine's counters carry a watermark and late counts, they show and are exported."""
+    import dataclasses
+    import time
+
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tideflow.dashboard._metrics import RunMetrics
+
+    @dataclasses.dataclass
+    class EventTimeStats(StepStats):
+        watermark: int | None = None
+        late: int = 0
+
+    st = LiveState()
+    st.on_start("j", [StepInfo("w", "window", ())], 1)
+    wm = int(time.time() * 1000) - 30_000
+    st.on_stats({"w": EventTimeStats(rows_in=5, watermark=wm, late=3)}, 1.0)
+    step = st.snapshot()["steps"][0]
+    assert step["late"] == 3 and step["watermark"].endswith("+00:00")
+    assert 29 <= step["watermark_lag_s"] <= 40
+    assert st.snapshot()["totals"]["late"] == 3
+    text = generate_latest(RunMetrics(st).registry).decode()
+    samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples["tideflow_late_records_total"] == 3
+    assert 29 <= samples["tideflow_watermark_lag_seconds"] <= 40

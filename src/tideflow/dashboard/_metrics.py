@@ -12,6 +12,8 @@ metric                               type    labels
 ``tideflow_dead_letters_total``      counter flow, step, kind: rows a step rejected
 ``tideflow_batches_total``           counter flow, step, kind: micro-batches a step handled
 ``tideflow_live_rows_total``         counter flow, topic: rows published to a live table
+``tideflow_late_records_total``      counter flow, step, kind: late rows (when reported)
+``tideflow_watermark_lag_seconds``   gauge   flow, step, kind: clock - watermark (when reported)
 ``tideflow_workers``                 gauge   flow: worker processes
 ``tideflow_run_seconds``             gauge   flow: seconds since the run started
 ``tideflow_run_running``             gauge   flow: 1 while running, 0 once ended
@@ -28,7 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from tideflow.dashboard._state import LiveState
+from tideflow.dashboard._state import LiveState, _watermark
 
 __all__ = ["RunMetrics"]
 
@@ -65,6 +67,30 @@ class _StateCollector(Collector):
             fams["dead"].add_metric(lv, st.dead)
             fams["batches"].add_metric(lv, st.batches)
         yield from fams.values()
+        # Reported by the engine's counters when it has them (event time): otherwise absent.
+        late = CounterMetricFamily(
+            "tideflow_late_records",
+            "Rows a step received after their window fired.",
+            labels=labels,
+        )
+        lag = GaugeMetricFamily(
+            "tideflow_watermark_lag_seconds",
+            "Wall-clock time minus a step's watermark.",
+            labels=labels,
+        )
+        for s in steps:
+            st = latest.get(s.step_id)
+            lv = [flow, s.step_id, s.kind]
+            n = getattr(st, "late", None)
+            if isinstance(n, int):
+                late.add_metric(lv, n)
+            lag_s = _watermark(st)[1]
+            if lag_s is not None:
+                lag.add_metric(lv, lag_s)
+        if late.samples:
+            yield late
+        if lag.samples:
+            yield lag
         live = CounterMetricFamily(
             "tideflow_live_rows", "Rows published to a live table.", labels=["flow", "topic"]
         )

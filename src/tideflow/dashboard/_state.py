@@ -236,8 +236,8 @@ class LiveState(BaseObserver):
                     "rate_out": round(r_out, 1),
                     # Filled when the engine's counters carry them; null means "n/a".
                     "backpressure": _optional(st, "backpressure"),
-                    "watermark": _optional(st, "watermark"),
-                    "watermark_lag_s": _optional(st, "watermark_lag_s"),
+                    "watermark": _watermark(st)[0],
+                    "watermark_lag_s": _watermark(st)[1],
                     "late": _optional(st, "late"),
                 }
             )
@@ -289,6 +289,24 @@ def _optional(stats: object, name: str) -> Any:
     """A counter the engine may not report (yet): its value, or None for "n/a"."""
     value = getattr(stats, name, None) if stats is not None else None
     return _jsonable(value)
+
+
+def _watermark(stats: object) -> tuple[str | None, float | None]:
+    """A step's watermark (epoch milliseconds in the counters) as ISO text, and its lag.
+
+    The lag is wall-clock time minus the watermark, in seconds (meaningful when event time
+    follows the clock); the counters' own ``watermark_lag_s`` wins when present.
+    """
+    wm = getattr(stats, "watermark", None) if stats is not None else None
+    lag = getattr(stats, "watermark_lag_s", None) if stats is not None else None
+    if not isinstance(wm, int) or isinstance(wm, bool) or abs(wm) > 10**14:
+        return None, lag if isinstance(lag, int | float) else None
+    from datetime import UTC, datetime
+
+    text = datetime.fromtimestamp(wm / 1000, UTC).isoformat(timespec="milliseconds")
+    if not isinstance(lag, int | float):
+        lag = round(time.time() - wm / 1000, 3)
+    return text, lag
 
 
 def _sum_optional(stats: Iterable[object], name: str) -> int | None:
