@@ -148,3 +148,25 @@ def test_browser_token_moves_into_a_cookie(monkeypatch: pytest.MonkeyPatch) -> N
             assert resp.status == 401
         finally:
             conn.close()
+
+
+def test_model_metrics_panel_from_ml_evaluate() -> None:
+    pytest.importorskip("tideflow.ml")
+    import tideflow as tf
+    from tideflow.connectors import live
+    from tideflow.dashboard import model_panel
+    from tideflow.ml import evaluate, linear_model, metrics, preprocessing
+    from tideflow.testing import TestingSource
+
+    rows = [{"x": float(i * 7 % 10), "y": i * 7 % 10 >= 5} for i in range(2000)]
+    model = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+    flow = tf.Dataflow("ml_panel")
+    src = flow.source(TestingSource(rows, batch_size=100))
+    evaluate(src, model, metrics.Accuracy(), target="y").sink(live.sink_live("model", keep=500))
+    with Dashboard(DashboardSettings(port=0, panels=(model_panel("model"),))) as dash:
+        tf.run(flow, observers=[dash], batch_size=100)
+        _, state = http_json(dash.url + "api/state")
+    panel = state["panels"][0]
+    assert panel["kind"] == "line" and panel["error"] is None
+    assert panel["rows"][-1][0] == 2000 and panel["rows"][-1][1] > 0.8
+    assert len(panel["rows"]) == 20

@@ -8,7 +8,7 @@ from __future__ import annotations
 from tideflow.dashboard._record import RunRecorder, read_run
 from tideflow.dashboard._report import write_report
 from tideflow.dashboard._sql import QueryResult, SqlError, check_read_only, load_files, run_query
-from tideflow.dashboard._state import LiveState, Panel, PanelKind
+from tideflow.dashboard._state import LiveState, Panel, PanelKind, model_panel
 
 __all__ = [
     "Dashboard",
@@ -21,6 +21,7 @@ __all__ = [
     "SqlError",
     "check_read_only",
     "load_files",
+    "model_panel",
     "read_run",
     "run_query",
     "write_report",

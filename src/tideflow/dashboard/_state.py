@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from tideflow.runtime._run import RunResult
     from tideflow.runtime._worker import StepStats
 
-__all__ = ["LiveState", "Panel", "PanelKind", "RunStatus"]
+__all__ = ["LiveState", "Panel", "PanelKind", "RunStatus", "model_panel"]
 
 PanelKind = Literal["table", "line", "bar"]
 RunStatus = Literal["waiting", "running", "finished", "stopped", "failed"]
@@ -69,6 +69,26 @@ class Panel:
         if self.kind != "table" and (self.x is None or not self.y):
             msg = f"dashboard panel {self.title!r}: a {self.kind} chart needs x= and y= columns"
             raise ConfigError(msg)
+
+
+def model_panel(topic: str = "model", title: str = "Model quality (prequential)") -> Panel:
+    """A line chart of an online model's metric over records seen.
+
+    For the rows of ``tideflow.ml.evaluate`` (``n``, ``metric``, ``value``) published with
+    ``live.sink_live(topic, keep=...)``.
+
+    Examples
+    --------
+    >>> model_panel("fraud_model").sql
+    'SELECT n, max(value) AS value FROM fraud_model GROUP BY n ORDER BY n'
+    """
+    return Panel(
+        title,
+        f"SELECT n, max(value) AS value FROM {topic} GROUP BY n ORDER BY n",
+        kind="line",
+        x="n",
+        y=("value",),
+    )
 
 
 @dataclasses.dataclass(slots=True)
