@@ -70,6 +70,10 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         default=(_env("NO_PROGRESS", "") or "") not in ("", "0"),
         help="do not draw live progress [TIDEFLOW_NO_PROGRESS]",
     )
+    # Live dashboard, metrics and run recording (tideflow.dashboard).
+    from tideflow.dashboard._cli import add_observer_options
+
+    add_observer_options(p)
 
 
 def run_kwargs(args: argparse.Namespace) -> dict[str, object]:
@@ -112,6 +116,12 @@ def _parser() -> argparse.ArgumentParser:
 
     add_demo_options(d)
     add_run_options(d)
+
+    # SQL over live results or output files, and run reports (tideflow.dashboard).
+    from tideflow.dashboard._cli import add_report_parser, add_sql_parser
+
+    add_sql_parser(sub)
+    add_report_parser(sub)
 
     b = sub.add_parser("bench", help="benchmarks (Nexmark, ...)", add_help=False)
     b.add_argument("args", nargs=argparse.REMAINDER)
@@ -159,9 +169,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             import tideflow
+            from tideflow.dashboard._cli import observers_for
 
             flow = _load_flow(args.path, args.flow, pipeline_args)
-            result = tideflow.run(flow, **run_kwargs(args))  # type: ignore[arg-type]
+            with observers_for(args) as observers:
+                result = tideflow.run(flow, **run_kwargs(args), observers=observers)  # type: ignore[arg-type]
             if result.dead_letter_path is not None:
                 log.warning(
                     "%d dead letters written to %s", result.dead_letters, result.dead_letter_path
@@ -172,6 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from tideflow.demo import run_demo
 
             return run_demo(args)
+        if args.command in ("sql", "report"):
+            from tideflow.dashboard._cli import report_main, sql_main
+
+            return sql_main(args) if args.command == "sql" else report_main(args)
     except TideflowError as exc:
         print(f"tideflow: error: {exc}", file=sys.stderr)
         return 2

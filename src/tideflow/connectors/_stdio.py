@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import queue
 import os
+import queue
 import sys
 import threading
 from collections.abc import Mapping

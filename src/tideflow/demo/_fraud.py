@@ -326,8 +326,12 @@ def build_flow(
     events: int | None,
     rate: float | None,
     show_alerts: bool = True,
+    live: bool = False,
 ) -> Dataflow:
-    """The fraud-monitoring dataflow, writing into ``out_dir``."""
+    """The fraud-monitoring dataflow, writing into ``out_dir``.
+
+    With ``live``, it also publishes live tables for the dashboard (see :func:`add_live_tables`).
+    """
     db = out_dir / "demo.sqlite"
     flow = Dataflow("fraud")
     tx = flow.source(
@@ -408,7 +412,64 @@ def build_flow(
     flow.dead_letters.sink(
         files.sink_jsonl(out_dir / "dead-letters.jsonl"), name="dead_letter_file"
     )
+    if live:
+        add_live_tables(valid, alerts)
     return flow
+
+
+# -- dashboard (tideflow demo --dashboard HOST:PORT) ---------------------------------------------
+def add_live_tables(valid: Any, alerts: Any) -> None:
+    """Live tables for the dashboard: ``alerts``, ``rules`` (per rule) and ``spend_per_minute``."""
+    from tideflow.connectors import live as live_sinks
+
+    with valid.flow.scope("dashboard"):
+        alerts.sink(live_sinks.sink_live("alerts", keep=200), name="alerts_live")
+        per_rule = alerts.key_by("rule").agg(
+            pl.len().alias("alerts"),
+            pl.col("card").n_unique().alias("cards"),
+            emit="updates",
+            name="per_rule",
+        )
+        per_rule.sink(live_sinks.sink_live("rules", key="rule"), name="rules_live")
+        per_minute = (
+            valid.with_columns(minute=pl.col("ts").dt.truncate("1m"), name="minute")
+            .key_by("minute")
+            .agg(
+                pl.col("amount").sum().alias("spend"),
+                pl.len().alias("transactions"),
+                emit="updates",
+                name="spend_per_minute",
+            )
+        )
+        per_minute.sink(
+            live_sinks.sink_live("spend_per_minute", keep=60, key="minute"), name="spend_live"
+        )
+
+
+def dashboard_panels() -> tuple[Any, ...]:
+    """The demo's dashboard panels: alert feed, spend per minute, cards flagged per rule."""
+    from tideflow.dashboard import Panel
+
+    return (
+        Panel(
+            "Spend per minute (event time)",
+            "SELECT minute, spend FROM spend_per_minute ORDER BY minute",
+            kind="line",
+            x="minute",
+            y=("spend",),
+        ),
+        Panel(
+            "Cards flagged per rule",
+            "SELECT rule, cards FROM rules ORDER BY rule",
+            kind="bar",
+            x="rule",
+            y=("cards",),
+        ),
+        Panel(
+            "Alert feed (latest)",
+            "SELECT ts, card, rule, amount, country, detail FROM alerts ORDER BY ts DESC LIMIT 25",
+        ),
+    )
 
 
 def add_demo_options(p: argparse.ArgumentParser) -> None:
@@ -469,13 +530,21 @@ def run_demo(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in ("demo.sqlite", "dead-letters.jsonl"):
         (out_dir / name).unlink(missing_ok=True)
+    dashboard = getattr(args, "dashboard", None) is not None
     flow = build_flow(
-        out_dir, events=args.events, rate=args.rate, show_alerts=not args.quiet_alerts
+        out_dir,
+        events=args.events,
+        rate=args.rate,
+        show_alerts=not args.quiet_alerts,
+        live=dashboard or getattr(args, "run_dir", None) is not None,
     )
     kwargs = run_kwargs(args)
     if args.rate is not None and args.rate < 100_000:
         kwargs["max_delay"] = timedelta(milliseconds=min(args.max_delay_ms, 200))
-    result = tideflow.run(flow, **kwargs)  # type: ignore[arg-type]
+    from tideflow.dashboard._cli import observers_for
+
+    with observers_for(args, dashboard_panels() if dashboard else ()) as observers:
+        result = tideflow.run(flow, **kwargs, observers=observers)  # type: ignore[arg-type]
     out = Console(stderr=False, highlight=False)
     state = "finished" if result.completed else "stopped"
     rate = result.records_in / result.seconds if result.seconds else 0.0

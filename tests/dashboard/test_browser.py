@@ -1,0 +1,160 @@
+"""End to end in a real headless Chromium: the demo's dashboard fills and moves.
+
+Needs Debian's chromium (``scripts/browser`` installs it) and Playwright's Python package.
+Saves the screenshot used in ``docs/dashboard.md`` to ``docs/img/dashboard.png``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from dash_helpers import free_port, http
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _chromium() -> str:
+    """Debian's chromium; installed through scripts/browser (apt-get) when missing."""
+    found = os.environ.get("TIDEFLOW_CHROMIUM") or shutil.which("chromium")
+    if found:
+        return found
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "browser")], capture_output=True, text=True, timeout=900
+    )
+    if done.returncode != 0:
+        pytest.fail(f"scripts/browser could not install chromium:\n{done.stderr[-2000:]}")
+    return done.stdout.strip().splitlines()[-1]
+
+
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _number(text: str) -> int:
+    return int(text.replace(",", "") or 0)
+
+
+@pytest.fixture
+def demo(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """``tideflow demo --rate 20000 --dashboard 127.0.0.1:PORT`` in a subprocess; Ctrl-C at the end."""
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    env.pop("TIDEFLOW_DASHBOARD_TOKEN", None)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tideflow.cli",
+            "demo",
+            "--rate",
+            "20000",
+            "--dashboard",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "1",
+            "--quiet-alerts",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if http(url + "healthz")[0] == 200:
+                break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail(f"the demo's dashboard did not come up: {proc.stderr.read().decode()[-2000:]}")
+    yield url
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    proc.stderr.close()
+
+
+def test_demo_dashboard_in_chromium(demo: str, tmp_path: Path) -> None:
+    chromium = _chromium()
+    from playwright import sync_api
+
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1700})
+            page.goto(demo)
+            page.wait_for_function(
+                "parseInt(document.querySelector('#records-in').textContent.replace(/,/g, '')) > 0",
+                timeout=20_000,
+            )
+            first = _number(page.inner_text("#records-in"))
+            assert page.inner_text("#status") == "running"
+            assert page.inner_text("#flow") == "fraud"
+            # The numbers move: more records a moment later, and a non-zero rate.
+            page.wait_for_function(
+                f"parseInt(document.querySelector('#records-in').textContent.replace(/,/g, '')) > {first}",
+                timeout=10_000,
+            )
+            assert _number(page.inner_text("#rate-in")) > 0
+            # The alert feed and the live alerts table fill.
+            page.wait_for_selector("#table-alerts tbody tr", timeout=20_000)
+            page.wait_for_selector("#panel-2 tbody tr", timeout=10_000)
+            assert page.locator("#table-alerts tbody tr").count() > 0
+            headers = page.locator("#table-alerts thead th").all_inner_texts()
+            assert {"card", "rule", "amount"} <= set(headers)
+            # Charts: spend per minute (a line) and cards flagged per rule (bars).
+            page.wait_for_selector("#panel-0 svg polyline", timeout=10_000)
+            page.wait_for_selector("#panel-1 svg rect", timeout=10_000)
+            # The dataflow graph is drawn with the demo's steps.
+            assert page.locator("#graph g.node").count() >= 10
+            assert "n/a" in page.inner_text("#late")
+            # SQL from the page.
+            page.fill("#sql-text", "SELECT rule, count(*) AS n FROM alerts GROUP BY rule")
+            page.click("#sql-run")
+            page.wait_for_selector("#sql-table tbody tr", timeout=10_000)
+            page.fill("#sql-text", "DELETE FROM alerts")
+            page.click("#sql-run")
+            page.wait_for_function(
+                "document.querySelector('#sql-info').textContent.includes('only SELECT')",
+                timeout=10_000,
+            )
+            page.fill("#sql-text", "SELECT rule, count(*) AS n FROM alerts GROUP BY rule")
+            page.click("#sql-run")
+            page.wait_for_selector("#sql-table tbody tr", timeout=10_000)
+            time.sleep(1.5)  # let the throughput chart gather a few points
+            # The docs screenshot is refreshed on request only, so a test run leaves the
+            # repository clean: TIDEFLOW_UPDATE_SCREENSHOT=1 ./scripts/test -k browser
+            if os.environ.get("TIDEFLOW_UPDATE_SCREENSHOT") == "1":
+                out = ROOT / "docs" / "img" / "dashboard.png"
+            else:
+                out = tmp_path / "dashboard.png"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(out), full_page=True)
+            assert out.stat().st_size > 10_000
+        finally:
+            browser.close()
