@@ -73,6 +73,11 @@ class StepStats:
     rows_out: int = 0
     dead: int = 0
     batches: int = 0
+    #: Records a window step sent to its late output.
+    late: int = 0
+    #: The step's output watermark in epoch milliseconds (the minimum over workers; None
+    #: before the first watermark or after the input ended).
+    watermark: int | None = None
 
     def add(self, other: StepStats) -> None:
         """Add another worker's counters."""
@@ -80,6 +85,11 @@ class StepStats:
         self.rows_out += other.rows_out
         self.dead += other.dead
         self.batches += other.batches
+        self.late += other.late
+        if other.watermark is not None:
+            self.watermark = (
+                other.watermark if self.watermark is None else min(self.watermark, other.watermark)
+            )
 
 
 # -- transports -------------------------------------------------------------------------------
@@ -396,7 +406,9 @@ class Worker:
     def emit(self, index: int, port: str, batch: pl.DataFrame) -> None:
         if batch.height == 0:
             return
-        if port != "dead":
+        if port == "late":
+            self.stats[index].late += batch.height
+        elif port != "dead":
             self.stats[index].rows_out += batch.height
         for dst, inp in self.routes.get((index, port), ()):
             st = self.stats[dst]
@@ -598,4 +610,10 @@ class Worker:
 
     def named_stats(self) -> dict[str, StepStats]:
         """Counters by step id."""
-        return {n.step_id: dataclasses.replace(self.stats[n.index]) for n in self.nodes}
+        out = {}
+        for n in self.nodes:
+            st = dataclasses.replace(self.stats[n.index])
+            wm = self.out_wm[n.index]
+            st.watermark = wm // 1000 if WM_MIN < wm < WM_MAX else None
+            out[n.step_id] = st
+        return out
