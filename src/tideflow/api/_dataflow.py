@@ -19,6 +19,7 @@ import polars as pl
 from tideflow._errors import ConfigError
 from tideflow.api._aggs import AggSpec, parse_aggs
 from tideflow.api._graph import FrameOp, Node, NodeKind, OnError, RecordOp, Schema, fn_location
+from tideflow.api._joins import JoinOut
 from tideflow.api._windows import Clock, WindowedStream, WindowSpec
 from tideflow.connectors._base import DEAD_LETTER_SCHEMA, Sink, Source
 
@@ -557,6 +558,75 @@ class Stream:
         )
         return Split(self.flow, node)
 
+    def join_table(
+        self,
+        table: Stream | KeyedStream,
+        *,
+        on: str | list[str] | tuple[str, ...],
+        how: Literal["left", "inner"] = "left",
+        mode: Literal["auto", "bounded", "changelog"] = "auto",
+        name: str | None = None,
+    ) -> Stream:
+        """Enrich records with the latest row per key of ``table`` (see ``docs/joins.md``).
+
+        A bounded table (``mode="auto"`` when all its sources end) is loaded fully before
+        stream records are joined; an unbounded one is a changelog: each row upserts its key
+        and records join with the row current when they arrive. ``table`` may be keyed by
+        other column names (``table.key_by("id")``); table columns that clash get ``_right``.
+
+        Examples
+        --------
+        >>> import tideflow as tf
+        >>> from tideflow.testing import TestingSource, CollectSink
+        >>> flow = tf.Dataflow("t")
+        >>> users = flow.source(TestingSource([{"user": 1, "tier": "gold"}]), name="users")
+        >>> clicks = flow.source(TestingSource([{"user": 1, "n": 3}, {"user": 2, "n": 1}]))
+        >>> out = CollectSink()
+        >>> clicks.join_table(users, on="user").sink(out)
+        >>> _ = tf.run(flow)
+        >>> out.frame().sort("user").rows()
+        [(1, 3, 'gold'), (2, 1, None)]
+        """
+        from tideflow.api._joins import join_table
+
+        return join_table(self, table, on=on, how=how, mode=mode, name=name)
+
+    def lookup(
+        self,
+        fn: Callable[[pl.DataFrame], pl.DataFrame],
+        *,
+        on: str | list[str] | tuple[str, ...],
+        ttl: timedelta | None = None,
+        max_size: int | None = None,
+        how: Literal["left", "inner"] = "left",
+        name: str | None = None,
+    ) -> Stream:
+        """Enrich records with ``fn(keys) -> rows``, called once per batch for uncached keys.
+
+        ``fn`` gets a frame of the distinct keys missing from the cache and returns rows with
+        the key columns plus the looked-up columns (keys it does not return stay null, and
+        that answer is cached too). Entries expire ``ttl`` after they were fetched
+        (processing time, the run clock); at most ``max_size`` keys stay cached (least
+        recently used go first).
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import tideflow as tf
+        >>> from tideflow.testing import TestingSource, CollectSink
+        >>> def rates(keys):
+        ...     return keys.with_columns(rate=pl.col("cur").replace_strict({"EUR": 1.1}, default=None))
+        >>> flow = tf.Dataflow("l")
+        >>> out = CollectSink()
+        >>> flow.source(TestingSource([{"cur": "EUR", "x": 2}])).lookup(rates, on="cur").sink(out)
+        >>> _ = tf.run(flow)
+        >>> out.frame().rows()
+        [('EUR', 2, 1.1)]
+        """
+        from tideflow.api._joins import lookup
+
+        return lookup(self, fn, on=on, ttl=ttl, max_size=max_size, how=how, name=name)
+
     def key_by(self, *keys: str | pl.Expr) -> KeyedStream:
         """Key the stream by columns (or expressions, which become columns) for keyed operators.
 
@@ -768,6 +838,59 @@ class KeyedStream:
         return WindowedStream(
             self, spec, clock=clock, allowed_lateness=allowed_lateness, early=early
         )
+
+    def join_window(
+        self,
+        other: KeyedStream,
+        window: WindowSpec,
+        *,
+        how: Literal["inner", "left", "right", "full"] = "inner",
+        name: str | None = None,
+    ) -> JoinOut:
+        """Join records of both streams that share key and window (tumbling or sliding).
+
+        A window's pairs are emitted once the watermark (the minimum of both inputs) passes
+        its end; outer joins add unmatched rows with nulls. Results carry the keys,
+        ``window_start``, ``window_end`` and both sides' columns (``_right`` on clashes).
+        Records whose windows already fired go to ``late``.
+
+        Examples
+        --------
+        >>> from datetime import timedelta
+        >>> import tideflow as tf
+        >>> from tideflow import windows
+        >>> from tideflow.testing import TestingSource, CollectSink
+        >>> flow = tf.Dataflow("j")
+        >>> a = flow.source(TestingSource([{"k": 1, "t": 1, "x": "a"}]), name="a")
+        >>> b = flow.source(TestingSource([{"k": 1, "t": 4, "y": "b"}]), name="b")
+        >>> a, b = a.event_time("t", unit="s").key_by("k"), b.event_time("t", unit="s").key_by("k")
+        >>> out = CollectSink()
+        >>> a.join_window(b, windows.tumbling(timedelta(seconds=10))).results.sink(out)
+        >>> _ = tf.run(flow)
+        >>> out.frame().select("k", "x", "y").rows()
+        [(1, 'a', 'b')]
+        """
+        from tideflow.api._joins import join_window
+
+        return join_window(self, other, window, how=how, name=name)
+
+    def join_interval(
+        self,
+        other: KeyedStream,
+        *,
+        lower: timedelta,
+        upper: timedelta,
+        name: str | None = None,
+    ) -> JoinOut:
+        """Join each record at t with ``other``'s records of its key in ``[t+lower, t+upper]``.
+
+        Pairs are emitted as soon as both records are there; buffered records are dropped
+        once the watermark shows no partner can come. Records below the watermark go to
+        ``late``.
+        """
+        from tideflow.api._joins import join_interval
+
+        return join_interval(self, other, lower=lower, upper=upper, name=name)
 
     def transform(
         self,

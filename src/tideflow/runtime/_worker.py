@@ -373,6 +373,10 @@ class Worker:
                     from tideflow.runtime._windowing import build_window_operator
 
                     self.ops[n.index] = build_window_operator(n, ctx)
+                elif n.kind in ("join_window", "join_interval", "join_table", "lookup"):
+                    from tideflow.runtime._joins import build_join_operator
+
+                    self.ops[n.index] = build_join_operator(n, ctx)
                 else:
                     resume = cfg.resume.get(n.step_id, {})
                     op = build_operator(n, ctx, emit_mode=emit_mode, resume=resume)
@@ -441,6 +445,9 @@ class Worker:
         if op is None or self.nodes[dst].kind == "dead_union":
             return
         wms, idles = self.in_wm[dst], self.in_idle[dst]
+        only = getattr(op, "watermark_inputs", None)  # e.g. a table join: the stream side only
+        if only is not None:
+            wms, idles = [wms[i] for i in only], [idles[i] for i in only]
         active = [w for w, i in zip(wms, idles, strict=True) if not i]
         if active:
             wm = min(active)
@@ -461,7 +468,10 @@ class Worker:
             for port in (*self.nodes[index].ports, "dead")
             for t in self.routes.get((index, port), ())
         ]
-        for dst, _ in targets:
+        for dst, inp in targets:
+            input_end = getattr(self.ops[dst], "on_input_end", None)
+            if input_end is not None:
+                input_end(inp)
             self.pending[dst] -= 1
             if self.pending[dst] == 0:
                 op = self.ops[dst]

@@ -1,0 +1,366 @@
+"""Join settings and the join API: windowed, interval, table and lookup joins.
+
+* :func:`join_window`: records of two keyed streams that share key and window are joined when
+  the watermark (the minimum of both inputs) passes the window's end; outer joins keep the
+  unmatched rows with nulls.
+* :func:`join_interval`: a left record at time t meets the right records of its key with a time
+  in ``[t + lower, t + upper]`` as soon as both have arrived; the watermark prunes the buffers.
+* :func:`join_table`: enrich a stream with the latest row per key of a table stream (a bounded
+  input loaded before the stream side runs, or an unbounded changelog kept as state).
+* :func:`lookup`: enrich a stream by calling a function for the keys missing from a cache with
+  a time-to-live (processing time) and a size bound.
+
+The ``Stream``/``KeyedStream`` methods of the same names call these functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from datetime import timedelta
+from typing import TYPE_CHECKING, Literal
+
+import polars as pl
+
+from tideflow._errors import ConfigError
+from tideflow.api._graph import Schema
+from tideflow.api._windows import Sliding, Tumbling, WindowSpec, _us
+
+if TYPE_CHECKING:
+    from tideflow.api._dataflow import KeyedStream, Stream
+
+__all__ = [
+    "IntervalJoinOp",
+    "JoinHow",
+    "JoinOut",
+    "LookupOp",
+    "TableJoinOp",
+    "WindowJoinOp",
+    "join_interval",
+    "join_table",
+    "join_window",
+    "lookup",
+]
+
+JoinHow = Literal["inner", "left", "right", "full"]
+TableMode = Literal["auto", "bounded", "changelog"]
+SUFFIX = "_right"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JoinOut:
+    """Outputs of a time-based join: ``results`` and the ``late`` records of both sides.
+
+    ``late`` rows carry ``late_side`` (``"left"`` or ``"right"``) and ``late_reason``; their
+    other columns follow the result layout (the other side's columns are null).
+    """
+
+    results: Stream
+    late: Stream
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WindowJoinOp:
+    """Settings of a windowed stream-stream join."""
+
+    keys: tuple[str, ...]
+    right_keys: tuple[str, ...]
+    size_us: int
+    hop_us: int
+    offset_us: int
+    how: JoinHow
+    left_time: str
+    right_time: str
+    left_schema: Schema | None
+    right_schema: Schema | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class IntervalJoinOp:
+    """Settings of an interval join (inner)."""
+
+    keys: tuple[str, ...]
+    right_keys: tuple[str, ...]
+    lower_us: int
+    upper_us: int
+    left_time: str
+    right_time: str
+    left_schema: Schema | None
+    right_schema: Schema | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TableJoinOp:
+    """Settings of a stream-table join."""
+
+    on: tuple[str, ...]
+    table_on: tuple[str, ...]
+    how: Literal["left", "inner"]
+    #: True: the table input is bounded and loaded fully before stream records are joined.
+    bounded: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LookupOp:
+    """Settings of a cached lookup enrichment."""
+
+    on: tuple[str, ...]
+    fn: Callable[[pl.DataFrame], pl.DataFrame]
+    how: Literal["left", "inner"]
+    ttl_s: float | None
+    max_size: int | None
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def _check_pair(step_id: str, left: KeyedStream, right: KeyedStream) -> None:
+    if left.stream.flow is not right.stream.flow:
+        msg = f"step '{step_id}': both sides of a join must belong to the same dataflow"
+        raise ConfigError(msg)
+    if len(left.keys) != len(right.keys):
+        msg = (
+            f"step '{step_id}': the left side is keyed by {list(left.keys)} and the right by "
+            f"{list(right.keys)}; key both sides by the same number of columns"
+        )
+        raise ConfigError(msg)
+    for side, ks in (("left", left), ("right", right)):
+        if ks.stream.time_column is None:
+            msg = (
+                f"step '{step_id}': the {side} side has no event time; declare it upstream "
+                "with .event_time('column', ...)"
+            )
+            raise ConfigError(msg)
+
+
+def _result_schema(
+    keys: tuple[str, ...],
+    right_keys: tuple[str, ...],
+    left: Schema | None,
+    right: Schema | None,
+    window: bool,
+) -> Schema | None:
+    if left is None or right is None:
+        return None
+    out: Schema = {k: left[k] for k in keys if k in left}
+    if window:
+        out["window_start"] = pl.Datetime("us", "UTC")
+        out["window_end"] = pl.Datetime("us", "UTC")
+    for c, t in left.items():
+        if c not in keys:
+            out[c] = t
+    for c, t in right.items():
+        if c in right_keys:
+            continue
+        out[c + SUFFIX if c in out or c in keys else c] = t
+    return out
+
+
+def _two_inputs(
+    step_id: str, left: KeyedStream, right: KeyedStream
+) -> list[tuple[int, str]]:
+    return [left._exchange(step_id + ".left"), right._exchange(step_id + ".right")]
+
+
+# -- API functions -----------------------------------------------------------------------------
+def join_window(
+    left: KeyedStream,
+    right: KeyedStream,
+    window: WindowSpec,
+    *,
+    how: JoinHow = "inner",
+    name: str | None = None,
+) -> JoinOut:
+    """Join records of two keyed streams that share key and (tumbling or sliding) window.
+
+    See :meth:`tideflow.api.KeyedStream.join_window`.
+    """
+    from tideflow.api._dataflow import Stream, _check_literal
+
+    flow = left.stream.flow
+    step_id = flow._step_id(name, "join_window")
+    _check_literal(step_id, "how", how, ("inner", "left", "right", "full"))
+    _check_pair(step_id, left, right)
+    if not isinstance(window, Tumbling | Sliding):
+        msg = (
+            f"step '{step_id}': join_window() takes windows.tumbling(...) or "
+            f"windows.sliding(...), got {window!r}"
+        )
+        raise ConfigError(msg)
+    if window.size <= timedelta(0):
+        msg = f"step '{step_id}': window size must be > 0, got {window.size}"
+        raise ConfigError(msg)
+    hop = window.hop if isinstance(window, Sliding) else window.size
+    if hop <= timedelta(0) or hop > window.size:
+        msg = f"step '{step_id}': sliding hop must be > 0 and <= size, got {hop}"
+        raise ConfigError(msg)
+    lt, rt = left.stream.time_column, right.stream.time_column
+    assert lt is not None and rt is not None
+    ls, rs = left.stream.schema, right.stream.schema
+    op = WindowJoinOp(
+        left.keys,
+        right.keys,
+        _us(window.size),
+        _us(hop),
+        _us(window.offset),
+        how,
+        lt,
+        rt,
+        ls,
+        rs,
+    )
+    inputs = _two_inputs(step_id, left, right)
+    schema = _result_schema(left.keys, right.keys, ls, rs, True)
+    node = flow._add("join_window", inputs, op, step_id, schema=schema, ports=("out", "late"))
+    return JoinOut(Stream(flow, node, "out"), Stream(flow, node, "late"))
+
+
+def join_interval(
+    left: KeyedStream,
+    right: KeyedStream,
+    *,
+    lower: timedelta,
+    upper: timedelta,
+    name: str | None = None,
+) -> JoinOut:
+    """Join each left record at t with the right records of its key in ``[t+lower, t+upper]``.
+
+    See :meth:`tideflow.api.KeyedStream.join_interval`.
+    """
+    from tideflow.api._dataflow import Stream
+
+    flow = left.stream.flow
+    step_id = flow._step_id(name, "join_interval")
+    _check_pair(step_id, left, right)
+    if not isinstance(lower, timedelta) or not isinstance(upper, timedelta) or lower > upper:
+        msg = (
+            f"step '{step_id}': lower and upper must be timedeltas with lower <= upper, "
+            f"got lower={lower!r}, upper={upper!r}"
+        )
+        raise ConfigError(msg)
+    lt, rt = left.stream.time_column, right.stream.time_column
+    assert lt is not None and rt is not None
+    ls, rs = left.stream.schema, right.stream.schema
+    op = IntervalJoinOp(left.keys, right.keys, _us(lower), _us(upper), lt, rt, ls, rs)
+    inputs = _two_inputs(step_id, left, right)
+    schema = _result_schema(left.keys, right.keys, ls, rs, False)
+    node = flow._add("join_interval", inputs, op, step_id, schema=schema, ports=("out", "late"))
+    return JoinOut(Stream(flow, node, "out"), Stream(flow, node, "late"))
+
+
+def _upstream_bounded(stream: Stream) -> bool:
+    nodes = stream.flow.nodes
+    todo, seen, bounded = [stream.node.index], set(), True
+    while todo:
+        i = todo.pop()
+        if i in seen:
+            continue
+        seen.add(i)
+        n = nodes[i]
+        if n.kind == "source":
+            bounded = bounded and bool(n.spec.bounded)
+        todo.extend(src for src, _ in n.inputs)
+    return bounded
+
+
+def _on(on: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    return (on,) if isinstance(on, str) else tuple(on)
+
+
+def join_table(
+    stream: Stream,
+    table: Stream | KeyedStream,
+    *,
+    on: str | list[str] | tuple[str, ...],
+    how: Literal["left", "inner"] = "left",
+    mode: TableMode = "auto",
+    name: str | None = None,
+) -> Stream:
+    """Enrich ``stream`` with the latest row per key of ``table``.
+
+    See :meth:`tideflow.api.Stream.join_table`.
+    """
+    from tideflow.api._dataflow import KeyedStream, Stream, _check_literal
+
+    flow = stream.flow
+    step_id = flow._step_id(name, "join_table")
+    _check_literal(step_id, "how", how, ("left", "inner"))
+    _check_literal(step_id, "mode", mode, ("auto", "bounded", "changelog"))
+    keys = _on(on)
+    if not keys:
+        msg = f"step '{step_id}': join_table() needs on=<key column(s)>"
+        raise ConfigError(msg)
+    if isinstance(table, KeyedStream):
+        table_keys, table_stream = table.keys, table.stream
+        if len(table_keys) != len(keys):
+            msg = f"step '{step_id}': on={list(keys)} does not match the table keys {list(table_keys)}"
+            raise ConfigError(msg)
+    else:
+        table_keys, table_stream = keys, table
+    if table_stream.flow is not flow:
+        msg = f"step '{step_id}': the table must belong to the same dataflow"
+        raise ConfigError(msg)
+    for side, s, ks in (("stream", stream, keys), ("table", table_stream, table_keys)):
+        if s.schema is not None:
+            missing = [k for k in ks if k not in s.schema]
+            if missing:
+                msg = f"step '{step_id}': the {side} has no column {missing}; columns are {list(s.schema)}"
+                raise ConfigError(msg)
+    bounded = _upstream_bounded(table_stream) if mode == "auto" else mode == "bounded"
+    if bounded and not _upstream_bounded(table_stream):
+        msg = (
+            f"step '{step_id}': mode='bounded' needs a table input that ends; this one is "
+            "unbounded: use mode='changelog'"
+        )
+        raise ConfigError(msg)
+    op = TableJoinOp(keys, table_keys, how, bounded)
+    inputs = [
+        KeyedStream(stream, keys)._exchange(step_id + ".stream"),
+        KeyedStream(table_stream, table_keys)._exchange(step_id + ".table"),
+    ]
+    ss, ts = stream.schema, table_stream.schema
+    schema: Schema | None = None
+    if ss is not None and ts is not None:
+        schema = dict(ss)
+        for c, t in ts.items():
+            if c not in table_keys:
+                schema[c + SUFFIX if c in schema else c] = t
+    node = flow._add("join_table", inputs, op, step_id, schema=schema)
+    return Stream(flow, node)
+
+
+def lookup(
+    stream: Stream,
+    fn: Callable[[pl.DataFrame], pl.DataFrame],
+    *,
+    on: str | list[str] | tuple[str, ...],
+    ttl: timedelta | None = None,
+    max_size: int | None = None,
+    how: Literal["left", "inner"] = "left",
+    name: str | None = None,
+) -> Stream:
+    """Enrich ``stream`` by calling ``fn`` for keys missing from a cache.
+
+    See :meth:`tideflow.api.Stream.lookup`.
+    """
+    from tideflow.api._dataflow import _check_literal
+
+    flow = stream.flow
+    step_id = flow._step_id(name, "lookup")
+    _check_literal(step_id, "how", how, ("left", "inner"))
+    keys = _on(on)
+    if not callable(fn) or not keys:
+        msg = f"step '{step_id}': lookup() needs a function fn(keys) -> DataFrame and on=<keys>"
+        raise ConfigError(msg)
+    if ttl is not None and ttl <= timedelta(0):
+        msg = f"step '{step_id}': ttl must be > 0 (or None to keep entries forever)"
+        raise ConfigError(msg)
+    if max_size is not None and (not isinstance(max_size, int) or max_size < 1):
+        msg = f"step '{step_id}': max_size must be a positive int, got {max_size!r}"
+        raise ConfigError(msg)
+    if stream.schema is not None:
+        missing = [k for k in keys if k not in stream.schema]
+        if missing:
+            msg = f"step '{step_id}': no column {missing} to look up; columns are {list(stream.schema)}"
+            raise ConfigError(msg)
+    op = LookupOp(keys, fn, how, ttl.total_seconds() if ttl is not None else None, max_size)
+    node = flow._add("lookup", [(stream.node.index, stream.port)], op, step_id)
+    return type(stream)(flow, node)

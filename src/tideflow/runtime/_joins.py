@@ -1,0 +1,402 @@
+"""Join operators: windowed and interval stream-stream joins, table joins and cached lookups.
+
+Every join is vectorized: records are buffered as Polars frames (per window start for windowed
+joins, per side for interval joins) and matched with Polars joins; nothing runs per record in
+Python. Input 0 is the left (stream) side, input 1 the right (table) side; right key columns
+are renamed to the left names on arrival.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+from tideflow._errors import JobError
+from tideflow.api._graph import Node, fn_location
+from tideflow.api._joins import SUFFIX, IntervalJoinOp, LookupOp, TableJoinOp, WindowJoinOp
+from tideflow.runtime._operators import OpContext, Operator
+
+__all__ = [
+    "IntervalJoinOperator",
+    "LookupOperator",
+    "TableJoinOperator",
+    "WindowJoinOperator",
+    "build_join_operator",
+]
+
+WM_MIN = -(2**63)
+WM_MAX = 2**63 - 1
+TIME = pl.Datetime("us", "UTC")
+_COMPACT_AT = 16
+
+
+def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    return frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical_relaxed")
+
+
+class _TwoSided(Operator):
+    """What the stream-stream joins share: key renaming, schemas, the result layout, late rows."""
+
+    def __init__(self, node: Node, ctx: OpContext) -> None:
+        super().__init__(node, ctx)
+        op: WindowJoinOp | IntervalJoinOp = node.spec
+        self.keys = list(op.keys)
+        self.rename = {r: k for r, k in zip(op.right_keys, op.keys, strict=True) if r != k}
+        self.time_cols = (op.left_time, self.rename.get(op.right_time, op.right_time))
+        right = op.right_schema
+        if right is not None:
+            right = {self.rename.get(c, c): t for c, t in right.items()}
+        self.schemas: list[dict[str, pl.DataType] | None] = [op.left_schema, right]
+        self.wm = WM_MIN
+
+    def _arrive(self, index: int, batch: pl.DataFrame) -> pl.DataFrame:
+        if index == 1 and self.rename:
+            batch = batch.rename(self.rename)
+        if self.schemas[index] is None:
+            self.schemas[index] = dict(batch.schema)
+        return batch
+
+    def _empty(self, index: int) -> pl.DataFrame:
+        schema = self.schemas[index]
+        if schema is None:
+            other = self.schemas[1 - index] or {}
+            schema = {k: other.get(k, pl.Null()) for k in self.keys}
+        return pl.DataFrame(schema=schema)
+
+    def _layout(self, joined: pl.DataFrame, extra: list[str]) -> pl.DataFrame:
+        rest = [c for c in joined.columns if c not in self.keys and not c.startswith("__")]
+        rest = [c for c in rest if c not in extra]
+        return joined.select(*self.keys, *extra, *rest)
+
+    def _full(self, left: pl.DataFrame, right: pl.DataFrame, on: list[str]) -> pl.DataFrame:
+        """Full outer join of both sides with ``__l``/``__r`` flags telling which side matched."""
+        left = left.with_columns(__l=pl.lit(True))
+        right = right.with_columns(__r=pl.lit(True))
+        return left.join(
+            right, on=on, how="full", coalesce=True, suffix=SUFFIX, maintain_order="left_right"
+        )
+
+    def _late(self, rows: pl.DataFrame, index: int, reason: str) -> None:
+        if rows.height == 0:
+            return
+        rows = rows.drop([c for c in rows.columns if c.startswith("__")])
+        other = self._empty(1 - index)
+        pair = (rows, other) if index == 0 else (other, rows)
+        joined = self._full(*pair, self.keys)
+        out = self._layout(joined, []).with_columns(
+            late_side=pl.lit("left" if index == 0 else "right"), late_reason=pl.lit(reason)
+        )
+        self.ctx.emit(out, "late")
+
+    def _times(self, batch: pl.DataFrame, index: int) -> pl.Series:
+        col = self.time_cols[index]
+        if col not in batch.columns:
+            msg = f"step '{self.node.step_id}': no event-time column {col!r} in {batch.columns}"
+            raise JobError(msg, step_id=self.node.step_id)
+        return batch.get_column(col).dt.epoch("us").alias("__t")
+
+    def on_watermark(self, wm: int, idle: bool) -> None:
+        self._advance(wm)
+        self.ctx.watermark(wm, idle)
+
+    def on_end(self) -> None:
+        self._advance(WM_MAX)
+
+    def _advance(self, wm: int) -> None:
+        raise NotImplementedError
+
+
+class WindowJoinOperator(_TwoSided):
+    """Buffers both sides per window start; joins a window when the watermark passes its end."""
+
+    def __init__(self, node: Node, ctx: OpContext) -> None:
+        super().__init__(node, ctx)
+        self.op: WindowJoinOp = node.spec
+        self.size, self.hop, self.offset = self.op.size_us, self.op.hop_us, self.op.offset_us
+        self.copies = -(-self.size // self.hop)
+        self.buckets: dict[int, tuple[list[pl.DataFrame], list[pl.DataFrame]]] = {}
+
+    def on_batch(self, index: int, batch: pl.DataFrame) -> None:
+        if batch.height == 0:
+            return
+        batch = self._arrive(index, batch).with_row_index("__rid")
+        base = batch.with_columns(self._times(batch, index))
+        start = ((pl.col("__t") - self.offset) // self.hop) * self.hop + self.offset
+        if self.copies == 1:
+            rows = base.with_columns(__ws=start)
+        else:
+            parts = [base.with_columns(__ws=start - j * self.hop) for j in range(self.copies)]
+            rows = pl.concat(parts).filter(pl.col("__t") < pl.col("__ws") + self.size)
+        live = rows.filter(pl.col("__ws") + self.size > self.wm)
+        if live.height < rows.height:
+            lost = batch.join(live.select("__rid").unique(), on="__rid", how="anti")
+            self._late(lost, index, "its windows closed: the watermark passed their end")
+        if live.height == 0:
+            return
+        live = live.drop("__rid", "__t")
+        for (ws,), part in live.partition_by("__ws", as_dict=True, include_key=False).items():
+            bucket = self.buckets.setdefault(int(ws), ([], []))[index]
+            bucket.append(part)
+            if len(bucket) >= _COMPACT_AT:
+                bucket[:] = [_concat(bucket)]
+
+    def _advance(self, wm: int) -> None:
+        if wm <= self.wm:
+            return
+        self.wm = wm
+        ready = sorted(ws for ws in self.buckets if ws + self.size <= wm)
+        out: list[pl.DataFrame] = []
+        how = self.op.how
+        for ws in ready:
+            lefts, rights = self.buckets.pop(ws)
+            if how == "inner" and not (lefts and rights):
+                continue
+            left = _concat(lefts) if lefts else self._empty(0)
+            right = _concat(rights) if rights else self._empty(1)
+            joined = self._full(left, right, self.keys)
+            if how == "inner":
+                joined = joined.filter(pl.col("__l").is_not_null() & pl.col("__r").is_not_null())
+            elif how == "left":
+                joined = joined.filter(pl.col("__l").is_not_null())
+            elif how == "right":
+                joined = joined.filter(pl.col("__r").is_not_null())
+            if joined.height == 0:
+                continue
+            joined = joined.with_columns(
+                window_start=pl.lit(ws).cast(TIME), window_end=pl.lit(ws + self.size).cast(TIME)
+            )
+            out.append(self._layout(joined, ["window_start", "window_end"]))
+        if out:
+            self.ctx.emit(pl.concat(out, how="diagonal_relaxed"))
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"version": 1, "wm": self.wm, "open": len(self.buckets)}
+
+
+class IntervalJoinOperator(_TwoSided):
+    """Left record at t meets right records of its key in [t+lower, t+upper], once, on arrival."""
+
+    def __init__(self, node: Node, ctx: OpContext) -> None:
+        super().__init__(node, ctx)
+        self.op: IntervalJoinOp = node.spec
+        self.lower, self.upper = self.op.lower_us, self.op.upper_us
+        self.buffers: tuple[list[pl.DataFrame], list[pl.DataFrame]] = ([], [])
+
+    def _buffer(self, index: int) -> pl.DataFrame | None:
+        frames = self.buffers[index]
+        if not frames:
+            return None
+        if len(frames) > 1:
+            frames[:] = [_concat(frames)]
+        return frames[0]
+
+    def on_batch(self, index: int, batch: pl.DataFrame) -> None:
+        if batch.height == 0:
+            return
+        batch = self._arrive(index, batch)
+        rows = batch.with_columns(self._times(batch, index))
+        late = rows.filter(pl.col("__t") < self.wm)
+        if late.height:
+            self._late(late, index, "its time is below the watermark")
+            rows = rows.filter(pl.col("__t") >= self.wm)
+            if rows.height == 0:
+                return
+        other = self._buffer(1 - index)
+        if other is not None and other.height:
+            left, right = (rows, other) if index == 0 else (other, rows)
+            pairs = left.join(right, on=self.keys, how="inner", suffix=SUFFIX)
+            tl, tr = pl.col("__t"), pl.col("__t" + SUFFIX)
+            pairs = pairs.filter((tr >= tl + self.lower) & (tr <= tl + self.upper))
+            if pairs.height:
+                self.ctx.emit(self._layout(pairs, []))
+        self.buffers[index].append(rows)
+
+    def _advance(self, wm: int) -> None:
+        if wm <= self.wm:
+            return
+        self.wm = wm
+        # A left record at t waits for right times up to t+upper; a right record at r for
+        # left times down to r-upper... up to r-lower. Records no future partner can reach go.
+        keep = (pl.col("__t") + self.upper >= wm, pl.col("__t") - self.lower >= wm)
+        for index in (0, 1):
+            buf = self._buffer(index)
+            if buf is not None:
+                self.buffers[index][:] = [buf.filter(keep[index])]
+
+    def snapshot(self) -> dict[str, Any]:
+        sizes = [sum(f.height for f in b) for b in self.buffers]
+        return {"version": 1, "wm": self.wm, "buffered": sizes}
+
+
+class TableJoinOperator(Operator):
+    """Enriches stream records with the latest table row of their key (input 1 is the table).
+
+    A bounded table is loaded fully first: stream records (and the stream's watermark) wait
+    until the table input ends. A changelog table is upserted as it comes; stream records join
+    with the rows current when they arrive.
+    """
+
+    #: Only the stream side's watermark moves this step's output watermark.
+    watermark_inputs = (0,)
+
+    def __init__(self, node: Node, ctx: OpContext) -> None:
+        super().__init__(node, ctx)
+        self.op: TableJoinOp = node.spec
+        self.keys = list(self.op.on)
+        self.rename = {r: k for r, k in zip(self.op.table_on, self.op.on, strict=True) if r != k}
+        self.table: pl.DataFrame | None = None
+        self.pending: list[pl.DataFrame] = []
+        self.table_ended = False
+        self.held_wm: tuple[int, bool] | None = None
+
+    @property
+    def _waiting(self) -> bool:
+        return self.op.bounded and not self.table_ended
+
+    def on_batch(self, index: int, batch: pl.DataFrame) -> None:
+        if batch.height == 0:
+            return
+        if index == 0:
+            if self._waiting:
+                self.pending.append(batch)
+            else:
+                self._emit(batch)
+            return
+        if self.rename:
+            batch = batch.rename(self.rename)
+        rows = batch.unique(subset=self.keys, keep="last", maintain_order=True)
+        if self.table is None:
+            self.table = rows
+        else:
+            kept = self.table.join(rows.select(self.keys), on=self.keys, how="anti")
+            self.table = pl.concat([kept, rows], how="vertical_relaxed")
+
+    def _emit(self, batch: pl.DataFrame) -> None:
+        if self.table is None:
+            if self.op.how == "left":
+                self.ctx.emit(batch)
+            return
+        out = batch.join(
+            self.table, on=self.keys, how=self.op.how, suffix=SUFFIX, maintain_order="left"
+        )
+        if out.height:
+            self.ctx.emit(out)
+
+    def on_input_end(self, index: int) -> None:
+        if index == 1 and not self.table_ended:
+            self.table_ended = True
+            pending, self.pending = self.pending, []
+            for batch in pending:
+                self._emit(batch)
+            if self.held_wm is not None:
+                self.ctx.watermark(*self.held_wm)
+                self.held_wm = None
+
+    def on_watermark(self, wm: int, idle: bool) -> None:
+        if self._waiting:
+            self.held_wm = (wm, idle)
+        else:
+            self.ctx.watermark(wm, idle)
+
+    def on_end(self) -> None:
+        self.on_input_end(1)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"version": 1, "rows": 0 if self.table is None else self.table.height}
+
+
+class LookupOperator(Operator):
+    """Calls the lookup function once per batch for the keys missing from the cache.
+
+    The cache is a frame of keys, looked-up columns, ``__found`` (the function returned a row),
+    ``__at`` (when it was fetched, processing time) and ``__used`` (a batch counter for LRU).
+    """
+
+    def __init__(self, node: Node, ctx: OpContext) -> None:
+        super().__init__(node, ctx)
+        self.op: LookupOp = node.spec
+        self.keys = list(self.op.on)
+        self.cache: pl.DataFrame | None = None
+        self.tick = 0
+        self.calls = 0
+        self.hits = 0
+        self.misses = 0
+        self.where = fn_location(self.op.fn)
+
+    def _fetch(self, missing: pl.DataFrame, now: float) -> pl.DataFrame:
+        try:
+            got = self.op.fn(missing)
+        except Exception as exc:
+            msg = f"step '{self.node.step_id}': {self.where} raised {type(exc).__name__}: {exc}"
+            raise JobError(msg, step_id=self.node.step_id) from exc
+        if not isinstance(got, pl.DataFrame) or any(k not in got.columns for k in self.keys):
+            msg = (
+                f"step '{self.node.step_id}': {self.where} must return a polars.DataFrame "
+                f"with the key columns {self.keys}"
+            )
+            raise JobError(msg, step_id=self.node.step_id)
+        self.calls += 1
+        got = got.unique(subset=self.keys, keep="last", maintain_order=True)
+        got = got.cast({k: missing.schema[k] for k in self.keys})
+        fresh = missing.join(
+            got.with_columns(__found=pl.lit(True)), on=self.keys, how="left"
+        ).with_columns(pl.col("__found").fill_null(False), __at=pl.lit(now), __used=pl.lit(0))
+        return fresh
+
+    def on_batch(self, index: int, batch: pl.DataFrame) -> None:
+        if batch.height == 0:
+            return
+        now = self.ctx.now()
+        self.tick += 1
+        cache = self.cache
+        if cache is not None and self.op.ttl_s is not None:
+            cache = cache.filter(pl.col("__at") > now - self.op.ttl_s)
+        wanted = batch.select(self.keys).unique(maintain_order=True)
+        if cache is not None and cache.height:
+            missing = wanted.join(cache.select(self.keys), on=self.keys, how="anti")
+        else:
+            missing = wanted
+        self.misses += missing.height
+        self.hits += wanted.height - missing.height
+        if missing.height:
+            fresh = self._fetch(missing, now)
+            cache = fresh if cache is None else pl.concat([cache, fresh], how="diagonal_relaxed")
+        assert cache is not None
+        used = wanted.with_columns(__hit=pl.lit(True))
+        cache = (
+            cache.join(used, on=self.keys, how="left")
+            .with_columns(
+                __used=pl.when(pl.col("__hit")).then(pl.lit(self.tick)).otherwise(pl.col("__used"))
+            )
+            .drop("__hit")
+        )
+        how = self.op.how
+        values = cache.filter(pl.col("__found")) if how == "inner" else cache
+        values = values.drop("__found", "__at", "__used")
+        out = batch.join(values, on=self.keys, how=how, suffix=SUFFIX, maintain_order="left")
+        if self.op.max_size is not None and cache.height > self.op.max_size:
+            cache = cache.sort("__used", descending=True, maintain_order=True).head(
+                self.op.max_size
+            )
+        self.cache = cache
+        if out.height:
+            self.ctx.emit(out)
+
+    def snapshot(self) -> dict[str, Any]:
+        size = 0 if self.cache is None else self.cache.height
+        return {"version": 1, "cached": size, "calls": self.calls}
+
+
+def build_join_operator(node: Node, ctx: OpContext) -> Operator:
+    """Make the runtime operator of a join node."""
+    if node.kind == "join_window":
+        return WindowJoinOperator(node, ctx)
+    if node.kind == "join_interval":
+        return IntervalJoinOperator(node, ctx)
+    if node.kind == "join_table":
+        return TableJoinOperator(node, ctx)
+    if node.kind == "lookup":
+        return LookupOperator(node, ctx)
+    msg = f"no join operator for step kind {node.kind!r}"
+    raise AssertionError(msg)
