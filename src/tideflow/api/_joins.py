@@ -98,6 +98,8 @@ class TableJoinOp:
     how: Literal["left", "inner"]
     #: True: the table input is bounded and loaded fully before stream records are joined.
     bounded: bool
+    #: Columns of the table (keys named as in ``on``), when known before data moves.
+    table_schema: Schema | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -311,12 +313,15 @@ def join_table(
             "unbounded: use mode='changelog'"
         )
         raise ConfigError(msg)
-    op = TableJoinOp(keys, table_keys, how, bounded)
+    ts = table_stream.schema
+    rename = dict(zip(table_keys, keys, strict=True))
+    table_schema = {rename.get(c, c): t for c, t in ts.items()} if ts is not None else None
+    op = TableJoinOp(keys, table_keys, how, bounded, table_schema)
     inputs = [
         KeyedStream(stream, keys)._exchange(step_id + ".stream"),
         KeyedStream(table_stream, table_keys)._exchange(step_id + ".table"),
     ]
-    ss, ts = stream.schema, table_stream.schema
+    ss = stream.schema
     schema: Schema | None = None
     if ss is not None and ts is not None:
         schema = dict(ss)

@@ -245,7 +245,8 @@ class TableJoinOperator(Operator):
         self.op: TableJoinOp = node.spec
         self.keys = list(self.op.on)
         self.rename = {r: k for r, k in zip(self.op.table_on, self.op.on, strict=True) if r != k}
-        self.table: pl.DataFrame | None = None
+        schema = self.op.table_schema
+        self.table: pl.DataFrame | None = pl.DataFrame(schema=schema) if schema else None
         self.pending: list[pl.DataFrame] = []
         self.table_ended = False
         self.held_wm: tuple[int, bool] | None = None

@@ -1,0 +1,390 @@
+"""Joins against brute-force nested-loop references on random out-of-order inputs.
+
+One source carries both sides (column ``side``) so that the order in which the engine sees
+records and watermarks is fixed: per batch, records are checked against the watermark as it
+was before the batch, then the watermark moves to (largest time seen - delay). The references
+are plain Python loops over all pairs, sharing no code with the engine.
+"""
+
+from collections import Counter, defaultdict
+from datetime import timedelta
+
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tideflow as tf
+from tideflow import windows
+from tideflow._errors import ConfigError
+from tideflow.testing import CollectSink, FakeClock, TestingSource
+
+MIN = -(2**63)
+T0 = 1_700_000_000_000_000  # µs
+
+record = st.tuples(
+    st.sampled_from(["L", "R"]), st.sampled_from(["a", "b", "c"]), st.integers(0, 60), st.integers(0, 99)
+)
+batches_st = st.lists(st.lists(record, min_size=1, max_size=6), min_size=1, max_size=7)
+
+
+def us(t):
+    return int(t.timestamp() * 1_000_000) - T0 if t is not None else None
+
+
+# -- references ----------------------------------------------------------------------------------
+def late_split(batches, delay, is_late):
+    """(accepted records, late records) replaying the watermark batch by batch."""
+    wm = MIN
+    ok, late = [], []
+    for batch in batches:
+        for rec in batch:
+            (late if is_late(rec, wm) else ok).append(rec)
+        wm = max(wm, max(t for _, _, t, _ in batch) - delay)
+    return ok, late
+
+
+def ref_window_join(batches, size, hop, delay, how):
+    def starts(t):
+        first = (t // hop) * hop
+        return [ws for ws in range(first, first - size, -hop) if ws <= t < ws + size]
+
+    def is_late(rec, wm):
+        return all(ws + size <= wm for ws in starts(rec[2]))
+
+    ok, late = late_split(batches, delay, is_late)
+    wm_at = {}  # a record only goes to its windows that were open when it arrived
+    wm = MIN
+    groups = defaultdict(lambda: ([], []))
+    for batch in batches:
+        for rec in batch:
+            side, k, t, v = rec
+            for ws in starts(t):
+                if ws + size > wm:
+                    groups[(k, ws)][side == "R"].append((t, v))
+        wm = max(wm, max(t for _, _, t, _ in batch) - delay)
+    del wm_at, ok
+    out = []
+    for (k, ws), (ls, rs) in groups.items():
+        for lt, lv in ls:
+            for rt, rv in rs:
+                out.append((k, ws, lt, lv, rt, rv))
+        if how in ("left", "full") and not rs:
+            out += [(k, ws, lt, lv, None, None) for lt, lv in ls]
+        if how in ("right", "full") and not ls:
+            out += [(k, ws, None, None, rt, rv) for rt, rv in rs]
+    return Counter(out), Counter(late)
+
+
+def ref_interval_join(batches, lower, upper, delay):
+    ok, late = late_split(batches, delay, lambda rec, wm: rec[2] < wm)
+    out = [
+        (k1, t1, v1, t2, v2)
+        for s1, k1, t1, v1 in ok
+        if s1 == "L"
+        for s2, k2, t2, v2 in ok
+        if s2 == "R" and k1 == k2 and t1 + lower <= t2 <= t1 + upper
+    ]
+    return Counter(out), Counter(late)
+
+
+# -- running the engine --------------------------------------------------------------------------
+def sides(batches, delay):
+    items = [
+        pl.DataFrame(
+            {
+                "side": [r[0] for r in b],
+                "k": [r[1] for r in b],
+                "t": [T0 + r[2] for r in b],
+                "v": [r[3] for r in b],
+            },
+            schema={"side": pl.String, "k": pl.String, "t": pl.Int64, "v": pl.Int64},
+        )
+        for b in batches
+    ]
+    flow = tf.Dataflow("joins")
+    schema = {"side": pl.String(), "k": pl.String(), "t": pl.Int64(), "v": pl.Int64()}
+    s = flow.source(TestingSource(items, batch_size=1, schema=schema)).event_time(
+        "t", unit="us", delay=timedelta(microseconds=delay)
+    )
+    parts = s.split(left=pl.col("side") == "L", right=pl.col("side") == "R")
+    left = parts.left.drop("side").key_by("k")
+    right = parts.right.drop("side").key_by("k")
+    return flow, left, right
+
+
+def late_rows(sink):
+    frame = sink.frame()
+    if frame.height == 0:
+        return Counter()
+    assert frame["late_reason"].str.len_chars().min() > 0
+    return Counter(
+        ("L" if r["late_side"] == "left" else "R", r["k"], us(r["t"] if r["late_side"] == "left" else r["t_right"]),
+         r["v"] if r["late_side"] == "left" else r["v_right"])
+        for r in frame.iter_rows(named=True)
+    )
+
+
+def run_window_join(batches, window, delay, how, workers=1):
+    flow, left, right = sides(batches, delay)
+    out, late = CollectSink(), CollectSink()
+    j = left.join_window(right, window, how=how)
+    j.results.sink(out)
+    j.late.sink(late)
+    tf.run(flow, workers=workers, batch_size=1)
+    frame = out.frame()
+    got = Counter(
+        (r["k"], us(r["window_start"]), us(r["t"]), r["v"], us(r["t_right"]), r["v_right"])
+        for r in frame.iter_rows(named=True)
+    )
+    if frame.height:
+        assert frame.columns == ["k", "window_start", "window_end", "t", "v", "t_right", "v_right"]
+        assert (frame["window_end"] - frame["window_start"]).dt.total_microseconds().unique().len() == 1
+    return got, late_rows(late)
+
+
+def run_interval_join(batches, lower, upper, delay, workers=1):
+    flow, left, right = sides(batches, delay)
+    out, late = CollectSink(), CollectSink()
+    j = left.join_interval(
+        right, lower=timedelta(microseconds=lower), upper=timedelta(microseconds=upper)
+    )
+    j.results.sink(out)
+    j.late.sink(late)
+    tf.run(flow, workers=workers, batch_size=1)
+    got = Counter(
+        (r["k"], us(r["t"]), r["v"], us(r["t_right"]), r["v_right"])
+        for r in out.frame().iter_rows(named=True)
+    )
+    return got, late_rows(late)
+
+
+# -- windowed join ------------------------------------------------------------------------------
+@settings(max_examples=40, deadline=None)
+@given(
+    batches=batches_st,
+    delay=st.integers(0, 25),
+    how=st.sampled_from(["inner", "left", "right", "full"]),
+    size=st.sampled_from([10, 25]),
+)
+def test_tumbling_join_equals_reference(batches, delay, how, size):
+    want, want_late = ref_window_join(batches, size, size, delay, how)
+    got, got_late = run_window_join(
+        batches, windows.tumbling(timedelta(microseconds=size)), delay, how
+    )
+    assert got == want
+    assert got_late == want_late
+
+
+@settings(max_examples=15, deadline=None)
+@given(batches=batches_st, delay=st.integers(0, 25), how=st.sampled_from(["inner", "full"]))
+def test_sliding_join_equals_reference(batches, delay, how):
+    want, want_late = ref_window_join(batches, 20, 10, delay, how)
+    got, got_late = run_window_join(
+        batches,
+        windows.sliding(timedelta(microseconds=20), timedelta(microseconds=10)),
+        delay,
+        how,
+    )
+    assert got == want
+    assert got_late == want_late
+
+
+def test_outer_join_keeps_unmatched_rows_of_both_sides():
+    batches = [[("L", "a", 1, 1), ("R", "a", 2, 2), ("L", "b", 3, 3)], [("R", "c", 15, 4)]]
+    got, _ = run_window_join(batches, windows.tumbling(timedelta(microseconds=10)), 0, "full")
+    assert got == Counter(
+        {("a", 0, 1, 1, 2, 2): 1, ("b", 0, 3, 3, None, None): 1, ("c", 10, None, None, 15, 4): 1}
+    )
+
+
+def test_late_records_of_both_sides_go_to_late():
+    batches = [[("L", "a", 50, 1)], [("L", "a", 3, 2), ("R", "b", 4, 3)], [("R", "a", 55, 4)]]
+    got, late = run_window_join(batches, windows.tumbling(timedelta(microseconds=10)), 0, "inner")
+    assert got == Counter({("a", 50, 50, 1, 55, 4): 1})
+    assert late == Counter({("L", "a", 3, 2): 1, ("R", "b", 4, 3): 1})
+
+
+# -- interval join ------------------------------------------------------------------------------
+@settings(max_examples=40, deadline=None)
+@given(
+    batches=batches_st,
+    delay=st.integers(0, 25),
+    bounds=st.sampled_from([(-5, 5), (0, 10), (-12, -3), (2, 2)]),
+)
+def test_interval_join_equals_reference(batches, delay, bounds):
+    lower, upper = bounds
+    want, want_late = ref_interval_join(batches, lower, upper, delay)
+    got, got_late = run_interval_join(batches, lower, upper, delay)
+    assert got == want
+    assert got_late == want_late
+
+
+def test_interval_join_buffers_are_pruned_by_the_watermark():
+    from tideflow.runtime._joins import IntervalJoinOperator
+
+    seen = []
+    orig = IntervalJoinOperator._advance
+
+    def spy(self, wm):
+        orig(self, wm)
+        seen.append(sum(f.height for b in self.buffers for f in b))
+
+    batches = [[("L", "a", t, t), ("R", "a", t + 1, t)] for t in range(0, 60, 2)]
+    IntervalJoinOperator._advance = spy
+    try:
+        got, _ = run_interval_join(batches, 0, 3, 0)
+    finally:
+        IntervalJoinOperator._advance = orig
+    assert got == ref_interval_join(batches, 0, 3, 0)[0]
+    assert max(seen[:-1]) <= 6  # a few records per side, not the whole history
+
+
+# -- two workers --------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["window", "interval"])
+def test_two_workers_equal_the_reference(kind):
+    import random
+
+    rnd = random.Random(7)
+    batches = [
+        [(rnd.choice("LR"), rnd.choice("abcde"), rnd.randrange(100), rnd.randrange(99)) for _ in range(5)]
+        for _ in range(12)
+    ]
+    delay = 1000  # nothing is late whatever the interleaving of the workers
+    if kind == "window":
+        want, _ = ref_window_join(batches, 10, 10, delay, "full")
+        got, late = run_window_join(
+            batches, windows.tumbling(timedelta(microseconds=10)), delay, "full", workers=2
+        )
+    else:
+        want, _ = ref_interval_join(batches, -4, 6, delay)
+        got, late = run_interval_join(batches, -4, 6, delay, workers=2)
+    assert got == want
+    assert not late
+
+
+# -- table joins --------------------------------------------------------------------------------
+def test_bounded_table_is_loaded_before_stream_records_join():
+    flow = tf.Dataflow("tab")
+    events = flow.source(
+        TestingSource([{"id": i % 4, "n": i} for i in range(10)], batch_size=3), name="events"
+    )
+    table = flow.source(
+        TestingSource(
+            [{"uid": 0, "tier": "x"}, {"uid": 1, "tier": "y"}, {"uid": 0, "tier": "z"}],
+            batch_size=1,
+        ),
+        name="users",
+    )
+    out, inner = CollectSink(), CollectSink()
+    events.join_table(table.key_by("uid"), on="id").sink(out)
+    events.join_table(table.key_by("uid"), on="id", how="inner", name="inner").sink(inner)
+    tf.run(flow, batch_size=1)
+    final = {0: "z", 1: "y"}
+    got = sorted(out.frame().rows())
+    assert got == sorted((i % 4, i, final.get(i % 4)) for i in range(10))
+    assert sorted(inner.frame().rows()) == sorted(
+        (i % 4, i, final[i % 4]) for i in range(10) if i % 4 in final
+    )
+
+
+def test_bounded_table_with_two_workers():
+    flow = tf.Dataflow("tab2")
+    events = flow.source(TestingSource([{"id": i % 7, "n": i} for i in range(40)], batch_size=5))
+    table = flow.source(TestingSource([{"id": i, "sq": i * i} for i in range(5)], batch_size=2))
+    out = CollectSink()
+    events.join_table(table, on="id").sink(out)
+    tf.run(flow, workers=2)
+    want = sorted((i % 7, i, (i % 7) ** 2 if i % 7 < 5 else None) for i in range(40))
+    assert sorted(out.frame().rows()) == want
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(st.sampled_from(["T", "E"]), st.sampled_from(["a", "b", "c"]), st.integers(0, 9)),
+        min_size=1,
+        max_size=25,
+    )
+)
+def test_changelog_table_joins_the_current_row(ops):
+    items = [{"op": o, "k": k, "v": v} for o, k, v in ops]
+    flow = tf.Dataflow("cl")
+    schema = {"op": pl.String(), "k": pl.String(), "v": pl.Int64()}
+    parts = flow.source(TestingSource(items, batch_size=1, schema=schema)).split(
+        table=pl.col("op") == "T", events=pl.col("op") == "E"
+    )
+    table = parts.table.select("k", pl.col("v").alias("val"))
+    out = CollectSink()
+    parts.events.drop("op").join_table(table, on="k", mode="changelog").sink(out)
+    tf.run(flow, batch_size=1)
+    current, want = {}, []
+    for o, k, v in ops:
+        if o == "T":
+            current[k] = v
+        else:
+            want.append((k, v, current.get(k)))
+    got = out.frame().rows() if out.frame().height else []
+    assert got == want
+
+
+def test_join_table_checks_its_settings():
+    flow = tf.Dataflow("bad")
+    s = flow.source(TestingSource([], schema={"id": pl.Int64()}))
+    t = flow.source(TestingSource([], schema={"uid": pl.Int64()}), name="t")
+    with pytest.raises(ConfigError, match="has no column"):
+        s.join_table(t, on="id")
+    with pytest.raises(ConfigError, match="how="):
+        s.join_table(t.key_by("uid"), on="id", how="outer")
+    with pytest.raises(ConfigError, match="event time"):
+        s.key_by("id").join_window(t.key_by("uid"), windows.tumbling(timedelta(seconds=1)))
+
+
+# -- lookup -------------------------------------------------------------------------------------
+def test_lookup_caches_with_ttl_and_lru():
+    clock = FakeClock(1_000.0)
+    asked: list[list[int]] = []
+
+    def fetch(keys: pl.DataFrame) -> pl.DataFrame:
+        asked.append(sorted(keys["id"].to_list()))
+        return keys.filter(pl.col("id") != 9).with_columns(name=pl.format("n{}", pl.col("id")))
+
+    items = [
+        pl.DataFrame({"id": [1, 2, 1, 9]}),  # misses 1, 2, 9 (one call)
+        pl.DataFrame({"id": [2, 9]}),  # hits (9 is a cached "not found")
+        clock.advance_marker(30),
+        pl.DataFrame({"id": [1, 3]}),  # 1 still fresh; 3 missing; cache now over max_size
+        clock.advance_marker(40),  # 1, 2, 9 fetched at t=1000 expire (ttl 60 s)
+        pl.DataFrame({"id": [2, 3]}),  # 2 expired -> asked again; 3 fresh
+        pl.DataFrame({"id": [1]}),  # 1 expired
+    ]
+    flow = tf.Dataflow("lk")
+    out = CollectSink()
+    flow.source(TestingSource(items)).lookup(
+        fetch, on="id", ttl=timedelta(seconds=60), max_size=3
+    ).sink(out)
+    tf.run(flow, batch_size=1, clock=clock)
+    assert asked == [[1, 2, 9], [3], [2], [1]]
+    got = out.frame()
+    assert got.columns == ["id", "name"]
+    assert got.rows() == [
+        (1, "n1"), (2, "n2"), (1, "n1"), (9, None), (2, "n2"), (9, None),
+        (1, "n1"), (3, "n3"), (2, "n2"), (3, "n3"), (1, "n1"),
+    ]
+
+
+def test_lookup_evicts_least_recently_used():
+    asked: list[list[int]] = []
+
+    def fetch(keys: pl.DataFrame) -> pl.DataFrame:
+        asked.append(sorted(keys["id"].to_list()))
+        return keys.with_columns(x=pl.col("id") * 2)
+
+    items = [pl.DataFrame({"id": [i]}) for i in (1, 2, 1, 3, 1, 2)]
+    flow = tf.Dataflow("lru")
+    out = CollectSink()
+    flow.source(TestingSource(items)).lookup(fetch, on="id", max_size=2, how="inner").sink(out)
+    tf.run(flow, batch_size=1)
+    # 3 evicts 2 (1 was used more recently); 2 must be fetched again.
+    assert asked == [[1], [2], [3], [2]]
+    assert out.frame()["x"].to_list() == [2, 4, 2, 6, 2, 4]
