@@ -42,6 +42,12 @@ def _check_name(name: str, what: str) -> None:
         raise ConfigError(msg)
 
 
+def _check_ttl(step_id: str, ttl: timedelta | None) -> None:
+    if ttl is not None and (not isinstance(ttl, timedelta) or ttl <= timedelta(0)):
+        msg = f"step '{step_id}': ttl must be a positive timedelta (or None), got {ttl!r}"
+        raise ConfigError(msg)
+
+
 def _check_literal(step_id: str, setting: str, value: object, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         msg = f"step '{step_id}': {setting}={value!r} is not one of {list(allowed)}"
@@ -57,6 +63,8 @@ class AggOp:
     emit: Emit
     #: True when the input rows are partials from a combiner (see ``AggState.partial_exprs``).
     combined: bool = False
+    #: Forget a key not seen for this long (processing time); None keeps keys forever.
+    ttl: timedelta | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -75,6 +83,8 @@ class StatefulMapOp:
     on_error: OnError
     #: "final" keeps outputs per key and emits the last one at the end of a bounded input.
     emit: Literal["updates", "final"]
+    #: Forget a key not seen for this long (processing time); None keeps keys forever.
+    ttl: timedelta | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -94,6 +104,8 @@ class TransformOp:
     keys: tuple[str, ...]
     fn: Callable[[pl.DataFrame, pl.DataFrame], tuple[pl.DataFrame, pl.DataFrame]]
     state: Schema
+    #: Forget a key not seen for this long (processing time); None keeps keys forever.
+    ttl: timedelta | None = None
 
 
 class Dataflow:
@@ -722,18 +734,26 @@ class KeyedStream:
         )
         return (node.index, "out")
 
-    def agg(self, *aggs: pl.Expr, emit: Emit = "auto", name: str | None = None) -> Stream:
+    def agg(
+        self,
+        *aggs: pl.Expr,
+        emit: Emit = "auto",
+        ttl: timedelta | None = None,
+        name: str | None = None,
+    ) -> Stream:
         """Aggregate per key over the whole stream.
 
         ``aggs`` are Polars aggregations (``pl.len()``, ``pl.col("x").sum()``, ``.mean()``,
         ``.min()``, ``.max()``, ``.count()``, ``.n_unique()``, ``.top_k(k)``), computed
         incrementally per micro-batch. ``emit="updates"`` emits the new values of the keys each
         batch touched; ``emit="final"`` emits every key once when the input ends; ``"auto"`` is
-        final for bounded inputs and updates otherwise.
+        final for bounded inputs and updates otherwise. With ``ttl``, a key that gets no
+        record for that long (processing time) is forgotten and starts fresh when it returns.
         """
         flow = self.stream.flow
         step_id = flow._step_id(name, "agg")
         _check_literal(step_id, "emit", emit, _EMITS)
+        _check_ttl(step_id, ttl)
         specs = parse_aggs(aggs, step_id)
         schema = self.stream.schema
         out_schema: Schema | None = None
@@ -770,7 +790,7 @@ class KeyedStream:
             up = pre._exchange(step_id)
         else:
             up = self._exchange(step_id)
-        op = AggOp(self.keys, tuple(specs), emit, combine)
+        op = AggOp(self.keys, tuple(specs), emit, combine, ttl)
         node = flow._add("agg", [up], op, step_id, schema=out_schema)
         return Stream(flow, node)
 
@@ -782,6 +802,7 @@ class KeyedStream:
         schema: Mapping[str, pl.DataType] | None = None,
         emit: Literal["updates", "final"] = "updates",
         on_error: OnError = "dead_letter",
+        ttl: timedelta | None = None,
         name: str | None = None,
     ) -> Stream:
         """Run ``fn(state, record) -> (state, output)`` per record with per-key state.
@@ -789,7 +810,8 @@ class KeyedStream:
         The state is explicit: it starts as ``init()`` for each new key, is kept by the runtime
         (and snapshotted with checkpoints; keep it to plain data: numbers, strings, lists,
         dicts), and is passed back on the key's next record. Returning ``None`` as the state
-        forgets the key. ``output`` is ``None`` (nothing), a dict, or a list of dicts.
+        forgets the key. ``output`` is ``None`` (nothing), a dict, or a list of dicts. With
+        ``ttl``, a key that gets no record for that long (processing time) is forgotten.
         """
         flow = self.stream.flow
         step_id = flow._step_id(name, "stateful_map")
@@ -798,9 +820,10 @@ class KeyedStream:
             raise ConfigError(msg)
         _check_literal(step_id, "emit", emit, ("updates", "final"))
         _check_literal(step_id, "on_error", on_error, ("dead_letter", "raise"))
+        _check_ttl(step_id, ttl)
         up = self._exchange(step_id)
         sch = dict(schema) if schema else None
-        op = StatefulMapOp(self.keys, fn, init, sch, on_error, emit)
+        op = StatefulMapOp(self.keys, fn, init, sch, on_error, emit, ttl)
         node = flow._add("stateful_map", [up], op, step_id, schema=sch)
         return Stream(flow, node)
 
@@ -897,6 +920,7 @@ class KeyedStream:
         fn: Callable[[pl.DataFrame, pl.DataFrame], tuple[pl.DataFrame, pl.DataFrame]],
         *,
         state: Mapping[str, pl.DataType],
+        ttl: timedelta | None = None,
         name: str | None = None,
     ) -> Stream:
         """Vectorized keyed state: ``fn(batch, state) -> (output, new_state)`` per micro-batch.
@@ -906,7 +930,8 @@ class KeyedStream:
         have state (key columns + state columns; keys without state are absent, so join with
         ``how="left"``). It returns its output rows and the new state rows (key columns +
         state columns, one row per key) that replace the old ones. The runtime keeps the state,
-        snapshots it with checkpoints and restores it.
+        snapshots it with checkpoints and restores it. With ``ttl``, the state row of a key
+        that gets no record for that long (processing time) is dropped.
 
         Examples
         --------
@@ -943,8 +968,9 @@ class KeyedStream:
                 f"check {bad or [c for c in state if c in self.keys]}"
             )
             raise ConfigError(msg)
+        _check_ttl(step_id, ttl)
         up = self._exchange(step_id)
-        op = TransformOp(self.keys, fn, dict(state))
+        op = TransformOp(self.keys, fn, dict(state), ttl)
         node = flow._add("keyed_transform", [up], op, step_id)
         return Stream(flow, node)
 

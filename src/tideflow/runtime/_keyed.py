@@ -59,6 +59,22 @@ class KeyIndex:
             self._chunks.append(sel if len(new_rows) == len(values) else sel[new_rows])
         return out, len(ids_map) - start
 
+    def compact(self, keep: np.ndarray) -> np.ndarray:
+        """Forget the keys whose ``keep`` flag (a boolean array by id) is False.
+
+        The kept keys get new dense ids in their old order; returns their old ids (new id
+        ``i`` was ``old[i]``), so callers can gather their per-id arrays with it.
+        """
+        n = len(self._ids)
+        kept = np.flatnonzero(keep[:n])
+        if len(kept) == n:
+            return kept
+        frame = self.frame()
+        rest = frame[kept] if len(kept) else frame.clear()
+        self._chunks = [rest] if rest.height else []
+        self._ids = dict(zip(self._values(rest), range(rest.height), strict=True))
+        return kept
+
     def frame(self) -> pl.DataFrame:
         """All keys, in id order."""
         if not self._chunks:
@@ -320,6 +336,24 @@ class AggState:
             frame = _from_ipc(data)
             self._seen_pairs[name] = set(frame.iter_rows())
 
+    def compact(self, keep: np.ndarray) -> np.ndarray:
+        """Forget the keys whose ``keep`` flag (boolean array by id) is False; see KeyIndex."""
+        n = len(self.index)
+        if n == 0 or bool(keep[:n].all()):
+            return np.arange(n, dtype=np.int64)
+        gone = self.index.frame().filter(pl.Series(~keep[:n])) if self._seen_pairs else None
+        kept = self.index.compact(keep)
+        self._arrays = {name: arr[kept].copy() for name, arr in self._arrays.items()}
+        self._topk = {name: [store[i] for i in kept.tolist()] for name, store in self._topk.items()}
+        if gone is not None:
+            nk = len(self.keys)
+            dead = set(self.index._values(gone)) if nk > 1 else set(gone.get_column(self.keys[0]))
+            for name, seen in self._seen_pairs.items():
+                self._seen_pairs[name] = {
+                    p for p in seen if (p[:nk] if nk > 1 else p[0]) not in dead
+                }
+        return kept
+
     def all_values(self) -> pl.DataFrame:
         """Every key with its aggregates, in id order."""
         n = len(self.index)
@@ -386,6 +420,20 @@ class KeyedTable:
         ids, _ = self.index.lookup(keys)
         self._grow(len(self.index))
         self.has[ids] = False
+
+    def compact(self, keep: np.ndarray) -> np.ndarray:
+        """Forget the keys whose ``keep`` flag is False and the deleted ones; see KeyIndex."""
+        n = len(self.index)
+        flags = keep[:n] & self.has[:n]
+        kept = self.index.compact(flags)
+        if len(kept) == n:
+            return kept
+        idx = pl.Series(kept)
+        self.cols = {c: self.cols[c].gather(idx) for c in self.schema}
+        self.has = np.ones(len(kept), dtype=np.bool_)
+        self.capacity = len(kept)
+        self._grow(max(len(kept), 1))
+        return kept
 
     def snapshot(self) -> dict[str, Any]:
         """Plain data: an Arrow IPC table of the keys with state and their columns."""

@@ -373,6 +373,12 @@ class Worker:
                     from tideflow.runtime._windowing import build_window_operator
 
                     self.ops[n.index] = build_window_operator(n, ctx)
+                elif n.kind in ("agg", "stateful_map", "keyed_transform") and n.spec.ttl:
+                    from tideflow.runtime._ttl import build_ttl_operator
+
+                    self.ops[n.index] = build_ttl_operator(
+                        n, ctx, emit_mode=emit_mode, resume=cfg.resume.get(n.step_id, {})
+                    )
                 elif n.kind in ("join_window", "join_interval", "join_table", "lookup"):
                     from tideflow.runtime._joins import build_join_operator
 
