@@ -23,7 +23,10 @@ MIN = -(2**63)
 T0 = 1_700_000_000_000_000  # µs
 
 record = st.tuples(
-    st.sampled_from(["L", "R"]), st.sampled_from(["a", "b", "c"]), st.integers(0, 60), st.integers(0, 99)
+    st.sampled_from(["L", "R"]),
+    st.sampled_from(["a", "b", "c"]),
+    st.integers(0, 60),
+    st.integers(0, 99),
 )
 batches_st = st.lists(st.lists(record, min_size=1, max_size=6), min_size=1, max_size=7)
 
@@ -119,8 +122,12 @@ def late_rows(sink):
         return Counter()
     assert frame["late_reason"].str.len_chars().min() > 0
     return Counter(
-        ("L" if r["late_side"] == "left" else "R", r["k"], us(r["t"] if r["late_side"] == "left" else r["t_right"]),
-         r["v"] if r["late_side"] == "left" else r["v_right"])
+        (
+            "L" if r["late_side"] == "left" else "R",
+            r["k"],
+            us(r["t"] if r["late_side"] == "left" else r["t_right"]),
+            r["v"] if r["late_side"] == "left" else r["v_right"],
+        )
         for r in frame.iter_rows(named=True)
     )
 
@@ -139,7 +146,9 @@ def run_window_join(batches, window, delay, how, workers=1):
     )
     if frame.height:
         assert frame.columns == ["k", "window_start", "window_end", "t", "v", "t_right", "v_right"]
-        assert (frame["window_end"] - frame["window_start"]).dt.total_microseconds().unique().len() == 1
+        assert (
+            frame["window_end"] - frame["window_start"]
+        ).dt.total_microseconds().unique().len() == 1
     return got, late_rows(late)
 
 
@@ -247,7 +256,10 @@ def test_two_workers_equal_the_reference(kind):
 
     rnd = random.Random(7)
     batches = [
-        [(rnd.choice("LR"), rnd.choice("abcde"), rnd.randrange(100), rnd.randrange(99)) for _ in range(5)]
+        [
+            (rnd.choice("LR"), rnd.choice("abcde"), rnd.randrange(100), rnd.randrange(99))
+            for _ in range(5)
+        ]
         for _ in range(12)
     ]
     delay = 1000  # nothing is late whatever the interleaving of the workers
@@ -368,8 +380,17 @@ def test_lookup_caches_with_ttl_and_lru():
     got = out.frame()
     assert got.columns == ["id", "name"]
     assert got.rows() == [
-        (1, "n1"), (2, "n2"), (1, "n1"), (9, None), (2, "n2"), (9, None),
-        (1, "n1"), (3, "n3"), (2, "n2"), (3, "n3"), (1, "n1"),
+        (1, "n1"),
+        (2, "n2"),
+        (1, "n1"),
+        (9, None),
+        (2, "n2"),
+        (9, None),
+        (1, "n1"),
+        (3, "n3"),
+        (2, "n2"),
+        (3, "n3"),
+        (1, "n1"),
     ]
 
 

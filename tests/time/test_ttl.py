@@ -22,7 +22,10 @@ from tideflow.testing import CollectSink, FakeClock, TestingSource
 # -- the states under compaction -----------------------------------------------------------------
 ops_st = st.lists(
     st.one_of(
-        st.tuples(st.just("add"), st.lists(st.tuples(st.integers(0, 6), st.integers(-5, 5)), min_size=1, max_size=6)),
+        st.tuples(
+            st.just("add"),
+            st.lists(st.tuples(st.integers(0, 6), st.integers(-5, 5)), min_size=1, max_size=6),
+        ),
         st.tuples(st.just("drop"), st.sets(st.integers(0, 6))),
     ),
     min_size=1,
@@ -209,7 +212,9 @@ def test_on_tick_sweeps_without_data():
     from tideflow.api._dataflow import AggOp
     from tideflow.api._graph import Node
 
-    spec = AggOp(("k",), tuple(parse_aggs((pl.len().alias("n"),), "t")), "updates", ttl=timedelta(seconds=5))
+    spec = AggOp(
+        ("k",), tuple(parse_aggs((pl.len().alias("n"),), "t")), "updates", ttl=timedelta(seconds=5)
+    )
     op = TTLAggOperator(Node(0, "t.agg", "agg", [], spec), Ctx(), "updates")
     op.on_batch(0, pl.DataFrame({"k": ["a", "b"]}))
     clock.advance(3)

@@ -156,9 +156,7 @@ def _result_schema(
     return out
 
 
-def _two_inputs(
-    step_id: str, left: KeyedStream, right: KeyedStream
-) -> list[tuple[int, str]]:
+def _two_inputs(step_id: str, left: KeyedStream, right: KeyedStream) -> list[tuple[int, str]]:
     return [left._exchange(step_id + ".left"), right._exchange(step_id + ".right")]
 
 
