@@ -409,3 +409,15 @@ def test_lookup_evicts_least_recently_used():
     # 3 evicts 2 (1 was used more recently); 2 must be fetched again.
     assert asked == [[1], [2], [3], [2]]
     assert out.frame()["x"].to_list() == [2, 4, 2, 6, 2, 4]
+
+
+# -- the docs page ------------------------------------------------------------------------------
+def test_docs_examples_run():
+    import pathlib
+    import re
+
+    page = pathlib.Path(__file__).parents[2] / "docs" / "joins.md"
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
+    assert len(blocks) == 5
+    for block in blocks:
+        exec(compile(block, str(page), "exec"), {})
