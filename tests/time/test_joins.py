@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import polars as pl
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import tideflow as tf
@@ -247,6 +247,32 @@ def test_interval_join_buffers_are_pruned_by_the_watermark():
         IntervalJoinOperator._advance = orig
     assert got == ref_interval_join(batches, 0, 3, 0)[0]
     assert max(seen[:-1]) <= 6  # a few records per side, not the whole history
+
+
+@settings(max_examples=15, deadline=None)
+@given(batches=batches_st, delay=st.integers(0, 25))
+@example(batches=[[("L", "a", 9, 1)], [("L", "b", 15, 2)], [("R", "a", 16, 3)]], delay=0)
+def test_windows_after_an_interval_join_see_no_late_pairs(batches, delay):
+    lower, upper = -3, 8
+    pairs, _ = ref_interval_join(batches, lower, upper, delay)
+    want = Counter()
+    for (k, t, *_), n in pairs.items():
+        want[(k, (t // 10) * 10)] += n
+    flow, left, right = sides(batches, delay)
+    j = left.join_interval(
+        right, lower=timedelta(microseconds=lower), upper=timedelta(microseconds=upper)
+    )
+    out, late = CollectSink(), CollectSink()
+    w = j.results.key_by("k").window(windows.tumbling(timedelta(microseconds=10)))
+    w = w.agg(pl.len().alias("n"))
+    w.results.sink(out)
+    w.late.sink(late)
+    tf.run(flow, batch_size=1)
+    got = Counter()
+    for r in out.frame().iter_rows(named=True):
+        got[(r["k"], us(r["window_start"]))] += r["n"]
+    assert late.frame().height == 0
+    assert got == want
 
 
 # -- two workers --------------------------------------------------------------------------------

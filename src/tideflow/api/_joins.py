@@ -243,6 +243,7 @@ def join_interval(
     inputs = _two_inputs(step_id, left, right)
     schema = _result_schema(left.keys, right.keys, ls, rs, False)
     node = flow._add("join_interval", inputs, op, step_id, schema=schema, ports=("out", "late"))
+    node.time_column = lt  # results keep the left time; the step holds its watermark back
     return JoinOut(Stream(flow, node, "out"), Stream(flow, node, "late"))
 
 
@@ -327,6 +328,7 @@ def join_table(
             if c not in table_keys:
                 schema[c + SUFFIX if c in schema else c] = t
     node = flow._add("join_table", inputs, op, step_id, schema=schema)
+    node.time_column = stream.time_column
     return Stream(flow, node)
 
 
@@ -366,4 +368,5 @@ def lookup(
             raise ConfigError(msg)
     op = LookupOp(keys, fn, how, ttl.total_seconds() if ttl is not None else None, max_size)
     node = flow._add("lookup", [(stream.node.index, stream.port)], op, step_id)
+    node.time_column = stream.time_column
     return type(stream)(flow, node)

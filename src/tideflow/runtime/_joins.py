@@ -53,6 +53,11 @@ class _TwoSided(Operator):
     def _arrive(self, index: int, batch: pl.DataFrame) -> pl.DataFrame:
         if index == 1 and self.rename:
             batch = batch.rename(self.rename)
+        left = self.schemas[0]
+        if index == 1 and left is not None:
+            casts = {k: left[k] for k in self.keys if k in left and batch.schema[k] != left[k]}
+            if casts:
+                batch = batch.cast(casts)  # type: ignore[arg-type]
         if self.schemas[index] is None:
             self.schemas[index] = dict(batch.schema)
         return batch
@@ -211,6 +216,14 @@ class IntervalJoinOperator(_TwoSided):
             if pairs.height:
                 self.ctx.emit(self._layout(pairs, []))
         self.buffers[index].append(rows)
+
+    def on_watermark(self, wm: int, idle: bool) -> None:
+        self._advance(wm)
+        # A pair found when its right record arrives has a left time >= wm - upper: hold the
+        # output watermark back by upper so that the left times in results are never late.
+        hold = max(self.upper, 0)
+        out = wm if wm in (WM_MIN, WM_MAX) else max(WM_MIN, wm - hold)
+        self.ctx.watermark(out, idle)
 
     def _advance(self, wm: int) -> None:
         if wm <= self.wm:
