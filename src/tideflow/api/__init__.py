@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from tideflow.api._dataflow import Dataflow, KeyedStream, Split, Stream
+from tideflow.api._joins import JoinOut
 
-__all__ = ["Dataflow", "KeyedStream", "Split", "Stream"]
+__all__ = ["Dataflow", "JoinOut", "KeyedStream", "Split", "Stream"]
