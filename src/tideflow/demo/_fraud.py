@@ -528,7 +528,7 @@ def run_demo(args: argparse.Namespace) -> int:
         msg = f"demo: --rate must be > 0, got {args.rate}"
         raise ConfigError(msg)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("demo.sqlite", "dead-letters.jsonl"):
+    for name in ("demo.sqlite", "demo.sqlite-wal", "demo.sqlite-shm", "dead-letters.jsonl"):
         (out_dir / name).unlink(missing_ok=True)
     dashboard = getattr(args, "dashboard", None) is not None
     flow = build_flow(

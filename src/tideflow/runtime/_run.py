@@ -9,15 +9,17 @@ stops the sources and flushes the sinks, a second one kills the workers.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import multiprocessing as mp
 import os
+import queue
 import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -270,21 +272,37 @@ def run(
     return result
 
 
+@contextlib.contextmanager
+def _stop_on_signals(stop: Callable[[], None], stopped: Callable[[], bool]) -> Iterator[None]:
+    """Ctrl-C or SIGTERM stops the run cleanly (sources stop, sinks flush); a second aborts.
+
+    Installed in the main thread only; also when the process started with SIGINT ignored (a
+    background job), so that a stop request always works.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if stopped():
+            raise KeyboardInterrupt
+        name = signal.Signals(signum).name
+        log.warning("stopping on %s: flushing sinks (Ctrl-C again to abort)", name)
+        stop()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
 def _run_local(
     nodes: list[Node], cfg: RunConfig, bounded: bool, hub: _Hub
 ) -> tuple[dict[str, StepStats], bool]:
     stop = threading.Event()
-    old = None
-    if threading.current_thread() is threading.main_thread():
-
-        def on_sigint(signum: int, frame: Any) -> None:
-            if stop.is_set():
-                raise KeyboardInterrupt
-            log.warning("stopping: flushing sinks (Ctrl-C again to abort)")
-            stop.set()
-
-        old = signal.signal(signal.SIGINT, on_sigint)
-    try:
+    with _stop_on_signals(stop.set, stop.is_set):
         worker = Worker(
             nodes,
             cfg,
@@ -296,9 +314,6 @@ def _run_local(
         )
         completed = worker.run()
         return worker.named_stats(), completed
-    finally:
-        if old is not None:
-            signal.signal(signal.SIGINT, old)
 
 
 def _worker_main(
@@ -332,6 +347,11 @@ def _worker_main(
             publish=publish,
         )
         completed = worker.run()
+        if not completed:
+            # Stopped: what is still queued for peers is no longer needed; do not wait at exit
+            # for a peer that stopped reading. (A finished run flushes it: peers need the ends.)
+            for q in inboxes:
+                q.cancel_join_thread()
         driver.put(("done", index, worker.named_stats(), completed))
     except BaseException as exc:
         step = getattr(exc, "step_id", None)
@@ -376,20 +396,14 @@ def _run_processes(
     latest: dict[int, dict[str, StepStats]] = {}
     final: dict[int, dict[str, StepStats]] = {}
     completed = True
-    interrupts = 0
     error: tuple[Any, ...] | None = None
+    signals = _stop_on_signals(stop.set, stop.is_set)
+    signals.__enter__()
     try:
         while len(final) < n and error is None:
             try:
                 msg = driver.get(timeout=0.2)
-            except KeyboardInterrupt:
-                interrupts += 1
-                if interrupts == 1:
-                    log.warning("stopping: flushing sinks (Ctrl-C again to abort)")
-                    stop.set()
-                    continue
-                raise
-            except Exception:
+            except queue.Empty:
                 dead = [p for p in procs if not p.is_alive() and p.exitcode not in (0, None)]
                 if dead and not error:
                     msg = f"worker {dead[0].name} died with exit code {dead[0].exitcode}"
@@ -410,6 +424,7 @@ def _run_processes(
             elif kind == "error":
                 error = msg
     finally:
+        signals.__exit__(None, None, None)
         if error is not None or len(final) < n:
             stop.set()
             for p in procs:
