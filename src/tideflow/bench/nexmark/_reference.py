@@ -489,6 +489,7 @@ def connect(input_dir: Path | str, *, threads: int | None = None) -> duckdb.Duck
         raise ConfigError(msg)
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = false")
     if threads is not None:
         con.execute(f"SET threads = {int(threads)}")
     con.execute("CREATE MACRO ts_ms(x) AS CAST(epoch_ms(CAST(x AS BIGINT)) AS TIMESTAMPTZ)")
