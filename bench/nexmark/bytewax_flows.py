@@ -13,16 +13,19 @@ with 10 s of allowed out-of-orderness (the source interleaves kinds within 1 s s
 from __future__ import annotations
 
 import bisect
+import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import bytewax.operators as op
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import DynamicSource, StatelessSourcePartition
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.operators import windowing as win
 from bytewax.testing import TestingSink, run_main
 
@@ -587,3 +590,87 @@ def run(query: str, input_dir: Path, output: Path) -> int:
     table = pa.Table.from_pylist(out, schema=schema)
     pq.write_table(table, output)
     return table.num_rows
+
+
+# --- throttled runs (latency) ----------------------------------------------------------------
+class _Clock:
+    """Wall-clock origin shared by the throttled source and the timing sink."""
+
+    t0: float = 0.0
+
+
+class _ThrottledPartition(StatelessSourcePartition[Any]):
+    def __init__(self, records: list[Rec], due: Any, clock: _Clock) -> None:
+        self._records = records
+        self._due = due
+        self._pos = 0
+        clock.t0 = time.time()
+        self._clock = clock
+
+    def next_batch(self) -> Iterable[Any]:
+        if self._pos >= len(self._records):
+            raise StopIteration
+        now = time.time() - self._clock.t0
+        end = int(np.searchsorted(self._due, now, side="right"))
+        batch = self._records[self._pos:end]
+        self._pos = max(self._pos, end)
+        return batch
+
+    def next_awake(self) -> datetime | None:
+        if self._pos >= len(self._records):
+            return None
+        return datetime.fromtimestamp(self._clock.t0 + float(self._due[self._pos]), tz=UTC)
+
+
+class _ThrottledSource(DynamicSource[Any]):
+    def __init__(self, records: list[Rec], due: Any, clock: _Clock) -> None:
+        self._args = (records, due, clock)
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _ThrottledPartition:
+        return _ThrottledPartition(*self._args)
+
+
+class _TimingPartition(StatelessSinkPartition[Any]):
+    def __init__(self, clock: _Clock, latencies: list[float]) -> None:
+        self._clock = clock
+        self._latencies = latencies
+
+    def write_batch(self, items: list[Any]) -> None:
+        now = time.time() - self._clock.t0
+        self._latencies.extend(now - due for due, _ in items)
+
+
+class _TimingSink(DynamicSink[Any]):
+    def __init__(self, clock: _Clock, latencies: list[float]) -> None:
+        self._args = (clock, latencies)
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _TimingPartition:
+        return _TimingPartition(*self._args)
+
+
+def run_latency(query: str, bids: pa.Table, rate: float) -> tuple[list[float], float]:
+    """Run q0-q2 on Bytewax with bids released at ``rate`` events/s; return the latencies."""
+    fns: dict[str, Callable[[Rec], Rec | None]] = {
+        "q0": lambda b: {"auction": b["auction"], "bidder": b["bidder"], "price": b["price"],
+                         "date_time": b["date_time"], "extra": b["extra"]},
+        "q1": lambda b: {"auction": b["auction"], "bidder": b["bidder"],
+                         "price": b["price"] * 0.908, "date_time": b["date_time"]},
+        "q2": lambda b: ({"auction": b["auction"], "price": b["price"]}
+                         if b["auction"] % 123 == 0 else None),
+    }
+    fn = fns.get(query)
+    if fn is None:
+        msg = f"nexmark bytewax latency: no flow for {query}; available: {sorted(fns)}"
+        raise ConfigError(msg)
+    records = bids.drop_columns(["event_number"]).to_pylist()
+    due = bids.column("event_number").to_numpy() / rate
+    for rec, d in zip(records, due.tolist(), strict=True):
+        rec["_due"] = d
+    clock = _Clock()
+    latencies: list[float] = []
+    flow = Dataflow(f"nexmark_latency_{query}")
+    src = op.input("bids", flow, _ThrottledSource(records, due, clock))
+    results = op.filter_map("query", src, lambda b: (b["_due"], r) if (r := fn(b)) else None)
+    op.output("timing", results, _TimingSink(clock, latencies))
+    run_main(flow, epoch_interval=timedelta(milliseconds=1))
+    return latencies, time.time() - clock.t0

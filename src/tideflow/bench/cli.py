@@ -5,6 +5,7 @@ The top-level CLI calls :func:`main` with the arguments after ``bench``::
     tideflow bench nexmark generate --events N --seed S --out DIR [--format parquet|jsonl]
     tideflow bench nexmark run --query qN --input DIR --output FILE.parquet [--engine E]
     tideflow bench nexmark reference --query qN --input DIR --output FILE.parquet
+    tideflow bench nexmark latency --query q1,q2 --rate 50000 --events N [--engines ...]
     tideflow bench nexmark [bench] --query all|q0,q1,... (--events N | --input DIR)
                                    [--engines ...] [--reps 3] [--json [FILE]]
 
@@ -30,7 +31,7 @@ __all__ = ["main"]
 
 log = logging.getLogger(__name__)
 
-_SUBCOMMANDS = ("generate", "run", "reference", "bench")
+_SUBCOMMANDS = ("generate", "run", "reference", "bench", "latency")
 
 
 def _env(flag: str) -> str:
@@ -92,7 +93,32 @@ def _parser() -> argparse.ArgumentParser:
          help="also write JSON results to FILE ('-' or no value: print JSON instead of the table)")
     _add(bench, "--no-check", action="store_true", default=False,
          help="skip the comparison with the DuckDB reference")
+
+    lat = sub.add_parser("latency", help="throttled runs: end-to-end latency at a fixed rate")
+    _add(lat, "--query", default="q1,q2", help="comma list among q0,q1,q2")
+    _add(lat, "--rate", type=float, default=50_000.0, help="events per second (wall clock)")
+    _add(lat, "--events", type=int, default=500_000, help="events per run")
+    _add(lat, "--seed", type=int, default=0, help="random seed")
+    _add(lat, "--engines", default="python,bytewax,tideflow", help="comma list of engines")
+    _add(lat, "--reps", type=int, default=3, help="repetitions per engine")
+    _add(lat, "--json", nargs="?", const="-", default=None,
+         help="also write JSON results to FILE ('-': print JSON instead of the table)")
     return root
+
+
+def _latency(args: argparse.Namespace) -> int:
+    from tideflow.bench.nexmark._harness import latency_table, run_latency_bench
+
+    rows = run_latency_bench(_split(args.query), _split(args.engines), events=int(args.events),
+                             rate=float(args.rate), reps=int(args.reps), seed=int(args.seed))
+    payload = {"cores": os.cpu_count(), "results": rows}
+    if args.json == "-":
+        print(json.dumps(payload, indent=2))
+    else:
+        print(latency_table(rows))
+        if args.json:
+            Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
+    return 0
 
 
 def _split(text: str) -> list[str]:
@@ -194,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         handler = {"generate": _generate, "run": _run, "reference": _reference,
-                   "bench": _bench}[args.command]
+                   "bench": _bench, "latency": _latency}[args.command]
         return handler(args)
     except TideflowError as exc:
         print(f"error: {exc}", file=sys.stderr)

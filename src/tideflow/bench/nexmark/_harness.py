@@ -29,7 +29,15 @@ from tideflow.bench.nexmark._compare import ResultMismatchError, check
 from tideflow.bench.nexmark._reference import run_reference, spec
 from tideflow.bench.nexmark._worker import ENGINES, UNAVAILABLE_EXIT
 
-__all__ = ["BenchResult", "count_events", "markdown_table", "run_bench", "run_once"]
+__all__ = [
+    "BenchResult",
+    "count_events",
+    "latency_table",
+    "markdown_table",
+    "run_bench",
+    "run_latency_bench",
+    "run_once",
+]
 
 log = logging.getLogger(__name__)
 
@@ -208,5 +216,68 @@ def markdown_table(results: Sequence[BenchResult], *, baseline: str = "bytewax")
         lines.append(
             f"| {r.query} | {r.engine} | {_fmt_rate(r.events_per_s)} | "
             f"{_fmt_rate(r.events_per_core_s)} | {rss} | {ratio} | {status} |"
+        )
+    return "\n".join(lines)
+
+
+def run_latency_bench(
+    queries: Sequence[str], engines: Sequence[str], *, events: int, rate: float, reps: int = 3,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Throttled runs (``_latency``) of each engine, alternating; medians of p50/p99."""
+    out: list[dict[str, Any]] = []
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parents[3])
+    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    for query in queries:
+        runs: dict[str, list[dict[str, Any]]] = {e: [] for e in engines}
+        skip: dict[str, str] = {}
+        for rep in range(reps):
+            order = list(engines[rep % len(engines):]) + list(engines[: rep % len(engines)])
+            for engine in order:
+                if engine in skip:
+                    continue
+                cmd = [sys.executable, "-m", "tideflow.bench.nexmark._latency", "--engine",
+                       engine, "--query", query, "--events", str(events), "--rate", str(rate),
+                       "--seed", str(seed)]
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False,
+                                      timeout=3600)
+                lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+                report = json.loads(lines[-1]) if lines else {
+                    "error": (proc.stderr or "no output").strip().splitlines()[-1:]}
+                if "unavailable" in report or "error" in report:
+                    skip[engine] = str(report.get("unavailable") or report.get("error"))
+                    continue
+                runs[engine].append(report)
+        for engine in engines:
+            if engine in skip:
+                out.append({"query": query, "engine": engine, "status": "unavailable",
+                            "note": skip[engine]})
+                continue
+            rs = runs[engine]
+            out.append({
+                "query": query, "engine": engine, "status": "ok", "rate": rate,
+                "events": events, "reps": len(rs),
+                "achieved_rate": statistics.median(r["achieved_rate"] for r in rs),
+                "p50_ms": statistics.median(r["p50_ms"] for r in rs),
+                "p99_ms": statistics.median(r["p99_ms"] for r in rs),
+                "max_ms": max(r["max_ms"] for r in rs),
+            })
+    return out
+
+
+def latency_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Throttled-run results as a Markdown table."""
+    lines = ["| query | engine | target rate | achieved rate | p50 ms | p99 ms | max ms |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        if r["status"] != "ok":
+            lines.append(f"| {r['query']} | {r['engine']} | - | - | - | - | n/a: "
+                         f"{str(r['note'])[:60]} |")
+            continue
+        lines.append(
+            f"| {r['query']} | {r['engine']} | {_fmt_rate(r['rate'])} | "
+            f"{_fmt_rate(r['achieved_rate'])} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | "
+            f"{r['max_ms']:.1f} |"
         )
     return "\n".join(lines)

@@ -153,3 +153,10 @@ def run_tideflow(query: str, input_dir: Path, output: Path) -> int:
     flow = build_flow(query, Path(input_dir), Path(output))
     tf.run(flow)
     return pq.ParquetFile(output).metadata.num_rows if Path(output).exists() else 0
+
+
+def run_latency(query: str, bids: Any, rate: float) -> tuple[list[float], float]:
+    """Throttled run of ``query`` on tideflow (end-to-end latency); needs the engine."""
+    _engine()
+    msg = f"nexmark latency {query}: no tideflow throttled pipeline written yet"
+    raise ConfigError(msg)
