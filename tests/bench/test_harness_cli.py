@@ -75,3 +75,13 @@ def test_cli_bench_default_command_writes_json(
 def test_cli_unknown_query_is_a_usage_error(nexmark_dir: Path, tmp_path: Path) -> None:
     assert main(["nexmark", "run", "--query", "q99", "--input", str(nexmark_dir),
                  "--output", str(tmp_path / "x.parquet"), "--engine", "duckdb"]) == 2
+
+
+def test_cli_flags_can_come_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TIDEFLOW_NEXMARK_EVENTS", "1000")
+    monkeypatch.setenv("TIDEFLOW_NEXMARK_SEED", "4")
+    assert main(["nexmark", "generate", "--out", str(tmp_path)]) == 0
+    meta = json.loads((tmp_path / "nexmark.json").read_text())
+    assert (meta["events"], meta["seed"]) == (1000, 4)

@@ -41,7 +41,11 @@ def _env(flag: str) -> str:
 def _add(parser: argparse.ArgumentParser, flag: str, *, help: str, **kw: Any) -> None:  # noqa: A002
     var = _env(flag)
     if var in os.environ:
-        kw["default"] = os.environ[var]
+        value = os.environ[var]
+        if kw.get("action") == "store_true":
+            kw["default"] = value.strip().lower() in ("1", "true", "yes", "on")
+        else:
+            kw["default"] = value  # argparse applies `type` to string defaults
         kw.pop("required", None)
     default = kw.get("default")
     shown = f" (env {var}" + (f"; default {default})" if default is not None else ")")
