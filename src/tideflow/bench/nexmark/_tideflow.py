@@ -503,8 +503,112 @@ def run_tideflow(query: str, input_dir: Path, output: Path) -> int:
     return pq.ParquetFile(out).metadata.num_rows
 
 
+class _Clock:
+    """Wall-clock origin shared by the throttled source and the timing sink (one process)."""
+
+    t0: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class _ThrottledBids(Source):
+    """Bids released at their due time ``t0 + event_number / rate`` (column ``_due``, s)."""
+
+    frame: pl.DataFrame
+    due: Any
+    clock: _Clock
+
+    @property
+    def bounded(self) -> bool:
+        return True
+
+    def build(self, ctx: SourceContext) -> SourceReader:
+        return _ThrottledReader(self)
+
+
+class _ThrottledReader(SourceReader):
+    def __init__(self, src: _ThrottledBids) -> None:
+        import time
+
+        self._src = src
+        self._pos = 0
+        self._time = time.perf_counter
+        src.clock.t0 = self._time()
+
+    def poll(self) -> SourceBatch | None:
+        import numpy as np
+
+        now = self._time() - self._src.clock.t0
+        end = int(np.searchsorted(self._src.due, now, side="right"))
+        if end <= self._pos:
+            return None
+        batch = self._src.frame.slice(self._pos, end - self._pos)
+        self._pos = end
+        return SourceBatch(batch)
+
+    @property
+    def finished(self) -> bool:
+        return self._pos >= self._src.frame.height
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"pos": self._pos}
+
+
+@dataclasses.dataclass(frozen=True)
+class _TimingSink(Sink):
+    clock: _Clock
+    latencies: list[Any]
+
+    def build(self, ctx: SinkContext) -> SinkWriter:
+        return _TimingWriter(self)
+
+
+class _TimingWriter(SinkWriter):
+    def __init__(self, sink: _TimingSink) -> None:
+        import time
+
+        self._sink = sink
+        self._time = time.perf_counter
+
+    def write(self, batch: pl.DataFrame) -> None:
+        now = self._time() - self._sink.clock.t0
+        self._sink.latencies.append(now - batch["_due"].to_numpy())
+
+    def close(self) -> None:
+        pass
+
+
 def run_latency(query: str, bids: Any, rate: float) -> tuple[list[float], float]:
-    """Throttled run of ``query`` on tideflow (end-to-end latency); needs the engine."""
-    _engine()
-    msg = f"nexmark latency {query}: no tideflow throttled pipeline written yet"
-    raise ConfigError(msg)
+    """Throttled run of q0-q2 on tideflow: bids released at ``rate`` events/s (wall clock).
+
+    One worker, the latency setting of the batching knob (``max_delay`` 1 ms). Returns the
+    per-result latencies (seconds) and the elapsed time.
+    """
+    import time
+    from datetime import timedelta
+
+    import numpy as np
+
+    tf = _engine()
+    frame = pl.from_arrow(bids)
+    assert isinstance(frame, pl.DataFrame)
+    due = frame["event_number"].to_numpy() / rate
+    frame = frame.drop("event_number").with_columns(pl.Series("_due", due))
+    clock = _Clock()
+    latencies: list[Any] = []
+    flow = tf.Dataflow(f"nexmark_latency_{query}")
+    src = flow.source(_ThrottledBids(frame, due, clock), name="bids")
+    if query == "q0":
+        out = src.select("auction", "bidder", "price", "date_time", "extra", "_due")
+    elif query == "q1":
+        out = src.select("auction", "bidder", (pl.col("price") * 0.908).alias("price"),
+                         "date_time", "_due")
+    elif query == "q2":
+        out = src.filter(pl.col("auction") % 123 == 0).select("auction", "price", "_due")
+    else:
+        msg = f"nexmark latency: no tideflow throttled pipeline for {query}; use q0, q1 or q2"
+        raise ConfigError(msg)
+    out.sink(_TimingSink(clock, latencies), name="timing")
+    tf.run(flow, workers=1, max_delay=timedelta(milliseconds=1))
+    elapsed = time.perf_counter() - clock.t0
+    flat = np.concatenate(latencies) if latencies else np.zeros(0)
+    return flat.tolist(), elapsed
