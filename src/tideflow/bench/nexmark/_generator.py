@@ -13,7 +13,6 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -468,8 +467,3 @@ def generate(events: int, *, seed: int = 0) -> dict[str, pl.DataFrame]:
         assert isinstance(frame, pl.DataFrame)
         out[kind] = frame
     return out
-
-
-def utc_now() -> datetime:
-    """The current instant, timezone-aware UTC."""
-    return datetime.now(tz=UTC)
