@@ -23,67 +23,58 @@ from tideflow._errors import ConfigError
 
 __all__ = ["POLARS_QUERIES", "PYTHON_QUERIES", "run_polars", "run_python"]
 
+
 _TS = pl.Datetime("ms", "UTC")
 
 
 # --- plain Python loop ---------------------------------------------------------------------
-def _py_rows(path: Path, columns: list[str]) -> Any:
-    reader = pq.ParquetFile(path)
-    for batch in reader.iter_batches(batch_size=65_536, columns=columns):
-        yield from batch.to_pylist()
+# Each query reads the bids batch by batch, runs a Python function per record (a dict) and
+# writes each batch's results out before reading the next, so memory stays flat.
+_TYPES = {"auction": pa.int64(), "bidder": pa.int64(), "price": pa.int64(),
+          "date_time": pa.timestamp("ms", tz="UTC"), "extra": pa.string()}
 
-
-def _py_q0(d: Path) -> pa.Table:
-    cols = ["auction", "bidder", "price", "date_time", "extra"]
-    out: list[dict[str, Any]] = []
-    for rec in _py_rows(d / "bid.parquet", cols):
-        out.append(
-            {"auction": rec["auction"], "bidder": rec["bidder"], "price": rec["price"],
-             "date_time": rec["date_time"], "extra": rec["extra"]}
-        )
-    return pa.Table.from_pylist(out, schema=_py_schema(cols))
-
-
-def _py_q1(d: Path) -> pa.Table:
-    cols = ["auction", "bidder", "price", "date_time"]
-    out: list[dict[str, Any]] = []
-    for rec in _py_rows(d / "bid.parquet", cols):
-        out.append(
-            {"auction": rec["auction"], "bidder": rec["bidder"], "price": rec["price"] * 0.908,
-             "date_time": rec["date_time"]}
-        )
-    return pa.Table.from_pylist(out, schema=_py_schema(cols, float_price=True))
-
-
-def _py_q2(d: Path) -> pa.Table:
-    out: list[dict[str, Any]] = []
-    for rec in _py_rows(d / "bid.parquet", ["auction", "price"]):
-        if rec["auction"] % 123 == 0:
-            out.append({"auction": rec["auction"], "price": rec["price"]})
-    return pa.Table.from_pylist(out, schema=_py_schema(["auction", "price"]))
-
-
-def _py_schema(cols: list[str], *, float_price: bool = False) -> pa.Schema:
-    types = {"auction": pa.int64(), "bidder": pa.int64(),
-             "price": pa.float64() if float_price else pa.int64(),
-             "date_time": pa.timestamp("ms", tz="UTC"), "extra": pa.string()}
-    return pa.schema([(c, types[c]) for c in cols])
-
-
-PYTHON_QUERIES: dict[str, Callable[[Path], pa.Table]] = {
-    "q0": _py_q0, "q1": _py_q1, "q2": _py_q2,
+_PY_QUERIES: dict[str, tuple[list[str], pa.Schema, Callable[[dict[str, Any]], Any]]] = {
+    "q0": (
+        ["auction", "bidder", "price", "date_time", "extra"],
+        pa.schema([(c, _TYPES[c]) for c in ("auction", "bidder", "price", "date_time", "extra")]),
+        lambda r: {"auction": r["auction"], "bidder": r["bidder"], "price": r["price"],
+                   "date_time": r["date_time"], "extra": r["extra"]},
+    ),
+    "q1": (
+        ["auction", "bidder", "price", "date_time"],
+        pa.schema([("auction", pa.int64()), ("bidder", pa.int64()), ("price", pa.float64()),
+                   ("date_time", _TYPES["date_time"])]),
+        lambda r: {"auction": r["auction"], "bidder": r["bidder"],
+                   "price": r["price"] * 0.908, "date_time": r["date_time"]},
+    ),
+    "q2": (
+        ["auction", "price"],
+        pa.schema([("auction", pa.int64()), ("price", pa.int64())]),
+        lambda r: {"auction": r["auction"], "price": r["price"]}
+        if r["auction"] % 123 == 0 else None,
+    ),
 }
+PYTHON_QUERIES = tuple(_PY_QUERIES)
 
 
 def run_python(query: str, input_dir: Path, output: Path) -> int:
     """Run ``query`` as a plain-Python loop; write the result to ``output``; return its rows."""
-    fn = PYTHON_QUERIES.get(query)
-    if fn is None:
-        msg = f"nexmark python peer: no loop for {query}; available: {sorted(PYTHON_QUERIES)}"
+    if query not in _PY_QUERIES:
+        msg = f"nexmark python peer: no loop for {query}; available: {list(PYTHON_QUERIES)}"
         raise ConfigError(msg)
-    table = fn(Path(input_dir))
-    pq.write_table(table, output)
-    return table.num_rows
+    columns, schema, fn = _PY_QUERIES[query]
+    reader = pq.ParquetFile(Path(input_dir) / "bid.parquet")
+    rows = 0
+    with pq.ParquetWriter(output, schema) as writer:
+        for batch in reader.iter_batches(batch_size=65_536, columns=columns):
+            out = []
+            for rec in batch.to_pylist():
+                res = fn(rec)
+                if res is not None:
+                    out.append(res)
+            writer.write_table(pa.Table.from_pylist(out, schema=schema))
+            rows += len(out)
+    return rows
 
 
 # --- Polars lazy batch plans ---------------------------------------------------------------

@@ -96,30 +96,39 @@ class _NexmarkReader(SourceReader):
 
 @dataclasses.dataclass(frozen=True)
 class ParquetResultSink(Sink):
-    """Collect every batch and write one Parquet file at the end (results are small or bounded)."""
+    """Write every batch into one Parquet file (a row group per batch; memory stays flat)."""
 
     path: Path
     single_writer = True
 
     def build(self, ctx: SinkContext) -> SinkWriter:
-        """A writer that buffers batches until close."""
+        """A writer that streams batches into the file."""
         return _ParquetResultWriter(Path(self.path))
 
 
 class _ParquetResultWriter(SinkWriter):
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._parts: list[pl.DataFrame] = []
+        self._writer: pq.ParquetWriter | None = None
+        self._schema: Any = None
         self.rows = 0
 
     def write(self, batch: pl.DataFrame) -> None:
-        if batch.height:
-            self._parts.append(batch)
-            self.rows += batch.height
+        if not batch.height:
+            return
+        table = batch.to_arrow()
+        if self._writer is None:
+            self._schema = table.schema
+            self._writer = pq.ParquetWriter(self._path, self._schema)
+        else:
+            table = table.cast(self._schema)
+        self._writer.write_table(table)
+        self.rows += batch.height
 
     def close(self) -> None:
-        if self._parts:
-            pl.concat(self._parts, how="vertical_relaxed").write_parquet(self._path)
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
 
 def _engine() -> Any:
