@@ -25,8 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import DynamicSource, StatelessSourcePartition
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.operators import windowing as win
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSink, run_main
 
 from tideflow._errors import ConfigError
@@ -93,8 +93,18 @@ class ParquetEvents(DynamicSource[Any]):
 
 
 _BID_ALL = ["auction", "bidder", "price", "channel", "url", "date_time", "extra"]
-_AUCTION_ALL = ["id", "item_name", "description", "initial_bid", "reserve", "date_time",
-                "expires", "seller", "category", "extra"]
+_AUCTION_ALL = [
+    "id",
+    "item_name",
+    "description",
+    "initial_bid",
+    "reserve",
+    "date_time",
+    "expires",
+    "seller",
+    "category",
+    "extra",
+]
 
 
 def _ts(rec: Any) -> datetime:
@@ -120,16 +130,31 @@ def _bids(flow: Dataflow, d: Path, cols: list[str], *, seq: bool = False) -> Str
 
 def _q0(flow: Dataflow, d: Path) -> Stream[Rec]:
     bids = _bids(flow, d, ["auction", "bidder", "price", "date_time", "extra"])
-    return op.map("q0", bids, lambda b: {"auction": b["auction"], "bidder": b["bidder"],
-                                         "price": b["price"], "date_time": b["date_time"],
-                                         "extra": b["extra"]})
+    return op.map(
+        "q0",
+        bids,
+        lambda b: {
+            "auction": b["auction"],
+            "bidder": b["bidder"],
+            "price": b["price"],
+            "date_time": b["date_time"],
+            "extra": b["extra"],
+        },
+    )
 
 
 def _q1(flow: Dataflow, d: Path) -> Stream[Rec]:
     bids = _bids(flow, d, ["auction", "bidder", "price", "date_time"])
-    return op.map("q1", bids, lambda b: {"auction": b["auction"], "bidder": b["bidder"],
-                                         "price": b["price"] * 0.908,
-                                         "date_time": b["date_time"]})
+    return op.map(
+        "q1",
+        bids,
+        lambda b: {
+            "auction": b["auction"],
+            "bidder": b["bidder"],
+            "price": b["price"] * 0.908,
+            "date_time": b["date_time"],
+        },
+    )
 
 
 def _q2(flow: Dataflow, d: Path) -> Stream[Rec]:
@@ -139,16 +164,27 @@ def _q2(flow: Dataflow, d: Path) -> Stream[Rec]:
 
 
 def _q3(flow: Dataflow, d: Path) -> Stream[Rec]:
-    events = op.input("events", flow, ParquetEvents(
-        d, {"person": ["id", "name", "city", "state", "date_time"],
-            "auction": ["id", "seller", "category", "date_time"]}))
+    events = op.input(
+        "events",
+        flow,
+        ParquetEvents(
+            d,
+            {
+                "person": ["id", "name", "city", "state", "date_time"],
+                "auction": ["id", "seller", "category", "date_time"],
+            },
+        ),
+    )
 
     def relevant(ev: tuple[str, Rec]) -> bool:
         kind, r = ev
         return r["state"] in ("OR", "ID", "CA") if kind == "person" else r["category"] == 10
 
-    keyed = op.key_on("by_person", op.filter("q3_filter", events, relevant),
-                      lambda ev: str(ev[1]["id"] if ev[0] == "person" else ev[1]["seller"]))
+    keyed = op.key_on(
+        "by_person",
+        op.filter("q3_filter", events, relevant),
+        lambda ev: str(ev[1]["id"] if ev[0] == "person" else ev[1]["seller"]),
+    )
 
     def join(state: Any, ev: tuple[str, Rec]) -> tuple[Any, list[Rec]]:
         person, pending = state if state is not None else (None, [])
@@ -166,15 +202,23 @@ def _q3(flow: Dataflow, d: Path) -> Stream[Rec]:
 
 
 def _q3_row(person: Rec, auction_id: int) -> Rec:
-    return {"name": person["name"], "city": person["city"], "state": person["state"],
-            "id": auction_id}
+    return {
+        "name": person["name"],
+        "city": person["city"],
+        "state": person["state"],
+        "id": auction_id,
+    }
 
 
 def _auction_bids(flow: Dataflow, d: Path, auction_cols: list[str], bid_cols: list[str]) -> Any:
-    events = op.input("events", flow, ParquetEvents(
-        d, {"auction": auction_cols, "bid": bid_cols}, seq=True))
-    return op.key_on("by_auction", events,
-                     lambda ev: str(ev[1]["id"] if ev[0] == "auction" else ev[1]["auction"]))
+    events = op.input(
+        "events", flow, ParquetEvents(d, {"auction": auction_cols, "bid": bid_cols}, seq=True)
+    )
+    return op.key_on(
+        "by_auction",
+        events,
+        lambda ev: str(ev[1]["id"] if ev[0] == "auction" else ev[1]["auction"]),
+    )
 
 
 def _winner_fold(state: Any, ev: tuple[str, Rec]) -> Any:
@@ -198,7 +242,9 @@ def _better(auction: Rec, best: Rec | None, bid: Rec) -> Rec | None:
     if best is None:
         return bid
     if (-bid["price"], bid["date_time"], bid["seq"]) < (
-        -best["price"], best["date_time"], best["seq"]
+        -best["price"],
+        best["date_time"],
+        best["seq"],
     ):
         return bid
     return best
@@ -207,22 +253,26 @@ def _better(auction: Rec, best: Rec | None, bid: Rec) -> Rec | None:
 def _winners(flow: Dataflow, d: Path, auction_cols: list[str], bid_cols: list[str]) -> Any:
     keyed = _auction_bids(flow, d, auction_cols, bid_cols)
     folded = op.fold_final("winner", keyed, lambda: (None, None, []), _winner_fold)
-    return op.filter_map_value("closed", folded,
-                               lambda s: (s[0], s[1]) if s[0] is not None and s[1] else None)
+    return op.filter_map_value(
+        "closed", folded, lambda s: (s[0], s[1]) if s[0] is not None and s[1] else None
+    )
 
 
 def _q4(flow: Dataflow, d: Path) -> Stream[Rec]:
-    winners = _winners(flow, d, ["id", "category", "date_time", "expires"],
-                       ["auction", "price", "date_time"])
+    winners = _winners(
+        flow, d, ["id", "category", "date_time", "expires"], ["auction", "price", "date_time"]
+    )
     by_cat = op.key_on("by_category", op.key_rm("w", winners), lambda ab: str(ab[0]["category"]))
-    sums = op.fold_final("avg", by_cat, lambda: (0, 0),
-                         lambda s, ab: (s[0] + ab[1]["price"], s[1] + 1))
+    sums = op.fold_final(
+        "avg", by_cat, lambda: (0, 0), lambda s, ab: (s[0] + ab[1]["price"], s[1] + 1)
+    )
     return op.map("q4", sums, lambda kv: {"category": int(kv[0]), "final": kv[1][0] / kv[1][1]})
 
 
 def _q6(flow: Dataflow, d: Path) -> Stream[Rec]:
-    winners = _winners(flow, d, ["id", "seller", "date_time", "expires"],
-                       ["auction", "price", "date_time"])
+    winners = _winners(
+        flow, d, ["id", "seller", "date_time", "expires"], ["auction", "price", "date_time"]
+    )
     by_seller = op.key_on("by_seller", op.key_rm("w", winners), lambda ab: str(ab[0]["seller"]))
 
     def keep(s: list[tuple[Any, int, int]], ab: tuple[Rec, Rec]) -> list[tuple[Any, int, int]]:
@@ -231,18 +281,26 @@ def _q6(flow: Dataflow, d: Path) -> Stream[Rec]:
         return s[-10:]
 
     last10 = op.fold_final("last10", by_seller, list, keep)
-    return op.map("q6", last10, lambda kv: {"seller": int(kv[0]),
-                                            "avg_price": sum(p for *_, p in kv[1]) / len(kv[1])})
+    return op.map(
+        "q6",
+        last10,
+        lambda kv: {"seller": int(kv[0]), "avg_price": sum(p for *_, p in kv[1]) / len(kv[1])},
+    )
 
 
 def _q9(flow: Dataflow, d: Path) -> Stream[Rec]:
-    winners = _winners(flow, d, _AUCTION_ALL, ["auction", "bidder", "price", "date_time",
-                                                "extra"])
+    winners = _winners(flow, d, _AUCTION_ALL, ["auction", "bidder", "price", "date_time", "extra"])
 
     def row(ab: tuple[Rec, Rec]) -> Rec:
         a, b = ab
-        return {**a, "auction": b["auction"], "bidder": b["bidder"], "price": b["price"],
-                "bid_date_time": b["date_time"], "bid_extra": b["extra"]}
+        return {
+            **a,
+            "auction": b["auction"],
+            "bidder": b["bidder"],
+            "price": b["price"],
+            "bid_date_time": b["date_time"],
+            "bid_extra": b["extra"],
+        }
 
     return op.map("q9", op.key_rm("w", winners), row)
 
@@ -251,13 +309,17 @@ def _q5(flow: Dataflow, d: Path) -> Stream[Rec]:
     bids = _bids(flow, d, ["auction", "date_time"])
     hop = timedelta(seconds=2)
     counts = win.count_window(
-        "counts", bids, _clock(),
+        "counts",
+        bids,
+        _clock(),
         win.SlidingWindower(length=timedelta(seconds=10), offset=hop, align_to=EPOCH),
         lambda b: str(b["auction"]),
     )
-    per_window = op.key_on("by_window", op.map(
-        "flat", counts.down, lambda kv: (kv[1][0], int(kv[0]), kv[1][1])),
-        lambda t: str(t[0]))
+    per_window = op.key_on(
+        "by_window",
+        op.map("flat", counts.down, lambda kv: (kv[1][0], int(kv[0]), kv[1][1])),
+        lambda t: str(t[0]),
+    )
 
     def top(s: tuple[int, list[int]], t: tuple[int, int, int]) -> tuple[int, list[int]]:
         best, auctions = s
@@ -271,8 +333,15 @@ def _q5(flow: Dataflow, d: Path) -> Stream[Rec]:
 
     def rows(kv: tuple[str, tuple[int, list[int]]]) -> list[Rec]:
         start = _window_start(int(kv[0]), hop)
-        return [{"window_start": start, "window_end": start + timedelta(seconds=10),
-                 "auction": a, "num": kv[1][0]} for a in kv[1][1]]
+        return [
+            {
+                "window_start": start,
+                "window_end": start + timedelta(seconds=10),
+                "auction": a,
+                "num": kv[1][0],
+            }
+            for a in kv[1][1]
+        ]
 
     return op.flat_map("q5", tops, rows)
 
@@ -292,8 +361,9 @@ def _q7(flow: Dataflow, d: Path) -> Stream[Rec]:
     def merge(a: tuple[int, list[Rec]], b: tuple[int, list[Rec]]) -> tuple[int, list[Rec]]:
         return a if a[0] > b[0] else b if b[0] > a[0] else (a[0], a[1] + b[1])
 
-    out = win.fold_window("max", keyed, _clock(), win.TumblingWindower(size, EPOCH),
-                          lambda: (-1, []), fold, merge)
+    out = win.fold_window(
+        "max", keyed, _clock(), win.TumblingWindower(size, EPOCH), lambda: (-1, []), fold, merge
+    )
 
     def rows(kv: tuple[str, tuple[int, tuple[int, list[Rec]]]]) -> list[Rec]:
         wid, (_, bids_) = kv[1]
@@ -304,10 +374,16 @@ def _q7(flow: Dataflow, d: Path) -> Stream[Rec]:
 
 
 def _q8(flow: Dataflow, d: Path) -> Stream[Rec]:
-    events = op.input("events", flow, ParquetEvents(
-        d, {"person": ["id", "name", "date_time"], "auction": ["seller", "date_time"]}))
-    keyed = op.key_on("by_person", events,
-                      lambda ev: str(ev[1]["id"] if ev[0] == "person" else ev[1]["seller"]))
+    events = op.input(
+        "events",
+        flow,
+        ParquetEvents(
+            d, {"person": ["id", "name", "date_time"], "auction": ["seller", "date_time"]}
+        ),
+    )
+    keyed = op.key_on(
+        "by_person", events, lambda ev: str(ev[1]["id"] if ev[0] == "person" else ev[1]["seller"])
+    )
     size = timedelta(seconds=10)
 
     def fold(s: tuple[str | None, bool], ev: tuple[str, Rec]) -> tuple[str | None, bool]:
@@ -316,8 +392,15 @@ def _q8(flow: Dataflow, d: Path) -> Stream[Rec]:
     def merge(a: tuple[str | None, bool], b: tuple[str | None, bool]) -> tuple[str | None, bool]:
         return (a[0] or b[0], a[1] or b[1])
 
-    out = win.fold_window("both", keyed, _clock(), win.TumblingWindower(size, EPOCH),
-                          lambda: (None, False), fold, merge)
+    out = win.fold_window(
+        "both",
+        keyed,
+        _clock(),
+        win.TumblingWindower(size, EPOCH),
+        lambda: (None, False),
+        fold,
+        merge,
+    )
 
     def row(kv: tuple[str, tuple[int, tuple[str | None, bool]]]) -> Rec | None:
         wid, (name, sold) = kv[1]
@@ -335,28 +418,50 @@ def _q11(flow: Dataflow, d: Path) -> Stream[Rec]:
 
     def fold(s: tuple[int, Any, Any], b: Rec) -> tuple[int, Any, Any]:
         t = b["date_time"]
-        return (s[0] + 1, t if s[1] is None or t < s[1] else s[1],
-                t if s[2] is None or t > s[2] else s[2])
+        return (
+            s[0] + 1,
+            t if s[1] is None or t < s[1] else s[1],
+            t if s[2] is None or t > s[2] else s[2],
+        )
 
     def merge(a: tuple[int, Any, Any], b: tuple[int, Any, Any]) -> tuple[int, Any, Any]:
         return (a[0] + b[0], min(a[1], b[1]), max(a[2], b[2]))
 
-    out = win.fold_window("sessions", keyed, _clock(), win.SessionWindower(gap),
-                          lambda: (0, None, None), fold, merge)
-    return op.map("q11", out.down, lambda kv: {
-        "bidder": int(kv[0]), "bid_count": kv[1][1][0], "window_start": kv[1][1][1],
-        "window_end": kv[1][1][2] + gap})
+    out = win.fold_window(
+        "sessions", keyed, _clock(), win.SessionWindower(gap), lambda: (0, None, None), fold, merge
+    )
+    return op.map(
+        "q11",
+        out.down,
+        lambda kv: {
+            "bidder": int(kv[0]),
+            "bid_count": kv[1][1][0],
+            "window_start": kv[1][1][1],
+            "window_end": kv[1][1][2] + gap,
+        },
+    )
 
 
 def _q12(flow: Dataflow, d: Path) -> Stream[Rec]:
     bids = _bids(flow, d, ["bidder", "date_time"])
     size = timedelta(seconds=10)
-    counts = win.count_window("counts", bids, win.SystemClock(),
-                              win.TumblingWindower(size, EPOCH), lambda b: str(b["bidder"]))
-    return op.map("q12", counts.down, lambda kv: {
-        "bidder": int(kv[0]), "bid_count": kv[1][1],
-        "window_start": _window_start(kv[1][0], size),
-        "window_end": _window_start(kv[1][0], size) + size})
+    counts = win.count_window(
+        "counts",
+        bids,
+        win.SystemClock(),
+        win.TumblingWindower(size, EPOCH),
+        lambda b: str(b["bidder"]),
+    )
+    return op.map(
+        "q12",
+        counts.down,
+        lambda kv: {
+            "bidder": int(kv[0]),
+            "bid_count": kv[1][1],
+            "window_start": _window_start(kv[1][0], size),
+            "window_end": _window_start(kv[1][0], size) + size,
+        },
+    )
 
 
 def _q13(flow: Dataflow, d: Path) -> Stream[Rec]:
@@ -372,12 +477,22 @@ def _hour_class(t: datetime) -> str:
 
 def _q14(flow: Dataflow, d: Path) -> Stream[Rec]:
     bids = _bids(flow, d, ["auction", "bidder", "price", "date_time", "extra"])
-    hits = op.filter("q14_filter", bids,
-                     lambda b: 1_000_000_000 < 908 * b["price"] < 50_000_000_000)
-    return op.map("q14", hits, lambda b: {
-        "auction": b["auction"], "bidder": b["bidder"], "price": b["price"] * 0.908,
-        "bid_time_type": _hour_class(b["date_time"]), "date_time": b["date_time"],
-        "extra": b["extra"], "c_counts": b["extra"].count("c")})
+    hits = op.filter(
+        "q14_filter", bids, lambda b: 1_000_000_000 < 908 * b["price"] < 50_000_000_000
+    )
+    return op.map(
+        "q14",
+        hits,
+        lambda b: {
+            "auction": b["auction"],
+            "bidder": b["bidder"],
+            "price": b["price"] * 0.908,
+            "bid_time_type": _hour_class(b["date_time"]),
+            "date_time": b["date_time"],
+            "extra": b["extra"],
+            "c_counts": b["extra"].count("c"),
+        },
+    )
 
 
 def _rank(price: int) -> int:
@@ -407,8 +522,11 @@ def _stats_row(s: dict[str, Any]) -> Rec:
 
 def _new_stats(minute: bool) -> Callable[[], dict[str, Any]]:
     def build() -> dict[str, Any]:
-        s: dict[str, Any] = {"bids": [0, 0, 0, 0], "bidder": [set(), set(), set(), set()],
-                             "auction": [set(), set(), set(), set()]}
+        s: dict[str, Any] = {
+            "bids": [0, 0, 0, 0],
+            "bidder": [set(), set(), set(), set()],
+            "auction": [set(), set(), set(), set()],
+        }
         if minute:
             s["minute"] = ""
         return s
@@ -425,8 +543,11 @@ def _q15(flow: Dataflow, d: Path) -> Stream[Rec]:
 
 def _q16(flow: Dataflow, d: Path) -> Stream[Rec]:
     bids = _bids(flow, d, ["auction", "bidder", "price", "channel", "date_time"])
-    keyed = op.key_on("by_channel_day", bids,
-                      lambda b: b["channel"] + "\x00" + b["date_time"].strftime("%Y-%m-%d"))
+    keyed = op.key_on(
+        "by_channel_day",
+        bids,
+        lambda b: b["channel"] + "\x00" + b["date_time"].strftime("%Y-%m-%d"),
+    )
     stats = op.fold_final("stats", keyed, _new_stats(True), _stats_fold)
 
     def row(kv: tuple[str, dict[str, Any]]) -> Rec:
@@ -438,8 +559,9 @@ def _q16(flow: Dataflow, d: Path) -> Stream[Rec]:
 
 def _q17(flow: Dataflow, d: Path) -> Stream[Rec]:
     bids = _bids(flow, d, ["auction", "price", "date_time"])
-    keyed = op.key_on("by_auction_day", bids,
-                      lambda b: f"{b['auction']}/{b['date_time'].strftime('%Y-%m-%d')}")
+    keyed = op.key_on(
+        "by_auction_day", bids, lambda b: f"{b['auction']}/{b['date_time'].strftime('%Y-%m-%d')}"
+    )
 
     def fold(s: list[int], b: Rec) -> list[int]:
         p = b["price"]
@@ -455,9 +577,18 @@ def _q17(flow: Dataflow, d: Path) -> Stream[Rec]:
     def row(kv: tuple[str, list[int]]) -> Rec:
         auction, day = kv[0].split("/")
         s = kv[1]
-        return {"auction": int(auction), "day": day, "total_bids": s[0], "rank1_bids": s[1],
-                "rank2_bids": s[2], "rank3_bids": s[3], "min_price": s[4], "max_price": s[5],
-                "avg_price": s[6] / s[0], "sum_price": s[6]}
+        return {
+            "auction": int(auction),
+            "day": day,
+            "total_bids": s[0],
+            "rank1_bids": s[1],
+            "rank2_bids": s[2],
+            "rank3_bids": s[3],
+            "min_price": s[4],
+            "max_price": s[5],
+            "avg_price": s[6] / s[0],
+            "sum_price": s[6],
+        }
 
     return op.map("q17", stats, row)
 
@@ -495,13 +626,24 @@ def _q20(flow: Dataflow, d: Path) -> Stream[Rec]:
     keyed = _auction_bids(flow, d, _AUCTION_ALL, _BID_ALL)
 
     def row(a: Rec, b: Rec) -> Rec:
-        return {"auction": b["auction"], "bidder": b["bidder"], "price": b["price"],
-                "channel": b["channel"], "url": b["url"], "bid_date_time": b["date_time"],
-                "bid_extra": b["extra"], "item_name": a["item_name"],
-                "description": a["description"], "initial_bid": a["initial_bid"],
-                "reserve": a["reserve"], "auction_date_time": a["date_time"],
-                "expires": a["expires"], "seller": a["seller"], "category": a["category"],
-                "auction_extra": a["extra"]}
+        return {
+            "auction": b["auction"],
+            "bidder": b["bidder"],
+            "price": b["price"],
+            "channel": b["channel"],
+            "url": b["url"],
+            "bid_date_time": b["date_time"],
+            "bid_extra": b["extra"],
+            "item_name": a["item_name"],
+            "description": a["description"],
+            "initial_bid": a["initial_bid"],
+            "reserve": a["reserve"],
+            "auction_date_time": a["date_time"],
+            "expires": a["expires"],
+            "seller": a["seller"],
+            "category": a["category"],
+            "auction_extra": a["extra"],
+        }
 
     def join(state: Any, ev: tuple[str, Rec]) -> tuple[Any, list[Rec]]:
         auction, pending = state if state is not None else (None, [])
@@ -527,9 +669,14 @@ def _channel_id(b: Rec) -> Rec | None:
         i = url.find("channel_id=")
         if i < 0 or (i > 0 and url[i - 1] != "&"):
             return None
-        cid = url[i + len("channel_id="):].split("&", 1)[0]
-    return {"auction": b["auction"], "bidder": b["bidder"], "price": b["price"],
-            "channel": b["channel"], "channel_id": cid}
+        cid = url[i + len("channel_id=") :].split("&", 1)[0]
+    return {
+        "auction": b["auction"],
+        "bidder": b["bidder"],
+        "price": b["price"],
+        "channel": b["channel"],
+        "channel_id": cid,
+    }
 
 
 def _q21(flow: Dataflow, d: Path) -> Stream[Rec]:
@@ -543,16 +690,42 @@ def _q22(flow: Dataflow, d: Path) -> Stream[Rec]:
     def row(b: Rec) -> Rec:
         parts = b["url"].split("/")
         dirs = [parts[k] if k < len(parts) else None for k in (3, 4, 5)]
-        return {"auction": b["auction"], "bidder": b["bidder"], "price": b["price"],
-                "channel": b["channel"], "dir1": dirs[0], "dir2": dirs[1], "dir3": dirs[2]}
+        return {
+            "auction": b["auction"],
+            "bidder": b["bidder"],
+            "price": b["price"],
+            "channel": b["channel"],
+            "dir1": dirs[0],
+            "dir2": dirs[1],
+            "dir3": dirs[2],
+        }
 
     return op.map("q22", bids, row)
 
 
 QUERIES: dict[str, Build] = {
-    "q0": _q0, "q1": _q1, "q2": _q2, "q3": _q3, "q4": _q4, "q5": _q5, "q6": _q6, "q7": _q7,
-    "q8": _q8, "q9": _q9, "q11": _q11, "q12": _q12, "q13": _q13, "q14": _q14, "q15": _q15,
-    "q16": _q16, "q17": _q17, "q18": _q18, "q19": _q19, "q20": _q20, "q21": _q21, "q22": _q22,
+    "q0": _q0,
+    "q1": _q1,
+    "q2": _q2,
+    "q3": _q3,
+    "q4": _q4,
+    "q5": _q5,
+    "q6": _q6,
+    "q7": _q7,
+    "q8": _q8,
+    "q9": _q9,
+    "q11": _q11,
+    "q12": _q12,
+    "q13": _q13,
+    "q14": _q14,
+    "q15": _q15,
+    "q16": _q16,
+    "q17": _q17,
+    "q18": _q18,
+    "q19": _q19,
+    "q20": _q20,
+    "q21": _q21,
+    "q22": _q22,
 }
 
 
@@ -612,7 +785,7 @@ class _ThrottledPartition(StatelessSourcePartition[Any]):
             raise StopIteration
         now = time.time() - self._clock.t0
         end = int(np.searchsorted(self._due, now, side="right"))
-        batch = self._records[self._pos:end]
+        batch = self._records[self._pos : end]
         self._pos = max(self._pos, end)
         return batch
 
@@ -651,12 +824,22 @@ class _TimingSink(DynamicSink[Any]):
 def run_latency(query: str, bids: pa.Table, rate: float) -> tuple[list[float], float]:
     """Run q0-q2 on Bytewax with bids released at ``rate`` events/s; return the latencies."""
     fns: dict[str, Callable[[Rec], Rec | None]] = {
-        "q0": lambda b: {"auction": b["auction"], "bidder": b["bidder"], "price": b["price"],
-                         "date_time": b["date_time"], "extra": b["extra"]},
-        "q1": lambda b: {"auction": b["auction"], "bidder": b["bidder"],
-                         "price": b["price"] * 0.908, "date_time": b["date_time"]},
-        "q2": lambda b: ({"auction": b["auction"], "price": b["price"]}
-                         if b["auction"] % 123 == 0 else None),
+        "q0": lambda b: {
+            "auction": b["auction"],
+            "bidder": b["bidder"],
+            "price": b["price"],
+            "date_time": b["date_time"],
+            "extra": b["extra"],
+        },
+        "q1": lambda b: {
+            "auction": b["auction"],
+            "bidder": b["bidder"],
+            "price": b["price"] * 0.908,
+            "date_time": b["date_time"],
+        },
+        "q2": lambda b: (
+            {"auction": b["auction"], "price": b["price"]} if b["auction"] % 123 == 0 else None
+        ),
     }
     fn = fns.get(query)
     if fn is None:

@@ -7,8 +7,9 @@ import pytest
 
 from tideflow.bench.nexmark._compare import ResultMismatchError, check, compare
 
-REF = pl.DataFrame({"auction": [1, 2, 2, 3], "price": [1.5, 2.0, 2.0, 3.25],
-                    "who": ["a", "b", "b", "c"]})
+REF = pl.DataFrame(
+    {"auction": [1, 2, 2, 3], "price": [1.5, 2.0, 2.0, 3.25], "who": ["a", "b", "b", "c"]}
+)
 
 
 def test_equal_multisets_in_any_order_pass() -> None:
@@ -19,8 +20,12 @@ def test_equal_multisets_in_any_order_pass() -> None:
 def test_floats_within_tolerance_pass_and_beyond_fail() -> None:
     compare(REF.with_columns(pl.col("price") * (1 + 1e-12)), REF)
     with pytest.raises(ResultMismatchError, match="1 distinct rows in excess, 1 missing"):
-        compare(REF.with_columns(pl.when(pl.col("auction") == 3).then(3.26)
-                                 .otherwise(pl.col("price")).alias("price")), REF)
+        compare(
+            REF.with_columns(
+                pl.when(pl.col("auction") == 3).then(3.26).otherwise(pl.col("price")).alias("price")
+            ),
+            REF,
+        )
 
 
 def test_a_changed_row_is_detected_with_a_diff_summary() -> None:
@@ -46,8 +51,14 @@ def test_column_names_must_match() -> None:
 
 
 def test_q12_is_compared_on_totals_per_bidder() -> None:
-    windows = pl.DataFrame({"bidder": [1, 1, 2], "bid_count": [2, 3, 4],
-                            "window_start": [0, 10, 0], "window_end": [10, 20, 10]})
+    windows = pl.DataFrame(
+        {
+            "bidder": [1, 1, 2],
+            "bid_count": [2, 3, 4],
+            "window_start": [0, 10, 0],
+            "window_end": [10, 20, 10],
+        }
+    )
     check("q12", windows, pl.DataFrame({"bidder": [1, 2], "bid_count": [5, 4]}), label="q12")
     with pytest.raises(ResultMismatchError):
         check("q12", windows, pl.DataFrame({"bidder": [1, 2], "bid_count": [4, 4]}), label="q12")

@@ -13,14 +13,37 @@ from tideflow.bench.nexmark import GeneratorSettings, generate_tables, iter_batc
 
 TS = pl.Datetime("ms", "UTC")
 CONTRACT = {
-    "person": {"id": pl.Int64, "name": pl.String, "email_address": pl.String,
-               "credit_card": pl.String, "city": pl.String, "state": pl.String, "date_time": TS,
-               "extra": pl.String},
-    "auction": {"id": pl.Int64, "item_name": pl.String, "description": pl.String,
-                "initial_bid": pl.Int64, "reserve": pl.Int64, "date_time": TS, "expires": TS,
-                "seller": pl.Int64, "category": pl.Int64, "extra": pl.String},
-    "bid": {"auction": pl.Int64, "bidder": pl.Int64, "price": pl.Int64, "channel": pl.String,
-            "url": pl.String, "date_time": TS, "extra": pl.String},
+    "person": {
+        "id": pl.Int64,
+        "name": pl.String,
+        "email_address": pl.String,
+        "credit_card": pl.String,
+        "city": pl.String,
+        "state": pl.String,
+        "date_time": TS,
+        "extra": pl.String,
+    },
+    "auction": {
+        "id": pl.Int64,
+        "item_name": pl.String,
+        "description": pl.String,
+        "initial_bid": pl.Int64,
+        "reserve": pl.Int64,
+        "date_time": TS,
+        "expires": TS,
+        "seller": pl.Int64,
+        "category": pl.Int64,
+        "extra": pl.String,
+    },
+    "bid": {
+        "auction": pl.Int64,
+        "bidder": pl.Int64,
+        "price": pl.Int64,
+        "channel": pl.String,
+        "url": pl.String,
+        "date_time": TS,
+        "extra": pl.String,
+    },
 }
 
 
@@ -31,8 +54,10 @@ def test_files_have_exactly_the_contract_columns_and_types(nexmark_dir: Path) ->
 
 
 def test_event_mix_is_1_3_46(nexmark_dir: Path) -> None:
-    counts = {k: pl.scan_parquet(nexmark_dir / f"{k}.parquet").select(pl.len()).collect().item()
-              for k in CONTRACT}
+    counts = {
+        k: pl.scan_parquet(nexmark_dir / f"{k}.parquet").select(pl.len()).collect().item()
+        for k in CONTRACT
+    }
     assert counts == {"person": 600, "auction": 1800, "bid": 27600}
 
 
@@ -115,7 +140,8 @@ def test_jsonl_output_has_the_same_rows(tmp_path: Path) -> None:
         pq_frame = pl.read_parquet(tmp_path / "pq" / f"{kind}.parquet")
         js_frame = pl.read_ndjson(tmp_path / "js" / f"{kind}.jsonl")
         js_frame = js_frame.with_columns(
-            pl.col(c).cast(pl.Datetime("ms", "UTC")) for c in ("date_time", "expires")
+            pl.col(c).cast(pl.Datetime("ms", "UTC"))
+            for c in ("date_time", "expires")
             if c in js_frame.columns
         )
         assert js_frame.equals(pq_frame), kind

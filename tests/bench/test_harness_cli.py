@@ -29,20 +29,45 @@ def test_run_bench_measures_checks_and_reports(nexmark_dir: Path) -> None:
 
 
 def test_markdown_table_flags_mismatches() -> None:
-    bad = BenchResult("q1", "bytewax", "mismatch", 100, reps=1, wall_s=1.0, cpu_s=1.0,
-                      peak_rss_mb=10.0, rows=1, note="differs")
+    bad = BenchResult(
+        "q1",
+        "bytewax",
+        "mismatch",
+        100,
+        reps=1,
+        wall_s=1.0,
+        cpu_s=1.0,
+        peak_rss_mb=10.0,
+        rows=1,
+        note="differs",
+    )
     assert "**MISMATCH**" in markdown_table([bad])
 
 
 def test_cli_generate_run_and_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = tmp_path / "data"
-    assert main(["nexmark", "generate", "--events", "3000", "--seed", "2", "--out",
-                 str(data)]) == 0
+    assert main(["nexmark", "generate", "--events", "3000", "--seed", "2", "--out", str(data)]) == 0
     assert sorted(p.name for p in data.glob("*.parquet")) == [
-        "auction.parquet", "bid.parquet", "person.parquet"]
+        "auction.parquet",
+        "bid.parquet",
+        "person.parquet",
+    ]
     out = tmp_path / "q1.parquet"
-    code = main(["nexmark", "run", "--query", "q1", "--input", str(data), "--output", str(out),
-                 "--engine", "polars", "--check"])
+    code = main(
+        [
+            "nexmark",
+            "run",
+            "--query",
+            "q1",
+            "--input",
+            str(data),
+            "--output",
+            str(out),
+            "--engine",
+            "polars",
+            "--check",
+        ]
+    )
     assert code == 0
     assert pl.read_parquet(out).columns == ["auction", "bidder", "price", "date_time"]
     assert "matches the DuckDB reference" in capsys.readouterr().err
@@ -51,8 +76,18 @@ def test_cli_generate_run_and_check(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_cli_tideflow_windowed_query_is_not_yet_available(
     nexmark_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(["nexmark", "run", "--query", "q5", "--input", str(nexmark_dir),
-                 "--output", str(tmp_path / "q5.parquet")])
+    code = main(
+        [
+            "nexmark",
+            "run",
+            "--query",
+            "q5",
+            "--input",
+            str(nexmark_dir),
+            "--output",
+            str(tmp_path / "q5.parquet"),
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "not" in err and ("windows" in err or "engine" in err)
@@ -63,8 +98,21 @@ def test_cli_bench_default_command_writes_json(
     nexmark_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     target = tmp_path / "bench.json"
-    code = main(["nexmark", "--query", "q0", "--input", str(nexmark_dir), "--engines", "duckdb",
-                 "--reps", "1", "--json", str(target)])
+    code = main(
+        [
+            "nexmark",
+            "--query",
+            "q0",
+            "--input",
+            str(nexmark_dir),
+            "--engines",
+            "duckdb",
+            "--reps",
+            "1",
+            "--json",
+            str(target),
+        ]
+    )
     assert code == 0
     assert "| q0 | duckdb |" in capsys.readouterr().out
     payload = json.loads(target.read_text())
@@ -73,8 +121,23 @@ def test_cli_bench_default_command_writes_json(
 
 
 def test_cli_unknown_query_is_a_usage_error(nexmark_dir: Path, tmp_path: Path) -> None:
-    assert main(["nexmark", "run", "--query", "q99", "--input", str(nexmark_dir),
-                 "--output", str(tmp_path / "x.parquet"), "--engine", "duckdb"]) == 2
+    assert (
+        main(
+            [
+                "nexmark",
+                "run",
+                "--query",
+                "q99",
+                "--input",
+                str(nexmark_dir),
+                "--output",
+                str(tmp_path / "x.parquet"),
+                "--engine",
+                "duckdb",
+            ]
+        )
+        == 2
+    )
 
 
 def test_cli_flags_can_come_from_the_environment(

@@ -32,5 +32,6 @@ def test_polars_plan_equals_the_reference(nexmark_dir: Path, tmp_path: Path, que
     assert query in POLARS_QUERIES
     out = tmp_path / "out.parquet"
     run_polars(query, nexmark_dir, out)
-    check(query, pl.read_parquet(out), run_reference(query, nexmark_dir),
-          label=f"{query} on polars")
+    check(
+        query, pl.read_parquet(out), run_reference(query, nexmark_dir), label=f"{query} on polars"
+    )

@@ -66,9 +66,7 @@ def compare(
     res = normalize(result)
     ref = normalize(reference)
     if res.columns != ref.columns:
-        msg = (
-            f"{label} differs from the reference: columns {res.columns}, expected {ref.columns}"
-        )
+        msg = f"{label} differs from the reference: columns {res.columns}, expected {ref.columns}"
         raise ResultMismatchError(msg)
     mismatched_types = {
         c: (str(res.schema[c]), str(ref.schema[c]))
@@ -102,6 +100,7 @@ def compare(
                     break
     if ok:
         return
+
     # Build a readable summary: rows (floats rounded) found only on one side.
     def keyed(frame: pl.DataFrame) -> pl.DataFrame:
         rounded = frame.with_columns(pl.col(floats).round(4)) if floats else frame

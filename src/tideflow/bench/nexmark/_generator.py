@@ -80,8 +80,11 @@ def _last_auction(n: I64) -> I64:
     epoch = n // m.TOTAL_PROPORTION
     off = n % m.TOTAL_PROPORTION
     in_group = np.clip(off - m.PERSON_PROPORTION, -1, m.AUCTION_PROPORTION - 1)
-    return np.where(in_group < 0, (epoch - 1) * m.AUCTION_PROPORTION + m.AUCTION_PROPORTION - 1,
-                    epoch * m.AUCTION_PROPORTION + in_group)
+    return np.where(
+        in_group < 0,
+        (epoch - 1) * m.AUCTION_PROPORTION + m.AUCTION_PROPORTION - 1,
+        epoch * m.AUCTION_PROPORTION + in_group,
+    )
 
 
 def _some_person(rng: np.random.Generator, n: I64) -> I64:
@@ -94,8 +97,9 @@ def _some_person(rng: np.random.Generator, n: I64) -> I64:
 def _some_auction(rng: np.random.Generator, n: I64) -> I64:
     """A random auction among those in flight (may be one not created yet)."""
     last = np.maximum(_last_auction(n), 0)
-    low = np.maximum(last - m.NUM_IN_FLIGHT_AUCTIONS, 0)
-    return low + _uniform_below(rng, last - low + 1 + m.AUCTION_ID_LEAD, len(n))
+    low: I64 = np.maximum(last - m.NUM_IN_FLIGHT_AUCTIONS, 0)
+    picked: I64 = low + _uniform_below(rng, last - low + 1 + m.AUCTION_ID_LEAD, len(n))
+    return picked
 
 
 def _timestamps_ms(settings: m.GeneratorSettings, n: I64) -> I64:
@@ -333,8 +337,12 @@ def write_events(
     counts = dict.fromkeys(m.KINDS, 0)
     if fmt == "parquet":
         writers = {
-            kind: pq.ParquetWriter(directory / f"{kind}.parquet", m.SCHEMAS[kind],
-                                   compression="zstd", compression_level=1)
+            kind: pq.ParquetWriter(
+                directory / f"{kind}.parquet",
+                m.SCHEMAS[kind],
+                compression="zstd",
+                compression_level=1,
+            )
             for kind in m.KINDS
         }
         try:
@@ -358,9 +366,14 @@ def write_events(
         finally:
             for f in files.values():
                 f.close()
-    meta = {"events": settings.events, "seed": settings.seed, "format": fmt,
-            "base_time": settings.base_time.isoformat(), "event_rate": settings.event_rate,
-            "rows": counts}
+    meta = {
+        "events": settings.events,
+        "seed": settings.seed,
+        "format": fmt,
+        "base_time": settings.base_time.isoformat(),
+        "event_rate": settings.event_rate,
+        "rows": counts,
+    }
     (directory / "nexmark.json").write_text(json.dumps(meta, indent=2) + "\n")
     log.info("nexmark: wrote %s events to %s (%s)", settings.events, directory, counts)
     return counts

@@ -87,13 +87,25 @@ def run_once(
     engine: str, query: str, input_dir: Path, output: Path, *, timeout: float = 3600
 ) -> dict[str, Any]:
     """Run one measured worker process; return its JSON report (or ``unavailable``/``error``)."""
-    cmd = [sys.executable, "-m", "tideflow.bench.nexmark._worker", "--engine", engine,
-           "--query", query, "--input", str(input_dir), "--output", str(output)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tideflow.bench.nexmark._worker",
+        "--engine",
+        engine,
+        "--query",
+        query,
+        "--input",
+        str(input_dir),
+        "--output",
+        str(output),
+    ]
     env = dict(os.environ)
     src = str(Path(__file__).resolve().parents[3])
     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
-                          check=False)
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False
+    )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode == UNAVAILABLE_EXIT and lines:
         return dict(json.loads(lines[-1]))
@@ -141,19 +153,21 @@ def run_bench(
             runs: dict[str, list[dict[str, Any]]] = {e: [] for e in engines}
             final: dict[str, BenchResult] = {}
             for rep in range(reps):
-                order = list(engines[rep % len(engines):]) + list(engines[: rep % len(engines)])
+                order = list(engines[rep % len(engines) :]) + list(engines[: rep % len(engines)])
                 for engine in order:
                     if engine in final:
                         continue
                     out = Path(tmp) / f"{query}-{engine}-{rep}.parquet"
                     report = run_once(engine, query, input_dir, out)
                     if "unavailable" in report:
-                        final[engine] = BenchResult(query, engine, "unavailable", events,
-                                                    note=str(report["unavailable"]))
+                        final[engine] = BenchResult(
+                            query, engine, "unavailable", events, note=str(report["unavailable"])
+                        )
                         continue
                     if "error" in report:
-                        final[engine] = BenchResult(query, engine, "failed", events,
-                                                    note=str(report["error"]))
+                        final[engine] = BenchResult(
+                            query, engine, "failed", events, note=str(report["error"])
+                        )
                         continue
                     if rep == 0 and reference is not None:
                         try:
@@ -172,7 +186,10 @@ def run_bench(
                 mismatch = next((r["mismatch"] for r in reports if "mismatch" in r), "")
                 results.append(
                     BenchResult(
-                        query, engine, "mismatch" if mismatch else "ok", events,
+                        query,
+                        engine,
+                        "mismatch" if mismatch else "ok",
+                        events,
                         reps=len(reports),
                         wall_s=statistics.median(r["wall_s"] for r in reports),
                         cpu_s=statistics.median(r["cpu_s"] for r in reports),
@@ -194,9 +211,7 @@ def _fmt_rate(x: float | None) -> str:
 
 def markdown_table(results: Sequence[BenchResult], *, baseline: str = "bytewax") -> str:
     """The results as a Markdown table, with the speed-up over ``baseline`` where it ran."""
-    base = {
-        r.query: r.events_per_s for r in results if r.engine == baseline and r.status == "ok"
-    }
+    base = {r.query: r.events_per_s for r in results if r.engine == baseline and r.status == "ok"}
     lines = [
         f"| query | engine | events/s | events/s per core | peak RSS MB | x {baseline} | check |",
         "| --- | --- | ---: | ---: | ---: | ---: | --- |",
@@ -221,7 +236,12 @@ def markdown_table(results: Sequence[BenchResult], *, baseline: str = "bytewax")
 
 
 def run_latency_bench(
-    queries: Sequence[str], engines: Sequence[str], *, events: int, rate: float, reps: int = 3,
+    queries: Sequence[str],
+    engines: Sequence[str],
+    *,
+    events: int,
+    rate: float,
+    reps: int = 3,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
     """Throttled runs (``_latency``) of each engine, alternating; medians of p50/p99."""
@@ -233,47 +253,78 @@ def run_latency_bench(
         runs: dict[str, list[dict[str, Any]]] = {e: [] for e in engines}
         skip: dict[str, str] = {}
         for rep in range(reps):
-            order = list(engines[rep % len(engines):]) + list(engines[: rep % len(engines)])
+            order = list(engines[rep % len(engines) :]) + list(engines[: rep % len(engines)])
             for engine in order:
                 if engine in skip:
                     continue
-                cmd = [sys.executable, "-m", "tideflow.bench.nexmark._latency", "--engine",
-                       engine, "--query", query, "--events", str(events), "--rate", str(rate),
-                       "--seed", str(seed)]
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False,
-                                      timeout=3600)
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "tideflow.bench.nexmark._latency",
+                    "--engine",
+                    engine,
+                    "--query",
+                    query,
+                    "--events",
+                    str(events),
+                    "--rate",
+                    str(rate),
+                    "--seed",
+                    str(seed),
+                ]
+                proc = subprocess.run(
+                    cmd, capture_output=True, text=True, env=env, check=False, timeout=3600
+                )
                 lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-                report = json.loads(lines[-1]) if lines else {
-                    "error": (proc.stderr or "no output").strip().splitlines()[-1:]}
+                report = (
+                    json.loads(lines[-1])
+                    if lines
+                    else {"error": (proc.stderr or "no output").strip().splitlines()[-1:]}
+                )
                 if "unavailable" in report or "error" in report:
                     skip[engine] = str(report.get("unavailable") or report.get("error"))
                     continue
                 runs[engine].append(report)
         for engine in engines:
             if engine in skip:
-                out.append({"query": query, "engine": engine, "status": "unavailable",
-                            "note": skip[engine]})
+                out.append(
+                    {
+                        "query": query,
+                        "engine": engine,
+                        "status": "unavailable",
+                        "note": skip[engine],
+                    }
+                )
                 continue
             rs = runs[engine]
-            out.append({
-                "query": query, "engine": engine, "status": "ok", "rate": rate,
-                "events": events, "reps": len(rs),
-                "achieved_rate": statistics.median(r["achieved_rate"] for r in rs),
-                "p50_ms": statistics.median(r["p50_ms"] for r in rs),
-                "p99_ms": statistics.median(r["p99_ms"] for r in rs),
-                "max_ms": max(r["max_ms"] for r in rs),
-            })
+            out.append(
+                {
+                    "query": query,
+                    "engine": engine,
+                    "status": "ok",
+                    "rate": rate,
+                    "events": events,
+                    "reps": len(rs),
+                    "achieved_rate": statistics.median(r["achieved_rate"] for r in rs),
+                    "p50_ms": statistics.median(r["p50_ms"] for r in rs),
+                    "p99_ms": statistics.median(r["p99_ms"] for r in rs),
+                    "max_ms": max(r["max_ms"] for r in rs),
+                }
+            )
     return out
 
 
 def latency_table(rows: Sequence[dict[str, Any]]) -> str:
     """Throttled-run results as a Markdown table."""
-    lines = ["| query | engine | target rate | achieved rate | p50 ms | p99 ms | max ms |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| query | engine | target rate | achieved rate | p50 ms | p99 ms | max ms |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in rows:
         if r["status"] != "ok":
-            lines.append(f"| {r['query']} | {r['engine']} | - | - | - | - | n/a: "
-                         f"{str(r['note'])[:60]} |")
+            lines.append(
+                f"| {r['query']} | {r['engine']} | - | - | - | - | n/a: {str(r['note'])[:60]} |"
+            )
             continue
         lines.append(
             f"| {r['query']} | {r['engine']} | {_fmt_rate(r['rate'])} | "

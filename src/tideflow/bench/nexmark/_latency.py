@@ -40,8 +40,9 @@ def prepare_bids(events: int, seed: int) -> pa.Table:
     return generate_tables(GeneratorSettings(events=events, seed=seed))["bid"]
 
 
-def latency_summary(latencies_s: npt.NDArray[np.float64], *, events: int, elapsed_s: float,
-                    rate: float) -> dict[str, Any]:
+def latency_summary(
+    latencies_s: npt.NDArray[np.float64], *, events: int, elapsed_s: float, rate: float
+) -> dict[str, Any]:
     """p50/p99/max in milliseconds plus the achieved input rate.
 
     Examples
@@ -65,14 +66,24 @@ def latency_summary(latencies_s: npt.NDArray[np.float64], *, events: int, elapse
 # --- plain Python loop ------------------------------------------------------------------------
 def _python_fn(query: str) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
     if query == "q0":
-        return lambda r: {"auction": r["auction"], "bidder": r["bidder"], "price": r["price"],
-                          "date_time": r["date_time"], "extra": r["extra"]}
+        return lambda r: {
+            "auction": r["auction"],
+            "bidder": r["bidder"],
+            "price": r["price"],
+            "date_time": r["date_time"],
+            "extra": r["extra"],
+        }
     if query == "q1":
-        return lambda r: {"auction": r["auction"], "bidder": r["bidder"],
-                          "price": r["price"] * 0.908, "date_time": r["date_time"]}
+        return lambda r: {
+            "auction": r["auction"],
+            "bidder": r["bidder"],
+            "price": r["price"] * 0.908,
+            "date_time": r["date_time"],
+        }
     if query == "q2":
-        return lambda r: ({"auction": r["auction"], "price": r["price"]}
-                          if r["auction"] % 123 == 0 else None)
+        return lambda r: (
+            {"auction": r["auction"], "price": r["price"]} if r["auction"] % 123 == 0 else None
+        )
     msg = f"nexmark latency: no python loop for {query}; available: {list(LATENCY_QUERIES)}"
     raise ConfigError(msg)
 
@@ -128,8 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ImportError) as exc:
         print(json.dumps({"unavailable": str(exc)}))
         return 3
-    summary = latency_summary(np.asarray(latencies), events=args.events, elapsed_s=elapsed,
-                              rate=args.rate)
+    summary = latency_summary(
+        np.asarray(latencies), events=args.events, elapsed_s=elapsed, rate=args.rate
+    )
     summary.update(engine=args.engine, query=args.query)
     print(json.dumps(summary))
     return 0

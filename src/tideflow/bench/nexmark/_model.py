@@ -61,14 +61,51 @@ AVG_AUCTION_BYTES = 500
 AVG_BID_BYTES = 100
 
 # --- vocabularies (made up here; only their role follows the model) --------------------------
-FIRST_NAMES = ("Ada", "Boris", "Chloe", "Dmitri", "Elena", "Farid", "Greta", "Hugo", "Ines",
-               "Jonas", "Keiko", "Liam")
-LAST_NAMES = ("Abbott", "Brandt", "Castillo", "Dubois", "Eriksen", "Fischer", "Garcia",
-              "Haddad", "Ivanova", "Jensen")
+FIRST_NAMES = (
+    "Ada",
+    "Boris",
+    "Chloe",
+    "Dmitri",
+    "Elena",
+    "Farid",
+    "Greta",
+    "Hugo",
+    "Ines",
+    "Jonas",
+    "Keiko",
+    "Liam",
+)
+LAST_NAMES = (
+    "Abbott",
+    "Brandt",
+    "Castillo",
+    "Dubois",
+    "Eriksen",
+    "Fischer",
+    "Garcia",
+    "Haddad",
+    "Ivanova",
+    "Jensen",
+)
 US_STATES = ("AZ", "CA", "ID", "OR", "WA", "WY", "NV", "UT", "CO", "NM", "TX")
-US_CITIES = ("Phoenix", "Los Angeles", "San Francisco", "Boise", "Portland", "Bend", "Seattle",
-             "Spokane", "Cheyenne", "Reno", "Salt Lake City", "Denver", "Santa Fe", "Austin",
-             "Kent", "Redmond")
+US_CITIES = (
+    "Phoenix",
+    "Los Angeles",
+    "San Francisco",
+    "Boise",
+    "Portland",
+    "Bend",
+    "Seattle",
+    "Spokane",
+    "Cheyenne",
+    "Reno",
+    "Salt Lake City",
+    "Denver",
+    "Santa Fe",
+    "Austin",
+    "Kent",
+    "Redmond",
+)
 
 KINDS = ("person", "auction", "bid")
 

@@ -229,9 +229,23 @@ QUERIES: dict[str, QuerySpec] = {
         ),
         _q(
             "q9",
-            ("id", "item_name", "description", "initial_bid", "reserve", "date_time", "expires",
-             "seller", "category", "extra", "auction", "bidder", "price", "bid_date_time",
-             "bid_extra"),
+            (
+                "id",
+                "item_name",
+                "description",
+                "initial_bid",
+                "reserve",
+                "date_time",
+                "expires",
+                "seller",
+                "category",
+                "extra",
+                "auction",
+                "bidder",
+                "price",
+                "bid_date_time",
+                "bid_extra",
+            ),
             ("auction", "bid"),
             """
             Winning bids: every auction with at least one valid bid, joined with its winning
@@ -357,8 +371,18 @@ QUERIES: dict[str, QuerySpec] = {
         ),
         _q(
             "q17",
-            ("auction", "day", "total_bids", "rank1_bids", "rank2_bids", "rank3_bids",
-             "min_price", "max_price", "avg_price", "sum_price"),
+            (
+                "auction",
+                "day",
+                "total_bids",
+                "rank1_bids",
+                "rank2_bids",
+                "rank3_bids",
+                "min_price",
+                "max_price",
+                "avg_price",
+                "sum_price",
+            ),
             _BID,
             """
             Auction statistics per (auction, UTC day): bid counts overall and per price rank,
@@ -389,8 +413,7 @@ QUERIES: dict[str, QuerySpec] = {
         ),
         _q(
             "q19",
-            ("auction", "bidder", "price", "channel", "url", "date_time", "extra",
-             "rank_number"),
+            ("auction", "bidder", "price", "channel", "url", "date_time", "extra", "rank_number"),
             _BID,
             """
             Top 10 bids by price per auction, with their rank (1 = highest); among equal prices
@@ -406,9 +429,24 @@ QUERIES: dict[str, QuerySpec] = {
         ),
         _q(
             "q20",
-            ("auction", "bidder", "price", "channel", "url", "bid_date_time", "bid_extra",
-             "item_name", "description", "initial_bid", "reserve", "auction_date_time",
-             "expires", "seller", "category", "auction_extra"),
+            (
+                "auction",
+                "bidder",
+                "price",
+                "channel",
+                "url",
+                "bid_date_time",
+                "bid_extra",
+                "item_name",
+                "description",
+                "initial_bid",
+                "reserve",
+                "auction_date_time",
+                "expires",
+                "seller",
+                "category",
+                "auction_extra",
+            ),
             ("auction", "bid"),
             """
             Expand bids with their auction, for auctions in category 10. A regular join: the
@@ -541,9 +579,7 @@ def normalize(frame: pl.DataFrame, query: str | None = None) -> pl.DataFrame:
     return out
 
 
-def run_reference(
-    query: str, input_dir: Path | str, *, threads: int | None = None
-) -> pl.DataFrame:
+def run_reference(query: str, input_dir: Path | str, *, threads: int | None = None) -> pl.DataFrame:
     """Run ``query``'s reference SQL with DuckDB over the Parquet files in ``input_dir``.
 
     Parameters

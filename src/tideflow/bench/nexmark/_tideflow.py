@@ -179,8 +179,7 @@ def _q0(i: _Inputs) -> Any:
 
 
 def _q1(i: _Inputs) -> Any:
-    return i.bid.select("auction", "bidder", (pl.col("price") * 0.908).alias("price"),
-                        "date_time")
+    return i.bid.select("auction", "bidder", (pl.col("price") * 0.908).alias("price"), "date_time")
 
 
 def _q2(i: _Inputs) -> Any:
@@ -204,32 +203,56 @@ def _q3_join(state: dict[str, Any], rec: dict[str, Any]) -> tuple[Any, Any]:
 
 def _q3(i: _Inputs) -> Any:
     people = i.person.filter(pl.col("state").is_in(["OR", "ID", "CA"])).select(
-        pl.col("id").alias("pid"), "name", "city", "state", pl.lit(None, pl.Int64).alias("aid"))
+        pl.col("id").alias("pid"), "name", "city", "state", pl.lit(None, pl.Int64).alias("aid")
+    )
     auctions = i.auction.filter(pl.col("category") == 10).select(
-        pl.col("seller").alias("pid"), pl.lit(None, pl.String).alias("name"),
-        pl.lit(None, pl.String).alias("city"), pl.lit(None, pl.String).alias("state"),
-        pl.col("id").alias("aid"))
-    return people.union(auctions, name="people_auctions").key_by("pid").stateful_map(
-        _q3_join, init=lambda: {"person": None, "pending": []}, schema=_Q3_SCHEMA, name="join")
+        pl.col("seller").alias("pid"),
+        pl.lit(None, pl.String).alias("name"),
+        pl.lit(None, pl.String).alias("city"),
+        pl.lit(None, pl.String).alias("state"),
+        pl.col("id").alias("aid"),
+    )
+    return (
+        people.union(auctions, name="people_auctions")
+        .key_by("pid")
+        .stateful_map(
+            _q3_join, init=lambda: {"person": None, "pending": []}, schema=_Q3_SCHEMA, name="join"
+        )
+    )
 
 
 def _auction_events(i: _Inputs, bids: Any) -> Any:
     """Auctions and bids in one stream keyed by auction id (times as epoch ms)."""
     auctions = i.auction.select(
-        pl.col("id").alias("aid"), pl.lit("a").alias("kind"), _ms().alias("t"),
-        _ms("expires").alias("expires"), "seller", "category",
-        pl.lit(None, pl.Int64).alias("price"), pl.lit(None, pl.Int64).alias("seq"))
+        pl.col("id").alias("aid"),
+        pl.lit("a").alias("kind"),
+        _ms().alias("t"),
+        _ms("expires").alias("expires"),
+        "seller",
+        "category",
+        pl.lit(None, pl.Int64).alias("price"),
+        pl.lit(None, pl.Int64).alias("seq"),
+    )
     bid_part = bids.select(
-        pl.col("auction").alias("aid"), pl.lit("b").alias("kind"), _ms().alias("t"),
-        pl.lit(None, pl.Int64).alias("expires"), pl.lit(None, pl.Int64).alias("seller"),
-        pl.lit(None, pl.Int64).alias("category"), "price",
-        (pl.col("seq") if "seq" in (bids.schema or {}) else pl.lit(0)).cast(pl.Int64)
-        .alias("seq"))
+        pl.col("auction").alias("aid"),
+        pl.lit("b").alias("kind"),
+        _ms().alias("t"),
+        pl.lit(None, pl.Int64).alias("expires"),
+        pl.lit(None, pl.Int64).alias("seller"),
+        pl.lit(None, pl.Int64).alias("category"),
+        "price",
+        (pl.col("seq") if "seq" in (bids.schema or {}) else pl.lit(0)).cast(pl.Int64).alias("seq"),
+    )
     return auctions.union(bid_part, name="auctions_bids").key_by("aid")
 
 
-_FINAL_SCHEMA = {"aid": pl.Int64(), "seller": pl.Int64(), "category": pl.Int64(),
-                 "expires": pl.Int64(), "final": pl.Int64()}
+_FINAL_SCHEMA = {
+    "aid": pl.Int64(),
+    "seller": pl.Int64(),
+    "category": pl.Int64(),
+    "expires": pl.Int64(),
+    "final": pl.Int64(),
+}
 
 
 def _closing_price(state: dict[str, Any], rec: dict[str, Any]) -> tuple[Any, Any]:
@@ -238,8 +261,7 @@ def _closing_price(state: dict[str, Any], rec: dict[str, Any]) -> tuple[Any, Any
         state["auction"] = [rec["t"], rec["expires"], rec["seller"], rec["category"]]
         early, state["early"] = state["early"], []
         for t, price in early:
-            if rec["t"] <= t <= rec["expires"] and (state["best"] is None
-                                                    or price > state["best"]):
+            if rec["t"] <= t <= rec["expires"] and (state["best"] is None or price > state["best"]):
                 state["best"] = price
     elif state["auction"] is None:
         state["early"].append([rec["t"], rec["price"]])
@@ -253,19 +275,27 @@ def _closing_price(state: dict[str, Any], rec: dict[str, Any]) -> tuple[Any, Any
     if state["best"] is None or state["auction"] is None:
         return state, None
     _, expires, seller, category = state["auction"]
-    return state, {"aid": rec["aid"], "seller": seller, "category": category,
-                   "expires": expires, "final": state["best"]}
+    return state, {
+        "aid": rec["aid"],
+        "seller": seller,
+        "category": category,
+        "expires": expires,
+        "final": state["best"],
+    }
 
 
 def _finals(i: _Inputs) -> Any:
     return _auction_events(i, i.bid).stateful_map(
-        _closing_price, init=lambda: {"auction": None, "best": None, "early": []},
-        schema=_FINAL_SCHEMA, emit="final", name="closing_price")
+        _closing_price,
+        init=lambda: {"auction": None, "best": None, "early": []},
+        schema=_FINAL_SCHEMA,
+        emit="final",
+        name="closing_price",
+    )
 
 
 def _q4(i: _Inputs) -> Any:
-    return _finals(i).key_by("category").agg(pl.col("final").mean().alias("final"),
-                                               name="average")
+    return _finals(i).key_by("category").agg(pl.col("final").mean().alias("final"), name="average")
 
 
 def _last10(state: list[list[int]], rec: dict[str, Any]) -> tuple[Any, Any]:
@@ -276,19 +306,30 @@ def _last10(state: list[list[int]], rec: dict[str, Any]) -> tuple[Any, Any]:
 
 
 def _q6(i: _Inputs) -> Any:
-    return _finals(i).key_by("seller").stateful_map(
-        _last10, init=list, schema={"seller": pl.Int64(), "avg_price": pl.Float64()},
-        emit="final", name="last10")
+    return (
+        _finals(i)
+        .key_by("seller")
+        .stateful_map(
+            _last10,
+            init=list,
+            schema={"seller": pl.Int64(), "avg_price": pl.Float64()},
+            emit="final",
+            name="last10",
+        )
+    )
 
 
 def _q13(i: _Inputs) -> Any:
     side = pl.DataFrame({"key": range(10_000)}, schema={"key": pl.Int64}).with_columns(
-        value=pl.lit("side-") + pl.col("key").cast(pl.String))
+        value=pl.lit("side-") + pl.col("key").cast(pl.String)
+    )
 
     def enrich(df: pl.DataFrame) -> pl.DataFrame:
-        return df.with_columns(key=pl.col("auction") % 10_000).join(
-            side, on="key", how="inner", maintain_order="left"
-        ).select("auction", "bidder", "price", "date_time", "value")
+        return (
+            df.with_columns(key=pl.col("auction") % 10_000)
+            .join(side, on="key", how="inner", maintain_order="left")
+            .select("auction", "bidder", "price", "date_time", "value")
+        )
 
     return i.bid.map_batches(enrich, name="side_input")
 
@@ -298,11 +339,17 @@ def _q14(i: _Inputs) -> Any:
     return i.bid.filter(
         (pl.col("price") * 908 > 1_000_000_000) & (pl.col("price") * 908 < 50_000_000_000)
     ).select(
-        "auction", "bidder", (pl.col("price") * 0.908).alias("price"),
-        pl.when(hour.is_between(8, 18)).then(pl.lit("dayTime"))
-        .when((hour <= 6) | (hour >= 20)).then(pl.lit("nightTime"))
-        .otherwise(pl.lit("otherTime")).alias("bid_time_type"),
-        "date_time", "extra",
+        "auction",
+        "bidder",
+        (pl.col("price") * 0.908).alias("price"),
+        pl.when(hour.is_between(8, 18))
+        .then(pl.lit("dayTime"))
+        .when((hour <= 6) | (hour >= 20))
+        .then(pl.lit("nightTime"))
+        .otherwise(pl.lit("otherTime"))
+        .alias("bid_time_type"),
+        "date_time",
+        "extra",
         pl.col("extra").str.count_matches("c", literal=True).cast(pl.Int64).alias("c_counts"),
     )
 
@@ -328,11 +375,16 @@ def _rank_aggs(distinct: bool) -> list[pl.Expr]:
     out = [pl.len().alias("total_bids")]
     out += [pl.col(f"{r}_bids").sum() for r in _RANKS]
     if distinct:
-        out += [pl.col("bidder").n_unique().alias("total_bidders"),
-                pl.col("auction").n_unique().alias("total_auctions")]
+        out += [
+            pl.col("bidder").n_unique().alias("total_bidders"),
+            pl.col("auction").n_unique().alias("total_auctions"),
+        ]
         for r in _RANKS:
-            out += [pl.col(f"{r}_bidders").n_unique(), pl.col(f"{r}_auctions").n_unique(),
-                    pl.col(f"{r}_miss").max()]
+            out += [
+                pl.col(f"{r}_bidders").n_unique(),
+                pl.col(f"{r}_auctions").n_unique(),
+                pl.col(f"{r}_miss").max(),
+            ]
     return out
 
 
@@ -340,38 +392,59 @@ def _distinct_fix() -> list[pl.Expr]:
     # n_unique counts the null that stands for "not in this rank"; take it out again.
     return [
         (pl.col(f"{r}_{c}s") - pl.col(f"{r}_miss").fill_null(0)).alias(f"{r}_{c}s")
-        for r in _RANKS for c in ("bidder", "auction")
+        for r in _RANKS
+        for c in ("bidder", "auction")
     ]
 
 
 def _q15(i: _Inputs) -> Any:
-    return i.bid.with_columns(
-        pl.col("date_time").dt.strftime("%Y-%m-%d").alias("day"), *_rank_columns(True)
-    ).key_by("day").agg(*_rank_aggs(True), name="stats").with_columns(_distinct_fix())
+    return (
+        i.bid.with_columns(
+            pl.col("date_time").dt.strftime("%Y-%m-%d").alias("day"), *_rank_columns(True)
+        )
+        .key_by("day")
+        .agg(*_rank_aggs(True), name="stats")
+        .with_columns(_distinct_fix())
+    )
 
 
 def _q16(i: _Inputs) -> Any:
-    return i.bid.with_columns(
-        pl.col("date_time").dt.strftime("%Y-%m-%d").alias("day"), *_rank_columns(True)
-    ).key_by("channel", "day").agg(
-        pl.col("date_time").max().alias("last_time"), *_rank_aggs(True), name="stats"
-    ).with_columns(
-        pl.col("last_time").dt.strftime("%H:%M").alias("minute"), *_distinct_fix()
+    return (
+        i.bid.with_columns(
+            pl.col("date_time").dt.strftime("%Y-%m-%d").alias("day"), *_rank_columns(True)
+        )
+        .key_by("channel", "day")
+        .agg(pl.col("date_time").max().alias("last_time"), *_rank_aggs(True), name="stats")
+        .with_columns(pl.col("last_time").dt.strftime("%H:%M").alias("minute"), *_distinct_fix())
     )
 
 
 def _q17(i: _Inputs) -> Any:
-    return i.bid.with_columns(
-        pl.col("date_time").dt.strftime("%Y-%m-%d").alias("day"), *_rank_columns(False)
-    ).key_by("auction", "day").agg(
-        *_rank_aggs(False), pl.col("price").min().alias("min_price"),
-        pl.col("price").max().alias("max_price"), pl.col("price").mean().alias("avg_price"),
-        pl.col("price").sum().alias("sum_price"), name="stats")
+    return (
+        i.bid.with_columns(
+            pl.col("date_time").dt.strftime("%Y-%m-%d").alias("day"), *_rank_columns(False)
+        )
+        .key_by("auction", "day")
+        .agg(
+            *_rank_aggs(False),
+            pl.col("price").min().alias("min_price"),
+            pl.col("price").max().alias("max_price"),
+            pl.col("price").mean().alias("avg_price"),
+            pl.col("price").sum().alias("sum_price"),
+            name="stats",
+        )
+    )
 
 
-_BID_SCHEMA = {"auction": pl.Int64(), "bidder": pl.Int64(), "price": pl.Int64(),
-               "channel": pl.String(), "url": pl.String(), "date_time": pl.Int64(),
-               "extra": pl.String()}
+_BID_SCHEMA = {
+    "auction": pl.Int64(),
+    "bidder": pl.Int64(),
+    "price": pl.Int64(),
+    "channel": pl.String(),
+    "url": pl.String(),
+    "date_time": pl.Int64(),
+    "extra": pl.String(),
+}
 
 
 def _latest(state: dict[str, Any], rec: dict[str, Any]) -> tuple[Any, Any]:
@@ -383,9 +456,12 @@ def _latest(state: dict[str, Any], rec: dict[str, Any]) -> tuple[Any, Any]:
 
 
 def _q18(i: _Inputs) -> Any:
-    return i.bid_seq.with_columns(_ms().alias("date_time")).key_by(
-        "bidder", "auction").stateful_map(_latest, init=dict, schema=_BID_SCHEMA, emit="final",
-                                          name="latest").with_columns(_to_ts("date_time"))
+    return (
+        i.bid_seq.with_columns(_ms().alias("date_time"))
+        .key_by("bidder", "auction")
+        .stateful_map(_latest, init=dict, schema=_BID_SCHEMA, emit="final", name="latest")
+        .with_columns(_to_ts("date_time"))
+    )
 
 
 def _top10(state: list[list[Any]], rec: dict[str, Any]) -> tuple[Any, Any]:
@@ -399,19 +475,48 @@ def _top10(state: list[list[Any]], rec: dict[str, Any]) -> tuple[Any, Any]:
 
 
 def _q19(i: _Inputs) -> Any:
-    return i.bid_seq.with_columns(_ms().alias("date_time")).key_by("auction").stateful_map(
-        _top10, init=list, schema={**_BID_SCHEMA, "rank_number": pl.Int64()}, emit="final",
-        name="top10").with_columns(_to_ts("date_time"))
+    return (
+        i.bid_seq.with_columns(_ms().alias("date_time"))
+        .key_by("auction")
+        .stateful_map(
+            _top10,
+            init=list,
+            schema={**_BID_SCHEMA, "rank_number": pl.Int64()},
+            emit="final",
+            name="top10",
+        )
+        .with_columns(_to_ts("date_time"))
+    )
 
 
-_Q20_AUCTION = ("item_name", "description", "initial_bid", "reserve", "auction_date_time",
-                "expires", "seller", "category", "auction_extra")
+_Q20_AUCTION = (
+    "item_name",
+    "description",
+    "initial_bid",
+    "reserve",
+    "auction_date_time",
+    "expires",
+    "seller",
+    "category",
+    "auction_extra",
+)
 _Q20_SCHEMA = {
-    "auction": pl.Int64(), "bidder": pl.Int64(), "price": pl.Int64(), "channel": pl.String(),
-    "url": pl.String(), "bid_date_time": pl.Int64(), "bid_extra": pl.String(),
-    "item_name": pl.String(), "description": pl.String(), "initial_bid": pl.Int64(),
-    "reserve": pl.Int64(), "auction_date_time": pl.Int64(), "expires": pl.Int64(),
-    "seller": pl.Int64(), "category": pl.Int64(), "auction_extra": pl.String(),
+    "auction": pl.Int64(),
+    "bidder": pl.Int64(),
+    "price": pl.Int64(),
+    "channel": pl.String(),
+    "url": pl.String(),
+    "bid_date_time": pl.Int64(),
+    "bid_extra": pl.String(),
+    "item_name": pl.String(),
+    "description": pl.String(),
+    "initial_bid": pl.Int64(),
+    "reserve": pl.Int64(),
+    "auction_date_time": pl.Int64(),
+    "expires": pl.Int64(),
+    "seller": pl.Int64(),
+    "category": pl.Int64(),
+    "auction_extra": pl.String(),
 }
 
 
@@ -420,8 +525,10 @@ def _q20_join(state: dict[str, Any], rec: dict[str, Any]) -> tuple[Any, Any]:
         auction = {k: rec[k] for k in _Q20_AUCTION}
         out = [{**b, **auction} for b in state["pending"]]
         return {"auction": auction, "pending": []}, out
-    bid = {k: rec[k] for k in ("auction", "bidder", "price", "channel", "url", "bid_date_time",
-                               "bid_extra")}
+    bid = {
+        k: rec[k]
+        for k in ("auction", "bidder", "price", "channel", "url", "bid_date_time", "bid_extra")
+    }
     if state["auction"] is not None:
         return state, {**bid, **state["auction"]}
     state["pending"].append(bid)
@@ -430,45 +537,91 @@ def _q20_join(state: dict[str, Any], rec: dict[str, Any]) -> tuple[Any, Any]:
 
 def _q20(i: _Inputs) -> Any:
     nulls = {c: pl.lit(None, t) for c, t in _Q20_SCHEMA.items()}
-    auctions = i.auction.filter(pl.col("category") == 10).select(
-        *[nulls[c].alias(c) for c in list(_Q20_SCHEMA)[1:7]],
-        pl.col("id").alias("auction"), "item_name", "description", "initial_bid", "reserve",
-        _ms().alias("auction_date_time"), _ms("expires").alias("expires"), "seller", "category",
-        pl.col("extra").alias("auction_extra"),
-    ).select(list(_Q20_SCHEMA))
+    auctions = (
+        i.auction.filter(pl.col("category") == 10)
+        .select(
+            *[nulls[c].alias(c) for c in list(_Q20_SCHEMA)[1:7]],
+            pl.col("id").alias("auction"),
+            "item_name",
+            "description",
+            "initial_bid",
+            "reserve",
+            _ms().alias("auction_date_time"),
+            _ms("expires").alias("expires"),
+            "seller",
+            "category",
+            pl.col("extra").alias("auction_extra"),
+        )
+        .select(list(_Q20_SCHEMA))
+    )
     bids = i.bid.select(
-        "auction", "bidder", "price", "channel", "url", _ms().alias("bid_date_time"),
-        pl.col("extra").alias("bid_extra"), *[nulls[c].alias(c) for c in _Q20_AUCTION],
+        "auction",
+        "bidder",
+        "price",
+        "channel",
+        "url",
+        _ms().alias("bid_date_time"),
+        pl.col("extra").alias("bid_extra"),
+        *[nulls[c].alias(c) for c in _Q20_AUCTION],
     )
     # Bids of auctions outside category 10 wait in state forever (the join cannot know the
     # auction will never come); a bounded run ends with them unmatched, as in SQL.
-    return auctions.union(bids, name="auctions_bids").key_by("auction").stateful_map(
-        _q20_join, init=lambda: {"auction": None, "pending": []}, schema=_Q20_SCHEMA,
-        name="join",
-    ).with_columns(_to_ts("bid_date_time", "auction_date_time", "expires"))
+    return (
+        auctions.union(bids, name="auctions_bids")
+        .key_by("auction")
+        .stateful_map(
+            _q20_join,
+            init=lambda: {"auction": None, "pending": []},
+            schema=_Q20_SCHEMA,
+            name="join",
+        )
+        .with_columns(_to_ts("bid_date_time", "auction_date_time", "expires"))
+    )
 
 
 def _q21(i: _Inputs) -> Any:
-    return i.bid.with_columns(
-        pl.col("channel").str.to_lowercase()
-        .replace_strict(_HOT, default=pl.col("url").str.extract(r"(&|^)channel_id=([^&]*)", 2))
-        .alias("channel_id")
-    ).filter(pl.col("channel_id").is_not_null()).select(
-        "auction", "bidder", "price", "channel", "channel_id")
+    return (
+        i.bid.with_columns(
+            pl.col("channel")
+            .str.to_lowercase()
+            .replace_strict(_HOT, default=pl.col("url").str.extract(r"(&|^)channel_id=([^&]*)", 2))
+            .alias("channel_id")
+        )
+        .filter(pl.col("channel_id").is_not_null())
+        .select("auction", "bidder", "price", "channel", "channel_id")
+    )
 
 
 def _q22(i: _Inputs) -> Any:
     return i.bid.select(
-        "auction", "bidder", "price", "channel",
-        *[pl.col("url").str.split("/").list.get(k, null_on_oob=True).alias(f"dir{k - 2}")
-          for k in (3, 4, 5)],
+        "auction",
+        "bidder",
+        "price",
+        "channel",
+        *[
+            pl.col("url").str.split("/").list.get(k, null_on_oob=True).alias(f"dir{k - 2}")
+            for k in (3, 4, 5)
+        ],
     )
 
 
 PIPELINES: dict[str, Any] = {
-    "q0": _q0, "q1": _q1, "q2": _q2, "q3": _q3, "q4": _q4, "q6": _q6, "q13": _q13,
-    "q14": _q14, "q15": _q15, "q16": _q16, "q17": _q17, "q18": _q18, "q19": _q19,
-    "q20": _q20, "q21": _q21, "q22": _q22,
+    "q0": _q0,
+    "q1": _q1,
+    "q2": _q2,
+    "q3": _q3,
+    "q4": _q4,
+    "q6": _q6,
+    "q13": _q13,
+    "q14": _q14,
+    "q15": _q15,
+    "q16": _q16,
+    "q17": _q17,
+    "q18": _q18,
+    "q19": _q19,
+    "q20": _q20,
+    "q21": _q21,
+    "q22": _q22,
 }
 
 
@@ -490,8 +643,9 @@ def build_flow(query: str, input_dir: Path, output: Path) -> Any:
     tf = _engine()
     flow = tf.Dataflow(f"nexmark_{query}")
     result = PIPELINES[query](_Inputs(flow, Path(input_dir)))
-    result.select(list(q.columns), name="result").sink(ParquetResultSink(Path(output)),
-                                                        name="write")
+    result.select(list(q.columns), name="result").sink(
+        ParquetResultSink(Path(output)), name="write"
+    )
     return flow
 
 
@@ -509,7 +663,8 @@ def run_tideflow(query: str, input_dir: Path, output: Path) -> int:
     out = Path(output)
     if not out.exists():  # an empty result
         pl.DataFrame(schema=dict.fromkeys(spec(query).columns, pl.Int64)).write_parquet(out)
-    return pq.ParquetFile(out).metadata.num_rows
+    rows: int = pq.ParquetFile(out).metadata.num_rows
+    return rows
 
 
 class _Clock:
@@ -609,8 +764,9 @@ def run_latency(query: str, bids: Any, rate: float) -> tuple[list[float], float]
     if query == "q0":
         out = src.select("auction", "bidder", "price", "date_time", "extra", "_due")
     elif query == "q1":
-        out = src.select("auction", "bidder", (pl.col("price") * 0.908).alias("price"),
-                         "date_time", "_due")
+        out = src.select(
+            "auction", "bidder", (pl.col("price") * 0.908).alias("price"), "date_time", "_due"
+        )
     elif query == "q2":
         out = src.filter(pl.col("auction") % 123 == 0).select("auction", "price", "_due")
     else:
