@@ -1,0 +1,302 @@
+"""``tideflow bench ...``: the benchmark command line.
+
+The top-level CLI calls :func:`main` with the arguments after ``bench``::
+
+    tideflow bench nexmark generate --events N --seed S --out DIR [--format parquet|jsonl]
+    tideflow bench nexmark run --query qN --input DIR --output FILE.parquet [--engine E]
+    tideflow bench nexmark reference --query qN --input DIR --output FILE.parquet
+    tideflow bench nexmark latency --query q1,q2 --rate 50000 --events N [--engines ...]
+    tideflow bench nexmark [bench] --query all|q0,q1,... (--events N | --input DIR)
+                                   [--engines ...] [--reps 3] [--json [FILE]]
+
+Every flag can also come from an environment variable ``TIDEFLOW_NEXMARK_<FLAG>`` (upper case,
+dashes as underscores), shown in ``--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from tideflow._errors import ConfigError, TideflowError
+
+__all__ = ["main"]
+
+log = logging.getLogger(__name__)
+
+_SUBCOMMANDS = ("generate", "run", "reference", "bench", "latency")
+
+
+def _env(flag: str) -> str:
+    return "TIDEFLOW_NEXMARK_" + flag.lstrip("-").replace("-", "_").upper()
+
+
+def _add(parser: argparse.ArgumentParser, flag: str, *, help: str, **kw: Any) -> None:
+    var = _env(flag)
+    if var in os.environ:
+        value = os.environ[var]
+        if kw.get("action") == "store_true":
+            kw["default"] = value.strip().lower() in ("1", "true", "yes", "on")
+        else:
+            kw["default"] = value  # argparse applies `type` to string defaults
+        kw.pop("required", None)
+    default = kw.get("default")
+    shown = f" (env {var}" + (f"; default {default})" if default is not None else ")")
+    parser.add_argument(flag, help=help + shown, **kw)
+
+
+def _parser() -> argparse.ArgumentParser:
+    from tideflow.bench.nexmark._worker import ENGINES
+
+    root = argparse.ArgumentParser(prog="tideflow bench", description="Benchmarks.")
+    suites = root.add_subparsers(dest="suite", required=True)
+    nx = suites.add_parser("nexmark", help="the Nexmark benchmark")
+    sub = nx.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="write Nexmark events to DIR")
+    _add(gen, "--events", type=int, required=True, help="number of events")
+    _add(gen, "--seed", type=int, default=0, help="random seed")
+    _add(gen, "--out", type=Path, required=True, help="output directory")
+    _add(gen, "--format", choices=["parquet", "jsonl"], default="parquet", help="file format")
+    _add(
+        gen,
+        "--base-time",
+        default="2026-01-01T00:00:00+00:00",
+        help="event time of the first event (ISO 8601, UTC)",
+    )
+    _add(gen, "--event-rate", type=int, default=10_000, help="events per second of event time")
+
+    run = sub.add_parser("run", help="run one query, write its final results")
+    _add(run, "--query", required=True, help="q0..q22")
+    _add(run, "--input", type=Path, required=True, help="directory written by generate")
+    _add(run, "--output", type=Path, required=True, help="result Parquet file")
+    _add(run, "--engine", choices=list(ENGINES), default="tideflow", help="engine")
+    _add(
+        run,
+        "--check",
+        action="store_true",
+        default=False,
+        help="compare the result with the DuckDB reference; exit 1 on mismatch",
+    )
+
+    ref = sub.add_parser("reference", help="run one query's DuckDB reference SQL")
+    _add(ref, "--query", required=True, help="q0..q22")
+    _add(ref, "--input", type=Path, required=True, help="directory written by generate")
+    _add(ref, "--output", type=Path, required=True, help="result Parquet file")
+
+    bench = sub.add_parser("bench", help="side-by-side benchmark (the default command)")
+    _add(bench, "--query", default="all", help="'all' or a comma list such as q0,q1,q5")
+    _add(
+        bench,
+        "--events",
+        type=int,
+        default=None,
+        help="generate this many events (cached under --data) when --input is not given",
+    )
+    _add(bench, "--input", type=Path, default=None, help="an existing generated directory")
+    _add(
+        bench,
+        "--data",
+        type=Path,
+        default=Path("nexmark-data"),
+        help="where generated inputs are cached",
+    )
+    _add(bench, "--seed", type=int, default=0, help="random seed for --events")
+    _add(bench, "--engines", default=",".join(ENGINES), help="comma list of engines")
+    _add(bench, "--reps", type=int, default=3, help="measured repetitions per engine")
+    _add(
+        bench,
+        "--json",
+        nargs="?",
+        const="-",
+        default=None,
+        help="also write JSON results to FILE ('-' or no value: print JSON instead of the table)",
+    )
+    _add(
+        bench,
+        "--no-check",
+        action="store_true",
+        default=False,
+        help="skip the comparison with the DuckDB reference",
+    )
+
+    lat = sub.add_parser("latency", help="throttled runs: end-to-end latency at a fixed rate")
+    _add(lat, "--query", default="q1,q2", help="comma list among q0,q1,q2")
+    _add(lat, "--rate", type=float, default=50_000.0, help="events per second (wall clock)")
+    _add(lat, "--events", type=int, default=500_000, help="events per run")
+    _add(lat, "--seed", type=int, default=0, help="random seed")
+    _add(lat, "--engines", default="python,bytewax,tideflow", help="comma list of engines")
+    _add(lat, "--reps", type=int, default=3, help="repetitions per engine")
+    _add(
+        lat,
+        "--json",
+        nargs="?",
+        const="-",
+        default=None,
+        help="also write JSON results to FILE ('-': print JSON instead of the table)",
+    )
+    return root
+
+
+def _latency(args: argparse.Namespace) -> int:
+    from tideflow.bench.nexmark._harness import latency_table, run_latency_bench
+
+    rows = run_latency_bench(
+        _split(args.query),
+        _split(args.engines),
+        events=int(args.events),
+        rate=float(args.rate),
+        reps=int(args.reps),
+        seed=int(args.seed),
+    )
+    payload = {"cores": os.cpu_count(), "results": rows}
+    if args.json == "-":
+        print(json.dumps(payload, indent=2))
+    else:
+        print(latency_table(rows))
+        if args.json:
+            Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
+    return 0
+
+
+def _split(text: str) -> list[str]:
+    return [t.strip() for t in str(text).split(",") if t.strip()]
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from tideflow.bench.nexmark import GeneratorSettings, write_events
+
+    base = datetime.fromisoformat(str(args.base_time))
+    settings = GeneratorSettings(
+        events=int(args.events),
+        seed=int(args.seed),
+        base_time=base,
+        event_rate=int(args.event_rate),
+    )
+    counts = write_events(settings, args.out, fmt=args.format)
+    print(json.dumps({"out": str(args.out), "rows": counts}))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from tideflow.bench.nexmark._compare import ResultMismatchError, check
+    from tideflow.bench.nexmark._reference import run_reference, spec
+    from tideflow.bench.nexmark._worker import engine_runner
+
+    spec(args.query)
+    rows = engine_runner(args.engine)(args.query, args.input, args.output)
+    print(
+        json.dumps(
+            {"query": args.query, "engine": args.engine, "rows": rows, "output": str(args.output)}
+        )
+    )
+    if args.check:
+        try:
+            check(
+                args.query,
+                pl.read_parquet(args.output),
+                run_reference(args.query, args.input),
+                label=f"{args.query} on {args.engine}",
+            )
+        except ResultMismatchError as exc:
+            print(str(exc), file=sys.stderr)
+            return 1
+        print(f"{args.query} on {args.engine}: matches the DuckDB reference", file=sys.stderr)
+    return 0
+
+
+def _reference(args: argparse.Namespace) -> int:
+    from tideflow.bench.nexmark._reference import run_reference
+
+    frame = run_reference(args.query, args.input)
+    frame.write_parquet(args.output)
+    print(json.dumps({"query": args.query, "rows": frame.height, "output": str(args.output)}))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from tideflow.bench.nexmark import GeneratorSettings, write_events
+    from tideflow.bench.nexmark._harness import markdown_table, run_bench
+    from tideflow.bench.nexmark._reference import QUERY_NAMES
+
+    if args.input is not None:
+        input_dir = Path(args.input)
+    elif args.events is not None:
+        input_dir = Path(args.data) / f"events-{int(args.events)}-seed-{int(args.seed)}"
+        meta = input_dir / "nexmark.json"
+        fresh = meta.exists() and json.loads(meta.read_text()).get("format") == "parquet"
+        if not fresh:
+            log.info("nexmark: generating %s events into %s", args.events, input_dir)
+            write_events(GeneratorSettings(events=int(args.events), seed=int(args.seed)), input_dir)
+    else:
+        msg = "nexmark bench: pass --events N (generate) or --input DIR (existing data)"
+        raise ConfigError(msg)
+    queries = list(QUERY_NAMES) if args.query == "all" else _split(args.query)
+    results = run_bench(
+        input_dir,
+        queries,
+        _split(args.engines),
+        reps=int(args.reps),
+        check_results=not args.no_check,
+    )
+    payload = {
+        "input": str(input_dir),
+        "cores": os.cpu_count(),
+        "reps": int(args.reps),
+        "results": [r.to_json() for r in results],
+    }
+    if args.json == "-":
+        print(json.dumps(payload, indent=2))
+    else:
+        print(markdown_table(results))
+        if args.json:
+            Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
+    bad = [r for r in results if r.status in ("mismatch", "failed")]
+    for r in bad:
+        print(f"\n{r.query} on {r.engine}: {r.status}\n{r.note}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``tideflow bench`` with ``argv`` (the arguments after ``bench``).
+
+    Returns the exit code: 0 on success, 1 when a result differs from its reference, 2 on a
+    usage or configuration error.
+    """
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    # `tideflow bench nexmark --query all --events N` means the side-by-side benchmark.
+    if (
+        len(args_in) >= 1
+        and args_in[0] == "nexmark"
+        and (len(args_in) == 1 or args_in[1] not in (*_SUBCOMMANDS, "-h", "--help"))
+    ):
+        args_in.insert(1, "bench")
+    parser = _parser()
+    args = parser.parse_args(args_in)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        handler = {
+            "generate": _generate,
+            "run": _run,
+            "reference": _reference,
+            "bench": _bench,
+            "latency": _latency,
+        }[args.command]
+        return handler(args)
+    except TideflowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

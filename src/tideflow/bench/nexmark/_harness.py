@@ -1,0 +1,334 @@
+"""The side-by-side harness: every engine on every query, alternating, medians, checked.
+
+Each measured run is a fresh subprocess (``_worker``), so peak RSS is the engine's own and one
+engine's caches never help another. Repetitions alternate the engine order (rotated each round).
+Throughput counts *all* events of the input (people + auctions + bids, the Nexmark convention)
+over the wall time of the run; "per core" divides by the process CPU time instead (all threads).
+Every engine's first output of a query is checked against the DuckDB reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow.parquet as pq
+
+from tideflow._errors import ConfigError
+from tideflow.bench.nexmark._compare import ResultMismatchError, check
+from tideflow.bench.nexmark._reference import run_reference, spec
+from tideflow.bench.nexmark._worker import ENGINES, UNAVAILABLE_EXIT
+
+__all__ = [
+    "BenchResult",
+    "count_events",
+    "latency_table",
+    "markdown_table",
+    "run_bench",
+    "run_latency_bench",
+    "run_once",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchResult:
+    """The measurements of one engine on one query (medians over repetitions)."""
+
+    query: str
+    engine: str
+    status: str  # "ok", "mismatch", "unavailable", "failed"
+    events: int
+    reps: int = 0
+    wall_s: float | None = None
+    cpu_s: float | None = None
+    peak_rss_mb: float | None = None
+    rows: int | None = None
+    note: str = ""
+
+    @property
+    def events_per_s(self) -> float | None:
+        """Events of the input per wall second (median run)."""
+        return self.events / self.wall_s if self.wall_s else None
+
+    @property
+    def events_per_core_s(self) -> float | None:
+        """Events of the input per CPU second (median run): the per-core throughput."""
+        return self.events / self.cpu_s if self.cpu_s else None
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data, with the derived throughputs."""
+        out = dataclasses.asdict(self)
+        out["events_per_s"] = self.events_per_s
+        out["events_per_core_s"] = self.events_per_core_s
+        return out
+
+
+def count_events(input_dir: Path) -> int:
+    """Number of events (all kinds) in a generated directory."""
+    return sum(
+        pq.ParquetFile(Path(input_dir) / f"{k}.parquet").metadata.num_rows
+        for k in ("person", "auction", "bid")
+    )
+
+
+def run_once(
+    engine: str, query: str, input_dir: Path, output: Path, *, timeout: float = 3600
+) -> dict[str, Any]:
+    """Run one measured worker process; return its JSON report (or ``unavailable``/``error``)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "tideflow.bench.nexmark._worker",
+        "--engine",
+        engine,
+        "--query",
+        query,
+        "--input",
+        str(input_dir),
+        "--output",
+        str(output),
+    ]
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parents[3])
+    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode == UNAVAILABLE_EXIT and lines:
+        return dict(json.loads(lines[-1]))
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
+        return {"error": f"exit {proc.returncode}: " + "\n".join(tail)}
+    return dict(json.loads(lines[-1]))
+
+
+def run_bench(
+    input_dir: Path,
+    queries: Sequence[str],
+    engines: Sequence[str],
+    *,
+    reps: int = 3,
+    check_results: bool = True,
+) -> list[BenchResult]:
+    """Run every engine on every query ``reps`` times, alternating; medians; checks.
+
+    Parameters
+    ----------
+    input_dir
+        A generated Nexmark directory.
+    queries, engines
+        What to run (engines among ``ENGINES``).
+    reps
+        Measured repetitions per engine and query.
+    check_results
+        Compare each engine's first output with the DuckDB reference.
+    """
+    for q in queries:
+        spec(q)
+    unknown = [e for e in engines if e not in ENGINES]
+    if unknown:
+        msg = f"nexmark bench: unknown engines {unknown}; known: {', '.join(ENGINES)}"
+        raise ConfigError(msg)
+    if reps < 1:
+        msg = f"nexmark bench: --reps must be >= 1, got {reps}"
+        raise ConfigError(msg)
+    events = count_events(input_dir)
+    results: list[BenchResult] = []
+    with tempfile.TemporaryDirectory(prefix="nexmark-bench-") as tmp:
+        for query in queries:
+            reference = run_reference(query, input_dir) if check_results else None
+            runs: dict[str, list[dict[str, Any]]] = {e: [] for e in engines}
+            final: dict[str, BenchResult] = {}
+            for rep in range(reps):
+                order = list(engines[rep % len(engines) :]) + list(engines[: rep % len(engines)])
+                for engine in order:
+                    if engine in final:
+                        continue
+                    out = Path(tmp) / f"{query}-{engine}-{rep}.parquet"
+                    report = run_once(engine, query, input_dir, out)
+                    if "unavailable" in report:
+                        final[engine] = BenchResult(
+                            query, engine, "unavailable", events, note=str(report["unavailable"])
+                        )
+                        continue
+                    if "error" in report:
+                        final[engine] = BenchResult(
+                            query, engine, "failed", events, note=str(report["error"])
+                        )
+                        continue
+                    if rep == 0 and reference is not None:
+                        try:
+                            got = pl.read_parquet(out) if out.exists() else pl.DataFrame()
+                            check(query, got, reference, label=f"{query} on {engine}")
+                        except ResultMismatchError as exc:
+                            report["mismatch"] = str(exc)
+                    out.unlink(missing_ok=True)
+                    runs[engine].append(report)
+                    log.info("nexmark %s %s rep %d: %.3fs", query, engine, rep, report["wall_s"])
+            for engine in engines:
+                if engine in final:
+                    results.append(final[engine])
+                    continue
+                reports = runs[engine]
+                mismatch = next((r["mismatch"] for r in reports if "mismatch" in r), "")
+                results.append(
+                    BenchResult(
+                        query,
+                        engine,
+                        "mismatch" if mismatch else "ok",
+                        events,
+                        reps=len(reports),
+                        wall_s=statistics.median(r["wall_s"] for r in reports),
+                        cpu_s=statistics.median(r["cpu_s"] for r in reports),
+                        peak_rss_mb=max(r["peak_rss_mb"] for r in reports),
+                        rows=reports[0]["rows"],
+                        note=mismatch,
+                    )
+                )
+    return results
+
+
+def _fmt_rate(x: float | None) -> str:
+    if x is None:
+        return "-"
+    if x >= 1e6:
+        return f"{x / 1e6:.2f} M"
+    return f"{x / 1e3:.1f} k"
+
+
+def markdown_table(results: Sequence[BenchResult], *, baseline: str = "bytewax") -> str:
+    """The results as a Markdown table, with the speed-up over ``baseline`` where it ran."""
+    base = {r.query: r.events_per_s for r in results if r.engine == baseline and r.status == "ok"}
+    lines = [
+        f"| query | engine | events/s | events/s per core | peak RSS MB | x {baseline} | check |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in results:
+        ratio = "-"
+        b = base.get(r.query)
+        if b and r.events_per_s and r.status == "ok":
+            ratio = f"{r.events_per_s / b:.1f}"
+        if r.status == "ok":
+            status = "ok"
+        elif r.status == "unavailable":
+            status = "n/a: " + r.note.splitlines()[0][:80] if r.note else "n/a"
+        else:
+            status = f"**{r.status.upper()}**"
+        rss = f"{r.peak_rss_mb:.0f}" if r.peak_rss_mb is not None else "-"
+        lines.append(
+            f"| {r.query} | {r.engine} | {_fmt_rate(r.events_per_s)} | "
+            f"{_fmt_rate(r.events_per_core_s)} | {rss} | {ratio} | {status} |"
+        )
+    return "\n".join(lines)
+
+
+def run_latency_bench(
+    queries: Sequence[str],
+    engines: Sequence[str],
+    *,
+    events: int,
+    rate: float,
+    reps: int = 3,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Throttled runs (``_latency``) of each engine, alternating; medians of p50/p99."""
+    out: list[dict[str, Any]] = []
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parents[3])
+    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    for query in queries:
+        runs: dict[str, list[dict[str, Any]]] = {e: [] for e in engines}
+        skip: dict[str, str] = {}
+        for rep in range(reps):
+            order = list(engines[rep % len(engines) :]) + list(engines[: rep % len(engines)])
+            for engine in order:
+                if engine in skip:
+                    continue
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "tideflow.bench.nexmark._latency",
+                    "--engine",
+                    engine,
+                    "--query",
+                    query,
+                    "--events",
+                    str(events),
+                    "--rate",
+                    str(rate),
+                    "--seed",
+                    str(seed),
+                ]
+                proc = subprocess.run(
+                    cmd, capture_output=True, text=True, env=env, check=False, timeout=3600
+                )
+                lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+                report = (
+                    json.loads(lines[-1])
+                    if lines
+                    else {"error": (proc.stderr or "no output").strip().splitlines()[-1:]}
+                )
+                if "unavailable" in report or "error" in report:
+                    skip[engine] = str(report.get("unavailable") or report.get("error"))
+                    continue
+                runs[engine].append(report)
+        for engine in engines:
+            if engine in skip:
+                out.append(
+                    {
+                        "query": query,
+                        "engine": engine,
+                        "status": "unavailable",
+                        "note": skip[engine],
+                    }
+                )
+                continue
+            rs = runs[engine]
+            out.append(
+                {
+                    "query": query,
+                    "engine": engine,
+                    "status": "ok",
+                    "rate": rate,
+                    "events": events,
+                    "reps": len(rs),
+                    "achieved_rate": statistics.median(r["achieved_rate"] for r in rs),
+                    "p50_ms": statistics.median(r["p50_ms"] for r in rs),
+                    "p99_ms": statistics.median(r["p99_ms"] for r in rs),
+                    "max_ms": max(r["max_ms"] for r in rs),
+                }
+            )
+    return out
+
+
+def latency_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Throttled-run results as a Markdown table."""
+    lines = [
+        "| query | engine | target rate | achieved rate | p50 ms | p99 ms | max ms |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        if r["status"] != "ok":
+            lines.append(
+                f"| {r['query']} | {r['engine']} | - | - | - | - | n/a: {str(r['note'])[:60]} |"
+            )
+            continue
+        lines.append(
+            f"| {r['query']} | {r['engine']} | {_fmt_rate(r['rate'])} | "
+            f"{_fmt_rate(r['achieved_rate'])} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | "
+            f"{r['max_ms']:.1f} |"
+        )
+    return "\n".join(lines)

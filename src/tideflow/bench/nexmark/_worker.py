@@ -1,0 +1,124 @@
+"""One measured run of one engine on one query, in its own process.
+
+``python -m tideflow.bench.nexmark._worker --engine E --query Q --input DIR --output FILE``
+prints one JSON object: wall seconds, process CPU seconds (all threads), peak RSS and result rows.
+The clock covers reading the input, computing and writing the result; interpreter start-up and
+imports are excluded. Exit code 3 with ``{"unavailable": reason}`` when the engine has no
+implementation of the query.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+from tideflow._errors import ConfigError
+
+__all__ = ["ENGINES", "UNAVAILABLE_EXIT", "engine_runner", "peer_module"]
+
+ENGINES = ("tideflow", "bytewax", "python", "polars", "duckdb")
+UNAVAILABLE_EXIT = 3
+
+Runner = Callable[[str, Path, Path], int]
+
+
+def peer_module(name: str) -> ModuleType:
+    """Import ``bench/nexmark/<name>.py`` from the source tree (bench-only peer code)."""
+    root = Path(__file__).resolve().parents[4] / "bench" / "nexmark"
+    path = root / f"{name}.py"
+    if not path.exists():
+        msg = f"nexmark: peer module {path} not found (run from a source checkout of tideflow)"
+        raise ConfigError(msg)
+    spec = importlib.util.spec_from_file_location(f"tideflow_bench_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _duckdb(query: str, input_dir: Path, output: Path) -> int:
+    from tideflow.bench.nexmark._reference import connect, spec
+
+    q = spec(query)
+    con = connect(input_dir)
+    try:
+        target = str(output).replace("'", "''")
+        con.execute(f"COPY ({q.sql}) TO '{target}' (FORMAT parquet)")
+        row = con.execute(f"SELECT count(*) FROM read_parquet('{target}')").fetchone()
+    finally:
+        con.close()
+    return int(row[0]) if row else 0
+
+
+def engine_runner(engine: str) -> Runner:
+    """The run function of ``engine`` (imports its packages)."""
+    if engine == "duckdb":
+        return _duckdb
+    if engine == "polars":
+        from tideflow.bench.nexmark._peers import run_polars
+
+        return run_polars
+    if engine == "python":
+        from tideflow.bench.nexmark._peers import run_python
+
+        return run_python
+    if engine == "bytewax":
+        run: Runner = peer_module("bytewax_flows").run
+        return run
+    if engine == "tideflow":
+        from tideflow.bench.nexmark._tideflow import run_tideflow
+
+        return run_tideflow
+    msg = f"nexmark: unknown engine {engine!r}; known: {', '.join(ENGINES)}"
+    raise ConfigError(msg)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MB.
+
+    Reads ``VmHWM`` (reset by ``exec``) rather than ``ru_maxrss``, which Linux carries over from
+    the parent process and would report the harness's own peak.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the worker process."""
+    parser = argparse.ArgumentParser(prog="tideflow-nexmark-worker")
+    parser.add_argument("--engine", required=True, choices=ENGINES)
+    parser.add_argument("--query", required=True)
+    parser.add_argument("--input", required=True, type=Path)
+    parser.add_argument("--output", required=True, type=Path)
+    args = parser.parse_args(argv)
+    try:
+        runner = engine_runner(args.engine)
+    except (ImportError, ConfigError) as exc:
+        print(json.dumps({"unavailable": f"{type(exc).__name__}: {exc}"}))
+        return UNAVAILABLE_EXIT
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    try:
+        rows = runner(args.query, args.input, args.output)
+    except ConfigError as exc:
+        print(json.dumps({"unavailable": str(exc)}))
+        return UNAVAILABLE_EXIT
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    print(json.dumps({"wall_s": wall, "cpu_s": cpu, "peak_rss_mb": peak_rss_mb(), "rows": rows}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,150 @@
+"""The harness (subprocess runs, checks, table, JSON) and the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from tideflow.bench.cli import main
+from tideflow.bench.nexmark._harness import BenchResult, markdown_table, run_bench
+
+
+def test_run_bench_measures_checks_and_reports(nexmark_dir: Path) -> None:
+    results = run_bench(nexmark_dir, ["q2", "q5"], ["python", "duckdb", "tideflow"], reps=1)
+    by = {(r.query, r.engine): r for r in results}
+    assert by[("q2", "python")].status == "ok"
+    assert by[("q2", "duckdb")].status == "ok"
+    assert by[("q5", "duckdb")].status == "ok"
+    assert by[("q5", "python")].status == "unavailable"
+    assert by[("q5", "tideflow")].status == "unavailable"
+    ok = by[("q2", "duckdb")]
+    assert ok.events == 30_000 and ok.wall_s and ok.wall_s > 0 and ok.peak_rss_mb
+    assert ok.events_per_s == pytest.approx(30_000 / ok.wall_s)
+    table = markdown_table(results)
+    assert table.splitlines()[0].startswith("| query | engine | events/s")
+    assert "| q2 | duckdb |" in table
+
+
+def test_markdown_table_flags_mismatches() -> None:
+    bad = BenchResult(
+        "q1",
+        "bytewax",
+        "mismatch",
+        100,
+        reps=1,
+        wall_s=1.0,
+        cpu_s=1.0,
+        peak_rss_mb=10.0,
+        rows=1,
+        note="differs",
+    )
+    assert "**MISMATCH**" in markdown_table([bad])
+
+
+def test_cli_generate_run_and_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data"
+    assert main(["nexmark", "generate", "--events", "3000", "--seed", "2", "--out", str(data)]) == 0
+    assert sorted(p.name for p in data.glob("*.parquet")) == [
+        "auction.parquet",
+        "bid.parquet",
+        "person.parquet",
+    ]
+    out = tmp_path / "q1.parquet"
+    code = main(
+        [
+            "nexmark",
+            "run",
+            "--query",
+            "q1",
+            "--input",
+            str(data),
+            "--output",
+            str(out),
+            "--engine",
+            "polars",
+            "--check",
+        ]
+    )
+    assert code == 0
+    assert pl.read_parquet(out).columns == ["auction", "bidder", "price", "date_time"]
+    assert "matches the DuckDB reference" in capsys.readouterr().err
+
+
+def test_cli_tideflow_windowed_query_is_not_yet_available(
+    nexmark_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "nexmark",
+            "run",
+            "--query",
+            "q5",
+            "--input",
+            str(nexmark_dir),
+            "--output",
+            str(tmp_path / "q5.parquet"),
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "not" in err and ("windows" in err or "engine" in err)
+    assert not (tmp_path / "q5.parquet").exists()
+
+
+def test_cli_bench_default_command_writes_json(
+    nexmark_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "bench.json"
+    code = main(
+        [
+            "nexmark",
+            "--query",
+            "q0",
+            "--input",
+            str(nexmark_dir),
+            "--engines",
+            "duckdb",
+            "--reps",
+            "1",
+            "--json",
+            str(target),
+        ]
+    )
+    assert code == 0
+    assert "| q0 | duckdb |" in capsys.readouterr().out
+    payload = json.loads(target.read_text())
+    assert payload["results"][0]["status"] == "ok"
+    assert payload["results"][0]["events_per_s"] > 0
+
+
+def test_cli_unknown_query_is_a_usage_error(nexmark_dir: Path, tmp_path: Path) -> None:
+    assert (
+        main(
+            [
+                "nexmark",
+                "run",
+                "--query",
+                "q99",
+                "--input",
+                str(nexmark_dir),
+                "--output",
+                str(tmp_path / "x.parquet"),
+                "--engine",
+                "duckdb",
+            ]
+        )
+        == 2
+    )
+
+
+def test_cli_flags_can_come_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TIDEFLOW_NEXMARK_EVENTS", "1000")
+    monkeypatch.setenv("TIDEFLOW_NEXMARK_SEED", "4")
+    assert main(["nexmark", "generate", "--out", str(tmp_path)]) == 0
+    meta = json.loads((tmp_path / "nexmark.json").read_text())
+    assert (meta["events"], meta["seed"]) == (1000, 4)
