@@ -1,0 +1,5 @@
+"""Checkpoint storage and the state format (see ``docs/checkpoints.md``)."""
+
+from tideflow.state._store import FORMAT, VERSION, Checkpoint, CheckpointStore
+
+__all__ = ["FORMAT", "VERSION", "Checkpoint", "CheckpointStore"]
