@@ -31,6 +31,8 @@ from tideflow.api._graph import Node
 from tideflow.connectors._base import Sink, SinkContext, SinkWriter
 from tideflow.runtime._observe import RunObserver, StepInfo
 from tideflow.runtime._progress import Progress
+from tideflow.state._resume import resume_for
+from tideflow.state._store import CheckpointStore
 from tideflow.runtime._worker import (
     LocalTransport,
     QueueTransport,
@@ -187,6 +189,9 @@ def run(
     progress: bool = False,
     observers: Sequence[RunObserver] = (),
     clock: Callable[[], float] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_interval: timedelta = timedelta(seconds=10),
+    checkpoint_keep: int = 3,
 ) -> RunResult:
     """Run a dataflow until its inputs end (bounded) or until stopped (Ctrl-C).
 
@@ -212,6 +217,14 @@ def run(
     clock
         Processing-time clock in seconds since the epoch (default ``time.time``); tests pass a
         :class:`~tideflow.testing.FakeClock`.
+    checkpoint_dir
+        Where consistent checkpoints of the job go (see ``docs/checkpoints.md``). When it holds
+        a complete checkpoint of this flow, the run resumes from the newest one: sources seek,
+        operators restore their state, exactly-once sinks drop output written after it.
+    checkpoint_interval
+        How often a checkpoint is taken (a last one is taken when the input ends).
+    checkpoint_keep
+        How many complete checkpoints are retained.
 
     Examples
     --------
@@ -243,7 +256,13 @@ def run(
         dead_letter_path=Path(dead_letter_path) if dead_letter_path else None,
         clock=clock or time.time,
     )
+    if checkpoint_dir is not None:
+        cfg = _with_checkpoints(
+            cfg, flow.name, Path(checkpoint_dir), checkpoint_interval, checkpoint_keep
+        )
     nodes, dl_path = _plan(flow, cfg)
+    if checkpoint_dir is not None:
+        cfg = _resume(cfg, nodes)
     sources = frozenset(nd.step_id for nd in nodes if nd.kind == "source")
     sinks = frozenset(nd.step_id for nd in nodes if nd.kind == "sink")
     watchers: list[RunObserver] = list(observers)
@@ -268,6 +287,52 @@ def run(
         result = RunResult(flow.name, n, seconds, stats, completed, used, sources, error)
         hub.finished(result)
     return result
+
+
+def _with_checkpoints(
+    cfg: RunConfig, flow: str, path: Path, interval: timedelta, keep: int
+) -> RunConfig:
+    if not isinstance(interval, timedelta) or interval <= timedelta(0):
+        msg = f"run(): checkpoint_interval must be a positive timedelta, got {interval!r}"
+        raise ConfigError(msg)
+    CheckpointStore(path, keep=keep)  # validates keep, creates the directory
+    meta = {"flow": flow, "workers": cfg.workers}
+    return dataclasses.replace(
+        cfg,
+        checkpoint_dir=path,
+        checkpoint_interval=interval,
+        checkpoint_keep=keep,
+        checkpoint_meta=meta,
+    )
+
+
+def _resume(cfg: RunConfig, nodes: list[Node]) -> RunConfig:
+    """Load the newest complete checkpoint; the run resumes from it."""
+    assert cfg.checkpoint_dir is not None
+    store = CheckpointStore(cfg.checkpoint_dir, keep=cfg.checkpoint_keep)
+    ids = store.ids()
+    started = time.monotonic()
+    cp = store.latest()
+    if cp is None:
+        return dataclasses.replace(cfg, checkpoint_next=(ids[-1] + 1) if ids else 1)
+    flow = cfg.checkpoint_meta.get("flow")
+    if cp.meta.get("flow") != flow:
+        msg = (
+            f"the checkpoint directory {str(cfg.checkpoint_dir)!r} holds checkpoints of flow "
+            f"{cp.meta.get('flow')!r}, not {flow!r}; use another checkpoint_dir"
+        )
+        raise ConfigError(msg)
+    parts = [resume_for(cp, nodes, i, cfg.workers) for i in range(cfg.workers)]
+    log.info(
+        "resuming from checkpoint %d (%s, %d worker(s)) loaded in %.3f s",
+        cp.id,
+        cp.path,
+        cp.workers,
+        time.monotonic() - started,
+    )
+    return dataclasses.replace(
+        cfg, resume=parts[0], resume_parts=parts, checkpoint_next=ids[-1] + 1
+    )
 
 
 def _run_local(

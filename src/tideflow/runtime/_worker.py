@@ -25,8 +25,9 @@ import polars as pl
 
 from tideflow._errors import JobError, TideflowError
 from tideflow.api._graph import Node
-from tideflow.connectors._base import SourceContext, SourceReader
+from tideflow.connectors._base import SinkWriter, SourceContext, SourceReader
 from tideflow.runtime._operators import Operator, SinkOperator, build_operator
+from tideflow.state._store import CheckpointStore
 
 __all__ = [
     "WM_MAX",
@@ -61,8 +62,20 @@ class RunConfig:
     #: Where dead letters go when the flow does not sink ``flow.dead_letters`` itself.
     dead_letter_path: Path | None = None
     resume: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    #: With several workers: what each resumes from (``resume`` is worker 0's).
+    resume_parts: list[dict[str, dict[str, Any]]] = dataclasses.field(default_factory=list)
     #: Processing-time clock (seconds since the epoch); tests pass a fake one.
     clock: Callable[[], float] = time.time
+    #: Checkpoint directory (None: no checkpoints; exactly-once sinks commit at the end).
+    checkpoint_dir: Path | None = None
+    #: How often a checkpoint is taken.
+    checkpoint_interval: timedelta = timedelta(seconds=10)
+    #: Complete checkpoints retained.
+    checkpoint_keep: int = 3
+    #: Id of the next checkpoint (one more than the newest in the directory).
+    checkpoint_next: int = 1
+    #: Written into every manifest (flow name, worker count).
+    checkpoint_meta: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(slots=True)
@@ -351,6 +364,11 @@ class Worker:
         self.out_idle = [False] * len(nodes)
         self.ops: list[Operator | None] = [None] * len(nodes)
         self.sources: list[_SourceRunner] = []
+        mine = (
+            cfg.resume_parts[transport.worker_index]
+            if cfg.resume_parts
+            else cfg.resume
+        )
         try:
             for n in nodes:
                 ctx = _NodeContext(self, n.index)
@@ -360,7 +378,7 @@ class Worker:
                         transport.worker_index,
                         transport.worker_count,
                         cfg.batch_size,
-                        cfg.resume.get(n.step_id, {}),
+                        mine.get(n.step_id, {}),
                     )
                     self.sources.append(_SourceRunner(n, n.spec.build(sctx), cfg))
                 elif n.kind == "exchange":
@@ -369,22 +387,28 @@ class Worker:
                     from tideflow.runtime._time import EventTimeOperator
 
                     self.ops[n.index] = EventTimeOperator(n, ctx)
+                    if n.step_id in mine:
+                        self.ops[n.index].restore(mine[n.step_id])  # type: ignore[union-attr]
                 elif n.kind == "window":
                     from tideflow.runtime._windowing import build_window_operator
 
                     self.ops[n.index] = build_window_operator(n, ctx)
+                    if n.step_id in mine:
+                        self.ops[n.index].restore(mine[n.step_id])  # type: ignore[union-attr]
                 elif n.kind in ("agg", "stateful_map", "keyed_transform") and n.spec.ttl:
                     from tideflow.runtime._ttl import build_ttl_operator
 
                     self.ops[n.index] = build_ttl_operator(
-                        n, ctx, emit_mode=emit_mode, resume=cfg.resume.get(n.step_id, {})
+                        n, ctx, emit_mode=emit_mode, resume=mine.get(n.step_id, {})
                     )
                 elif n.kind in ("join_window", "join_interval", "join_table", "lookup"):
                     from tideflow.runtime._joins import build_join_operator
 
                     self.ops[n.index] = build_join_operator(n, ctx)
+                    if n.step_id in mine:
+                        self.ops[n.index].restore(mine[n.step_id])  # type: ignore[union-attr]
                 else:
-                    resume = cfg.resume.get(n.step_id, {})
+                    resume = mine.get(n.step_id, {})
                     op = build_operator(n, ctx, emit_mode=emit_mode, resume=resume)
                     if resume and n.kind != "sink":
                         op.restore(resume)
@@ -395,6 +419,16 @@ class Worker:
         self.tickers = [
             op for op in self.ops if op is not None and type(op).on_tick is not Operator.on_tick
         ]
+        # Sink writers, kept past their close(): the final checkpoint commits them.
+        self.writers: dict[int, SinkWriter] = {
+            i: op.writer
+            for i, op in enumerate(self.ops)
+            if isinstance(op, SinkOperator) and op.writer is not None
+        }
+        self.store: CheckpointStore | None = None
+        self.next_checkpoint = cfg.checkpoint_next
+        if cfg.checkpoint_dir is not None:
+            self.store = CheckpointStore(cfg.checkpoint_dir, keep=cfg.checkpoint_keep)
 
     def _wire_dead_letters(self) -> None:
         dead = [n for n in self.nodes if n.kind == "dead_union"]
@@ -544,7 +578,9 @@ class Worker:
         """Run until every step ended (True) or a stop was requested (False)."""
         cfg = self.cfg
         flush_every = cfg.flush_interval.total_seconds()
-        last_flush = last_report = last_tick = time.monotonic()
+        last_flush = last_report = last_tick = last_checkpoint = time.monotonic()
+        checkpoint_every = cfg.checkpoint_interval.total_seconds()
+        local_checkpoints = self.store is not None and self.transport.worker_count == 1
         idle = 0.0
         completed = False
         try:
@@ -570,6 +606,9 @@ class Worker:
                 if now - last_flush >= flush_every:
                     self.flush()
                     last_flush = now
+                if local_checkpoints and now - last_checkpoint >= checkpoint_every:
+                    self.checkpoint()
+                    last_checkpoint = time.monotonic()
                 if self.report is not None and now - last_report >= 0.5:
                     self.report(self.named_stats())
                     last_report = now
@@ -585,9 +624,67 @@ class Worker:
             if not completed:
                 for src in self.sources:  # stop requested: push what was read
                     self._push_source(src)
+            if local_checkpoints:
+                self.checkpoint()  # the end (or a stop): a last checkpoint commits the rest
+            elif self.store is None and completed:
+                for w in self.writers.values():  # no checkpoints: the end of input commits
+                    w.pre_commit(0)
+                    w.commit(0)
         finally:
             self.close()
         return completed
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def checkpoint_state(self, checkpoint_id: int) -> dict[str, dict[str, Any]]:
+        """Consistent state of this worker between batches; sinks pre-commit."""
+        for src in self.sources:  # rows read but not yet pushed belong before the cut
+            self._push_source(src)
+        out: dict[str, dict[str, Any]] = {}
+        for src in self.sources:
+            out[src.node.step_id] = src.reader.snapshot()
+        for n, op in zip(self.nodes, self.ops, strict=True):
+            if op is None:
+                continue
+            if n.index in self.writers:
+                out[n.step_id] = self.writers[n.index].pre_commit(checkpoint_id)
+            elif not isinstance(op, SinkOperator):
+                snap = op.snapshot()
+                if snap:
+                    out[n.step_id] = snap
+        return out
+
+    def commit(self, checkpoint_id: int) -> None:
+        """Checkpoint ``checkpoint_id`` is complete: sinks make its output visible."""
+        for index, w in self.writers.items():
+            try:
+                w.commit(checkpoint_id)
+            except TideflowError:
+                raise
+            except Exception as exc:
+                step = self.nodes[index].step_id
+                msg = f"sink '{step}' failed to commit checkpoint {checkpoint_id}: {exc}"
+                raise JobError(msg, step_id=step) from exc
+
+    def checkpoint(self) -> bool:
+        """One worker: take, write and commit a checkpoint. False if writing it failed."""
+        assert self.store is not None
+        cid = self.next_checkpoint
+        self.next_checkpoint += 1
+        started = time.monotonic()
+        state = self.checkpoint_state(cid)
+        try:
+            path = self.store.write(cid, [state], self.cfg.checkpoint_meta)
+        except OSError as exc:
+            log.warning(
+                "checkpoint %d could not be written (%s); the job goes on and the next "
+                "checkpoint retries; a restart resumes from the previous one",
+                cid,
+                exc,
+            )
+            return False
+        log.info("checkpoint %d written to %s in %.3f s", cid, path, time.monotonic() - started)
+        self.commit(cid)
+        return True
 
     def flush(self) -> None:
         """Ask every sink to make what it got visible."""

@@ -26,12 +26,13 @@ import os
 import re
 import shutil
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from tideflow._errors import ConfigError, StateError
 
-__all__ = ["FORMAT", "VERSION", "Checkpoint", "CheckpointStore"]
+__all__ = ["FORMAT", "VERSION", "Checkpoint", "CheckpointSettings", "CheckpointStore"]
 
 log = logging.getLogger("tideflow.state")
 
@@ -264,3 +265,31 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CheckpointSettings:
+    """Checkpointing of a job: where, how often, how many kept.
+
+    A pipeline file run by ``tideflow run`` may assign one to a module-level variable named
+    ``checkpoints``; ``tf.run`` takes the same values as ``checkpoint_dir``,
+    ``checkpoint_interval`` and ``checkpoint_keep``.
+
+    Examples
+    --------
+    >>> from datetime import timedelta
+    >>> CheckpointSettings("/tmp/ck", timedelta(seconds=5)).run_kwargs()["checkpoint_keep"]
+    3
+    """
+
+    path: str | os.PathLike[str]
+    interval: timedelta = timedelta(seconds=10)
+    keep: int = 3
+
+    def run_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`tideflow.run`."""
+        return {
+            "checkpoint_dir": Path(self.path),
+            "checkpoint_interval": self.interval,
+            "checkpoint_keep": self.keep,
+        }
