@@ -44,7 +44,9 @@ def committed(out: Path) -> list[tuple[Any, ...]]:
     return sorted(rows)
 
 
-def command(inp: Path, out: Path, ck: Path, interval: float, batch: int = 10) -> list[str]:
+def command(
+    inp: Path, out: Path, ck: Path, interval: float, batch: int = 10, workers: int = 1
+) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -53,7 +55,7 @@ def command(inp: Path, out: Path, ck: Path, interval: float, batch: int = 10) ->
         "run",
         str(EXAMPLE),
         "--workers",
-        "1",
+        str(workers),
         "--no-progress",
         "--batch-size",
         str(batch),

@@ -41,8 +41,9 @@ def _wait_for_new_checkpoint(ck: Path, proc: subprocess.Popen[bytes]) -> None:
         time.sleep(0.005)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_sigkill_at_random_moments_then_resume(
-    data: tuple[Path, list[tuple[object, ...]]], tmp_path: Path
+    data: tuple[Path, list[tuple[object, ...]]], tmp_path: Path, workers: int
 ) -> None:
     inp, ref = data
     out, ck = tmp_path / "out", tmp_path / "ck"
@@ -51,10 +52,10 @@ def test_sigkill_at_random_moments_then_resume(
     log = tmp_path / "stderr.log"
     for _attempt in range(80):
         with open(log, "w") as err:
-            proc = subprocess.Popen(command(inp, out, ck, 0.05), env=ENV, stderr=err)
+            proc = subprocess.Popen(command(inp, out, ck, 0.05, workers=workers), env=ENV, stderr=err)
             if kills < 24:
                 if rng.random() < 0.2:
-                    time.sleep(rng.uniform(0.05, 0.8))  # during start-up or restore
+                    time.sleep(rng.uniform(0.05, 0.8 * workers))  # during start-up or restore
                 else:
                     # Once this attempt wrote a checkpoint, anywhere: mid-batch, mid-checkpoint,
                     # mid-commit (a checkpoint every ~80 ms, a batch every ~1 ms).

@@ -14,6 +14,7 @@ import logging
 import multiprocessing as mp
 import os
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -299,6 +300,7 @@ def _with_checkpoints(
     meta = {"flow": flow, "workers": cfg.workers}
     return dataclasses.replace(
         cfg,
+        checkpoint_owner=os.getpid(),
         checkpoint_dir=path,
         checkpoint_interval=interval,
         checkpoint_keep=keep,
@@ -335,6 +337,90 @@ def _resume(cfg: RunConfig, nodes: list[Node]) -> RunConfig:
     )
 
 
+class _Coordinator:
+    """The driver's side of checkpoints with several workers.
+
+    Every interval it starts checkpoint N (workers take aligned barrier snapshots and write
+    their parts into the checkpoint's temporary directory), writes the manifest once every
+    part is in, then tells the workers to commit their sinks. When every worker has ended its
+    input, a last checkpoint is taken and committed, then the workers are told to exit.
+    """
+
+    def __init__(self, cfg: RunConfig, inboxes: list[Any]) -> None:
+        assert cfg.checkpoint_dir is not None
+        self.cfg = cfg
+        self.inboxes = inboxes
+        self.store = CheckpointStore(cfg.checkpoint_dir, keep=cfg.checkpoint_keep)
+        self.every = cfg.checkpoint_interval.total_seconds()
+        self.next = cfg.checkpoint_next
+        self.last = time.monotonic()
+        self.current: int | None = None
+        self.started = 0.0
+        self.parts: dict[int, dict[str, Any]] = {}
+        self.failed: list[str] = []
+        self.ended: set[int] = set()
+        self.final: int | None = None
+        self.exited = False
+
+    def _send(self, kind: str, payload: int) -> None:
+        for q in self.inboxes:
+            q.put((kind, -1, -1, payload))
+
+    def tick(self) -> None:
+        if self.current is not None or self.exited:
+            return
+        n = len(self.inboxes)
+        all_ended = len(self.ended) == n
+        if all_ended and self.final is not None:
+            self._send("X", 0)
+            self.exited = True
+            return
+        if all_ended or time.monotonic() - self.last >= self.every:
+            cid = self.next
+            self.next += 1
+            self.store.begin(cid)
+            self.current, self.started = cid, time.monotonic()
+            self.parts, self.failed = {}, []
+            if all_ended:
+                self.final = cid
+            self._send("C", cid)
+
+    def part(self, worker: int, cid: int, entry: dict[str, Any] | None, error: str | None) -> None:
+        if cid != self.current:
+            return
+        if entry is None:
+            self.failed.append(f"worker {worker}: {error}")
+        self.parts[worker] = entry or {}
+        if len(self.parts) < len(self.inboxes):
+            return
+        tmp = self.store.tmp_path(cid)
+        self.current, self.last = None, time.monotonic()
+        if self.failed:
+            self.store.abort(tmp)
+            log.warning(
+                "checkpoint %d could not be written (%s); the job goes on and the next "
+                "checkpoint retries",
+                cid,
+                "; ".join(self.failed),
+            )
+            if self.final == cid:
+                self.final = None  # the last checkpoint must succeed: try again
+            return
+        entries = [self.parts[i] for i in range(len(self.inboxes))]
+        try:
+            path = self.store.complete(tmp, cid, entries, self.cfg.checkpoint_meta)
+        except OSError as exc:
+            self.store.abort(tmp)
+            log.warning("checkpoint %d could not be completed (%s)", cid, exc)
+            if self.final == cid:
+                self.final = None
+            return
+        log.info(
+            "checkpoint %d written to %s in %.3f s", cid, path, time.monotonic() - self.started
+        )
+        self._send("K", cid)
+
+
 def _run_local(
     nodes: list[Node], cfg: RunConfig, bounded: bool, hub: _Hub
 ) -> tuple[dict[str, StepStats], bool]:
@@ -366,6 +452,22 @@ def _run_local(
             signal.signal(signal.SIGINT, old)
 
 
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this worker when the driver dies (a SIGKILLed driver must not
+    leave workers writing behind a restarted job)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - best effort
+        log.debug("could not ask to die with the driver")
+    if os.getppid() == 1:  # the driver died before prctl took effect
+        os._exit(1)
+
+
 def _worker_main(
     payload: bytes,
     index: int,
@@ -377,6 +479,7 @@ def _worker_main(
     stop: Any,
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
     try:
         nodes, cfg, bounded = cloudpickle.loads(payload)
         transport = QueueTransport(index, count, inboxes, sent, received, cfg.max_inflight)
@@ -395,6 +498,7 @@ def _worker_main(
             should_stop=stop.is_set,
             report=report,
             publish=publish,
+            control=driver.put,
         )
         completed = worker.run()
         driver.put(("done", index, worker.named_stats(), completed))
@@ -440,13 +544,16 @@ def _run_processes(
             os.environ["POLARS_MAX_THREADS"] = env_old
     latest: dict[int, dict[str, StepStats]] = {}
     final: dict[int, dict[str, StepStats]] = {}
+    coord = _Coordinator(cfg, inboxes) if cfg.checkpoint_dir is not None else None
     completed = True
     interrupts = 0
     error: tuple[Any, ...] | None = None
     try:
         while len(final) < n and error is None:
+            if coord is not None:
+                coord.tick()
             try:
-                msg = driver.get(timeout=0.2)
+                msg = driver.get(timeout=0.05 if coord is not None else 0.2)
             except KeyboardInterrupt:
                 interrupts += 1
                 if interrupts == 1:
@@ -474,6 +581,10 @@ def _run_processes(
                 completed = completed and msg[3]
             elif kind == "error":
                 error = msg
+            elif kind == "part" and coord is not None:
+                coord.part(idx, msg[2], msg[3], msg[4])
+            elif kind == "ended" and coord is not None:
+                coord.ended.add(idx)
     finally:
         if error is not None or len(final) < n:
             stop.set()

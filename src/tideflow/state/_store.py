@@ -133,9 +133,13 @@ class CheckpointStore:
             fh.flush()
             os.fsync(fh.fileno())
 
+    def tmp_path(self, checkpoint_id: int, owner: int | None = None) -> Path:
+        """The temporary directory of a checkpoint written by process ``owner`` (default: this)."""
+        return self.path / f".tmp-chk-{checkpoint_id:08d}-{owner or os.getpid()}"
+
     def begin(self, checkpoint_id: int) -> Path:
         """Create the temporary directory of a checkpoint being written."""
-        tmp = self.path / f".tmp-chk-{checkpoint_id:08d}-{os.getpid()}"
+        tmp = self.tmp_path(checkpoint_id)
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
@@ -191,8 +195,12 @@ class CheckpointStore:
             entries = [self.write_part(tmp, i, state) for i, state in enumerate(parts)]
             return self.complete(tmp, checkpoint_id, entries, meta or {})
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            self.abort(tmp)
             raise
+
+    def abort(self, tmp: Path) -> None:
+        """Remove a checkpoint that could not be completed."""
+        shutil.rmtree(tmp, ignore_errors=True)
 
     def _retain(self) -> None:
         ids = self.ids()
