@@ -53,7 +53,7 @@ def test_sigkill_at_random_moments_then_resume(
     for _attempt in range(80):
         with open(log, "w") as err:
             proc = subprocess.Popen(command(inp, out, ck, 0.05, workers=workers), env=ENV, stderr=err)
-            if kills < 24:
+            if kills < 21:
                 if rng.random() < 0.2:
                     time.sleep(rng.uniform(0.05, 0.8 * workers))  # during start-up or restore
                 else:
