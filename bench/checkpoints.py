@@ -94,7 +94,9 @@ def main() -> None:
     )
     with_ck = time.perf_counter() - t
     durations = [
-        float(m.group(1)) for line in h.lines if (m := re.search(r"written .* in ([0-9.]+) s", line))
+        float(m.group(1))
+        for line in h.lines
+        if (m := re.search(r"written .* in ([0-9.]+) s", line))
     ]
     out["checkpoints_s"] = round(with_ck, 2)
     out["checkpoints_rows_per_s"] = round(a.rows / with_ck)

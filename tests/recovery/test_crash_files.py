@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from tests.recovery._cards import command, committed, write_input
 
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
@@ -52,7 +51,9 @@ def test_sigkill_at_random_moments_then_resume(
     log = tmp_path / "stderr.log"
     for _attempt in range(80):
         with open(log, "w") as err:
-            proc = subprocess.Popen(command(inp, out, ck, 0.05, workers=workers), env=ENV, stderr=err)
+            proc = subprocess.Popen(
+                command(inp, out, ck, 0.05, workers=workers), env=ENV, stderr=err
+            )
             if kills < 21:
                 if rng.random() < 0.2:
                     time.sleep(rng.uniform(0.05, 0.8 * workers))  # during start-up or restore

@@ -9,12 +9,12 @@ from typing import Any
 
 import polars as pl
 import pytest
+from tests.recovery._cards import committed, load_flow, write_input
 
 import tideflow as tf
 from tideflow._errors import JobError
 from tideflow.connectors._committed import _PartsWriter
 from tideflow.state import CheckpointStore
-from tests.recovery._cards import committed, load_flow, write_input
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +130,8 @@ def test_resume_with_more_workers_redistributes_window_state(
     monkeypatch.setattr(_PartsWriter, "commit", real)
     cp = CheckpointStore(ck).latest()
     assert cp is not None and cp.id == 10
-    assert pl.read_ipc(cp.parts[0]["card_totals.totals"]["pending"]).height > 0  # open windows were saved
+    assert (
+        pl.read_ipc(cp.parts[0]["card_totals.totals"]["pending"]).height > 0
+    )  # open windows were saved
     _run(inp, out, ck, workers=2)
     assert committed(out) == reference

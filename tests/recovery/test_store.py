@@ -14,7 +14,10 @@ from tideflow.state import FORMAT, VERSION, CheckpointStore
 
 
 def _state(i: int) -> dict[str, dict[str, object]]:
-    return {"agg": {"version": 1, "n": i, "table": bytes([i, 0, 1, 2])}, "read": {"f": {"offset": i}}}
+    return {
+        "agg": {"version": 1, "n": i, "table": bytes([i, 0, 1, 2])},
+        "read": {"f": {"offset": i}},
+    }
 
 
 def test_round_trip_blobs_and_manifest(tmp_path: Path) -> None:

@@ -95,9 +95,7 @@ class _PartsWriter(SinkWriter):
             self._seq += 1
 
     def snapshot(self) -> dict[str, Any]:
-        return {
-            f"w{self._me:04d}": {"next_seq": self._seq, "uncommitted": list(self._uncommitted)}
-        }
+        return {f"w{self._me:04d}": {"next_seq": self._seq, "uncommitted": list(self._uncommitted)}}
 
     def pre_commit(self, checkpoint_id: int) -> dict[str, Any]:
         self._seal()

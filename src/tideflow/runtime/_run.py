@@ -32,8 +32,6 @@ from tideflow.api._graph import Node
 from tideflow.connectors._base import Sink, SinkContext, SinkWriter
 from tideflow.runtime._observe import RunObserver, StepInfo
 from tideflow.runtime._progress import Progress
-from tideflow.state._resume import resume_for
-from tideflow.state._store import CheckpointStore
 from tideflow.runtime._worker import (
     LocalTransport,
     QueueTransport,
@@ -43,6 +41,8 @@ from tideflow.runtime._worker import (
     _from_ipc,
     _to_ipc,
 )
+from tideflow.state._resume import resume_for
+from tideflow.state._store import CheckpointStore
 
 __all__ = ["RunResult", "run"]
 

@@ -381,11 +381,7 @@ class Worker:
         self.out_idle = [False] * len(nodes)
         self.ops: list[Operator | None] = [None] * len(nodes)
         self.sources: list[_SourceRunner] = []
-        mine = (
-            cfg.resume_parts[transport.worker_index]
-            if cfg.resume_parts
-            else cfg.resume
-        )
+        mine = cfg.resume_parts[transport.worker_index] if cfg.resume_parts else cfg.resume
         try:
             for n in nodes:
                 ctx = _NodeContext(self, n.index)
@@ -724,9 +720,7 @@ class Worker:
         al = self.aligning
         assert al is not None
         n, me = self.transport.worker_count, self.transport.worker_index
-        aligned = {
-            x for x in self.exchanges if set(self._exchange_senders(x)) <= al.got[x] | {-1}
-        }
+        aligned = {x for x in self.exchanges if set(self._exchange_senders(x)) <= al.got[x] | {-1}}
         changed = True
         while changed:
             changed = False

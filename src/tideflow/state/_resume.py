@@ -36,11 +36,13 @@ def _union(frames: list[bytes | None]) -> pl.DataFrame | None:
     return pl.concat(got, how="vertical_relaxed") if got else None
 
 
-def _rescale(step: str, kind: str, keys: list[str], snaps: list[dict[str, Any]], w: int, n: int) -> dict[str, Any]:
+def _rescale(
+    step: str, kind: str, keys: list[str], snaps: list[dict[str, Any]], w: int, n: int
+) -> dict[str, Any]:
     """Redistribute keyed state written by other workers to worker ``w`` of ``n``."""
     first = snaps[0]
     if kind == "event_time":
-        seen = [s.get("max_seen") for s in snaps if s.get("max_seen") is not None]
+        seen = [int(s["max_seen"]) for s in snaps if s.get("max_seen") is not None]
         return {"version": 1, "max_seen": max(seen) if seen else None}
     if kind == "window" and first.get("version") == 2:
         out = dict(first)
@@ -64,7 +66,9 @@ def _rescale(step: str, kind: str, keys: list[str], snaps: list[dict[str, Any]],
     raise StateError(msg)
 
 
-def resume_for(cp: Checkpoint, nodes: list[Any], worker: int, count: int) -> dict[str, dict[str, Any]]:
+def resume_for(
+    cp: Checkpoint, nodes: list[Any], worker: int, count: int
+) -> dict[str, dict[str, Any]]:
     """What worker ``worker`` of ``count`` resumes from: step id -> snapshot.
 
     Source positions and sink states are merged over all workers of the checkpoint (they are

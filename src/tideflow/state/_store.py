@@ -145,7 +145,9 @@ class CheckpointStore:
         tmp.mkdir()
         return tmp
 
-    def write_part(self, tmp: Path, worker: int, state: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    def write_part(
+        self, tmp: Path, worker: int, state: dict[str, dict[str, Any]]
+    ) -> dict[str, Any]:
         """Write one worker's state into a checkpoint being written; returns its manifest entry."""
         blobs = bytearray()
         doc = json.dumps(_encode(state, blobs), separators=(",", ":")).encode()
