@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -134,4 +135,30 @@ def test_resume_with_more_workers_redistributes_window_state(
         pl.read_ipc(cp.parts[0]["card_totals.totals"]["pending"]).height > 0
     )  # open windows were saved
     _run(inp, out, ck, workers=2)
+    assert committed(out) == reference
+
+
+def test_sigusr1_takes_a_checkpoint_on_demand(
+    inp: Path, reference: list[tuple[Any, ...]], tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import threading
+
+    out, ck = tmp_path / "out", tmp_path / "ck"
+    done = threading.Event()
+
+    def poke() -> None:
+        while not done.wait(0.02):
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    t = threading.Thread(target=poke)
+    t.start()
+    try:
+        _run(inp, out, ck, checkpoint_interval=timedelta(hours=1))
+    finally:
+        done.set()
+        t.join()
+    # Without the requests, a one-hour interval leaves only the last checkpoint (id 1).
+    assert CheckpointStore(ck).ids()[-1] > 3
     assert committed(out) == reference

@@ -361,6 +361,11 @@ class _Coordinator:
         self.ended: set[int] = set()
         self.final: int | None = None
         self.exited = False
+        self.requested = False
+
+    def request(self) -> None:
+        """Take a checkpoint as soon as the one in flight (if any) is done."""
+        self.requested = True
 
     def _send(self, kind: str, payload: int) -> None:
         for q in self.inboxes:
@@ -375,7 +380,8 @@ class _Coordinator:
             self._send("X", 0)
             self.exited = True
             return
-        if all_ended or time.monotonic() - self.last >= self.every:
+        if all_ended or self.requested or time.monotonic() - self.last >= self.every:
+            self.requested = False
             cid = self.next
             self.next += 1
             self.store.begin(cid)
@@ -435,6 +441,7 @@ def _run_local(
             stop.set()
 
         old = signal.signal(signal.SIGINT, on_sigint)
+    old_usr1 = None
     try:
         worker = Worker(
             nodes,
@@ -445,11 +452,27 @@ def _run_local(
             report=hub.stats,
             publish=hub.rows,
         )
+        if cfg.checkpoint_dir is not None and old is not None:
+            old_usr1 = _on_checkpoint_signal(worker.request_checkpoint)
         completed = worker.run()
         return worker.named_stats(), completed
     finally:
         if old is not None:
             signal.signal(signal.SIGINT, old)
+        if old_usr1 is not None:
+            signal.signal(signal.SIGUSR1, old_usr1)
+
+
+def _on_checkpoint_signal(request: Callable[[], None]) -> Any:
+    """SIGUSR1 asks for a checkpoint now (an on-demand savepoint); returns the old handler."""
+    if not hasattr(signal, "SIGUSR1"):  # pragma: no cover - not on Windows
+        return None
+
+    def on_usr1(signum: int, frame: Any) -> None:
+        log.warning("checkpoint requested (SIGUSR1)")
+        request()
+
+    return signal.signal(signal.SIGUSR1, on_usr1)
 
 
 def _die_with_parent() -> None:
@@ -545,6 +568,9 @@ def _run_processes(
     latest: dict[int, dict[str, StepStats]] = {}
     final: dict[int, dict[str, StepStats]] = {}
     coord = _Coordinator(cfg, inboxes) if cfg.checkpoint_dir is not None else None
+    old_usr1 = None
+    if coord is not None and threading.current_thread() is threading.main_thread():
+        old_usr1 = _on_checkpoint_signal(coord.request)
     completed = True
     interrupts = 0
     error: tuple[Any, ...] | None = None
@@ -586,6 +612,8 @@ def _run_processes(
             elif kind == "ended" and coord is not None:
                 coord.ended.add(idx)
     finally:
+        if old_usr1 is not None:
+            signal.signal(signal.SIGUSR1, old_usr1)
         if error is not None or len(final) < n:
             stop.set()
             for p in procs:

@@ -445,6 +445,7 @@ class Worker:
         self.aligning: _Aligning | None = None
         self.last_checkpoint = 0
         self.exit_requested = False
+        self.checkpoint_requested = False
         self.exchanges = [n.index for n in nodes if n.kind == "exchange"]
         self.exchanges_above = self._exchanges_above()
 
@@ -673,7 +674,10 @@ class Worker:
                 if now - last_flush >= flush_every:
                     self.flush()
                     last_flush = now
-                if local_checkpoints and now - last_checkpoint >= checkpoint_every:
+                if local_checkpoints and (
+                    self.checkpoint_requested or now - last_checkpoint >= checkpoint_every
+                ):
+                    self.checkpoint_requested = False
                     self.checkpoint()
                     last_checkpoint = time.monotonic()
                 if self.report is not None and now - last_report >= 0.5:
@@ -701,6 +705,10 @@ class Worker:
         return completed
 
     # -- checkpoints --------------------------------------------------------------------------
+    def request_checkpoint(self) -> None:
+        """One worker: take a checkpoint at the next point between batches (signal-safe)."""
+        self.checkpoint_requested = True
+
     def _begin_checkpoint(self, cid: int) -> None:
         """Several workers: checkpoint ``cid`` starts here (told by the driver or a barrier)."""
         if cid <= self.last_checkpoint or (self.aligning is not None and self.aligning.cid >= cid):
