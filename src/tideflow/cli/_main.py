@@ -105,6 +105,17 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("path", type=Path, help="the pipeline file")
     r.add_argument("--flow", default="flow", help="name of the Dataflow variable (default flow)")
     add_run_options(r)
+    r.add_argument(
+        "--checkpoint-dir",
+        default=_env("CHECKPOINT_DIR", None),
+        help="take checkpoints there and resume from the newest [TIDEFLOW_CHECKPOINT_DIR]",
+    )
+    r.add_argument(
+        "--checkpoint-interval",
+        type=float,
+        default=float(_env("CHECKPOINT_INTERVAL", "0") or 0) or None,
+        help="seconds between checkpoints [TIDEFLOW_CHECKPOINT_INTERVAL, default 10]",
+    )
 
     d = sub.add_parser(
         "demo",
@@ -138,6 +149,10 @@ def _load_flow(path: Path, name: str, args: Sequence[str]) -> Dataflow:
         ns = runpy.run_path(str(path), run_name="__tideflow__")
     finally:
         sys.argv = argv
+    from tideflow.state import CheckpointSettings
+
+    settings = ns.get("checkpoints")
+    _LOADED["checkpoints"] = settings if isinstance(settings, CheckpointSettings) else None
     flow = ns.get(name)
     if not isinstance(flow, Dataflow):
         found = [k for k, v in ns.items() if isinstance(v, Dataflow)]
@@ -151,6 +166,24 @@ def _load_flow(path: Path, name: str, args: Sequence[str]) -> Dataflow:
     return flow
 
 
+_LOADED: dict[str, object] = {}
+
+
+def _checkpoint_kwargs(args: argparse.Namespace) -> dict[str, object]:
+    """Checkpointing from the pipeline file's ``checkpoints`` variable, then the options."""
+    from tideflow.state import CheckpointSettings
+
+    out: dict[str, object] = {}
+    settings = _LOADED.get("checkpoints")
+    if isinstance(settings, CheckpointSettings):
+        out.update(settings.run_kwargs())
+    if args.checkpoint_dir is not None:
+        out["checkpoint_dir"] = Path(args.checkpoint_dir)
+    if args.checkpoint_interval is not None:
+        out["checkpoint_interval"] = timedelta(seconds=args.checkpoint_interval)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``tideflow`` command line; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -160,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = bench_main(argv[1:])
         return code
     pipeline_args: list[str] = []
-    if argv[:1] == ["run"] and "--" in argv:
+    if "--" in argv and "run" in argv[: argv.index("--")]:
         cut = argv.index("--")
         argv, pipeline_args = argv[:cut], argv[cut + 1 :]
     args = _parser().parse_args(argv)
@@ -172,8 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from tideflow.dashboard._cli import observers_for
 
             flow = _load_flow(args.path, args.flow, pipeline_args)
+            kwargs = run_kwargs(args)
+            kwargs.update(_checkpoint_kwargs(args))
             with observers_for(args) as observers:
-                result = tideflow.run(flow, **run_kwargs(args), observers=observers)  # type: ignore[arg-type]
+                result = tideflow.run(flow, **kwargs, observers=observers)  # type: ignore[arg-type]
             if result.dead_letter_path is not None:
                 log.warning(
                     "%d dead letters written to %s", result.dead_letters, result.dead_letter_path

@@ -172,6 +172,23 @@ class SinkWriter(abc.ABC):
         """Return what a restart needs to continue this writer (JSON-able)."""
         return {}
 
+    def pre_commit(self, checkpoint_id: int) -> dict[str, Any]:
+        """Checkpoint ``checkpoint_id`` is being taken: make what was written durable but not
+        yet visible, and return the snapshot (JSON-able) a restart needs.
+
+        The default flushes and returns :meth:`snapshot` (at-least-once sinks).
+        """
+        self.flush()
+        return self.snapshot()
+
+    def commit(self, checkpoint_id: int) -> None:  # noqa: B027 - optional hook
+        """Checkpoint ``checkpoint_id`` is complete: make its pre-committed output visible.
+
+        Called at most once per checkpoint, possibly after :meth:`close`. Exactly-once sinks
+        also roll forward a completed checkpoint's output when they are built with its
+        snapshot (the commit may have been cut short by a crash).
+        """
+
     @abc.abstractmethod
     def close(self) -> None:
         """End of stream: flush, finalize files, release resources."""

@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
+from tideflow.connectors._committed import SinkJsonlParts
 from tideflow.connectors._filesinks import SinkCsv, SinkJsonl, SinkParquet
 from tideflow.connectors._follow import DEFAULT_POLL_INTERVAL, Follow
 from tideflow.connectors._scan import (
@@ -47,6 +48,7 @@ __all__ = [
     "ScanText",
     "SinkCsv",
     "SinkJsonl",
+    "SinkJsonlParts",
     "SinkParquet",
     "follow_csv",
     "follow_jsonl",
@@ -57,6 +59,7 @@ __all__ = [
     "scan_text",
     "sink_csv",
     "sink_jsonl",
+    "sink_jsonl_parts",
     "sink_parquet",
 ]
 
@@ -353,6 +356,32 @@ def sink_jsonl(path: str | os.PathLike[str]) -> SinkJsonl:
     '{"word":"a","count":2}\\n'
     """
     return SinkJsonl(os.fspath(path))
+
+
+def sink_jsonl_parts(path: str | os.PathLike[str]) -> SinkJsonlParts:
+    """Write JSON-lines part files into a directory, made visible only by checkpoints.
+
+    Exactly-once file output: each worker appends to ``part-<worker>-<seq>.jsonl.pending``;
+    a completed checkpoint renames the files it covers to ``part-<worker>-<seq>.jsonl``. After
+    a crash, the restart removes pending files and part files newer than the checkpoint it
+    resumes from, so the ``.jsonl`` files hold every result exactly once. Without checkpoints,
+    the end of a bounded run commits. The directory belongs to the sink: a start without a
+    checkpoint removes the part files an earlier run of the same sink left there.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> import polars as pl
+    >>> from tideflow.connectors._base import SinkContext
+    >>> d = os.path.join(tempfile.mkdtemp(), "out")
+    >>> w = sink_jsonl_parts(d).build(SinkContext("write", 0, 1))
+    >>> w.write(pl.DataFrame({"word": ["a"], "count": [2]}))
+    >>> snap = w.pre_commit(1); sorted(os.listdir(d))
+    ['part-0000-00000000.jsonl.pending']
+    >>> w.commit(1); w.close(); sorted(os.listdir(d))
+    ['part-0000-00000000.jsonl']
+    """
+    return SinkJsonlParts(os.fspath(path))
 
 
 def sink_parquet(

@@ -16,6 +16,7 @@ import multiprocessing as mp
 import os
 import queue
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -42,6 +43,8 @@ from tideflow.runtime._worker import (
     _from_ipc,
     _to_ipc,
 )
+from tideflow.state._resume import resume_for
+from tideflow.state._store import CheckpointStore
 
 __all__ = ["RunResult", "run"]
 
@@ -189,6 +192,9 @@ def run(
     progress: bool = False,
     observers: Sequence[RunObserver] = (),
     clock: Callable[[], float] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_interval: timedelta = timedelta(seconds=10),
+    checkpoint_keep: int = 3,
 ) -> RunResult:
     """Run a dataflow until its inputs end (bounded) or until stopped (Ctrl-C).
 
@@ -214,6 +220,14 @@ def run(
     clock
         Processing-time clock in seconds since the epoch (default ``time.time``); tests pass a
         :class:`~tideflow.testing.FakeClock`.
+    checkpoint_dir
+        Where consistent checkpoints of the job go (see ``docs/checkpoints.md``). When it holds
+        a complete checkpoint of this flow, the run resumes from the newest one: sources seek,
+        operators restore their state, exactly-once sinks drop output written after it.
+    checkpoint_interval
+        How often a checkpoint is taken (a last one is taken when the input ends).
+    checkpoint_keep
+        How many complete checkpoints are retained.
 
     Examples
     --------
@@ -245,7 +259,20 @@ def run(
         dead_letter_path=Path(dead_letter_path) if dead_letter_path else None,
         clock=clock or time.time,
     )
+    if checkpoint_dir is not None:
+        cfg = _with_checkpoints(
+            cfg, flow.name, Path(checkpoint_dir), checkpoint_interval, checkpoint_keep
+        )
     nodes, dl_path = _plan(flow, cfg)
+    if checkpoint_dir is not None:
+        joins = [nd.step_id for nd in nodes if nd.kind.startswith("join") or nd.kind == "lookup"]
+        if joins:
+            log.warning(
+                "checkpoints do not hold join state yet (steps %s): after a restart, joins "
+                "start empty and may miss matches with records read before the checkpoint",
+                joins,
+            )
+        cfg = _resume(cfg, nodes)
     sources = frozenset(nd.step_id for nd in nodes if nd.kind == "source")
     sinks = frozenset(nd.step_id for nd in nodes if nd.kind == "sink")
     watchers: list[RunObserver] = list(observers)
@@ -298,6 +325,143 @@ def _stop_on_signals(stop: Callable[[], None], stopped: Callable[[], bool]) -> I
             signal.signal(s, handler)
 
 
+def _with_checkpoints(
+    cfg: RunConfig, flow: str, path: Path, interval: timedelta, keep: int
+) -> RunConfig:
+    if not isinstance(interval, timedelta) or interval <= timedelta(0):
+        msg = f"run(): checkpoint_interval must be a positive timedelta, got {interval!r}"
+        raise ConfigError(msg)
+    CheckpointStore(path, keep=keep)  # validates keep, creates the directory
+    meta = {"flow": flow, "workers": cfg.workers}
+    return dataclasses.replace(
+        cfg,
+        checkpoint_owner=os.getpid(),
+        checkpoint_dir=path,
+        checkpoint_interval=interval,
+        checkpoint_keep=keep,
+        checkpoint_meta=meta,
+    )
+
+
+def _resume(cfg: RunConfig, nodes: list[Node]) -> RunConfig:
+    """Load the newest complete checkpoint; the run resumes from it."""
+    assert cfg.checkpoint_dir is not None
+    store = CheckpointStore(cfg.checkpoint_dir, keep=cfg.checkpoint_keep)
+    ids = store.ids()
+    started = time.monotonic()
+    cp = store.latest()
+    if cp is None:
+        return dataclasses.replace(cfg, checkpoint_next=(ids[-1] + 1) if ids else 1)
+    flow = cfg.checkpoint_meta.get("flow")
+    if cp.meta.get("flow") != flow:
+        msg = (
+            f"the checkpoint directory {str(cfg.checkpoint_dir)!r} holds checkpoints of flow "
+            f"{cp.meta.get('flow')!r}, not {flow!r}; use another checkpoint_dir"
+        )
+        raise ConfigError(msg)
+    parts = [resume_for(cp, nodes, i, cfg.workers) for i in range(cfg.workers)]
+    log.info(
+        "resuming from checkpoint %d (%s, %d worker(s)) loaded in %.3f s",
+        cp.id,
+        cp.path,
+        cp.workers,
+        time.monotonic() - started,
+    )
+    return dataclasses.replace(
+        cfg, resume=parts[0], resume_parts=parts, checkpoint_next=ids[-1] + 1
+    )
+
+
+class _Coordinator:
+    """The driver's side of checkpoints with several workers.
+
+    Every interval it starts checkpoint N (workers take aligned barrier snapshots and write
+    their parts into the checkpoint's temporary directory), writes the manifest once every
+    part is in, then tells the workers to commit their sinks. When every worker has ended its
+    input, a last checkpoint is taken and committed, then the workers are told to exit.
+    """
+
+    def __init__(self, cfg: RunConfig, inboxes: list[Any]) -> None:
+        assert cfg.checkpoint_dir is not None
+        self.cfg = cfg
+        self.inboxes = inboxes
+        self.store = CheckpointStore(cfg.checkpoint_dir, keep=cfg.checkpoint_keep)
+        self.every = cfg.checkpoint_interval.total_seconds()
+        self.next = cfg.checkpoint_next
+        self.last = time.monotonic()
+        self.current: int | None = None
+        self.started = 0.0
+        self.parts: dict[int, dict[str, Any]] = {}
+        self.failed: list[str] = []
+        self.ended: set[int] = set()
+        self.final: int | None = None
+        self.exited = False
+        self.requested = False
+
+    def request(self) -> None:
+        """Take a checkpoint as soon as the one in flight (if any) is done."""
+        self.requested = True
+
+    def _send(self, kind: str, payload: int) -> None:
+        for q in self.inboxes:
+            q.put((kind, -1, -1, payload))
+
+    def tick(self) -> None:
+        if self.current is not None or self.exited:
+            return
+        n = len(self.inboxes)
+        all_ended = len(self.ended) == n
+        if all_ended and self.final is not None:
+            self._send("X", 0)
+            self.exited = True
+            return
+        if all_ended or self.requested or time.monotonic() - self.last >= self.every:
+            self.requested = False
+            cid = self.next
+            self.next += 1
+            self.store.begin(cid)
+            self.current, self.started = cid, time.monotonic()
+            self.parts, self.failed = {}, []
+            if all_ended:
+                self.final = cid
+            self._send("C", cid)
+
+    def part(self, worker: int, cid: int, entry: dict[str, Any] | None, error: str | None) -> None:
+        if cid != self.current:
+            return
+        if entry is None:
+            self.failed.append(f"worker {worker}: {error}")
+        self.parts[worker] = entry or {}
+        if len(self.parts) < len(self.inboxes):
+            return
+        tmp = self.store.tmp_path(cid)
+        self.current, self.last = None, time.monotonic()
+        if self.failed:
+            self.store.abort(tmp)
+            log.warning(
+                "checkpoint %d could not be written (%s); the job goes on and the next "
+                "checkpoint retries",
+                cid,
+                "; ".join(self.failed),
+            )
+            if self.final == cid:
+                self.final = None  # the last checkpoint must succeed: try again
+            return
+        entries = [self.parts[i] for i in range(len(self.inboxes))]
+        try:
+            path = self.store.complete(tmp, cid, entries, self.cfg.checkpoint_meta)
+        except OSError as exc:
+            self.store.abort(tmp)
+            log.warning("checkpoint %d could not be completed (%s)", cid, exc)
+            if self.final == cid:
+                self.final = None
+            return
+        log.info(
+            "checkpoint %d written to %s in %.3f s", cid, path, time.monotonic() - self.started
+        )
+        self._send("K", cid)
+
+
 def _run_local(
     nodes: list[Node], cfg: RunConfig, bounded: bool, hub: _Hub
 ) -> tuple[dict[str, StepStats], bool]:
@@ -312,8 +476,43 @@ def _run_local(
             report=hub.stats,
             publish=hub.rows,
         )
-        completed = worker.run()
+        old_usr1 = None
+        if cfg.checkpoint_dir is not None and threading.current_thread() is threading.main_thread():
+            old_usr1 = _on_checkpoint_signal(worker.request_checkpoint)
+        try:
+            completed = worker.run()
+        finally:
+            if old_usr1 is not None:
+                signal.signal(signal.SIGUSR1, old_usr1)
         return worker.named_stats(), completed
+
+
+def _on_checkpoint_signal(request: Callable[[], None]) -> Any:
+    """SIGUSR1 asks for a checkpoint now (an on-demand savepoint); returns the old handler."""
+    if not hasattr(signal, "SIGUSR1"):  # pragma: no cover - not on Windows
+        return None
+
+    def on_usr1(signum: int, frame: Any) -> None:
+        log.warning("checkpoint requested (SIGUSR1)")
+        request()
+
+    return signal.signal(signal.SIGUSR1, on_usr1)
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this worker when the driver dies (a SIGKILLed driver must not
+    leave workers writing behind a restarted job)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - best effort
+        log.debug("could not ask to die with the driver")
+    if os.getppid() == 1:  # the driver died before prctl took effect
+        os._exit(1)
 
 
 def _worker_main(
@@ -327,6 +526,7 @@ def _worker_main(
     stop: Any,
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
     try:
         nodes, cfg, bounded = cloudpickle.loads(payload)
         transport = QueueTransport(index, count, inboxes, sent, received, cfg.max_inflight)
@@ -345,6 +545,7 @@ def _worker_main(
             should_stop=stop.is_set,
             report=report,
             publish=publish,
+            control=driver.put,
         )
         completed = worker.run()
         if not completed:
@@ -395,14 +596,20 @@ def _run_processes(
             os.environ["POLARS_MAX_THREADS"] = env_old
     latest: dict[int, dict[str, StepStats]] = {}
     final: dict[int, dict[str, StepStats]] = {}
+    coord = _Coordinator(cfg, inboxes) if cfg.checkpoint_dir is not None else None
+    old_usr1 = None
+    if coord is not None and threading.current_thread() is threading.main_thread():
+        old_usr1 = _on_checkpoint_signal(coord.request)
     completed = True
     error: tuple[Any, ...] | None = None
     signals = _stop_on_signals(stop.set, stop.is_set)
     signals.__enter__()
     try:
         while len(final) < n and error is None:
+            if coord is not None:
+                coord.tick()
             try:
-                msg = driver.get(timeout=0.2)
+                msg = driver.get(timeout=0.05 if coord is not None else 0.2)
             except queue.Empty:
                 dead = [p for p in procs if not p.is_alive() and p.exitcode not in (0, None)]
                 if dead and not error:
@@ -423,8 +630,14 @@ def _run_processes(
                 completed = completed and msg[3]
             elif kind == "error":
                 error = msg
+            elif kind == "part" and coord is not None:
+                coord.part(idx, msg[2], msg[3], msg[4])
+            elif kind == "ended" and coord is not None:
+                coord.ended.add(idx)
     finally:
         signals.__exit__(None, None, None)
+        if old_usr1 is not None:
+            signal.signal(signal.SIGUSR1, old_usr1)
         if error is not None or len(final) < n:
             stop.set()
             for p in procs:

@@ -9,12 +9,13 @@ window's raw records instead and run per key at firing time.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable
 from typing import Any
 
 import polars as pl
 
-from tideflow._errors import JobError
+from tideflow._errors import JobError, StateError
 from tideflow.api._aggs import AggSpec
 from tideflow.api._graph import Node, fn_location
 from tideflow.api._windows import Count, Session, Sliding, Tumbling, WindowOp, _us
@@ -25,6 +26,28 @@ __all__ = ["build_window_operator"]
 WM_MAX = 2**63 - 1
 TIME = pl.Datetime("us", "UTC")
 _COMPACT_AT = 16
+
+
+def _ipc(frame: pl.DataFrame | None) -> bytes | None:
+    if frame is None:
+        return None
+    buf = io.BytesIO()
+    frame.write_ipc(buf)
+    return buf.getvalue()
+
+
+def _frame(data: bytes | None) -> pl.DataFrame | None:
+    return None if data is None else pl.read_ipc(io.BytesIO(data))
+
+
+def _check(step: str, snap: dict[str, Any], kind: str) -> None:
+    if snap.get("version") != 2 or snap.get("kind") != kind:
+        msg = (
+            f"step '{step}': window state {snap.get('kind')!r} version {snap.get('version')!r} "
+            f"cannot be restored into a {kind} window (expected version 2); was the window "
+            "changed since the checkpoint?"
+        )
+        raise StateError(msg)
 
 
 # -- aggregations as partial -> merge -> final expressions ---------------------------------------
@@ -336,7 +359,35 @@ class AlignedWindowOperator(_WindowBase):
         self._emit_results(out, "early")
 
     def snapshot(self) -> dict[str, Any]:
-        return {"version": 1, "wm": self.wm, "open": len(self.pending)}
+        by = [*self.keys, "__ws"]
+        for ws, frames in self.pending.items():
+            if len(frames) > 1:
+                self.pending[ws] = [self._merge(frames, by)]
+        pending = [f[0] for f in self.pending.values() if f and f[0].height]
+        fired = [f for f in self.fired.values() if f.height]
+        return {
+            "version": 2,
+            "kind": "aligned",
+            "wm": self.wm,
+            "since_early": self.since_early,
+            "dirty": sorted(self.dirty),
+            "pending": _ipc(pl.concat(pending, how="vertical_relaxed")) if pending else None,
+            "fired": _ipc(pl.concat(fired, how="vertical_relaxed")) if fired else None,
+        }
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        _check(self.node.step_id, snap, "aligned")
+        self.wm = int(snap["wm"])
+        self.since_early = int(snap.get("since_early", 0))
+        self.dirty = {int(w) for w in snap.get("dirty", [])}
+        self.pending, self.fired = {}, {}
+        pending, fired = _frame(snap.get("pending")), _frame(snap.get("fired"))
+        if pending is not None:
+            for (ws,), part in pending.partition_by("__ws", as_dict=True).items():
+                self.pending[int(ws)] = [part]
+        if fired is not None:
+            for (ws,), part in fired.partition_by("__ws", as_dict=True).items():
+                self.fired[int(ws)] = part
 
 
 # -- sessions -------------------------------------------------------------------------------------
@@ -493,7 +544,21 @@ class SessionWindowOperator(_WindowBase):
         self.dirty = False
 
     def snapshot(self) -> dict[str, Any]:
-        return {"version": 1, "wm": self.wm, "open": 0 if self.open is None else self.open.height}
+        return {
+            "version": 2,
+            "kind": "session",
+            "wm": self.wm,
+            "since_early": self.since_early,
+            "dirty": self.dirty,
+            "open": _ipc(self.open),
+        }
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        _check(self.node.step_id, snap, "session")
+        self.wm = int(snap["wm"])
+        self.since_early = int(snap.get("since_early", 0))
+        self.dirty = bool(snap.get("dirty", False))
+        self.open = _frame(snap.get("open"))
 
 
 # -- count windows ----------------------------------------------------------------------------------
@@ -566,6 +631,21 @@ class CountWindowOperator(_WindowBase):
         if wm == WM_MAX and self.open is not None and self.open.height:
             self._emit(self.open, "final")
             self.open = self.open.clear()
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "version": 2,
+            "kind": "count",
+            "wm": self.wm,
+            "open": _ipc(self.open),
+            "counts": _ipc(self.counts),
+        }
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        _check(self.node.step_id, snap, "count")
+        self.wm = int(snap["wm"])
+        self.open = _frame(snap.get("open"))
+        self.counts = _frame(snap.get("counts"))
 
 
 def build_window_operator(node: Node, ctx: OpContext) -> Operator:

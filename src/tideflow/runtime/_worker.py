@@ -25,8 +25,9 @@ import polars as pl
 
 from tideflow._errors import JobError, TideflowError
 from tideflow.api._graph import Node
-from tideflow.connectors._base import SourceContext, SourceReader
+from tideflow.connectors._base import SinkWriter, SourceContext, SourceReader
 from tideflow.runtime._operators import Operator, SinkOperator, build_operator
+from tideflow.state._store import CheckpointStore
 
 __all__ = [
     "WM_MAX",
@@ -61,8 +62,22 @@ class RunConfig:
     #: Where dead letters go when the flow does not sink ``flow.dead_letters`` itself.
     dead_letter_path: Path | None = None
     resume: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    #: With several workers: what each resumes from (``resume`` is worker 0's).
+    resume_parts: list[dict[str, dict[str, Any]]] = dataclasses.field(default_factory=list)
     #: Processing-time clock (seconds since the epoch); tests pass a fake one.
     clock: Callable[[], float] = time.time
+    #: Checkpoint directory (None: no checkpoints; exactly-once sinks commit at the end).
+    checkpoint_dir: Path | None = None
+    #: How often a checkpoint is taken.
+    checkpoint_interval: timedelta = timedelta(seconds=10)
+    #: Complete checkpoints retained.
+    checkpoint_keep: int = 3
+    #: Id of the next checkpoint (one more than the newest in the directory).
+    checkpoint_next: int = 1
+    #: Process id of the driver that owns the checkpoints being written.
+    checkpoint_owner: int = 0
+    #: Written into every manifest (flow name, worker count).
+    checkpoint_meta: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(slots=True)
@@ -139,7 +154,8 @@ class QueueTransport:
             return None
         assert isinstance(msg, tuple)
         sender = msg[2]
-        self.received[sender * self.worker_count + self.worker_index] += 1
+        if sender >= 0:  # -1: a control message of the driver (checkpoint, commit, exit)
+            self.received[sender * self.worker_count + self.worker_index] += 1
         return msg
 
     def backlogged(self) -> bool:
@@ -261,6 +277,18 @@ class ExchangeOperator(Operator):
 
 
 # -- the worker ----------------------------------------------------------------------------------
+@dataclasses.dataclass(slots=True)
+class _Aligning:
+    """A checkpoint in progress on one worker: barriers seen per exchange, held messages."""
+
+    cid: int
+    state: dict[str, dict[str, Any]]
+    got: defaultdict[int, set[int]]  # exchange index -> senders whose barrier arrived
+    sent: set[int]  # exchanges this worker sent its barrier into
+    held: list[tuple[Any, ...]]
+    started: float
+
+
 class _NodeContext:
     """The :class:`OpContext` of one node on one worker."""
 
@@ -330,8 +358,10 @@ class Worker:
         should_stop: Callable[[], bool],
         report: Callable[[dict[str, StepStats]], None] | None = None,
         publish: Callable[[str, pl.DataFrame], None] | None = None,
+        control: Callable[[tuple[Any, ...]], None] | None = None,
     ) -> None:
         self.nodes = nodes
+        self.control = control
         self.cfg = cfg
         self.transport = transport
         self.should_stop = should_stop
@@ -351,6 +381,7 @@ class Worker:
         self.out_idle = [False] * len(nodes)
         self.ops: list[Operator | None] = [None] * len(nodes)
         self.sources: list[_SourceRunner] = []
+        mine = cfg.resume_parts[transport.worker_index] if cfg.resume_parts else cfg.resume
         try:
             for n in nodes:
                 ctx = _NodeContext(self, n.index)
@@ -360,7 +391,7 @@ class Worker:
                         transport.worker_index,
                         transport.worker_count,
                         cfg.batch_size,
-                        cfg.resume.get(n.step_id, {}),
+                        mine.get(n.step_id, {}),
                     )
                     self.sources.append(_SourceRunner(n, n.spec.build(sctx), cfg))
                 elif n.kind == "exchange":
@@ -369,22 +400,28 @@ class Worker:
                     from tideflow.runtime._time import EventTimeOperator
 
                     self.ops[n.index] = EventTimeOperator(n, ctx)
+                    if n.step_id in mine:
+                        self.ops[n.index].restore(mine[n.step_id])  # type: ignore[union-attr]
                 elif n.kind == "window":
                     from tideflow.runtime._windowing import build_window_operator
 
                     self.ops[n.index] = build_window_operator(n, ctx)
+                    if n.step_id in mine:
+                        self.ops[n.index].restore(mine[n.step_id])  # type: ignore[union-attr]
                 elif n.kind in ("agg", "stateful_map", "keyed_transform") and n.spec.ttl:
                     from tideflow.runtime._ttl import build_ttl_operator
 
                     self.ops[n.index] = build_ttl_operator(
-                        n, ctx, emit_mode=emit_mode, resume=cfg.resume.get(n.step_id, {})
+                        n, ctx, emit_mode=emit_mode, resume=mine.get(n.step_id, {})
                     )
                 elif n.kind in ("join_window", "join_interval", "join_table", "lookup"):
                     from tideflow.runtime._joins import build_join_operator
 
                     self.ops[n.index] = build_join_operator(n, ctx)
+                    if n.step_id in mine:
+                        self.ops[n.index].restore(mine[n.step_id])  # type: ignore[union-attr]
                 else:
-                    resume = cfg.resume.get(n.step_id, {})
+                    resume = mine.get(n.step_id, {})
                     op = build_operator(n, ctx, emit_mode=emit_mode, resume=resume)
                     if resume and n.kind != "sink":
                         op.restore(resume)
@@ -395,6 +432,22 @@ class Worker:
         self.tickers = [
             op for op in self.ops if op is not None and type(op).on_tick is not Operator.on_tick
         ]
+        # Sink writers, kept past their close(): the final checkpoint commits them.
+        self.writers: dict[int, SinkWriter] = {
+            i: op.writer
+            for i, op in enumerate(self.ops)
+            if isinstance(op, SinkOperator) and op.writer is not None
+        }
+        self.store: CheckpointStore | None = None
+        self.next_checkpoint = cfg.checkpoint_next
+        if cfg.checkpoint_dir is not None:
+            self.store = CheckpointStore(cfg.checkpoint_dir, keep=cfg.checkpoint_keep)
+        self.aligning: _Aligning | None = None
+        self.last_checkpoint = 0
+        self.exit_requested = False
+        self.checkpoint_requested = False
+        self.exchanges = [n.index for n in nodes if n.kind == "exchange"]
+        self.exchanges_above = self._exchanges_above()
 
     def _wire_dead_letters(self) -> None:
         dead = [n for n in self.nodes if n.kind == "dead_union"]
@@ -486,8 +539,47 @@ class Worker:
                 if not getattr(op, "defers_end", False):
                     self.end_node(dst)
 
+    def _exchanges_above(self) -> dict[int, set[int]]:
+        """For each exchange, the exchanges upstream of it on this worker."""
+        parents: dict[int, set[int]] = defaultdict(set)
+        for (src, _port), targets in self.routes.items():
+            for dst, _ in targets:
+                parents[dst].add(src)
+        out: dict[int, set[int]] = {}
+        for x in self.exchanges:
+            seen: set[int] = set()
+            todo = list(parents[x])
+            while todo:
+                i = todo.pop()
+                if i not in seen:
+                    seen.add(i)
+                    todo.extend(parents[i])
+            out[x] = {i for i in seen if i in self.exchanges}
+        return out
+
     def _handle(self, msg: tuple[Any, ...]) -> None:
         kind, index, _sender, payload = msg
+        if kind == "C":
+            self._begin_checkpoint(payload)
+            return
+        if kind == "K":
+            self.commit(payload)
+            return
+        if kind == "X":
+            self.exit_requested = True
+            return
+        al = self.aligning
+        if kind == "B":
+            if al is None or al.cid != payload:
+                self._begin_checkpoint(payload)
+                al = self.aligning
+            assert al is not None and al.cid == payload
+            al.got[index].add(_sender)
+            self._progress_checkpoint()
+            return
+        if al is not None and _sender in al.got[index]:
+            al.held.append(msg)  # after the sender's barrier: waits for this checkpoint
+            return
         op = self.ops[index]
         assert isinstance(op, ExchangeOperator)
         if kind == "D":
@@ -544,11 +636,23 @@ class Worker:
         """Run until every step ended (True) or a stop was requested (False)."""
         cfg = self.cfg
         flush_every = cfg.flush_interval.total_seconds()
-        last_flush = last_report = last_tick = time.monotonic()
+        last_flush = last_report = last_tick = last_checkpoint = time.monotonic()
+        checkpoint_every = cfg.checkpoint_interval.total_seconds()
+        local_checkpoints = self.store is not None and self.transport.worker_count == 1
+        shared_checkpoints = self.store is not None and self.transport.worker_count > 1
         idle = 0.0
         completed = False
         try:
-            while not all(self.ended):
+            told_ended = False
+            while True:
+                if all(self.ended):
+                    if not shared_checkpoints:
+                        break
+                    if not told_ended and self.control is not None:
+                        told_ended = True
+                        self.control(("ended", self.transport.worker_index))
+                    if self.exit_requested and self.aligning is None:
+                        break
                 if self.should_stop():
                     break
                 progressed = False
@@ -559,17 +663,23 @@ class Worker:
                     self._handle(msg)
                     progressed = True
                 now = time.monotonic()
-                if not self.transport.backlogged():
+                if self.aligning is None and not self.transport.backlogged():
                     for src in self.sources:
                         if not src.ended and self._poll(src, now):
                             progressed = True
-                if self.tickers and now - last_tick >= 0.02:
+                if self.tickers and self.aligning is None and now - last_tick >= 0.02:
                     for op in self.tickers:
                         op.on_tick()
                     last_tick = now
                 if now - last_flush >= flush_every:
                     self.flush()
                     last_flush = now
+                if local_checkpoints and (
+                    self.checkpoint_requested or now - last_checkpoint >= checkpoint_every
+                ):
+                    self.checkpoint_requested = False
+                    self.checkpoint()
+                    last_checkpoint = time.monotonic()
                 if self.report is not None and now - last_report >= 0.5:
                     self.report(self.named_stats())
                     last_report = now
@@ -580,14 +690,140 @@ class Worker:
                     msg = self.transport.recv(idle)
                     if msg is not None:
                         self._handle(msg)
-            else:
-                completed = True
+                completed = all(self.ended)
             if not completed:
                 for src in self.sources:  # stop requested: push what was read
                     self._push_source(src)
+            if local_checkpoints:
+                self.checkpoint()  # the end (or a stop): a last checkpoint commits the rest
+            elif self.store is None and completed:
+                for w in self.writers.values():  # no checkpoints: the end of input commits
+                    w.pre_commit(0)
+                    w.commit(0)
         finally:
             self.close()
         return completed
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def request_checkpoint(self) -> None:
+        """One worker: take a checkpoint at the next point between batches (signal-safe)."""
+        self.checkpoint_requested = True
+
+    def _begin_checkpoint(self, cid: int) -> None:
+        """Several workers: checkpoint ``cid`` starts here (told by the driver or a barrier)."""
+        if cid <= self.last_checkpoint or (self.aligning is not None and self.aligning.cid >= cid):
+            return
+        for src in self.sources:  # rows read but not yet pushed belong before the cut
+            self._push_source(src)
+        state = {src.node.step_id: src.reader.snapshot() for src in self.sources}
+        self.aligning = _Aligning(cid, state, defaultdict(set), set(), [], time.monotonic())
+        self._progress_checkpoint()
+
+    def _exchange_senders(self, x: int) -> list[int]:
+        op = self.ops[x]
+        assert isinstance(op, ExchangeOperator)
+        return op._senders()
+
+    def _progress_checkpoint(self) -> None:
+        al = self.aligning
+        assert al is not None
+        n, me = self.transport.worker_count, self.transport.worker_index
+        aligned = {x for x in self.exchanges if set(self._exchange_senders(x)) <= al.got[x] | {-1}}
+        changed = True
+        while changed:
+            changed = False
+            for x in self.exchanges:
+                if x in al.sent or not self.exchanges_above[x] <= aligned:
+                    continue
+                # Everything this worker sends into x before the cut has been sent: barrier.
+                op = self.ops[x]
+                assert isinstance(op, ExchangeOperator)
+                dests = [0] if op.keys is None else range(n)
+                for d in dests:
+                    if d != me:
+                        self.transport.send(d, ("B", x, me, al.cid))
+                al.sent.add(x)
+                al.got[x].add(me)
+                if set(self._exchange_senders(x)) <= al.got[x]:
+                    aligned.add(x)
+                changed = True
+        if len(aligned) < len(self.exchanges):
+            return
+        # Every input is at the cut: snapshot operators, pre-commit sinks, write this part.
+        state = al.state
+        for node, op in zip(self.nodes, self.ops, strict=True):
+            if op is None:
+                continue
+            if node.index in self.writers:
+                state[node.step_id] = self.writers[node.index].pre_commit(al.cid)
+            elif not isinstance(op, SinkOperator):
+                snap = op.snapshot()
+                if snap:
+                    state[node.step_id] = snap
+        assert self.store is not None
+        entry: dict[str, Any] | None = None
+        error = None
+        try:
+            tmp = self.store.tmp_path(al.cid, self.cfg.checkpoint_owner)
+            entry = self.store.write_part(tmp, me, state)
+        except OSError as exc:
+            error = str(exc)
+        if self.control is not None:
+            self.control(("part", me, al.cid, entry, error, time.monotonic() - al.started))
+        self.aligning, self.last_checkpoint = None, al.cid
+        for msg in al.held:  # data after the cut, held back while aligning
+            self._handle(msg)
+
+    def checkpoint_state(self, checkpoint_id: int) -> dict[str, dict[str, Any]]:
+        """Consistent state of this worker between batches; sinks pre-commit."""
+        for src in self.sources:  # rows read but not yet pushed belong before the cut
+            self._push_source(src)
+        out: dict[str, dict[str, Any]] = {}
+        for src in self.sources:
+            out[src.node.step_id] = src.reader.snapshot()
+        for n, op in zip(self.nodes, self.ops, strict=True):
+            if op is None:
+                continue
+            if n.index in self.writers:
+                out[n.step_id] = self.writers[n.index].pre_commit(checkpoint_id)
+            elif not isinstance(op, SinkOperator):
+                snap = op.snapshot()
+                if snap:
+                    out[n.step_id] = snap
+        return out
+
+    def commit(self, checkpoint_id: int) -> None:
+        """Checkpoint ``checkpoint_id`` is complete: sinks make its output visible."""
+        for index, w in self.writers.items():
+            try:
+                w.commit(checkpoint_id)
+            except TideflowError:
+                raise
+            except Exception as exc:
+                step = self.nodes[index].step_id
+                msg = f"sink '{step}' failed to commit checkpoint {checkpoint_id}: {exc}"
+                raise JobError(msg, step_id=step) from exc
+
+    def checkpoint(self) -> bool:
+        """One worker: take, write and commit a checkpoint. False if writing it failed."""
+        assert self.store is not None
+        cid = self.next_checkpoint
+        self.next_checkpoint += 1
+        started = time.monotonic()
+        state = self.checkpoint_state(cid)
+        try:
+            path = self.store.write(cid, [state], self.cfg.checkpoint_meta)
+        except OSError as exc:
+            log.warning(
+                "checkpoint %d could not be written (%s); the job goes on and the next "
+                "checkpoint retries; a restart resumes from the previous one",
+                cid,
+                exc,
+            )
+            return False
+        log.info("checkpoint %d written to %s in %.3f s", cid, path, time.monotonic() - started)
+        self.commit(cid)
+        return True
 
     def flush(self) -> None:
         """Ask every sink to make what it got visible."""
