@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import itertools
 import json
 import random
 import re
@@ -30,11 +31,11 @@ def make_file(path: Path, size_mb: int) -> None:
         "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 10)))
         for _ in range(50_000)
     ] + ["naïve", "Größe", "éclair", "город", "東京", "Ωmega"]
-    weights = [1.0 / (i + 1) for i in range(len(vocab))]
+    weights = list(itertools.accumulate(1.0 / (i + 1) for i in range(len(vocab))))
     lines = []
     size = 0
     while size < 32 * 1024 * 1024:
-        words = rng.choices(vocab, weights, k=12)
+        words = rng.choices(vocab, cum_weights=weights, k=12)
         line = " ".join(w.capitalize() if rng.random() < 0.1 else w for w in words) + ",\n"
         lines.append(line)
         size += len(line.encode())
