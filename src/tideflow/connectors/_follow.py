@@ -34,7 +34,7 @@ from tideflow.connectors._parse import (
     infer_jsonl_schema,
     split_csv_header,
 )
-from tideflow.connectors._scan import DEFAULT_CHUNK_BYTES
+from tideflow.connectors._scan import DEFAULT_CHUNK_BYTES, with_file_time
 
 __all__ = ["DEFAULT_POLL_INTERVAL", "Follow", "FollowFormat", "FollowReader"]
 
@@ -63,6 +63,8 @@ class Follow(Source):
     has_header: bool = True
     separator: str = ","
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    #: Name of a column to add with the file's modification time (UTC), or None.
+    file_time: str | None = None
 
     @property
     def bounded(self) -> bool:
@@ -113,10 +115,15 @@ class Follow(Source):
 
     def schema(self) -> dict[str, pl.DataType] | None:
         if self.format == "text":
-            return {self.column: pl.String()}
+            return self._with_time({self.column: pl.String()})
         if self.user_schema is not None and self.format == "jsonl":
-            return dict(pl.Schema(self.user_schema))
+            return self._with_time(dict(pl.Schema(self.user_schema)))
         return None
+
+    def _with_time(self, schema: dict[str, pl.DataType]) -> dict[str, pl.DataType]:
+        if self.file_time is None:
+            return schema
+        return {**schema, self.file_time: pl.Datetime("us", "UTC")}
 
     def list_files(self) -> list[str]:
         """The files the source follows right now, sorted."""
@@ -328,6 +335,8 @@ class FollowReader(SourceReader):
             f.line = f.chunk_line + f.chunk_lines
         if data.height == 0 and dead is None:
             return None
+        if self._s.file_time is not None and data.height:
+            data = with_file_time(data, f.path, self._s.file_time)
         return SourceBatch(data, dead)
 
     def poll(self) -> SourceBatch | None:

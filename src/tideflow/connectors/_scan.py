@@ -144,6 +144,14 @@ class _Range:
     emitted: int = 0
 
 
+def with_file_time(data: pl.DataFrame, path: str, column: str) -> pl.DataFrame:
+    """Add the file's modification time (UTC, microseconds) as ``column``."""
+    micros = os.stat(path).st_mtime_ns // 1000
+    return data.with_columns(
+        pl.lit(micros, dtype=pl.Int64).cast(pl.Datetime("us", "UTC")).alias(column)
+    )
+
+
 class LineReader(SourceReader):
     """Reads the byte ranges one worker owns, chunk by chunk, sliced to the batch size."""
 
@@ -157,6 +165,7 @@ class LineReader(SourceReader):
         chunk_bytes: int,
     ) -> None:
         self._ctx = ctx
+        self.file_time: str | None = None
         self._parser_for = parser_for
         self._parsers: dict[str, Parser] = {}
         self._header = header
@@ -309,6 +318,8 @@ class LineReader(SourceReader):
                 self._skip_done()
         if data.height == 0 and dead is None:
             return None
+        if self.file_time is not None and data.height:
+            data = with_file_time(data, r.part.path, self.file_time)
         return SourceBatch(data, dead)
 
     def _skip_done(self) -> None:
@@ -349,6 +360,8 @@ class _LineScan(Source):
     paths: tuple[str, ...]
     split_bytes: int | None = DEFAULT_SPLIT_BYTES
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    #: Name of a column to add with the file's modification time (UTC), or None.
+    file_time: str | None = None
 
     _suffixes: tuple[str, ...] = dataclasses.field(default=(), init=False, repr=False)
     _header: bool = dataclasses.field(default=False, init=False, repr=False)
@@ -359,6 +372,11 @@ class _LineScan(Source):
 
     def _files(self, step_id: str) -> list[str]:
         return expand_paths(step_id, list(self.paths), self._suffixes)
+
+    def _with_time(self, schema: dict[str, pl.DataType]) -> dict[str, pl.DataType]:
+        if self.file_time is None:
+            return schema
+        return {**schema, self.file_time: pl.Datetime("us", "UTC")}
 
     def validate(self, step_id: str) -> None:
         check_sizes(step_id, self.split_bytes, self.chunk_bytes)
@@ -372,7 +390,9 @@ class _LineScan(Source):
         files = self._files(ctx.step_id)
         factory = self._parser_factory(ctx.step_id, files)
         parts = assign(plan_ranges(files, self.split_bytes), ctx.worker_index, ctx.worker_count)
-        return LineReader(ctx, parts, factory, header=self._header, chunk_bytes=self.chunk_bytes)
+        reader = LineReader(ctx, parts, factory, header=self._header, chunk_bytes=self.chunk_bytes)
+        reader.file_time = self.file_time
+        return reader
 
 
 @dataclasses.dataclass(frozen=True)
@@ -388,7 +408,7 @@ class ScanText(_LineScan):
         super().validate(step_id)
 
     def schema(self) -> dict[str, pl.DataType] | None:
-        return {self.column: pl.String()}
+        return self._with_time({self.column: pl.String()})
 
     def _parser_factory(self, step_id: str, files: list[str]) -> Callable[[str], Parser]:
         parser = TextParser(self.column)
@@ -468,7 +488,7 @@ class ScanCsv(_LineScan):
             files = self._files("?")
         except ConfigError:
             return None
-        return dict(self._reference("?", files)[1])
+        return self._with_time(dict(self._reference("?", files)[1]))
 
     def _parser_factory(self, step_id: str, files: list[str]) -> Callable[[str], Parser]:
         names, schema = self._reference(step_id, files)
@@ -549,7 +569,7 @@ class ScanJsonl(_LineScan):
             files = self._files("?")
         except ConfigError:
             return None
-        return dict(self._resolve("?", files)[0])
+        return self._with_time(dict(self._resolve("?", files)[0]))
 
     def _parser_factory(self, step_id: str, files: list[str]) -> Callable[[str], Parser]:
         schema, required = self._resolve(step_id, files)

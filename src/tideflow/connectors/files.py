@@ -76,6 +76,7 @@ def scan_text(
     column: str = "line",
     split_bytes: int | None = DEFAULT_SPLIT_BYTES,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    file_time: str | None = None,
 ) -> ScanText:
     """Read lines of UTF-8 text (undecodable bytes replaced) into one string column.
 
@@ -103,7 +104,9 @@ def scan_text(
     >>> scan_text(p).build(SourceContext("read", 0, 1, batch_size=10)).poll().data["line"].to_list()
     ['hello world', 'bye']
     """
-    return ScanText(_paths(path_or_paths), split_bytes, chunk_bytes, column=column)
+    return ScanText(
+        _paths(path_or_paths), split_bytes, chunk_bytes, file_time=file_time, column=column
+    )
 
 
 def scan_csv(
@@ -114,6 +117,7 @@ def scan_csv(
     separator: str = ",",
     split_bytes: int | None = DEFAULT_SPLIT_BYTES,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    file_time: str | None = None,
 ) -> ScanCsv:
     """Read CSV files; rows that do not parse go to the dead letters with their line.
 
@@ -154,6 +158,7 @@ def scan_csv(
         user_schema=schema,
         has_header=has_header,
         separator=separator,
+        file_time=file_time,
     )
 
 
@@ -164,6 +169,7 @@ def scan_jsonl(
     required: Sequence[str] | None = None,
     split_bytes: int | None = DEFAULT_SPLIT_BYTES,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    file_time: str | None = None,
 ) -> ScanJsonl:
     """Read JSON-lines files (one object per line) into typed columns.
 
@@ -199,6 +205,7 @@ def scan_jsonl(
         chunk_bytes,
         user_schema=schema,
         required=None if required is None else tuple(required),
+        file_time=file_time,
     )
 
 
@@ -228,6 +235,7 @@ def follow_text(
     *,
     column: str = "line",
     poll_interval: timedelta = DEFAULT_POLL_INTERVAL,
+    file_time: str | None = None,
 ) -> Follow:
     """Follow a growing text file, a directory or a glob: new files and appended lines.
 
@@ -250,7 +258,7 @@ def follow_text(
     >>> reader.poll().data["line"].to_list()
     ['two']
     """
-    return Follow(os.fspath(dir_or_file), "text", poll_interval, column=column)
+    return Follow(os.fspath(dir_or_file), "text", poll_interval, column=column, file_time=file_time)
 
 
 def follow_jsonl(
@@ -259,6 +267,7 @@ def follow_jsonl(
     schema: Mapping[str, Any] | None = None,
     required: Sequence[str] | None = None,
     poll_interval: timedelta = DEFAULT_POLL_INTERVAL,
+    file_time: str | None = None,
 ) -> Follow:
     """Follow growing JSON-lines files (see :func:`follow_text` and :func:`scan_jsonl`).
 
@@ -283,6 +292,7 @@ def follow_jsonl(
         poll_interval,
         user_schema=schema,
         required=None if required is None else tuple(required),
+        file_time=file_time,
     )
 
 
@@ -293,6 +303,7 @@ def follow_csv(
     has_header: bool = True,
     separator: str = ",",
     poll_interval: timedelta = DEFAULT_POLL_INTERVAL,
+    file_time: str | None = None,
 ) -> Follow:
     """Follow growing CSV files (see :func:`follow_text` and :func:`scan_csv`).
 
@@ -315,6 +326,7 @@ def follow_csv(
         user_schema=schema,
         has_header=has_header,
         separator=separator,
+        file_time=file_time,
     )
 
 
