@@ -116,3 +116,32 @@ def test_deserializer_protocol_is_accepted_as_format() -> None:
     assert src.schema() is not None and "word" in src.schema()  # type: ignore[operator]
     with pytest.raises(tf.ConfigError, match="Deserializer"):
         kafka.follow_kafka("t", bootstrap="x:1", format=object())  # type: ignore[arg-type]
+
+
+def test_records_on_an_unknown_partition_are_sent_again_not_failed() -> None:
+    """Right after a broker restart a partition can be missing from the client's metadata."""
+    import confluent_kafka as ck
+
+    from tideflow.connectors import kafka
+    from tideflow.connectors._base import SinkContext
+
+    w = kafka.sink_kafka("t", bootstrap="127.0.0.1:1", value="v").build(SinkContext("out", 0, 1))
+
+    class Msg:
+        def value(self):
+            return b"1"
+
+        def key(self):
+            return None
+
+        def topic(self):
+            return "t"
+
+        def partition(self):
+            return 1
+
+    w._on_delivery(ck.KafkaError(ck.KafkaError._UNKNOWN_PARTITION), Msg())
+    assert w._failed == 0 and w._retry == [(b"1", None)]
+    w._on_delivery(ck.KafkaError(ck.KafkaError.MSG_SIZE_TOO_LARGE), Msg())
+    assert w._failed == 1
+    w._producer.purge()

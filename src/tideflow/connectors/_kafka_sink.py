@@ -22,6 +22,9 @@ from tideflow.connectors._kafka_source import _ck
 
 __all__ = ["KafkaSink", "encode_column", "encode_values"]
 
+#: Records re-sent after transient delivery errors, at most, per writer.
+_MAX_RESENDS = 1_000_000
+
 logger = logging.getLogger(__name__)
 
 
@@ -118,6 +121,19 @@ class _KafkaWriter(SinkWriter):
                 self._step, "cannot create the Kafka producer", exc, self._conf
             ) from exc
         self._closed = False
+        self._retry: list[tuple[bytes | None, bytes | None]] = []
+        self._resends = 0
+
+    def _resend(self) -> None:
+        """Produce again the records whose delivery failed with a transient error."""
+        pending, self._retry = self._retry, []
+        for value, key in pending:
+            while True:
+                try:
+                    self._producer.produce(self._s.topic, value, key)
+                    break
+                except BufferError:
+                    self._producer.poll(0.05)
 
     def _on_error(self, err: Any) -> None:
         if err.fatal():
@@ -127,6 +143,12 @@ class _KafkaWriter(SinkWriter):
     def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is None:
             self._delivered += 1
+            return
+        if err.code() == self._ck.KafkaError._UNKNOWN_PARTITION and self._resends < _MAX_RESENDS:
+            # The partition is missing from the client's metadata for a moment (seen right
+            # after a broker restart): send the record again; flush() still has a deadline.
+            self._retry.append((msg.value(), msg.key()))
+            self._resends += 1
             return
         self._failed += 1
         if self._first_error is None:
@@ -172,6 +194,8 @@ class _KafkaWriter(SinkWriter):
                 i += 1
         self._sent += n
         poll(0)
+        if self._retry:
+            self._resend()
 
     def _raise_failures(self) -> None:
         if self._fatal is not None:
@@ -189,7 +213,10 @@ class _KafkaWriter(SinkWriter):
         limit = float(self._conf.get("message.timeout.ms", 300_000)) / 1000 + 30
         deadline = time.monotonic() + limit
         remaining = self._producer.flush(1.0)
-        while remaining:
+        while remaining or self._retry:
+            if self._retry:
+                time.sleep(0.1)  # give the client a moment to refresh metadata
+                self._resend()
             self._raise_failures()
             if time.monotonic() > deadline:
                 msg = (
