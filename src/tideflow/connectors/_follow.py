@@ -20,7 +20,6 @@ from tideflow.connectors._base import (
     SourceBatch,
     SourceContext,
     SourceReader,
-    dead_letters,
 )
 from tideflow.connectors._lines import read_aligned
 from tideflow.connectors._parse import (
@@ -34,7 +33,7 @@ from tideflow.connectors._parse import (
     infer_jsonl_schema,
     split_csv_header,
 )
-from tideflow.connectors._scan import DEFAULT_CHUNK_BYTES, with_file_time
+from tideflow.connectors._scan import DEFAULT_CHUNK_BYTES, schema_with_file_time, with_file_time
 
 __all__ = ["DEFAULT_POLL_INTERVAL", "Follow", "FollowFormat", "FollowReader"]
 
@@ -121,9 +120,7 @@ class Follow(Source):
         return None
 
     def _with_time(self, schema: dict[str, pl.DataType]) -> dict[str, pl.DataType]:
-        if self.file_time is None:
-            return schema
-        return {**schema, self.file_time: pl.Datetime("us", "UTC")}
+        return schema_with_file_time(schema, self.file_time)
 
     def list_files(self) -> list[str]:
         """The files the source follows right now, sorted."""
@@ -320,14 +317,7 @@ class FollowReader(SourceReader):
         data = parsed.data.slice(f.emitted, self._ctx.batch_size)
         dead = None
         if parsed.bad:
-            first = f.chunk_line + 1
-            dead = dead_letters(
-                self._ctx.step_id,
-                [f"{f.path}:{first + i}" for i, _, _ in parsed.bad],
-                [reason for _, reason, _ in parsed.bad],
-                [raw for _, _, raw in parsed.bad],
-            )
-            parsed.bad = []
+            dead = parsed.take_dead(self._ctx.step_id, f.path, f.chunk_line + 1)
         f.emitted += data.height
         if f.emitted >= parsed.data.height:
             f.pending = None

@@ -21,6 +21,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tideflow.connectors._base import dead_letters
+
 __all__ = [
     "CsvParser",
     "JsonlParser",
@@ -44,6 +46,20 @@ class Parsed:
     bad: list[tuple[int, str, str]]
     #: Lines in the chunk, when the parser knows it without counting.
     lines: int | None = None
+
+    def take_dead(self, step: str, source: str, first_line: int) -> pl.DataFrame | None:
+        """The bad lines as dead letters with origin ``source:line`` (``first_line`` is the
+        1-based number of the chunk's first line); clears them so they are sent once."""
+        if not self.bad:
+            return None
+        dead = dead_letters(
+            step,
+            [f"{source}:{first_line + i}" for i, _, _ in self.bad],
+            [reason for _, reason, _ in self.bad],
+            [raw for _, _, raw in self.bad],
+        )
+        self.bad = []
+        return dead
 
 
 class Parser:

@@ -18,7 +18,6 @@ from tideflow.connectors._base import (
     SourceBatch,
     SourceContext,
     SourceReader,
-    dead_letters,
 )
 from tideflow.connectors._lines import (
     FilePart,
@@ -142,6 +141,15 @@ class _Range:
     chunk_line: int = 0
     chunk_lines: int = 0
     emitted: int = 0
+
+
+def schema_with_file_time(
+    schema: dict[str, pl.DataType], column: str | None
+) -> dict[str, pl.DataType]:
+    """``schema`` plus the file-time column, when one is asked for."""
+    if column is None:
+        return schema
+    return {**schema, column: pl.Datetime("us", "UTC")}
 
 
 def with_file_time(data: pl.DataFrame, path: str, column: str) -> pl.DataFrame:
@@ -297,15 +305,9 @@ class LineReader(SourceReader):
         data = parsed.data.slice(r.emitted, n)
         dead = None
         if parsed.bad:
-            base = self._base_line(r) + r.chunk_line
-            path = r.part.path
-            dead = dead_letters(
-                self._ctx.step_id,
-                [f"{path}:{base + i}" for i, _, _ in parsed.bad],
-                [reason for _, reason, _ in parsed.bad],
-                [raw for _, _, raw in parsed.bad],
+            dead = parsed.take_dead(
+                self._ctx.step_id, r.part.path, self._base_line(r) + r.chunk_line
             )
-            parsed.bad = []
         r.emitted += data.height
         if r.emitted >= parsed.data.height:
             r.pending = None
@@ -374,9 +376,7 @@ class _LineScan(Source):
         return expand_paths(step_id, list(self.paths), self._suffixes)
 
     def _with_time(self, schema: dict[str, pl.DataType]) -> dict[str, pl.DataType]:
-        if self.file_time is None:
-            return schema
-        return {**schema, self.file_time: pl.Datetime("us", "UTC")}
+        return schema_with_file_time(schema, self.file_time)
 
     def validate(self, step_id: str) -> None:
         check_sizes(step_id, self.split_bytes, self.chunk_bytes)

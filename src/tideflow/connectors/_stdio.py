@@ -22,7 +22,6 @@ from tideflow.connectors._base import (
     SourceBatch,
     SourceContext,
     SourceReader,
-    dead_letters,
 )
 from tideflow.connectors._parse import (
     CsvParser,
@@ -170,14 +169,7 @@ class StdinReader(SourceReader):
         data = parsed.data.slice(self._emitted, self._ctx.batch_size)
         dead = None
         if parsed.bad:
-            first = self._pending_line + 1
-            dead = dead_letters(
-                self._ctx.step_id,
-                [f"stdin:{first + i}" for i, _, _ in parsed.bad],
-                [r for _, r, _ in parsed.bad],
-                [raw for _, _, raw in parsed.bad],
-            )
-            parsed.bad = []
+            dead = parsed.take_dead(self._ctx.step_id, "stdin", self._pending_line + 1)
         self._emitted += data.height
         if self._emitted >= parsed.data.height:
             self._pending = None
