@@ -95,6 +95,7 @@ class EventTimeOp:
     unit: str | None
     delay: timedelta
     idle: timedelta | None
+    per: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -271,6 +272,7 @@ class Stream:
         unit: TimeUnit | None = None,
         delay: timedelta = timedelta(0),
         idle: timedelta | None = timedelta(seconds=10),
+        per: str | None = None,
         name: str | None = None,
     ) -> Stream:
         """Declare the event-time column and start watermarks here.
@@ -283,6 +285,12 @@ class Stream:
         The watermark is the largest event time seen minus ``delay`` (the bounded
         out-of-orderness). When no record arrives for ``idle`` (processing time), this input
         stops holding the watermark back until data comes again (``None``: never).
+
+        ``per`` names a column that splits the input into ordered parts, such as the
+        ``partition`` of a Kafka source: the largest time is then tracked per value and the
+        watermark is the smallest of them minus ``delay``, so a part that is read ahead of the
+        others does not make their records late. A value that sends nothing for ``idle`` stops
+        holding the watermark back; a value not seen yet does not hold it back either.
 
         Examples
         --------
@@ -324,7 +332,13 @@ class Stream:
                 msg = f"step '{step_id}': column {column!r} of type {dtype} cannot be an event time"
                 raise ConfigError(msg)
             out_schema = {**schema, column: pl.Datetime("us", "UTC")}
-        spec = EventTimeOp(column, unit, delay, idle)
+            if per is not None and per not in schema:
+                msg = (
+                    f"step '{step_id}': no column {per!r} to track watermarks per; "
+                    f"columns are {list(schema)}"
+                )
+                raise ConfigError(msg)
+        spec = EventTimeOp(column, unit, delay, idle, per)
         node = self.flow._add(
             "event_time", [(self.node.index, self.port)], spec, step_id, schema=out_schema
         )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,8 +29,17 @@ import tideflow
 from tideflow import windows
 from tideflow._errors import ConfigError
 from tideflow.api import Dataflow
-from tideflow.connectors import files, generator, sqlite
+from tideflow.connectors import files
 from tideflow.connectors._base import Sink, SinkContext, SinkWriter
+from tideflow.demo._io import (
+    DemoIO,
+    check_services,
+    feed_flow,
+    read_transactions,
+    start_feeder,
+    summary_rows,
+    table_sink,
+)
 
 __all__ = ["RULES", "add_demo_options", "build_flow", "make_transactions", "run_demo"]
 
@@ -327,16 +337,19 @@ def build_flow(
     rate: float | None,
     show_alerts: bool = True,
     live: bool = False,
+    io: DemoIO | None = None,
+    since: datetime | None = None,
 ) -> Dataflow:
     """The fraud-monitoring dataflow, writing into ``out_dir``.
 
     With ``live``, it also publishes live tables for the dashboard (see :func:`add_live_tables`).
+    ``io`` names real services to use instead of the embedded defaults (see :class:`DemoIO`);
+    ``since`` is where a Kafka read starts (default: now).
     """
+    io = io or DemoIO()
     db = out_dir / "demo.sqlite"
     flow = Dataflow("fraud")
-    tx = flow.source(
-        generator.generate(make_transactions, count=events, rate=rate), name="transactions"
-    )
+    tx = read_transactions(flow, io, events=events, rate=rate, since=since or datetime.now(UTC))
     valid = tx.validate(
         {
             "card is missing": pl.col("card").is_not_null(),
@@ -354,15 +367,16 @@ def build_flow(
             emit="updates",
             name="card_stats",
         )
-    stats.sink(
-        sqlite.sink_sqlite(db, "card_stats", mode="upsert", key="card"), name="card_stats_db"
-    )
+    stats.sink(table_sink(io, db, "card_stats", mode="upsert", key="card"), name="card_stats_db")
     with flow.scope("rules"):
         alerts = valid.key_by("card").transform(
             card_rules_batch, state=CARD_STATE, name="card_rules"
         )
     with flow.scope("windows"):
-        timed = valid.event_time("ts", delay=timedelta(seconds=5))
+        # Kafka partitions are read at their own pace: watermarks per partition.
+        timed = valid.event_time(
+            "ts", delay=timedelta(seconds=5), per="partition" if io.kafka else None
+        )
         by_card = timed.key_by("card")
         minute = by_card.window(windows.sliding(timedelta(minutes=1), VELOCITY_HOP)).agg(
             pl.len().alias("tx_1m"),
@@ -404,9 +418,15 @@ def build_flow(
     )
     alerts = alerts.union(velocity, hourly, name="all_alerts")
     sessions.results.filter(pl.col("tx_count") >= 3).sink(
-        sqlite.sink_sqlite(db, "card_sessions", mode="append"), name="sessions_db"
+        table_sink(io, db, "card_sessions", mode="append"), name="sessions_db"
     )
-    alerts.sink(sqlite.sink_sqlite(db, "alerts", mode="append"), name="alerts_db")
+    alerts.sink(table_sink(io, db, "alerts", mode="append"), name="alerts_db")
+    if io.kafka:
+        from tideflow.connectors import kafka
+
+        alerts.sink(
+            kafka.sink_kafka(io.alerts_topic, bootstrap=io.kafka, key="card"), name="alerts_kafka"
+        )
     if show_alerts:
         alerts.sink(_AlertConsole(), name="alerts_console")
     flow.dead_letters.sink(
@@ -493,11 +513,43 @@ def add_demo_options(p: argparse.ArgumentParser) -> None:
         help="output directory for demo.sqlite and dead-letters.jsonl (default ./tideflow-demo)",
     )
     p.add_argument("--quiet-alerts", action="store_true", help="do not print alerts")
+    p.add_argument(
+        "--kafka",
+        metavar="BOOTSTRAP",
+        default=os.environ.get("TIDEFLOW_DEMO_KAFKA") or None,
+        help="run the transactions through this Kafka cluster (topic "
+        "tideflow-demo-transactions; alerts also to tideflow-demo-alerts) instead of "
+        "in process [TIDEFLOW_DEMO_KAFKA]",
+    )
+    p.add_argument(
+        "--postgres",
+        metavar="DSN",
+        default=os.environ.get("TIDEFLOW_DEMO_POSTGRES") or None,
+        help="write card stats, alerts and sessions to PostgreSQL (schema tideflow_demo) "
+        "instead of SQLite [TIDEFLOW_DEMO_POSTGRES]",
+    )
+    p.add_argument(
+        "--kafka-prefix",
+        default="tideflow-demo",
+        help="with --kafka: topics PREFIX-transactions and PREFIX-alerts (default %(default)s)",
+    )
+    p.add_argument(
+        "--postgres-schema",
+        default="tideflow_demo",
+        help="with --postgres: the schema of the demo's tables, replaced at each start "
+        "(default %(default)s)",
+    )
 
 
-def _summary(out_dir: Path) -> list[str]:
+def _summary(out_dir: Path, io: DemoIO) -> list[str]:
+    if io.postgres:
+        rows = summary_rows(io)
+        lines = [f"  alerts, rule {rule}: {n:,}" for rule, n in rows["rules"]]
+        if rows["cards"] is not None:
+            lines.append(f"  cards tracked: {rows['cards']:,}")
+        return lines
     db = out_dir / "demo.sqlite"
-    lines: list[str] = []
+    lines = []
     if not db.exists():
         return lines
     con = sqlite3.connect(db)
@@ -516,6 +568,19 @@ def _summary(out_dir: Path) -> list[str]:
     return lines
 
 
+def _feed(io: DemoIO, events: int, rate: float | None, out: Console) -> None:
+    """Write the bounded demo's transactions to Kafka before the job reads them back."""
+    # One feeder keeps each partition in event-time order, as a real producer would.
+    result = tideflow.run(feed_flow(io, events=events, rate=rate), workers=1)
+    if not result.completed:
+        msg = "demo --kafka: feeding the transactions topic was stopped"
+        raise KeyboardInterrupt(msg)
+    out.print(
+        f"fed {result.records_in:,} transactions to Kafka topic {io.transactions_topic!r} "
+        f"in {result.seconds:,.1f}s"
+    )
+
+
 def run_demo(args: argparse.Namespace) -> int:
     """Run the demo from parsed command-line arguments; returns the exit code."""
     from tideflow.cli._main import run_kwargs
@@ -527,33 +592,63 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.rate is not None and args.rate <= 0:
         msg = f"demo: --rate must be > 0, got {args.rate}"
         raise ConfigError(msg)
+    prefix = getattr(args, "kafka_prefix", "tideflow-demo")
+    io = DemoIO(
+        kafka=getattr(args, "kafka", None),
+        transactions_topic=f"{prefix}-transactions",
+        alerts_topic=f"{prefix}-alerts",
+        postgres=getattr(args, "postgres", None),
+        schema=getattr(args, "postgres_schema", "tideflow_demo"),
+    )
+    check_services(io)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in ("demo.sqlite", "demo.sqlite-wal", "demo.sqlite-shm", "dead-letters.jsonl"):
         (out_dir / name).unlink(missing_ok=True)
+    out = Console(stderr=False, highlight=False)
     dashboard = getattr(args, "dashboard", None) is not None
+    kwargs = run_kwargs(args)
+    since = datetime.now(UTC)
+    feeder = None
+    if io.kafka and args.events is not None:
+        _feed(io, args.events, args.rate, out)
+    elif io.kafka:
+        feeder = start_feeder(io, args.rate)
     flow = build_flow(
         out_dir,
         events=args.events,
         rate=args.rate,
         show_alerts=not args.quiet_alerts,
         live=dashboard or getattr(args, "run_dir", None) is not None,
+        io=io,
+        since=since,
     )
-    kwargs = run_kwargs(args)
     if args.rate is not None and args.rate < 100_000:
         kwargs["max_delay"] = timedelta(milliseconds=min(args.max_delay_ms, 200))
     from tideflow.dashboard._cli import observers_for
 
-    with observers_for(args, dashboard_panels() if dashboard else ()) as observers:
-        result = tideflow.run(flow, **kwargs, observers=observers)  # type: ignore[arg-type]
-    out = Console(stderr=False, highlight=False)
+    try:
+        with observers_for(args, dashboard_panels() if dashboard else ()) as observers:
+            result = tideflow.run(flow, **kwargs, observers=observers)  # type: ignore[arg-type]
+    finally:
+        if feeder is not None:
+            feeder.terminate()
+            feeder.join(timeout=10)
     state = "finished" if result.completed else "stopped"
     rate = result.records_in / result.seconds if result.seconds else 0.0
     out.print(
         f"demo {state}: {result.records_in:,} transactions in {result.seconds:,.1f}s "
         f"({rate:,.0f}/s, {result.workers} workers); {result.dead_letters:,} dead letters"
     )
-    for line in _summary(out_dir):
+    out.print(f"data: {io.describe()}")
+    for line in _summary(out_dir, io):
         out.print(line)
-    out.print(f"alerts and card stats: {out_dir / 'demo.sqlite'} (tables alerts, card_stats)")
+    if io.postgres:
+        out.print(
+            f"alerts and card stats: PostgreSQL tables {io.schema}.alerts, {io.schema}.card_stats"
+        )
+    else:
+        out.print(f"alerts and card stats: {out_dir / 'demo.sqlite'} (tables alerts, card_stats)")
+    if io.kafka:
+        out.print(f"alerts also in Kafka topic {io.alerts_topic!r}")
     out.print(f"dead letters:          {out_dir / 'dead-letters.jsonl'}")
     return 0 if result.completed or args.events is None else 130

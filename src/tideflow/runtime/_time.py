@@ -56,6 +56,9 @@ class EventTimeOperator(Operator):
         self.max_seen: int | None = None
         self.last_data = ctx.now()
         self.idle = False
+        # With ``per``: the largest time and the last arrival (processing time) of each part.
+        self.part_max: dict[Any, int] = {}
+        self.part_seen: dict[Any, float] = {}
 
     def on_batch(self, index: int, batch: pl.DataFrame) -> None:
         col = self.op.column
@@ -85,10 +88,43 @@ class EventTimeOperator(Operator):
         if batch.height == 0:
             return
         self.ctx.emit(batch)
+        self.idle = False
+        if self.op.per is not None:
+            self._per_part(batch)
+            return
         top_us = _micros(batch.get_column(col))
         if self.max_seen is None or top_us > self.max_seen:
             self.max_seen = top_us
-        self.idle = False
+        self.ctx.watermark(self.max_seen - self.delay, False)
+
+    def _per_part(self, batch: pl.DataFrame) -> None:
+        per = self.op.per
+        assert per is not None
+        if per not in batch.columns:
+            msg = (
+                f"step '{self.node.step_id}': no column {per!r} to track watermarks per; "
+                f"batch columns are {batch.columns}"
+            )
+            raise JobError(msg, step_id=self.node.step_id)
+        tops = batch.group_by(per).agg(pl.col(self.op.column).dt.epoch("us").max().alias("top"))
+        now = self.ctx.now()
+        for part, top in tops.iter_rows():
+            old = self.part_max.get(part)
+            self.part_max[part] = top if old is None or top > old else old
+            self.part_seen[part] = now
+        self._emit_part_watermark()
+
+    def _emit_part_watermark(self) -> None:
+        live = [
+            m
+            for p, m in self.part_max.items()
+            if self.idle_after is None or self.ctx.now() - self.part_seen[p] < self.idle_after
+        ]
+        if not live:
+            return
+        low = min(live)
+        if self.max_seen is None or low > self.max_seen:
+            self.max_seen = low
         self.ctx.watermark(self.max_seen - self.delay, False)
 
     def on_watermark(self, wm: int, idle: bool) -> None:
@@ -98,15 +134,25 @@ class EventTimeOperator(Operator):
     def on_tick(self) -> None:
         if self.idle_after is None or self.idle:
             return
+        if self.op.per is not None and len(self.part_max) > 1:
+            self._emit_part_watermark()  # a part gone quiet stops holding the others back
         if self.ctx.now() - self.last_data >= self.idle_after:
             self.idle = True
             self.ctx.watermark(self.ctx.current_watermark, True)
 
     def snapshot(self) -> dict[str, Any]:
-        return {"version": 1, "max_seen": self.max_seen}
+        snap: dict[str, Any] = {"version": 1, "max_seen": self.max_seen}
+        if self.op.per is not None:
+            snap["parts"] = [[p, m] for p, m in self.part_max.items()]
+        return snap
 
     def restore(self, snap: dict[str, Any]) -> None:
         self.max_seen = snap.get("max_seen")
+        now = self.ctx.now()
+        for part, top in snap.get("parts", []):
+            old = self.part_max.get(part)
+            self.part_max[part] = top if old is None or top > old else old
+            self.part_seen[part] = now
 
 
 def _micros(col: pl.Series) -> int:

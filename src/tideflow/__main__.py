@@ -1,0 +1,7 @@
+"""``python -m tideflow``: the command line."""
+
+import sys
+
+from tideflow.cli import main
+
+sys.exit(main())
