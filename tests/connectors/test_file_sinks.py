@@ -192,7 +192,7 @@ def test_sqlite_errors(tmp_path: Path) -> None:
     db = tmp_path / "out.db"
     with pytest.raises(ConfigError, match="needs key="):
         sqlite.sink_sqlite(db, "t", mode="upsert").validate("w")
-    with pytest.raises(ConfigError, match="unknown mode 'merge'"):
+    with pytest.raises(ConfigError, match="unknown mode='merge'"):
         sqlite.sink_sqlite(db, "t", mode="merge").validate("w")  # type: ignore[arg-type]
     with pytest.raises(ConnectorError, match="does not exist"):
         sqlite.sink_sqlite(db, "t", create=False).build(ctx())

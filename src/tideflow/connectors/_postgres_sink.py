@@ -11,6 +11,7 @@ import polars as pl
 
 from tideflow._errors import ConfigError, ConnectorError
 from tideflow.connectors._base import Sink, SinkContext, SinkWriter
+from tideflow.connectors._tables import check_table_settings
 
 __all__ = ["PostgresMode", "PostgresSink", "pg_type", "psycopg", "qualified", "safe_dsn"]
 
@@ -136,18 +137,9 @@ class PostgresSink(Sink):
     create: bool = False
 
     def validate(self, step_id: str) -> None:
-        if self.mode not in get_args(PostgresMode):
-            msg = (
-                f"step {step_id!r}: unknown mode={self.mode!r}; use one of "
-                f"{list(get_args(PostgresMode))}"
-            )
-            raise ConfigError(msg)
-        if self.mode == "upsert" and not self.key:
-            msg = f"step {step_id!r}: mode='upsert' needs key=<column or columns>"
-            raise ConfigError(msg)
-        if not isinstance(self.table, str) or not self.table or "\x00" in self.table:
-            msg = f"step {step_id!r}: table must be a non-empty name, got {self.table!r}"
-            raise ConfigError(msg)
+        check_table_settings(
+            step_id, mode=self.mode, modes=get_args(PostgresMode), key=self.key, table=self.table
+        )
         if not isinstance(self.dsn, str) or not self.dsn:
             msg = f"step {step_id!r}: dsn must be a connection string such as 'postgresql://user@host/db'"
             raise ConfigError(msg)

@@ -13,6 +13,7 @@ import polars as pl
 
 from tideflow._errors import ConfigError, ConnectorError
 from tideflow.connectors._base import Sink, SinkContext, SinkWriter
+from tideflow.connectors._tables import check_table_settings
 
 __all__ = ["SinkSqlite", "SqliteMode"]
 
@@ -185,18 +186,9 @@ class SinkSqlite(Sink):
     single_writer = True
 
     def validate(self, step_id: str) -> None:
-        if self.mode not in get_args(SqliteMode):
-            msg = (
-                f"step {step_id!r}: unknown mode {self.mode!r}; use one of "
-                f"{list(get_args(SqliteMode))}"
-            )
-            raise ConfigError(msg)
-        if self.mode == "upsert" and not self.key:
-            msg = f"step {step_id!r}: mode='upsert' needs key=<column or columns>"
-            raise ConfigError(msg)
-        if not isinstance(self.table, str) or not self.table or "\x00" in self.table:
-            msg = f"step {step_id!r}: table must be a non-empty name, got {self.table!r}"
-            raise ConfigError(msg)
+        check_table_settings(
+            step_id, mode=self.mode, modes=get_args(SqliteMode), key=self.key, table=self.table
+        )
         parent = os.path.dirname(os.path.abspath(self.path))
         if self.path != ":memory:" and not os.path.isdir(parent):
             msg = f"step {step_id!r}: the directory {parent!r} does not exist; create it first"
