@@ -8,11 +8,13 @@ are renamed to the left names on arrival.
 
 from __future__ import annotations
 
+import io
+import logging
 from typing import Any
 
 import polars as pl
 
-from tideflow._errors import JobError
+from tideflow._errors import JobError, StateError
 from tideflow.api._graph import Node, fn_location
 from tideflow.api._joins import SUFFIX, IntervalJoinOp, LookupOp, TableJoinOp, WindowJoinOp
 from tideflow.runtime._operators import OpContext, Operator
@@ -25,6 +27,12 @@ __all__ = [
     "build_join_operator",
 ]
 
+log = logging.getLogger("tideflow.runtime")
+
+#: Version of the join snapshots (1 was a summary without state, written before joins were
+#: checkpointed: restoring it starts the join empty, with a warning).
+STATE_VERSION = 2
+
 WM_MIN = -(2**63)
 WM_MAX = 2**63 - 1
 TIME = pl.Datetime("us", "UTC")
@@ -33,6 +41,47 @@ _COMPACT_AT = 16
 
 def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
     return frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical_relaxed")
+
+
+def _ipc(frame: pl.DataFrame | None) -> bytes | None:
+    if frame is None:
+        return None
+    buf = io.BytesIO()
+    frame.write_ipc(buf)
+    return buf.getvalue()
+
+
+def _frame(data: bytes | None) -> pl.DataFrame | None:
+    return None if data is None else pl.read_ipc(io.BytesIO(data))
+
+
+def _schema_ipc(schema: dict[str, pl.DataType] | None) -> bytes | None:
+    return None if schema is None else _ipc(pl.DataFrame(schema=schema))
+
+
+def _schema(data: bytes | None) -> dict[str, pl.DataType] | None:
+    frame = _frame(data)
+    return None if frame is None else dict(frame.schema)
+
+
+def _check(step: str, snap: dict[str, Any], kind: str) -> bool:
+    """True when ``snap`` holds state to restore; False for a version 1 summary."""
+    version = snap.get("version")
+    if version == 1:
+        log.warning(
+            "step '%s': the checkpoint holds no join state (written by an older tideflow); "
+            "the join starts empty",
+            step,
+        )
+        return False
+    if version != STATE_VERSION or snap.get("kind") != kind:
+        msg = (
+            f"step '{step}': join state {snap.get('kind')!r} version {version!r} cannot be "
+            f"restored into a {kind} (expected version {STATE_VERSION}); was the join changed "
+            "since the checkpoint?"
+        )
+        raise StateError(msg)
+    return True
 
 
 class _TwoSided(Operator):
@@ -111,6 +160,21 @@ class _TwoSided(Operator):
     def _advance(self, wm: int) -> None:
         raise NotImplementedError
 
+    def _snap_common(self, kind: str) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "kind": kind,
+            "wm": self.wm,
+            "schemas": [_schema_ipc(s) for s in self.schemas],
+        }
+
+    def _restore_common(self, snap: dict[str, Any]) -> None:
+        self.wm = int(snap["wm"])
+        for i, data in enumerate(snap.get("schemas", [None, None])):
+            got = _schema(data)
+            if got is not None:
+                self.schemas[i] = got
+
 
 class WindowJoinOperator(_TwoSided):
     """Buffers both sides per window start; joins a window when the watermark passes its end."""
@@ -176,7 +240,50 @@ class WindowJoinOperator(_TwoSided):
             self.ctx.emit(pl.concat(out, how="diagonal_relaxed"))
 
     def snapshot(self) -> dict[str, Any]:
-        return {"version": 1, "wm": self.wm, "open": len(self.buckets)}
+        """Both sides' buffered rows with their window start ``__ws`` (Arrow IPC), the watermark.
+
+        Examples
+        --------
+        >>> from datetime import timedelta
+        >>> import tideflow as tf
+        >>> from tideflow import windows
+        >>> from tideflow.testing import TestingSource
+        >>> flow = tf.Dataflow("doc_wj")
+        >>> s = flow.source(TestingSource([{"k": "a", "t": 5}])).event_time("t", unit="s")
+        >>> j = s.key_by("k").join_window(s.key_by("k"), windows.tumbling(timedelta(seconds=10)))
+        >>> op = WindowJoinOperator(j.results.node, None)  # no context needed to buffer
+        >>> op.on_batch(0, pl.DataFrame({"k": ["a"], "t": [5_000_000]}).with_columns(
+        ...     pl.col("t").cast(pl.Datetime("us", "UTC"))))
+        >>> again = WindowJoinOperator(j.results.node, None)
+        >>> again.restore(op.snapshot())
+        >>> {ws: [sum(f.height for f in side) for side in b] for ws, b in again.buckets.items()}
+        {0: [1, 0]}
+        """
+        out = self._snap_common("window_join")
+        for index, name in ((0, "left"), (1, "right")):
+            frames = [
+                f.with_columns(__ws=pl.lit(ws, pl.Int64))
+                for ws, sides in self.buckets.items()
+                for f in sides[index]
+                if f.height
+            ]
+            out[name] = _ipc(pl.concat(frames, how="diagonal_relaxed")) if frames else None
+        return out
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        """Load a :meth:`snapshot` (replaces the buffered state)."""
+        self.buckets = {}
+        if not _check(self.node.step_id, snap, "window_join"):
+            return
+        self._restore_common(snap)
+        for index, name in ((0, "left"), (1, "right")):
+            frame = _frame(snap.get(name))
+            if frame is None or frame.height == 0:
+                continue
+            for (ws,), part in frame.partition_by(
+                "__ws", as_dict=True, include_key=False, maintain_order=True
+            ).items():
+                self.buckets.setdefault(int(ws), ([], []))[index].append(part)
 
 
 class IntervalJoinOperator(_TwoSided):
@@ -238,8 +345,23 @@ class IntervalJoinOperator(_TwoSided):
                 self.buffers[index][:] = [buf.filter(keep[index])]
 
     def snapshot(self) -> dict[str, Any]:
-        sizes = [sum(f.height for f in b) for b in self.buffers]
-        return {"version": 1, "wm": self.wm, "buffered": sizes}
+        """Both sides' buffered rows with their time ``__t`` (Arrow IPC), the watermark."""
+        out = self._snap_common("interval_join")
+        for index, name in ((0, "left"), (1, "right")):
+            buf = self._buffer(index)
+            out[name] = _ipc(buf) if buf is not None and buf.height else None
+        return out
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        """Load a :meth:`snapshot` (replaces the buffered state)."""
+        self.buffers = ([], [])
+        if not _check(self.node.step_id, snap, "interval_join"):
+            return
+        self._restore_common(snap)
+        for index, name in ((0, "left"), (1, "right")):
+            frame = _frame(snap.get(name))
+            if frame is not None and frame.height:
+                self.buffers[index].append(frame)
 
 
 class TableJoinOperator(Operator):
@@ -317,7 +439,29 @@ class TableJoinOperator(Operator):
         self.on_input_end(1)
 
     def snapshot(self) -> dict[str, Any]:
-        return {"version": 1, "rows": 0 if self.table is None else self.table.height}
+        """The table (Arrow IPC), stream rows waiting for a bounded table, the held watermark."""
+        pending = pl.concat(self.pending, how="diagonal_relaxed") if self.pending else None
+        return {
+            "version": STATE_VERSION,
+            "kind": "table_join",
+            "table": _ipc(self.table),
+            "pending": _ipc(pending),
+            "table_ended": self.table_ended,
+            "held_wm": None if self.held_wm is None else list(self.held_wm),
+        }
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        """Load a :meth:`snapshot` (replaces the table and the waiting rows)."""
+        if not _check(self.node.step_id, snap, "table_join"):
+            return
+        table = _frame(snap.get("table"))
+        if table is not None:
+            self.table = table
+        pending = _frame(snap.get("pending"))
+        self.pending = [pending] if pending is not None and pending.height else []
+        self.table_ended = bool(snap.get("table_ended", False))
+        held = snap.get("held_wm")
+        self.held_wm = None if held is None else (int(held[0]), bool(held[1]))
 
 
 class LookupOperator(Operator):
@@ -398,8 +542,26 @@ class LookupOperator(Operator):
             self.ctx.emit(out)
 
     def snapshot(self) -> dict[str, Any]:
-        size = 0 if self.cache is None else self.cache.height
-        return {"version": 1, "cached": size, "calls": self.calls}
+        """The cache (Arrow IPC: keys, values, ``__found``, ``__at``, ``__used``), counters."""
+        return {
+            "version": STATE_VERSION,
+            "kind": "lookup",
+            "cache": _ipc(self.cache),
+            "tick": self.tick,
+            "calls": self.calls,
+            "hits": self.hits,
+            "misses": self.misses,
+        }
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        """Load a :meth:`snapshot` (replaces the cache)."""
+        if not _check(self.node.step_id, snap, "lookup"):
+            return
+        self.cache = _frame(snap.get("cache"))
+        self.tick = int(snap.get("tick", 0))
+        self.calls = int(snap.get("calls", 0))
+        self.hits = int(snap.get("hits", 0))
+        self.misses = int(snap.get("misses", 0))
 
 
 def build_join_operator(node: Node, ctx: OpContext) -> Operator:

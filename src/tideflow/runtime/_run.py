@@ -265,13 +265,6 @@ def run(
         )
     nodes, dl_path = _plan(flow, cfg)
     if checkpoint_dir is not None:
-        joins = [nd.step_id for nd in nodes if nd.kind.startswith("join") or nd.kind == "lookup"]
-        if joins:
-            log.warning(
-                "checkpoints do not hold join state yet (steps %s): after a restart, joins "
-                "start empty and may miss matches with records read before the checkpoint",
-                joins,
-            )
         cfg = _resume(cfg, nodes)
     sources = frozenset(nd.step_id for nd in nodes if nd.kind == "source")
     sinks = frozenset(nd.step_id for nd in nodes if nd.kind == "sink")
