@@ -64,13 +64,14 @@ def _rescale_join(
         out["table_ended"] = all(bool(s.get("table_ended")) for s in snaps)
         held = [s["held_wm"] for s in snaps if s.get("held_wm") is not None]
         out["held_wm"] = min(held) if held else None
-    else:  # lookup: one cache of the newest entry per key, split by key hash
+    else:
+        # A lookup is not keyed (any record may reach any worker): every worker gets the whole
+        # cache, the newest entry per key; its size bound applies again at the next batch.
         cache = _union([s.get("cache") for s in snaps])
         if cache is not None:
             cache = cache.sort("__at", maintain_order=True).unique(
                 subset=keys, keep="last", maintain_order=True
             )
-            cache = _own_share(cache, keys, w, n)
         out["cache"] = None if cache is None else _ipc(cache)
         out["tick"] = max(int(s.get("tick", 0)) for s in snaps)
         for counter in ("calls", "hits", "misses"):
