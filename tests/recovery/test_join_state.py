@@ -12,6 +12,7 @@ from __future__ import annotations
 import tempfile
 from collections import Counter
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -342,3 +343,15 @@ def test_lookup_cache_survives_a_restart(batches, bounds, plan):
         # Every key is fetched once: the restored caches hold what was fetched before the cut
         # (on a new worker count, every worker gets the whole cache).
         assert sorted(asked_run) == sorted(asked_ref) == sorted({k for b in batches for k in b})
+
+
+def test_rescaled_event_time_resumes_from_the_slowest_worker():
+    from tideflow.state._store import Checkpoint
+
+    flow = tf.Dataflow("et")
+    s = flow.source(TestingSource([], schema=SCHEMA)).event_time("t")
+    node = s.node
+    parts = [{node.step_id: {"version": 1, "max_seen": m}} for m in (14, 3, None)]
+    cp = Checkpoint(1, Path("."), 3, parts, {})  # type: ignore[arg-type]
+    # The exchange after it held the watermark at the slowest worker's: resume from there.
+    assert resume_for(cp, [node], 0, 1)[node.step_id]["max_seen"] == 3

@@ -44,7 +44,8 @@ from tideflow.runtime._worker import (
     _to_ipc,
 )
 from tideflow.state._resume import resume_for
-from tideflow.state._store import CheckpointStore
+from tideflow.state._savepoint import fulfil_requests, load_savepoint, mark_running
+from tideflow.state._store import Checkpoint, CheckpointStore
 
 __all__ = ["RunResult", "run"]
 
@@ -195,6 +196,7 @@ def run(
     checkpoint_dir: str | Path | None = None,
     checkpoint_interval: timedelta = timedelta(seconds=10),
     checkpoint_keep: int = 3,
+    from_savepoint: str | Path | None = None,
 ) -> RunResult:
     """Run a dataflow until its inputs end (bounded) or until stopped (Ctrl-C).
 
@@ -228,6 +230,11 @@ def run(
         How often a checkpoint is taken (a last one is taken when the input ends).
     checkpoint_keep
         How many complete checkpoints are retained.
+    from_savepoint
+        Start from this savepoint (see :func:`tideflow.state.take_savepoint`), with any number
+        of workers. When ``checkpoint_dir`` already holds checkpoints taken after this savepoint
+        (the restored job crashed), the run resumes from the newest of them instead; checkpoints
+        of another history there are an error.
 
     Examples
     --------
@@ -264,8 +271,10 @@ def run(
             cfg, flow.name, Path(checkpoint_dir), checkpoint_interval, checkpoint_keep
         )
     nodes, dl_path = _plan(flow, cfg)
-    if checkpoint_dir is not None:
-        cfg = _resume(cfg, nodes)
+    if checkpoint_dir is not None or from_savepoint is not None:
+        cfg = _resume(
+            cfg, nodes, flow.name, None if from_savepoint is None else Path(from_savepoint)
+        )
     sources = frozenset(nd.step_id for nd in nodes if nd.kind == "source")
     sinks = frozenset(nd.step_id for nd in nodes if nd.kind == "sink")
     watchers: list[RunObserver] = list(observers)
@@ -276,11 +285,18 @@ def run(
     stats: dict[str, StepStats] = {}
     completed = False
     error: str | None = None
+    running: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    if cfg.checkpoint_dir is not None:  # savepoints find the job (and whether it takes SIGUSR1)
+        signals = (
+            hasattr(signal, "SIGUSR1") and threading.current_thread() is threading.main_thread()
+        )
+        running = mark_running(cfg.checkpoint_dir, flow.name, signals=signals)
     try:
-        if n == 1:
-            stats, completed = _run_local(nodes, cfg, flow.bounded, hub)
-        else:
-            stats, completed = _run_processes(nodes, cfg, flow.bounded, hub)
+        with running:
+            if n == 1:
+                stats, completed = _run_local(nodes, cfg, flow.bounded, hub)
+            else:
+                stats, completed = _run_processes(nodes, cfg, flow.bounded, hub)
     except BaseException as exc:
         error = f"{type(exc).__name__}: {exc}"
         raise
@@ -336,33 +352,60 @@ def _with_checkpoints(
     )
 
 
-def _resume(cfg: RunConfig, nodes: list[Node]) -> RunConfig:
-    """Load the newest complete checkpoint; the run resumes from it."""
-    assert cfg.checkpoint_dir is not None
-    store = CheckpointStore(cfg.checkpoint_dir, keep=cfg.checkpoint_keep)
-    ids = store.ids()
+def _resume(cfg: RunConfig, nodes: list[Node], flow: str, savepoint: Path | None) -> RunConfig:
+    """Load the newest complete checkpoint (or the savepoint); the run resumes from it."""
     started = time.monotonic()
-    cp = store.latest()
+    sp: Checkpoint | None = None
+    if savepoint is not None:
+        sp, info = load_savepoint(savepoint)
+        if sp.meta.get("flow") != flow:
+            msg = (
+                f"the savepoint {str(savepoint)!r} is of flow {sp.meta.get('flow')!r}, not {flow!r}"
+            )
+            raise ConfigError(msg)
+        if cfg.checkpoint_dir is not None:  # checkpoints of this run name their savepoint
+            meta = {**cfg.checkpoint_meta, "savepoint": info["id"]}
+            cfg = dataclasses.replace(cfg, checkpoint_meta=meta)
+    cp: Checkpoint | None = None
+    next_id = 1
+    if cfg.checkpoint_dir is not None:
+        store = CheckpointStore(cfg.checkpoint_dir, keep=cfg.checkpoint_keep)
+        ids = store.ids()
+        next_id = ids[-1] + 1 if ids else 1
+        cp = store.latest()
+        if cp is not None and cp.meta.get("flow") != flow:
+            msg = (
+                f"the checkpoint directory {str(cfg.checkpoint_dir)!r} holds checkpoints of flow "
+                f"{cp.meta.get('flow')!r}, not {flow!r}; use another checkpoint_dir"
+            )
+            raise ConfigError(msg)
+        if cp is not None and sp is not None:
+            if cp.meta.get("savepoint") != cfg.checkpoint_meta.get("savepoint"):
+                msg = (
+                    f"the checkpoint directory {str(cfg.checkpoint_dir)!r} holds checkpoints "
+                    f"that were not taken after the savepoint {str(savepoint)!r}; restore the "
+                    "savepoint into an empty checkpoint directory, or drop from_savepoint "
+                    "(--from-savepoint) to resume from those checkpoints"
+                )
+                raise ConfigError(msg)
+            log.info(
+                "the job restored from %s crashed before: resuming from its checkpoint", savepoint
+            )
+    if cp is None and sp is not None:
+        cp = sp
+        next_id = max(next_id, sp.id + 1)
     if cp is None:
-        return dataclasses.replace(cfg, checkpoint_next=(ids[-1] + 1) if ids else 1)
-    flow = cfg.checkpoint_meta.get("flow")
-    if cp.meta.get("flow") != flow:
-        msg = (
-            f"the checkpoint directory {str(cfg.checkpoint_dir)!r} holds checkpoints of flow "
-            f"{cp.meta.get('flow')!r}, not {flow!r}; use another checkpoint_dir"
-        )
-        raise ConfigError(msg)
+        return dataclasses.replace(cfg, checkpoint_next=next_id)
     parts = [resume_for(cp, nodes, i, cfg.workers) for i in range(cfg.workers)]
     log.info(
-        "resuming from checkpoint %d (%s, %d worker(s)) loaded in %.3f s",
+        "resuming from %s %d (%s, %d worker(s)) loaded in %.3f s",
+        "savepoint of checkpoint" if cp is sp else "checkpoint",
         cp.id,
         cp.path,
         cp.workers,
         time.monotonic() - started,
     )
-    return dataclasses.replace(
-        cfg, resume=parts[0], resume_parts=parts, checkpoint_next=ids[-1] + 1
-    )
+    return dataclasses.replace(cfg, resume=parts[0], resume_parts=parts, checkpoint_next=next_id)
 
 
 class _Coordinator:
@@ -453,6 +496,10 @@ class _Coordinator:
             "checkpoint %d written to %s in %.3f s", cid, path, time.monotonic() - self.started
         )
         self._send("K", cid)
+        if fulfil_requests(self.store.path, path):
+            # Stop with this savepoint: workers commit it, then stop; no checkpoint follows.
+            self._send("S", 0)
+            self.exited = True
 
 
 def _run_local(

@@ -27,6 +27,7 @@ from tideflow._errors import JobError, TideflowError
 from tideflow.api._graph import Node
 from tideflow.connectors._base import SinkWriter, SourceContext, SourceReader
 from tideflow.runtime._operators import Operator, SinkOperator, build_operator
+from tideflow.state._savepoint import fulfil_requests
 from tideflow.state._store import CheckpointStore
 
 __all__ = [
@@ -446,6 +447,8 @@ class Worker:
         self.last_checkpoint = 0
         self.exit_requested = False
         self.checkpoint_requested = False
+        #: A savepoint asked the job to stop after it.
+        self.stop_requested = False
         self.exchanges = [n.index for n in nodes if n.kind == "exchange"]
         self.exchanges_above = self._exchanges_above()
 
@@ -568,6 +571,9 @@ class Worker:
         if kind == "X":
             self.exit_requested = True
             return
+        if kind == "S":  # stop after a savepoint: no checkpoint (nor commit) comes after it
+            self.stop_requested = True
+            return
         al = self.aligning
         if kind == "B":
             if al is None or al.cid != payload:
@@ -653,7 +659,7 @@ class Worker:
                         self.control(("ended", self.transport.worker_index))
                     if self.exit_requested and self.aligning is None:
                         break
-                if self.should_stop():
+                if self.should_stop() or self.stop_requested:
                     break
                 progressed = False
                 for _ in range(64):
@@ -694,7 +700,7 @@ class Worker:
             if not completed:
                 for src in self.sources:  # stop requested: push what was read
                     self._push_source(src)
-            if local_checkpoints:
+            if local_checkpoints and not self.stop_requested:
                 self.checkpoint()  # the end (or a stop): a last checkpoint commits the rest
             elif self.store is None and completed:
                 for w in self.writers.values():  # no checkpoints: the end of input commits
@@ -823,6 +829,8 @@ class Worker:
             return False
         log.info("checkpoint %d written to %s in %.3f s", cid, path, time.monotonic() - started)
         self.commit(cid)
+        if fulfil_requests(self.store.path, path):
+            self.stop_requested = True
         return True
 
     def flush(self) -> None:

@@ -97,8 +97,10 @@ def _rescale(
         if first.get("version") == 2:
             return _rescale_join(kind, keys, snaps, w, n)
     if kind == "event_time":
+        # Downstream of the exchange the watermark was the minimum over the workers: resuming
+        # from the largest time any worker saw would make the others' next records late.
         seen = [int(s["max_seen"]) for s in snaps if s.get("max_seen") is not None]
-        return {"version": 1, "max_seen": max(seen) if seen else None}
+        return {"version": 1, "max_seen": min(seen) if seen else None}
     if kind == "window" and first.get("version") == 2:
         out = dict(first)
         out["wm"] = min(int(s["wm"]) for s in snaps)

@@ -32,7 +32,14 @@ from typing import Any
 
 from tideflow._errors import ConfigError, StateError
 
-__all__ = ["FORMAT", "VERSION", "Checkpoint", "CheckpointSettings", "CheckpointStore"]
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "Checkpoint",
+    "CheckpointSettings",
+    "CheckpointStore",
+    "load_dir",
+]
 
 log = logging.getLogger("tideflow.state")
 
@@ -224,40 +231,7 @@ class CheckpointStore:
 
     def load(self, checkpoint_id: int) -> Checkpoint:
         """Read and verify one checkpoint; :class:`~tideflow.StateError` if it is damaged."""
-        d = self.path / f"chk-{checkpoint_id:08d}"
-        try:
-            manifest = json.loads((d / "MANIFEST.json").read_bytes())
-        except (OSError, ValueError) as exc:
-            msg = f"checkpoint {str(d)!r} has no readable manifest: {exc}"
-            raise StateError(msg) from exc
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            msg = f"checkpoint {str(d)!r}: not a {FORMAT} manifest"
-            raise StateError(msg)
-        if manifest.get("version") != VERSION:
-            msg = (
-                f"checkpoint {str(d)!r} has format version {manifest.get('version')!r}; this "
-                f"tideflow reads version {VERSION}"
-            )
-            raise StateError(msg)
-        parts: list[dict[str, dict[str, Any]]] = []
-        for i in range(int(manifest["workers"])):
-            name = f"worker-{i:04d}"
-            entry = manifest["parts"][name]
-            files = {}
-            for kind in ("json", "bin"):
-                try:
-                    data = (d / f"{name}.{kind}").read_bytes()
-                except OSError as exc:
-                    msg = f"checkpoint {str(d)!r}: cannot read {name}.{kind}: {exc}"
-                    raise StateError(msg) from exc
-                if len(data) != entry[kind]["size"] or _sha(data) != entry[kind]["sha256"]:
-                    msg = f"checkpoint {str(d)!r}: {name}.{kind} does not match its manifest sum"
-                    raise StateError(msg)
-                files[kind] = data
-            parts.append(_decode(json.loads(files["json"]), files["bin"]))
-        return Checkpoint(
-            int(manifest["id"]), d, int(manifest["workers"]), parts, dict(manifest.get("meta", {}))
-        )
+        return load_dir(self.path / f"chk-{checkpoint_id:08d}")
 
     def latest(self) -> Checkpoint | None:
         """The newest checkpoint that verifies; damaged newer ones are skipped with a warning."""
@@ -267,6 +241,46 @@ class CheckpointStore:
             except StateError as exc:
                 log.warning("skipping damaged checkpoint %d, using an earlier one: %s", cid, exc)
         return None
+
+
+def load_dir(d: Path) -> Checkpoint:
+    """Read and verify the checkpoint in directory ``d`` (a ``chk-*`` directory or a savepoint).
+
+    Raises :class:`~tideflow.StateError` if it is missing, damaged or of another version.
+    """
+    try:
+        manifest = json.loads((d / "MANIFEST.json").read_bytes())
+    except (OSError, ValueError) as exc:
+        msg = f"checkpoint {str(d)!r} has no readable manifest: {exc}"
+        raise StateError(msg) from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        msg = f"checkpoint {str(d)!r}: not a {FORMAT} manifest"
+        raise StateError(msg)
+    if manifest.get("version") != VERSION:
+        msg = (
+            f"checkpoint {str(d)!r} has format version {manifest.get('version')!r}; this "
+            f"tideflow reads version {VERSION}"
+        )
+        raise StateError(msg)
+    parts: list[dict[str, dict[str, Any]]] = []
+    for i in range(int(manifest["workers"])):
+        name = f"worker-{i:04d}"
+        entry = manifest["parts"][name]
+        files = {}
+        for kind in ("json", "bin"):
+            try:
+                data = (d / f"{name}.{kind}").read_bytes()
+            except OSError as exc:
+                msg = f"checkpoint {str(d)!r}: cannot read {name}.{kind}: {exc}"
+                raise StateError(msg) from exc
+            if len(data) != entry[kind]["size"] or _sha(data) != entry[kind]["sha256"]:
+                msg = f"checkpoint {str(d)!r}: {name}.{kind} does not match its manifest sum"
+                raise StateError(msg)
+            files[kind] = data
+        parts.append(_decode(json.loads(files["json"]), files["bin"]))
+    return Checkpoint(
+        int(manifest["id"]), d, int(manifest["workers"]), parts, dict(manifest.get("meta", {}))
+    )
 
 
 def _fsync_dir(path: Path) -> None:

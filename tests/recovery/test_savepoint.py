@@ -1,0 +1,185 @@
+"""Savepoints: taken on demand from a running job (or from a stopped one), kept out of the
+retention, restored with another number of workers; output equals an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.recovery._join_job import build, committed, write_input
+
+import tideflow as tf
+from tideflow._errors import ConfigError, JobError
+from tideflow.cli._main import main
+from tideflow.state import CheckpointStore, load_savepoint, take_savepoint
+
+JOB = Path(__file__).with_name("_join_job.py")
+ROOT = JOB.parents[2]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("savepoint")
+    write_input(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def reference(data: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Any]:
+    out = tmp_path_factory.mktemp("savepoint_ref")
+    assert tf.run(build("window", data, out, 0.0), dead_letter_path=out / "dead.jsonl").completed
+    rows = committed(out / "results")
+    assert rows
+    return rows
+
+
+def _wait_for_checkpoint(ck: Path, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if ck.is_dir() and CheckpointStore(ck).ids() and (ck / "RUNNING.json").exists():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError("the job ended before its first checkpoint")
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint within 60 s")
+
+
+def test_savepoint_of_a_running_two_worker_job_restores_with_one_worker(
+    data: Path, reference: list[Any], tmp_path: Path
+) -> None:
+    out, ck, ck2, sp = tmp_path / "out", tmp_path / "ck", tmp_path / "ck2", tmp_path / "sp"
+    out.mkdir()
+    job = ["--kind", "window", "--input", str(data), "--output", str(out)]
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
+    log = (tmp_path / "job.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "tideflow.cli", "run", str(JOB), "--workers", "2"),
+            *("--no-progress", "--batch-size", "10", "--checkpoint-dir", str(ck)),
+            *("--checkpoint-interval", "0.2", "--", *job, "--pause", "0.05"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        stderr=log,
+    )
+    try:
+        _wait_for_checkpoint(ck, proc)
+        code = main(["savepoint", "--checkpoint-dir", str(ck), "--out", str(sp), "--stop"])
+        assert code == 0
+        assert proc.wait(timeout=60) == 130  # stopped before its input ended
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    cp, info = load_savepoint(sp)
+    assert cp.workers == 2 and info["flow"] == "join_recovery_window"
+    assert any(p["join_recovery_window.pairs"]["left"] is not None for p in cp.parts)
+    # Nothing after the savepoint was committed; restore it with one worker.
+    assert len(committed(out / "results")) < len(reference)
+    assert not (ck / "RUNNING.json").exists()
+    code = main(
+        [
+            *("run", str(JOB), "--workers", "1", "--no-progress", "--batch-size", "10"),
+            *("--checkpoint-dir", str(ck2), "--from-savepoint", str(sp), "--", *job),
+        ]
+    )
+    assert code == 0
+    assert committed(out / "results") == reference
+    assert json.loads((sp / "SAVEPOINT.json").read_text())["checkpoint"] == cp.id
+
+
+def test_savepoint_in_process_stops_the_job_and_restores_with_two_workers(
+    data: Path, reference: list[Any], tmp_path: Path
+) -> None:
+    out, ck, sp = tmp_path / "out", tmp_path / "ck", tmp_path / "sp"
+    out.mkdir()
+    got: list[Path] = []
+
+    def ask() -> None:
+        _wait_for_checkpoint(ck)
+        got.append(take_savepoint(ck, sp, stop=True, timeout=timedelta(seconds=30)))
+
+    t = threading.Thread(target=ask)
+    t.start()
+    try:
+        result = tf.run(
+            build("window", data, out, 0.02),
+            batch_size=10,
+            checkpoint_dir=ck,
+            checkpoint_interval=timedelta(milliseconds=100),
+            checkpoint_keep=1,
+            dead_letter_path=out / "dead.jsonl",
+        )
+    finally:
+        t.join()
+    assert got == [sp] and not result.completed
+    # Retention (keep=1) deletes the checkpoint directory; the savepoint is whole.
+    cp, _ = load_savepoint(sp)
+    result = tf.run(
+        build("window", data, out, 0.0),
+        workers=2,
+        batch_size=10,
+        from_savepoint=sp,
+        dead_letter_path=out / "dead.jsonl",
+    )
+    assert result.completed
+    assert committed(out / "results") == reference
+    assert cp.id >= 1
+
+
+def test_a_restored_job_that_crashes_resumes_from_its_own_checkpoints(
+    data: Path, reference: list[Any], tmp_path: Path
+) -> None:
+    d = tmp_path / "in"
+    d.mkdir()
+    for sub in ("events", "tiers"):
+        (d / sub).symlink_to(data / sub)
+    out, ck, ck2, sp = tmp_path / "out", tmp_path / "ck", tmp_path / "ck2", tmp_path / "sp"
+    out.mkdir()
+    kw: dict[str, Any] = {
+        "batch_size": 10,
+        "checkpoint_interval": timedelta(milliseconds=20),
+        "dead_letter_path": out / "dead.jsonl",
+    }
+    (d / "crash").write_text("150")
+    with pytest.raises(JobError, match="crash requested"):
+        tf.run(build("window", d, out), checkpoint_dir=ck, **kw)
+    # The job is not running: the savepoint is its newest checkpoint.
+    take_savepoint(ck, sp)
+    assert load_savepoint(sp)[0].id == CheckpointStore(ck).latest().id  # type: ignore[union-attr]
+    with pytest.raises(ConfigError, match="not taken after the savepoint"):
+        tf.run(build("window", d, out), checkpoint_dir=ck, from_savepoint=sp, **kw)
+    # Restored into a new directory, it crashes again later ...
+    (d / "crash").write_text("")
+    with pytest.raises(JobError, match="crash requested"):
+        tf.run(build("window", d, out), checkpoint_dir=ck2, from_savepoint=sp, **kw)
+    restored = CheckpointStore(ck2).latest()
+    assert restored is not None and restored.meta["savepoint"]
+    # ... and the same command resumes from its own newest checkpoint, not the savepoint.
+    (d / "crash").unlink()
+    assert tf.run(build("window", d, out), checkpoint_dir=ck2, from_savepoint=sp, **kw).completed
+    assert committed(out / "results") == reference
+
+
+def test_savepoint_errors_name_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        take_savepoint(tmp_path / "nope", tmp_path / "sp")
+    (tmp_path / "ck").mkdir()
+    with pytest.raises(ConfigError, match="holds no complete checkpoint"):
+        take_savepoint(tmp_path / "ck", tmp_path / "sp")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    with pytest.raises(ConfigError, match="not an empty directory"):
+        take_savepoint(tmp_path / "ck", tmp_path / "full")
+    with pytest.raises(ConfigError, match="is not a savepoint"):
+        load_savepoint(tmp_path / "ck")
+    assert main(["savepoint", "--out", str(tmp_path / "sp")]) == 2
