@@ -183,3 +183,14 @@ def test_savepoint_errors_name_the_fix(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="is not a savepoint"):
         load_savepoint(tmp_path / "ck")
     assert main(["savepoint", "--out", str(tmp_path / "sp")]) == 2
+
+
+def test_a_stale_running_file_is_not_a_running_job(tmp_path: Path) -> None:
+    ck = tmp_path / "ck"
+    CheckpointStore(ck).write(5, [{"s": {"version": 1}}], {"flow": "f"})
+    # Left behind by a killed job whose process id now belongs to another process.
+    stale = {"pid": os.getpid(), "flow": "f", "signal": False, "process_start": "1"}
+    (ck / "RUNNING.json").write_text(json.dumps(stale))
+    sp = take_savepoint(ck, tmp_path / "sp", timeout=timedelta(seconds=1))
+    assert load_savepoint(sp)[0].id == 5
+    assert not (ck / "savepoint-requests").exists()  # no request was made

@@ -57,6 +57,16 @@ def _write_atomic(path: Path, doc: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _started(pid: int) -> str | None:
+    """When process ``pid`` started (Linux: clock ticks after boot), to tell a reused pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return fields[19] if len(fields) > 19 else None
+
+
 def _empty_target(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         msg = (
@@ -144,7 +154,9 @@ def load_savepoint(path: str | os.PathLike[str]) -> tuple[Checkpoint, dict[str, 
 def mark_running(checkpoint_dir: Path, flow: str, *, signals: bool) -> Any:
     """Write ``RUNNING.json`` (process id, whether SIGUSR1 is handled) while the block runs."""
     path = checkpoint_dir / _RUNNING
-    doc = {"pid": os.getpid(), "flow": flow, "signal": signals, "started": time.time()}
+    pid = os.getpid()
+    doc = {"pid": pid, "flow": flow, "signal": signals, "started": time.time()}
+    doc["process_start"] = _started(pid)
     try:
         _write_atomic(path, doc)
     except OSError as exc:
@@ -205,6 +217,9 @@ def job_running(checkpoint_dir: str | os.PathLike[str]) -> dict[str, Any] | None
         return None  # left behind by a job that was killed
     except PermissionError:
         pass  # alive, another user's
+    recorded = doc.get("process_start")
+    if recorded is not None and _started(pid) not in (None, recorded):
+        return None  # the pid was reused by another process after the job was killed
     return dict(doc)
 
 
