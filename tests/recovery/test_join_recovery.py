@@ -26,7 +26,7 @@ def run(kind: str, d: Path, out: Path, ck: Path | None, workers: int) -> tf.RunR
     if ck is not None:
         kw = {"checkpoint_dir": ck, "checkpoint_interval": timedelta(milliseconds=20)}
     return tf.run(
-        build(kind, d, out),
+        build(kind, d, out, 0.015 if ck is not None else 0.0),
         workers=workers,
         batch_size=20,
         dead_letter_path=out / "dead.jsonl",

@@ -98,7 +98,8 @@ def _rescale(
             return _rescale_join(kind, keys, snaps, w, n)
     if kind == "event_time":
         # Downstream of the exchange the watermark was the minimum over the workers: resuming
-        # from the largest time any worker saw would make the others' next records late.
+        # from the largest time any worker saw would make the others' next records late. Times
+        # per part (``per=``) are learnt again from the data: a new worker reads other parts.
         seen = [int(s["max_seen"]) for s in snaps if s.get("max_seen") is not None]
         return {"version": 1, "max_seen": min(seen) if seen else None}
     if kind == "window" and first.get("version") == 2:
