@@ -194,3 +194,22 @@ def test_a_stale_running_file_is_not_a_running_job(tmp_path: Path) -> None:
     sp = take_savepoint(ck, tmp_path / "sp", timeout=timedelta(seconds=1))
     assert load_savepoint(sp)[0].id == 5
     assert not (ck / "savepoint-requests").exists()  # no request was made
+
+
+def test_an_expired_request_is_dropped_not_fulfilled(tmp_path: Path) -> None:
+    from tideflow.state._savepoint import fulfil_requests
+
+    ck = tmp_path / "ck"
+    chk = CheckpointStore(ck).write(2, [{"s": {"version": 1}}], {"flow": "f"})
+    (ck / "savepoint-requests").mkdir()
+    old = {"out": str(tmp_path / "sp"), "stop": True, "expires": time.time() - 1}
+    (ck / "savepoint-requests" / "x.request.json").write_text(json.dumps(old))
+    assert fulfil_requests(ck, chk) is False  # no stop
+    assert not (tmp_path / "sp").exists()
+    assert not list((ck / "savepoint-requests").iterdir())
+    fresh = {**old, "expires": time.time() + 60}
+    (ck / "savepoint-requests" / "y.request.json").write_text(json.dumps(fresh))
+    assert fulfil_requests(ck, chk) is True
+    assert load_savepoint(tmp_path / "sp")[0].id == 2
+    done = json.loads((ck / "savepoint-requests" / "y.done.json").read_text())
+    assert done == {"path": str(tmp_path / "sp"), "checkpoint": 2}

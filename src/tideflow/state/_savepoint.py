@@ -182,8 +182,13 @@ def fulfil_requests(checkpoint_dir: Path, checkpoint: Path) -> bool:
         try:
             doc = json.loads(req.read_text())
             out = Path(doc["out"])
+            expires = float(doc.get("expires", "inf"))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring the unreadable savepoint request %s: %s", req, exc)
+            continue
+        if time.time() > expires:  # its requester gave up (or was killed) long ago
+            log.warning("dropping the expired savepoint request for %s", out)
+            req.unlink(missing_ok=True)
             continue
         done = req.with_name(req.name.replace(".request.json", ".done.json"))
         result: dict[str, Any]
@@ -269,7 +274,10 @@ def take_savepoint(
     requests.mkdir(exist_ok=True)
     nonce = uuid.uuid4().hex
     req, done = requests / f"{nonce}.request.json", requests / f"{nonce}.done.json"
-    _write_atomic(req, {"out": str(target), "stop": stop, "requested": time.time()})
+    now = time.time()
+    doc = {"out": str(target), "stop": stop, "requested": now}
+    doc["expires"] = now + timeout.total_seconds()
+    _write_atomic(req, doc)
     pid = int(running["pid"])
     if running.get("signal") and hasattr(signal, "SIGUSR1"):
         os.kill(pid, signal.SIGUSR1)
