@@ -1,5 +1,5 @@
 """Jobs with joins crash mid-stream and resume from their checkpoint (1 worker, 2 workers, and
-1 -> 2 on resume); the committed output equals that of a run that never crashed.
+1 -> 2 and 2 -> 1 on resume); the committed output equals that of a run that never crashed.
 
 The job and its input are in ``_join_job.py``. Its step ``maybe_crash`` throws at a record
 past the middle while a flag file exists; the test removes the flag and runs the job again with
@@ -54,7 +54,7 @@ def reference(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
 
 
 @pytest.mark.parametrize("kind", list(STEP))
-@pytest.mark.parametrize(("before", "after"), [(1, 1), (2, 2), (1, 2)])
+@pytest.mark.parametrize(("before", "after"), [(1, 1), (2, 2), (1, 2), (2, 1)])
 def test_join_job_resumes_after_a_crash(
     kind: str,
     before: int,
