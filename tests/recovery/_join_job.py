@@ -7,7 +7,7 @@ Run as a pipeline file it builds one job from its arguments::
 Input (:func:`write_input`): JSON-lines files of both join sides (column ``side``), times
 rising from file to file and out of order by at most 2 s inside a file; the watermark delay is
 3 s, so no record is late however the workers interleave. The step ``maybe_crash`` throws at
-record ``CRASH_AT`` (or the number the file holds) while the file ``<input>/crash`` exists.
+record ``CRASH_AT`` (or as the file says, see :func:`crash_when`) while ``<input>/crash`` exists.
 """
 
 from __future__ import annotations
@@ -57,12 +57,30 @@ def write_input(d: Path) -> None:
     (d / "version").write_text("1")
 
 
+def _newest_checkpoint(ck: Path) -> int:
+    ids = [int(p.name[4:]) for p in ck.glob("chk-*")] if ck.is_dir() else []
+    return max(ids, default=0)
+
+
 def crash_when(flag: Path, pause: float) -> Callable[[pl.DataFrame], pl.DataFrame]:
+    """Throw at the first batch reaching record ``at`` while ``flag`` exists.
+
+    ``flag`` holds nothing (``at`` is ``CRASH_AT``), a number, or JSON ``{"at": n,
+    "checkpoints": dir, "min_id": k}``: then only once ``dir`` holds checkpoint ``k`` or later,
+    so that the crash comes after checkpoints with state whatever the start-up times.
+    """
+
     def maybe_crash(batch: pl.DataFrame) -> pl.DataFrame:
         time.sleep(pause)  # spread the run over several checkpoints
-        if flag.exists() and (batch["n"] == int(flag.read_text() or CRASH_AT)).any():
-            raise RuntimeError("crash requested by the test")
-        return batch
+        if not flag.exists() or batch.height == 0:
+            return batch
+        text = flag.read_text().strip()
+        spec = json.loads(text) if text.startswith("{") else {"at": int(text or CRASH_AT)}
+        if batch["n"].max() < spec["at"]:  # type: ignore[operator]
+            return batch
+        if "checkpoints" in spec and _newest_checkpoint(Path(spec["checkpoints"])) < spec["min_id"]:
+            return batch
+        raise RuntimeError("crash requested by the test")
 
     return maybe_crash
 

@@ -8,6 +8,7 @@ the same checkpoint directory. Output goes to ``files.sink_jsonl_parts`` (exactl
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,6 @@ def test_join_job_resumes_after_a_crash(
     data: Path,
     reference: dict[str, list[Any]],
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The job reads the flag and version files of its own copy of the input directory.
     d = tmp_path / "in"
@@ -70,9 +70,10 @@ def test_join_job_resumes_after_a_crash(
     for sub in ("events", "tiers"):
         (d / sub).symlink_to(data / sub)
     (d / "version").write_text("1")
-    (d / "crash").write_text("")
     out, ck = tmp_path / "out", tmp_path / "ck"
     out.mkdir()
+    # Past a third of the input, once checkpoint 3 is complete (2 workers start at their pace).
+    (d / "crash").write_text(json.dumps({"at": 4 * 60, "checkpoints": str(ck), "min_id": 3}))
     with pytest.raises(JobError, match="crash requested by the test"):
         run(kind, d, out, ck, before)
     cp = CheckpointStore(ck).latest()

@@ -64,7 +64,7 @@ def test_savepoint_of_a_running_two_worker_job_restores_with_one_worker(
         [
             *(sys.executable, "-m", "tideflow.cli", "run", str(JOB), "--workers", "2"),
             *("--no-progress", "--batch-size", "10", "--checkpoint-dir", str(ck)),
-            *("--checkpoint-interval", "0.2", "--", *job, "--pause", "0.05"),
+            *("--checkpoint-interval", "0.2", "--", *job, "--pause", "0.08"),
         ],
         cwd=tmp_path,
         env=env,
@@ -112,7 +112,7 @@ def test_savepoint_in_process_stops_the_job_and_restores_with_two_workers(
     t.start()
     try:
         result = tf.run(
-            build("window", data, out, 0.02),
+            build("window", data, out, 0.04),
             batch_size=10,
             checkpoint_dir=ck,
             checkpoint_interval=timedelta(milliseconds=100),
