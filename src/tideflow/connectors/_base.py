@@ -156,6 +156,8 @@ class SinkContext:
     publish: Callable[[str, pl.DataFrame], None] = dataclasses.field(
         default=lambda topic, rows: None
     )
+    #: True when the run takes checkpoints (exactly-once sinks keep what a restart needs).
+    checkpointing: bool = False
 
 
 class SinkWriter(abc.ABC):

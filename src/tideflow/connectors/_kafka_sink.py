@@ -6,7 +6,7 @@ import dataclasses
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, Literal, get_args
 
 import polars as pl
 
@@ -20,7 +20,10 @@ from tideflow.connectors._kafka_config import (
 )
 from tideflow.connectors._kafka_source import _ck
 
-__all__ = ["KafkaSink", "encode_column", "encode_values"]
+__all__ = ["Delivery", "KafkaSink", "encode_column", "encode_values"]
+
+#: Delivery guarantees of :func:`~tideflow.connectors.kafka.sink_kafka`.
+Delivery = Literal["at-least-once", "exactly-once"]
 
 #: Records re-sent after transient delivery errors, at most, per writer.
 _MAX_RESENDS = 1_000_000
@@ -70,9 +73,47 @@ class KafkaSink(Sink):
     key: str | None = None
     value: str = "json"
     config: tuple[tuple[str, Any], ...] = ()
+    delivery: Delivery = "at-least-once"
+    transactional_id: str | None = None
+    commit_topic: str | None = None
 
     def validate(self, step_id: str) -> None:
         check_topic(step_id, self.topic)
+        if self.delivery not in get_args(Delivery):
+            msg = (
+                f"step {step_id!r}: unknown delivery={self.delivery!r}; use one of "
+                f"{list(get_args(Delivery))}"
+            )
+            raise ConfigError(msg)
+        conf = dict(self.config)
+        if "transactional.id" in conf:
+            msg = (
+                f"step {step_id!r}: do not set transactional.id in config; use "
+                "delivery='exactly-once' (and transactional_id= for the prefix)"
+            )
+            raise ConfigError(msg)
+        if self.delivery == "exactly-once":
+            if conf.get("enable.idempotence") in (False, "false"):
+                msg = (
+                    f"step {step_id!r}: delivery='exactly-once' needs the idempotent producer; "
+                    "remove enable.idempotence from config"
+                )
+                raise ConfigError(msg)
+            if self.transactional_id is not None and (
+                not isinstance(self.transactional_id, str) or not self.transactional_id.strip()
+            ):
+                msg = (
+                    f"step {step_id!r}: transactional_id must be a non-empty string, got "
+                    f"{self.transactional_id!r}"
+                )
+                raise ConfigError(msg)
+            check_topic(step_id, self.commit_topic or self.default_commit_topic())
+        elif self.transactional_id is not None or self.commit_topic is not None:
+            msg = (
+                f"step {step_id!r}: transactional_id= and commit_topic= apply only with "
+                "delivery='exactly-once'"
+            )
+            raise ConfigError(msg)
         if self.key is not None and not isinstance(self.key, str):
             msg = f"step {step_id!r}: key must be a column name (or None), got {self.key!r}"
             raise ConfigError(msg)
@@ -80,8 +121,30 @@ class KafkaSink(Sink):
             msg = f"step {step_id!r}: value must be 'json' or a column name, got {self.value!r}"
             raise ConfigError(msg)
 
+    def default_commit_topic(self) -> str:
+        """The commit-marker topic used when ``commit_topic`` is not given."""
+        return f"{self.topic}.tideflow-commits"
+
     def build(self, ctx: SinkContext) -> SinkWriter:
         self.validate(ctx.step_id)
+        if self.delivery == "exactly-once":
+            from tideflow.connectors._kafka_txn import (
+                ExactlyOnceWriter,
+                KafkaTxnBackend,
+                transactional_config,
+            )
+
+            conf = transactional_config(ctx.step_id, self.bootstrap, dict(self.config))
+            commit_topic = self.commit_topic or self.default_commit_topic()
+            backend = KafkaTxnBackend(ctx.step_id, conf, self.topic, commit_topic)
+            return ExactlyOnceWriter(
+                ctx,
+                key=self.key,
+                value=self.value,
+                txn_prefix=self.transactional_id or f"tideflow-{ctx.step_id}",
+                backend=backend,
+                keep_records=ctx.checkpointing,
+            )
         return _KafkaWriter(self, ctx)
 
 

@@ -19,12 +19,13 @@ import polars as pl
 
 from tideflow.connectors._kafka_config import masked
 from tideflow.connectors._kafka_formats import Decoded, Deserializer, ValueFormat
-from tideflow.connectors._kafka_sink import KafkaSink
+from tideflow.connectors._kafka_sink import Delivery, KafkaSink
 from tideflow.connectors._kafka_source import META_SCHEMA, KafkaSource, StartAt
 
 __all__ = [
     "META_SCHEMA",
     "Decoded",
+    "Delivery",
     "Deserializer",
     "KafkaSink",
     "KafkaSource",
@@ -156,12 +157,25 @@ def sink_kafka(
     key: str | None = None,
     value: Literal["json"] | str = "json",
     config: Mapping[str, Any] | None = None,
+    delivery: Delivery = "at-least-once",
+    transactional_id: str | None = None,
+    commit_topic: str | None = None,
 ) -> KafkaSink:
     """Write a stream to a Kafka topic.
 
-    Each row becomes one message. ``flush()`` (before every checkpoint) and ``close()`` wait for
-    the broker's acknowledgements and raise :class:`~tideflow.ConnectorError` if any record
-    could not be delivered: a job never reports success with undelivered records.
+    Each row becomes one message. Two delivery guarantees:
+
+    - ``"at-least-once"`` (default, cheapest): records are sent as they come; ``flush()``
+      (before every checkpoint) and ``close()`` wait for the broker's acknowledgements and raise
+      :class:`~tideflow.ConnectorError` if any record could not be delivered. After a crash,
+      records written since the last checkpoint are written again (duplicates).
+    - ``"exactly-once"``: records go into a Kafka transaction that commits when a checkpoint
+      completes; consumers with ``isolation.level=read_committed`` (librdkafka's default) see
+      every result once, also after crashes. Needs checkpoints (``checkpoint_dir=``); without
+      them, a bounded run commits at its end. Output becomes visible once per checkpoint
+      interval, which must stay well below ``transaction.timeout.ms`` (default 5 min). The
+      records of the open transaction are kept in the checkpoint so that a restart can write
+      them again if the crash cut the commit short (see ``docs/checkpoints.md``).
 
     Parameters
     ----------
@@ -178,15 +192,36 @@ def sink_kafka(
     config
         librdkafka producer settings passed through: ``linger.ms`` (default 20),
         ``batch.num.messages``, ``compression.type`` (``lz4``, ``zstd``...), ``acks``, TLS,
-        SASL. Idempotence is on by default.
+        SASL, ``transaction.timeout.ms``. Idempotence is on by default.
+    delivery
+        ``"at-least-once"`` or ``"exactly-once"``.
+    transactional_id
+        With exactly-once: the prefix of the producers' ``transactional.id`` (worker ``i`` uses
+        ``<prefix>-<i>``); default ``tideflow-<step id>``. It must be stable across restarts
+        of the job and unique to it: two running jobs with the same one fence each other.
+    commit_topic
+        With exactly-once: the small compacted topic holding the commit markers (default
+        ``<topic>.tideflow-commits``, created when missing).
 
     Examples
     --------
     >>> sink = sink_kafka("alerts", bootstrap="127.0.0.1:19092", key="card",
     ...                   config={"compression.type": "zstd"})
-    >>> sink.topic, sink.key, sink.value
-    ('alerts', 'card', 'json')
+    >>> sink.topic, sink.key, sink.value, sink.delivery
+    ('alerts', 'card', 'json', 'at-least-once')
+    >>> eo = sink_kafka("totals", bootstrap="127.0.0.1:19092", delivery="exactly-once")
+    >>> eo.default_commit_topic()
+    'totals.tideflow-commits'
     """
-    sink = KafkaSink(topic, bootstrap, key, value, tuple(dict(config or {}).items()))
+    sink = KafkaSink(
+        topic,
+        bootstrap,
+        key,
+        value,
+        tuple(dict(config or {}).items()),
+        delivery,
+        transactional_id,
+        commit_topic,
+    )
     sink.validate("kafka")
     return sink

@@ -410,8 +410,15 @@ class SinkOperator(Operator):
 
     def __init__(self, node: Node, ctx: OpContext, resume: dict[str, Any]) -> None:
         super().__init__(node, ctx)
+        worker = getattr(ctx, "worker", None)
+        checkpointing = getattr(getattr(worker, "cfg", None), "checkpoint_dir", None) is not None
         sctx = SinkContext(
-            node.step_id, ctx.worker_index, ctx.worker_count, resume, publish=ctx.publish
+            node.step_id,
+            ctx.worker_index,
+            ctx.worker_count,
+            resume,
+            publish=ctx.publish,
+            checkpointing=checkpointing,
         )
         self.writer: SinkWriter | None = None
         if node.spec.single_writer and ctx.worker_index != 0:
