@@ -484,7 +484,9 @@ class KafkaTxnBackend:
 
         ck = _ck()
         kadmin: Any = importlib.import_module("confluent_kafka.admin")
-        admin = kadmin.AdminClient(self._plain())
+        admin = kadmin.AdminClient(
+            {**self._plain(), "logger": logging.getLogger("tideflow.connectors.librdkafka")}
+        )
         md = admin.list_topics(self._commit_topic, timeout=15)
         tmd = md.topics.get(self._commit_topic)
         if tmd is not None and tmd.error is None and tmd.partitions:
@@ -525,6 +527,7 @@ class KafkaTxnBackend:
             "group.id": f"tideflow-commit-check-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
             "enable.partition.eof": False,
+            "logger": logging.getLogger("tideflow.connectors.librdkafka"),
         }
         # The true end (high watermark): a read_committed consumer would report the last stable
         # offset, which an open transaction holds back before a committed marker.
