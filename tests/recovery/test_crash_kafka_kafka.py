@@ -113,12 +113,16 @@ def test_sigkill_kafka_to_kafka_exactly_once(
     assert max(expected.values()) == 1 and len(expected) > 900
 
     out, ck = new_topic(kafka_bootstrap, partitions=3), tmp_path / "ck"
+    # 1 worker in the suite (about 100 s); TIDEFLOW_CRASH_WORKERS=2 runs the same with 2
+    workers = int(os.environ.get("TIDEFLOW_CRASH_WORKERS", "1"))
     rng = random.Random(int(os.environ.get("TIDEFLOW_CRASH_SEED", "13")))
     log = tmp_path / "stderr.log"
     kills = resumed = rolled = 0
     for _attempt in range(80):
         with open(log, "w") as err:
-            proc = subprocess.Popen(_cmd(kafka_bootstrap, inp, out, txn, ck), env=ENV, stderr=err)
+            proc = subprocess.Popen(
+                _cmd(kafka_bootstrap, inp, out, txn, ck, workers=workers), env=ENV, stderr=err
+            )
             if kills < 21:
                 if rng.random() < 0.2:
                     time.sleep(rng.uniform(0.05, 1.5))  # start-up, recovery, roll-forward
