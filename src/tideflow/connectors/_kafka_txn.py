@@ -229,12 +229,23 @@ class ExactlyOnceWriter(SinkWriter):
         if batch.height == 0:
             return
         self._check_columns(batch)
-        frame = encode_frame(batch, self._key, self._value)
+        from tideflow.connectors._kafka_sink import encode_column, encode_values
+
+        values = encode_values(batch, self._value)
+        keys = None if self._key is None else encode_column(batch.get_column(self._key))
+        frame = pl.DataFrame(
+            [
+                pl.Series("key", keys if keys is not None else [None] * len(values), pl.Binary),
+                pl.Series("value", values, pl.Binary),
+            ]
+        )
         if self._staged is not None:
             self._held.append(frame)  # belongs to the next checkpoint: wait for the commit
-        else:
-            self._produce(frame)
-            self._client.poll()
+            return
+        self._begin()
+        self._client.send(keys, values)  # from the lists at hand, not the frame
+        self._rows.append(frame)
+        self._client.poll()
 
     def _check_columns(self, batch: pl.DataFrame) -> None:
         from tideflow._errors import ConfigError
