@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from tideflow._errors import ConfigError, ConnectorError, StateError
 from tideflow.connectors._base import SinkContext
-from tideflow.connectors._kafka_txn import ExactlyOnceWriter, encode_frame, marker_key
+from tideflow.connectors._kafka_txn import ExactlyOnceWriter, marker_key
 from tideflow.connectors.kafka import sink_kafka
 
 
@@ -312,12 +312,6 @@ def test_settings_are_checked_before_data_moves() -> None:
         sink_kafka("t", bootstrap="x:1", delivery="exactly-once", commit_topic="a b")
     s = sink_kafka("t", bootstrap="x:1", delivery="exactly-once", transactional_id="pay")
     assert (s.delivery, s.transactional_id, s.commit_topic) == ("exactly-once", "pay", None)
-
-
-def test_encode_frame_keys_and_json_values() -> None:
-    f = encode_frame(pl.DataFrame({"k": ["a", None], "n": [1, 2]}), "k", "json")
-    assert f.schema == pl.Schema({"key": pl.Binary(), "value": pl.Binary()})
-    assert f.rows() == [(b"a", b'{"k":"a","n":1}'), (None, b'{"k":null,"n":2}')]
 
 
 # -- a property: crashes at any point of the protocol, output exactly once ---------------------

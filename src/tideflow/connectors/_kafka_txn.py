@@ -30,7 +30,7 @@ from tideflow._errors import ConnectorError, StateError
 from tideflow.connectors._base import SinkContext, SinkWriter
 from tideflow.connectors._kafka_config import client_config, connector_error, log_config
 
-__all__ = ["ExactlyOnceWriter", "KafkaTxnBackend", "TxnBackend", "TxnClient", "encode_frame"]
+__all__ = ["ExactlyOnceWriter", "KafkaTxnBackend", "TxnBackend", "TxnClient", "marker_key"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,24 +82,6 @@ class TxnBackend(Protocol):
         """The largest checkpoint id of the committed markers with ``key`` (None if none)."""
 
 
-def encode_frame(batch: pl.DataFrame, key: str | None, value: str) -> pl.DataFrame:
-    """The message keys and values of a batch as a ``Binary`` frame (``key``, ``value``).
-
-    Examples
-    --------
-    >>> encode_frame(pl.DataFrame({"k": ["a"], "n": [1]}), "k", "json").rows()
-    [(b'a', b'{"k":"a","n":1}')]
-    """
-    from tideflow.connectors._kafka_sink import encode_column, encode_values
-
-    values = pl.Series("value", encode_values(batch, value), dtype=pl.Binary)
-    if key is None:
-        keys = pl.Series("key", [None] * batch.height, dtype=pl.Binary)
-    else:
-        keys = pl.Series("key", encode_column(batch.get_column(key)), dtype=pl.Binary)
-    return pl.DataFrame([keys, values])
-
-
 def _ipc(frame: pl.DataFrame) -> bytes:
     buf = io.BytesIO()
     frame.write_ipc(buf, compression="lz4")
@@ -107,7 +89,13 @@ def _ipc(frame: pl.DataFrame) -> bytes:
 
 
 def marker_key(txn_id: str, token: str) -> bytes:
-    """Key of the commit markers of one transactional id in one job lineage."""
+    """Key of the commit markers of one transactional id in one job lineage.
+
+    Examples
+    --------
+    >>> marker_key("tideflow-job.write-0", "5f1c")
+    b'tideflow-job.write-0/5f1c'
+    """
     return f"{txn_id}/{token}".encode()
 
 
