@@ -254,9 +254,13 @@ def test_rescaling_up_each_worker_takes_its_own_entry() -> None:
     assert out(b) == [1]
 
 
-def test_without_checkpoints_records_are_not_kept_and_the_end_commits() -> None:
+def test_without_checkpoints_records_are_not_kept_and_the_end_commits(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     b = Broker()
-    w = writer(FakeBackend(b), keep=False)
+    with caplog.at_level(logging.WARNING, logger="tideflow.connectors._kafka_txn"):
+        w = writer(FakeBackend(b), keep=False)
+    assert "committed only when a bounded input ends" in caplog.text
     w.write(rows(1, 2))
     w.close()  # end of input: still open, the runtime's pre_commit(0)/commit(0) follows
     assert out(b) == []

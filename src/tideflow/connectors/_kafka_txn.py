@@ -133,6 +133,13 @@ class ExactlyOnceWriter(SinkWriter):
         self._closed = False
         self._released = False
         self.delivered = 0  # records committed by this writer
+        if not keep_records:
+            logger.warning(
+                "step %r: delivery='exactly-once' without checkpoints: the output is committed "
+                "only when a bounded input ends (within transaction.timeout.ms); pass "
+                "checkpoint_dir= to commit with every checkpoint",
+                self._step,
+            )
         entries = _entries(ctx)
         own = entries.get(self._me)
         self._token = str(own["token"]) if own is not None else uuid.uuid4().hex
