@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import tempfile
 import time
 import uuid
@@ -86,6 +87,19 @@ def count_committed(bootstrap: str, topic: str) -> int:
     return n
 
 
+class _Durations(logging.Handler):
+    """Collects the durations the runtime logs for each checkpoint."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds: list[float] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        m = re.search(r"checkpoint \d+ written to .* in ([0-9.]+) s", record.getMessage())
+        if m:
+            self.seconds.append(float(m.group(1)))
+
+
 def one(a: argparse.Namespace, delivery: str, interval: float | None) -> dict[str, Any]:
     topic = new_topic(a.bootstrap, a.partitions)
     kw: dict[str, Any] = {}
@@ -94,8 +108,15 @@ def one(a: argparse.Namespace, delivery: str, interval: float | None) -> dict[st
         ck = Path(tempfile.mkdtemp(prefix="kbench-ck-"))
         kw = {"checkpoint_dir": ck, "checkpoint_interval": timedelta(seconds=interval)}
     flow = make_flow(a.rows, topic, a.bootstrap, delivery, f"bench-{uuid.uuid4().hex[:8]}")
+    durations = _Durations()
+    runtime_log = logging.getLogger("tideflow.runtime")
+    runtime_log.addHandler(durations)
+    runtime_log.setLevel(logging.INFO)
     t, cpu = time.perf_counter(), time.process_time()
-    result = tf.run(flow, **kw)
+    try:
+        result = tf.run(flow, **kw)
+    finally:
+        runtime_log.removeHandler(durations)
     secs, cpu = time.perf_counter() - t, time.process_time() - cpu
     assert result.completed
     out: dict[str, Any] = {
@@ -110,6 +131,8 @@ def one(a: argparse.Namespace, delivery: str, interval: float | None) -> dict[st
     }
     if ck is not None:
         sizes = [sum(f.stat().st_size for f in d.iterdir()) for d in ck.glob("chk-*") if d.is_dir()]
+        out["checkpoints"] = len(durations.seconds)
+        out["checkpoint_seconds_max"] = max(durations.seconds, default=None)
         out["checkpoints_kept"] = len(sizes)
         out["largest_checkpoint_bytes"] = max(sizes, default=0)
     return out
