@@ -295,6 +295,26 @@ def test_damaged_newer_checkpoint_is_reported(caplog: pytest.LogCaptureFixture) 
     assert "will appear twice" in caplog.text
 
 
+def test_restoring_an_old_savepoint_then_crashing_rolls_forward() -> None:
+    """After a restore of checkpoint 5 from a job that went on to 9, the restored job's new
+    checkpoint 6 is not mistaken for the old job's committed 6..9."""
+    b = Broker()
+    backend = FakeBackend(b)
+    w = writer(backend)
+    w.write(rows(1))
+    savepoint = w.pre_commit(5)
+    w.commit(5)
+    for c in range(6, 10):
+        w.write(rows(c))
+        w.pre_commit(c)
+        w.commit(c)
+    restored = writer(backend, savepoint)  # 6..9 are already visible: they will come twice
+    restored.write(rows(100))
+    snap = restored.pre_commit(6)  # ids go on after the savepoint's; dies before the commit
+    writer(backend, snap)
+    assert out(b) == [1, 6, 7, 8, 9, 100]
+
+
 def test_unknown_snapshot_version() -> None:
     snap = {"w0000": {"version": 99, "rows": 1, "checkpoint": 1, "txn": "x", "token": "t"}}
     with pytest.raises(StateError, match="version 99"):

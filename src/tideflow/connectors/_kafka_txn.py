@@ -3,7 +3,8 @@
 A Kafka transaction cannot be resumed by another producer: a new producer with the same
 ``transactional.id`` aborts whatever the old one left open. So the writer keeps, in its
 checkpointed state, every record of the transaction a checkpoint *pre-commits*, and writes a
-*commit marker* (key ``<transactional id>/<lineage token>``, value the checkpoint id) into a
+*commit marker* (key ``<transactional id>/<token>``, a token new at every start; value the
+checkpoint id) into a
 small compacted commit topic inside the same transaction. The marker becomes visible exactly when
 the transaction commits. On recovery from checkpoint K the writer fences the old producer
 (``init_transactions``), reads the commit topic with ``read_committed`` and, when no marker of
@@ -89,7 +90,7 @@ def _ipc(frame: pl.DataFrame) -> bytes:
 
 
 def marker_key(txn_id: str, token: str) -> bytes:
-    """Key of the commit markers of one transactional id in one job lineage.
+    """Key of the commit markers of one transactional id in one run of the writer.
 
     Examples
     --------
@@ -141,8 +142,10 @@ class ExactlyOnceWriter(SinkWriter):
                 self._step,
             )
         entries = _entries(ctx)
-        own = entries.get(self._me)
-        self._token = str(own["token"]) if own is not None else uuid.uuid4().hex
+        # A new token for every start: within one process checkpoint ids only grow, so "a
+        # marker of this token with an id >= K" proves K committed. Restores of an older
+        # checkpoint or savepoint (whose ids may repeat ones used after it) never mix with it.
+        self._token = uuid.uuid4().hex
         backend.prepare()
         self._client: TxnClient = backend.client(self._txn_id)
         self._client.init()
@@ -170,8 +173,8 @@ class ExactlyOnceWriter(SinkWriter):
                 if last > cid:
                     logger.warning(
                         "step %r: Kafka transactions of checkpoint %d already committed, but the "
-                        "job resumes from checkpoint %d (a newer one was damaged): records "
-                        "written between the two will appear twice in the output",
+                        "job resumes from checkpoint %d (a savepoint, or the newer checkpoint was "
+                        "damaged): records written between the two will appear twice in the output",
                         self._step,
                         last,
                         cid,
