@@ -4,9 +4,8 @@ A Kafka transaction cannot be resumed by another producer: a new producer with t
 ``transactional.id`` aborts whatever the old one left open. So the writer keeps, in its
 checkpointed state, every record of the transaction a checkpoint *pre-commits*, and writes a
 *commit marker* (key ``<transactional id>/<token>``, a token new at every start; value the
-checkpoint id) into a
-small compacted commit topic inside the same transaction. The marker becomes visible exactly when
-the transaction commits. On recovery from checkpoint K the writer fences the old producer
+checkpoint id) into a small compacted commit topic inside the same transaction. The marker
+becomes visible exactly when the transaction commits. On recovery from checkpoint K the writer fences the old producer
 (``init_transactions``), reads the commit topic with ``read_committed`` and, when no marker of
 K (or later) is there, produces K's records again in a new transaction with the marker.
 
