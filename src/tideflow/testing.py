@@ -165,12 +165,13 @@ class _TestingReader(SourceReader):
             return None
         item = self.batches[self.pos]
         self.pos += 1
-        if item is PAUSE:
+        # Markers are compared by value: a worker process holds unpickled copies.
+        if isinstance(item, _Marker) and item.name == PAUSE.name:
             return None
         if isinstance(item, _Advance):
             item.clock.advance(item.seconds)
             return None
-        if item is ABORT:
+        if isinstance(item, _Marker) and item.name == ABORT.name:
             raise TestingAbort("TestingSource reached an ABORT marker")
         assert isinstance(item, pl.DataFrame)
         return SourceBatch(item)

@@ -22,9 +22,18 @@ from tideflow.ml import (
     tree,
 )
 from tideflow.ml._base import from_snapshot, load
-from tideflow.ml._operators import evaluate, learn, predict
+from tideflow.ml._operators import (
+    Labeled,
+    evaluate,
+    join_labels,
+    learn,
+    model_from_checkpoint,
+    predict,
+)
+from tideflow.ml._runtime import keyed_models
 
 __all__ = [
+    "Labeled",
     "anomaly",
     "base",
     "cluster",
@@ -34,10 +43,13 @@ __all__ = [
     "evaluate",
     "forest",
     "from_snapshot",
+    "join_labels",
+    "keyed_models",
     "learn",
     "linear_model",
     "load",
     "metrics",
+    "model_from_checkpoint",
     "neighbors",
     "optim",
     "predict",

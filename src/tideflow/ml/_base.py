@@ -340,6 +340,30 @@ def _hashable(k: Any) -> Any:
     return tuple(_hashable(i) for i in k) if isinstance(k, list) else k
 
 
+def pack(value: Any) -> bytes:
+    """Encode plain data with NumPy arrays (a snapshot, or lists/dicts of them) as ``.npz`` bytes.
+
+    The same safe format as :meth:`Estimator.save` (JSON metadata plus raw arrays, no pickle),
+    without compression: this is what pipeline checkpoints store for a model.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    meta = _to_json(value, arrays)
+    blob = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, __meta__=blob, **arrays)  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+def unpack(data: bytes) -> Any:
+    """Decode what :func:`pack` wrote (arrays are read with ``allow_pickle=False``)."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            return _from_json(json.loads(bytes(npz["__meta__"]).decode()), npz)
+    except (OSError, ValueError, KeyError) as e:
+        msg = f"cannot decode a tideflow.ml model state: {e}"
+        raise StateError(msg) from e
+
+
 def load(path: str | os.PathLike[str]) -> Any:
     """Load a model saved with :meth:`Estimator.save` (no pickle is ever read)."""
     try:

@@ -72,7 +72,10 @@ class _Linear(Estimator):
 
     def _set_lin_state(self, state: dict[str, Any]) -> None:
         self._fs = FeatureSpace(state["features"])
-        self._W = np.asarray(state["W"], dtype=float).reshape(-1, len(self._fs))
+        W = np.asarray(state["W"], dtype=float)
+        n = len(self._fs)
+        # An untrained model has no features: keep the (rows, 0) shape reshape cannot infer.
+        self._W = W.reshape(-1, n) if n else W.reshape(W.shape[0] if W.ndim == 2 else 0, 0)
         self._b = np.asarray(state["b"], dtype=float)
 
     @property
@@ -202,7 +205,7 @@ class _LinearClassifier(_Linear, Classifier):
     def _set_state(self, state: dict[str, Any]) -> None:
         self._set_lin_state(state)
         self._ls = LabelSpace(state["classes"])
-        self._W = self._W.reshape(len(self._b), -1)
+        self._W = self._W.reshape(len(self._b), self._W.size // max(len(self._b), 1))
 
 
 class _SGDClassifier(_LinearClassifier):

@@ -478,6 +478,10 @@ def build_operator(
         return StatefulMapOperator(node, ctx)
     if kind == "keyed_transform":
         return TransformOperator(node, ctx)
+    if kind == "custom":
+        # A step defined outside the engine (tideflow.ml): its settings build the operator.
+        built: Operator = node.spec.build(node, ctx)
+        return built
     if kind == "sink":
         return SinkOperator(node, ctx, resume)
     if kind == "dead_union":

@@ -87,10 +87,19 @@ def _keys(node: Any) -> list[str]:
 
 
 def _rescale(
-    step: str, kind: str, keys: list[str], snaps: list[dict[str, Any]], w: int, n: int
+    step: str,
+    kind: str,
+    keys: list[str],
+    snaps: list[dict[str, Any]],
+    w: int,
+    n: int,
+    spec: Any = None,
 ) -> dict[str, Any]:
     """Redistribute keyed state written by other workers to worker ``w`` of ``n``."""
     first = snaps[0]
+    if kind == "custom":
+        rescaled: dict[str, Any] = spec.rescale(snaps, w, n)
+        return rescaled
     if kind in _JOINS:
         if first.get("version") == 1:  # a summary without state (older tideflow)
             return first
@@ -148,5 +157,5 @@ def resume_for(
             if step in cp.parts[worker]:
                 out[step] = cp.parts[worker][step]
         else:
-            out[step] = _rescale(step, node.kind, _keys(node), snaps, worker, count)
+            out[step] = _rescale(step, node.kind, _keys(node), snaps, worker, count, node.spec)
     return out
