@@ -184,6 +184,33 @@ def test_per_key_models_resume_and_are_redistributed(
         np.testing.assert_allclose(models[k].steps[1]._W, m.steps[1]._W, rtol=1e-12)
 
 
+def test_per_key_models_two_workers_abort_and_resume(tmp_path: Path) -> None:
+    rows = _rows(3000, seed=6, keys=4)
+    ref_out = CollectSink()
+    _run(_flow("ml_crash2", rows, MODELS["pipeline"](), ref_out, key="k"))
+    reference = _predictions(ref_out)
+
+    # Pauses before the abort give the (slowly starting) workers time to checkpoint.
+    ck, crashed = tmp_path / "ck", CollectSink()
+    with pytest.raises(tf.JobError, match="ABORT"):
+        _run(
+            _flow("ml_crash2", _items(rows, 1600, ABORT, 800), MODELS["pipeline"](), crashed, "k"),
+            workers=2,
+            checkpoint_dir=ck,
+            checkpoint_interval=timedelta(milliseconds=20),
+        )
+    cp = CheckpointStore(ck).latest()
+    assert cp is not None and cp.workers == 2
+    assert cp.parts[0]["ml_crash2.source"]["w0of2"] > 0
+    resumed = CollectSink()
+    _run(
+        _flow("ml_crash2", _items(rows, 1600, PAUSE, 800), MODELS["pipeline"](), resumed, "k"),
+        workers=2,
+        checkpoint_dir=ck,
+    )
+    assert _predictions(crashed, resumed) == reference
+
+
 def test_a_model_shared_by_steps_needs_one_key_and_no_replicas() -> None:
     model = lm.LogisticRegression()
     flow = tf.Dataflow("ml_conf")
