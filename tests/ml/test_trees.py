@@ -163,3 +163,28 @@ def test_regressor_learn_one_matches_one_row_batches() -> None:
     np.testing.assert_allclose(
         a.predict_many(X[:200]), b.predict_many(X[:200]), rtol=1e-7, atol=1e-7
     )
+
+
+def test_adaptive_tree_alternate_branches_vote_in_both_paths() -> None:
+    stream_ = synth.ConceptDriftStream(
+        synth.Agrawal(classification_function=0, seed=1),
+        synth.Agrawal(classification_function=5, seed=2),
+        position=3000,
+        width=10,
+        seed=3,
+    )
+    X, y = stream_.arrays(6000)
+    hat = tree.HoeffdingAdaptiveTreeClassifier(seed=1)
+    with_alt = 0
+    for i in range(0, 6000, 100):
+        alts: list[object] = []
+        hat._path_with_alternates(hat._root, X[i], alts)
+        if alts:  # an alternate branch is growing: its leaf votes too
+            with_alt += 1
+            batch = hat.predict_proba_many(X[i : i + 100])
+            one = np.asarray(
+                [list(hat.predict_proba_one(dict(enumerate(r))).values()) for r in X[i : i + 100]]
+            )
+            np.testing.assert_allclose(one, batch, rtol=1e-9, atol=1e-12)
+        hat.learn_many(X[i : i + 100], y[i : i + 100])
+    assert with_alt > 0

@@ -97,6 +97,68 @@ class HoeffdingAdaptiveTreeClassifier(HoeffdingTreeClassifier):
             node.ext = {"adwin": ADWIN(delta=self.adwin_delta), "alt": None}
         return node.ext  # type: ignore[no-any-return]
 
+    # -- prediction ---------------------------------------------------------------------------
+    # A record reaches one leaf of the main tree and, below every split on its path that grows
+    # an alternate branch, a leaf of that branch too. As in the published HAT (and MOA), the
+    # prediction is the sum of those leaves' class distributions, each weighted by
+    # 1 / error^2 with its node's current error estimate: while an alternate branch learns
+    # a new concept, it already votes, with more weight as it becomes more accurate than the
+    # branch it may replace.
+    def _vote_weight(self, node: Any) -> float:
+        ext = node.ext
+        if ext is None:
+            return 1.0
+        e = float(ext["adwin"].estimation)
+        return 1.0 / (e * e) if e > 0.0 else 1.0  # no error seen (yet): an unscaled vote
+
+    def _path_with_alternates(self, start: Any, row: np.ndarray, out: list[Any]) -> Any:
+        """Append the alternate branches' leaves for ``row`` below ``start``; return the leaf."""
+        node = start
+        while isinstance(node, Split):
+            if node.ext is not None and node.ext["alt"] is not None:
+                alt_leaf = self._path_with_alternates(node.ext["alt"], row, out)
+                out.append(alt_leaf)
+            v = row[node.feature] if node.feature < len(row) else math.nan
+            child = node.child_of(v)
+            if child is None:
+                break
+            node = child
+        return node
+
+    def _proba_row(self, row: np.ndarray) -> np.ndarray:
+        alts: list[Any] = []
+        leaf = self._path_with_alternates(self._root, row, alts)
+        if not alts:
+            return super()._proba_row(row)
+        k = len(self._ls)
+        total = np.zeros(k)
+        for node in [*alts, leaf]:  # the main leaf last: it keeps the naive Bayes memo
+            P = self._proba_leaf_row(node, row)
+            total[: len(P)] += P * self._vote_weight(node)
+        s = total.sum()
+        return total / s if s > 0 else np.full(k, 1.0 / max(k, 1))
+
+    def _proba_matrix(self, M: np.ndarray) -> np.ndarray:
+        k = len(self._ls)
+        out = np.zeros((M.shape[0], k))
+        if k:
+            self._add_votes(self._root, M, np.arange(M.shape[0]), out)
+            s = out.sum(axis=1, keepdims=True)
+            out = np.where(s > 0, out / np.where(s > 0, s, 1.0), 1.0 / k)
+        return out
+
+    def _add_votes(self, start: Any, M: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
+        alts: list[tuple[Any, np.ndarray]] = []
+
+        def visit(node: Any, idx: np.ndarray) -> None:
+            if node.ext is not None and node.ext["alt"] is not None:
+                alts.append((node.ext["alt"], idx))
+
+        for node, idx in self._route(M, start=start, rows=rows, visit=visit):
+            out[idx] += self._leaf_proba(node, M[idx]) * self._vote_weight(node)
+        for alt, idx in alts:
+            self._add_votes(alt, M, idx, out)
+
     # -- learning -----------------------------------------------------------------------------
     def learn_one(self, x: dict[Hashable, Any], y: Any, w: float = 1.0) -> None:
         """Update the tree (and any alternate branches) with one record."""

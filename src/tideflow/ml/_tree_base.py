@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 import numpy as np
@@ -176,14 +176,29 @@ class TreeBase(Estimator):
             parent, node = node, child
         return node, parent
 
-    def _route(self, M: np.ndarray, grow: bool = False) -> list[tuple[Any, np.ndarray]]:
-        """Rows of ``M`` grouped by the node they end in (a leaf, or a split for unseen values)."""
+    def _route(
+        self,
+        M: np.ndarray,
+        grow: bool = False,
+        *,
+        start: Any = None,
+        rows: np.ndarray | None = None,
+        visit: Callable[[Any, np.ndarray], None] | None = None,
+    ) -> list[tuple[Any, np.ndarray]]:
+        """Rows of ``M`` grouped by the node they end in (a leaf, or a split for unseen values).
+
+        ``start`` and ``rows``: route only those rows from that node (default: all, from the
+        root); ``visit(node, rows)`` is called for every split node passed.
+        """
         out: list[tuple[Any, np.ndarray]] = []
-        stack = [(self._root, np.arange(M.shape[0]))]
+        first = self._root if start is None else start
+        stack = [(first, np.arange(M.shape[0]) if rows is None else rows)]
         while stack:
             node, idx = stack.pop()
             if not len(idx):
                 continue
+            if visit is not None and isinstance(node, Split):
+                visit(node, idx)
             if not isinstance(node, Split):
                 out.append((node, idx))
                 continue
