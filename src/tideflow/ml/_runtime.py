@@ -24,6 +24,7 @@ import polars as pl
 from tideflow._errors import StateError
 from tideflow.api._graph import Node
 from tideflow.ml._base import from_snapshot, pack, unpack
+from tideflow.ml._data import Cols, as_cols
 from tideflow.runtime._operators import OpContext, Operator
 from tideflow.state._resume import _own_share
 
@@ -86,7 +87,7 @@ def _read_ipc(data: bytes | None) -> pl.DataFrame | None:
     return pl.read_ipc(io.BytesIO(data))
 
 
-def _outputs(model: Any, X: pl.DataFrame) -> np.ndarray:
+def _outputs(model: Any, X: Any) -> np.ndarray:
     """Predictions, or anomaly scores for models that only score."""
     final = getattr(model, "_final", model)
     if not hasattr(model, "predict_many") or (
@@ -195,17 +196,16 @@ class ModelOperator(Operator):
                 self.models[key] = model
         return model
 
-    def _learn(self, model: Any, df: pl.DataFrame) -> None:
-        X = self._X(df)
-        if self.spec.target is None:
+    def _learn(self, model: Any, X: Any, y: np.ndarray | None) -> None:
+        if y is None:
             model.learn_many(X)
         else:
-            model.learn_many(X, df[self.spec.target].to_numpy())
+            model.learn_many(X, y)
 
-    def _evaluate(self, model: Any, metric: Any, df: pl.DataFrame) -> None:
-        X = self._X(df)
-        assert self.spec.target is not None
-        y = df[self.spec.target].to_numpy()
+    def _y(self, df: pl.DataFrame) -> np.ndarray | None:
+        return None if self.spec.target is None else df[self.spec.target].to_numpy()
+
+    def _evaluate(self, model: Any, metric: Any, X: Any, y: np.ndarray) -> None:
         pred = _outputs(model, X)
         ok = np.asarray([p is not None for p in pred.tolist()]) if pred.dtype == object else None
         if ok is None or ok.all():
@@ -214,11 +214,25 @@ class ModelOperator(Operator):
             metric.update_many(y[ok], pred[ok])
         model.learn_many(X, y)
 
-    def _groups(self, df: pl.DataFrame) -> list[tuple[Any, pl.DataFrame]]:
+    def _groups(self, df: pl.DataFrame) -> tuple[Cols, list[tuple[Any, np.ndarray]]]:
+        """The batch's features converted once, and each key's row positions (in order)."""
         assert self.keys is not None
-        parts = df.partition_by(self.keys, maintain_order=True, as_dict=True)
+        X = as_cols(self._X(df))
+        rows = (
+            df.select(self.keys)
+            .with_row_index("__i")
+            .group_by(self.keys, maintain_order=True)
+            .agg(pl.col("__i"))
+        )
         single = len(self.keys) == 1
-        return [(k[0] if single else k, part) for k, part in parts.items()]
+        out = []
+        for *key, idx in rows.iter_rows():
+            out.append((key[0] if single else tuple(key), np.asarray(idx, dtype=np.int64)))
+        return X, out
+
+    @staticmethod
+    def _take(X: Cols, idx: np.ndarray) -> Cols:
+        return Cols(X.names, [c[idx] for c in X.cols], len(idx))
 
     # -- data ------------------------------------------------------------------------------
     def on_batch(self, index: int, batch: pl.DataFrame) -> None:
@@ -232,12 +246,13 @@ class ModelOperator(Operator):
                 values = _outputs(model, self._X(batch))
                 self.ctx.emit(batch.with_columns(pl.Series(self.spec.output, values.tolist())))
             elif mode == "learn":
-                self._learn(model, batch)
+                self._learn(model, self._X(batch), self._y(batch))
                 self.ctx.emit(batch)
             else:
-                self._evaluate(model, self.metric, batch)
+                y = self._y(batch)
+                assert y is not None and self.metric is not None
+                self._evaluate(model, self.metric, self._X(batch), y)
                 self.seen += batch.height
-                assert self.metric is not None
                 self.ctx.emit(
                     pl.DataFrame(
                         {
@@ -249,26 +264,30 @@ class ModelOperator(Operator):
                     )
                 )
             return
+        X, groups = self._groups(batch)
+        y = self._y(batch)
         if mode == "predict":
-            outs = []
-            for key, part in self._groups(batch.with_row_index("__row")):
-                values = _outputs(self._key_model(key, create=False), self._X(part))
-                outs.append(part.with_columns(pl.Series(self.spec.output, values.tolist())))
-            out = pl.concat(outs, how="vertical_relaxed").sort("__row").drop("__row")
-            self.ctx.emit(out)
+            out = np.empty(batch.height, dtype=object)
+            for key, idx in groups:
+                values = _outputs(self._key_model(key, create=False), self._take(X, idx))
+                out[idx] = values.tolist()
+            self.ctx.emit(batch.with_columns(pl.Series(self.spec.output, out.tolist())))
         elif mode == "learn":
-            for key, part in self._groups(batch):
-                self._learn(self._key_model(key, create=True), part)
+            for key, idx in groups:
+                model = self._key_model(key, create=True)
+                self._learn(model, self._take(X, idx), None if y is None else y[idx])
             self.ctx.emit(batch)
         else:
+            assert y is not None
             rows: list[tuple[Any, ...]] = []
-            for key, part in self._groups(batch):
+            for key, idx in groups:
                 metric = self.metrics.get(key)
                 if metric is None:
                     assert self.spec.metric is not None
                     metric = self.metrics[key] = self.spec.metric.clone()
-                self._evaluate(self._key_model(key, create=True), metric, part)
-                n = self.seen_by_key.get(key, 0) + part.height
+                model = self._key_model(key, create=True)
+                self._evaluate(model, metric, self._take(X, idx), y[idx])
+                n = self.seen_by_key.get(key, 0) + len(idx)
                 self.seen_by_key[key] = n
                 kv = key if isinstance(key, tuple) else (key,)
                 rows.append((*kv, n, self.spec.label, float(metric.get())))
