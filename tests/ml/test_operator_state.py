@@ -83,6 +83,8 @@ MODELS: dict[str, Callable[[], Any]] = {
 def test_model_restored_mid_stream_predicts_like_an_uninterrupted_run(
     kind: str, tmp_path: Path
 ) -> None:
+    # One worker: with several, a global model gets the workers' batches in arrival order,
+    # which differs from run to run (the per-key tests below cover several workers).
     rows = _rows(3000, seed=1)
     ref_out = CollectSink()
     _run(_flow("ml_state", _items(rows, 1700, PAUSE), MODELS[kind](), ref_out))
@@ -264,3 +266,20 @@ def test_per_key_models_see_exactly_their_keys_rows(tmp_path: Path) -> None:
     res = out.frame()
     # Each key is predicted before it learns anything in the first batch that reaches it.
     assert res.height == n and res["p"].null_count() == batch
+
+
+def test_replicated_model_predicts_on_every_worker() -> None:
+    rows = _rows(2000, seed=8)
+    model = MODELS["pipeline"]()
+    X = {c: np.asarray([r[c] for r in rows]) for c in FEATURES}
+    model.learn_many(X, np.asarray([r["label"] for r in rows]))
+    expected = model.predict_many(X).tolist()
+    flow = tf.Dataflow("ml_rep")
+    out = CollectSink()
+    src = flow.source(TestingSource(rows, batch_size=BATCH))
+    predict(src, model, features=FEATURES, output="pred", replicate=True).sink(out)
+    assert [n.kind for n in flow.nodes] == ["source", "custom", "sink"]  # no gathering
+    result = _run(flow, workers=2)
+    assert result.workers == 2
+    got = dict(out.frame().select("id", "pred").iter_rows())
+    assert [got[i] for i in range(2000)] == expected
