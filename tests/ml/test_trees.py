@@ -188,3 +188,26 @@ def test_adaptive_tree_alternate_branches_vote_in_both_paths() -> None:
             np.testing.assert_allclose(one, batch, rtol=1e-9, atol=1e-12)
         hat.learn_many(X[i : i + 100], y[i : i + 100])
     assert with_alt > 0
+
+
+def test_tree_regrows_after_an_abrupt_concept_change() -> None:
+    # Near-pure leaves restart their estimators and "no split" never wins against the
+    # attributes (River's rules): after the change the tree re-splits on recent records.
+    # Before these rules, accuracy over the last 8,000 records here was 0.844 (River: 0.867).
+    stream_ = synth.ConceptDriftStream(
+        synth.Agrawal(classification_function=0, seed=1),
+        synth.Agrawal(classification_function=5, seed=2),
+        position=10_000,
+        width=1_000,
+        seed=3,
+    )
+    X, y = stream_.arrays(20_000)
+    ht = tree.HoeffdingTreeClassifier()
+    hits = []
+    for i in range(20_000):
+        x = dict(enumerate(X[i].tolist()))
+        hits.append(ht.predict_one(x) == y[i])
+        ht.learn_one(x, y[i])
+    assert np.mean(hits[12_000:]) > 0.86
+    with pytest.raises(ConfigError, match="max_share_to_split"):
+        tree.HoeffdingTreeClassifier(max_share_to_split=1.5)

@@ -41,6 +41,8 @@ class HoeffdingAdaptiveTreeClassifier(HoeffdingTreeClassifier):
     bootstrap_sampling
         Multiply each record's weight at the leaf by a Poisson(1) draw when it is positive
         (River's default behaviour).
+    max_share_to_split
+        See :class:`HoeffdingTreeClassifier`.
 
     Examples
     --------
@@ -72,6 +74,7 @@ class HoeffdingAdaptiveTreeClassifier(HoeffdingTreeClassifier):
         adwin_delta: float = 0.002,
         bootstrap_sampling: bool = True,
         seed: int | None = None,
+        max_share_to_split: float = 0.99,
     ) -> None:
         super().__init__(
             grace_period,
@@ -85,6 +88,7 @@ class HoeffdingAdaptiveTreeClassifier(HoeffdingTreeClassifier):
             min_branch_fraction,
             None,
             seed,
+            max_share_to_split=max_share_to_split,
         )
         self.drift_window_threshold = drift_window_threshold
         self.switch_significance = switch_significance

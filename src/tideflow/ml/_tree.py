@@ -4,8 +4,12 @@ A leaf accumulates class weights and, per numeric feature and class, a weighted 
 estimator (count, mean, M2, min, max); per nominal feature, a value x class count table. Every
 ``grace_period`` weight it evaluates candidate splits by information gain (numeric thresholds:
 ``n_splits`` points between the observed min and max, class weights on each side from the
-Gaussian CDFs) and splits when the best candidate beats the second best (or no split) by more
-than the Hoeffding bound, or the bound falls below the tie threshold ``tau``. Leaves predict by
+Gaussian CDFs) and splits when the best candidate beats the second best by more than the
+Hoeffding bound, or the bound falls below the tie threshold ``tau`` ("no split" is not a
+candidate, as in River). A leaf whose majority class holds more than ``max_share_to_split`` of
+its weight is not split; its estimators restart instead, so that they follow recent records
+(after a concept change, the gains of all candidates may be negative against the leaf's whole
+history: the best still wins over the second best). Leaves predict by
 majority class, naive Bayes, or whichever of the two has been more accurate at that leaf
 (``"nba"``, the default, as in River).
 
@@ -24,6 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from tideflow._errors import ConfigError
 from tideflow.ml._base import Classifier, _check_choice, _check_positive
 from tideflow.ml._data import LabelSpace, as_labels, plain_label
 from tideflow.ml._tree_base import Split, TreeBase, hoeffding_bound
@@ -122,6 +127,11 @@ class HoeffdingTreeClassifier(TreeBase, Classifier):
         Used by the adaptive random forest.
     seed
         Seed of the feature subsets.
+    max_share_to_split
+        A leaf whose majority class holds more than this share of its weight is not split;
+        instead its split estimators restart (as in River, where such a leaf is deactivated
+        and reactivated empty), so that they describe recent records: after a concept change
+        such leaves find new splits quickly.
 
     Examples
     --------
@@ -148,6 +158,7 @@ class HoeffdingTreeClassifier(TreeBase, Classifier):
         min_branch_fraction: float = 0.01,
         max_features: int | None = None,
         seed: int | None = None,
+        max_share_to_split: float = 0.99,
     ) -> None:
         name = type(self).__name__
         _check_positive(name, "grace_period", grace_period)
@@ -166,6 +177,10 @@ class HoeffdingTreeClassifier(TreeBase, Classifier):
         self.min_branch_fraction = min_branch_fraction
         self.max_features = max_features
         self.seed = seed
+        if not 0.0 < max_share_to_split <= 1.0:
+            msg = f"{name}: max_share_to_split must be in (0, 1], got {max_share_to_split!r}"
+            raise ConfigError(msg)
+        self.max_share_to_split = max_share_to_split
         self._init_base()
         self._ls = LabelSpace()
         self._root = self._new_leaf(None, 0)
@@ -455,19 +470,26 @@ class HoeffdingTreeClassifier(TreeBase, Classifier):
         dist = leaf.dist[:k]
         if (dist > 0).sum() < 2:
             return
+        if dist.max() > self.max_share_to_split * dist.sum():
+            # One class dominates: no split; the estimators restart so that they describe
+            # recent records (River deactivates such a leaf and reactivates it empty).
+            _reset_estimators(leaf)
+            return
         cands = self._candidates(leaf, dist)
         eps = hoeffding_bound(math.log2(max(int((dist > 0).sum()), 2)), self.delta, leaf.weight)
         cands.sort(key=lambda c: c[0], reverse=True)
         top = cands[0][0] if cands else -math.inf
-        if top <= 0.0:
-            # "no split" is the best candidate: when it wins clearly, the leaf's estimators
-            # describe data no split can use; start them afresh so that the leaf can react
-            # to a change (River gets a similar effect by deactivating such a leaf and
-            # reactivating it with empty estimators after the next split in the tree)
-            if -top > eps or eps < self.tau:
+        if not math.isfinite(top):
+            # No usable split (every candidate leaves a branch too small): restart the
+            # estimators once the bound says enough was seen.
+            if eps < self.tau:
                 _reset_estimators(leaf)
             return
-        second = max(cands[1][0], 0.0) if len(cands) > 1 else 0.0
+        # The best attribute against the second best; "no split" is not a candidate (as in
+        # River, whose null split has merit -inf). The gains are measured against the leaf's
+        # whole class history while the estimators may hold only recent records, so after a
+        # concept change they can all be negative: the difference still ranks the attributes.
+        second = cands[1][0] if len(cands) > 1 else -math.inf
         if top - second > eps or eps < self.tau:
             self._split(leaf, cands[0])
 
