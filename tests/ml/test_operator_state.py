@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 
 import tideflow as tf
+from tideflow.connectors._base import SourceBatch, SourceContext, SourceReader
 from tideflow.ml import (
     anomaly,
     keyed_models,
@@ -186,27 +187,65 @@ def test_per_key_models_resume_and_are_redistributed(
         np.testing.assert_allclose(models[k].steps[1]._W, m.steps[1]._W, rtol=1e-12)
 
 
+class _AbortAfterCheckpoints(TestingSource):
+    """A TestingSource whose ABORT waits until two checkpoints are complete in ``ck``.
+
+    Worker processes start slowly; without the wait, a worker may reach the abort before the
+    first checkpoint.
+    """
+
+    def __init__(self, items: list[Any], ck: Path, **kw: Any) -> None:
+        super().__init__(items, **kw)
+        self.ck = ck
+
+    def build(self, ctx: SourceContext) -> SourceReader:
+        return _Gate(super().build(ctx), self.ck)
+
+
+class _Gate(SourceReader):
+    def __init__(self, inner: Any, ck: Path) -> None:
+        self.inner = inner
+        self.ck = ck
+
+    def poll(self) -> SourceBatch | None:
+        i = self.inner
+        at_abort = i.pos < len(i.batches) and getattr(i.batches[i.pos], "name", "") == "abort"
+        if at_abort and len(list(self.ck.glob("chk-*"))) < 2:
+            return None
+        got: SourceBatch | None = i.poll()
+        return got
+
+    @property
+    def finished(self) -> bool:
+        done: bool = self.inner.finished
+        return done
+
+    def snapshot(self) -> dict[str, Any]:
+        snap: dict[str, Any] = self.inner.snapshot()
+        return snap
+
+
 def test_per_key_models_two_workers_abort_and_resume(tmp_path: Path) -> None:
     rows = _rows(3000, seed=6, keys=4)
     ref_out = CollectSink()
     _run(_flow("ml_crash2", rows, MODELS["pipeline"](), ref_out, key="k"))
     reference = _predictions(ref_out)
 
-    # Pauses before the abort give the (slowly starting) workers time to checkpoint.
     ck, crashed = tmp_path / "ck", CollectSink()
+    flow = tf.Dataflow("ml_crash2")
+    gated = _AbortAfterCheckpoints(_items(rows, 1600, ABORT), ck, batch_size=BATCH)
+    src = flow.source(gated)
+    model = MODELS["pipeline"]()
+    scored = predict(src, model, features=FEATURES, key="k", output="pred")
+    learn(scored, model, target="label", features=FEATURES, key="k").sink(crashed)
     with pytest.raises(tf.JobError, match="ABORT"):
-        _run(
-            _flow("ml_crash2", _items(rows, 1600, ABORT, 800), MODELS["pipeline"](), crashed, "k"),
-            workers=2,
-            checkpoint_dir=ck,
-            checkpoint_interval=timedelta(milliseconds=20),
-        )
+        _run(flow, workers=2, checkpoint_dir=ck, checkpoint_interval=timedelta(milliseconds=20))
     cp = CheckpointStore(ck).latest()
     assert cp is not None and cp.workers == 2
-    assert cp.parts[0]["ml_crash2.source"]["w0of2"] > 0
+    assert cp.parts[0]["ml_crash2.source"]["w0of2"] > 0  # mid-stream
     resumed = CollectSink()
     _run(
-        _flow("ml_crash2", _items(rows, 1600, PAUSE, 800), MODELS["pipeline"](), resumed, "k"),
+        _flow("ml_crash2", _items(rows, 1600, PAUSE), MODELS["pipeline"](), resumed, "k"),
         workers=2,
         checkpoint_dir=ck,
     )
