@@ -17,6 +17,7 @@ from tideflow._errors import (
 )
 from tideflow.api import Dataflow, KeyedStream, Split, Stream
 from tideflow.runtime import RunResult, StepStats, run
+from tideflow.state._backends import DiskState, MemoryState
 
 __version__ = "0.1.0"
 
@@ -26,8 +27,10 @@ __all__ = [
     "CostWarning",
     "DataError",
     "Dataflow",
+    "DiskState",
     "JobError",
     "KeyedStream",
+    "MemoryState",
     "RunResult",
     "Split",
     "StateError",

@@ -22,6 +22,7 @@ from tideflow.api._graph import FrameOp, Node, NodeKind, OnError, RecordOp, Sche
 from tideflow.api._joins import JoinOut
 from tideflow.api._windows import Clock, WindowedStream, WindowSpec
 from tideflow.connectors._base import DEAD_LETTER_SCHEMA, Sink, Source
+from tideflow.state._backends import DiskState, StateBackend, StateChoice, state_backend
 
 __all__ = ["AggOp", "Dataflow", "KeyedStream", "Split", "StatefulMapOp", "Stream", "TransformOp"]
 
@@ -65,6 +66,35 @@ class AggOp:
     combined: bool = False
     #: Forget a key not seen for this long (processing time); None keeps keys forever.
     ttl: timedelta | None = None
+    #: Where the state lives; None: the run's choice (``tf.run(..., state=...)``).
+    state: StateBackend | None = None
+
+
+def check_disk_agg(step_id: str, op: AggOp, schema: Schema | None, where: str) -> None:
+    """Raise ConfigError when a keyed aggregation cannot keep its state on disk."""
+    bad = [s.name for s in op.aggs if s.kind in ("n_unique", "top_k")]
+    if bad:
+        msg = (
+            f"step '{step_id}': {where} keeps state on disk, which supports count, sum, mean, "
+            f"min and max, not n_unique/top_k ({bad}); pass state='memory' to this step"
+        )
+        raise ConfigError(msg)
+    if op.ttl is not None:
+        msg = (
+            f"step '{step_id}': {where} keeps state on disk, which does not support ttl yet; "
+            "pass state='memory' to this step or drop ttl"
+        )
+        raise ConfigError(msg)
+    if schema is not None:
+        from tideflow.runtime._diskagg import key_type_ok
+
+        wrong = {k: str(schema[k]) for k in op.keys if k in schema and not key_type_ok(schema[k])}
+        if wrong:
+            msg = (
+                f"step '{step_id}': {where} keeps state on disk, which needs keys of numbers, "
+                f"strings, booleans, bytes or times; got {wrong}; pass state='memory'"
+            )
+            raise ConfigError(msg)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -753,6 +783,7 @@ class KeyedStream:
         *aggs: pl.Expr,
         emit: Emit = "auto",
         ttl: timedelta | None = None,
+        state: StateChoice | None = None,
         name: str | None = None,
     ) -> Stream:
         """Aggregate per key over the whole stream.
@@ -763,11 +794,29 @@ class KeyedStream:
         batch touched; ``emit="final"`` emits every key once when the input ends; ``"auto"`` is
         final for bounded inputs and updates otherwise. With ``ttl``, a key that gets no
         record for that long (processing time) is forgotten and starts fresh when it returns.
+        ``state`` chooses where the per-key state lives: ``"memory"``, ``"disk"`` or a
+        :class:`~tideflow.state.DiskState` (more keys than fit in memory); by default the
+        run's choice (``tf.run(flow, state=...)``, memory unless told otherwise).
+
+        Examples
+        --------
+        >>> import tideflow as tf
+        >>> from tideflow.testing import TestingSource, CollectSink
+        >>> flow = tf.Dataflow("doc_agg")
+        >>> out = CollectSink()
+        >>> rows = [{"card": "a", "amount": 5}, {"card": "b", "amount": 1}, {"card": "a", "amount": 2}]
+        >>> flow.source(TestingSource(rows)).key_by("card").agg(
+        ...     pl.col("amount").sum().alias("total"), state=tf.DiskState(cache_keys=1000)
+        ... ).sink(out)
+        >>> _ = tf.run(flow)
+        >>> sorted(out.frame().rows())
+        [('a', 7), ('b', 1)]
         """
         flow = self.stream.flow
         step_id = flow._step_id(name, "agg")
         _check_literal(step_id, "emit", emit, _EMITS)
         _check_ttl(step_id, ttl)
+        backend = state_backend(state, f"step '{step_id}'")
         specs = parse_aggs(aggs, step_id)
         schema = self.stream.schema
         out_schema: Schema | None = None
@@ -804,7 +853,9 @@ class KeyedStream:
             up = pre._exchange(step_id)
         else:
             up = self._exchange(step_id)
-        op = AggOp(self.keys, tuple(specs), emit, combine, ttl)
+        op = AggOp(self.keys, tuple(specs), emit, combine, ttl, backend)
+        if isinstance(backend, DiskState):
+            check_disk_agg(step_id, op, schema, "state=DiskState")
         node = flow._add("agg", [up], op, step_id, schema=out_schema)
         return Stream(flow, node)
 

@@ -336,6 +336,44 @@ class AggState:
             frame = _from_ipc(data)
             self._seen_pairs[name] = set(frame.iter_rows())
 
+    # -- moving rows in and out (the on-disk backend's hot set) ---------------------------
+    def _fill_of(self, column: str, dtype: Any) -> Any:
+        """The value of an accumulator column for a key that has no data yet."""
+        for s in self.specs:
+            if s.kind in ("min", "max") and column == f"__{s.name}":
+                if np.issubdtype(dtype, np.integer):
+                    info = np.iinfo(np.int64)
+                    return info.max if s.kind == "min" else info.min
+                return np.inf if s.kind == "min" else -np.inf
+        return False if dtype == np.bool_ else 0
+
+    def export(self, ids: np.ndarray) -> pl.DataFrame:
+        """Rows (key columns + accumulator columns) of the keys at ``ids``.
+
+        The accumulator columns are those of :meth:`snapshot`'s table; :meth:`load` takes them
+        back. Only for combinable aggregates (no ``n_unique``, ``top_k``).
+        """
+        frame = self.index.frame()
+        rows = frame[ids] if frame.width else frame
+        return rows.with_columns([pl.Series(name, arr[ids]) for name, arr in self._arrays.items()])
+
+    def load(self, rows: pl.DataFrame) -> np.ndarray:
+        """Add keys with their accumulators (rows from :meth:`export`); returns their ids.
+
+        The keys must not be present yet.
+        """
+        ids, _ = self.index.lookup(rows.select(self.keys))
+        n = len(self.index)
+        for c in rows.columns:
+            if c in self.keys:
+                continue
+            values = rows.get_column(c).to_numpy()
+            old = self._arrays.get(c)
+            dtype = old.dtype if old is not None else values.dtype
+            arr = self._array(c, dtype, self._fill_of(c, dtype), n)
+            arr[ids] = values
+        return ids
+
     def compact(self, keep: np.ndarray) -> np.ndarray:
         """Forget the keys whose ``keep`` flag (boolean array by id) is False; see KeyIndex."""
         n = len(self.index)

@@ -280,6 +280,10 @@ class AggOperator(Operator):
         return self.state.snapshot()
 
     def restore(self, snap: dict[str, Any]) -> None:
+        if snap.get("backend") is not None:  # checkpointed with the on-disk backend
+            from tideflow.runtime._diskagg import disk_snapshot_table
+
+            snap = disk_snapshot_table(snap, list(self.state.keys))
         self.state.restore(snap)
 
 

@@ -29,7 +29,7 @@ import cloudpickle
 import polars as pl
 
 from tideflow._errors import ConfigError, JobError
-from tideflow.api._dataflow import Dataflow
+from tideflow.api._dataflow import Dataflow, check_disk_agg
 from tideflow.api._graph import Node
 from tideflow.connectors._base import Sink, SinkContext, SinkWriter
 from tideflow.runtime._observe import RunObserver, StepInfo
@@ -43,6 +43,7 @@ from tideflow.runtime._worker import (
     _from_ipc,
     _to_ipc,
 )
+from tideflow.state._backends import DiskState, StateChoice, state_backend
 from tideflow.state._resume import resume_for
 from tideflow.state._savepoint import fulfil_requests, load_savepoint, mark_running
 from tideflow.state._store import Checkpoint, CheckpointStore
@@ -136,6 +137,13 @@ def _plan(flow: Dataflow, cfg: RunConfig) -> tuple[list[Node], Path | None]:
     return copy.nodes, path
 
 
+def _input_schema(flow: Dataflow, node: Node) -> dict[str, pl.DataType] | None:
+    """The schema flowing into a node (None when unknown)."""
+    if not node.inputs:
+        return None
+    return flow.nodes[node.inputs[0][0]].schema
+
+
 def _emit_mode(bounded: bool) -> Callable[[str], str]:
     def mode(emit: str) -> str:
         if emit == "auto":
@@ -197,6 +205,7 @@ def run(
     checkpoint_interval: timedelta = timedelta(seconds=10),
     checkpoint_keep: int = 3,
     from_savepoint: str | Path | None = None,
+    state: StateChoice | None = None,
 ) -> RunResult:
     """Run a dataflow until its inputs end (bounded) or until stopped (Ctrl-C).
 
@@ -235,6 +244,10 @@ def run(
         of workers. When ``checkpoint_dir`` already holds checkpoints taken after this savepoint
         (the restored job crashed), the run resumes from the newest of them instead; checkpoints
         of another history there are an error.
+    state
+        Where keyed aggregation state lives for steps that do not choose themselves:
+        ``"memory"`` (the default), ``"disk"`` or a :class:`~tideflow.state.DiskState`
+        (state larger than memory: a hot set in memory, the rest in SQLite on disk).
 
     Examples
     --------
@@ -265,7 +278,12 @@ def run(
         flush_interval=flush_interval,
         dead_letter_path=Path(dead_letter_path) if dead_letter_path else None,
         clock=clock or time.time,
+        state=state_backend(state, "run()"),
     )
+    if isinstance(cfg.state, DiskState):
+        for nd in flow.nodes:
+            if nd.kind == "agg" and nd.spec.state is None:
+                check_disk_agg(nd.step_id, nd.spec, _input_schema(flow, nd), "run(state=...)")
     if checkpoint_dir is not None:
         cfg = _with_checkpoints(
             cfg, flow.name, Path(checkpoint_dir), checkpoint_interval, checkpoint_keep

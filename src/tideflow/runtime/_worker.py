@@ -27,6 +27,7 @@ from tideflow._errors import JobError, TideflowError
 from tideflow.api._graph import Node
 from tideflow.connectors._base import SinkWriter, SourceContext, SourceReader
 from tideflow.runtime._operators import Operator, SinkOperator, build_operator
+from tideflow.state._backends import DiskState, StateBackend
 from tideflow.state._savepoint import fulfil_requests
 from tideflow.state._store import CheckpointStore
 
@@ -79,6 +80,8 @@ class RunConfig:
     checkpoint_owner: int = 0
     #: Written into every manifest (flow name, worker count).
     checkpoint_meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: Where keyed state lives for steps that do not choose (None: memory).
+    state: StateBackend | None = None
 
 
 @dataclasses.dataclass(slots=True)
@@ -415,6 +418,15 @@ class Worker:
                     self.ops[n.index] = build_ttl_operator(
                         n, ctx, emit_mode=emit_mode, resume=mine.get(n.step_id, {})
                     )
+                elif n.kind == "agg" and isinstance(n.spec.state or cfg.state, DiskState):
+                    from tideflow.runtime._diskagg import DiskAggOperator
+
+                    disk = n.spec.state or cfg.state
+                    assert isinstance(disk, DiskState)
+                    dop = DiskAggOperator(n, ctx, emit_mode(n.spec.emit), disk)
+                    self.ops[n.index] = dop
+                    if n.step_id in mine:
+                        dop.restore(mine[n.step_id])
                 elif n.kind in ("join_window", "join_interval", "join_table", "lookup"):
                     from tideflow.runtime._joins import build_join_operator
 

@@ -1,5 +1,9 @@
-"""Checkpoint storage, savepoints and the state format (see ``docs/checkpoints.md``)."""
+"""Checkpoint storage, savepoints, state backends and the state format.
 
+See ``docs/checkpoints.md`` and ``docs/state.md``.
+"""
+
+from tideflow.state._backends import DiskState, MemoryState
 from tideflow.state._savepoint import load_savepoint, take_savepoint, write_savepoint
 from tideflow.state._store import (
     FORMAT,
@@ -7,6 +11,7 @@ from tideflow.state._store import (
     Checkpoint,
     CheckpointSettings,
     CheckpointStore,
+    SnapshotFile,
 )
 
 __all__ = [
@@ -15,6 +20,9 @@ __all__ = [
     "Checkpoint",
     "CheckpointSettings",
     "CheckpointStore",
+    "DiskState",
+    "MemoryState",
+    "SnapshotFile",
     "load_savepoint",
     "take_savepoint",
     "write_savepoint",

@@ -121,6 +121,20 @@ def _rescale(
         if "dirty" in first and isinstance(first["dirty"], list):
             out["dirty"] = sorted({d for s in snaps for d in s["dirty"]})
         return out
+    if kind == "agg" and any(s.get("backend") == "sqlite" for s in snaps):
+        # On-disk state: every worker's database is read by each new worker, which keeps its
+        # share; rows held in memory (memory-format snapshots, pinned keys) travel as a table.
+        disk = [s for s in snaps if s.get("backend") == "sqlite"]
+        out = {k: v for k, v in disk[0].items() if k != "db"}
+        out["dbs"] = [s["db"] for s in disk if "db" in s] + [
+            p for s in disk for p in s.get("dbs", [])
+        ]
+        rows = _union(
+            [s.get("pinned") for s in disk] + [s.get("table") for s in snaps if "table" in s]
+        )
+        out["pinned"] = _ipc(pl.DataFrame() if rows is None else _own_share(rows, keys, w, n))
+        out["share"] = [w, n]
+        return out
     if kind == "agg" and first.get("version") == 1 and not any(s.get("pairs") for s in snaps):
         table = _union([s["table"] for s in snaps])
         out = dict(first)

@@ -10,7 +10,10 @@ Layout of a checkpoint directory (format ``tideflow-checkpoint``, version 1)::
       .tmp-chk-00000008-1234/  being written (never read; removed on the next start)
 
 Snapshots are JSON objects; a ``bytes`` value (Arrow IPC tables) is stored in the ``.bin`` file
-and replaced by ``{"$blob": [offset, length]}``. Nothing is pickled. A checkpoint becomes
+and replaced by ``{"$blob": [offset, length]}``. A :class:`SnapshotFile` value (a file an
+operator wrote, e.g. the SQLite database of an on-disk state backend) is moved into the
+checkpoint as ``worker-0000.file-<i>`` and replaced by ``{"$file": i}``; its size and SHA-256
+sum go into the manifest, and the manifest's version is then 2. Nothing is pickled. A checkpoint becomes
 visible by renaming its temporary directory, after every file in it is written and synced; a
 directory without a valid manifest, or whose files do not match the manifest's sums, is
 skipped with a warning and the previous checkpoint is used.
@@ -38,6 +41,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointSettings",
     "CheckpointStore",
+    "SnapshotFile",
     "load_dir",
 ]
 
@@ -45,11 +49,42 @@ log = logging.getLogger("tideflow.state")
 
 FORMAT = "tideflow-checkpoint"
 VERSION = 1
+#: The manifest version of checkpoints that hold files (:class:`SnapshotFile`).
+VERSION_FILES = 2
 _DIR = re.compile(r"^chk-(\d{8})$")
 _BLOB = "$blob"
+_FILE = "$file"
 
 
-def _encode(value: Any, blobs: bytearray) -> Any:
+@dataclasses.dataclass(frozen=True, slots=True)
+class SnapshotFile:
+    """A file that is part of a snapshot: moved into the checkpoint when it is written.
+
+    Operators whose state lives in a file (the on-disk state backend) return one inside their
+    snapshot instead of the file's bytes, so the state never has to fit in memory. The file
+    must be complete and no longer written to; the checkpoint takes it over (moves it). On
+    load, the value is the :class:`~pathlib.Path` of the verified file inside the checkpoint,
+    which restoring operators read (never modify).
+
+    Examples
+    --------
+    >>> SnapshotFile("/tmp/state.sqlite").path.name
+    'state.sqlite'
+    """
+
+    path: Path
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        object.__setattr__(self, "path", Path(path))
+
+
+def _encode(value: Any, blobs: bytearray, files: list[Path] | None = None) -> Any:
+    if isinstance(value, SnapshotFile):
+        if files is None:
+            msg = f"a snapshot file ({value.path}) cannot be stored here"
+            raise StateError(msg)
+        files.append(value.path)
+        return {_FILE: len(files) - 1}
     if isinstance(value, bytes | bytearray | memoryview):
         data = bytes(value)
         ref = {_BLOB: [len(blobs), len(data)]}
@@ -61,29 +96,46 @@ def _encode(value: Any, blobs: bytearray) -> Any:
             if not isinstance(k, str):
                 msg = f"snapshot keys must be strings, got {k!r} ({type(k).__name__})"
                 raise StateError(msg)
-            out[k] = _encode(v, blobs)
+            out[k] = _encode(v, blobs, files)
         return out
     if isinstance(value, list | tuple):
-        return [_encode(v, blobs) for v in value]
+        return [_encode(v, blobs, files) for v in value]
     if value is None or isinstance(value, bool | int | float | str):
         return value
     msg = f"snapshot value of type {type(value).__name__} is not plain data: {value!r:.80}"
     raise StateError(msg)
 
 
-def _decode(value: Any, blobs: bytes) -> Any:
+def _decode(value: Any, blobs: bytes, files: list[Path] | None = None) -> Any:
     if isinstance(value, dict):
         if len(value) == 1 and _BLOB in value:
             start, length = value[_BLOB]
             return blobs[start : start + length]
-        return {k: _decode(v, blobs) for k, v in value.items()}
+        if len(value) == 1 and _FILE in value:
+            index = value[_FILE]
+            if files is None or not isinstance(index, int) or not 0 <= index < len(files):
+                msg = f"snapshot refers to file {index!r}, which the manifest does not list"
+                raise StateError(msg)
+            return files[index]
+        return {k: _decode(v, blobs, files) for k, v in value.items()}
     if isinstance(value, list):
-        return [_decode(v, blobs) for v in value]
+        return [_decode(v, blobs, files) for v in value]
     return value
 
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _sha_file(path: Path) -> tuple[int, str]:
+    """Size and SHA-256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -157,14 +209,31 @@ class CheckpointStore:
     ) -> dict[str, Any]:
         """Write one worker's state into a checkpoint being written; returns its manifest entry."""
         blobs = bytearray()
-        doc = json.dumps(_encode(state, blobs), separators=(",", ":")).encode()
+        files: list[Path] = []
+        doc = json.dumps(_encode(state, blobs, files), separators=(",", ":")).encode()
         name = f"worker-{worker:04d}"
+        entry: dict[str, Any] = {}
+        if files:
+            entry["files"] = [
+                self._take_file(src, tmp / f"{name}.file-{i}") for i, src in enumerate(files)
+            ]
         self._write_file(tmp / f"{name}.json", doc)
         self._write_file(tmp / f"{name}.bin", bytes(blobs))
-        return {
-            "json": {"size": len(doc), "sha256": _sha(doc)},
-            "bin": {"size": len(blobs), "sha256": _sha(bytes(blobs))},
-        }
+        entry["json"] = {"size": len(doc), "sha256": _sha(doc)}
+        entry["bin"] = {"size": len(blobs), "sha256": _sha(bytes(blobs))}
+        return entry
+
+    def _take_file(self, src: Path, dst: Path) -> dict[str, Any]:
+        """Move a snapshot file into a checkpoint being written; fsync it; its manifest entry."""
+        try:
+            os.replace(src, dst)
+        except OSError:  # another file system: copy, then drop the original
+            shutil.copyfile(src, dst)
+            src.unlink()
+        with open(dst, "rb") as fh:
+            os.fsync(fh.fileno())
+        size, sha = _sha_file(dst)
+        return {"name": dst.name, "size": size, "sha256": sha}
 
     def complete(
         self, tmp: Path, checkpoint_id: int, entries: list[dict[str, Any]], meta: dict[str, Any]
@@ -172,7 +241,7 @@ class CheckpointStore:
         """Write the manifest last and make the checkpoint visible by an atomic rename."""
         manifest = {
             "format": FORMAT,
-            "version": VERSION,
+            "version": VERSION_FILES if any(e.get("files") for e in entries) else VERSION,
             "id": checkpoint_id,
             "workers": len(entries),
             "created": time.time(),
@@ -256,10 +325,10 @@ def load_dir(d: Path) -> Checkpoint:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         msg = f"checkpoint {str(d)!r}: not a {FORMAT} manifest"
         raise StateError(msg)
-    if manifest.get("version") != VERSION:
+    if manifest.get("version") not in (VERSION, VERSION_FILES):
         msg = (
             f"checkpoint {str(d)!r} has format version {manifest.get('version')!r}; this "
-            f"tideflow reads version {VERSION}"
+            f"tideflow reads versions {VERSION} and {VERSION_FILES}"
         )
         raise StateError(msg)
     parts: list[dict[str, dict[str, Any]]] = []
@@ -277,10 +346,25 @@ def load_dir(d: Path) -> Checkpoint:
                 msg = f"checkpoint {str(d)!r}: {name}.{kind} does not match its manifest sum"
                 raise StateError(msg)
             files[kind] = data
-        parts.append(_decode(json.loads(files["json"]), files["bin"]))
+        paths = [_check_file(d, f) for f in entry.get("files", [])]
+        parts.append(_decode(json.loads(files["json"]), files["bin"], paths))
     return Checkpoint(
         int(manifest["id"]), d, int(manifest["workers"]), parts, dict(manifest.get("meta", {}))
     )
+
+
+def _check_file(d: Path, entry: dict[str, Any]) -> Path:
+    """Verify a snapshot file of a checkpoint against its manifest entry; its path."""
+    path = d / str(entry["name"])
+    try:
+        size, sha = _sha_file(path)
+    except OSError as exc:
+        msg = f"checkpoint {str(d)!r}: cannot read {path.name}: {exc}"
+        raise StateError(msg) from exc
+    if size != entry["size"] or sha != entry["sha256"]:
+        msg = f"checkpoint {str(d)!r}: {path.name} does not match its manifest sum"
+        raise StateError(msg)
+    return path.resolve()
 
 
 def _fsync_dir(path: Path) -> None:
