@@ -188,6 +188,7 @@ def one(name: str, keys: int, rows: int, size: int, limit: float) -> dict[str, o
         done = 0
         check = 0
         t0 = time.perf_counter()
+        c0 = time.process_time()
         for p in batches(keys, rows, size):
             out = merge(p)
             check += out.height
@@ -195,6 +196,7 @@ def one(name: str, keys: int, rows: int, size: int, limit: float) -> dict[str, o
             if time.perf_counter() - t0 > limit:
                 break
         secs = time.perf_counter() - t0
+        cpu = time.process_time() - c0
         close()
         disk = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -204,6 +206,8 @@ def one(name: str, keys: int, rows: int, size: int, limit: float) -> dict[str, o
             "rows": done,
             "seconds": round(secs, 2),
             "rows_per_s": round(done / secs),
+            "cpu_seconds": round(cpu, 2),
+            "rows_per_cpu_s": round(done / cpu),
             "peak_rss_mb": round(rss),
             "disk_mb": round(disk / 2**20, 1),
             "complete": done == rows,

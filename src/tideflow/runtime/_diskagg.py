@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import re
@@ -145,7 +146,10 @@ class _Table:
         marks = ", ".join("?" * len(self.schema))
         self.db.execute("BEGIN")
         try:
-            self.db.executemany(f"INSERT OR REPLACE INTO state VALUES ({marks})", self._rows(frame))
+            self.db.executemany(
+                f"INSERT OR REPLACE INTO state VALUES ({marks})",
+                self._rows(frame.sort(list(self.keys))),
+            )
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
@@ -155,9 +159,17 @@ class _Table:
         """The stored rows of the (distinct) ``keys`` that are stored."""
         assert self.schema is not None
         ks = self.keys
+        # Sorted look-ups walk the B-tree in order: fewer page visits than random order.
+        phys = keys.select([pl.col(k).cast(_sql_dtype(self.schema[k])) for k in ks]).sort(ks)
+        if len(ks) == 1 and (phys.dtypes[0].is_integer() or phys.dtypes[0] == pl.String):
+            doc = json.dumps(phys.get_column(ks[0]).to_list(), ensure_ascii=False)
+            rows = self.db.execute(
+                f"SELECT s.* FROM json_each(?) w CROSS JOIN state s ON s.{_q(ks[0])} = w.value",
+                (doc,),
+            ).fetchall()
+            return self.frame(rows)
         marks = ", ".join("?" * len(ks))
         on = " AND ".join(f"s.{_q(k)} = w.{_q(k)}" for k in ks)
-        phys = keys.select([pl.col(k).cast(_sql_dtype(self.schema[k])) for k in ks])
         self.db.execute("BEGIN")
         try:
             self.db.execute("DELETE FROM temp.want")
@@ -283,8 +295,8 @@ class DiskAggState:
     >>> st = DiskAggState(("k",), (AggSpec("sum", "v", "v"),), d / "s.sqlite", cache_keys=1000)
     >>> for i in range(3):
     ...     _ = st.update(pl.DataFrame({"k": list(range(i * 1000, i * 1000 + 1000)), "v": [1] * 1000}))
-    >>> st.hot_keys <= 1000, st.all_values().height
-    (True, 3000)
+    >>> st.hot_keys, st.evicted_total, st.all_values().height
+    (1600, 1400, 3000)
     >>> st.close()
     """
 
@@ -367,35 +379,35 @@ class DiskAggState:
         if self.seq == 0 and self.table.schema is None:
             self._check_keys(partial)
         self._evict()
-        if self.on_disk:
-            self._fault_in(partial.select(self.keys))
-        keys, ids = self.mem._fold(partial, batch)
+        start = len(self.mem.index)
+        ids, _ = self.mem.index.lookup(partial)
+        self._grow_touched()
+        if self.on_disk and len(self.mem.index) > start:
+            self._fault_in(partial, ids, start)
+        keys, ids = self.mem._fold(partial, batch, ids)
         self.seq += 1
+        self.touched[ids] = self.seq
+        return keys, ids
+
+    def _grow_touched(self) -> None:
         n = len(self.mem.index)
         if n > len(self.touched):
             grown = np.zeros(max(n, 2 * len(self.touched), 1024), dtype=np.int64)
             grown[: len(self.touched)] = self.touched
             self.touched = grown
-        self.touched[ids] = self.seq
-        return keys, ids
 
-    def _fault_in(self, keys: pl.DataFrame) -> None:
-        """Load the keys of a batch that are on disk but not in memory."""
-        known = self.mem.index._ids
-        values = self.mem.index._values(keys)
-        missing = [i for i, v in enumerate(values) if v not in known]
-        if not missing:
+    def _fault_in(self, partial: pl.DataFrame, ids: np.ndarray, start: int) -> None:
+        """Load the stored accumulators of the batch's keys that just got fresh ids."""
+        fresh = np.flatnonzero(ids >= start)
+        want = partial.select(self.keys)[fresh]
+        found = self.table.get(want)
+        if found.height == 0:
             return
-        found = self.table.get(keys[missing] if len(missing) < keys.height else keys)
-        if found.height:
-            ids = self.mem.load(found)
-            self.loaded_total += found.height
-            n = len(self.mem.index)
-            if n > len(self.touched):
-                grown = np.zeros(max(n, 2 * len(self.touched), 1024), dtype=np.int64)
-                grown[: len(self.touched)] = self.touched
-                self.touched = grown
-            self.touched[ids] = self.written_seq  # as stored: clean until changed
+        hit = want.with_row_index("__i").join(found, on=list(self.keys), how="inner")
+        found_ids = ids[fresh[hit.get_column("__i").to_numpy()]]
+        self.mem.load(hit.drop("__i"), found_ids)
+        self.loaded_total += found.height
+        self.touched[found_ids] = self.written_seq  # as stored: clean until changed
 
     def _pinned(self, frame: pl.DataFrame) -> pl.Series:
         """Rows whose key cannot live in SQLite (a null or NaN component)."""

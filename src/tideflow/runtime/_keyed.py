@@ -187,15 +187,17 @@ class AggState:
         return self._fold(partial, None)
 
     def _fold(
-        self, partial: pl.DataFrame, batch: pl.DataFrame | None
+        self, partial: pl.DataFrame, batch: pl.DataFrame | None, ids: np.ndarray | None = None
     ) -> tuple[pl.DataFrame, np.ndarray]:
+        """Merge partial rows in; ``ids`` are their keys' ids when the caller looked them up."""
         for s in self.specs:
             if s.name not in self._dtypes and s.column is not None:
                 if batch is not None:
                     self._dtypes[s.name] = batch.schema[s.column]
                 elif s.kind in ("sum", "min", "max"):
                     self._dtypes[s.name] = partial.schema[f"__{s.name}"]
-        ids, _ = self.index.lookup(partial)
+        if ids is None:
+            ids, _ = self.index.lookup(partial)
         n = len(self.index)
         for s in self.specs:
             p = f"__{s.name}"
@@ -357,12 +359,14 @@ class AggState:
         rows = frame[ids] if frame.width else frame
         return rows.with_columns([pl.Series(name, arr[ids]) for name, arr in self._arrays.items()])
 
-    def load(self, rows: pl.DataFrame) -> np.ndarray:
+    def load(self, rows: pl.DataFrame, ids: np.ndarray | None = None) -> np.ndarray:
         """Add keys with their accumulators (rows from :meth:`export`); returns their ids.
 
-        The keys must not be present yet.
+        The keys must not be present yet, or ``ids`` gives the ids they already got (fresh
+        ids, no data folded in yet).
         """
-        ids, _ = self.index.lookup(rows.select(self.keys))
+        if ids is None:
+            ids, _ = self.index.lookup(rows.select(self.keys))
         n = len(self.index)
         for c in rows.columns:
             if c in self.keys:
