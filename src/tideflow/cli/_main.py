@@ -122,6 +122,26 @@ def _parser() -> argparse.ArgumentParser:
         help="start from this savepoint (any number of workers); checkpoints taken after it "
         "in --checkpoint-dir win after a crash [TIDEFLOW_FROM_SAVEPOINT]",
     )
+    r.add_argument(
+        "--state",
+        choices=["memory", "disk"],
+        default=_env("STATE", None),
+        help="where keyed aggregation state lives: memory, or disk for more keys than fit in "
+        "memory [TIDEFLOW_STATE, default memory]",
+    )
+    r.add_argument(
+        "--state-dir",
+        default=_env("STATE_DIR", None),
+        help="directory of the on-disk state (implies --state disk; default a temporary "
+        "directory) [TIDEFLOW_STATE_DIR]",
+    )
+    r.add_argument(
+        "--state-cache-keys",
+        type=_positive_int,
+        default=int(_env("STATE_CACHE_KEYS", "0") or 0) or None,
+        help="keys kept in memory per step and worker with the on-disk state "
+        "[TIDEFLOW_STATE_CACHE_KEYS, default 250000]",
+    )
 
     s = sub.add_parser(
         "savepoint",
@@ -185,6 +205,10 @@ def _load_flow(path: Path, name: str, args: Sequence[str]) -> Dataflow:
 
     settings = ns.get("checkpoints")
     _LOADED["checkpoints"] = settings if isinstance(settings, CheckpointSettings) else None
+    from tideflow.state import DiskState, MemoryState
+
+    backend = ns.get("state")
+    _LOADED["state"] = backend if isinstance(backend, DiskState | MemoryState) else None
     flow = ns.get(name)
     if not isinstance(flow, Dataflow):
         found = [k for k, v in ns.items() if isinstance(v, Dataflow)]
@@ -231,6 +255,24 @@ def _savepoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _state_kwargs(args: argparse.Namespace) -> dict[str, object]:
+    """The state backend: the pipeline file's ``state`` variable, then the options."""
+    from tideflow.state import DiskState, MemoryState
+
+    backend = _LOADED.get("state")
+    choice = args.state or ("disk" if args.state_dir or args.state_cache_keys else None)
+    if choice == "memory":
+        backend = MemoryState()
+    elif choice == "disk":
+        base = backend if isinstance(backend, DiskState) else DiskState()
+        backend = DiskState(
+            args.state_dir or base.path,
+            cache_keys=args.state_cache_keys or base.cache_keys,
+            cache_mb=base.cache_mb,
+        )
+    return {} if backend is None else {"state": backend}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``tideflow`` command line; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -254,6 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             flow = _load_flow(args.path, args.flow, pipeline_args)
             kwargs = run_kwargs(args)
             kwargs.update(_checkpoint_kwargs(args))
+            kwargs.update(_state_kwargs(args))
             with observers_for(args) as observers:
                 result = tideflow.run(flow, **kwargs, observers=observers)  # type: ignore[arg-type]
             if result.dead_letter_path is not None:
