@@ -29,10 +29,11 @@ def test_wordcount_with_disk_state_matches_memory(tmp_path: Path) -> None:
         ("env", [], {"TIDEFLOW_STATE": "disk"}),
     ):
         out = tmp_path / f"{name}.csv"
+        cmd = [sys.executable, "-m", "tideflow.cli", "run", str(ROOT / "examples/wordcount.py")]
+        cmd += ["--workers", "1", "--no-progress", "--batch-size", "2000", *extra]
+        cmd += ["--", "--input", str(src), "--output", str(out)]
         proc = subprocess.run(
-            [sys.executable, "-m", "tideflow.cli", "run", str(ROOT / "examples/wordcount.py")]
-            + ["--workers", "1", "--no-progress", "--batch-size", "2000", *extra]
-            + ["--", "--input", str(src), "--output", str(out)],
+            cmd,
             cwd=tmp_path,
             capture_output=True,
             text=True,
