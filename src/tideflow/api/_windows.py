@@ -23,6 +23,7 @@ import polars as pl
 
 from tideflow._errors import ConfigError
 from tideflow.api._aggs import AggSpec, parse_aggs
+from tideflow.state._backends import DiskState, StateBackend, StateChoice, state_backend
 
 if TYPE_CHECKING:
     from tideflow.api._dataflow import KeyedStream, Stream
@@ -126,6 +127,8 @@ class WindowOp:
     fn: tuple[str, Any] | None
     #: Emit the ``result`` column (early/final/update); on when lateness or early is set.
     mark: bool
+    #: Where open windows live (None: memory); DiskState spills them to files.
+    state: StateBackend | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -200,6 +203,7 @@ class WindowedStream:
         name: str | None,
         aggs: tuple[pl.Expr, ...] | None,
         fn: tuple[str, Any] | None,
+        state: StateChoice | None = None,
     ) -> WindowOut:
         from tideflow.api._dataflow import Stream
 
@@ -207,6 +211,15 @@ class WindowedStream:
         flow = stream.flow
         step_id = flow._step_id(name, kind)
         time_col = self._check(step_id)
+        backend = state_backend(state, f"step '{step_id}'")
+        if isinstance(backend, DiskState) and (
+            not isinstance(self.spec, Tumbling | Sliding) or self.early is not None
+        ):
+            msg = (
+                f"step '{step_id}': state=DiskState spills tumbling and sliding windows without "
+                "early results; use state='memory' for session/count windows or early="
+            )
+            raise ConfigError(msg)
         specs = tuple(parse_aggs(aggs, step_id)) if aggs is not None else None
         schema = stream.schema
         if specs is not None and schema is not None:
@@ -225,18 +238,23 @@ class WindowedStream:
             specs,
             fn,
             mark,
+            backend,
         )
         up = self.keyed._exchange(step_id)
         node = flow._add("window", [up], op, step_id, ports=("out", "late"))
         return WindowOut(Stream(flow, node, "out"), Stream(flow, node, "late"))
 
-    def agg(self, *aggs: pl.Expr, name: str | None = None) -> WindowOut:
+    def agg(
+        self, *aggs: pl.Expr, state: StateChoice | None = None, name: str | None = None
+    ) -> WindowOut:
         """Aggregate each key's window with Polars aggregations (vectorized, incremental).
 
         Results carry the key columns, ``window_start``, ``window_end`` (count windows:
-        ``window``, the window's number per key) and the aggregates.
+        ``window``, the window's number per key) and the aggregates. ``state="disk"`` or a
+        :class:`~tideflow.state.DiskState` spills open tumbling/sliding windows to files once
+        they hold more than ``cache_keys`` partial rows (many keys per window).
         """
-        return self._build("window", name, aggs, None)
+        return self._build("window", name, aggs, None, state)
 
     def reduce(
         self,

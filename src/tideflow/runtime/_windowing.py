@@ -20,6 +20,7 @@ from tideflow.api._aggs import AggSpec
 from tideflow.api._graph import Node, fn_location
 from tideflow.api._windows import Count, Session, Sliding, Tumbling, WindowOp, _us
 from tideflow.runtime._operators import OpContext, Operator
+from tideflow.state._backends import DiskState
 
 __all__ = ["build_window_operator"]
 
@@ -388,6 +389,15 @@ class AlignedWindowOperator(_WindowBase):
         if fired is not None:
             for (ws,), part in fired.partition_by("__ws", as_dict=True).items():
                 self.fired[int(ws)] = part
+        # Windows an on-disk (spilling) operator had written to files: read them in.
+        share = snap.get("share")
+        for e in snap.get("spilled") or []:
+            frame = pl.read_ipc(e["file"])
+            if share is not None and share[1] > 1 and frame.height:
+                k = self.keys
+                h = pl.col(k[0]).hash(seed=7) if len(k) == 1 else pl.struct(k).hash(seed=7)
+                frame = frame.filter((h % share[1]) == share[0])
+            self.pending.setdefault(int(e["ws"]), []).append(frame)
 
 
 # -- sessions -------------------------------------------------------------------------------------
@@ -651,6 +661,10 @@ class CountWindowOperator(_WindowBase):
 def build_window_operator(node: Node, ctx: OpContext) -> Operator:
     """The runtime operator for a window step."""
     spec = node.spec.spec
+    if isinstance(node.spec.state, DiskState):
+        from tideflow.runtime._diskwindow import SpillingWindowOperator
+
+        return SpillingWindowOperator(node, ctx, node.spec.state)
     if isinstance(spec, Session):
         return SessionWindowOperator(node, ctx)
     if isinstance(spec, Count):

@@ -120,6 +120,11 @@ def _rescale(
                 out[field] = None if frame is None else _ipc(_own_share(frame, keys, w, n))
         if "dirty" in first and isinstance(first["dirty"], list):
             out["dirty"] = sorted({d for s in snaps for d in s["dirty"]})
+        spilled = [e for s in snaps for e in s.get("spilled") or []]
+        if spilled or "spilled" in first:
+            # Files of on-disk windows: every new worker reads them all and keeps its share.
+            out["spilled"] = spilled
+            out["share"] = [w, n]
         return out
     if kind == "agg" and any(s.get("backend") == "sqlite" for s in snaps):
         # On-disk state: every worker's database is read by each new worker, which keeps its
