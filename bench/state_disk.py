@@ -45,6 +45,37 @@ class _NullWriter(SinkWriter):
         pass
 
 
+def make_window_flow(
+    rows: int, keys: int, windows: int, state: tf.MemoryState | tf.DiskState
+) -> tf.Dataflow:
+    """1-minute tumbling windows; the input spans ``windows`` minutes of event time."""
+    from tideflow import windows as w
+
+    per_ms = rows / (windows * 60_000)
+
+    def fn(start: int, n: int) -> pl.DataFrame:
+        rng = np.random.default_rng(start)
+        t = (np.arange(start, start + n) / per_ms).astype(np.int64)
+        return pl.DataFrame({"k": rng.integers(0, keys, n), "v": rng.integers(0, 100, n), "t": t})
+
+    flow = tf.Dataflow("windowbench")
+    res = (
+        flow.source(generator.generate(fn, count=rows), name="gen")
+        .event_time("t", unit="ms", delay=timedelta(seconds=1))
+        .key_by("k")
+        .window(w.tumbling(timedelta(minutes=1)))
+        .agg(
+            pl.col("v").sum().alias("s"),
+            pl.len().alias("n"),
+            pl.col("v").max().alias("top"),
+            state=state,
+            name="sums",
+        )
+    )
+    res.results.sink(_Null(), name="null")
+    return flow
+
+
 def make_flow(rows: int, keys: int, state: tf.MemoryState | tf.DiskState) -> tf.Dataflow:
     def fn(start: int, n: int) -> pl.DataFrame:
         rng = np.random.default_rng(start)
@@ -93,8 +124,14 @@ def one(a: argparse.Namespace) -> dict[str, object]:
         "checkpoint_dir": ck,
         "checkpoint_interval": timedelta(seconds=a.interval),
     }
+
+    def build() -> tf.Dataflow:
+        if a.windows:
+            return make_window_flow(a.rows, a.keys, a.windows, state)
+        return make_flow(a.rows, a.keys, state)
+
     t, c = time.perf_counter(), time.process_time()
-    tf.run(make_flow(a.rows, a.keys, state), **kw)  # type: ignore[arg-type]
+    tf.run(build(), **kw)  # type: ignore[arg-type]
     secs, cpu = time.perf_counter() - t, time.process_time() - c
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     durations = [
@@ -106,11 +143,12 @@ def one(a: argparse.Namespace) -> dict[str, object]:
     size = sum(f.stat().st_size for f in last.iterdir())
     h.lines.clear()
     t = time.perf_counter()
-    tf.run(make_flow(a.rows, a.keys, state), **kw)  # type: ignore[arg-type]
+    tf.run(build(), **kw)  # type: ignore[arg-type]
     restart = time.perf_counter() - t
     shutil.rmtree(base, ignore_errors=True)
     return {
         "backend": a.backend,
+        "step": f"window agg, {a.windows} one-minute windows" if a.windows else "agg",
         "keys": a.keys,
         "rows": a.rows,
         "batch": a.batch,
@@ -135,6 +173,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=10_000)
     p.add_argument("--cache-keys", type=int, default=250_000)
     p.add_argument("--interval", type=float, default=10.0)
+    p.add_argument("--windows", type=int, default=0, help="window agg over N minutes instead")
     p.add_argument("--backend", help=argparse.SUPPRESS)
     p.add_argument("--json", type=Path, help="append results (JSON lines) to this file")
     a = p.parse_args()
@@ -144,6 +183,7 @@ def main() -> None:
     for b in a.backends:
         cmd = [sys.executable, __file__, f"--backend={b}", f"--rows={a.rows}", f"--keys={a.keys}"]
         cmd += [f"--batch={a.batch}", f"--cache-keys={a.cache_keys}", f"--interval={a.interval}"]
+        cmd += [f"--windows={a.windows}"]
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if res.returncode:
             print(f"{b}: failed\n{res.stderr[-3000:]}", file=sys.stderr)
