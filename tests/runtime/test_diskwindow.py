@@ -150,6 +150,7 @@ def file_reference(card_files: Path) -> pl.DataFrame:
         ("disk", "disk", (1, 2)),
         ("disk", "disk", (2, 1)),
         ("disk", "memory", (1, 1)),
+        ("memory", "memory", (2, 1)),  # a worker behind in event time: nothing late after
     ],
 )
 def test_window_restore(
@@ -174,7 +175,8 @@ def test_window_restore(
         tf.run(flow, workers=workers[0], **kw)
     latest = CheckpointStore(ck).latest()
     assert latest is not None
-    assert any(p.get("wcards.agg", {}).get("spilled") for p in latest.parts)
+    if first == "disk":
+        assert any(p.get("wcards.agg", {}).get("spilled") for p in latest.parts)
     flow, out2 = _file_flow(card_files, backend(second), crash=False)
     tf.run(flow, workers=workers[1], **kw)
     # Results of windows fired before the checkpoint came in the first run (the collecting
