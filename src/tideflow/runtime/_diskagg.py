@@ -582,6 +582,7 @@ class DiskAggOperator(Operator):
             msg = f"step '{node.step_id}': cannot create the state directory {str(directory)!r}: {exc}"
             raise StateError(msg) from exc
         _sweep_stale(directory)
+        self.directory = directory
         name = f"{_safe(node.step_id)}.w{ctx.worker_index}.p{os.getpid()}.sqlite"
         self.state = DiskAggState(
             op.keys, op.aggs, directory / name, settings.cache_keys, settings.cache_mb
@@ -616,6 +617,9 @@ class DiskAggOperator(Operator):
 
     def close(self) -> None:
         self.state.close()
+        # Again at the end: files of a killed run whose processes were still exiting at start.
+        with contextlib.suppress(OSError):
+            _sweep_stale(self.directory)
         if self._tmpdir is not None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             self._tmpdir = None

@@ -71,6 +71,7 @@ class SpillingWindowOperator(AlignedWindowOperator):
             )
             raise StateError(msg) from exc
         _sweep_stale(base)
+        self.base = base
         #: window start -> [(part, file)]
         self.spilled: dict[int, list[tuple[int, Path]]] = {}
         self.files = 0
@@ -168,6 +169,8 @@ class SpillingWindowOperator(AlignedWindowOperator):
 
     def close(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+        with contextlib.suppress(OSError):  # a killed run's processes may have outlived our start
+            _sweep_stale(self.base)
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
