@@ -304,3 +304,29 @@ def test_unsupported_key_type_is_a_config_error() -> None:
     )
     with pytest.raises(tf.ConfigError, match="needs keys of numbers, strings"):
         src.key_by("k").agg(pl.len(), state="disk")
+
+
+@pytest.mark.parametrize(
+    ("dtype", "values"),
+    [
+        (pl.UInt64(), [0, 2**63 + 5, 2**64 - 1, 7]),
+        (pl.Datetime("us", "UTC"), [0, 1_700_000_000_000_000, -5, 86_400_000_000]),
+        (pl.Boolean(), [True, False, True, False]),
+        (pl.Binary(), [b"\x00", b"\xff\xfe", b"", b"a"]),
+        (pl.Float64(), [0.5, -1e300, 3.0, float("nan")]),
+    ],
+)
+def test_key_types_round_trip_through_sqlite(tmp_path: Path, dtype: Any, values: list[Any]) -> None:
+    specs = (AggSpec("sum", "v", "v"), AggSpec("count", None, "n"))
+    keys = pl.Series("k", values)
+    keys = keys.cast(pl.Int64).cast(dtype) if dtype.is_temporal() else keys.cast(dtype)
+    mem, disk = AggState(("k",), specs), DiskAggState(("k",), specs, tmp_path / "t.sqlite", 1)
+    try:
+        for i in range(6):  # a one-key hot set: every key goes to SQLite and comes back
+            batch = pl.DataFrame({"k": keys.gather([i % 4, (i + 1) % 4]), "v": [i, 10 * i]})
+            mem.update(batch)
+            disk.update(batch)
+        assert disk.loaded_total > 0
+        assert _sorted(disk.all_values()).equals(_sorted(mem.all_values()))
+    finally:
+        disk.close()

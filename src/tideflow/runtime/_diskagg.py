@@ -75,19 +75,30 @@ def _q(name: str) -> str:
 def key_type_ok(dtype: pl.DataType) -> bool:
     """Whether a key column of this type can be a SQLite key (numbers, text, bytes, times)."""
     return (
-        dtype.is_numeric()
+        dtype.is_integer()
+        or dtype.is_float()
         or dtype.is_temporal()
         or isinstance(dtype, pl.String | pl.Boolean | pl.Binary)
     )
 
 
 def _sql_dtype(dtype: pl.DataType) -> pl.DataType:
-    """How a column travels to and from SQLite (physical integers for times and booleans)."""
-    if dtype.is_temporal():
-        return pl.Int64()
-    if isinstance(dtype, pl.Boolean):
+    """How a column travels to and from SQLite (64-bit integers for times, booleans, UInt64)."""
+    if dtype.is_temporal() or isinstance(dtype, pl.Boolean | pl.UInt64):
         return pl.Int64()
     return dtype
+
+
+def _to_sql(c: str, dtype: pl.DataType) -> pl.Expr:
+    if isinstance(dtype, pl.UInt64):  # SQLite integers are signed 64-bit: same bits
+        return pl.col(c).reinterpret(signed=True)
+    return pl.col(c).cast(_sql_dtype(dtype))
+
+
+def _from_sql(c: str, dtype: pl.DataType) -> pl.Expr:
+    if isinstance(dtype, pl.UInt64):
+        return pl.col(c).reinterpret(signed=False)
+    return pl.col(c).cast(dtype)
 
 
 class _Table:
@@ -128,7 +139,7 @@ class _Table:
 
     def _rows(self, frame: pl.DataFrame) -> Iterator[tuple[Any, ...]]:
         assert self.schema is not None
-        phys = frame.select([pl.col(c).cast(_sql_dtype(t)) for c, t in self.schema.items()])
+        phys = frame.select([_to_sql(c, t) for c, t in self.schema.items()])
         return phys.iter_rows()
 
     def frame(self, rows: list[tuple[Any, ...]]) -> pl.DataFrame:
@@ -136,7 +147,7 @@ class _Table:
         assert self.schema is not None
         sql = {c: _sql_dtype(t) for c, t in self.schema.items()}
         raw = pl.DataFrame(rows, schema=sql, orient="row")
-        return raw.with_columns([pl.col(c).cast(t) for c, t in self.schema.items()])
+        return raw.with_columns([_from_sql(c, t) for c, t in self.schema.items()])
 
     def put(self, frame: pl.DataFrame) -> None:
         """Insert or replace rows (key + accumulator columns)."""
@@ -160,7 +171,7 @@ class _Table:
         assert self.schema is not None
         ks = self.keys
         # Sorted look-ups walk the B-tree in order: fewer page visits than random order.
-        phys = keys.select([pl.col(k).cast(_sql_dtype(self.schema[k])) for k in ks]).sort(ks)
+        phys = keys.select([_to_sql(k, self.schema[k]) for k in ks]).sort(ks)
         if len(ks) == 1 and (phys.dtypes[0].is_integer() or phys.dtypes[0] == pl.String):
             doc = json.dumps(phys.get_column(ks[0]).to_list(), ensure_ascii=False)
             rows = self.db.execute(
@@ -218,7 +229,7 @@ def _read_snapshot_db(path: Path, schema: dict[str, pl.DataType]) -> Iterator[pl
         cur = db.execute(f"SELECT {', '.join(_q(c) for c in schema)} FROM state")
         while rows := cur.fetchmany(_CHUNK):
             raw = pl.DataFrame(rows, schema=sql, orient="row")
-            yield raw.with_columns([pl.col(c).cast(t) for c, t in schema.items()])
+            yield raw.with_columns([_from_sql(c, t) for c, t in schema.items()])
     finally:
         db.close()
 
