@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-PIPELINE = Path(__file__).with_name("disk_totals.py")
+PIPELINE = ROOT / "examples" / "disk_totals.py"
 T0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 
 

@@ -1,10 +1,15 @@
-"""Pipeline of the on-disk state crash test: per-card totals and per-card 1-minute totals.
+"""Per-card totals and per-card 1-minute totals with state on disk, exactly once.
 
-    tideflow run tests/recovery/disk_totals.py --state disk --state-dir S --state-cache-keys N \\
-        -- --input DIR --output DIR --checkpoint-dir DIR --checkpoint-interval SECONDS
+    tideflow run examples/disk_totals.py --state disk --state-dir S --state-cache-keys N \\
+        -- --input DIR --output DIR --checkpoint-dir DIR --checkpoint-interval SECONDS \\
+        --window-state DIR
 
-The keyed aggregation takes the run's state backend (the command-line options); the window
-aggregation spills to disk by its own ``state=`` (a ``DiskState`` in ``--window-state``).
+Input as for ``card_totals.py`` (JSON-lines files of ``{"card", "amount", "ts"}``). The keyed
+aggregation (every card's total and count, written when the input ends to ``OUTPUT/totals``)
+takes the run's state backend, here the command-line options: with ``--state disk`` only the
+most recent ``N`` cards stay in memory, the rest live in SQLite. The 1-minute windows
+(``OUTPUT/windows``) spill to files under ``--window-state`` by their own ``state=``. Used by
+the crash test ``tests/recovery/test_crash_disk_state.py``.
 """
 
 import argparse
