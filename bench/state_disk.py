@@ -76,10 +76,17 @@ def make_window_flow(
     return flow
 
 
-def make_flow(rows: int, keys: int, state: tf.MemoryState | tf.DiskState) -> tf.Dataflow:
+def make_flow(
+    rows: int, keys: int, state: tf.MemoryState | tf.DiskState, zipf: float = 0.0
+) -> tf.Dataflow:
     def fn(start: int, n: int) -> pl.DataFrame:
         rng = np.random.default_rng(start)
-        return pl.DataFrame({"k": rng.integers(0, keys, n), "v": rng.integers(0, 100, n)})
+        if zipf:  # skewed: key rank r drawn with probability ~ 1/r^zipf (then scattered)
+            k = (rng.zipf(zipf, n) - 1) % keys
+            k = (k * 2_654_435_761) % keys
+        else:
+            k = rng.integers(0, keys, n)
+        return pl.DataFrame({"k": k, "v": rng.integers(0, 100, n)})
 
     flow = tf.Dataflow("statebench")
     (
@@ -128,7 +135,7 @@ def one(a: argparse.Namespace) -> dict[str, object]:
     def build() -> tf.Dataflow:
         if a.windows:
             return make_window_flow(a.rows, a.keys, a.windows, state)
-        return make_flow(a.rows, a.keys, state)
+        return make_flow(a.rows, a.keys, state, a.zipf)
 
     t, c = time.perf_counter(), time.process_time()
     tf.run(build(), **kw)  # type: ignore[arg-type]
@@ -149,6 +156,7 @@ def one(a: argparse.Namespace) -> dict[str, object]:
     return {
         "backend": a.backend,
         "step": f"window agg, {a.windows} one-minute windows" if a.windows else "agg",
+        "keys_drawn": f"zipf {a.zipf}" if a.zipf else "uniform",
         "keys": a.keys,
         "rows": a.rows,
         "batch": a.batch,
@@ -174,6 +182,7 @@ def main() -> None:
     p.add_argument("--cache-keys", type=int, default=250_000)
     p.add_argument("--interval", type=float, default=10.0)
     p.add_argument("--windows", type=int, default=0, help="window agg over N minutes instead")
+    p.add_argument("--zipf", type=float, default=0.0, help="skewed keys (Zipf exponent > 1)")
     p.add_argument("--backend", help=argparse.SUPPRESS)
     p.add_argument("--json", type=Path, help="append results (JSON lines) to this file")
     a = p.parse_args()
@@ -183,7 +192,7 @@ def main() -> None:
     for b in a.backends:
         cmd = [sys.executable, __file__, f"--backend={b}", f"--rows={a.rows}", f"--keys={a.keys}"]
         cmd += [f"--batch={a.batch}", f"--cache-keys={a.cache_keys}", f"--interval={a.interval}"]
-        cmd += [f"--windows={a.windows}"]
+        cmd += [f"--windows={a.windows}", f"--zipf={a.zipf}"]
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if res.returncode:
             print(f"{b}: failed\n{res.stderr[-3000:]}", file=sys.stderr)
