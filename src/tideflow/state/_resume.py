@@ -109,11 +109,8 @@ def _rescale(
         # Downstream of the exchange the watermark was the minimum over the workers: resuming
         # from the largest time any worker saw would make the others' next records late. Times
         # per part (``per=``) are learnt again from the data: a new worker reads other parts.
-        # A worker that had seen nothing holds it at "nothing seen" (None): its input may be
-        # older than anything the others saw.
-        seen = [s.get("max_seen") for s in snaps]
-        low = None if None in seen else min(int(v) for v in seen if v is not None)
-        return {"version": 1, "max_seen": low}
+        seen = [int(s["max_seen"]) for s in snaps if s.get("max_seen") is not None]
+        return {"version": 1, "max_seen": min(seen) if seen else None}
     if kind == "window" and first.get("version") == 2:
         out = dict(first)
         out["wm"] = min(int(s["wm"]) for s in snaps)
