@@ -49,6 +49,10 @@ class Pipeline(Estimator):
                 msg = f"Pipeline step {type(s).__name__} is not a transformer but is not last"
                 raise ConfigError(msg)
         self.steps: list[Estimator] = flat
+        last = flat[-1]
+        # Resolved once: the per-record methods run for every record.
+        self._tx: tuple[Any, ...] = tuple(flat if hasattr(last, "transform_one") else flat[:-1])
+        self._last: Any = None if hasattr(last, "transform_one") else last
 
     def _get_params(self) -> dict[str, Any]:
         return {"steps": self.steps}
@@ -61,14 +65,12 @@ class Pipeline(Estimator):
         return " | ".join(repr(s) for s in self.steps)
 
     @property
-    def _transformers(self) -> list[Any]:
-        last = self.steps[-1]
-        return self.steps if hasattr(last, "transform_one") else self.steps[:-1]
+    def _transformers(self) -> tuple[Any, ...]:
+        return self._tx
 
     @property
     def _final(self) -> Any:
-        last = self.steps[-1]
-        return None if hasattr(last, "transform_one") else last
+        return self._last
 
     def __getitem__(self, i: int) -> Estimator:
         return self.steps[i]
@@ -79,16 +81,16 @@ class Pipeline(Estimator):
 
     # -- per record ---------------------------------------------------------------------------
     def _tx_one(self, x: dict[Any, Any]) -> dict[Any, Any]:
-        for t in self._transformers:
+        for t in self._tx:
             x = t.transform_one(x)
         return x
 
     def learn_one(self, x: dict[Any, Any], y: Any = None, **kw: Any) -> None:
         """Update every step on one record."""
-        for t in self._transformers:
+        for t in self._tx:
             t.learn_one(x)
             x = t.transform_one(x)
-        final = self._final
+        final = self._last
         if final is not None:
             if y is None:
                 final.learn_one(x, **kw)
@@ -99,7 +101,9 @@ class Pipeline(Estimator):
         return self._tx_one(x)
 
     def predict_one(self, x: dict[Any, Any]) -> Any:
-        return self._final.predict_one(self._tx_one(x))
+        for t in self._tx:
+            x = t.transform_one(x)
+        return self._last.predict_one(x)
 
     def predict_proba_one(self, x: dict[Any, Any]) -> dict[Any, float]:
         return self._final.predict_proba_one(self._tx_one(x))  # type: ignore[no-any-return]

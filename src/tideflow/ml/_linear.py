@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable
-from operator import mul
+from itertools import repeat
+from operator import add, mul, sub
 from typing import Any, Literal
 
 import numpy as np
@@ -114,23 +115,27 @@ class _Linear(Estimator):
         stays on the arrays too, so that learning and predicting do not convert every record)."""
         return False
 
-    def _scalar_x(self, x: dict[Hashable, Any], grow: bool) -> list[Any] | None:
-        """``x`` as a list over the known features for the list form (``None``: use arrays).
-
-        Call after :meth:`_scalar_weights` returned a list. New features are added when
-        ``grow``; a record with more than ``_SCALAR_MAX_FEATURES`` features moves the model
-        back to the arrays.
+    def _xlist(self, x: dict[Hashable, Any], grow: bool) -> tuple[list[float], list[Any]] | None:
+        """The weights in list form and ``x`` as a list over the same features, or ``None`` if
+        the arrays must be used (several outputs, too many features, settings without a
+        list-form step). New features are added when ``grow``; one that takes the model over
+        ``_SCALAR_MAX_FEATURES`` moves it back to the arrays. Values are not checked: callers
+        fall back to the arrays on ``TypeError`` (``None`` or non-numbers in ``x``), before
+        changing anything.
         """
+        wl = self._wl
+        if wl is None:
+            wl = self._scalar_weights()
+            if wl is None:
+                return None
         fs = self._fs
         if tuple(x) == fs._order:  # same features in the same order as the model's
-            return list(x.values())
+            return wl, list(x.values())
         index = fs.index
         if grow:
             for k in x:
                 if k not in index:
                     fs.add(k)
-            wl = self._wl
-            assert wl is not None
             if len(wl) < len(fs):
                 wl.extend([0.0] * (len(fs) - len(wl)))
             if len(fs) > _SCALAR_MAX_FEATURES:
@@ -141,7 +146,7 @@ class _Linear(Estimator):
             i = index.get(k)
             if i is not None and val is not None:
                 v[i] = val
-        return v
+        return wl, v
 
     def _grow_features(self) -> None:
         d = len(self._fs)
@@ -246,14 +251,12 @@ class _LinearClassifier(_Linear, Classifier):
         return np.where(tot > 0, P / np.where(tot > 0, tot, 1.0), 1.0 / k)
 
     def _score1(self, x: dict[Hashable, Any]) -> float:
-        wl = self._scalar_weights()
-        if wl is not None:
-            v = self._scalar_x(x, grow=False)
-            if v is not None:
-                try:
-                    return sum(map(mul, wl, v)) + self._bl  # type: ignore[no-any-return]
-                except TypeError:  # None or non-numbers in x: the array code handles them
-                    pass
+        xl = self._xlist(x, grow=False)
+        if xl is not None:
+            try:
+                return sum(map(mul, *xl)) + self._bl  # type: ignore[no-any-return]
+            except TypeError:  # None or non-numbers in x: the array code handles them
+                pass
         va = self._fs.vector(x, grow=False)
         d = min(len(va), self._W.shape[1])
         return float(self._W[0, :d] @ va[:d]) + float(self._b[0])
@@ -344,16 +347,44 @@ class _SGDClassifier(_LinearClassifier):
 
     def learn_one(self, x: dict[Hashable, Any], y: Any, w: float = 1.0) -> None:
         """Update on one record (equal to ``learn_many`` on a one-row batch)."""
+        c = self._ls.index.get(y)
+        if c is not None:  # a known class: single output (binary) steps on the list form
+            xl = self._xlist(x, grow=True)
+            if xl is not None:
+                wl, vl = xl
+                try:
+                    sc = sum(map(mul, wl, vl)) + self._bl
+                except TypeError:  # None or non-numbers in x: the array code handles them
+                    sc = None
+                if sc is not None:
+                    # The plain-SGD step of _update (same operations, same order) on floats.
+                    if self._loss == "log":
+                        e = 0.5 * (1.0 + math.tanh(0.5 * sc)) - (1.0 if c == 1 else 0.0)
+                    else:
+                        sg = 1.0 if c == 1 else -1.0
+                        e = -sg if sg * sc < 1.0 else 0.0
+                    lr, blr = self.optimizer.lr, self.intercept_lr
+                    curv = 0.5 if self.multiclass == "softmax" else 0.25
+                    e *= w
+                    load = lr * curv * w * sum(map(mul, vl, vl))
+                    ew = e / load if load > 1.0 else e
+                    if self.l2:
+                        f = 1.0 - lr * self.l2 * w
+                        wl = list(map(mul, wl, repeat(f)))
+                    if ew:
+                        wl = list(map(sub, wl, map(mul, repeat(lr * ew), vl)))
+                    self._wl = wl
+                    bload = blr * curv * w
+                    self._bl -= blr * (e / bload if bload > 1.0 else e)
+                    return
         if (
-            len(self._ls) == 2
+            self._W.shape[0] == 1
             and type(self.optimizer) is SGD
             and self.clip_gradient >= 1e12
-            and (self._wl is not None or self._Wa.shape[0] == 1)
+            and len(self._ls) == 2
         ):
             c = self._ls.index.get(plain_label(y))
-            if c is not None and self._learn_scalar(x, 1.0 if c == 1 else 0.0, w):
-                return
-            if c is not None:  # binary fast path: scalar maths, three array operations
+            if c is not None:  # binary fast path on the arrays: three array operations
                 v = self._fs.vector(x, grow=True)
                 self._grow_features()
                 Wr = self._W[0]
@@ -377,42 +408,6 @@ class _SGDClassifier(_LinearClassifier):
                 self._b[0] -= blr * (e / bload if bload > 1.0 else e)
                 return
         super().learn_one(x, y, w)
-
-    def _learn_scalar(self, x: dict[Hashable, Any], t: float, w: float) -> bool:
-        """The binary plain-SGD step on the list form; ``False`` if the arrays must be used."""
-        wl = self._scalar_weights()
-        if wl is None:
-            return False
-        v = self._scalar_x(x, grow=True)
-        if v is None:
-            return False
-        try:
-            s = sum(map(mul, wl, v)) + self._bl
-        except TypeError:  # None or non-numbers in x: the array code handles them
-            return False
-        if self._loss == "log":
-            e = 0.5 * (1.0 + math.tanh(0.5 * s)) - t
-        else:
-            sg = 2.0 * t - 1.0
-            e = -sg if sg * s < 1.0 else 0.0
-        lr, blr = self.optimizer.lr, self.intercept_lr
-        curv = 0.5 if self.multiclass == "softmax" else 0.25
-        e *= w
-        load = lr * curv * w * sum(map(mul, v, v))
-        ew = e / load if load > 1.0 else e
-        if self.l2:
-            f = 1.0 - lr * self.l2 * w
-            if ew:
-                g = lr * ew
-                self._wl = [a * f - g * b for a, b in zip(wl, v, strict=True)]
-            else:
-                self._wl = [a * f for a in wl]
-        elif ew:
-            g = lr * ew
-            self._wl = [a - g * b for a, b in zip(wl, v, strict=True)]
-        bload = blr * curv * w
-        self._bl -= blr * (e / bload if bload > 1.0 else e)
-        return True
 
     def _update(self, M: np.ndarray, yi: np.ndarray, sw: np.ndarray) -> None:
         Y = self._targets(yi)
@@ -550,11 +545,12 @@ class PAClassifier(_LinearClassifier):
 
     def learn_one(self, x: dict[Hashable, Any], y: Any, w: float = 1.0) -> None:
         """Update on one record (equal to ``learn_many`` on a one-row batch)."""
-        if len(self._ls) == 2 and (self._wl is not None or self._Wa.shape[0] == 1):
+        c = self._ls.index.get(y)
+        if c is not None and self._learn_scalar(x, 1.0 if c == 1 else -1.0, w):
+            return
+        if self._W.shape[0] == 1 and len(self._ls) == 2:
             c = self._ls.index.get(plain_label(y))
-            if c is not None and self._learn_scalar(x, 1.0 if c == 1 else -1.0, w):
-                return
-            if c is not None:  # binary fast path
+            if c is not None:  # binary fast path on the arrays
                 v = self._fs.vector(x, grow=True)
                 self._grow_features()
                 Wr = self._W[0]
@@ -572,20 +568,18 @@ class PAClassifier(_LinearClassifier):
         return True
 
     def _learn_scalar(self, x: dict[Hashable, Any], sg: float, w: float) -> bool:
-        """The binary step on the list form; ``False`` if the arrays must be used."""
-        wl = self._scalar_weights()
-        if wl is None:
+        """The single-output step on the list form; ``False`` if the arrays must be used."""
+        xl = self._xlist(x, grow=True)
+        if xl is None:
             return False
-        v = self._scalar_x(x, grow=True)
-        if v is None:
-            return False
+        wl, v = xl
         try:
             loss = 1.0 - sg * (sum(map(mul, wl, v)) + self._bl)
         except TypeError:  # None or non-numbers in x: the array code handles them
             return False
         if loss > 0.0:
             t = _pa_tau1(loss, sum(map(mul, v, v)), self.C, self.mode) * sg * w
-            self._wl = [a + t * b for a, b in zip(wl, v, strict=True)]
+            self._wl = list(map(add, wl, map(mul, repeat(t), v)))
             if self.learn_intercept:
                 self._bl += t
         return True
@@ -664,14 +658,12 @@ def _pa_tau(loss: np.ndarray, norm: np.ndarray, C: float, mode: int) -> np.ndarr
 class _LinearRegressor(_Linear, Regressor):
     def predict_one(self, x: dict[Hashable, Any]) -> float:
         """Prediction for one record."""
-        wl = self._scalar_weights()
-        if wl is not None:
-            v = self._scalar_x(x, grow=False)
-            if v is not None:
-                try:
-                    return float(sum(map(mul, wl, v)) + self._bl)
-                except TypeError:  # None or non-numbers in x: the array code handles them
-                    pass
+        xl = self._xlist(x, grow=False)
+        if xl is not None:
+            try:
+                return float(sum(map(mul, *xl)) + self._bl)
+            except TypeError:  # None or non-numbers in x: the array code handles them
+                pass
         va = self._fs.vector(x, grow=False)
         d = min(len(va), self._W.shape[1])
         return float(self._W[0, :d] @ va[:d]) + float(self._b[0])
@@ -736,10 +728,28 @@ class LinearRegression(_LinearRegressor):
 
     def learn_one(self, x: dict[Hashable, Any], y: float, w: float = 1.0) -> None:
         """Update on one record (equal to ``learn_many`` on a one-row batch)."""
+        xl = self._xlist(x, grow=True)  # None unless plain SGD without clipping, few features
+        if xl is not None:
+            wl, v0 = xl
+            try:
+                e = 2.0 * (sum(map(mul, wl, v0)) + self._bl - float(y))
+            except TypeError:  # None or non-numbers in x: the array code handles them
+                e = None
+            if e is not None:  # the step below (same operations, same order) on floats
+                lr, blr = self.optimizer.lr, self.intercept_lr
+                e *= w
+                load = lr * 2.0 * w * sum(map(mul, v0, v0))
+                ew = e / load if load > 1.0 else e
+                if self.l2:
+                    wl = list(map(mul, wl, repeat(1.0 - lr * self.l2 * w)))
+                if ew:
+                    wl = list(map(sub, wl, map(mul, repeat(lr * ew), v0)))
+                self._wl = wl
+                bload = blr * 2.0 * w
+                self._bl -= blr * (e / bload if bload > 1.0 else e)
+                return
         if type(self.optimizer) is not SGD or self.clip_gradient < 1e12:
             super().learn_one(x, y, w)
-            return
-        if self._learn_scalar(x, y, w):
             return
         v = self._fs.vector(x, grow=True)
         self._grow_features()
@@ -758,36 +768,6 @@ class LinearRegression(_LinearRegressor):
 
     def _scalar_ok(self) -> bool:
         return type(self.optimizer) is SGD and self.clip_gradient >= 1e12
-
-    def _learn_scalar(self, x: dict[Hashable, Any], y: float, w: float) -> bool:
-        """The plain-SGD step on the list form; ``False`` if the arrays must be used."""
-        wl = self._scalar_weights()
-        if wl is None:
-            return False
-        v = self._scalar_x(x, grow=True)
-        if v is None:
-            return False
-        try:
-            e = 2.0 * (sum(map(mul, wl, v)) + self._bl - float(y))
-        except TypeError:  # None or non-numbers in x: the array code handles them
-            return False
-        lr, blr = self.optimizer.lr, self.intercept_lr
-        e *= w
-        load = lr * 2.0 * w * sum(map(mul, v, v))
-        ew = e / load if load > 1.0 else e
-        if self.l2:
-            f = 1.0 - lr * self.l2 * w
-            if ew:
-                g = lr * ew
-                self._wl = [a * f - g * b for a, b in zip(wl, v, strict=True)]
-            else:
-                self._wl = [a * f for a in wl]
-        elif ew:
-            g = lr * ew
-            self._wl = [a - g * b for a, b in zip(wl, v, strict=True)]
-        bload = blr * 2.0 * w
-        self._bl -= blr * (e / bload if bload > 1.0 else e)
-        return True
 
     def _update(self, M: np.ndarray, y: np.ndarray, sw: np.ndarray) -> None:
         e = 2.0 * (self._scores(M)[:, 0] - y)
@@ -830,23 +810,22 @@ class PARegressor(_LinearRegressor):
 
     def learn_one(self, x: dict[Hashable, Any], y: float, w: float = 1.0) -> None:
         """Update on one record (equal to ``learn_many`` on a one-row batch)."""
-        wl = self._scalar_weights()
-        if wl is not None:
-            vl = self._scalar_x(x, grow=True)
-            if vl is not None:
-                try:
-                    r = float(y) - (sum(map(mul, wl, vl)) + self._bl)
-                except TypeError:  # None or non-numbers in x: the array code handles them
-                    r = None
-                if r is not None:
-                    loss = abs(r) - self.eps
-                    if loss > 0.0:
-                        sg = 1.0 if r > 0 else -1.0
-                        t = _pa_tau1(loss, sum(map(mul, vl, vl)), self.C, self.mode) * sg * w
-                        self._wl = [a + t * b for a, b in zip(wl, vl, strict=True)]
-                        if self.learn_intercept:
-                            self._bl += t
-                    return
+        xl = self._xlist(x, grow=True)
+        if xl is not None:
+            wl, vl = xl
+            try:
+                r = float(y) - (sum(map(mul, wl, vl)) + self._bl)
+            except TypeError:  # None or non-numbers in x: the array code handles them
+                r = None
+            if r is not None:  # the step below (same operations, same order) on floats
+                loss = abs(r) - self.eps
+                if loss > 0.0:
+                    sg = 1.0 if r > 0 else -1.0
+                    t = _pa_tau1(loss, sum(map(mul, vl, vl)), self.C, self.mode) * sg * w
+                    self._wl = list(map(add, wl, map(mul, repeat(t), vl)))
+                    if self.learn_intercept:
+                        self._bl += t
+                return
         v = self._fs.vector(x, grow=True)
         self._grow_features()
         Wr = self._W[0]

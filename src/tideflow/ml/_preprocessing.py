@@ -40,6 +40,7 @@ class StandardScaler(Transformer):
         self._n: list[float] = []
         self._mean: list[float] = []
         self._m2: list[float] = []
+        self._std: list[float] = []  # derived from n and m2 (0.0 where the variance is not > 0)
 
     def _grow(self) -> None:
         k = len(self._fs) - len(self._n)
@@ -47,11 +48,15 @@ class StandardScaler(Transformer):
             self._n.extend([0.0] * k)
             self._mean.extend([0.0] * k)
             self._m2.extend([0.0] * k)
+            self._std.extend([0.0] * k)
+
+    def _set_std(self) -> None:
+        self._std = [_std(m2, n) for n, m2 in zip(self._n, self._m2, strict=True)]
 
     def learn_one(self, x: dict[Hashable, Any], y: Any = None) -> None:
         """Update the statistics with one record."""
         idx = self._fs.index
-        n, mean, m2 = self._n, self._mean, self._m2
+        n, mean, m2, std = self._n, self._mean, self._m2, self._std
         for k, v in x.items():
             i = idx.get(k)
             if i is None:
@@ -59,27 +64,31 @@ class StandardScaler(Transformer):
                 self._grow()
             if v is None or v != v:
                 continue
-            n[i] += 1.0
+            ni = n[i] = n[i] + 1.0
             d = v - mean[i]
-            mean[i] += d / n[i]
-            m2[i] += d * (v - mean[i])
+            mean[i] += d / ni
+            m2i = m2[i] = m2[i] + d * (v - mean[i])
+            var = m2i / ni
+            std[i] = var**0.5 if var > 0 else 0.0
 
     def transform_one(self, x: dict[Hashable, Any]) -> dict[Hashable, Any]:
         """Scale one record with the current statistics."""
         idx = self._fs.index
+        mean = self._mean
         out: dict[Hashable, Any] = {}
-        ws = self.with_std
+        if not self.with_std:
+            for k, v in x.items():
+                i = idx.get(k)
+                out[k] = 0.0 if i is None else v - mean[i]
+            return out
+        std = self._std
         for k, v in x.items():
             i = idx.get(k)
             if i is None:
                 out[k] = 0.0
                 continue
-            c = v - self._mean[i]
-            if ws:
-                ni = self._n[i]
-                var = self._m2[i] / ni if ni > 0 else 0.0
-                c = c / var**0.5 if var > 0 else 0.0
-            out[k] = c
+            s = std[i]
+            out[k] = (v - mean[i]) / s if s > 0 else 0.0
         return out
 
     def learn_many(self, X: Any, y: Any = None) -> None:
@@ -111,6 +120,7 @@ class StandardScaler(Transformer):
             self._n[i] = float(tot[j])
             self._mean[i] = float(new_mean[j])
             self._m2[i] = float(new_m2[j])
+        self._set_std()
 
     def transform_many(self, X: Any) -> Cols:
         """Scale a mini-batch (NaN stays NaN, meaning missing)."""
@@ -150,6 +160,7 @@ class StandardScaler(Transformer):
         self._n = np.asarray(state["n"], dtype=float).tolist()
         self._mean = np.asarray(state["mean"], dtype=float).tolist()
         self._m2 = np.asarray(state["m2"], dtype=float).tolist()
+        self._set_std()
 
     @property
     def means(self) -> dict[Hashable, float]:
@@ -165,6 +176,11 @@ class StandardScaler(Transformer):
     @property
     def counts(self) -> dict[Hashable, float]:
         return dict(zip(self._fs.names, self._n, strict=True))
+
+
+def _std(m2: float, n: float) -> float:
+    var = m2 / n if n > 0 else 0.0
+    return float(var**0.5) if var > 0 else 0.0
 
 
 def _is_number(v: Any) -> bool:
