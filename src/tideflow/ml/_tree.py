@@ -37,6 +37,12 @@ __all__ = ["HoeffdingTreeClassifier"]
 
 LeafPrediction = Literal["mc", "nb", "nba"]
 _LOG2PI = math.log(2 * math.pi)
+_TWO_PI = 2 * math.pi
+# Up to this many (all numeric) features, the per-record naive Bayes scores and Gaussian
+# estimator update run on Python floats, above it on NumPy arrays. Measured (predict_one +
+# learn_one on random streams, 2-core machine): 2.4x faster at 3 features, 1.2-1.4x at 8-24,
+# 0.9x at 32.
+_SCALAR_MAX_FEATURES = 24
 
 
 class CLeaf:
@@ -258,6 +264,41 @@ class HoeffdingTreeClassifier(TreeBase, Classifier):
                 logp[ok] += cond[codes[ok].astype(np.int64)]
         return logp  # type: ignore[no-any-return]
 
+    def _nb_log1(self, leaf: CLeaf, xs: list[float], k: int) -> list[float] | None:
+        """:meth:`_nb_log` for one row on Python floats (``None`` with nominal features).
+
+        At a handful of features the array version's ~20 NumPy calls cost more than the
+        d x k Gaussian terms in pure Python; the terms and their order are the same (a term is
+        left out where the array version's is zeroed or NaN: no records of the class, or a
+        missing value).
+        """
+        d = len(xs)
+        if d > _SCALAR_MAX_FEATURES or leaf.nom or True in self._nominal:
+            return None
+        leaf.fit(d, k)
+        tot = leaf.total
+        lt = math.log(tot)
+        dist = leaf.dist[:k].tolist()
+        N = leaf.n[:d, :k].T.tolist()
+        MU = leaf.mean[:d, :k].T.tolist()
+        M2 = leaf.m2[:d, :k].T.tolist()
+        log = math.log
+        out: list[float] = []
+        for c in range(k):
+            dc = dist[c]
+            prior = (log(dc) if dc > 0 else -math.inf) - lt
+            acc = 0.0
+            for n, mu, m2, x in zip(N[c], MU[c], M2[c], xs, strict=True):
+                if n > 0 and x == x:
+                    var = m2 / n
+                    floor = 1e-9 * (1.0 + mu * mu)
+                    if var < floor:
+                        var = floor
+                    dx = x - mu  # (squared by multiplying: ** raises OverflowError)
+                    acc += -0.5 * log(_TWO_PI * var) - dx * dx / (2 * var)
+            out.append(prior + acc)
+        return out
+
     def _nb_proba(self, leaf: CLeaf, M: np.ndarray, dist: np.ndarray) -> np.ndarray:
         logp = self._nb_log(leaf, M, dist)
         mx = logp.max(axis=1, keepdims=True)
@@ -316,8 +357,21 @@ class HoeffdingTreeClassifier(TreeBase, Classifier):
             and k > 0
         ):
             leaf.fit(len(row), k)
+            xs = row.tolist()
+            lp1 = self._nb_log1(leaf, xs, k)
+            if lp1 is not None:
+                nb = max(range(k), key=lp1.__getitem__)
+                self._memo = (leaf, leaf.total, xs, nb)
+                if self.leaf_prediction == "nb" or leaf.mc_ok <= leaf.nb_ok:
+                    mx1 = lp1[nb]
+                    if not math.isfinite(mx1):
+                        mx1 = 0.0
+                    P1 = [math.exp(v - mx1) for v in lp1]
+                    tot1 = sum(P1)
+                    return np.asarray(P1) / tot1 if tot1 > 0 else np.full(k, 1.0 / k)
+                return self._leaf_proba(leaf, row[None, :])[0]  # type: ignore[no-any-return]
             logp = self._nb_log(leaf, row[None, :], leaf.dist[:k])[0]
-            self._memo = (leaf, leaf.total, row, int(logp.argmax()))
+            self._memo = (leaf, leaf.total, xs, int(logp.argmax()))
             if self.leaf_prediction == "nb" or leaf.mc_ok <= leaf.nb_ok:
                 mx = logp.max()
                 P = np.exp(logp - (mx if np.isfinite(mx) else 0.0))
@@ -371,24 +425,45 @@ class HoeffdingTreeClassifier(TreeBase, Classifier):
                 leaf.mc_ok += w
             if leaf.total > self.nb_threshold:
                 memo = self._memo
+                xs = row.tolist()
                 if (
                     memo is not None
                     and memo[0] is leaf
                     and memo[1] == leaf.total
-                    and (
-                        memo[2] is row
-                        or (len(memo[2]) == d and np.array_equal(memo[2], row, equal_nan=True))
-                    )
+                    and memo[2] == xs  # (NaN != NaN: a row with missing values is recomputed)
                 ):
                     nb = memo[3]
                 else:
-                    nb = int(self._nb_log(leaf, row[None, :], dist)[0].argmax())
+                    lp1 = self._nb_log1(leaf, xs, k)
+                    if lp1 is not None:
+                        nb = max(range(k), key=lp1.__getitem__)
+                    else:
+                        nb = int(self._nb_log(leaf, row[None, :], dist)[0].argmax())
                 if nb == c:
                     leaf.nb_ok += w
         self._memo = None
         leaf.dist[c] += w
         leaf.total += w
         if not leaf.active:
+            return
+        if d <= _SCALAR_MAX_FEATURES and w > 0 and True not in self._nominal:
+            # The Gaussian estimator update below, element by element on Python floats (same
+            # operations in the same order): cheaper than ~20 NumPy calls at a few features.
+            na, mua, m2a, loa, hia = leaf.n, leaf.mean, leaf.m2, leaf.lo, leaf.hi
+            for f, xv in enumerate(row.tolist()):
+                if xv != xv:  # missing
+                    continue
+                nn = na.item(f, c) + w
+                mu = mua.item(f, c)
+                delta = xv - mu
+                nm = mu + delta * w / nn
+                m2a[f, c] = m2a.item(f, c) + w * delta * (xv - nm)
+                mua[f, c] = nm
+                na[f, c] = nn
+                if xv < loa.item(f, c):
+                    loa[f, c] = xv
+                if xv > hia.item(f, c):
+                    hia[f, c] = xv
             return
         ok = ~np.isnan(row)
         allok = bool(ok.all())
