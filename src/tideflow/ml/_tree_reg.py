@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable
+from itertools import repeat
+from operator import add, mul
 from typing import Any, Literal
 
 import numpy as np
@@ -32,6 +34,9 @@ __all__ = ["HoeffdingTreeRegressor"]
 
 LeafModel = Literal["mean", "model", "adaptive"]
 _FADE = 0.99
+# Up to this many (all numeric) features, the per-record feature scaler update, standardisation
+# and leaf model step run on Python floats (same operations, same order), above it on NumPy.
+_SCALAR_MAX_FEATURES = 24
 
 
 class RLeaf:
@@ -205,6 +210,46 @@ class HoeffdingTreeRegressor(TreeBase, Regressor):
             Z = np.nan_to_num(Z, nan=0.0)
         return np.clip(Z, -5.0, 5.0, out=Z)  # type: ignore[no-any-return]
 
+    def _z1(self, xs: list[float]) -> list[float] | None:
+        """:meth:`_z` for one row on Python floats (``None``: use the arrays)."""
+        d = len(xs)
+        if d > _SCALAR_MAX_FEATURES or True in self._nominal:
+            return None
+        self._grow_scaler(d)
+        out: list[float] = []
+        for x, n, mu, m2 in zip(
+            xs,
+            self._sn[:d].tolist(),
+            self._smean[:d].tolist(),
+            self._sm2[:d].tolist(),
+            strict=True,
+        ):
+            var = m2 / n if n > 0 else 0.0
+            if var > 0:
+                z = (x - mu) * (1.0 / math.sqrt(var))
+                if z != z:
+                    z = 0.0
+                elif z > 5.0:
+                    z = 5.0
+                elif z < -5.0:
+                    z = -5.0
+            else:
+                z = 0.0
+            out.append(z)
+        return out
+
+    def _model_predict1(self, leaf: RLeaf, xs: list[float]) -> float | None:
+        """:meth:`_model_predict` for one row on Python floats (``None``: use the arrays)."""
+        zl = self._z1(xs)
+        if zl is None:
+            return None
+        d = min(len(zl), len(leaf.w))
+        p = leaf.mean + sum(map(mul, zl[:d], leaf.w[:d].tolist()))
+        if leaf.hi >= leaf.lo:
+            span = 0.5 * (leaf.hi - leaf.lo) + 1e-12
+            p = min(max(p, leaf.lo - span), leaf.hi + span)
+        return float(p) if math.isfinite(p) else float(leaf.mean)
+
     # -- prediction ---------------------------------------------------------------------------
     def _leaf_predict(self, leaf: Any, M: np.ndarray, Z: np.ndarray | None = None) -> np.ndarray:
         m = M.shape[0]
@@ -238,6 +283,10 @@ class HoeffdingTreeRegressor(TreeBase, Regressor):
             or (self.leaf_prediction == "adaptive" and leaf.err_mean <= leaf.err_model)
         ):
             return float(leaf.mean)
+        if isinstance(leaf, RLeaf):
+            p = self._model_predict1(leaf, row.tolist())
+            if p is not None:
+                return p
         return float(self._leaf_predict(leaf, row[None, :])[0])
 
     def predict_many(self, X: Any) -> np.ndarray:
@@ -267,6 +316,22 @@ class HoeffdingTreeRegressor(TreeBase, Regressor):
         self._zc = None
         d = len(row)
         self._grow_scaler(d)
+        if d <= _SCALAR_MAX_FEATURES and True not in self._nominal:
+            # The array update below on Python floats (same operations; missing values skipped,
+            # where the arrays add zero).
+            sn, sm, s2 = self._sn[:d].tolist(), self._smean[:d].tolist(), self._sm2[:d].tolist()
+            for f, x in enumerate(row.tolist()):
+                if x != x:
+                    continue
+                n = sn[f] + w
+                mu = sm[f]
+                delta = x - mu
+                nm = mu + (delta * w / n if n > 0 else 0.0)
+                s2[f] += w * delta * (x - nm)
+                sm[f] = nm
+                sn[f] = n
+            self._sn[:d], self._smean[:d], self._sm2[:d] = sn, sm, s2
+            return
         ok = ~np.isnan(row)
         if True in self._nominal:
             ok &= ~np.asarray(self._nominal[:d], dtype=bool)
@@ -285,7 +350,22 @@ class HoeffdingTreeRegressor(TreeBase, Regressor):
         d = len(row)
         if len(leaf.w) < d:
             leaf.w = np.concatenate([leaf.w, np.zeros(d - len(leaf.w))])
-        if leaf.n > 0:
+        zl = self._z1(row.tolist()) if leaf.n > 0 else None
+        if zl is not None:  # the step below on Python floats (same operations, same order)
+            wl = leaf.w[:d].tolist()
+            lin = sum(map(mul, zl, wl))
+            p = leaf.mean + lin
+            if leaf.hi >= leaf.lo:
+                span = 0.5 * (leaf.hi - leaf.lo) + 1e-12
+                p = min(max(p, leaf.lo - span), leaf.hi + span)
+            if not math.isfinite(p):
+                p = leaf.mean
+            leaf.err_mean = _FADE * leaf.err_mean + (1 - _FADE) * abs(y - leaf.mean)
+            leaf.err_model = _FADE * leaf.err_model + (1 - _FADE) * abs(y - p)
+            r = y - (leaf.mean + lin)
+            g = self.model_lr * w * r / (1.0 + sum(map(mul, zl, zl)))
+            leaf.w[:d] = list(map(add, wl, map(mul, repeat(g), zl)))
+        elif leaf.n > 0:
             z = self._z(row[None, :])[0]
             lin = float(z @ leaf.w[:d])
             p = leaf.mean + lin
