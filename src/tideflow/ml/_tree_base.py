@@ -105,6 +105,13 @@ class TreeBase(Estimator):
 
     def _row(self, x: dict[Hashable, Any], grow: bool) -> np.ndarray:
         """One record as a float vector (NaN for missing, codes for nominal values)."""
+        if tuple(x) == self._fs._order and True not in self._nominal:
+            # the tree's features in its order, all numeric: one C-level conversion (None
+            # becomes NaN, as below; a value that is not a number takes the loop below)
+            try:
+                return np.fromiter(x.values(), np.float64, len(x))
+            except (TypeError, ValueError):
+                pass
         index = self._fs.index
         if grow:
             for k, v in x.items():
