@@ -295,7 +295,9 @@ class HoeffdingTreeClassifier(TreeBase, Classifier):
                     if var < floor:
                         var = floor
                     dx = x - mu  # (squared by multiplying: ** raises OverflowError)
-                    acc += -0.5 * log(_TWO_PI * var) - dx * dx / (2 * var)
+                    term = -0.5 * log(_TWO_PI * var) - dx * dx / (2 * var)
+                    if term == term:  # a NaN term is left out, as nansum does
+                        acc += term
             out.append(prior + acc)
         return out
 
