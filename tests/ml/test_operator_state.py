@@ -145,7 +145,7 @@ def test_global_model_with_two_workers_learns_every_record_once(tmp_path: Path) 
     assert out.frame().height == 2000
 
 
-@pytest.mark.parametrize(("first_workers", "then_workers"), [(2, 2), (2, 1), (1, 2)])
+@pytest.mark.parametrize(("first_workers", "then_workers"), [(1, 1), (2, 2), (2, 1), (1, 2)])
 def test_per_key_models_resume_and_are_redistributed(
     first_workers: int, then_workers: int, tmp_path: Path
 ) -> None:
@@ -179,7 +179,12 @@ def test_per_key_models_resume_and_are_redistributed(
         checkpoint_dir=ck,
     )
     assert then.frame()["id"].min() == 2000
-    assert _predictions(first, then) == reference
+    ids = set(first.frame()["id"].to_list()) | set(then.frame()["id"].to_list())
+    assert ids == set(range(4000))
+    if first_workers == then_workers == 1:
+        # With several workers, predict and learn batches of a key interleave by timing (see
+        # the test below): the predictions may differ, the learned models may not.
+        assert _predictions(first, then) == reference
     models = model_from_checkpoint(ck, "ml_keys.learn")
     assert sorted(models) == ["s0", "s1", "s2", "s3"]
     # The final per-key models are those of the uninterrupted run.
@@ -226,10 +231,16 @@ class _Gate(SourceReader):
 
 
 def test_per_key_models_two_workers_abort_and_resume(tmp_path: Path) -> None:
+    # With two workers the predict and learn steps of a key run as separate steps whose
+    # batches interleave by timing, so a prediction may come before or after the previous
+    # batch was learned: predictions vary from run to run. What must not vary is what each
+    # key's model learned: every record once, in its key's order. Compare the final models.
     rows = _rows(3000, seed=6, keys=4)
     ref_out = CollectSink()
-    _run(_flow("ml_crash2", rows, MODELS["pipeline"](), ref_out, key="k"))
-    reference = _predictions(ref_out)
+    ref_ck = tmp_path / "ref"
+    _run(_flow("ml_crash2", rows, MODELS["pipeline"](), ref_out, key="k"), checkpoint_dir=ref_ck)
+    reference = model_from_checkpoint(ref_ck, "ml_crash2.learn")
+    assert sorted(reference) == ["s0", "s1", "s2", "s3"]
 
     ck, crashed = tmp_path / "ck", CollectSink()
     flow = tf.Dataflow("ml_crash2")
@@ -249,7 +260,15 @@ def test_per_key_models_two_workers_abort_and_resume(tmp_path: Path) -> None:
         workers=2,
         checkpoint_dir=ck,
     )
-    assert _predictions(crashed, resumed) == reference
+    ids = set(crashed.frame()["id"].to_list()) | set(resumed.frame()["id"].to_list())
+    assert ids == set(range(3000))
+    assert resumed.frame()["id"].min() > 0  # it resumed mid-stream
+    models = model_from_checkpoint(ck, "ml_crash2.learn")
+    probe = pl.DataFrame(rows).select(FEATURES)
+    for key, model in reference.items():
+        want = model.predict_proba_many(probe)
+        got = models[key].predict_proba_many(probe)
+        assert np.allclose(np.asarray(got), np.asarray(want), rtol=0, atol=1e-12), key
 
 
 def test_a_model_shared_by_steps_needs_one_key_and_no_replicas() -> None:
