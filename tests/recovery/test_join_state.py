@@ -143,6 +143,8 @@ def two_sided(kind: str, how: str = "inner") -> Node:
     if kind == "window":
         window = windows.sliding(timedelta(microseconds=20), timedelta(microseconds=10))
         out = left.join_window(right, window, how=how)  # type: ignore[arg-type]
+    elif kind == "close":  # each left record's interval ends at its own time
+        out = left.join_interval(right, lower=timedelta(microseconds=-4), upper="t", emit="close")
     else:
         out = left.join_interval(
             right, lower=timedelta(microseconds=-4), upper=timedelta(microseconds=7)
@@ -206,6 +208,14 @@ def test_window_join_resumes_like_an_uninterrupted_run(batches, delay, how, plan
 @given(batches=batches_st, delay=st.integers(0, 20), plan=plans)
 def test_interval_join_resumes_like_an_uninterrupted_run(batches, delay, plan):
     ref, run = drive_two_sided(two_sided("interval"), batches, delay, plan)
+    assert run.output() == ref.output()
+    assert run.output("late") == ref.output("late")
+
+
+@settings(max_examples=40, deadline=None)
+@given(batches=batches_st, delay=st.integers(0, 20), plan=plans)
+def test_close_join_resumes_like_an_uninterrupted_run(batches, delay, plan):
+    ref, run = drive_two_sided(two_sided("close"), batches, delay, plan)
     assert run.output() == ref.output()
     assert run.output("late") == ref.output("late")
 

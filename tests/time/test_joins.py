@@ -275,8 +275,129 @@ def test_windows_after_an_interval_join_see_no_late_pairs(batches, delay):
     assert got == want
 
 
+# -- interval join: per-record end, unbounded sides, emission at close -----------------------------
+def ref_interval_join_end(batches, lower, span, delay):
+    """Left (k, t, v) ends at t + span(v) (None: never); right partners in [t + lower, end].
+
+    With no bound on either side (a regular join) no record is late.
+    """
+    regular = lower is None and span is None
+    ok, late = late_split(batches, delay, lambda rec, wm: not regular and rec[2] < wm)
+    out = [
+        (k1, t1, v1, t2, v2)
+        for s1, k1, t1, v1 in ok
+        if s1 == "L"
+        for s2, k2, t2, v2 in ok
+        if s2 == "R"
+        and k1 == k2
+        and (lower is None or t1 + lower <= t2)
+        and (span is None or t2 <= t1 + span(v1))
+    ]
+    return Counter(out), Counter(late)
+
+
+def span_of(v):
+    return v % 15
+
+
+def run_interval_join_end(batches, lower, bounded_end, delay, emit, workers=1):
+    flow, left, right = sides(batches, delay)
+    if bounded_end:
+        left = left.stream.with_columns(
+            end=pl.col("t") + pl.duration(microseconds=pl.col("v") % 15)
+        ).key_by("k")
+    j = left.join_interval(
+        right,
+        lower=None if lower is None else timedelta(microseconds=lower),
+        upper="end" if bounded_end else None,
+        emit=emit,
+    )
+    out, late = CollectSink(), CollectSink()
+    j.results.sink(out)
+    j.late.sink(late)
+    tf.run(flow, workers=workers, batch_size=1)
+    got = Counter(
+        (r["k"], us(r["t"]), r["v"], us(r["t_right"]), r["v_right"])
+        for r in out.frame().iter_rows(named=True)
+    )
+    return got, late_rows(late), out
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    batches=batches_st,
+    delay=st.integers(0, 25),
+    lower=st.sampled_from([None, -4, 0, 3]),
+    bounded_end=st.booleans(),
+    emit=st.sampled_from(["arrival", "close"]),
+)
+def test_interval_join_with_record_end_equals_reference(batches, delay, lower, bounded_end, emit):
+    want, want_late = ref_interval_join_end(batches, lower, span_of if bounded_end else None, delay)
+    got, got_late, out = run_interval_join_end(batches, lower, bounded_end, delay, emit)
+    assert got == want
+    assert got_late == want_late
+    if emit == "close":  # every left record's pairs arrive together, in one batch
+        where = {}
+        for i, frame in enumerate(out.frames()):
+            for r in frame.iter_rows(named=True):
+                assert where.setdefault((r["k"], r["t"], r["v"]), i) == i
+
+
+@settings(max_examples=15, deadline=None)
+@given(batches=batches_st, delay=st.integers(0, 25))
+def test_windows_after_a_close_join_see_no_late_pairs(batches, delay):
+    pairs, _ = ref_interval_join_end(batches, 0, span_of, delay)
+    want = Counter()
+    for (k, t, *_), n in pairs.items():
+        want[(k, (t // 10) * 10)] += n
+    flow, left, right = sides(batches, delay)
+    left = left.stream.with_columns(
+        end=pl.col("t") + pl.duration(microseconds=pl.col("v") % 15)
+    ).key_by("k")
+    j = left.join_interval(right, lower=timedelta(0), upper="end", emit="close")
+    out, late = CollectSink(), CollectSink()
+    w = j.results.key_by("k").window(windows.tumbling(timedelta(microseconds=10)))
+    w = w.agg(pl.len().alias("n"))
+    w.results.sink(out)
+    w.late.sink(late)
+    tf.run(flow, batch_size=1)
+    got = Counter()
+    for r in out.frame().iter_rows(named=True):
+        got[(r["k"], us(r["window_start"]))] += r["n"]
+    assert late.frame().height == 0
+    assert got == want
+
+
+def test_close_join_holds_pairs_until_the_end_passes():
+    from tideflow.runtime._joins import IntervalJoinOperator
+
+    held = []
+    orig = IntervalJoinOperator._advance
+
+    def spy(self, wm):
+        orig(self, wm)
+        held.append(sum(f.height for f in self.pending))
+
+    batches = [[("L", "a", 0, 10)], [("R", "a", 5, 1)], [("R", "b", 8, 2)], [("R", "b", 30, 3)]]
+    IntervalJoinOperator._advance = spy
+    try:
+        got, _, _out = run_interval_join_end(batches, 0, True, 0, "close")
+    finally:
+        IntervalJoinOperator._advance = orig
+    assert got == Counter({("a", 0, 10, 5, 1): 1})
+    assert held[:3] == [0, 1, 1] and held[-1] == 0  # out when the watermark passes 10
+
+
+def test_interval_join_checks_the_end_column():
+    _flow, left, right = sides([[("L", "a", 0, 1)]], 0)
+    with pytest.raises(ConfigError, match="must name a UTC timestamp column"):
+        left.join_interval(right, lower=timedelta(0), upper="v")
+    with pytest.raises(ConfigError, match="emit"):
+        left.join_interval(right, lower=timedelta(0), upper=None, emit="later")
+
+
 # -- two workers --------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", ["window", "interval"])
+@pytest.mark.parametrize("kind", ["window", "interval", "close"])
 def test_two_workers_equal_the_reference(kind):
     import random
 
@@ -294,9 +415,12 @@ def test_two_workers_equal_the_reference(kind):
         got, late = run_window_join(
             batches, windows.tumbling(timedelta(microseconds=10)), delay, "full", workers=2
         )
-    else:
+    elif kind == "interval":
         want, _ = ref_interval_join(batches, -4, 6, delay)
         got, late = run_interval_join(batches, -4, 6, delay, workers=2)
+    else:
+        want, _ = ref_interval_join_end(batches, -2, span_of, delay)
+        got, late, _ = run_interval_join_end(batches, -2, True, delay, "close", workers=2)
     assert got == want
     assert not late
 

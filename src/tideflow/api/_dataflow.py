@@ -139,6 +139,19 @@ class TransformOp:
     ttl: timedelta | None = None
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class TopNOp:
+    """Settings of a keyed top-N: the first ``n`` rows per key in the order ``by``."""
+
+    keys: tuple[str, ...]
+    n: int
+    by: tuple[str, ...]
+    descending: tuple[bool, ...]
+    #: Name of the 1-based rank column added to the output (None: no rank column).
+    rank: str | None
+    emit: Emit
+
+
 class Dataflow:
     """A named dataflow graph: sources, operators and sinks.
 
@@ -966,19 +979,49 @@ class KeyedStream:
         self,
         other: KeyedStream,
         *,
-        lower: timedelta,
-        upper: timedelta,
+        lower: timedelta | None,
+        upper: timedelta | str | None,
+        emit: Literal["arrival", "close"] = "arrival",
         name: str | None = None,
     ) -> JoinOut:
         """Join each record at t with ``other``'s records of its key in ``[t+lower, t+upper]``.
 
-        Pairs are emitted as soon as both records are there; buffered records are dropped
-        once the watermark shows no partner can come. Records below the watermark go to
-        ``late``.
+        ``upper`` may also name a UTC timestamp column of this (left) side holding each
+        record's own end, inclusive (an auction and its ``expires``: its bids are those with
+        a time in ``[t + lower, expires]``); ``None`` leaves a side unbounded (a regular join
+        on the key: buffers on that side are never pruned).
+
+        With ``emit="arrival"`` a pair is emitted as soon as both records are there. With
+        ``emit="close"`` the pairs of a left record are held until the watermark passes its
+        end (no partner can come any more), then all of them are emitted together in one
+        batch, so a per-record step after the join sees each left record's complete matches
+        (a winning bid per auction). Buffered records are dropped once the watermark shows no
+        partner can come. Records below the watermark go to ``late``.
+
+        Examples
+        --------
+        >>> import tideflow as tf
+        >>> from tideflow.testing import TestingSource, CollectSink
+        >>> flow = tf.Dataflow("auctions")
+        >>> auctions = flow.source(TestingSource(
+        ...     [{"id": 1, "t": 0, "end": 10}, {"id": 2, "t": 5, "end": 6}],
+        ...     schema={"id": pl.Int64(), "t": pl.Int64(), "end": pl.Int64()}), name="a"
+        ... ).with_columns(end=pl.from_epoch("end", "s").dt.replace_time_zone("UTC"))
+        >>> bids = flow.source(TestingSource(
+        ...     [{"auction": 1, "t": 3, "price": 7}, {"auction": 2, "t": 8, "price": 9},
+        ...      {"auction": 1, "t": 10, "price": 4}]), name="b")
+        >>> joined = auctions.event_time("t", unit="s").key_by("id").join_interval(
+        ...     bids.event_time("t", unit="s").key_by("auction"),
+        ...     lower=timedelta(0), upper="end", emit="close")
+        >>> out = CollectSink()
+        >>> joined.results.sink(out)
+        >>> _ = tf.run(flow)
+        >>> out.frame().select("id", "price").sort("price").rows()
+        [(1, 4), (1, 7)]
         """
         from tideflow.api._joins import join_interval
 
-        return join_interval(self, other, lower=lower, upper=upper, name=name)
+        return join_interval(self, other, lower=lower, upper=upper, emit=emit, name=name)
 
     def transform(
         self,
@@ -1037,6 +1080,77 @@ class KeyedStream:
         up = self._exchange(step_id)
         op = TransformOp(self.keys, fn, dict(state), ttl)
         node = flow._add("keyed_transform", [up], op, step_id)
+        return Stream(flow, node)
+
+    def top_n(
+        self,
+        n: int,
+        *,
+        by: str | list[str] | tuple[str, ...],
+        descending: bool | list[bool] | tuple[bool, ...] = False,
+        rank: str | None = None,
+        emit: Emit = "auto",
+        name: str | None = None,
+    ) -> Stream:
+        """Keep the first ``n`` rows of each key in the order ``by``, vectorized.
+
+        Rows are ordered by the ``by`` columns (each ascending, or descending as
+        ``descending`` says; nulls last); rows that compare equal keep their arrival order,
+        so the earlier arrival ranks first. ``rank`` adds a 1-based rank column. The state
+        is a Polars frame of at most ``n`` rows per key (no Python object per key or record).
+        ``emit="updates"`` emits, after each batch, the current top rows of the keys the
+        batch touched (all of them, ranked); ``emit="final"`` emits every key's top rows once
+        when the input ends; ``"auto"`` is final for bounded inputs and updates otherwise.
+        The latest record per key is ``top_n(1, by=[time, ...], descending=True)``.
+
+        Examples
+        --------
+        >>> import tideflow as tf
+        >>> from tideflow.testing import TestingSource, CollectSink
+        >>> rows = [{"auction": 1, "bidder": "a", "price": 5},
+        ...         {"auction": 1, "bidder": "b", "price": 9},
+        ...         {"auction": 2, "bidder": "c", "price": 3},
+        ...         {"auction": 1, "bidder": "d", "price": 9}]
+        >>> flow = tf.Dataflow("top")
+        >>> out = CollectSink()
+        >>> flow.source(TestingSource(rows)).key_by("auction").top_n(
+        ...     2, by="price", descending=True, rank="rank").sink(out)
+        >>> _ = tf.run(flow)
+        >>> out.frame().sort("auction", "rank").rows()
+        [(1, 'b', 9, 1), (1, 'd', 9, 2), (2, 'c', 3, 1)]
+        """
+        flow = self.stream.flow
+        step_id = flow._step_id(name, "top_n")
+        _check_literal(step_id, "emit", emit, _EMITS)
+        cols = (by,) if isinstance(by, str) else tuple(by)
+        desc = (descending,) * len(cols) if isinstance(descending, bool) else tuple(descending)
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            msg = f"step '{step_id}': top_n() needs n >= 1, got {n!r}"
+            raise ConfigError(msg)
+        if not cols or len(desc) != len(cols):
+            msg = (
+                f"step '{step_id}': top_n() needs by=<column(s)> and one descending flag per "
+                f"column; got by={list(cols)}, descending={list(desc)}"
+            )
+            raise ConfigError(msg)
+        schema = self.stream.schema
+        out_schema: Schema | None = None
+        if schema is not None:
+            missing = [c for c in cols if c not in schema]
+            if missing:
+                msg = (
+                    f"step '{step_id}': no column {missing} to order by; columns are {list(schema)}"
+                )
+                raise ConfigError(msg)
+            if rank is not None and rank in schema:
+                msg = f"step '{step_id}': rank={rank!r} is already a column; choose another name"
+                raise ConfigError(msg)
+            out_schema = dict(schema)
+            if rank is not None:
+                out_schema[rank] = pl.Int64()
+        up = self._exchange(step_id)
+        op = TopNOp(self.keys, n, cols, desc, rank, emit)
+        node = flow._add("top_n", [up], op, step_id, schema=out_schema)
         return Stream(flow, node)
 
     def reduce(

@@ -31,6 +31,7 @@ NodeKind = Literal[
     "agg",
     "stateful_map",
     "keyed_transform",
+    "top_n",
     "custom",
     "sink",
     "dead_union",

@@ -4,7 +4,9 @@
   the watermark (the minimum of both inputs) passes the window's end; outer joins keep the
   unmatched rows with nulls.
 * :func:`join_interval`: a left record at time t meets the right records of its key with a time
-  in ``[t + lower, t + upper]`` as soon as both have arrived; the watermark prunes the buffers.
+  in ``[t + lower, t + upper]`` (or up to the left record's own end time, ``upper="column"``),
+  as soon as both have arrived or, with ``emit="close"``, once the left record's interval has
+  closed; the watermark prunes the buffers.
 * :func:`join_table`: enrich a stream with the latest row per key of a table stream (a bounded
   input loaded before the stream side runs, or an unbounded changelog kept as state).
 * :func:`lookup`: enrich a stream by calling a function for the keys missing from a cache with
@@ -43,6 +45,7 @@ __all__ = [
 ]
 
 JoinHow = Literal["inner", "left", "right", "full"]
+IntervalEmit = Literal["arrival", "close"]
 TableMode = Literal["auto", "bounded", "changelog"]
 SUFFIX = "_right"
 
@@ -77,16 +80,24 @@ class WindowJoinOp:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class IntervalJoinOp:
-    """Settings of an interval join (inner)."""
+    """Settings of an interval join (inner).
+
+    ``lower_us``/``upper_us`` of None mean no bound on that side; ``upper_column`` names the
+    left column holding each left record's own end instant (then ``upper_us`` is None).
+    """
 
     keys: tuple[str, ...]
     right_keys: tuple[str, ...]
-    lower_us: int
-    upper_us: int
+    lower_us: int | None
+    upper_us: int | None
     left_time: str
     right_time: str
     left_schema: Schema | None
     right_schema: Schema | None
+    upper_column: str | None = None
+    #: "arrival": a pair is emitted when its second record arrives; "close": pairs are held
+    #: until the watermark passes the left record's end, then all of them go out together.
+    emit: IntervalEmit = "arrival"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -217,29 +228,58 @@ def join_interval(
     left: KeyedStream,
     right: KeyedStream,
     *,
-    lower: timedelta,
-    upper: timedelta,
+    lower: timedelta | None,
+    upper: timedelta | str | None,
+    emit: IntervalEmit = "arrival",
     name: str | None = None,
 ) -> JoinOut:
     """Join each left record at t with the right records of its key in ``[t+lower, t+upper]``.
 
-    See :meth:`tideflow.api.KeyedStream.join_interval`.
+    ``upper`` may name a timestamp column of the left side holding each record's own end
+    (inclusive); ``None`` leaves a side unbounded. See
+    :meth:`tideflow.api.KeyedStream.join_interval`.
     """
-    from tideflow.api._dataflow import Stream
+    from tideflow.api._dataflow import Stream, _check_literal
 
     flow = left.stream.flow
     step_id = flow._step_id(name, "join_interval")
     _check_pair(step_id, left, right)
-    if not isinstance(lower, timedelta) or not isinstance(upper, timedelta) or lower > upper:
+    _check_literal(step_id, "emit", emit, ("arrival", "close"))
+    ls, rs = left.stream.schema, right.stream.schema
+    upper_column = upper if isinstance(upper, str) else None
+    bad = (lower is not None and not isinstance(lower, timedelta)) or not (
+        upper is None or isinstance(upper, timedelta | str)
+    )
+    if bad or (isinstance(lower, timedelta) and isinstance(upper, timedelta) and lower > upper):
         msg = (
-            f"step '{step_id}': lower and upper must be timedeltas with lower <= upper, "
-            f"got lower={lower!r}, upper={upper!r}"
+            f"step '{step_id}': lower must be a timedelta (or None: unbounded) and upper a "
+            f"timedelta, a left timestamp column or None, with lower <= upper; got "
+            f"lower={lower!r}, upper={upper!r}"
         )
         raise ConfigError(msg)
+    if upper_column is not None and ls is not None:
+        dtype = ls.get(upper_column)
+        if not isinstance(dtype, pl.Datetime) or dtype.time_zone is None:
+            msg = (
+                f"step '{step_id}': upper={upper_column!r} must name a UTC timestamp column of "
+                f"the left side; got {dtype if dtype is not None else 'no such column'} "
+                f"(columns are {list(ls)})"
+            )
+            raise ConfigError(msg)
     lt, rt = left.stream.time_column, right.stream.time_column
     assert lt is not None and rt is not None
-    ls, rs = left.stream.schema, right.stream.schema
-    op = IntervalJoinOp(left.keys, right.keys, _us(lower), _us(upper), lt, rt, ls, rs)
+    op = IntervalJoinOp(
+        left.keys,
+        right.keys,
+        None if lower is None else _us(lower),
+        _us(upper) if isinstance(upper, timedelta) else None,
+        lt,
+        rt,
+        ls,
+        rs,
+        upper_column,
+        emit,
+    )
     inputs = _two_inputs(step_id, left, right)
     schema = _result_schema(left.keys, right.keys, ls, rs, False)
     node = flow._add("join_interval", inputs, op, step_id, schema=schema, ports=("out", "late"))

@@ -287,13 +287,23 @@ class WindowJoinOperator(_TwoSided):
 
 
 class IntervalJoinOperator(_TwoSided):
-    """Left record at t meets right records of its key in [t+lower, t+upper], once, on arrival."""
+    """Left record at t meets right records of its key in [t+lower, end], once.
+
+    ``end`` is ``t + upper``, the left record's own end column, or unbounded. Left rows carry
+    ``__t`` and ``__end``, right rows ``__t`` (µs). With ``emit="close"`` pairs wait in
+    ``pending`` until the watermark passes their left record's end.
+    """
 
     def __init__(self, node: Node, ctx: OpContext) -> None:
         super().__init__(node, ctx)
         self.op: IntervalJoinOp = node.spec
         self.lower, self.upper = self.op.lower_us, self.op.upper_us
+        self.at_close = self.op.emit == "close"
+        self.bounded = not (
+            self.lower is None and self.upper is None and self.op.upper_column is None
+        )
         self.buffers: tuple[list[pl.DataFrame], list[pl.DataFrame]] = ([], [])
+        self.pending: list[pl.DataFrame] = []
 
     def _buffer(self, index: int) -> pl.DataFrame | None:
         frames = self.buffers[index]
@@ -303,65 +313,118 @@ class IntervalJoinOperator(_TwoSided):
             frames[:] = [_concat(frames)]
         return frames[0]
 
+    def _end(self) -> pl.Expr:
+        """The inclusive end (µs) of a left row's interval."""
+        if self.op.upper_column is not None:
+            return pl.col(self.op.upper_column).dt.epoch("us")
+        if self.upper is None:
+            return pl.lit(WM_MAX, pl.Int64)
+        end: pl.Expr = pl.col("__t") + self.upper
+        return end
+
     def on_batch(self, index: int, batch: pl.DataFrame) -> None:
         if batch.height == 0:
             return
         batch = self._arrive(index, batch)
         rows = batch.with_columns(self._times(batch, index))
-        late = rows.filter(pl.col("__t") < self.wm)
-        if late.height:
-            self._late(late, index, "its time is below the watermark")
-            rows = rows.filter(pl.col("__t") >= self.wm)
-            if rows.height == 0:
-                return
+        if index == 0:
+            col = self.op.upper_column
+            if col is not None and not isinstance(batch.schema.get(col), pl.Datetime):
+                msg = (
+                    f"step '{self.node.step_id}': upper={col!r} must be a UTC timestamp column "
+                    f"of the left side, got {batch.schema.get(col, 'no such column')}"
+                )
+                raise JobError(msg, step_id=self.node.step_id)
+            rows = rows.with_columns(self._end().alias("__end"))
+        if self.bounded:  # a regular join (no bound on either side) has no late records
+            late = rows.filter(pl.col("__t") < self.wm)
+            if late.height:
+                self._late(late, index, "its time is below the watermark")
+                rows = rows.filter(pl.col("__t") >= self.wm)
+                if rows.height == 0:
+                    return
         other = self._buffer(1 - index)
         if other is not None and other.height:
             left, right = (rows, other) if index == 0 else (other, rows)
             pairs = left.join(right, on=self.keys, how="inner", suffix=SUFFIX)
             tl, tr = pl.col("__t"), pl.col("__t" + SUFFIX)
-            pairs = pairs.filter((tr >= tl + self.lower) & (tr <= tl + self.upper))
+            cond = tr <= pl.col("__end")
+            if self.lower is not None:
+                cond = cond & (tr >= tl + self.lower)
+            pairs = pairs.filter(cond)
             if pairs.height:
-                self.ctx.emit(self._layout(pairs, []))
+                if self.at_close:
+                    self.pending.append(pairs.select(pl.exclude("__t" + SUFFIX)))
+                else:
+                    self.ctx.emit(self._layout(pairs, []))
         self.buffers[index].append(rows)
 
     def on_watermark(self, wm: int, idle: bool) -> None:
         self._advance(wm)
-        # A pair found when its right record arrives has a left time >= wm - upper: hold the
-        # output watermark back by upper so that the left times in results are never late.
-        hold = max(self.upper, 0)
-        out = wm if wm in (WM_MIN, WM_MAX) else max(WM_MIN, wm - hold)
+        if wm in (WM_MIN, WM_MAX):
+            out = wm
+        elif self.upper is not None and self.op.upper_column is None and not self.at_close:
+            # A pair found when its right record arrives has a left time >= wm - upper: hold
+            # the output watermark back by upper so left times in results are never late.
+            out = max(WM_MIN, wm - max(self.upper, 0))
+        else:
+            # Pairs still to come belong to buffered left records: hold the watermark at the
+            # oldest of them.
+            left = self._buffer(0)
+            oldest = left.get_column("__t").min() if left is not None and left.height else None
+            out = wm if oldest is None else min(wm, int(oldest))  # type: ignore[arg-type]
         self.ctx.watermark(out, idle)
 
     def _advance(self, wm: int) -> None:
         if wm <= self.wm:
             return
         self.wm = wm
-        # A left record at t waits for right times up to t+upper; a right record at r for
-        # left times down to r-upper... up to r-lower. Records no future partner can reach go.
-        keep = (pl.col("__t") + self.upper >= wm, pl.col("__t") - self.lower >= wm)
-        for index in (0, 1):
-            buf = self._buffer(index)
-            if buf is not None:
-                self.buffers[index][:] = [buf.filter(keep[index])]
+        # A left record waits for right times up to its end; a right record at r for left
+        # times down to r - lower (future left records are not below the watermark).
+        left = self._buffer(0)
+        if left is not None and (self.upper is not None or self.op.upper_column is not None):
+            self.buffers[0][:] = [left.filter(pl.col("__end") >= wm)]
+        right = self._buffer(1)
+        if right is not None and self.lower is not None:
+            self.buffers[1][:] = [right.filter(pl.col("__t") - self.lower >= wm)]
+        if self.pending:
+            pending = _concat(self.pending)
+            # End of input (WM_MAX) closes every interval, unbounded ones too.
+            done = (
+                pending.get_column("__end") < wm
+                if wm < WM_MAX
+                else pl.repeat(True, pending.height, eager=True)
+            )
+            self.pending = [pending.filter(~done)] if not done.all() else []
+            closed = pending.filter(done)
+            if closed.height:
+                self.ctx.emit(self._layout(closed, []))
 
     def snapshot(self) -> dict[str, Any]:
-        """Both sides' buffered rows with their time ``__t`` (Arrow IPC), the watermark."""
+        """Both sides' buffered rows with ``__t``/``__end`` (Arrow IPC), held pairs, watermark."""
         out = self._snap_common("interval_join")
         for index, name in ((0, "left"), (1, "right")):
             buf = self._buffer(index)
             out[name] = _ipc(buf) if buf is not None and buf.height else None
+        out["pending"] = _ipc(_concat(self.pending)) if self.pending else None
         return out
 
     def restore(self, snap: dict[str, Any]) -> None:
         """Load a :meth:`snapshot` (replaces the buffered state)."""
         self.buffers = ([], [])
+        self.pending = []
         if not _check(self.node.step_id, snap, "interval_join"):
             return
         self._restore_common(snap)
         for index, name in ((0, "left"), (1, "right")):
             frame = _frame(snap.get(name))
             if frame is not None and frame.height:
+                if index == 0 and "__end" not in frame.columns:  # written before ``__end``
+                    frame = frame.with_columns(self._end().alias("__end"))
                 self.buffers[index].append(frame)
+        pending = _frame(snap.get("pending"))
+        if pending is not None and pending.height:
+            self.pending.append(pending)
 
 
 class TableJoinOperator(Operator):

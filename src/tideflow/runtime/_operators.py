@@ -8,6 +8,7 @@ plain data (Arrow tables, numbers, strings) with a version, never pickled object
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import polars as pl
 
 from tideflow._errors import DataError, JobError, StateError
-from tideflow.api._dataflow import AggOp, StatefulMapOp, TransformOp
+from tideflow.api._dataflow import AggOp, StatefulMapOp, TopNOp, TransformOp
 from tideflow.api._graph import FrameOp, Node, RecordOp, fn_location
 from tideflow.connectors._base import DEAD_LETTER_SCHEMA, SinkContext, dead_letters
 from tideflow.runtime._keyed import AggState, KeyedTable
@@ -409,6 +410,100 @@ class TransformOperator(Operator):
         self.table.restore(snap)
 
 
+class TopNOperator(Operator):
+    """Keyed top-N rows, vectorized: the state is one frame of at most ``n`` rows per key.
+
+    Invariant: rows that tie on the order columns appear in the state in arrival order, so
+    a stable sort of ``state + batch`` ranks the earlier arrival first. With ``emit="final"``
+    batches are only appended, and folded into the state when they outgrow it (amortized
+    linear work); with ``emit="updates"`` each batch replaces the state rows of its keys.
+    """
+
+    #: Fold appended batches in once they hold this many rows (or as many as the state).
+    FOLD_ROWS = 262_144
+
+    def __init__(self, node: Node, ctx: OpContext, emit: str) -> None:
+        super().__init__(node, ctx)
+        self.op: TopNOp = node.spec
+        self.keys = list(self.op.keys)
+        self.final = emit == "final"
+        self.state: pl.DataFrame | None = None
+        self.pending: list[pl.DataFrame] = []
+        self.pending_rows = 0
+
+    def _top(self, frame: pl.DataFrame) -> pl.DataFrame:
+        ordered = frame.sort(
+            list(self.op.by),
+            descending=list(self.op.descending),
+            nulls_last=True,
+            maintain_order=True,
+        )
+        if self.op.n == 1:
+            return ordered.unique(subset=self.keys, keep="first", maintain_order=True)
+        return ordered.filter(pl.int_range(pl.len()).over(self.keys) < self.op.n)
+
+    def _ranked(self, rows: pl.DataFrame) -> pl.DataFrame:
+        if self.op.rank is None:
+            return rows
+        return rows.with_columns(
+            pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over(self.keys).alias(self.op.rank)
+        )
+
+    def _fold(self) -> None:
+        if not self.pending:
+            return
+        parts = ([self.state] if self.state is not None else []) + self.pending
+        self.state = self._top(pl.concat(parts, how="vertical_relaxed"))
+        self.pending, self.pending_rows = [], 0
+
+    def on_batch(self, index: int, batch: pl.DataFrame) -> None:
+        if batch.height == 0:
+            return
+        if self.final:
+            self.pending.append(batch)
+            self.pending_rows += batch.height
+            held = self.state.height if self.state is not None else 0
+            if self.pending_rows >= max(self.FOLD_ROWS, held):
+                self._fold()
+            return
+        touched = batch.select(self.keys).unique()
+        if self.state is None:
+            top = self._top(batch)
+            self.state = top
+        else:
+            old = self.state.join(touched, on=self.keys, how="semi", maintain_order="left")
+            rest = self.state.join(touched, on=self.keys, how="anti", maintain_order="left")
+            top = self._top(pl.concat([old, batch], how="vertical_relaxed"))
+            self.state = pl.concat([rest, top], how="vertical_relaxed")
+        self.ctx.emit(self._ranked(top))
+
+    def on_end(self) -> None:
+        if self.final:
+            self._fold()
+            if self.state is not None and self.state.height:
+                self.ctx.emit(self._ranked(self.state))
+
+    def snapshot(self) -> dict[str, Any]:
+        """The kept rows of every key (Arrow IPC), version 1."""
+        self._fold()
+        table = self.state if self.state is not None else pl.DataFrame()
+        buf = io.BytesIO()
+        table.write_ipc(buf)
+        return {"version": 1, "kind": "top_n", "table": buf.getvalue()}
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        """Load a :meth:`snapshot` (replaces the kept rows)."""
+        if snap.get("version") != 1 or snap.get("kind") != "top_n":
+            msg = (
+                f"step '{self.node.step_id}': top_n state {snap.get('kind')!r} version "
+                f"{snap.get('version')!r} cannot be restored (expected top_n version 1)"
+            )
+            raise StateError(msg)
+        table = pl.read_ipc(io.BytesIO(snap["table"]))
+        self.state = table if table.width else None
+        self.pending, self.pending_rows = [], 0
+
+
 class SinkOperator(Operator):
     """Hands batches to a sink writer."""
 
@@ -482,6 +577,8 @@ def build_operator(
         return StatefulMapOperator(node, ctx)
     if kind == "keyed_transform":
         return TransformOperator(node, ctx)
+    if kind == "top_n":
+        return TopNOperator(node, ctx, emit_mode(node.spec.emit))
     if kind == "custom":
         # A step defined outside the engine (tideflow.ml): its settings build the operator.
         built: Operator = node.spec.build(node, ctx)

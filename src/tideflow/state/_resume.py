@@ -56,8 +56,9 @@ def _rescale_join(
             next((s["schemas"][i] for s in snaps if s["schemas"][i] is not None), None)
             for i in (0, 1)
         ]
-        for side in ("left", "right"):
-            out[side] = _share([s.get(side) for s in snaps], keys, w, n)
+        for side in ("left", "right", "pending"):
+            if side in first or side != "pending":
+                out[side] = _share([s.get(side) for s in snaps], keys, w, n)
     elif kind == "join_table":
         for field in ("table", "pending"):
             out[field] = _share([s.get(field) for s in snaps], keys, w, n)
@@ -139,6 +140,11 @@ def _rescale(
         )
         out["pinned"] = _ipc(pl.DataFrame() if rows is None else _own_share(rows, keys, w, n))
         out["share"] = [w, n]
+        return out
+    if kind == "top_n" and first.get("version") == 1:
+        rows = _union([s.get("table") for s in snaps])
+        out = dict(first)
+        out["table"] = _ipc(pl.DataFrame() if rows is None else _own_share(rows, keys, w, n))
         return out
     if kind == "agg" and first.get("version") == 1 and not any(s.get("pairs") for s in snaps):
         table = _union([s["table"] for s in snaps])

@@ -7,6 +7,7 @@ Queries that need event-time windows (q5, q7, q8, q9, q11, q12) wait for the eve
 from __future__ import annotations
 
 import dataclasses
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from tideflow.connectors._base import (
 
 __all__ = ["NexmarkSource", "ParquetResultSink", "build_flow", "run_tideflow"]
 
-WINDOWED_NOT_YET = ("q5", "q7", "q8", "q9", "q11", "q12")
+WINDOWED_NOT_YET = ("q5", "q7", "q8", "q11", "q12")
 """Queries waiting for event-time windows (issue 3); they raise a ConfigError."""
 
 
@@ -221,101 +222,79 @@ def _q3(i: _Inputs) -> Any:
     )
 
 
-def _auction_events(i: _Inputs, bids: Any) -> Any:
-    """Auctions and bids in one stream keyed by auction id (times as epoch ms)."""
-    auctions = i.auction.select(
-        pl.col("id").alias("aid"),
-        pl.lit("a").alias("kind"),
-        _ms().alias("t"),
-        _ms("expires").alias("expires"),
-        "seller",
-        "category",
-        pl.lit(None, pl.Int64).alias("price"),
-        pl.lit(None, pl.Int64).alias("seq"),
+def _timed(stream: Any) -> Any:
+    """``stream`` with ``date_time`` as its event time (files in time order: no delay, and
+    never idle: a slow batch elsewhere must not let the watermark run ahead of this input)."""
+    return stream.event_time("date_time", idle=None)
+
+
+def _valid_bids(i: _Inputs, auction: tuple[str, ...], bid: tuple[str, ...]) -> Any:
+    """Every auction paired with its valid bids (time within [date_time, expires]).
+
+    A columnar interval join with each auction's own end (``expires``), emitting at close: the
+    pairs of an auction come out together, in one batch, once the watermark passes its end.
+    Bid columns that clash with auction columns get the suffix ``_right``.
+    """
+    auctions = _timed(i.auction.select("id", "date_time", "expires", *auction)).key_by("id")
+    bids = _timed(i.bid_seq.select("auction", "date_time", *bid)).key_by("auction")
+    joined = auctions.join_interval(
+        bids, lower=timedelta(0), upper="expires", emit="close", name="valid_bids"
     )
-    bid_part = bids.select(
-        pl.col("auction").alias("aid"),
-        pl.lit("b").alias("kind"),
-        _ms().alias("t"),
-        pl.lit(None, pl.Int64).alias("expires"),
-        pl.lit(None, pl.Int64).alias("seller"),
-        pl.lit(None, pl.Int64).alias("category"),
-        "price",
-        (pl.col("seq") if "seq" in (bids.schema or {}) else pl.lit(0)).cast(pl.Int64).alias("seq"),
-    )
-    return auctions.union(bid_part, name="auctions_bids").key_by("aid")
+    return joined.results
 
 
-_FINAL_SCHEMA = {
-    "aid": pl.Int64(),
-    "seller": pl.Int64(),
-    "category": pl.Int64(),
-    "expires": pl.Int64(),
-    "final": pl.Int64(),
-}
+def _first_per(key: str, by: list[str], descending: list[bool]) -> Any:
+    """Per batch, the first row of each ``key`` in the order ``by`` (a frame function)."""
+
+    def first(df: pl.DataFrame) -> pl.DataFrame:
+        ordered = df.sort(by, descending=descending, maintain_order=True)
+        return ordered.unique(subset=key, keep="first", maintain_order=True)
+
+    return first
 
 
-def _closing_price(state: dict[str, Any], rec: dict[str, Any]) -> tuple[Any, Any]:
-    """Per auction: the highest valid bid (date_time within [start, expires])."""
-    if rec["kind"] == "a":
-        state["auction"] = [rec["t"], rec["expires"], rec["seller"], rec["category"]]
-        early, state["early"] = state["early"], []
-        for t, price in early:
-            if rec["t"] <= t <= rec["expires"] and (state["best"] is None or price > state["best"]):
-                state["best"] = price
-    elif state["auction"] is None:
-        state["early"].append([rec["t"], rec["price"]])
-        return state, None
-    else:
-        start, expires = state["auction"][0], state["auction"][1]
-        if start <= rec["t"] <= expires and (state["best"] is None or rec["price"] > state["best"]):
-            state["best"] = rec["price"]
-        else:
-            return state, None
-    if state["best"] is None or state["auction"] is None:
-        return state, None
-    _, expires, seller, category = state["auction"]
-    return state, {
-        "aid": rec["aid"],
-        "seller": seller,
-        "category": category,
-        "expires": expires,
-        "final": state["best"],
-    }
-
-
-def _finals(i: _Inputs) -> Any:
-    return _auction_events(i, i.bid).stateful_map(
-        _closing_price,
-        init=lambda: {"auction": None, "best": None, "early": []},
-        schema=_FINAL_SCHEMA,
-        emit="final",
-        name="closing_price",
-    )
+def _winners(i: _Inputs, auction: tuple[str, ...], bid: tuple[str, ...]) -> Any:
+    """The winning bid of every auction with a valid bid: highest price, then earliest time,
+    then earliest arrival. Vectorized per batch: a closed auction's bids arrive together."""
+    pairs = _valid_bids(i, auction, ("price", "seq", *bid))
+    order = ["price", "date_time_right", "seq"]
+    return pairs.map_batches(_first_per("id", order, [True, False, False]), name="winner")
 
 
 def _q4(i: _Inputs) -> Any:
-    return _finals(i).key_by("category").agg(pl.col("final").mean().alias("final"), name="average")
-
-
-def _last10(state: list[list[int]], rec: dict[str, Any]) -> tuple[Any, Any]:
-    state.append([rec["expires"], rec["aid"], rec["final"]])
-    state.sort()
-    del state[:-10]
-    return state, {"seller": rec["seller"], "avg_price": sum(r[2] for r in state) / len(state)}
+    return (
+        _winners(i, ("category",), ())
+        .key_by("category")
+        .agg(pl.col("price").mean().alias("final"), name="average")
+    )
 
 
 def _q6(i: _Inputs) -> Any:
     return (
-        _finals(i)
+        _winners(i, ("seller",), ())
         .key_by("seller")
-        .stateful_map(
-            _last10,
-            init=list,
-            schema={"seller": pl.Int64(), "avg_price": pl.Float64()},
-            emit="final",
-            name="last10",
-        )
+        .top_n(10, by=["expires", "id"], descending=True, emit="final", name="last10")
+        .key_by("seller")
+        .agg(pl.col("price").mean().alias("avg_price"), name="average")
+    )
+
+
+_AUCTION_COLS = ("item_name", "description", "initial_bid", "reserve", "seller", "category")
+
+
+def _q9(i: _Inputs) -> Any:
+    return _winners(i, (*_AUCTION_COLS, "extra"), ("bidder", "extra")).select(
+        "id",
+        *_AUCTION_COLS[:4],
+        "date_time",
+        "expires",
+        *_AUCTION_COLS[4:],
+        "extra",
+        pl.col("id").alias("auction"),
+        "bidder",
+        "price",
+        pl.col("date_time_right").alias("bid_date_time"),
+        pl.col("extra_right").alias("bid_extra"),
     )
 
 
@@ -436,146 +415,38 @@ def _q17(i: _Inputs) -> Any:
     )
 
 
-_BID_SCHEMA = {
-    "auction": pl.Int64(),
-    "bidder": pl.Int64(),
-    "price": pl.Int64(),
-    "channel": pl.String(),
-    "url": pl.String(),
-    "date_time": pl.Int64(),
-    "extra": pl.String(),
-}
-
-
-def _latest(state: dict[str, Any], rec: dict[str, Any]) -> tuple[Any, Any]:
-    best = state.get("rec")
-    if best is None or (rec["date_time"], rec["seq"]) >= (best["date_time"], best["seq"]):
-        state["rec"] = rec
-        return state, {k: rec[k] for k in _BID_SCHEMA}
-    return state, None
+_BID_COLS = ("auction", "bidder", "price", "channel", "url", "date_time", "extra")
 
 
 def _q18(i: _Inputs) -> Any:
-    return (
-        i.bid_seq.with_columns(_ms().alias("date_time"))
-        .key_by("bidder", "auction")
-        .stateful_map(_latest, init=dict, schema=_BID_SCHEMA, emit="final", name="latest")
-        .with_columns(_to_ts("date_time"))
+    return i.bid_seq.key_by("bidder", "auction").top_n(
+        1, by=["date_time", "seq"], descending=True, name="latest"
     )
-
-
-def _top10(state: list[list[Any]], rec: dict[str, Any]) -> tuple[Any, Any]:
-    item = [-rec["price"], rec["seq"], {k: rec[k] for k in _BID_SCHEMA}]
-    if len(state) == 10 and item[:2] >= state[-1][:2]:
-        return state, None
-    state.append(item)
-    state.sort(key=lambda x: (x[0], x[1]))
-    del state[10:]
-    return state, [{**r, "rank_number": n} for n, (_, _, r) in enumerate(state, start=1)]
 
 
 def _q19(i: _Inputs) -> Any:
-    return (
-        i.bid_seq.with_columns(_ms().alias("date_time"))
-        .key_by("auction")
-        .stateful_map(
-            _top10,
-            init=list,
-            schema={**_BID_SCHEMA, "rank_number": pl.Int64()},
-            emit="final",
-            name="top10",
-        )
-        .with_columns(_to_ts("date_time"))
+    return i.bid_seq.key_by("auction").top_n(
+        10, by=["price", "seq"], descending=[True, False], rank="rank_number", name="top10"
     )
-
-
-_Q20_AUCTION = (
-    "item_name",
-    "description",
-    "initial_bid",
-    "reserve",
-    "auction_date_time",
-    "expires",
-    "seller",
-    "category",
-    "auction_extra",
-)
-_Q20_SCHEMA = {
-    "auction": pl.Int64(),
-    "bidder": pl.Int64(),
-    "price": pl.Int64(),
-    "channel": pl.String(),
-    "url": pl.String(),
-    "bid_date_time": pl.Int64(),
-    "bid_extra": pl.String(),
-    "item_name": pl.String(),
-    "description": pl.String(),
-    "initial_bid": pl.Int64(),
-    "reserve": pl.Int64(),
-    "auction_date_time": pl.Int64(),
-    "expires": pl.Int64(),
-    "seller": pl.Int64(),
-    "category": pl.Int64(),
-    "auction_extra": pl.String(),
-}
-
-
-def _q20_join(state: dict[str, Any], rec: dict[str, Any]) -> tuple[Any, Any]:
-    if rec["item_name"] is not None:  # the auction (category 10 only reaches here)
-        auction = {k: rec[k] for k in _Q20_AUCTION}
-        out = [{**b, **auction} for b in state["pending"]]
-        return {"auction": auction, "pending": []}, out
-    bid = {
-        k: rec[k]
-        for k in ("auction", "bidder", "price", "channel", "url", "bid_date_time", "bid_extra")
-    }
-    if state["auction"] is not None:
-        return state, {**bid, **state["auction"]}
-    state["pending"].append(bid)
-    return state, None
 
 
 def _q20(i: _Inputs) -> Any:
-    nulls = {c: pl.lit(None, t) for c, t in _Q20_SCHEMA.items()}
-    auctions = (
-        i.auction.filter(pl.col("category") == 10)
-        .select(
-            *[nulls[c].alias(c) for c in list(_Q20_SCHEMA)[1:7]],
-            pl.col("id").alias("auction"),
-            "item_name",
-            "description",
-            "initial_bid",
-            "reserve",
-            _ms().alias("auction_date_time"),
-            _ms("expires").alias("expires"),
-            "seller",
-            "category",
-            pl.col("extra").alias("auction_extra"),
-        )
-        .select(list(_Q20_SCHEMA))
-    )
-    bids = i.bid.select(
-        "auction",
-        "bidder",
-        "price",
-        "channel",
-        "url",
-        _ms().alias("bid_date_time"),
+    # A regular join (no time bound either way): a bid meets its auction whichever came
+    # first. Bids of auctions outside category 10 stay buffered to the end, as in any
+    # unbounded regular join without a state time-to-live.
+    bids = _timed(i.bid).key_by("auction")
+    auctions = _timed(i.auction.filter(pl.col("category") == 10)).key_by("id")
+    joined = bids.join_interval(auctions, lower=None, upper=None, name="join").results
+    return joined.select(
+        *_BID_COLS[:5],
+        pl.col("date_time").alias("bid_date_time"),
         pl.col("extra").alias("bid_extra"),
-        *[nulls[c].alias(c) for c in _Q20_AUCTION],
-    )
-    # Bids of auctions outside category 10 wait in state forever (the join cannot know the
-    # auction will never come); a bounded run ends with them unmatched, as in SQL.
-    return (
-        auctions.union(bids, name="auctions_bids")
-        .key_by("auction")
-        .stateful_map(
-            _q20_join,
-            init=lambda: {"auction": None, "pending": []},
-            schema=_Q20_SCHEMA,
-            name="join",
-        )
-        .with_columns(_to_ts("bid_date_time", "auction_date_time", "expires"))
+        *_AUCTION_COLS[:4],
+        pl.col("date_time_right").alias("auction_date_time"),
+        "expires",
+        "seller",
+        "category",
+        pl.col("extra_right").alias("auction_extra"),
     )
 
 
@@ -612,6 +483,7 @@ PIPELINES: dict[str, Any] = {
     "q3": _q3,
     "q4": _q4,
     "q6": _q6,
+    "q9": _q9,
     "q13": _q13,
     "q14": _q14,
     "q15": _q15,
