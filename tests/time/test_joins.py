@@ -568,6 +568,6 @@ def test_docs_examples_run():
 
     page = pathlib.Path(__file__).parents[2] / "docs" / "joins.md"
     blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
-    assert len(blocks) == 5
+    assert len(blocks) == 7
     for block in blocks:
         exec(compile(block, str(page), "exec"), {})

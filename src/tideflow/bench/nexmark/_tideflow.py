@@ -1,6 +1,6 @@
 """The Nexmark queries as tideflow pipelines (the engine slot of the harness).
 
-Queries that need event-time windows (q5, q7, q8, q9, q11, q12) wait for the event-time work
+Queries that need event-time windows (q5, q7, q8, q11, q12) wait for the event-time work
 (issue 3) and raise a ConfigError saying so; they never return a made-up result.
 """
 
