@@ -204,18 +204,11 @@ def test_window_join_resumes_like_an_uninterrupted_run(batches, delay, how, plan
     assert run.output("late") == ref.output("late")
 
 
+@pytest.mark.parametrize("kind", ["interval", "close"])
 @settings(max_examples=40, deadline=None)
 @given(batches=batches_st, delay=st.integers(0, 20), plan=plans)
-def test_interval_join_resumes_like_an_uninterrupted_run(batches, delay, plan):
-    ref, run = drive_two_sided(two_sided("interval"), batches, delay, plan)
-    assert run.output() == ref.output()
-    assert run.output("late") == ref.output("late")
-
-
-@settings(max_examples=40, deadline=None)
-@given(batches=batches_st, delay=st.integers(0, 20), plan=plans)
-def test_close_join_resumes_like_an_uninterrupted_run(batches, delay, plan):
-    ref, run = drive_two_sided(two_sided("close"), batches, delay, plan)
+def test_interval_join_resumes_like_an_uninterrupted_run(kind, batches, delay, plan):
+    ref, run = drive_two_sided(two_sided(kind), batches, delay, plan)
     assert run.output() == ref.output()
     assert run.output("late") == ref.output("late")
 

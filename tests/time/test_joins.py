@@ -154,10 +154,16 @@ def run_window_join(batches, window, delay, how, workers=1):
 
 def run_interval_join(batches, lower, upper, delay, workers=1):
     flow, left, right = sides(batches, delay)
-    out, late = CollectSink(), CollectSink()
     j = left.join_interval(
         right, lower=timedelta(microseconds=lower), upper=timedelta(microseconds=upper)
     )
+    got, late, _ = collect_pairs(flow, j, workers)
+    return got, late
+
+
+def collect_pairs(flow, j, workers):
+    """Run ``flow``; the pairs of interval join ``j``, its late rows and its result sink."""
+    out, late = CollectSink(), CollectSink()
     j.results.sink(out)
     j.late.sink(late)
     tf.run(flow, workers=workers, batch_size=1)
@@ -165,7 +171,7 @@ def run_interval_join(batches, lower, upper, delay, workers=1):
         (r["k"], us(r["t"]), r["v"], us(r["t_right"]), r["v_right"])
         for r in out.frame().iter_rows(named=True)
     )
-    return got, late_rows(late)
+    return got, late_rows(late), out
 
 
 # -- windowed join ------------------------------------------------------------------------------
@@ -255,13 +261,23 @@ def test_interval_join_buffers_are_pruned_by_the_watermark():
 def test_windows_after_an_interval_join_see_no_late_pairs(batches, delay):
     lower, upper = -3, 8
     pairs, _ = ref_interval_join(batches, lower, upper, delay)
+    check_windows_after_join(
+        pairs,
+        batches,
+        delay,
+        lambda left, right: left.join_interval(
+            right, lower=timedelta(microseconds=lower), upper=timedelta(microseconds=upper)
+        ),
+    )
+
+
+def check_windows_after_join(pairs, batches, delay, join):
+    """10 µs windows counting a join's pairs equal the reference's, and none is late."""
     want = Counter()
     for (k, t, *_), n in pairs.items():
         want[(k, (t // 10) * 10)] += n
     flow, left, right = sides(batches, delay)
-    j = left.join_interval(
-        right, lower=timedelta(microseconds=lower), upper=timedelta(microseconds=upper)
-    )
+    j = join(left, right)
     out, late = CollectSink(), CollectSink()
     w = j.results.key_by("k").window(windows.tumbling(timedelta(microseconds=10)))
     w = w.agg(pl.len().alias("n"))
@@ -300,27 +316,24 @@ def span_of(v):
     return v % 15
 
 
+def with_end(left):
+    """The left side with its end column: t + span_of(v)."""
+    return left.stream.with_columns(
+        end=pl.col("t") + pl.duration(microseconds=pl.col("v") % 15)
+    ).key_by("k")
+
+
 def run_interval_join_end(batches, lower, bounded_end, delay, emit, workers=1):
     flow, left, right = sides(batches, delay)
     if bounded_end:
-        left = left.stream.with_columns(
-            end=pl.col("t") + pl.duration(microseconds=pl.col("v") % 15)
-        ).key_by("k")
+        left = with_end(left)
     j = left.join_interval(
         right,
         lower=None if lower is None else timedelta(microseconds=lower),
         upper="end" if bounded_end else None,
         emit=emit,
     )
-    out, late = CollectSink(), CollectSink()
-    j.results.sink(out)
-    j.late.sink(late)
-    tf.run(flow, workers=workers, batch_size=1)
-    got = Counter(
-        (r["k"], us(r["t"]), r["v"], us(r["t_right"]), r["v_right"])
-        for r in out.frame().iter_rows(named=True)
-    )
-    return got, late_rows(late), out
+    return collect_pairs(flow, j, workers)
 
 
 @settings(max_examples=40, deadline=None)
@@ -347,25 +360,14 @@ def test_interval_join_with_record_end_equals_reference(batches, delay, lower, b
 @given(batches=batches_st, delay=st.integers(0, 25))
 def test_windows_after_a_close_join_see_no_late_pairs(batches, delay):
     pairs, _ = ref_interval_join_end(batches, 0, span_of, delay)
-    want = Counter()
-    for (k, t, *_), n in pairs.items():
-        want[(k, (t // 10) * 10)] += n
-    flow, left, right = sides(batches, delay)
-    left = left.stream.with_columns(
-        end=pl.col("t") + pl.duration(microseconds=pl.col("v") % 15)
-    ).key_by("k")
-    j = left.join_interval(right, lower=timedelta(0), upper="end", emit="close")
-    out, late = CollectSink(), CollectSink()
-    w = j.results.key_by("k").window(windows.tumbling(timedelta(microseconds=10)))
-    w = w.agg(pl.len().alias("n"))
-    w.results.sink(out)
-    w.late.sink(late)
-    tf.run(flow, batch_size=1)
-    got = Counter()
-    for r in out.frame().iter_rows(named=True):
-        got[(r["k"], us(r["window_start"]))] += r["n"]
-    assert late.frame().height == 0
-    assert got == want
+    check_windows_after_join(
+        pairs,
+        batches,
+        delay,
+        lambda left, right: with_end(left).join_interval(
+            right, lower=timedelta(0), upper="end", emit="close"
+        ),
+    )
 
 
 def test_close_join_holds_pairs_until_the_end_passes():
