@@ -27,6 +27,18 @@ class _Detector(Estimator):
                 hits.append(i)
         return np.asarray(hits, dtype=np.int64)
 
+    def _feed(self, values: list[float], stop: bool = False) -> tuple[list[int], list[bool]]:
+        """Feed values in order; the detection positions (and for each, ``False``: ADWIN
+        tells whether its estimation rose). ``stop``: return after the first detection."""
+        hits: list[int] = []
+        for i, v in enumerate(values):
+            self.update(v)
+            if self.drift_detected:
+                hits.append(i)
+                if stop:
+                    break
+        return hits, [False] * len(hits)
+
 
 class ADWIN(_Detector):
     """ADaptive WINdowing: keep the longest recent window whose two halves have equal means.
@@ -103,21 +115,59 @@ class ADWIN(_Detector):
         self._total += x
         rows = self._rows
         rows[0].append([x, 0.0])
-        i = 0
-        M = self.max_buckets
-        while len(rows[i]) > M:
-            (t1, v1), (t2, v2) = rows[i][0], rows[i][1]
-            n = 1 << i
-            u1, u2 = t1 / n, t2 / n
-            merged = [t1 + t2, v1 + v2 + n * n * (u1 - u2) ** 2 / (2 * n)]
-            del rows[i][:2]
-            if i + 1 == len(rows):
-                rows.append([])
-            rows[i + 1].append(merged)
-            i += 1
+        if len(rows[0]) > self.max_buckets:
+            _merge_rows(rows, self.max_buckets)
         if self._t % self.clock == 0 and self._width > self.grace_period:
             while self._cut():
                 self.drift_detected = True
+
+    def update_many(self, values: Any) -> np.ndarray:
+        """Feed values in order; return the positions at which a drift was detected.
+
+        The same steps as :meth:`update` per value (identical state and detections), in one
+        loop on Python floats.
+        """
+        return np.asarray(self._feed(np.asarray(values, dtype=float).tolist())[0], dtype=np.int64)
+
+    def _feed(self, values: list[float], stop: bool = False) -> tuple[list[int], list[bool]]:
+        """:meth:`update` for each value in order; the detection positions and, for each,
+        whether the estimation rose with that value. ``stop``: return after the first
+        detection (the rest of ``values`` is not consumed)."""
+        hits: list[int] = []
+        rises: list[bool] = []
+        rows = self._rows
+        row0 = rows[0]
+        mb, clock, grace = self.max_buckets, self.clock, self.grace_period
+        w, total, var, t = self._width, self._total, self._var, self._t
+        self.drift_detected = False
+        for j, x in enumerate(values):
+            before = total / w if w else 0.0
+            t += 1
+            if w > 0:
+                d = x - total / w
+                var += w * d * d / (w + 1)
+            w += 1
+            total += x
+            row0.append([x, 0.0])
+            if len(row0) > mb:
+                _merge_rows(rows, mb)
+            if t % clock == 0 and w > grace:
+                self._width, self._total, self._var, self._t = w, total, var, t
+                cut = False
+                while self._cut():
+                    cut = True
+                if cut:
+                    rows = self._rows
+                    row0 = rows[0]
+                    w, total, var, t = self._width, self._total, self._var, self._t
+                    hits.append(j)
+                    rises.append((total / w if w else 0.0) > before)
+                    if stop:
+                        self.drift_detected = True
+                        return hits, rises
+        self._width, self._total, self._var, self._t = w, total, var, t
+        self.drift_detected = bool(hits) and hits[-1] == len(values) - 1
+        return hits, rises
 
     def _cut(self) -> bool:
         if self._width < 2 * self.min_window_length:
@@ -160,7 +210,8 @@ class ADWIN(_Detector):
             return
         u_old = t / n
         u_rest = (self._total - t) / self._width
-        self._var -= v + n * self._width * (u_old - u_rest) ** 2 / W
+        du = u_old - u_rest
+        self._var -= v + n * self._width * (du * du) / W
         self._var = max(self._var, 0.0)
         self._total -= t
 
@@ -179,6 +230,23 @@ class ADWIN(_Detector):
         self._width, self._total = int(state["width"]), float(state["total"])
         self._var, self._t = float(state["var"]), int(state["t"])
         self.drift_detected = bool(state["drift"])
+
+
+def _merge_rows(rows: list[list[list[float]]], max_buckets: int) -> None:
+    """Merge the two oldest buckets of each row holding more than ``max_buckets`` upwards."""
+    i = 0
+    r = rows[0]
+    while len(r) > max_buckets:
+        (t1, v1), (t2, v2) = r[0], r[1]
+        n = 1 << i
+        du = t1 / n - t2 / n
+        merged = [t1 + t2, v1 + v2 + n * n * (du * du) / (2 * n)]
+        del r[:2]
+        i += 1
+        if i == len(rows):
+            rows.append([])
+        r = rows[i]
+        r.append(merged)
 
 
 class PageHinkley(_Detector):

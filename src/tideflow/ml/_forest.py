@@ -22,8 +22,9 @@ import numpy as np
 from tideflow.ml._base import Classifier, _check_positive, from_snapshot
 from tideflow.ml._data import as_labels, plain_label
 from tideflow.ml._drift import ADWIN
-from tideflow.ml._tree import HoeffdingTreeClassifier, LeafPrediction
+from tideflow.ml._tree import CLeaf, HoeffdingTreeClassifier, LeafPrediction
 from tideflow.ml._tree_base import rng_from_state, rng_state
+from tideflow.ml._tree_stack import stacked_attempt, stacked_learn, stacked_proba
 
 __all__ = ["ARFClassifier"]
 
@@ -118,6 +119,7 @@ class ARFClassifier(Classifier):
         self._ls = self._proto._ls
         self._members: list[_Member] = []
         self._pcache: Any = None
+        self._bcache: Any = None
 
     @property
     def classes_(self) -> list[Any]:
@@ -201,7 +203,9 @@ class ARFClassifier(Classifier):
         M = self._proto._matrix(X, grow=False)
         if not self._members or not self._ls.labels:
             return np.zeros((M.shape[0], len(self._ls)))
-        return self._vote([m.tree._proba_matrix(M) for m in self._members], self._weights())
+        probas = self._tree_probas(M)
+        self._bcache = (M, probas)  # learn_many on the same rows scores with these
+        return self._vote(probas, self._weights())
 
     def predict_many(self, X: Any) -> np.ndarray:
         """The most likely class per row."""
@@ -213,6 +217,7 @@ class ARFClassifier(Classifier):
     # -- learning -------------------------------------------------------------------------------
     def learn_one(self, x: dict[Hashable, Any], y: Any) -> None:
         """Update every tree with one record."""
+        self._bcache = None
         c = self._ls.add(plain_label(y))
         row = self._proto._row(x, grow=True)
         self._init_members()
@@ -262,18 +267,92 @@ class ARFClassifier(Classifier):
         self._init_members()
         n = M.shape[0]
         K = self._rng.poisson(self.lambda_value, (len(self._members), n)).astype(float)
-        for m, k in zip(self._members, K, strict=True):
-            P = m.tree._proba_matrix(M)
+        probas, self._bcache = self._batch_probas(M), None
+        trees = [(m.tree, k) for m, k in zip(self._members, K, strict=True)]
+        trees += [(m.bg, k) for m, k in zip(self._members, K, strict=True) if m.bg is not None]
+        step = max(int(self.batch_chunk or self.grace_period), 1)
+        for a in range(0, n, step):
+            Mc, yc = M[a : a + step], yi[a : a + step]
+            groups: list[tuple[CLeaf, np.ndarray, np.ndarray]] = []
+            owners: list[HoeffdingTreeClassifier] = []
+            for tree, k in trees:
+                kc = k[a : a + step]
+                rows = np.flatnonzero(kc > 0)
+                if not len(rows):
+                    continue
+                tree._memo = None
+                for leaf, idx in tree._route(Mc, grow=True, rows=rows):
+                    if isinstance(leaf, CLeaf):
+                        groups.append((leaf, idx, kc[idx]))
+                        owners.append(tree)
+            if not stacked_learn(self._proto, groups, Mc, yc):
+                for (leaf, idx, w), tree in zip(groups, owners, strict=True):
+                    tree._learn_leaf(leaf, Mc[idx], yc[idx], w)
+            stacked_attempt(
+                [
+                    (tree, leaf)
+                    for (leaf, _, _), tree in zip(groups, owners, strict=True)
+                    if leaf.active and leaf.weight - leaf.last >= tree.grace_period
+                ]
+            )
+        for m, P in zip(self._members, probas, strict=True):
             ok = (P.argmax(axis=1) == yi) if P.shape[1] else np.zeros(n, dtype=bool)
-            sel = k > 0
-            if sel.any():
-                m.tree._learn_matrix(M[sel], yi[sel], k[sel])
-                if m.bg is not None:
-                    m.bg._learn_matrix(M[sel], yi[sel], k[sel])
-            for e in (~ok).astype(float).tolist():
-                m.n += 1.0
-                m.correct += 1.0 - e
-                self._detect(m, e)
+            self._detect_many(m, (~ok).astype(float).tolist())
+
+    def _detect_many(self, m: _Member, errs: list[float]) -> None:
+        """:meth:`_detect` for each error in order, each detector fed in runs."""
+        pos, n = 0, len(errs)
+        while pos < n:
+            hits, _ = m.drift._feed(errs[pos:], stop=True)
+            seg = errs[pos:] if not hits else errs[pos : pos + hits[0] + 1]
+            at = 0
+            while at < len(seg):  # the warning detector sees the same values first
+                wh, _ = m.warn._feed(seg[at:], stop=True)
+                if not wh:
+                    break
+                m.bg = self._new_tree()
+                m.warn = self.warning_detector.clone()
+                at += wh[0] + 1
+            m.n += len(seg)
+            m.correct += len(seg) - sum(seg)
+            if hits:
+                m.tree = m.bg if m.bg is not None else self._new_tree()
+                m.bg = None
+                m.drift = self.drift_detector.clone()
+                m.warn = self.warning_detector.clone()
+                m.correct = m.n = 0.0
+            pos += len(seg)
+
+    def _batch_probas(self, M: np.ndarray) -> list[np.ndarray]:
+        """Every tree's probabilities for ``M`` (those ``predict_proba_many`` just computed
+        for the same rows, if the forest has not learned since)."""
+        c = self._bcache
+        if (
+            c is not None
+            and c[0].shape == M.shape
+            and len(c[1]) == len(self._members)
+            and all(P.shape[1] == len(self._ls) for P in c[1])
+            and np.array_equal(c[0], M, equal_nan=True)
+        ):
+            return c[1]  # type: ignore[no-any-return]
+        return self._tree_probas(M)
+
+    def _tree_probas(self, M: np.ndarray) -> list[np.ndarray]:
+        """Each tree's probabilities for ``M``, all trees' leaves scored in one step."""
+        k = len(self._ls)
+        groups: list[tuple[Any, np.ndarray]] = []
+        owner: list[int] = []
+        for t, m in enumerate(self._members):
+            routed = m.tree._route(M)
+            groups += routed
+            owner += [t] * len(routed)
+        out = [np.zeros((M.shape[0], k)) for _ in self._members]
+        if k:
+            for (_, idx), t, P in zip(
+                groups, owner, stacked_proba(self._proto, groups, M), strict=True
+            ):
+                out[t][idx] = P
+        return out
 
     # -- state ----------------------------------------------------------------------------------
     def _get_state(self) -> dict[str, Any]:
@@ -294,7 +373,7 @@ class ARFClassifier(Classifier):
         }
 
     def _set_state(self, state: dict[str, Any]) -> None:
-        self._pcache = None
+        self._pcache = self._bcache = None
         self._proto = from_snapshot(state["proto"])
         self._ls = self._proto._ls
         self._rng = rng_from_state(state["rng"])

@@ -6,8 +6,10 @@ there from the same records; once both have seen ``drift_window_threshold`` reco
 alternate replaces the original branch if its error is lower by more than a bound at
 ``switch_significance``, or is dropped if it is worse by more than that bound.
 
-Drift handling is sequential per record, so ``learn_many`` runs the per-record path over the
-batch's rows (after one vectorized conversion of the batch).
+``learn_many`` works in chunks of ``grace_period`` rows: each chunk is routed once, its leaves'
+predictions (from their statistics at the start of the chunk) give the 0/1 errors, each node's
+ADWIN takes its rows' errors in order in one call, and leaves merge their rows vectorized (see
+``_hat_chunk``).
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from typing import Any
 import numpy as np
 
 from tideflow.ml._base import from_snapshot
-from tideflow.ml._data import as_labels, plain_label
+from tideflow.ml._data import plain_label
 from tideflow.ml._drift import ADWIN
 from tideflow.ml._tree import CLeaf, HoeffdingTreeClassifier, LeafPrediction
 from tideflow.ml._tree_base import Split
+from tideflow.ml._tree_stack import stacked_proba
 
 __all__ = ["HoeffdingAdaptiveTreeClassifier"]
 
@@ -146,22 +149,23 @@ class HoeffdingAdaptiveTreeClassifier(HoeffdingTreeClassifier):
         k = len(self._ls)
         out = np.zeros((M.shape[0], k))
         if k:
-            self._add_votes(self._root, M, np.arange(M.shape[0]), out)
+            groups: list[tuple[Any, np.ndarray]] = []
+            self._vote_groups(self._root, M, np.arange(M.shape[0]), groups)
+            for (node, idx), P in zip(groups, stacked_proba(self, groups, M), strict=True):
+                out[idx] += P * self._vote_weight(node)
             s = out.sum(axis=1, keepdims=True)
             out = np.where(s > 0, out / np.where(s > 0, s, 1.0), 1.0 / k)
         return out
 
-    def _add_votes(self, start: Any, M: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
-        alts: list[tuple[Any, np.ndarray]] = []
-
-        def visit(node: Any, idx: np.ndarray) -> None:
+    def _vote_groups(
+        self, start: Any, M: np.ndarray, rows: np.ndarray, out: list[tuple[Any, np.ndarray]]
+    ) -> None:
+        """The voting nodes and their rows: main leaves and alternate branches' leaves."""
+        splits, ends = self._route_paths(M, start=start, rows=rows)
+        out.extend((node, idx) for node, idx, _, _ in ends)
+        for node, idx, _, _ in splits:
             if node.ext is not None and node.ext["alt"] is not None:
-                alts.append((node.ext["alt"], idx))
-
-        for node, idx in self._route(M, start=start, rows=rows, visit=visit):
-            out[idx] += self._leaf_proba(node, M[idx]) * self._vote_weight(node)
-        for alt, idx in alts:
-            self._add_votes(alt, M, idx, out)
+                self._vote_groups(node.ext["alt"], M, idx, out)
 
     # -- learning -----------------------------------------------------------------------------
     def learn_one(self, x: dict[Hashable, Any], y: Any, w: float = 1.0) -> None:
@@ -169,17 +173,64 @@ class HoeffdingAdaptiveTreeClassifier(HoeffdingTreeClassifier):
         c = self._ls.add(plain_label(y))
         self._learn_row(self._row(x, grow=True), c, float(w))
 
-    def learn_many(self, X: Any, y: Any, w: Any = None) -> None:
-        """Update with a mini-batch, record by record (drift handling is sequential)."""
-        yi = self._ls.encode(as_labels(y))
-        M = self._matrix(X, grow=True)
-        sw = np.ones(len(yi)) if w is None else np.asarray(w, dtype=float)
-        for i in range(M.shape[0]):
-            self._learn_row(M[i], int(yi[i]), float(sw[i]))
+    # The mini-batch path works through the batch in chunks of ``grace_period`` rows (the
+    # plain tree's ``_learn_matrix``). A chunk is routed through the tree once; each reached
+    # leaf predicts its rows with its statistics from the start of the chunk (the 0/1 errors
+    # that drive the ADWINs), every node's ADWIN takes the errors of its rows in row order in
+    # one call (the same detections as value by value), a split node whose ADWIN detects a rise
+    # starts its alternate there and the alternate learns the node's rows from that position
+    # on (recursively, the same chunk step), the switch test runs once per node and chunk, and
+    # each leaf merges its rows (bootstrap weights drawn per row) and then attempts a split.
+    def _learn_chunk(self, M: np.ndarray, yi: np.ndarray, sw: np.ndarray) -> None:
+        self._hat_chunk(self._root, M, np.arange(M.shape[0]), yi, sw, None, None)
 
-    def _learn_matrix(self, M: np.ndarray, yi: np.ndarray, sw: np.ndarray) -> None:
-        for i in range(M.shape[0]):
-            self._learn_row(M[i], int(yi[i]), float(sw[i]))
+    def _hat_chunk(
+        self,
+        start: Any,
+        M: np.ndarray,
+        rows: np.ndarray,
+        yi: np.ndarray,
+        sw: np.ndarray,
+        holder: Any,
+        key: Any,
+    ) -> None:
+        splits, ends = self._route_paths(
+            M, grow=True, start=start, rows=rows, holder=holder, key=key
+        )
+        err = np.ones(M.shape[0])
+        if len(self._ls):
+            groups = [(node, idx) for node, idx, _, _ in ends]
+            for (_, idx), P in zip(groups, stacked_proba(self, groups, M), strict=True):
+                err[idx] = P.argmax(axis=1) != yi[idx]
+        gone: set[int] = set()  # split nodes replaced by their alternate in this chunk
+        for node, idx, hold, kk in splits:
+            if id(hold) in gone:
+                gone.add(id(node))
+                continue
+            ext = self._ext(node)
+            hits, rises = ext["adwin"]._feed(err[idx].tolist())
+            at = 0
+            if ext["alt"] is None:
+                at = next((h for h, r in zip(hits, rises, strict=True) if r), -1)
+                if at >= 0:
+                    ext["alt"] = self._new_leaf(None, node.depth)
+            if ext["alt"] is not None:
+                self._hat_chunk(ext["alt"], M, idx[at:], yi, sw, node, "alt")
+                if self._maybe_switch(node, hold, kk):
+                    gone.add(id(node))
+        learn: list[tuple[CLeaf, np.ndarray, np.ndarray]] = []
+        for node, idx, hold, _ in ends:
+            if id(hold) in gone or (isinstance(node, Split) and id(node) in gone):
+                continue
+            self._ext(node)["adwin"]._feed(err[idx].tolist())
+            if not isinstance(node, CLeaf):
+                continue
+            w = sw[idx]
+            if self.bootstrap_sampling:  # as River: weight times Poisson(1) when that is > 0
+                kp = self._rng.poisson(1.0, len(idx))
+                w = np.where(kp > 0, w * kp, w)
+            learn.append((node, idx, w))
+        self._learn_leaves(learn, M, yi)
 
     def _learn_row(self, row: np.ndarray, c: int, w: float) -> None:
         self._hat_learn(self._root, row, c, w, None, None)

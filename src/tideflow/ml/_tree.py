@@ -32,6 +32,7 @@ from tideflow._errors import ConfigError
 from tideflow.ml._base import Classifier, _check_choice, _check_positive
 from tideflow.ml._data import LabelSpace, as_labels, plain_label
 from tideflow.ml._tree_base import Split, TreeBase, hoeffding_bound
+from tideflow.ml._tree_stack import stacked_attempt, stacked_learn, stacked_proba
 
 __all__ = ["HoeffdingTreeClassifier"]
 
@@ -384,8 +385,9 @@ class HoeffdingTreeClassifier(TreeBase, Classifier):
     def _proba_matrix(self, M: np.ndarray) -> np.ndarray:
         out = np.zeros((M.shape[0], len(self._ls)))
         if len(self._ls):
-            for node, idx in self._route(M):
-                out[idx] = self._leaf_proba(node, M[idx])
+            groups = self._route(M)
+            for (_, idx), P in zip(groups, stacked_proba(self, groups, M), strict=True):
+                out[idx] = P
         return out
 
     def learn_many(self, X: Any, y: Any, w: Any = None) -> None:
@@ -405,14 +407,26 @@ class HoeffdingTreeClassifier(TreeBase, Classifier):
             self._learn_chunk(M, yi, sw)
 
     def _learn_chunk(self, M: np.ndarray, yi: np.ndarray, sw: np.ndarray) -> None:
-        for leaf, idx in self._route(M, grow=True):
-            self._learn_leaf(leaf, M[idx], yi[idx], sw[idx])
-            if (
-                isinstance(leaf, CLeaf)
-                and leaf.active
-                and leaf.weight - leaf.last >= self.grace_period
-            ):
-                self._attempt_split(leaf)
+        groups = [
+            (leaf, idx, sw[idx])
+            for leaf, idx in self._route(M, grow=True)
+            if isinstance(leaf, CLeaf)
+        ]
+        self._learn_leaves(groups, M, yi)
+
+    def _learn_leaves(
+        self, groups: list[tuple[CLeaf, np.ndarray, np.ndarray]], M: np.ndarray, yi: np.ndarray
+    ) -> None:
+        """Merge each group's weighted rows into its leaf, then attempt the due splits."""
+        if not stacked_learn(self, groups, M, yi):
+            for leaf, idx, w in groups:
+                self._learn_leaf(leaf, M[idx], yi[idx], w)
+        due = [
+            (self, leaf)
+            for leaf, _, _ in groups
+            if leaf.active and leaf.weight - leaf.last >= self.grace_period
+        ]
+        stacked_attempt(due)
 
     def _learn_leaf_one(self, leaf: Any, row: np.ndarray, c: int, w: float) -> None:
         """The one-record case of :meth:`_learn_leaf` (same sums, fewer array operations)."""
@@ -799,7 +813,9 @@ def _entropy(D: np.ndarray) -> np.ndarray:
     return h  # type: ignore[no-any-return]
 
 
-def _split_merit(pre: float, L: np.ndarray, R: np.ndarray, min_frac: float) -> np.ndarray:
+def _split_merit(
+    pre: float | np.ndarray, L: np.ndarray, R: np.ndarray, min_frac: float
+) -> np.ndarray:
     wl, wr = L.sum(axis=-1), R.sum(axis=-1)
     tot = wl + wr
     safe = np.where(tot > 0, tot, 1.0)

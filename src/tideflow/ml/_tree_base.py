@@ -18,6 +18,9 @@ import numpy as np
 from tideflow.ml._base import Estimator
 from tideflow.ml._data import Cols, FeatureSpace, as_cols
 
+#: A routed group of rows: ``(node, rows, holder, key)``, see ``TreeBase._route_paths``.
+Route = tuple[Any, np.ndarray, Any, Any]
+
 
 def hoeffding_bound(value_range: float, delta: float, n: float) -> float:
     """Hoeffding bound: with probability ``1 - delta`` the true mean is within this of the
@@ -197,18 +200,37 @@ class TreeBase(Estimator):
         ``start`` and ``rows``: route only those rows from that node (default: all, from the
         root); ``visit(node, rows)`` is called for every split node passed.
         """
-        out: list[tuple[Any, np.ndarray]] = []
+        splits, ends = self._route_paths(M, grow, start=start, rows=rows)
+        if visit is not None:
+            for node, idx, _, _ in splits:
+                visit(node, idx)
+        return [(node, idx) for node, idx, _, _ in ends]
+
+    def _route_paths(
+        self,
+        M: np.ndarray,
+        grow: bool = False,
+        *,
+        start: Any = None,
+        rows: np.ndarray | None = None,
+        holder: Any = None,
+        key: Any = None,
+    ) -> tuple[list[Route], list[Route]]:
+        """:meth:`_route` with the split nodes passed: ``(splits, ends)``, each a list of
+        ``(node, rows, holder, key)`` (``holder.children[key]`` is the node; ``holder`` and
+        ``key`` for ``start`` as given). A split comes before the nodes below it."""
+        splits: list[Route] = []
+        ends: list[Route] = []
         first = self._root if start is None else start
-        stack = [(first, np.arange(M.shape[0]) if rows is None else rows)]
+        stack = [(first, np.arange(M.shape[0]) if rows is None else rows, holder, key)]
         while stack:
-            node, idx = stack.pop()
+            node, idx, hold, kk = stack.pop()
             if not len(idx):
                 continue
-            if visit is not None and isinstance(node, Split):
-                visit(node, idx)
             if not isinstance(node, Split):
-                out.append((node, idx))
+                ends.append((node, idx, hold, kk))
                 continue
+            splits.append((node, idx, hold, kk))
             v = M[idx, node.feature] if node.feature < M.shape[1] else np.full(len(idx), math.nan)
             miss = np.isnan(v)
             if node.nominal:
@@ -222,16 +244,16 @@ class TreeBase(Estimator):
                     if child is None and grow and c >= 0:
                         child = node.children[c] = self._new_leaf(None, node.depth + 1)
                     if child is None:
-                        out.append((node, sel))
+                        ends.append((node, sel, hold, kk))
                     else:
-                        stack.append((child, sel))
+                        stack.append((child, sel, node, c))
             else:
                 left = v <= node.threshold
                 if miss.any():
                     left = np.where(miss, node.wl >= node.wr, left)
-                stack.append((node.children[0], idx[left]))
-                stack.append((node.children[1], idx[~left]))
-        return out
+                stack.append((node.children[0], idx[left], node, 0))
+                stack.append((node.children[1], idx[~left], node, 1))
+        return splits, ends
 
     def _new_leaf(self, dist: Any, depth: int) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError

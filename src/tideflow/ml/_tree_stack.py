@@ -1,0 +1,320 @@
+"""Leaf work of many Hoeffding tree leaves in one vectorized step.
+
+The mini-batch paths of the classification trees route a chunk of rows and then have, per
+reached leaf, a few rows to score or to merge into the leaf's statistics. Done leaf by leaf
+that is 20-40 small NumPy calls per leaf, which dominates when leaves get a handful of rows
+each (the forest's ten Poisson-weighted trees, or deep adaptive trees). Here the statistics of
+all the leaves of a chunk (of one tree or of several trees that share their feature and label
+mappings) are stacked into ``(leaves, features, classes)`` arrays, and every (row, leaf) pair
+is scored or merged at once: the same naive Bayes scores and the same exact Chan merges of
+weighted sums that :class:`~tideflow.ml._tree.HoeffdingTreeClassifier` computes per leaf.
+
+Only numeric features are stacked; with nominal features the callers keep the per-leaf code.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tideflow.ml._tree_base import hoeffding_bound
+
+if TYPE_CHECKING:
+    from tideflow.ml._tree import CLeaf, HoeffdingTreeClassifier
+
+__all__ = ["stacked_attempt", "stacked_learn", "stacked_proba"]
+
+# Pairs scored per NumPy step: bounds the (pairs, features, classes) temporaries.
+_BLOCK_CELLS = 1 << 19
+
+
+def _stack(leaves: Sequence[CLeaf], d: int, k: int) -> tuple[np.ndarray, ...] | None:
+    """The leaves' statistics as ``(G, d, k)`` arrays (``None`` if a leaf is shaped otherwise)."""
+    for leaf in leaves:
+        leaf.fit(d, k)
+        if leaf.n.shape != (d, k) or len(leaf.dist) != k:
+            return None
+    N = np.stack([leaf.n for leaf in leaves])
+    MU = np.stack([leaf.mean for leaf in leaves])
+    M2 = np.stack([leaf.m2 for leaf in leaves])
+    return N, MU, M2
+
+
+def _nb_terms(
+    N: np.ndarray, MU: np.ndarray, M2: np.ndarray, num: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per (leaf, feature, class): whether the Gaussian counts, its log-normaliser, 2 var."""
+    has = (N > 0) & num[None, :, None]
+    var = np.divide(M2, N, out=np.zeros(N.shape), where=has)
+    var = np.maximum(var, 1e-9 * (1.0 + MU * MU))
+    return has, -0.5 * np.log(2 * math.pi * var), 2 * var
+
+
+def _nb_log_pairs(
+    X: np.ndarray,
+    gid: np.ndarray,
+    prior: np.ndarray,
+    MU: np.ndarray,
+    terms: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> np.ndarray:
+    """Naive Bayes log scores ``(P, k)`` of rows ``X`` at leaves ``gid`` (as ``_nb_log``)."""
+    has, lnorm, var2 = terms
+    P = len(gid)
+    d, k = MU.shape[1], MU.shape[2]
+    out = np.empty((P, k))
+    step = max(1, _BLOCK_CELLS // max(d * k, 1))
+    for a in range(0, P, step):
+        g = gid[a : a + step]
+        diff = X[a : a + step, :, None] - MU[g]
+        t = lnorm[g] - diff * diff / var2[g]
+        t = np.where(has[g], t, 0.0)
+        out[a : a + step] = prior[g] + np.nansum(t, axis=1)
+    return out
+
+
+def stacked_proba(
+    tree: HoeffdingTreeClassifier, groups: Sequence[tuple[Any, np.ndarray]], M: np.ndarray
+) -> list[np.ndarray]:
+    """Class probabilities at each group's node for its rows, as ``tree._leaf_proba``.
+
+    ``groups`` are ``(node, rows)`` of trees sharing ``tree``'s settings and label mapping;
+    returns one ``(len(rows), k)`` array per group.
+    """
+    from tideflow.ml._tree import CLeaf
+
+    k = len(tree._ls)
+    d = M.shape[1]
+    out: list[np.ndarray] = [np.empty((0, k))] * len(groups)
+    nb: list[int] = []
+    for i, (node, idx) in enumerate(groups):
+        if (
+            isinstance(node, CLeaf)
+            and tree.leaf_prediction != "mc"
+            and not node.nom
+            and node.total > tree.nb_threshold
+            and (tree.leaf_prediction == "nb" or node.mc_ok <= node.nb_ok)
+            and k > 0
+        ):
+            nb.append(i)
+        else:
+            out[i] = tree._leaf_proba(node, M[idx])
+    if not nb:
+        return out
+    if True in tree._nominal[:d]:
+        for i in nb:
+            out[i] = tree._leaf_proba(groups[i][0], M[groups[i][1]])
+        return out
+    leaves = [groups[i][0] for i in nb]
+    st = _stack(leaves, d, k)
+    if st is None:  # pragma: no cover - leaves are always fitted to the tree's shape
+        for i in nb:
+            out[i] = tree._leaf_proba(groups[i][0], M[groups[i][1]])
+        return out
+    N, MU, M2 = st
+    D = np.stack([leaf.dist for leaf in leaves])
+    tot = np.array([leaf.total for leaf in leaves])
+    with np.errstate(divide="ignore"):
+        prior = np.log(D) - np.log(tot)[:, None]
+    sizes = [len(groups[i][1]) for i in nb]
+    rows = np.concatenate([groups[i][1] for i in nb])
+    gid = np.repeat(np.arange(len(nb)), sizes)
+    logp = _nb_log_pairs(M[rows], gid, prior, MU, _nb_terms(N, MU, M2, tree._num_mask(d)))
+    mx = logp.max(axis=1, keepdims=True)
+    mx = np.where(np.isfinite(mx), mx, 0.0)
+    E = np.exp(logp - mx)
+    s = E.sum(axis=1, keepdims=True)
+    Pr = np.where(s > 0, E / np.where(s > 0, s, 1.0), 1.0 / k)
+    bounds = np.cumsum([0, *sizes]).tolist()
+    for j, i in enumerate(nb):
+        out[i] = Pr[bounds[j] : bounds[j + 1]]
+    return out
+
+
+def stacked_learn(
+    tree: HoeffdingTreeClassifier,
+    groups: Sequence[tuple[CLeaf, np.ndarray, np.ndarray]],
+    M: np.ndarray,
+    yi: np.ndarray,
+) -> bool:
+    """Merge each group's weighted rows into its leaf, as ``tree._learn_leaf`` per group.
+
+    ``groups`` are ``(leaf, rows, weights)`` with distinct leaves of trees sharing ``tree``'s
+    settings and mappings. Returns ``False`` (and does nothing) where the stacked step does not
+    apply (nominal features): the caller then learns leaf by leaf.
+    """
+    if not groups:
+        return True
+    k = len(tree._ls)
+    d = M.shape[1]
+    num = tree._num_mask(d)
+    if not num.all():
+        return False
+    leaves = [g[0] for g in groups]
+    st = _stack(leaves, d, k)
+    if st is None:  # pragma: no cover - leaves are always fitted to the tree's shape
+        return False
+    N, MU, M2 = st
+    D = np.stack([leaf.dist for leaf in leaves])
+    G = len(leaves)
+    sizes = [len(g[1]) for g in groups]
+    rows = np.concatenate([g[1] for g in groups])
+    w = np.concatenate([g[2] for g in groups]).astype(float, copy=False)
+    gid = np.repeat(np.arange(G), sizes)
+    c = yi[rows]
+    X = M[rows]
+    tot = np.array([leaf.total for leaf in leaves])
+    mc_add = nb_add = None
+    if tree.leaf_prediction == "nba":
+        seen = tot > 0
+        hit = seen[gid] & (c == D.argmax(axis=1)[gid])
+        mc_add = np.bincount(gid, np.where(hit, w, 0.0), minlength=G)
+        ask = seen & (tot > tree.nb_threshold)
+        if ask.any():
+            with np.errstate(divide="ignore"):
+                prior = np.log(D) - np.log(np.where(seen, tot, 1.0))[:, None]
+            sel = ask[gid]
+            lp = _nb_log_pairs(X[sel], gid[sel], prior, MU, _nb_terms(N, MU, M2, num))
+            good = lp.argmax(axis=1) == c[sel]
+            nb_add = np.bincount(gid[sel], np.where(good, w[sel], 0.0), minlength=G)
+    np.add.at(D, (gid, c), w)
+    active = np.array([leaf.active for leaf in leaves])
+    LO = HI = None
+    sel = active[gid] & (w > 0)
+    if sel.any():
+        LO = np.stack([leaf.lo for leaf in leaves])
+        HI = np.stack([leaf.hi for leaf in leaves])
+        key = gid[sel] * k + c[sel]
+        order = np.argsort(key, kind="stable")
+        ks = key[order]
+        Xs = X[sel][order]
+        ws = w[sel][order]
+        starts = np.flatnonzero(np.concatenate([[True], ks[1:] != ks[:-1]]))
+        gs, cs = ks[starts] // k, ks[starts] % k
+        ok = ~np.isnan(Xs)
+        wok = ws[:, None] * ok
+        Xz = np.where(ok, Xs, 0.0)
+        S0 = np.add.reduceat(wok, starts, axis=0)
+        S1 = np.add.reduceat(wok * Xz, starts, axis=0)
+        has = S0 > 0
+        mb = S1 / np.where(has, S0, 1.0)
+        seg = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(ks))))
+        dev = np.where(ok, Xs - mb[seg], 0.0)
+        M2b = np.add.reduceat(wok * dev * dev, starts, axis=0)
+        na, ma, m2a = N[gs, :, cs], MU[gs, :, cs], M2[gs, :, cs]
+        tn = na + S0
+        safe = np.where(tn > 0, tn, 1.0)
+        delta = mb - ma
+        MU[gs, :, cs] = np.where(has, ma + delta * S0 / safe, ma)
+        M2[gs, :, cs] = np.where(has, m2a + M2b + delta * delta * na * S0 / safe, m2a)
+        N[gs, :, cs] = tn
+        lo = np.minimum.reduceat(np.where(ok, Xs, np.inf), starts, axis=0)
+        hi = np.maximum.reduceat(np.where(ok, Xs, -np.inf), starts, axis=0)
+        LO[gs, :, cs] = np.minimum(LO[gs, :, cs], lo)
+        HI[gs, :, cs] = np.maximum(HI[gs, :, cs], hi)
+    totals = D.sum(axis=1).tolist()
+    mc = mc_add.tolist() if mc_add is not None else None
+    nbl = nb_add.tolist() if nb_add is not None else None
+    for g, leaf in enumerate(leaves):
+        leaf.dist = D[g]
+        leaf.total = totals[g]
+        if mc is not None:
+            leaf.mc_ok += mc[g]
+        if nbl is not None:
+            leaf.nb_ok += nbl[g]
+        if LO is not None and HI is not None and leaf.active:
+            leaf.n, leaf.mean, leaf.m2 = N[g], MU[g], M2[g]
+            leaf.lo, leaf.hi = LO[g], HI[g]
+    return True
+
+
+def stacked_attempt(pairs: Sequence[tuple[HoeffdingTreeClassifier, CLeaf]]) -> None:
+    """Split attempts at many leaves at once, as ``tree._attempt_split(leaf)`` for each pair.
+
+    The candidate thresholds and information gains of every leaf's numeric features are one
+    ``(leaves, features, thresholds, classes)`` computation (the same operations as
+    ``_candidates``, so the same decisions); leaves with nominal statistics, and trees with
+    nominal features, take the per-leaf path.
+    """
+    from tideflow.ml._tree import _entropy, _erf, _reset_estimators, _split_merit
+
+    todo: list[tuple[HoeffdingTreeClassifier, CLeaf]] = []
+    for tr, leaf in pairs:
+        k = len(tr._ls)
+        d = len(tr._fs)
+        if leaf.nom or True in tr._nominal[:d]:
+            tr._attempt_split(leaf)
+            continue
+        dist = leaf.dist[:k]
+        if (dist > 0).sum() < 2 or dist.max() > tr.max_share_to_split * dist.sum():
+            tr._attempt_split(leaf)  # no split, or the estimators restart: cheap
+            continue
+        leaf.fit(d, k)
+        if leaf.feats is None and tr.max_features is not None and d > tr.max_features:
+            leaf.feats = np.sort(tr._rng.choice(d, tr.max_features, replace=False))
+        todo.append((tr, leaf))
+    if not todo:
+        return
+    tr0 = todo[0][0]
+    k, d = len(tr0._ls), len(tr0._fs)
+    leaves = [leaf for _, leaf in todo]
+    if any(leaf.n.shape != (d, k) for leaf in leaves):  # pragma: no cover - fitted above
+        for tr, leaf in todo:
+            tr._attempt_split(leaf)
+        return
+    G = len(leaves)
+    D = np.stack([leaf.dist[:k] for leaf in leaves])
+    N = np.stack([leaf.n for leaf in leaves])
+    MU = np.stack([leaf.mean for leaf in leaves])
+    M2 = np.stack([leaf.m2 for leaf in leaves])
+    LO = np.stack([leaf.lo for leaf in leaves])
+    HI = np.stack([leaf.hi for leaf in leaves])
+    allowed = np.ones((G, d), dtype=bool)
+    for g, leaf in enumerate(leaves):
+        if leaf.feats is not None:
+            allowed[g] = False
+            allowed[g, leaf.feats[leaf.feats < d]] = True
+    pre = _entropy(D)  # (G,)
+    cols = allowed & (N.sum(axis=2) > 0)
+    lo = LO.min(axis=2)
+    hi = HI.max(axis=2)
+    # features without records (or outside the leaf's subset) give NaN here; masked below
+    with np.errstate(all="ignore"):
+        S = tr0.n_splits
+        frac = np.arange(1, S + 1) / (S + 1)
+        T = lo[:, :, None] + (hi - lo)[:, :, None] * frac  # (G, d, S)
+        var = np.where(N > 0, M2 / np.where(N > 0, N, 1.0), 0.0)
+        std = np.sqrt(np.maximum(var, 0.0))
+        Tt = T[..., None]
+        z = (Tt - MU[:, :, None, :]) / std[:, :, None, :]
+        cdf = np.where(
+            std[:, :, None, :] > 0,
+            0.5 * (1 + _erf(z / math.sqrt(2))),
+            (Tt >= MU[:, :, None, :]) * 1.0,
+        )
+        cdf = np.where(Tt < LO[:, :, None, :], 0.0, np.where(Tt >= HI[:, :, None, :], 1.0, cdf))
+        L = N[:, :, None, :] * cdf
+        R = N[:, :, None, :] - L
+        merit = _split_merit(pre[:, None, None], L, R, tr0.min_branch_fraction)  # (G, d, S)
+        merit = np.where((hi > lo)[:, :, None] & cols[:, :, None], merit, -np.inf)
+    best_s = merit.argmax(axis=2)  # (G, d)
+    best = np.take_along_axis(merit, best_s[:, :, None], axis=2)[:, :, 0]  # (G, d)
+    order = np.argsort(-best, axis=1, kind="stable")
+    top_f = order[:, 0]
+    top = best[np.arange(G), top_f]
+    second = best[np.arange(G), order[:, 1]] if d > 1 else np.full(G, -np.inf)
+    for g, (tr, leaf) in enumerate(todo):
+        leaf.last = leaf.weight
+        dist = D[g]
+        eps = hoeffding_bound(math.log2(max(int((dist > 0).sum()), 2)), tr.delta, leaf.weight)
+        t, s2 = float(top[g]), float(second[g])
+        if not math.isfinite(t):
+            if eps < tr.tau:
+                _reset_estimators(leaf)
+            continue
+        if t - s2 > eps or eps < tr.tau:
+            f = int(top_f[g])
+            s = int(best_s[g, f])
+            tr._split(leaf, (t, ("num", f, float(T[g, f, s]), L[g, f, s], R[g, f, s])))
