@@ -99,7 +99,9 @@ def test_stacked_leaf_steps_equal_per_leaf_steps(
 ) -> None:
     a, data = _random_tree(seed, d, k, leaf_prediction)
     b = tree.HoeffdingTreeClassifier().restore(a.snapshot())
-    M, yi = data[:, :d], a._ls.encode(data[:, d].astype(np.int64))
+    M, labels = data[:, :d], data[:, d].astype(np.int64)
+    yi = a._ls.encode(labels)
+    assert np.array_equal(b._ls.encode(labels), yi)  # (a label new to both: same index)
     w = np.random.default_rng(seed).choice([0.0, 1.0, 2.0, 0.5], size=len(yi))
     ga, gb = a._route(M, grow=True), b._route(M, grow=True)
     # probabilities, all leaves at once
