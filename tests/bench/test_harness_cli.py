@@ -148,3 +148,55 @@ def test_cli_flags_can_come_from_the_environment(
     assert main(["nexmark", "generate", "--out", str(tmp_path)]) == 0
     meta = json.loads((tmp_path / "nexmark.json").read_text())
     assert (meta["events"], meta["seed"]) == (1000, 4)
+
+
+def test_tideflow_runs_take_checkpoints_when_asked(
+    nexmark_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tideflow as tf
+    from tideflow.bench.nexmark._compare import check
+    from tideflow.bench.nexmark._reference import run_reference
+    from tideflow.bench.nexmark._worker import engine_runner
+
+    calls: list[dict[str, object]] = []
+    original = tf.run
+
+    def spy(flow: object, **kw: object) -> object:
+        result = original(flow, **kw)  # type: ignore[arg-type]
+        where = kw.get("checkpoint_dir")
+        kw["written"] = sorted(p.name for p in Path(str(where)).iterdir()) if where else []
+        calls.append(kw)
+        return result
+
+    monkeypatch.setattr(tf, "run", spy)
+    for engine, interval in (("tideflow", 0.05), ("tideflow-nocp", 0.05), ("tideflow", 0.0)):
+        out = tmp_path / f"{engine}-{interval}.parquet"
+        engine_runner(engine, checkpoint_interval=interval)("q4", nexmark_dir, out)
+        check("q4", pl.read_parquet(out), run_reference("q4", nexmark_dir), label=engine)
+    with_cp, nocp, off = calls
+    assert with_cp["checkpoint_dir"] and with_cp["written"]  # at least the final checkpoint
+    assert "checkpoint_dir" not in nocp and "checkpoint_dir" not in off
+
+
+def test_per_record_peers_can_read_a_prefix_of_the_events(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "bench.json"
+    args = ["nexmark", "--query", "q2", "--events", "3000", "--peer-events", "1000"]
+    args += ["--data", str(tmp_path / "data"), "--engines", "python,tideflow,duckdb"]
+    args += ["--reps", "1", "--checkpoint-interval", "5", "--json", str(target)]
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert "| x Flink per core |" in table.splitlines()[0]
+    payload = json.loads(target.read_text())
+    by = {r["engine"]: r for r in payload["results"]}
+    assert {e: r["status"] for e, r in by.items()} == dict.fromkeys(by, "ok")
+    assert (by["python"]["events"], by["tideflow"]["events"], by["duckdb"]["events"]) == (
+        1000,
+        3000,
+        3000,
+    )
+    assert by["tideflow"]["checkpoint_interval_s"] == 5.0
+    assert by["duckdb"]["checkpoint_interval_s"] is None
+    assert payload["peer_input"].endswith("events-1000-seed-0")
+    assert "| q2 | tideflow |" in table and "every 5 s" in table

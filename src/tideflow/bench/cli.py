@@ -53,7 +53,7 @@ def _add(parser: argparse.ArgumentParser, flag: str, *, help: str, **kw: Any) ->
 
 
 def _parser() -> argparse.ArgumentParser:
-    from tideflow.bench.nexmark._worker import ENGINES
+    from tideflow.bench.nexmark._worker import ENGINES, KNOWN_ENGINES, PER_RECORD_ENGINES
 
     root = argparse.ArgumentParser(prog="tideflow bench", description="Benchmarks.")
     suites = root.add_subparsers(dest="suite", required=True)
@@ -77,7 +77,14 @@ def _parser() -> argparse.ArgumentParser:
     _add(run, "--query", required=True, help="q0..q22")
     _add(run, "--input", type=Path, required=True, help="directory written by generate")
     _add(run, "--output", type=Path, required=True, help="result Parquet file")
-    _add(run, "--engine", choices=list(ENGINES), default="tideflow", help="engine")
+    _add(run, "--engine", choices=list(KNOWN_ENGINES), default="tideflow", help="engine")
+    _add(
+        run,
+        "--checkpoint-interval",
+        type=float,
+        default=0.0,
+        help="tideflow: seconds between checkpoints (into a temporary directory); 0: none",
+    )
     _add(
         run,
         "--check",
@@ -109,8 +116,37 @@ def _parser() -> argparse.ArgumentParser:
         help="where generated inputs are cached",
     )
     _add(bench, "--seed", type=int, default=0, help="random seed for --events")
-    _add(bench, "--engines", default=",".join(ENGINES), help="comma list of engines")
+    _add(
+        bench,
+        "--engines",
+        default=",".join(ENGINES),
+        help=f"comma list of engines among {', '.join(KNOWN_ENGINES)}",
+    )
     _add(bench, "--reps", type=int, default=3, help="measured repetitions per engine")
+    _add(
+        bench,
+        "--checkpoint-interval",
+        type=float,
+        default=10.0,
+        help="seconds between the checkpoints of the tideflow runs (into a temporary "
+        "directory; engine tideflow-nocp runs without); 0: none",
+    )
+    _add(
+        bench,
+        "--peer-events",
+        type=int,
+        default=1_000_000,
+        help=f"with --events: the per-record peers ({', '.join(PER_RECORD_ENGINES)}) read the "
+        "first this many events (generated with the same seed) and are compared per event; "
+        "0: the whole input",
+    )
+    _add(
+        bench,
+        "--timeout",
+        type=float,
+        default=3600.0,
+        help="seconds after which one run counts as failed",
+    )
     _add(
         bench,
         "--json",
@@ -193,7 +229,8 @@ def _run(args: argparse.Namespace) -> int:
     from tideflow.bench.nexmark._worker import engine_runner
 
     spec(args.query)
-    rows = engine_runner(args.engine)(args.query, args.input, args.output)
+    runner = engine_runner(args.engine, checkpoint_interval=float(args.checkpoint_interval))
+    rows = runner(args.query, args.input, args.output)
     print(
         json.dumps(
             {"query": args.query, "engine": args.engine, "rows": rows, "output": str(args.output)}
@@ -223,20 +260,31 @@ def _reference(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench(args: argparse.Namespace) -> int:
+def _generated(data: Path, events: int, seed: int) -> Path:
+    """A generated input of ``events`` events (cached under ``data``)."""
     from tideflow.bench.nexmark import GeneratorSettings, write_events
+
+    input_dir = data / f"events-{events}-seed-{seed}"
+    meta = input_dir / "nexmark.json"
+    fresh = meta.exists() and json.loads(meta.read_text()).get("format") == "parquet"
+    if not fresh:
+        log.info("nexmark: generating %s events into %s", events, input_dir)
+        write_events(GeneratorSettings(events=events, seed=seed), input_dir)
+    return input_dir
+
+
+def _bench(args: argparse.Namespace) -> int:
     from tideflow.bench.nexmark._harness import markdown_table, run_bench
     from tideflow.bench.nexmark._reference import QUERY_NAMES
 
+    peer_dir: Path | None = None
     if args.input is not None:
         input_dir = Path(args.input)
     elif args.events is not None:
-        input_dir = Path(args.data) / f"events-{int(args.events)}-seed-{int(args.seed)}"
-        meta = input_dir / "nexmark.json"
-        fresh = meta.exists() and json.loads(meta.read_text()).get("format") == "parquet"
-        if not fresh:
-            log.info("nexmark: generating %s events into %s", args.events, input_dir)
-            write_events(GeneratorSettings(events=int(args.events), seed=int(args.seed)), input_dir)
+        input_dir = _generated(Path(args.data), int(args.events), int(args.seed))
+        cap = int(args.peer_events)
+        if 0 < cap < int(args.events):
+            peer_dir = _generated(Path(args.data), cap, int(args.seed))
     else:
         msg = "nexmark bench: pass --events N (generate) or --input DIR (existing data)"
         raise ConfigError(msg)
@@ -247,11 +295,16 @@ def _bench(args: argparse.Namespace) -> int:
         _split(args.engines),
         reps=int(args.reps),
         check_results=not args.no_check,
+        checkpoint_interval=float(args.checkpoint_interval),
+        peer_input=peer_dir,
+        timeout=float(args.timeout),
     )
     payload = {
         "input": str(input_dir),
+        "peer_input": str(peer_dir) if peer_dir is not None else None,
         "cores": os.cpu_count(),
         "reps": int(args.reps),
+        "checkpoint_interval_s": float(args.checkpoint_interval),
         "results": [r.to_json() for r in results],
     }
     if args.json == "-":

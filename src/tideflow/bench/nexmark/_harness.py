@@ -27,9 +27,10 @@ import pyarrow.parquet as pq
 from tideflow._errors import ConfigError
 from tideflow.bench.nexmark._compare import ResultMismatchError, check
 from tideflow.bench.nexmark._reference import run_reference, spec
-from tideflow.bench.nexmark._worker import ENGINES, UNAVAILABLE_EXIT
+from tideflow.bench.nexmark._worker import KNOWN_ENGINES, PER_RECORD_ENGINES, UNAVAILABLE_EXIT
 
 __all__ = [
+    "FLINK_PER_CORE",
     "BenchResult",
     "count_events",
     "latency_table",
@@ -40,6 +41,21 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: Flink 1.13's published Nexmark throughput per core (events/s; 8 workers, exactly-once
+#: checkpoints every 180 s, RocksDB), the per-core target of each query that has one.
+FLINK_PER_CORE = {
+    "q0": 155e3,
+    "q1": 158e3,
+    "q2": 175e3,
+    "q3": 152e3,
+    "q4": 34e3,
+    "q5": 22e3,
+    "q7": 12e3,
+    "q8": 146e3,
+    "q9": 14e3,
+    "q11": 40e3,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +72,8 @@ class BenchResult:
     peak_rss_mb: float | None = None
     rows: int | None = None
     note: str = ""
+    #: Seconds between checkpoints of a tideflow run (None: no checkpoints).
+    checkpoint_interval_s: float | None = None
 
     @property
     def events_per_s(self) -> float | None:
@@ -84,7 +102,13 @@ def count_events(input_dir: Path) -> int:
 
 
 def run_once(
-    engine: str, query: str, input_dir: Path, output: Path, *, timeout: float = 3600
+    engine: str,
+    query: str,
+    input_dir: Path,
+    output: Path,
+    *,
+    timeout: float = 3600,
+    checkpoint_interval: float = 0.0,
 ) -> dict[str, Any]:
     """Run one measured worker process; return its JSON report (or ``unavailable``/``error``)."""
     cmd = [
@@ -99,13 +123,18 @@ def run_once(
         str(input_dir),
         "--output",
         str(output),
+        "--checkpoint-interval",
+        str(checkpoint_interval),
     ]
     env = dict(os.environ)
     src = str(Path(__file__).resolve().parents[3])
     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False
-    )
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode == UNAVAILABLE_EXIT and lines:
         return dict(json.loads(lines[-1]))
@@ -122,6 +151,9 @@ def run_bench(
     *,
     reps: int = 3,
     check_results: bool = True,
+    checkpoint_interval: float = 0.0,
+    peer_input: Path | None = None,
+    timeout: float = 3600,
 ) -> list[BenchResult]:
     """Run every engine on every query ``reps`` times, alternating; medians; checks.
 
@@ -130,26 +162,37 @@ def run_bench(
     input_dir
         A generated Nexmark directory.
     queries, engines
-        What to run (engines among ``ENGINES``).
+        What to run (engines among ``KNOWN_ENGINES``).
     reps
         Measured repetitions per engine and query.
     check_results
         Compare each engine's first output with the DuckDB reference.
+    checkpoint_interval
+        Seconds between checkpoints of the ``tideflow`` runs (0: none).
+    peer_input
+        A smaller generated directory (a prefix of the same events) for the per-record
+        engines (``PER_RECORD_ENGINES``), whose events/s do not depend on the input size;
+        None: they read ``input_dir`` too.
+    timeout
+        Seconds after which one run counts as failed.
     """
     for q in queries:
         spec(q)
-    unknown = [e for e in engines if e not in ENGINES]
+    unknown = [e for e in engines if e not in KNOWN_ENGINES]
     if unknown:
-        msg = f"nexmark bench: unknown engines {unknown}; known: {', '.join(ENGINES)}"
+        msg = f"nexmark bench: unknown engines {unknown}; known: {', '.join(KNOWN_ENGINES)}"
         raise ConfigError(msg)
     if reps < 1:
         msg = f"nexmark bench: --reps must be >= 1, got {reps}"
         raise ConfigError(msg)
-    events = count_events(input_dir)
+    inputs = {e: input_dir for e in engines}
+    if peer_input is not None:
+        inputs.update({e: peer_input for e in engines if e in PER_RECORD_ENGINES})
+    events = {d: count_events(d) for d in set(inputs.values())}
     results: list[BenchResult] = []
     with tempfile.TemporaryDirectory(prefix="nexmark-bench-") as tmp:
         for query in queries:
-            reference = run_reference(query, input_dir) if check_results else None
+            references: dict[Path, pl.DataFrame] = {}
             runs: dict[str, list[dict[str, Any]]] = {e: [] for e in engines}
             final: dict[str, BenchResult] = {}
             for rep in range(reps):
@@ -157,22 +200,27 @@ def run_bench(
                 for engine in order:
                     if engine in final:
                         continue
+                    data = inputs[engine]
                     out = Path(tmp) / f"{query}-{engine}-{rep}.parquet"
-                    report = run_once(engine, query, input_dir, out)
-                    if "unavailable" in report:
-                        final[engine] = BenchResult(
-                            query, engine, "unavailable", events, note=str(report["unavailable"])
-                        )
+                    report = run_once(
+                        engine,
+                        query,
+                        data,
+                        out,
+                        timeout=timeout,
+                        checkpoint_interval=checkpoint_interval if engine == "tideflow" else 0.0,
+                    )
+                    if "unavailable" in report or "error" in report:
+                        status = "unavailable" if "unavailable" in report else "failed"
+                        note = str(report.get("unavailable") or report.get("error"))
+                        final[engine] = BenchResult(query, engine, status, events[data], note=note)
                         continue
-                    if "error" in report:
-                        final[engine] = BenchResult(
-                            query, engine, "failed", events, note=str(report["error"])
-                        )
-                        continue
-                    if rep == 0 and reference is not None:
+                    if rep == 0 and check_results:
+                        if data not in references:
+                            references[data] = run_reference(query, data)
                         try:
                             got = pl.read_parquet(out) if out.exists() else pl.DataFrame()
-                            check(query, got, reference, label=f"{query} on {engine}")
+                            check(query, got, references[data], label=f"{query} on {engine}")
                         except ResultMismatchError as exc:
                             report["mismatch"] = str(exc)
                     out.unlink(missing_ok=True)
@@ -189,13 +237,18 @@ def run_bench(
                         query,
                         engine,
                         "mismatch" if mismatch else "ok",
-                        events,
+                        events[inputs[engine]],
                         reps=len(reports),
                         wall_s=statistics.median(r["wall_s"] for r in reports),
                         cpu_s=statistics.median(r["cpu_s"] for r in reports),
                         peak_rss_mb=max(r["peak_rss_mb"] for r in reports),
                         rows=reports[0]["rows"],
                         note=mismatch,
+                        checkpoint_interval_s=(
+                            checkpoint_interval
+                            if engine == "tideflow" and checkpoint_interval > 0
+                            else None
+                        ),
                     )
                 )
     return results
@@ -209,12 +262,21 @@ def _fmt_rate(x: float | None) -> str:
     return f"{x / 1e3:.1f} k"
 
 
+def _fmt_events(n: int) -> str:
+    return f"{n / 1e6:g} M" if n >= 1_000_000 else f"{n / 1e3:g} k"
+
+
 def markdown_table(results: Sequence[BenchResult], *, baseline: str = "bytewax") -> str:
-    """The results as a Markdown table, with the speed-up over ``baseline`` where it ran."""
+    """The results as a Markdown table, with the speed-up over ``baseline`` where it ran.
+
+    The speed-up compares events/s, so engines that read inputs of different sizes (per-record
+    peers on a prefix of the events) compare per-event rates.
+    """
     base = {r.query: r.events_per_s for r in results if r.engine == baseline and r.status == "ok"}
     lines = [
-        f"| query | engine | events/s | events/s per core | peak RSS MB | x {baseline} | check |",
-        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
+        f"| query | engine | events/s | events/s per core | peak RSS MB | x {baseline} "
+        "| x Flink per core | check | input events | checkpoints |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |",
     ]
     for r in results:
         ratio = "-"
@@ -228,9 +290,16 @@ def markdown_table(results: Sequence[BenchResult], *, baseline: str = "bytewax")
         else:
             status = f"**{r.status.upper()}**"
         rss = f"{r.peak_rss_mb:.0f}" if r.peak_rss_mb is not None else "-"
+        cp = f"every {r.checkpoint_interval_s:g} s" if r.checkpoint_interval_s else "-"
+        flink = FLINK_PER_CORE.get(r.query)
+        per_core = r.events_per_core_s
+        vs_flink = "-"
+        if flink and per_core and r.status == "ok" and r.engine.startswith("tideflow"):
+            vs_flink = f"{per_core / flink:.1f}"
         lines.append(
             f"| {r.query} | {r.engine} | {_fmt_rate(r.events_per_s)} | "
-            f"{_fmt_rate(r.events_per_core_s)} | {rss} | {ratio} | {status} |"
+            f"{_fmt_rate(per_core)} | {rss} | {ratio} | {vs_flink} | {status} | "
+            f"{_fmt_events(r.events)} | {cp} |"
         )
     return "\n".join(lines)
 

@@ -521,17 +521,27 @@ def build_flow(query: str, input_dir: Path, output: Path) -> Any:
     return flow
 
 
-def run_tideflow(query: str, input_dir: Path, output: Path) -> int:
+def run_tideflow(
+    query: str, input_dir: Path, output: Path, *, checkpoint_interval: float = 0.0
+) -> int:
     """Run ``query`` on tideflow over ``input_dir``; write the final results to ``output``.
 
-    The number of worker processes comes from ``TIDEFLOW_NEXMARK_WORKERS`` (default 1).
+    The number of worker processes comes from ``TIDEFLOW_NEXMARK_WORKERS`` (default 1). With
+    ``checkpoint_interval`` > 0 (seconds) the run takes consistent checkpoints that often (and
+    a last one when the input ends) into a temporary directory, removed afterwards.
     """
     import os
+    import tempfile
 
     tf = _engine()
     flow = build_flow(query, Path(input_dir), Path(output))
     workers = int(os.environ.get("TIDEFLOW_NEXMARK_WORKERS", "1"))
-    tf.run(flow, workers=workers)
+    if checkpoint_interval > 0:
+        with tempfile.TemporaryDirectory(prefix="nexmark-checkpoints-") as cp:
+            interval = timedelta(seconds=checkpoint_interval)
+            tf.run(flow, workers=workers, checkpoint_dir=cp, checkpoint_interval=interval)
+    else:
+        tf.run(flow, workers=workers)
     out = Path(output)
     if not out.exists():  # an empty result
         pl.DataFrame(schema=dict.fromkeys(spec(query).columns, pl.Int64)).write_parquet(out)

@@ -10,6 +10,7 @@ implementation of the query.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import resource
@@ -21,9 +22,20 @@ from types import ModuleType
 
 from tideflow._errors import ConfigError
 
-__all__ = ["ENGINES", "UNAVAILABLE_EXIT", "engine_runner", "peer_module"]
+__all__ = [
+    "ENGINES",
+    "KNOWN_ENGINES",
+    "PER_RECORD_ENGINES",
+    "UNAVAILABLE_EXIT",
+    "engine_runner",
+    "peer_module",
+]
 
 ENGINES = ("tideflow", "bytewax", "python", "polars", "duckdb")
+#: ``tideflow-nocp``: tideflow with checkpoints off (to measure what checkpoints cost).
+KNOWN_ENGINES = (*ENGINES, "tideflow-nocp")
+#: Engines that run every record through Python calls (their input may be capped).
+PER_RECORD_ENGINES = ("bytewax", "python")
 UNAVAILABLE_EXIT = 3
 
 Runner = Callable[[str, Path, Path], int]
@@ -58,8 +70,12 @@ def _duckdb(query: str, input_dir: Path, output: Path) -> int:
     return int(row[0]) if row else 0
 
 
-def engine_runner(engine: str) -> Runner:
-    """The run function of ``engine`` (imports its packages)."""
+def engine_runner(engine: str, *, checkpoint_interval: float = 0.0) -> Runner:
+    """The run function of ``engine`` (imports its packages).
+
+    ``checkpoint_interval`` (seconds, 0: off) applies to ``tideflow`` runs, which then take
+    checkpoints into a temporary directory; ``tideflow-nocp`` never checkpoints.
+    """
     if engine == "duckdb":
         return _duckdb
     if engine == "polars":
@@ -73,11 +89,12 @@ def engine_runner(engine: str) -> Runner:
     if engine == "bytewax":
         run: Runner = peer_module("bytewax_flows").run
         return run
-    if engine == "tideflow":
+    if engine in ("tideflow", "tideflow-nocp"):
         from tideflow.bench.nexmark._tideflow import run_tideflow
 
-        return run_tideflow
-    msg = f"nexmark: unknown engine {engine!r}; known: {', '.join(ENGINES)}"
+        interval = checkpoint_interval if engine == "tideflow" else 0.0
+        return functools.partial(run_tideflow, checkpoint_interval=interval)
+    msg = f"nexmark: unknown engine {engine!r}; known: {', '.join(KNOWN_ENGINES)}"
     raise ConfigError(msg)
 
 
@@ -99,13 +116,14 @@ def peak_rss_mb() -> float:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the worker process."""
     parser = argparse.ArgumentParser(prog="tideflow-nexmark-worker")
-    parser.add_argument("--engine", required=True, choices=ENGINES)
+    parser.add_argument("--engine", required=True, choices=KNOWN_ENGINES)
     parser.add_argument("--query", required=True)
     parser.add_argument("--input", required=True, type=Path)
     parser.add_argument("--output", required=True, type=Path)
+    parser.add_argument("--checkpoint-interval", type=float, default=0.0)
     args = parser.parse_args(argv)
     try:
-        runner = engine_runner(args.engine)
+        runner = engine_runner(args.engine, checkpoint_interval=args.checkpoint_interval)
     except (ImportError, ConfigError) as exc:
         print(json.dumps({"unavailable": f"{type(exc).__name__}: {exc}"}))
         return UNAVAILABLE_EXIT
