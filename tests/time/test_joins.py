@@ -323,7 +323,7 @@ def with_end(left):
     ).key_by("k")
 
 
-def run_interval_join_end(batches, lower, bounded_end, delay, emit, workers=1):
+def run_interval_join_end(batches, lower, bounded_end, delay, emit, workers=1, unique=False):
     flow, left, right = sides(batches, delay)
     if bounded_end:
         left = with_end(left)
@@ -332,6 +332,7 @@ def run_interval_join_end(batches, lower, bounded_end, delay, emit, workers=1):
         lower=None if lower is None else timedelta(microseconds=lower),
         upper="end" if bounded_end else None,
         emit=emit,
+        left_unique=unique,
     )
     return collect_pairs(flow, j, workers)
 
@@ -354,6 +355,53 @@ def test_interval_join_with_record_end_equals_reference(batches, delay, lower, b
         for i, frame in enumerate(out.frames()):
             for r in frame.iter_rows(named=True):
                 assert where.setdefault((r["k"], r["t"], r["v"]), i) == i
+
+
+def unique_left(batches):
+    """The batches with only the first left record of each key."""
+    seen, out = set(), []
+    for batch in batches:
+        kept = [r for r in batch if r[0] == "R" or (r[1] not in seen and not seen.add(r[1]))]
+        if kept:
+            out.append(kept)
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    batches=batches_st,
+    delay=st.integers(0, 25),
+    lower=st.sampled_from([None, -4, 0]),
+    bounded_end=st.booleans(),
+    emit=st.sampled_from(["arrival", "close"]),
+)
+def test_join_with_a_unique_left_key_equals_reference(batches, delay, lower, bounded_end, emit):
+    batches = unique_left(batches)
+    want, want_late = ref_interval_join_end(batches, lower, span_of if bounded_end else None, delay)
+    got, got_late, _ = run_interval_join_end(batches, lower, bounded_end, delay, emit, unique=True)
+    assert got == want
+    assert got_late == want_late
+
+
+def test_unique_left_key_keeps_matched_right_records_out_of_the_buffer():
+    from tideflow.runtime._joins import IntervalJoinOperator
+
+    held = []
+    orig = IntervalJoinOperator._advance
+
+    def spy(self, wm):
+        orig(self, wm)
+        held.append(sum(f.height for f in self.buffers[1]))
+
+    # a regular join: without the promise every right record would stay buffered
+    batches = [[("R", "a", 1, 1)], [("L", "a", 2, 2)]] + [[("R", "a", t, t)] for t in range(3, 9)]
+    IntervalJoinOperator._advance = spy
+    try:
+        got, _, _ = run_interval_join_end(batches, None, False, 0, "arrival", unique=True)
+    finally:
+        IntervalJoinOperator._advance = orig
+    assert got == ref_interval_join_end(batches, None, None, 0)[0]
+    assert max(held) <= 1
 
 
 @settings(max_examples=15, deadline=None)

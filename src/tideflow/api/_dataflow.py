@@ -982,6 +982,7 @@ class KeyedStream:
         lower: timedelta | None,
         upper: timedelta | str | None,
         emit: Literal["arrival", "close"] = "arrival",
+        left_unique: bool = False,
         name: str | None = None,
     ) -> JoinOut:
         """Join each record at t with ``other``'s records of its key in ``[t+lower, t+upper]``.
@@ -997,6 +998,11 @@ class KeyedStream:
         batch, so a per-record step after the join sees each left record's complete matches
         (a winning bid per auction). Buffered records are dropped once the watermark shows no
         partner can come. Records below the watermark go to ``late``.
+
+        ``left_unique=True`` promises that each key comes at most once on this side (a
+        primary key, such as an auction id): a right record whose left record has arrived is
+        then never buffered, which keeps a regular join's state to the left records and the
+        right records still waiting for theirs. Results are wrong if the promise is broken.
 
         Examples
         --------
@@ -1021,7 +1027,9 @@ class KeyedStream:
         """
         from tideflow.api._joins import join_interval
 
-        return join_interval(self, other, lower=lower, upper=upper, emit=emit, name=name)
+        return join_interval(
+            self, other, lower=lower, upper=upper, emit=emit, left_unique=left_unique, name=name
+        )
 
     def transform(
         self,

@@ -98,6 +98,9 @@ class IntervalJoinOp:
     #: "arrival": a pair is emitted when its second record arrives; "close": pairs are held
     #: until the watermark passes the left record's end, then all of them go out together.
     emit: IntervalEmit = "arrival"
+    #: Each key comes at most once on the left (a primary key): right records whose left
+    #: record is there are not buffered, and a left record's arrival releases its right ones.
+    left_unique: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -231,12 +234,14 @@ def join_interval(
     lower: timedelta | None,
     upper: timedelta | str | None,
     emit: IntervalEmit = "arrival",
+    left_unique: bool = False,
     name: str | None = None,
 ) -> JoinOut:
     """Join each left record at t with the right records of its key in ``[t+lower, t+upper]``.
 
     ``upper`` may name a timestamp column of the left side holding each record's own end
-    (inclusive); ``None`` leaves a side unbounded. See
+    (inclusive); ``None`` leaves a side unbounded; ``left_unique`` promises at most one left
+    record per key. See
     :meth:`tideflow.api.KeyedStream.join_interval`.
     """
     from tideflow.api._dataflow import Stream, _check_literal
@@ -279,6 +284,7 @@ def join_interval(
         rs,
         upper_column,
         emit,
+        bool(left_unique),
     )
     inputs = _two_inputs(step_id, left, right)
     schema = _result_schema(left.keys, right.keys, ls, rs, False)

@@ -346,6 +346,13 @@ class IntervalJoinOperator(_TwoSided):
         other = self._buffer(1 - index)
         if other is not None and other.height:
             left, right = (rows, other) if index == 0 else (other, rows)
+            if self.op.left_unique:
+                # Right records of a key whose (only) left record is there need no buffer.
+                keys = left.select(self.keys)
+                if index == 0:
+                    self.buffers[1][:] = [other.join(keys, on=self.keys, how="anti")]
+                else:
+                    rows = rows.join(keys, on=self.keys, how="anti")
             pairs = left.join(right, on=self.keys, how="inner", suffix=SUFFIX)
             tl, tr = pl.col("__t"), pl.col("__t" + SUFFIX)
             cond = tr <= pl.col("__end")

@@ -432,15 +432,20 @@ class TopNOperator(Operator):
         self.pending_rows = 0
 
     def _top(self, frame: pl.DataFrame) -> pl.DataFrame:
-        ordered = frame.sort(
+        # Order only the key and order columns with a row number, then gather the kept rows:
+        # wide rows (long strings) are copied once, not moved around by the sort.
+        narrow = frame.select(*self.keys, *self.op.by).with_row_index("__row")
+        ordered = narrow.sort(
             list(self.op.by),
             descending=list(self.op.descending),
             nulls_last=True,
             maintain_order=True,
         )
         if self.op.n == 1:
-            return ordered.unique(subset=self.keys, keep="first", maintain_order=True)
-        return ordered.filter(pl.int_range(pl.len()).over(self.keys) < self.op.n)
+            kept = ordered.unique(subset=self.keys, keep="first", maintain_order=True)
+        else:
+            kept = ordered.filter(pl.int_range(pl.len()).over(self.keys) < self.op.n)
+        return frame[kept.get_column("__row")]
 
     def _ranked(self, rows: pl.DataFrame) -> pl.DataFrame:
         if self.op.rank is None:

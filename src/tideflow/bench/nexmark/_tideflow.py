@@ -432,21 +432,33 @@ def _q19(i: _Inputs) -> Any:
 
 def _q20(i: _Inputs) -> Any:
     # A regular join (no time bound either way): a bid meets its auction whichever came
-    # first. Bids of auctions outside category 10 stay buffered to the end, as in any
-    # unbounded regular join without a state time-to-live.
+    # first. Auction ids are unique, so a bid whose auction is there is never buffered; every
+    # auction is kept (a later bid may name it), with its text columns dropped unless it is in
+    # category 10, the only ones the result keeps.
+    cat10 = pl.col("category") == 10
+    auctions = _timed(
+        i.auction.with_columns(
+            [pl.when(cat10).then(pl.col(c)).alias(c) for c in ("item_name", "description", "extra")]
+        )
+    ).key_by("id")
     bids = _timed(i.bid).key_by("auction")
-    auctions = _timed(i.auction.filter(pl.col("category") == 10)).key_by("id")
-    joined = bids.join_interval(auctions, lower=None, upper=None, name="join").results
-    return joined.select(
-        *_BID_COLS[:5],
-        pl.col("date_time").alias("bid_date_time"),
-        pl.col("extra").alias("bid_extra"),
+    joined = auctions.join_interval(
+        bids, lower=None, upper=None, left_unique=True, name="join"
+    ).results
+    return joined.filter(cat10).select(
+        pl.col("id").alias("auction"),
+        "bidder",
+        "price",
+        "channel",
+        "url",
+        pl.col("date_time_right").alias("bid_date_time"),
+        pl.col("extra_right").alias("bid_extra"),
         *_AUCTION_COLS[:4],
-        pl.col("date_time_right").alias("auction_date_time"),
+        pl.col("date_time").alias("auction_date_time"),
         "expires",
         "seller",
         "category",
-        pl.col("extra_right").alias("auction_extra"),
+        pl.col("extra").alias("auction_extra"),
     )
 
 
