@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from tideflow.ml import drift, tree
 from tideflow.ml._tree import CLeaf
-from tideflow.ml._tree_stack import stacked_attempt, stacked_learn, stacked_proba
+from tideflow.ml._tree_stack import route_trees, stacked_attempt, stacked_learn, stacked_proba
 from tideflow.ml.datasets import synth
 from tideflow.ml.forest import ARFClassifier
 
@@ -196,3 +196,27 @@ def test_stacked_split_attempts_equal_per_leaf_attempts(
     sa, sb = a.snapshot(), b.snapshot()
     np.testing.assert_equal(sa["state"]["root"], sb["state"]["root"])
     assert a.n_nodes == b.n_nodes
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), d=st.integers(1, 5), n_trees=st.integers(1, 4))
+def test_routing_all_trees_at_once_equals_routing_each(seed: int, d: int, n_trees: int) -> None:
+    trees = [_random_tree(seed + t, d, 3, "nba")[0] for t in range(n_trees)]
+    for t in trees:
+        t._ls = trees[0]._ls  # routing only reads the features
+    rng = np.random.default_rng(seed)
+    M = rng.normal(size=(300, d)) * 3
+    M[rng.random(M.shape) < 0.1] = np.nan
+    K = rng.poisson(1.0, (n_trees, 300)).astype(float)
+    for weights in (None, K):
+        got = route_trees(trees, M, weights)
+        assert got is not None
+        want = {
+            (t, id(node)): idx if weights is None else idx[weights[t, idx] > 0]
+            for t, tr in enumerate(trees)
+            for node, idx in tr._route(M)
+        }
+        want = {key: idx for key, idx in want.items() if len(idx)}
+        assert {(t, id(node)): list(idx) for node, idx, t in got} == {
+            key: list(idx) for key, idx in want.items()
+        }

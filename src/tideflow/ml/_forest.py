@@ -24,7 +24,7 @@ from tideflow.ml._data import as_labels, plain_label
 from tideflow.ml._drift import ADWIN
 from tideflow.ml._tree import CLeaf, HoeffdingTreeClassifier, LeafPrediction
 from tideflow.ml._tree_base import rng_from_state, rng_state
-from tideflow.ml._tree_stack import stacked_attempt, stacked_learn, stacked_proba
+from tideflow.ml._tree_stack import route_trees, stacked_attempt, stacked_learn, stacked_proba
 
 __all__ = ["ARFClassifier"]
 
@@ -273,18 +273,22 @@ class ARFClassifier(Classifier):
         step = max(int(self.batch_chunk or self.grace_period), 1)
         for a in range(0, n, step):
             Mc, yc = M[a : a + step], yi[a : a + step]
+            Kc = np.stack([k[a : a + step] for _, k in trees])
+            for tree, _ in trees:
+                tree._memo = None
+            routed = route_trees([tree for tree, _ in trees], Mc, Kc)
+            if routed is None:  # nominal splits: tree by tree
+                routed = [
+                    (leaf, idx, t)
+                    for t, (tree, _) in enumerate(trees)
+                    for leaf, idx in tree._route(Mc, grow=True, rows=np.flatnonzero(Kc[t] > 0))
+                ]
             groups: list[tuple[CLeaf, np.ndarray, np.ndarray]] = []
             owners: list[HoeffdingTreeClassifier] = []
-            for tree, k in trees:
-                kc = k[a : a + step]
-                rows = np.flatnonzero(kc > 0)
-                if not len(rows):
-                    continue
-                tree._memo = None
-                for leaf, idx in tree._route(Mc, grow=True, rows=rows):
-                    if isinstance(leaf, CLeaf):
-                        groups.append((leaf, idx, kc[idx]))
-                        owners.append(tree)
+            for leaf, idx, t in routed:
+                if isinstance(leaf, CLeaf):
+                    groups.append((leaf, idx, Kc[t, idx]))
+                    owners.append(trees[t][0])
             if not stacked_learn(self._proto, groups, Mc, yc):
                 for (leaf, idx, w), tree in zip(groups, owners, strict=True):
                     tree._learn_leaf(leaf, Mc[idx], yc[idx], w)
@@ -340,12 +344,15 @@ class ARFClassifier(Classifier):
     def _tree_probas(self, M: np.ndarray) -> list[np.ndarray]:
         """Each tree's probabilities for ``M``, all trees' leaves scored in one step."""
         k = len(self._ls)
-        groups: list[tuple[Any, np.ndarray]] = []
-        owner: list[int] = []
-        for t, m in enumerate(self._members):
-            routed = m.tree._route(M)
-            groups += routed
-            owner += [t] * len(routed)
+        routed = route_trees([m.tree for m in self._members], M)
+        if routed is None:  # nominal splits: tree by tree
+            routed = [
+                (node, idx, t)
+                for t, m in enumerate(self._members)
+                for node, idx in m.tree._route(M)
+            ]
+        groups = [(node, idx) for node, idx, _ in routed]
+        owner = [t for _, _, t in routed]
         out = [np.zeros((M.shape[0], k)) for _ in self._members]
         if k:
             for (_, idx), t, P in zip(

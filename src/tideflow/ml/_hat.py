@@ -299,6 +299,7 @@ class HoeffdingAdaptiveTreeClassifier(HoeffdingTreeClassifier):
         return False
 
     def _set_child(self, holder: Any, key: Any, new: Any, old: Any) -> None:
+        self._version += 1
         if holder is None:
             if self._root is old:
                 self._root = new

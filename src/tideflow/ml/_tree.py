@@ -661,6 +661,7 @@ class HoeffdingTreeClassifier(TreeBase, Classifier):
             children = {v: self._new_leaf(t[v], depth) for v in range(t.shape[0]) if t[v].sum() > 0}
             node = Split(f, math.nan, children, True, leaf.dist.copy(), leaf.depth)
         self._replace(leaf, node)
+        self._version += 1
 
     def _replace(self, old: Any, new: Any) -> None:
         if self._root is old:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Hashable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -20,6 +20,17 @@ from tideflow.ml._data import Cols, FeatureSpace, as_cols
 
 #: A routed group of rows: ``(node, rows, holder, key)``, see ``TreeBase._route_paths``.
 Route = tuple[Any, np.ndarray, Any, Any]
+
+
+class Flat(NamedTuple):
+    """A tree as arrays (see ``TreeBase._flat``)."""
+
+    feature: np.ndarray
+    threshold: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    nan_left: np.ndarray
+    nodes: list[Any]
 
 
 def hoeffding_bound(value_range: float, delta: float, n: float) -> float:
@@ -86,6 +97,8 @@ class TreeBase(Estimator):
         self._vocab: list[dict[Any, int]] = []
         self._root: Any = None
         self._rng = np.random.default_rng(getattr(self, "seed", None))
+        self._version = 0  # bumped by every change of the tree's shape (see _flat)
+        self._flat_cache: Any = None
 
     # -- features -----------------------------------------------------------------------------
     def _add_feature(self, name: Hashable, nominal: bool) -> int:
@@ -255,6 +268,55 @@ class TreeBase(Estimator):
                 stack.append((node.children[1], idx[~left], node, 1))
         return splits, ends
 
+    def _flat(self) -> Flat | None:
+        """The tree as arrays for vectorized routing (``None`` with nominal splits).
+
+        Node ``i`` tests ``feature[i]`` (``-1``: a leaf) against ``threshold[i]`` and goes to
+        ``left[i]`` or ``right[i]`` (a missing value to ``left`` where ``nan_left[i]``);
+        ``nodes[i]`` is the node object. Rebuilt when the tree's shape changed.
+        """
+        key = (self._version, id(self._root))
+        cached = self._flat_cache
+        if cached is not None and cached[0] == key:
+            return cached[1]  # type: ignore[no-any-return]
+        nodes: list[Any] = [self._root]
+        feature: list[int] = []
+        threshold: list[float] = []
+        left: list[int] = []
+        right: list[int] = []
+        nan_left: list[bool] = []
+        flat: Flat | None = None
+        i = 0
+        while i < len(nodes):
+            node = nodes[i]
+            if isinstance(node, Split):
+                if node.nominal:
+                    break
+                feature.append(node.feature)
+                threshold.append(node.threshold)
+                nan_left.append(node.wl >= node.wr)
+                left.append(len(nodes))
+                right.append(len(nodes) + 1)
+                nodes.extend(node.children)
+            else:
+                feature.append(-1)
+                threshold.append(0.0)
+                nan_left.append(True)
+                left.append(i)
+                right.append(i)
+            i += 1
+        else:
+            flat = Flat(
+                np.asarray(feature, dtype=np.int64),
+                np.asarray(threshold, dtype=float),
+                np.asarray(left, dtype=np.int64),
+                np.asarray(right, dtype=np.int64),
+                np.asarray(nan_left, dtype=bool),
+                nodes,
+            )
+        self._flat_cache = (key, flat)
+        return flat
+
     def _new_leaf(self, dist: Any, depth: int) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -358,6 +420,7 @@ class TreeBase(Estimator):
         self._vocab = [{v: int(c) for v, c in voc} for voc in state["vocab"]]
         self._rng = _rng_from_state(state["rng"])
         self._root = self._node_from_state(state["root"])
+        self._version += 1
 
 
 def _plain(v: Any) -> Any:

@@ -318,3 +318,57 @@ def stacked_attempt(pairs: Sequence[tuple[HoeffdingTreeClassifier, CLeaf]]) -> N
             f = int(top_f[g])
             s = int(best_s[g, f])
             tr._split(leaf, (t, ("num", f, float(T[g, f, s]), L[g, f, s], R[g, f, s])))
+
+
+def route_trees(
+    trees: Sequence[HoeffdingTreeClassifier], M: np.ndarray, K: np.ndarray | None = None
+) -> list[tuple[Any, np.ndarray, int]] | None:
+    """Rows of ``M`` grouped by the leaf they reach in each tree, all trees routed at once.
+
+    Returns ``(leaf, rows, tree index)`` groups (rows ascending), with only the rows where
+    ``K[tree] > 0`` if ``K`` is given; ``None`` when a tree has nominal splits (route those
+    with ``_route``). Each step moves every (tree, row) pair that is still at a split one level
+    down, so the cost grows with the trees' depth, not with their number of nodes.
+    """
+    flats = [t._flat() for t in trees]
+    if not trees or any(f is None for f in flats):
+        return None
+    fl = [f for f in flats if f is not None]
+    sizes = [len(f.nodes) for f in fl]
+    off = np.cumsum([0, *sizes[:-1]])
+    F = np.concatenate([f.feature for f in fl])
+    if F.max() >= M.shape[1]:
+        return None
+    TH = np.concatenate([f.threshold for f in fl])
+    LT = np.concatenate([f.left + o for f, o in zip(fl, off.tolist(), strict=True)])
+    RT = np.concatenate([f.right + o for f, o in zip(fl, off.tolist(), strict=True)])
+    NL = np.concatenate([f.nan_left for f in fl])
+    if K is None:
+        t_of = np.repeat(np.arange(len(fl)), M.shape[0])
+        r_of = np.tile(np.arange(M.shape[0]), len(fl))
+    else:
+        t_of, r_of = np.nonzero(K > 0)
+    node = off[t_of]
+    live = np.flatnonzero(F[node] >= 0)
+    while len(live):
+        nd = node[live]
+        v = M[r_of[live], F[nd]]
+        go = v <= TH[nd]
+        miss = np.isnan(v)
+        if miss.any():
+            go = np.where(miss, NL[nd], go)
+        nd = np.where(go, LT[nd], RT[nd])
+        node[live] = nd
+        live = live[F[nd] >= 0]
+    order = np.argsort(node, kind="stable")
+    ns = node[order]
+    starts = np.flatnonzero(np.concatenate([[True], ns[1:] != ns[:-1]]))
+    bounds = [*starts.tolist(), len(ns)]
+    rows = r_of[order]
+    objs = [n for f in fl for n in f.nodes]
+    ids = ns[starts].tolist()
+    tid = t_of[order][starts].tolist()
+    return [
+        (objs[i], rows[a:b], t)
+        for i, t, a, b in zip(ids, tid, bounds[:-1], bounds[1:], strict=True)
+    ]
