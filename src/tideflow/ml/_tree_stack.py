@@ -31,15 +31,20 @@ __all__ = ["stacked_attempt", "stacked_learn", "stacked_proba"]
 _BLOCK_CELLS = 1 << 19
 
 
+def _cat(arrays: list[np.ndarray]) -> np.ndarray:
+    """``np.stack`` of equally shaped arrays (a C-level concatenation: faster on many)."""
+    return np.concatenate(arrays).reshape(len(arrays), *arrays[0].shape)
+
+
 def _stack(leaves: Sequence[CLeaf], d: int, k: int) -> tuple[np.ndarray, ...] | None:
     """The leaves' statistics as ``(G, d, k)`` arrays (``None`` if a leaf is shaped otherwise)."""
     for leaf in leaves:
         leaf.fit(d, k)
         if leaf.n.shape != (d, k) or len(leaf.dist) != k:
             return None
-    N = np.stack([leaf.n for leaf in leaves])
-    MU = np.stack([leaf.mean for leaf in leaves])
-    M2 = np.stack([leaf.m2 for leaf in leaves])
+    N = _cat([leaf.n for leaf in leaves])
+    MU = _cat([leaf.mean for leaf in leaves])
+    M2 = _cat([leaf.m2 for leaf in leaves])
     return N, MU, M2
 
 
@@ -114,7 +119,7 @@ def stacked_proba(
             out[i] = tree._leaf_proba(groups[i][0], M[groups[i][1]])
         return out
     N, MU, M2 = st
-    D = np.stack([leaf.dist for leaf in leaves])
+    D = _cat([leaf.dist for leaf in leaves])
     tot = np.array([leaf.total for leaf in leaves])
     with np.errstate(divide="ignore"):
         prior = np.log(D) - np.log(tot)[:, None]
@@ -157,7 +162,7 @@ def stacked_learn(
     if st is None:  # pragma: no cover - leaves are always fitted to the tree's shape
         return False
     N, MU, M2 = st
-    D = np.stack([leaf.dist for leaf in leaves])
+    D = _cat([leaf.dist for leaf in leaves])
     G = len(leaves)
     sizes = [len(g[1]) for g in groups]
     rows = np.concatenate([g[1] for g in groups])
@@ -184,8 +189,8 @@ def stacked_learn(
     LO = HI = None
     sel = active[gid] & (w > 0)
     if sel.any():
-        LO = np.stack([leaf.lo for leaf in leaves])
-        HI = np.stack([leaf.hi for leaf in leaves])
+        LO = _cat([leaf.lo for leaf in leaves])
+        HI = _cat([leaf.hi for leaf in leaves])
         key = gid[sel] * k + c[sel]
         order = np.argsort(key, kind="stable")
         ks = key[order]
@@ -240,37 +245,50 @@ def stacked_attempt(pairs: Sequence[tuple[HoeffdingTreeClassifier, CLeaf]]) -> N
     """
     from tideflow.ml._tree import _entropy, _erf, _reset_estimators, _split_merit
 
+    if not pairs:
+        return
+    tr0 = pairs[0][0]
+    k, d = len(tr0._ls), len(tr0._fs)
+    simple = [
+        (tr, leaf)
+        for tr, leaf in pairs
+        if not leaf.nom and True not in tr._nominal and len(tr._ls) == k and len(tr._fs) == d
+    ]
+    if len(simple) < len(pairs):
+        for tr, leaf in pairs:
+            if leaf.nom or True in tr._nominal or len(tr._ls) != k or len(tr._fs) != d:
+                tr._attempt_split(leaf)
+    if not simple:
+        return
+    for _, leaf in simple:
+        leaf.fit(d, k)
+    if any(leaf.n.shape != (d, k) for _, leaf in simple):  # pragma: no cover - fitted above
+        for tr, leaf in simple:
+            tr._attempt_split(leaf)
+        return
+    D = _cat([leaf.dist[:k] for _, leaf in simple])
+    n_cls = (D > 0).sum(axis=1)
+    tot = D.sum(axis=1)
+    share = np.array([tr.max_share_to_split for tr, _ in simple])
+    plain = (n_cls >= 2) & ~(D.max(axis=1) > share * tot)
     todo: list[tuple[HoeffdingTreeClassifier, CLeaf]] = []
-    for tr, leaf in pairs:
-        k = len(tr._ls)
-        d = len(tr._fs)
-        if leaf.nom or True in tr._nominal[:d]:
+    for (tr, leaf), go in zip(simple, plain.tolist(), strict=True):
+        if not go:  # one class, or one dominates: no split (the estimators may restart)
             tr._attempt_split(leaf)
             continue
-        dist = leaf.dist[:k]
-        if (dist > 0).sum() < 2 or dist.max() > tr.max_share_to_split * dist.sum():
-            tr._attempt_split(leaf)  # no split, or the estimators restart: cheap
-            continue
-        leaf.fit(d, k)
         if leaf.feats is None and tr.max_features is not None and d > tr.max_features:
             leaf.feats = np.sort(tr._rng.choice(d, tr.max_features, replace=False))
         todo.append((tr, leaf))
     if not todo:
         return
-    tr0 = todo[0][0]
-    k, d = len(tr0._ls), len(tr0._fs)
     leaves = [leaf for _, leaf in todo]
-    if any(leaf.n.shape != (d, k) for leaf in leaves):  # pragma: no cover - fitted above
-        for tr, leaf in todo:
-            tr._attempt_split(leaf)
-        return
     G = len(leaves)
-    D = np.stack([leaf.dist[:k] for leaf in leaves])
-    N = np.stack([leaf.n for leaf in leaves])
-    MU = np.stack([leaf.mean for leaf in leaves])
-    M2 = np.stack([leaf.m2 for leaf in leaves])
-    LO = np.stack([leaf.lo for leaf in leaves])
-    HI = np.stack([leaf.hi for leaf in leaves])
+    D = D[plain]
+    N = _cat([leaf.n for leaf in leaves])
+    MU = _cat([leaf.mean for leaf in leaves])
+    M2 = _cat([leaf.m2 for leaf in leaves])
+    LO = _cat([leaf.lo for leaf in leaves])
+    HI = _cat([leaf.hi for leaf in leaves])
     allowed = np.ones((G, d), dtype=bool)
     for g, leaf in enumerate(leaves):
         if leaf.feats is not None:
@@ -305,19 +323,25 @@ def stacked_attempt(pairs: Sequence[tuple[HoeffdingTreeClassifier, CLeaf]]) -> N
     top_f = order[:, 0]
     top = best[np.arange(G), top_f]
     second = best[np.arange(G), order[:, 1]] if d > 1 else np.full(G, -np.inf)
+    eps = np.array(
+        [
+            hoeffding_bound(math.log2(max(c, 2)), tr.delta, leaf.weight)
+            for c, (tr, leaf) in zip(n_cls[plain].tolist(), todo, strict=True)
+        ]
+    )
+    tau = np.array([tr.tau for tr, _ in todo])
+    finite = np.isfinite(top)
+    with np.errstate(invalid="ignore"):  # (-inf) - (-inf) where no candidate: not finite
+        split = finite & ((top - second > eps) | (eps < tau))
+    reset = ~finite & (eps < tau)
     for g, (tr, leaf) in enumerate(todo):
         leaf.last = leaf.weight
-        dist = D[g]
-        eps = hoeffding_bound(math.log2(max(int((dist > 0).sum()), 2)), tr.delta, leaf.weight)
-        t, s2 = float(top[g]), float(second[g])
-        if not math.isfinite(t):
-            if eps < tr.tau:
-                _reset_estimators(leaf)
-            continue
-        if t - s2 > eps or eps < tr.tau:
+        if reset[g]:  # no usable split: restart the estimators once the bound says so
+            _reset_estimators(leaf)
+        elif split[g]:
             f = int(top_f[g])
             s = int(best_s[g, f])
-            tr._split(leaf, (t, ("num", f, float(T[g, f, s]), L[g, f, s], R[g, f, s])))
+            tr._split(leaf, (float(top[g]), ("num", f, float(T[g, f, s]), L[g, f, s], R[g, f, s])))
 
 
 def route_trees(
