@@ -141,7 +141,7 @@ class ADWIN(_Detector):
         w, total, var, t = self._width, self._total, self._var, self._t
         self.drift_detected = False
         for j, x in enumerate(values):
-            before = total / w if w else 0.0
+            tb, wb = total, w
             t += 1
             if w > 0:
                 d = x - total / w
@@ -150,7 +150,16 @@ class ADWIN(_Detector):
             total += x
             row0.append([x, 0.0])
             if len(row0) > mb:
-                _merge_rows(rows, mb)
+                # _merge_rows' first step inline (row 0 buckets have variance 0.0, size 1)
+                t1, t2 = row0[0][0], row0[1][0]
+                du = t1 - t2
+                del row0[:2]
+                if len(rows) == 1:
+                    rows.append([])
+                r1 = rows[1]
+                r1.append([t1 + t2, 0.0 + 0.0 + du * du / 2])
+                if len(r1) > mb:
+                    _merge_rows(rows, mb, 1)
             if t % clock == 0 and w > grace:
                 self._width, self._total, self._var, self._t = w, total, var, t
                 cut = False
@@ -161,7 +170,7 @@ class ADWIN(_Detector):
                     row0 = rows[0]
                     w, total, var, t = self._width, self._total, self._var, self._t
                     hits.append(j)
-                    rises.append((total / w if w else 0.0) > before)
+                    rises.append((total / w if w else 0.0) > (tb / wb if wb else 0.0))
                     if stop:
                         self.drift_detected = True
                         return hits, rises
@@ -232,10 +241,11 @@ class ADWIN(_Detector):
         self.drift_detected = bool(state["drift"])
 
 
-def _merge_rows(rows: list[list[list[float]]], max_buckets: int) -> None:
-    """Merge the two oldest buckets of each row holding more than ``max_buckets`` upwards."""
-    i = 0
-    r = rows[0]
+def _merge_rows(rows: list[list[list[float]]], max_buckets: int, start: int = 0) -> None:
+    """Merge the two oldest buckets of each row holding more than ``max_buckets`` upwards
+    (from row ``start``)."""
+    i = start
+    r = rows[start]
     while len(r) > max_buckets:
         (t1, v1), (t2, v2) = r[0], r[1]
         n = 1 << i
