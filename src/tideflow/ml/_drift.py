@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import numpy as np
 
@@ -86,6 +86,13 @@ class ADWIN(_Detector):
         self._var = 0.0  # sum of squared deviations of the window
         self._t = 0
         self.drift_detected = False
+
+    def clone(self) -> Self:
+        """A fresh detector with the same settings (cheaper than the generic clone: the
+        forest replaces its detectors often)."""
+        return type(self)(
+            self.delta, self.clock, self.max_buckets, self.min_window_length, self.grace_period
+        )
 
     @property
     def width(self) -> int:

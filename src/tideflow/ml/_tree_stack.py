@@ -39,9 +39,10 @@ def _cat(arrays: list[np.ndarray]) -> np.ndarray:
 def _stack(leaves: Sequence[CLeaf], d: int, k: int) -> tuple[np.ndarray, ...] | None:
     """The leaves' statistics as ``(G, d, k)`` arrays (``None`` if a leaf is shaped otherwise)."""
     for leaf in leaves:
-        leaf.fit(d, k)
         if leaf.n.shape != (d, k) or len(leaf.dist) != k:
-            return None
+            leaf.fit(d, k)
+            if leaf.n.shape != (d, k) or len(leaf.dist) != k:
+                return None
     N = _cat([leaf.n for leaf in leaves])
     MU = _cat([leaf.mean for leaf in leaves])
     M2 = _cat([leaf.m2 for leaf in leaves])
