@@ -7,8 +7,14 @@ by its background tree, or a fresh one) over its prequential 0/1 errors. Votes a
 each tree's accuracy since it was (re)created.
 
 The trees share the forest's feature and label mappings, so each record is converted once.
-``learn_many`` scores the batch with every tree before learning (vectorized), feeds the errors
-to the detectors in order, and trains each tree on its Poisson-weighted rows in one call.
+``learn_many`` takes each tree's errors from its predictions before the batch (those
+``predict_many`` just computed for the same rows are reused), learns in chunks of
+``grace_period`` rows, and feeds the errors to the detectors in order (in runs, with the same
+detections as value by value). A chunk is one step for all trees at once: every (tree, row)
+pair with a positive Poisson weight is routed on array views of the trees, the rows are merged
+into the statistics of all reached leaves in one stacked NumPy step, and the leaves due for a
+split attempt are evaluated together (see ``_tree_stack``). Splits thus happen at most one
+chunk later than per record.
 """
 
 from __future__ import annotations
