@@ -109,7 +109,7 @@ def stacked_proba(
             out[i] = tree._leaf_proba(node, M[idx])
     if not nb:
         return out
-    if True in tree._nominal[:d]:
+    if len(nb) == 1 or True in tree._nominal[:d]:  # (one leaf: the per-leaf code is cheaper)
         for i in nb:
             out[i] = tree._leaf_proba(groups[i][0], M[groups[i][1]])
         return out
@@ -149,14 +149,14 @@ def stacked_learn(
 
     ``groups`` are ``(leaf, rows, weights)`` with distinct leaves of trees sharing ``tree``'s
     settings and mappings. Returns ``False`` (and does nothing) where the stacked step does not
-    apply (nominal features): the caller then learns leaf by leaf.
+    apply (nominal features) or does not pay (one leaf): the caller then learns leaf by leaf.
     """
     if not groups:
         return True
     k = len(tree._ls)
     d = M.shape[1]
     num = tree._num_mask(d)
-    if not num.all():
+    if len(groups) == 1 or not num.all():  # (one leaf: the per-leaf code is cheaper)
         return False
     leaves = [g[0] for g in groups]
     st = _stack(leaves, d, k)
@@ -246,7 +246,9 @@ def stacked_attempt(pairs: Sequence[tuple[HoeffdingTreeClassifier, CLeaf]]) -> N
     """
     from tideflow.ml._tree import _entropy, _erf, _reset_estimators, _split_merit
 
-    if not pairs:
+    if len(pairs) <= 1:  # (one leaf: the per-leaf code is cheaper)
+        for tr, leaf in pairs:
+            tr._attempt_split(leaf)
         return
     tr0 = pairs[0][0]
     k, d = len(tr0._ls), len(tr0._fs)
