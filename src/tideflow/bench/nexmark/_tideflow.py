@@ -38,11 +38,13 @@ class NexmarkSource(Source):
 
     Row groups are dealt round-robin to the workers; the position is the next row group of each.
     With ``seq=True`` a ``seq`` column carries the row's position in the file (arrival order).
+    ``columns`` reads only those columns (None: all).
     """
 
     directory: Path
     kind: str
     seq: bool = False
+    columns: tuple[str, ...] | None = None
 
     @property
     def bounded(self) -> bool:
@@ -75,13 +77,14 @@ class _NexmarkReader(SourceReader):
         self._key = f"{src.kind}.parquet"
         self._next = int(ctx.resume.get(self._key, 0))
         self._seq = src.seq
+        self._columns = list(src.columns) if src.columns is not None else None
 
     def poll(self) -> SourceBatch | None:
         if self._next >= len(self._groups):
             return None
         group = self._groups[self._next]
         self._next += 1
-        frame = pl.from_arrow(self._file.read_row_group(group))
+        frame = pl.from_arrow(self._file.read_row_group(group, columns=self._columns))
         assert isinstance(frame, pl.DataFrame)
         if self._seq:
             frame = frame.with_row_index("seq", offset=self._starts[group])
@@ -174,6 +177,14 @@ class _Inputs:
             self._streams[kind] = self.flow.source(source, name=kind)
         return self._streams[kind]
 
+    def read(self, kind: str, *columns: str, seq: bool = False) -> Any:
+        """Events of ``kind`` with only ``columns`` read from the file (and ``seq``)."""
+        name = kind + ("_seq" if seq else "")
+        if name not in self._streams:
+            source = NexmarkSource(self.directory, kind, seq=seq, columns=columns)
+            self._streams[name] = self.flow.source(source, name=name)
+        return self._streams[name]
+
 
 def _q0(i: _Inputs) -> Any:
     return i.bid.select("auction", "bidder", "price", "date_time", "extra")
@@ -235,8 +246,8 @@ def _valid_bids(i: _Inputs, auction: tuple[str, ...], bid: tuple[str, ...]) -> A
     pairs of an auction come out together, in one batch, once the watermark passes its end.
     Bid columns that clash with auction columns get the suffix ``_right``.
     """
-    auctions = _timed(i.auction.select("id", "date_time", "expires", *auction)).key_by("id")
-    bids = _timed(i.bid_seq.select("auction", "date_time", *bid)).key_by("auction")
+    auctions = _timed(i.read("auction", "id", "date_time", "expires", *auction)).key_by("id")
+    bids = _timed(i.read("bid", "auction", "date_time", *bid, seq=True)).key_by("auction")
     joined = auctions.join_interval(
         bids, lower=timedelta(0), upper="expires", emit="close", name="valid_bids"
     )
