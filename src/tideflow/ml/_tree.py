@@ -599,34 +599,21 @@ class HoeffdingTreeClassifier(TreeBase, Classifier):
         num = allowed & ~np.asarray(self._nominal[:d], dtype=bool)
         cols = np.flatnonzero(num & (leaf.n[:d, :k].sum(axis=1) > 0))
         if len(cols):
-            n = leaf.n[cols, :k]
-            lo = leaf.lo[cols, :k].min(axis=1)
-            hi = leaf.hi[cols, :k].max(axis=1)
-            S = self.n_splits
-            frac = np.arange(1, S + 1) / (S + 1)
-            T = lo[:, None] + (hi - lo)[:, None] * frac[None, :]  # (f, S)
-            mean = leaf.mean[cols, :k]
-            var = np.where(n > 0, leaf.m2[cols, :k] / np.where(n > 0, n, 1.0), 0.0)
-            std = np.sqrt(np.maximum(var, 0.0))
-            Tt = T[:, :, None]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                z = (Tt - mean[:, None, :]) / std[:, None, :]
-                cdf = np.where(
-                    std[:, None, :] > 0,
-                    0.5 * (1 + _erf(z / math.sqrt(2))),
-                    (Tt >= mean[:, None, :]) * 1.0,
-                )
-            cdf = np.where(
-                Tt < leaf.lo[cols, None, :k], 0.0, np.where(Tt >= leaf.hi[cols, None, :k], 1.0, cdf)
+            merit, T, L, R = numeric_merits(
+                np.asarray([pre]),
+                leaf.n[cols, :k][None],
+                leaf.mean[cols, :k][None],
+                leaf.m2[cols, :k][None],
+                leaf.lo[cols, :k][None],
+                leaf.hi[cols, :k][None],
+                self.n_splits,
+                self.min_branch_fraction,
             )
-            L = n[:, None, :] * cdf
-            R = n[:, None, :] - L
-            merit = _split_merit(pre, L, R, self.min_branch_fraction)  # (f, S)
-            merit = np.where(hi[:, None] > lo[:, None], merit, -np.inf)
             for j, f in enumerate(cols.tolist()):
-                s = int(np.argmax(merit[j]))
-                if np.isfinite(merit[j, s]):
-                    out.append((float(merit[j, s]), ("num", f, float(T[j, s]), L[j, s], R[j, s])))
+                s = int(np.argmax(merit[0, j]))
+                if np.isfinite(merit[0, j, s]):
+                    cand = ("num", f, float(T[0, j, s]), L[0, j, s], R[0, j, s])
+                    out.append((float(merit[0, j, s]), cand))
         for f, tab in leaf.nom.items():
             if f >= d or not allowed[f]:
                 continue
@@ -823,6 +810,48 @@ def _split_merit(
     merit = pre - (wl / safe) * _entropy(L) - (wr / safe) * _entropy(R)
     ok = (wl / safe >= min_frac) & (wr / safe >= min_frac) & (tot > 0)
     return np.where(ok, merit, -np.inf)
+
+
+def numeric_merits(
+    pre: np.ndarray,
+    N: np.ndarray,
+    MU: np.ndarray,
+    M2: np.ndarray,
+    LO: np.ndarray,
+    HI: np.ndarray,
+    n_splits: int,
+    min_frac: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Information gain of the candidate thresholds of numeric features at leaves.
+
+    ``pre``: each leaf's class entropy ``(G,)``; ``N, MU, M2, LO, HI``: the Gaussian estimators
+    per leaf, feature and class ``(G, d, k)``. ``n_splits`` thresholds per feature, evenly
+    between its observed min and max; the class weights on each side come from the Gaussian
+    CDFs (clipped to the observed range). Returns the merits ``(G, d, S)`` (``-inf`` where a
+    feature has no range, no records, or a branch below ``min_frac``), the thresholds and the
+    left/right class weights ``(G, d, S, k)``.
+    """
+    lo = LO.min(axis=2)
+    hi = HI.max(axis=2)
+    frac = np.arange(1, n_splits + 1) / (n_splits + 1)
+    # features without records give NaN thresholds: their merits are masked below
+    with np.errstate(all="ignore"):
+        T = lo[:, :, None] + (hi - lo)[:, :, None] * frac  # (G, d, S)
+        var = np.where(N > 0, M2 / np.where(N > 0, N, 1.0), 0.0)
+        std = np.sqrt(np.maximum(var, 0.0))
+        Tt = T[..., None]
+        z = (Tt - MU[:, :, None, :]) / std[:, :, None, :]
+        cdf = np.where(
+            std[:, :, None, :] > 0,
+            0.5 * (1 + _erf(z / math.sqrt(2))),
+            (Tt >= MU[:, :, None, :]) * 1.0,
+        )
+        cdf = np.where(Tt < LO[:, :, None, :], 0.0, np.where(Tt >= HI[:, :, None, :], 1.0, cdf))
+        L = N[:, :, None, :] * cdf
+        R = N[:, :, None, :] - L
+        merit = _split_merit(pre[:, None, None], L, R, min_frac)
+        merit = np.where((hi > lo)[:, :, None], merit, -np.inf)
+    return merit, T, L, R
 
 
 def _erf(x: np.ndarray) -> np.ndarray:

@@ -244,7 +244,7 @@ def stacked_attempt(pairs: Sequence[tuple[HoeffdingTreeClassifier, CLeaf]]) -> N
     ``_candidates``, so the same decisions); leaves with nominal statistics, and trees with
     nominal features, take the per-leaf path.
     """
-    from tideflow.ml._tree import _entropy, _erf, _reset_estimators, _split_merit
+    from tideflow.ml._tree import _entropy, _reset_estimators, numeric_merits
 
     if len(pairs) <= 1:  # (one leaf: the per-leaf code is cheaper)
         for tr, leaf in pairs:
@@ -297,29 +297,11 @@ def stacked_attempt(pairs: Sequence[tuple[HoeffdingTreeClassifier, CLeaf]]) -> N
         if leaf.feats is not None:
             allowed[g] = False
             allowed[g, leaf.feats[leaf.feats < d]] = True
-    pre = _entropy(D)  # (G,)
     cols = allowed & (N.sum(axis=2) > 0)
-    lo = LO.min(axis=2)
-    hi = HI.max(axis=2)
-    # features without records (or outside the leaf's subset) give NaN here; masked below
-    with np.errstate(all="ignore"):
-        S = tr0.n_splits
-        frac = np.arange(1, S + 1) / (S + 1)
-        T = lo[:, :, None] + (hi - lo)[:, :, None] * frac  # (G, d, S)
-        var = np.where(N > 0, M2 / np.where(N > 0, N, 1.0), 0.0)
-        std = np.sqrt(np.maximum(var, 0.0))
-        Tt = T[..., None]
-        z = (Tt - MU[:, :, None, :]) / std[:, :, None, :]
-        cdf = np.where(
-            std[:, :, None, :] > 0,
-            0.5 * (1 + _erf(z / math.sqrt(2))),
-            (Tt >= MU[:, :, None, :]) * 1.0,
-        )
-        cdf = np.where(Tt < LO[:, :, None, :], 0.0, np.where(Tt >= HI[:, :, None, :], 1.0, cdf))
-        L = N[:, :, None, :] * cdf
-        R = N[:, :, None, :] - L
-        merit = _split_merit(pre[:, None, None], L, R, tr0.min_branch_fraction)  # (G, d, S)
-        merit = np.where((hi > lo)[:, :, None] & cols[:, :, None], merit, -np.inf)
+    merit, T, L, R = numeric_merits(
+        _entropy(D), N, MU, M2, LO, HI, tr0.n_splits, tr0.min_branch_fraction
+    )
+    merit = np.where(cols[:, :, None], merit, -np.inf)
     best_s = merit.argmax(axis=2)  # (G, d)
     best = np.take_along_axis(merit, best_s[:, :, None], axis=2)[:, :, 0]  # (G, d)
     order = np.argsort(-best, axis=1, kind="stable")
