@@ -222,3 +222,24 @@ def test_routing_all_trees_at_once_equals_routing_each(seed: int, d: int, n_tree
         assert {(t, id(node)): list(idx) for node, idx, t in got} == {
             key: list(idx) for key, idx in want.items()
         }
+
+
+@pytest.mark.parametrize(
+    "factory",
+    [
+        tree.HoeffdingTreeClassifier,
+        lambda: tree.HoeffdingAdaptiveTreeClassifier(seed=1),
+        lambda: ARFClassifier(n_models=3, seed=1),
+    ],
+    ids=["ht", "hat", "arf"],
+)
+def test_empty_batches_are_no_ops(factory: Any) -> None:
+    X, y = _drift_stream(600)
+    model = factory()
+    model.learn_many(X[:0], y[:0])
+    assert model.predict_many(X[:0]).shape == (0,)
+    model.learn_many(X, y)
+    before = model.predict_proba_many(X)
+    model.learn_many(X[:0], y[:0])
+    assert model.predict_proba_many(X[:0]).shape == (0, 2)
+    np.testing.assert_array_equal(model.predict_proba_many(X), before)

@@ -357,6 +357,8 @@ def route_trees(
         r_of = np.tile(np.arange(M.shape[0]), len(fl))
     else:
         t_of, r_of = np.nonzero(K > 0)
+    if not len(t_of):
+        return []
     node = off[t_of]
     live = np.flatnonzero(F[node] >= 0)
     while len(live):
