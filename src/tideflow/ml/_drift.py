@@ -193,20 +193,24 @@ class ADWIN(_Detector):
         log_term = math.log(2.0 * math.log(W) / self.delta) if W > 1 else math.log(2.0 / self.delta)
         n0, s0 = 0, 0.0
         rows = self._rows
+        mwl = self.min_window_length
+        sqrt = math.sqrt
         for i in range(len(rows) - 1, -1, -1):
             size = 1 << i
             for b in rows[i]:
                 n0 += size
                 s0 += b[0]
                 n1 = W - n0
-                if n1 < self.min_window_length:
+                if n1 < mwl:
                     return False
-                if n0 < self.min_window_length:
+                if n0 < mwl:
                     continue
-                u0, u1 = s0 / n0, (total - s0) / n1
+                diff = abs(s0 / n0 - (total - s0) / n1)
                 m = 1.0 / (1.0 / n0 + 1.0 / n1)
-                eps = math.sqrt(2.0 * m * var_w * log_term) * (1.0 / m) + 2.0 / (3.0 * m) * log_term
-                if abs(u0 - u1) > eps:
+                small = 2.0 / (3.0 * m) * log_term
+                if diff <= small:  # eps = sqrt(...) / m + small >= small: no cut here
+                    continue
+                if diff > sqrt(2.0 * m * var_w * log_term) * (1.0 / m) + small:
                     self._drop_oldest()
                     return True
         return False
