@@ -242,9 +242,12 @@ def test_per_key_models_two_workers_abort_and_resume(tmp_path: Path) -> None:
     reference = model_from_checkpoint(ref_ck, "ml_crash2.learn")
     assert sorted(reference) == ["s0", "s1", "s2", "s3"]
 
+    # TestingSource deals its items (markers included) round-robin to the workers: one marker
+    # would shift the dealing after it, and a key's later batches would come from the other
+    # worker's share, racing its earlier ones. Two marker items keep every key in one share.
     ck, crashed = tmp_path / "ck", CollectSink()
     flow = tf.Dataflow("ml_crash2")
-    gated = _AbortAfterCheckpoints(_items(rows, 1600, ABORT), ck, batch_size=BATCH)
+    gated = _AbortAfterCheckpoints(_items(rows, 1600, ABORT, pauses=1), ck, batch_size=BATCH)
     src = flow.source(gated)
     model = MODELS["pipeline"]()
     scored = predict(src, model, features=FEATURES, key="k", output="pred")
@@ -256,7 +259,7 @@ def test_per_key_models_two_workers_abort_and_resume(tmp_path: Path) -> None:
     assert cp.parts[0]["ml_crash2.source"]["w0of2"] > 0  # mid-stream
     resumed = CollectSink()
     _run(
-        _flow("ml_crash2", _items(rows, 1600, PAUSE), MODELS["pipeline"](), resumed, "k"),
+        _flow("ml_crash2", _items(rows, 1600, PAUSE, pauses=1), MODELS["pipeline"](), resumed, "k"),
         workers=2,
         checkpoint_dir=ck,
     )
