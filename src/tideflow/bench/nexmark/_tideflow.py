@@ -187,15 +187,16 @@ class _Inputs:
 
 
 def _q0(i: _Inputs) -> Any:
-    return i.bid.select("auction", "bidder", "price", "date_time", "extra")
+    return i.read("bid", "auction", "bidder", "price", "date_time", "extra")
 
 
 def _q1(i: _Inputs) -> Any:
-    return i.bid.select("auction", "bidder", (pl.col("price") * 0.908).alias("price"), "date_time")
+    bids = i.read("bid", "auction", "bidder", "price", "date_time")
+    return bids.select("auction", "bidder", (pl.col("price") * 0.908).alias("price"), "date_time")
 
 
 def _q2(i: _Inputs) -> Any:
-    return i.bid.filter(pl.col("auction") % 123 == 0).select("auction", "price")
+    return i.read("bid", "auction", "price").filter(pl.col("auction") % 123 == 0)
 
 
 _Q3_SCHEMA = {"name": pl.String(), "city": pl.String(), "state": pl.String(), "id": pl.Int64()}
