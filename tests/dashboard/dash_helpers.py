@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -12,6 +13,7 @@ import polars as pl
 
 import tideflow as tf
 from tideflow.connectors import generator, live
+from tideflow.connectors._base import Source, SourceBatch, SourceContext, SourceReader
 
 
 def free_port() -> int:
@@ -53,3 +55,49 @@ def counting_flow(name: str, *, events: int | None = None, rate: float = 2000.0)
         pl.len().alias("n"), pl.col("v").sum().alias("total"), emit="updates", name="per_key"
     ).sink(live.sink_live("per_key", key="key"), name="keys_live")
     return flow
+
+
+class Interleaved(Source):
+    """Worker ``w`` of ``n`` emits rows ``i = w, w + n, w + 2n, ...`` in batches, pausing
+    ``pause`` seconds between batches: which rows came before a cut follows from how many
+    each worker had pushed (``StateSnapshot.cut``)."""
+
+    def __init__(self, batches: int, rows: int, pause: float = 0.003) -> None:
+        self.batches, self.rows, self.pause = batches, rows, pause
+
+    @property
+    def bounded(self) -> bool:
+        return True
+
+    def schema(self) -> dict[str, pl.DataType] | None:
+        return {"i": pl.Int64(), "k": pl.String(), "v": pl.Int64()}
+
+    def build(self, ctx: SourceContext) -> SourceReader:
+        return _InterleavedReader(self, ctx.worker_index, ctx.worker_count)
+
+
+class _InterleavedReader(SourceReader):
+    def __init__(self, src: Interleaved, worker: int, count: int) -> None:
+        self.src, self.worker, self.count, self.done = src, worker, count, 0
+
+    def poll(self) -> SourceBatch | None:
+        if self.done >= self.src.batches:
+            return None
+        time.sleep(self.src.pause)
+        rows = self.src.rows
+        start = self.done * rows
+        self.done += 1
+        return SourceBatch(interleaved_rows(self.worker, self.count, start, rows))
+
+    @property
+    def finished(self) -> bool:
+        return self.done >= self.src.batches
+
+    def snapshot(self) -> dict[str, Any]:
+        return {}
+
+
+def interleaved_rows(worker: int, count: int, start: int, n: int) -> pl.DataFrame:
+    """Rows ``start .. start + n - 1`` of worker ``worker`` of ``count``."""
+    i = pl.int_range(start, start + n, eager=True, dtype=pl.Int64) * count + worker
+    return pl.DataFrame({"i": i, "k": (i % 13).cast(pl.String), "v": i * 3})

@@ -14,6 +14,15 @@ metric                               type    labels
 ``tideflow_live_rows_total``         counter flow, topic: rows published to a live table
 ``tideflow_late_records_total``      counter flow, step, kind: late rows (when reported)
 ``tideflow_watermark_lag_seconds``   gauge   flow, step, kind: clock - watermark (when reported)
+``tideflow_batch_latency_seconds``   histo.  flow, step, kind: source batch entering the graph
+                                             to the step emitting (a sink: writing) its result
+``tideflow_step_busy_seconds_total`` counter flow, step, kind: the step's own processing time
+``tideflow_backpressure_seconds_total`` counter flow, step, kind: sources paused by backpressure
+``tideflow_checkpoint_duration_seconds`` histo. flow: checkpoints written, start to manifest
+``tideflow_checkpoints_total``       counter flow, outcome (written, failed)
+``tideflow_last_checkpoint_id``      gauge   flow: the newest checkpoint written
+``tideflow_last_checkpoint_age_seconds`` gauge flow: seconds since it was written
+``tideflow_model_metric``            gauge   flow, step, metric: latest value of an evaluate step
 ``tideflow_workers``                 gauge   flow: worker processes
 ``tideflow_run_seconds``             gauge   flow: seconds since the run started
 ``tideflow_run_running``             gauge   flow: 1 while running, 0 once ended
@@ -24,13 +33,21 @@ metric                               type    labels
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
-from tideflow.dashboard._state import LiveState, _watermark
+from tideflow.dashboard._state import CHECKPOINT_BUCKETS, LiveState, _watermark
+from tideflow.runtime._worker import LATENCY_BUCKETS
 
 __all__ = ["RunMetrics"]
 
@@ -91,6 +108,8 @@ class _StateCollector(Collector):
             yield late
         if lag.samples:
             yield lag
+        yield from self._timings(flow, steps, latest)
+        yield from self._checkpoints(flow)
         live = CounterMetricFamily(
             "tideflow_live_rows", "Rows published to a live table.", labels=["flow", "topic"]
         )
@@ -108,6 +127,92 @@ class _StateCollector(Collector):
             flow,
             1.0 if status == "running" else 0.0,
         )
+
+    def _timings(self, flow: str, steps: list[Any], latest: dict[str, Any]) -> Iterator[Metric]:
+        labels = ["flow", "step", "kind"]
+        latency = HistogramMetricFamily(
+            "tideflow_batch_latency_seconds",
+            "Seconds from a source batch entering the dataflow to this step emitting its "
+            "result (a sink: writing it), per output batch.",
+            labels=labels,
+        )
+        busy = CounterMetricFamily(
+            "tideflow_step_busy_seconds",
+            "Seconds a step spent on its input batches (downstream steps excluded).",
+            labels=labels,
+        )
+        blocked = CounterMetricFamily(
+            "tideflow_backpressure_seconds",
+            "Seconds a source stood still because a peer worker had too many of its batches "
+            "waiting (summed over workers).",
+            labels=labels,
+        )
+        model = GaugeMetricFamily(
+            "tideflow_model_metric",
+            "Latest value of an online model's prequential metric (tideflow.ml.evaluate).",
+            labels=["flow", "step", "metric"],
+        )
+        for s in steps:
+            st = latest.get(s.step_id)
+            if st is None:
+                continue
+            lv = [flow, s.step_id, s.kind]
+            counts = list(getattr(st, "latency", ()))
+            if s.kind not in ("source",) and len(counts) == len(LATENCY_BUCKETS) + 1:
+                latency.add_metric(lv, _cumulative(counts, LATENCY_BUCKETS), st.latency_sum)
+            busy.add_metric(lv, getattr(st, "busy_s", 0.0))
+            if s.kind == "source":
+                blocked.add_metric(lv, getattr(st, "blocked_s", 0.0))
+            value = getattr(st, "metric_value", None)
+            if value is not None:
+                model.add_metric([flow, s.step_id, st.metric or ""], value)
+        yield latency
+        yield busy
+        yield blocked
+        if model.samples:
+            yield model
+
+    def _checkpoints(self, flow: str) -> Iterator[Metric]:
+        with self.state._lock:
+            last = self.state.last_checkpoint
+            counts = dict(self.state.checkpoints)
+            buckets = list(self.state.checkpoint_buckets)
+            total = self.state.checkpoint_seconds
+        hist = HistogramMetricFamily(
+            "tideflow_checkpoint_duration_seconds",
+            "Seconds from a checkpoint's start to its manifest being written.",
+            labels=["flow"],
+        )
+        hist.add_metric([flow], _cumulative(buckets, CHECKPOINT_BUCKETS), total)
+        yield hist
+        done = CounterMetricFamily(
+            "tideflow_checkpoints", "Checkpoints by outcome.", labels=["flow", "outcome"]
+        )
+        for outcome in ("written", "failed"):
+            done.add_metric([flow, outcome], counts[outcome])
+        yield done
+        if last is not None and last.written:
+            yield _gauge(
+                "tideflow_last_checkpoint_id",
+                "Id of the newest checkpoint written.",
+                flow,
+                last.checkpoint_id,
+            )
+            yield _gauge(
+                "tideflow_last_checkpoint_age_seconds",
+                "Seconds since the newest checkpoint was written.",
+                flow,
+                max(0.0, time.time() - last.at),
+            )
+
+
+def _cumulative(counts: list[int], bounds: tuple[float, ...]) -> list[tuple[str, float]]:
+    """Prometheus buckets (``le`` label, cumulative count) from per-bucket counts."""
+    out, running = [], 0
+    for bound, c in zip((*bounds, float("inf")), counts, strict=True):
+        running += c
+        out.append(("+Inf" if bound == float("inf") else repr(bound), float(running)))
+    return out
 
 
 def _gauge(name: str, doc: str, flow: str, value: float) -> GaugeMetricFamily:

@@ -6,8 +6,8 @@ Routes
 ``GET /api/state``     the run's state as JSON (see :meth:`LiveState.snapshot`) plus panels
 ``GET /api/events``    the same, pushed as server-sent events whenever it changes
 ``GET /metrics``       Prometheus text format (a registry of this run only)
-``POST /api/sql``      body: one SELECT over the live tables; answer: columns, rows
-``GET /api/tables``    the live tables and their columns
+``POST /api/sql``      body: one SELECT over the live tables and keyed state; answer: columns, rows
+``GET /api/tables``    the live tables and the keyed-state tables, with their columns
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -26,6 +27,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -41,10 +43,10 @@ from starlette.responses import (
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from tideflow._errors import ConfigError, ConnectorError
+from tideflow._errors import ConfigError, ConnectorError, StateError
 from tideflow.dashboard._metrics import RunMetrics
-from tideflow.dashboard._sql import SqlError, check_read_only, connect, run_query
-from tideflow.dashboard._state import LiveState, Panel
+from tideflow.dashboard._sql import QueryResult, SqlError, check_read_only, connect, run_query
+from tideflow.dashboard._state import LiveState, Panel, state_table_name
 
 __all__ = ["Dashboard", "DashboardSettings", "parse_address"]
 
@@ -53,6 +55,8 @@ log = logging.getLogger("tideflow.dashboard")
 STATIC = Path(__file__).parent / "static"
 COOKIE = "tideflow_dashboard"
 MAX_SQL_BYTES = 64 * 1024
+#: The table of a keyed-state read that says how many records each source had pushed at the cut.
+CUT_TABLE = "state_cut"
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -73,6 +77,11 @@ def parse_address(text: str) -> tuple[str, int]:
         msg = f"--dashboard: port must be 0..65535, got {p}"
         raise ConfigError(msg)
     return host, p
+
+
+def _names(sql: str, table: str) -> bool:
+    """True when ``sql`` mentions ``table`` as a word (case-insensitive)."""
+    return re.search(rf"(?<![\w.]){re.escape(table)}(?!\w)", sql, re.IGNORECASE) is not None
 
 
 def _is_loopback(host: str) -> bool:
@@ -257,10 +266,16 @@ class Dashboard(LiveState):
             fresh = time.monotonic() - at < 1.0 and self.status == "running"
             if version == self.version or fresh:
                 return cached
-            frames = self.frames()
+            live = self.frames()
             out = []
             for p in self.settings.panels:
                 item: dict[str, Any] = {"title": p.title, "kind": p.kind, "x": p.x, "y": list(p.y)}
+                try:
+                    frames = {**self.state_tables(p.sql, 2.0), **live}
+                except SqlError as exc:
+                    item.update(columns=[], rows=[], error=str(exc))
+                    out.append(item)
+                    continue
                 needed = {t for t in frames if t in p.sql}
                 if not needed:
                     item.update(columns=[], rows=[], error=None)
@@ -282,6 +297,40 @@ class Dashboard(LiveState):
                 out.append(item)
             self._panel_cache = (self.version, time.monotonic(), out)
             return out
+
+    def state_tables(self, sql: str, timeout: float) -> dict[str, pl.DataFrame]:
+        """The keyed-state tables ``sql`` names, read at one consistent cut of the job.
+
+        A table per queryable step (see :func:`state_table_name`), plus ``state_cut``: the
+        records each worker's sources had pushed at the cut. Nothing is read when the query
+        names none of them.
+        """
+        control = self.control
+        if control is None:
+            return {}
+        names = {state_table_name(step): step for step in control.queryable}
+        used = [n for n in names if _names(sql, n)]
+        if not used and not _names(sql, CUT_TABLE):
+            return {}
+        try:
+            snap = control.read_state([names[n] for n in used], timeout=timeout)
+        except StateError as exc:
+            msg = f"cannot read keyed state: {exc}"
+            raise SqlError(msg) from None
+        out = {state_table_name(step): frame for step, frame in snap.tables.items()}
+        out[CUT_TABLE] = snap.cut
+        return out
+
+    def query(self, sql: str) -> QueryResult:
+        """Run one read-only query over the live tables and the keyed state it names."""
+        check_read_only(sql)
+        started = time.monotonic()
+        limit = self.settings.sql_timeout
+        tables = {**self.state_tables(sql, limit), **self.frames()}
+        left = max(0.1, limit - (time.monotonic() - started))
+        return run_query(
+            sql, tables, max_rows=self.settings.sql_max_rows, timeout=left, checked=True
+        )
 
     def payload(self) -> dict[str, Any]:
         """What ``/api/state`` answers and ``/api/events`` pushes."""
@@ -370,16 +419,35 @@ class Dashboard(LiveState):
             if (denied := await guard(request)) is not None:
                 return denied
             frames = dash.frames()
-            return JSONResponse(
-                {
-                    name: {
-                        "columns": f.columns,
-                        "dtypes": [str(d) for d in f.dtypes],
-                        "rows": f.height,
-                    }
-                    for name, f in sorted(frames.items())
+            out: dict[str, Any] = {
+                name: {
+                    "columns": f.columns,
+                    "dtypes": [str(d) for d in f.dtypes],
+                    "rows": f.height,
                 }
-            )
+                for name, f in sorted(frames.items())
+            }
+            control = dash.control
+            if control is not None and control.queryable:
+                steps = {state_table_name(s): s for s in sorted(control.queryable)}
+                try:
+                    state = await run_in_threadpool(
+                        dash.state_tables, " ".join(steps), dash.settings.sql_timeout
+                    )
+                except SqlError:
+                    state = {}
+                for name, step in steps.items():
+                    f = state.get(name)
+                    out.setdefault(
+                        name,
+                        {
+                            "columns": f.columns if f is not None else None,
+                            "dtypes": [str(d) for d in f.dtypes] if f is not None else None,
+                            "rows": f.height if f is not None else None,
+                            "state_of": step,
+                        },
+                    )
+            return JSONResponse(out)
 
         async def sql(request: Request) -> Response:
             if (denied := await guard(request)) is not None:
@@ -396,13 +464,7 @@ class Dashboard(LiveState):
                         {"error": 'send the SQL text, or JSON {"sql": "..."}'}, status_code=400
                     )
             try:
-                res = await run_in_threadpool(
-                    run_query,
-                    text,
-                    dash.frames(),
-                    max_rows=dash.settings.sql_max_rows,
-                    timeout=dash.settings.sql_timeout,
-                )
+                res = await run_in_threadpool(dash.query, text)
             except SqlError as exc:
                 refused = "allowed" in str(exc) or "exactly one" in str(exc)
                 dash.metrics.sql_queries.labels("refused" if refused else "failed").inc()

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from tideflow.runtime._observe import BaseObserver, RunObserver, StepInfo
+from tideflow.runtime._control import RunControl, StateSnapshot
+from tideflow.runtime._observe import BaseObserver, CheckpointInfo, RunObserver, StepInfo
 from tideflow.runtime._run import RunResult, run
-from tideflow.runtime._worker import RunConfig, StepStats
+from tideflow.runtime._worker import LATENCY_BUCKETS, RunConfig, StepStats
 
 __all__ = [
+    "LATENCY_BUCKETS",
     "BaseObserver",
+    "CheckpointInfo",
     "RunConfig",
+    "RunControl",
     "RunObserver",
     "RunResult",
+    "StateSnapshot",
     "StepInfo",
     "StepStats",
     "run",

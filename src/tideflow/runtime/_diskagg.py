@@ -619,6 +619,9 @@ class DiskAggOperator(Operator):
     def snapshot(self) -> dict[str, Any]:
         return self.state.snapshot()
 
+    def state_table(self) -> pl.DataFrame:
+        return self.state.all_values()
+
     def restore(self, snap: dict[str, Any]) -> None:
         try:
             self.state.restore(snap)

@@ -2,8 +2,10 @@
 
 Observers live in the driver process (the one that called ``run``). They receive the graph once,
 counters summed over workers about twice a second, rows that sinks *publish* (bounded samples
-of results, for live tables), and the result at the end. Observer calls happen on the driver's
-thread and must return quickly.
+of results, for live tables), each checkpoint taken, and the result at the end. Observer calls
+happen on the driver's thread and must return quickly. An observer with an ``on_control``
+method also gets the run's :class:`~tideflow.runtime.RunControl` before the run starts (for
+consistent reads of keyed state, from any thread).
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import polars as pl
 
 if TYPE_CHECKING:
+    from tideflow.runtime._control import RunControl
     from tideflow.runtime._run import RunResult
     from tideflow.runtime._worker import StepStats
 
-__all__ = ["RunObserver", "StepInfo"]
+__all__ = ["CheckpointInfo", "RunObserver", "StepInfo"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -28,6 +31,21 @@ class StepInfo:
     kind: str
     #: Step ids feeding this step, with the port they come from.
     inputs: tuple[tuple[str, str], ...]
+    #: What the step does beyond its kind, when known (e.g. ``"ml.evaluate LogisticRegression"``).
+    detail: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CheckpointInfo:
+    """A checkpoint the run took (or failed to write)."""
+
+    checkpoint_id: int
+    #: Seconds from its start to its manifest being written (or the failure).
+    seconds: float
+    #: False when it could not be written (the job goes on; the next one retries).
+    written: bool
+    #: When it ended, seconds since the epoch.
+    at: float
 
 
 @runtime_checkable
@@ -50,6 +68,9 @@ class RunObserver(Protocol):
 class BaseObserver:
     """An observer that ignores everything; subclass and override what you need."""
 
+    def on_control(self, control: RunControl) -> None:
+        """Ignore (called before ``on_start`` with the handle of the run)."""
+
     def on_start(self, flow: str, steps: list[StepInfo], workers: int) -> None:
         """Ignore."""
 
@@ -57,6 +78,9 @@ class BaseObserver:
         """Ignore."""
 
     def on_rows(self, topic: str, rows: pl.DataFrame) -> None:
+        """Ignore."""
+
+    def on_checkpoint(self, info: CheckpointInfo) -> None:
         """Ignore."""
 
     def on_finish(self, result: RunResult) -> None:

@@ -92,6 +92,10 @@ class Operator:
     def restore(self, snap: dict[str, Any]) -> None:
         """Load state written by :meth:`snapshot`."""
 
+    def state_table(self) -> pl.DataFrame | None:
+        """Keyed state as rows (key columns and values), for SQL; None when not queryable."""
+        return None
+
 
 def _raw(rec: dict[str, Any]) -> str:
     return json.dumps(rec, default=str, ensure_ascii=False)
@@ -279,6 +283,9 @@ class AggOperator(Operator):
 
     def snapshot(self) -> dict[str, Any]:
         return self.state.snapshot()
+
+    def state_table(self) -> pl.DataFrame:
+        return self.state.all_values()
 
     def restore(self, snap: dict[str, Any]) -> None:
         if snap.get("backend") is not None:  # checkpointed with the on-disk backend

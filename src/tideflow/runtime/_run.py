@@ -9,6 +9,7 @@ stops the sources and flushes the sinks, a second one kills the workers.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -32,12 +33,14 @@ from tideflow._errors import ConfigError, JobError
 from tideflow.api._dataflow import Dataflow, check_disk_agg
 from tideflow.api._graph import Node
 from tideflow.connectors._base import Sink, SinkContext, SinkWriter
-from tideflow.runtime._observe import RunObserver, StepInfo
+from tideflow.runtime._control import RunControl
+from tideflow.runtime._observe import CheckpointInfo, RunObserver, StepInfo
 from tideflow.runtime._progress import Progress
 from tideflow.runtime._worker import (
     LocalTransport,
     QueueTransport,
     RunConfig,
+    StateRequest,
     StepStats,
     Worker,
     _from_ipc,
@@ -144,6 +147,20 @@ def _input_schema(flow: Dataflow, node: Node) -> dict[str, pl.DataType] | None:
     return flow.nodes[node.inputs[0][0]].schema
 
 
+def _detail(node: Node) -> str:
+    """What a step does beyond its kind (online-model steps: mode and model)."""
+    mode = getattr(node.spec, "mode", None)
+    model = getattr(node.spec, "model", None)
+    if node.kind == "custom" and mode in ("predict", "learn", "evaluate") and model is not None:
+        return f"ml.{mode} {type(model).__name__}"
+    return ""
+
+
+def _queryable(nodes: list[Node]) -> frozenset[str]:
+    """Steps whose keyed state SQL can read: keyed aggregations (without a state TTL)."""
+    return frozenset(n.step_id for n in nodes if n.kind == "agg" and not n.spec.ttl)
+
+
 def _emit_mode(bounded: bool) -> Callable[[str], str]:
     def mode(emit: str) -> str:
         if emit == "auto":
@@ -167,18 +184,26 @@ class _Hub:
 
     def _call(self, method: str, *args: Any) -> None:
         for obs in list(self.observers):
+            call = getattr(obs, method, None)
+            if call is None:  # on_control and on_checkpoint are optional
+                continue
             try:
-                getattr(obs, method)(*args)
+                call(*args)
             except Exception:
                 log.exception("observer %r failed in %s; it is disabled", obs, method)
                 self.observers.remove(obs)
 
-    def started(self, flow: str, nodes: list[Node], workers: int) -> None:
+    def started(self, flow: str, nodes: list[Node], workers: int, control: RunControl) -> None:
+        self._call("on_control", control)
         by_index = {n.index: n.step_id for n in nodes}
         steps = [
-            StepInfo(n.step_id, n.kind, tuple((by_index[i], p) for i, p in n.inputs)) for n in nodes
+            StepInfo(n.step_id, n.kind, tuple((by_index[i], p) for i, p in n.inputs), _detail(n))
+            for n in nodes
         ]
         self._call("on_start", flow, steps, workers)
+
+    def checkpointed(self, checkpoint_id: int, seconds: float, written: bool) -> None:
+        self._call("on_checkpoint", CheckpointInfo(checkpoint_id, seconds, written, time.time()))
 
     def stats(self, stats: dict[str, StepStats]) -> None:
         self._call("on_stats", stats, time.monotonic() - self.start)
@@ -299,7 +324,8 @@ def run(
     if progress:
         watchers.append(Progress(flow.name, sources, sinks))
     hub = _Hub(watchers)
-    hub.started(flow.name, nodes, n)
+    control = RunControl(_queryable(nodes))
+    hub.started(flow.name, nodes, n, control)
     stats: dict[str, StepStats] = {}
     completed = False
     error: str | None = None
@@ -312,13 +338,14 @@ def run(
     try:
         with running:
             if n == 1:
-                stats, completed = _run_local(nodes, cfg, flow.bounded, hub)
+                stats, completed = _run_local(nodes, cfg, flow.bounded, hub, control)
             else:
-                stats, completed = _run_processes(nodes, cfg, flow.bounded, hub)
+                stats, completed = _run_processes(nodes, cfg, flow.bounded, hub, control)
     except BaseException as exc:
         error = f"{type(exc).__name__}: {exc}"
         raise
     finally:
+        control.close()
         seconds = time.monotonic() - hub.start
         used = dl_path if dl_path is not None and dl_path.exists() else None
         result = RunResult(flow.name, n, seconds, stats, completed, used, sources, error)
@@ -435,10 +462,13 @@ class _Coordinator:
     input, a last checkpoint is taken and committed, then the workers are told to exit.
     """
 
-    def __init__(self, cfg: RunConfig, inboxes: list[Any]) -> None:
+    def __init__(self, cfg: RunConfig, inboxes: list[Any], hub: _Hub) -> None:
         assert cfg.checkpoint_dir is not None
         self.cfg = cfg
         self.inboxes = inboxes
+        self.hub = hub
+        #: A state query is aligning: the next checkpoint waits for it.
+        self.paused = False
         self.store = CheckpointStore(cfg.checkpoint_dir, keep=cfg.checkpoint_keep)
         self.every = cfg.checkpoint_interval.total_seconds()
         self.next = cfg.checkpoint_next
@@ -461,7 +491,7 @@ class _Coordinator:
             q.put((kind, -1, -1, payload))
 
     def tick(self) -> None:
-        if self.current is not None or self.exited:
+        if self.current is not None or self.exited or self.paused:
             return
         n = len(self.inboxes)
         all_ended = len(self.ended) == n
@@ -490,7 +520,9 @@ class _Coordinator:
             return
         tmp = self.store.tmp_path(cid)
         self.current, self.last = None, time.monotonic()
+        seconds = self.last - self.started
         if self.failed:
+            self.hub.checkpointed(cid, seconds, False)
             self.store.abort(tmp)
             log.warning(
                 "checkpoint %d could not be written (%s); the job goes on and the next "
@@ -506,13 +538,13 @@ class _Coordinator:
             path = self.store.complete(tmp, cid, entries, self.cfg.checkpoint_meta)
         except OSError as exc:
             self.store.abort(tmp)
+            self.hub.checkpointed(cid, seconds, False)
             log.warning("checkpoint %d could not be completed (%s)", cid, exc)
             if self.final == cid:
                 self.final = None
             return
-        log.info(
-            "checkpoint %d written to %s in %.3f s", cid, path, time.monotonic() - self.started
-        )
+        log.info("checkpoint %d written to %s in %.3f s", cid, path, seconds)
+        self.hub.checkpointed(cid, seconds, True)
         self._send("K", cid)
         if fulfil_requests(self.store.path, path):
             # Stop with this savepoint: workers commit it, then stop; no checkpoint follows.
@@ -521,9 +553,11 @@ class _Coordinator:
 
 
 def _run_local(
-    nodes: list[Node], cfg: RunConfig, bounded: bool, hub: _Hub
+    nodes: list[Node], cfg: RunConfig, bounded: bool, hub: _Hub, control: RunControl
 ) -> tuple[dict[str, StepStats], bool]:
     stop = threading.Event()
+    requests: collections.deque[StateRequest] = collections.deque()
+    control.attach_local(requests)
     with _stop_on_signals(stop.set, stop.is_set):
         worker = Worker(
             nodes,
@@ -533,6 +567,8 @@ def _run_local(
             should_stop=stop.is_set,
             report=hub.stats,
             publish=hub.rows,
+            checkpointed=hub.checkpointed,
+            requests=requests,
         )
         old_usr1 = None
         if cfg.checkpoint_dir is not None and threading.current_thread() is threading.main_thread():
@@ -617,8 +653,54 @@ def _worker_main(
         driver.put(("error", index, step, f"{type(exc).__name__}: {exc}", traceback.format_exc()))
 
 
+class _Queries:
+    """The driver's side of state queries with several workers: one aligns at a time."""
+
+    def __init__(self, control: RunControl, inboxes: list[Any], coord: _Coordinator | None) -> None:
+        self.control = control
+        self.inboxes = inboxes
+        self.coord = coord
+        self.current: int | None = None
+        self.expected: set[int] = set()
+
+    def tick(self, done: set[int]) -> None:
+        """Start the next waiting query when no checkpoint or query is aligning."""
+        if self.current is not None or (self.coord is not None and self.coord.current is not None):
+            return
+        nxt = self.control.next_waiting()
+        if nxt is None:
+            return
+        query, steps = nxt
+        if done:
+            self.control.fail(query, "the job is ending (workers have finished): no state read")
+            return
+        self.current, self.expected = query, set(range(len(self.inboxes)))
+        if self.coord is not None:
+            self.coord.paused = True
+        for q in self.inboxes:
+            q.put(("Q", -1, -1, (query, steps)))
+
+    def part(self, worker: int, query: int, tables: dict[str, bytes], cut: dict[str, int]) -> None:
+        frames = {step: _from_ipc(data) for step, data in tables.items()}
+        self.control.add_part(query, worker, frames, cut)
+        if query == self.current and self.expected <= self.control.parts(query):
+            self.control.complete(query)
+            self._next()
+
+    def worker_done(self, worker: int) -> None:
+        """A worker ended: a query it has not answered cannot be complete."""
+        if self.current is not None and worker not in self.control.parts(self.current):
+            self.control.fail(self.current, "the job is ending (a worker finished): no state read")
+            self._next()
+
+    def _next(self) -> None:
+        self.current = None
+        if self.coord is not None:
+            self.coord.paused = False
+
+
 def _run_processes(
-    nodes: list[Node], cfg: RunConfig, bounded: bool, hub: _Hub
+    nodes: list[Node], cfg: RunConfig, bounded: bool, hub: _Hub, control: RunControl
 ) -> tuple[dict[str, StepStats], bool]:
     n = cfg.workers
     ctx = mp.get_context("spawn")
@@ -654,7 +736,9 @@ def _run_processes(
             os.environ["POLARS_MAX_THREADS"] = env_old
     latest: dict[int, dict[str, StepStats]] = {}
     final: dict[int, dict[str, StepStats]] = {}
-    coord = _Coordinator(cfg, inboxes) if cfg.checkpoint_dir is not None else None
+    coord = _Coordinator(cfg, inboxes, hub) if cfg.checkpoint_dir is not None else None
+    queries = _Queries(control, inboxes, coord)
+    control.attach_driver(lambda: driver.put(("wake", -1)))
     old_usr1 = None
     if coord is not None and threading.current_thread() is threading.main_thread():
         old_usr1 = _on_checkpoint_signal(coord.request)
@@ -666,6 +750,7 @@ def _run_processes(
         while len(final) < n and error is None:
             if coord is not None:
                 coord.tick()
+            queries.tick(set(final))
             try:
                 msg = driver.get(timeout=0.05 if coord is not None else 0.2)
             except queue.Empty:
@@ -686,6 +771,9 @@ def _run_processes(
             elif kind == "done":
                 final[idx] = msg[2]
                 completed = completed and msg[3]
+                queries.worker_done(idx)
+            elif kind == "state":
+                queries.part(idx, msg[2], msg[3], msg[4])
             elif kind == "error":
                 error = msg
             elif kind == "part" and coord is not None:

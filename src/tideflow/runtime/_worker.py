@@ -10,6 +10,8 @@ batches wait unread at a peer (backpressure without deadlock).
 
 from __future__ import annotations
 
+import bisect
+import collections
 import dataclasses
 import io
 import logging
@@ -32,6 +34,7 @@ from tideflow.state._savepoint import fulfil_requests
 from tideflow.state._store import CheckpointStore
 
 __all__ = [
+    "LATENCY_BUCKETS",
     "WM_MAX",
     "WM_MIN",
     "LocalTransport",
@@ -46,6 +49,27 @@ WM_MIN = -(2**63)
 WM_MAX = 2**63 - 1
 
 log = logging.getLogger("tideflow.runtime")
+
+#: Upper bounds (seconds) of the batch latency histogram buckets; a last bucket takes the rest.
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+def _no_latency() -> list[int]:
+    return [0] * (len(LATENCY_BUCKETS) + 1)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -97,6 +121,24 @@ class StepStats:
     #: The step's output watermark in epoch milliseconds (the minimum over workers; None
     #: before the first watermark or after the input ended).
     watermark: int | None = None
+    #: Batch latency histogram: how many output batches fell in each bucket of
+    #: :data:`LATENCY_BUCKETS` (not cumulative; the last count is above the largest bound). A
+    #: batch's latency at a step is the time from its source batch entering the graph to the
+    #: step emitting its result (a sink: to the sink's write returning).
+    latency: list[int] = dataclasses.field(default_factory=_no_latency)
+    #: Sum of the latencies counted in ``latency``, in seconds.
+    latency_sum: float = 0.0
+    #: Seconds this step's operator spent on its input batches (downstream steps excluded).
+    busy_s: float = 0.0
+    #: Seconds a source was paused because a peer had too many of this worker's batches
+    #: waiting unread (backpressure); 0 for other steps and with one worker.
+    blocked_s: float = 0.0
+    #: Online-model evaluation steps (``tideflow.ml.evaluate``): the metric's name, its latest
+    #: value (with per-key models: the mean over the keys of the latest batch) and the records
+    #: evaluated when it was taken.
+    metric: str | None = None
+    metric_value: float | None = None
+    metric_n: int = 0
 
     def add(self, other: StepStats) -> None:
         """Add another worker's counters."""
@@ -105,6 +147,20 @@ class StepStats:
         self.dead += other.dead
         self.batches += other.batches
         self.late += other.late
+        self.latency = [a + b for a, b in zip(self.latency, other.latency, strict=True)]
+        self.latency_sum += other.latency_sum
+        self.busy_s += other.busy_s
+        self.blocked_s += other.blocked_s
+        if other.metric_value is not None:
+            if self.metric_value is None or self.metric_n + other.metric_n == 0:
+                self.metric_value = other.metric_value
+            else:
+                total = self.metric_n + other.metric_n
+                self.metric_value = (
+                    self.metric_value * self.metric_n + other.metric_value * other.metric_n
+                ) / total
+            self.metric = other.metric
+            self.metric_n += other.metric_n
         if other.watermark is not None:
             self.watermark = (
                 other.watermark if self.watermark is None else min(self.watermark, other.watermark)
@@ -193,6 +249,8 @@ class ExchangeOperator(Operator):
         self.worker = worker
         self.local_ended = False
         self.peer_ends = 0
+        #: Peers whose end of input arrived here (nothing more comes from them).
+        self.ended_senders: set[int] = set()
         self._init_wm()
 
     def on_batch(self, index: int, batch: pl.DataFrame) -> None:
@@ -205,7 +263,7 @@ class ExchangeOperator(Operator):
             if me == 0:
                 self.ctx.emit(batch)
             else:
-                w.transport.send(0, ("D", self.node.index, me, _to_ipc(batch)))
+                w.transport.send(0, ("D", self.node.index, me, (_to_ipc(batch), w.origin)))
             return
         keys = list(self.keys)
         h = pl.col(keys[0]).hash(seed=7) if len(keys) == 1 else pl.struct(keys).hash(seed=7)
@@ -216,7 +274,7 @@ class ExchangeOperator(Operator):
             if dest == me:
                 self.ctx.emit(part)
             else:
-                w.transport.send(int(dest), ("D", self.node.index, me, _to_ipc(part)))
+                w.transport.send(int(dest), ("D", self.node.index, me, (_to_ipc(part), w.origin)))
 
     def _init_wm(self) -> None:
         n = self.worker.transport.worker_count
@@ -269,6 +327,7 @@ class ExchangeOperator(Operator):
 
     def peer_ended(self, sender: int) -> None:
         self.peer_ends += 1
+        self.ended_senders.add(sender)
         self.sender_wm[sender], self.sender_idle[sender] = WM_MAX, False
         self._combine_wm()
         self._maybe_end()
@@ -283,7 +342,11 @@ class ExchangeOperator(Operator):
 # -- the worker ----------------------------------------------------------------------------------
 @dataclasses.dataclass(slots=True)
 class _Aligning:
-    """A checkpoint in progress on one worker: barriers seen per exchange, held messages."""
+    """A barrier in progress on one worker: barriers seen per exchange, held messages.
+
+    A checkpoint has a positive id; a state query (a consistent read of keyed state for SQL)
+    has the negative of its query id and the steps it reads.
+    """
 
     cid: int
     state: dict[str, dict[str, Any]]
@@ -291,6 +354,24 @@ class _Aligning:
     sent: set[int]  # exchanges this worker sent its barrier into
     held: list[tuple[Any, ...]]
     started: float
+    #: A state query: the step ids to read (None for a checkpoint).
+    steps: tuple[str, ...] | None = None
+    #: A state query: rows each source of this worker had pushed at the cut.
+    cut: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def barrier(self) -> Any:
+        """The payload of this barrier's ``B`` messages."""
+        return self.cid if self.steps is None else (self.cid, self.steps)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StateRequest:
+    """A request for a consistent read of keyed state (one worker: answered between batches)."""
+
+    query: int
+    steps: tuple[str, ...]
+    answer: Callable[[dict[str, pl.DataFrame], dict[str, int]], None]
 
 
 class _NodeContext:
@@ -363,9 +444,27 @@ class Worker:
         report: Callable[[dict[str, StepStats]], None] | None = None,
         publish: Callable[[str, pl.DataFrame], None] | None = None,
         control: Callable[[tuple[Any, ...]], None] | None = None,
+        checkpointed: Callable[[int, float, bool], None] | None = None,
+        requests: collections.deque[StateRequest] | None = None,
     ) -> None:
         self.nodes = nodes
         self.control = control
+        #: Told (id, seconds, written) after each checkpoint this worker takes alone.
+        self.checkpointed = checkpointed
+        #: State queries to answer between batches (one worker; several use ``Q`` messages).
+        self.requests = requests
+        #: Wall-clock time the source batch being pushed entered the graph (None between).
+        self.origin: float | None = None
+        self._nested = 0.0
+        self._blocked_at: float | None = None
+        self.last_query = 0
+        self._timed = [n.kind not in ("source", "sink") for n in nodes]
+        self._sinks = [n.kind == "sink" for n in nodes]
+        self._evaluators = {
+            n.index
+            for n in nodes
+            if n.kind == "custom" and getattr(n.spec, "mode", None) == "evaluate"
+        }
         self.cfg = cfg
         self.transport = transport
         self.should_stop = should_stop
@@ -488,12 +587,18 @@ class Worker:
             self.stats[index].late += batch.height
         elif port != "dead":
             self.stats[index].rows_out += batch.height
+            if self.origin is not None and self._timed[index]:
+                self._latency(self.stats[index])
+            if index in self._evaluators:
+                self._model_metric(self.stats[index], batch)
         for dst, inp in self.routes.get((index, port), ()):
             st = self.stats[dst]
             st.rows_in += batch.height
             st.batches += 1
             op = self.ops[dst]
             assert op is not None
+            outer, self._nested = self._nested, 0.0
+            began = time.perf_counter()
             try:
                 op.on_batch(inp, batch)
             except TideflowError:
@@ -502,6 +607,29 @@ class Worker:
                 step = self.nodes[dst].step_id
                 msg = f"step '{step}' failed: {type(exc).__name__}: {exc}"
                 raise JobError(msg, step_id=step) from exc
+            took = time.perf_counter() - began
+            st.busy_s += took - self._nested
+            self._nested = outer + took
+            if self._sinks[dst] and self.origin is not None:
+                self._latency(st)
+
+    def _latency(self, st: StepStats) -> None:
+        """Count the current source batch's latency so far into a step's histogram."""
+        assert self.origin is not None
+        seconds = max(0.0, time.time() - self.origin)
+        st.latency[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        st.latency_sum += seconds
+
+    @staticmethod
+    def _model_metric(st: StepStats, batch: pl.DataFrame) -> None:
+        """Keep the latest metric of an ``evaluate`` step (rows ``n``, ``metric``, ``value``)."""
+        if "value" not in batch.columns or "metric" not in batch.columns:
+            return
+        value = batch.get_column("value").mean()
+        if isinstance(value, int | float) and value == value:
+            st.metric_value = float(value)
+            st.metric = str(batch.get_column("metric")[-1])
+            st.metric_n = st.rows_in
 
     def watermark(self, index: int, wm: int, idle: bool = False) -> None:
         """Node ``index`` announces its output watermark (monotonic) or that it is idle."""
@@ -574,8 +702,18 @@ class Worker:
 
     def _handle(self, msg: tuple[Any, ...]) -> None:
         kind, index, _sender, payload = msg
+        busy = self.aligning
+        if busy is not None and kind in ("C", "Q", "B"):
+            # One barrier at a time: another kind's start waits for the one aligning here.
+            query_msg = kind == "Q" or (kind == "B" and isinstance(payload, tuple))
+            if query_msg != (busy.steps is not None):
+                busy.held.append(msg)
+                return
         if kind == "C":
             self._begin_checkpoint(payload)
+            return
+        if kind == "Q":  # the driver asks for a consistent read of keyed state
+            self._begin_query(payload[0], payload[1])
             return
         if kind == "K":
             self.commit(payload)
@@ -588,10 +726,16 @@ class Worker:
             return
         al = self.aligning
         if kind == "B":
-            if al is None or al.cid != payload:
-                self._begin_checkpoint(payload)
-                al = self.aligning
-            assert al is not None and al.cid == payload
+            if isinstance(payload, tuple):  # a state query's barrier: (-query id, steps)
+                if not self._begin_query(-payload[0], payload[1]):
+                    return  # that query is over here (its sender had ended)
+                token = payload[0]
+            else:
+                token = payload
+                if al is None or al.cid != token:
+                    self._begin_checkpoint(token)
+            al = self.aligning
+            assert al is not None and al.cid == token
             al.got[index].add(_sender)
             self._progress_checkpoint()
             return
@@ -601,9 +745,13 @@ class Worker:
         op = self.ops[index]
         assert isinstance(op, ExchangeOperator)
         if kind == "D":
-            batch = _from_ipc(payload)
+            data, self.origin = payload
+            batch = _from_ipc(data)
             self.stats[index].rows_in += batch.height
-            self.emit(index, "out", batch)
+            try:
+                self.emit(index, "out", batch)
+            finally:
+                self.origin = None
         elif kind == "W":
             op.peer_watermark(_sender, payload[0], payload[1])
         elif kind == "E":
@@ -613,7 +761,11 @@ class Worker:
         batch = src.take()
         if batch is not None:
             self.stats[src.node.index].batches += 1
-            self.emit(src.node.index, "out", batch)
+            self.origin = time.time()
+            try:
+                self.emit(src.node.index, "out", batch)
+            finally:
+                self.origin = None
 
     def _poll(self, src: _SourceRunner, now: float) -> bool:
         try:
@@ -681,10 +833,16 @@ class Worker:
                     self._handle(msg)
                     progressed = True
                 now = time.monotonic()
-                if self.aligning is None and not self.transport.backlogged():
-                    for src in self.sources:
-                        if not src.ended and self._poll(src, now):
-                            progressed = True
+                if self.requests:
+                    self._answer_requests()
+                blocked = False
+                if self.aligning is None:
+                    blocked = self.transport.backlogged()
+                    if not blocked:
+                        for src in self.sources:
+                            if not src.ended and self._poll(src, now):
+                                progressed = True
+                self._count_blocked(now, blocked)
                 if self.tickers and self.aligning is None and now - last_tick >= 0.02:
                     for op in self.tickers:
                         op.on_tick()
@@ -722,6 +880,54 @@ class Worker:
             self.close()
         return completed
 
+    def _count_blocked(self, now: float, blocked: bool) -> None:
+        """Add the time the sources stood still for backpressure to their ``blocked_s``."""
+        if self._blocked_at is not None:
+            for src in self.sources:
+                if not src.ended:
+                    self.stats[src.node.index].blocked_s += now - self._blocked_at
+        self._blocked_at = now if blocked else None
+
+    # -- consistent reads of keyed state (SQL over state) ---------------------------------------
+    def state_tables(self, steps: tuple[str, ...]) -> dict[str, pl.DataFrame]:
+        """The keyed state of ``steps`` on this worker now, one frame per step that has some."""
+        out: dict[str, pl.DataFrame] = {}
+        for node, op in zip(self.nodes, self.ops, strict=True):
+            if op is None or node.step_id not in steps:
+                continue
+            frame = op.state_table()
+            if frame is None:
+                continue
+            if frame.width == 0 and node.schema:
+                frame = pl.DataFrame(schema=node.schema)
+            out[node.step_id] = frame
+        return out
+
+    def _source_cut(self) -> dict[str, int]:
+        return {src.node.step_id: self.stats[src.node.index].rows_out for src in self.sources}
+
+    def _answer_requests(self) -> None:
+        """One worker: answer state queries now, between batches (a consistent cut)."""
+        assert self.requests is not None
+        while self.requests:
+            req = self.requests.popleft()
+            req.answer(self.state_tables(req.steps), self._source_cut())
+
+    def _begin_query(self, query: int, steps: tuple[str, ...]) -> bool:
+        """Several workers: state query ``query`` starts here; False if it is already over."""
+        if query <= self.last_query:
+            return False
+        if self.aligning is not None:
+            return self.aligning.cid == -query  # (a newer query cannot start before this one)
+        for src in self.sources:  # rows read but not yet pushed belong before the cut
+            self._push_source(src)
+        self.aligning = _Aligning(
+            -query, {}, defaultdict(set), set(), [], time.monotonic(), tuple(steps)
+        )
+        self.aligning.cut = self._source_cut()
+        self._progress_checkpoint()
+        return True
+
     # -- checkpoints --------------------------------------------------------------------------
     def request_checkpoint(self) -> None:
         """One worker: take a checkpoint at the next point between batches (signal-safe)."""
@@ -746,7 +952,7 @@ class Worker:
         al = self.aligning
         assert al is not None
         n, me = self.transport.worker_count, self.transport.worker_index
-        aligned = {x for x in self.exchanges if set(self._exchange_senders(x)) <= al.got[x] | {-1}}
+        aligned = {x for x in self.exchanges if self._aligned(al, x)}
         changed = True
         while changed:
             changed = False
@@ -759,13 +965,16 @@ class Worker:
                 dests = [0] if op.keys is None else range(n)
                 for d in dests:
                     if d != me:
-                        self.transport.send(d, ("B", x, me, al.cid))
+                        self.transport.send(d, ("B", x, me, al.barrier))
                 al.sent.add(x)
                 al.got[x].add(me)
-                if set(self._exchange_senders(x)) <= al.got[x]:
+                if self._aligned(al, x):
                     aligned.add(x)
                 changed = True
         if len(aligned) < len(self.exchanges):
+            return
+        if al.steps is not None:  # a state query: send this worker's part to the driver
+            self._finish_query(al)
             return
         # Every input is at the cut: snapshot operators, pre-commit sinks, write this part.
         state = al.state
@@ -789,6 +998,25 @@ class Worker:
         if self.control is not None:
             self.control(("part", me, al.cid, entry, error, time.monotonic() - al.started))
         self.aligning, self.last_checkpoint = None, al.cid
+        for msg in al.held:  # data after the cut, held back while aligning
+            self._handle(msg)
+
+    def _aligned(self, al: _Aligning, x: int) -> bool:
+        """Every sender into exchange ``x`` is at the barrier (a query: or has ended)."""
+        got = al.got[x]
+        if al.steps is not None:
+            op = self.ops[x]
+            assert isinstance(op, ExchangeOperator)
+            got = got | op.ended_senders
+        return set(self._exchange_senders(x)) <= got | {-1}
+
+    def _finish_query(self, al: _Aligning) -> None:
+        assert al.steps is not None
+        me = self.transport.worker_index
+        tables = {k: _to_ipc(v) for k, v in self.state_tables(al.steps).items()}
+        if self.control is not None:
+            self.control(("state", me, -al.cid, tables, al.cut))
+        self.aligning, self.last_query = None, -al.cid
         for msg in al.held:  # data after the cut, held back while aligning
             self._handle(msg)
 
@@ -838,8 +1066,13 @@ class Worker:
                 cid,
                 exc,
             )
+            if self.checkpointed is not None:
+                self.checkpointed(cid, time.monotonic() - started, False)
             return False
-        log.info("checkpoint %d written to %s in %.3f s", cid, path, time.monotonic() - started)
+        seconds = time.monotonic() - started
+        log.info("checkpoint %d written to %s in %.3f s", cid, path, seconds)
+        if self.checkpointed is not None:
+            self.checkpointed(cid, seconds, True)
         self.commit(cid)
         if fulfil_requests(self.store.path, path):
             self.stop_requested = True
@@ -885,6 +1118,7 @@ class Worker:
         out = {}
         for n in self.nodes:
             st = dataclasses.replace(self.stats[n.index])
+            st.latency = list(st.latency)
             wm = self.out_wm[n.index]
             st.watermark = wm // 1000 if WM_MIN < wm < WM_MAX else None
             out[n.step_id] = st

@@ -9,6 +9,8 @@ const fmt = (v) => (v === null || v === undefined) ? "n/a"
   : (typeof v === "number" ? (Number.isInteger(v) ? v.toLocaleString("en-US")
     : v.toLocaleString("en-US", {maximumFractionDigits: 2}))
     : String(v).replace(ISO, (m, d, t, f, z) => `${d} ${t}${z ? " UTC" : ""}`));
+const pct = (v) => (v === null || v === undefined) ? "n/a" : `${(100 * v).toFixed(v < 0.1 ? 1 : 0)}%`;
+const ms = (v) => (v === null || v === undefined) ? "n/a" : `${(1000 * v).toFixed(v < 0.01 ? 2 : 1)} ms`;
 const cls = (v) => (v === null || v === undefined) ? "na" : (typeof v === "number" ? "num" : "");
 
 function el(tag, attrs = {}, text) {
@@ -43,14 +45,15 @@ function lineChart(svg, xs, series, opts = {}) {
     svg.appendChild(el("text", {x: l, y: h / 2, class: "axis"}, "waiting for data…"));
     return;
   }
-  const ymax = Math.max(...all, 1) * 1.1, ymin = Math.min(0, ...all);
+  const ymax = Math.max(...all, opts.digits ? 0.001 : 1) * 1.1, ymin = Math.min(0, ...all);
   const xmin = Math.min(...xs), xmax = Math.max(...xs), xspan = (xmax - xmin) || 1;
   const X = (x) => l + (w - l - r) * (x - xmin) / xspan;
   const Y = (y) => t + (h - t - b) * (1 - (y - ymin) / (ymax - ymin));
   for (let i = 0; i <= 4; i++) {
     const v = ymin + (ymax - ymin) * i / 4;
     svg.appendChild(el("line", {x1: l, x2: w - r, y1: Y(v), y2: Y(v), stroke: "#eceff3"}));
-    svg.appendChild(el("text", {x: l - 4, y: Y(v) + 3, "text-anchor": "end", class: "axis"}, fmt(Math.round(v))));
+    const label = opts.digits ? v.toFixed(opts.digits) : fmt(Math.round(v));
+    svg.appendChild(el("text", {x: l - 4, y: Y(v) + 3, "text-anchor": "end", class: "axis"}, label));
   }
   svg.appendChild(el("text", {x: l, y: h - 4, class: "axis"}, opts.xfmt ? opts.xfmt(xmin) : fmt(xmin)));
   svg.appendChild(el("text", {x: w - r, y: h - 4, "text-anchor": "end", class: "axis"}, opts.xfmt ? opts.xfmt(xmax) : fmt(xmax)));
@@ -128,7 +131,16 @@ function render(s) {
   $("#records-out").textContent = fmt(s.totals.records_out);
   $("#dead-letters").textContent = fmt(s.totals.dead_letters);
   $("#late").textContent = fmt(s.totals.late);
-  $("#checkpoint").textContent = s.checkpoint ? s.checkpoint.status : "n/a";
+  $("#latency").textContent = ms(s.totals.latency_p99_s);
+  $("#backpressure").textContent = pct(s.totals.backpressure);
+  renderCheckpoints(s.checkpoint);
+  latencyHistory.push([s.elapsed, s.totals.latency_p50_s, s.totals.latency_p99_s]);
+  while (latencyHistory.length > 240) latencyHistory.shift();
+  const lh = latencyHistory.filter((p) => p[2] !== null);
+  lineChart($("#latency-chart"), lh.map((p) => p[0]), [
+    {name: "p50", values: lh.map((p) => p[1] === null ? null : 1000 * p[1])},
+    {name: "p99", values: lh.map((p) => 1000 * p[2])}], {xfmt: (x) => `${Math.round(x)} s`, digits: 1});
+  renderModels(s.models || []);
   // throughput from the counter history: [t, records_in, dead]
   const h = s.history, xs = [], rate = [];
   for (let i = 1; i < h.length; i++) {
@@ -142,12 +154,57 @@ function render(s) {
   const tb = $("#steps tbody"); tb.replaceChildren();
   for (const x of s.steps) {
     const tr = el("tr");
-    for (const v of [x.id, x.kind, x.rows_in, x.rows_out, Math.round(x.rate_in), Math.round(x.rate_out), x.dead,
-      x.watermark_lag_s, x.late, x.backpressure]) tr.appendChild(el("td", {class: cls(v)}, fmt(v)));
+    for (const v of [x.id, x.kind, x.rows_in, x.rows_out, Math.round(x.rate_in), Math.round(x.rate_out), x.dead])
+      tr.appendChild(el("td", {class: cls(v)}, fmt(v)));
+    tr.appendChild(el("td", {class: cls(x.busy)}, pct(x.busy)));
+    tr.appendChild(el("td", {class: cls(x.latency_p50_s)}, ms(x.latency_p50_s)));
+    tr.appendChild(el("td", {class: cls(x.latency_p99_s)}, ms(x.latency_p99_s)));
+    for (const v of [x.watermark_lag_s, x.late]) tr.appendChild(el("td", {class: cls(v)}, fmt(v)));
+    tr.appendChild(el("td", {class: cls(x.backpressure)}, pct(x.backpressure)));
+    tr.appendChild(el("td", {class: cls(x.state_table)}, x.state_table || ""));
     tb.appendChild(tr);
   }
+  $("#state-names").textContent = s.steps.filter((x) => x.state_table).map((x) => x.state_table).join(", ") || "none";
   renderPanels(s.panels || []);
   renderTables(s.tables);
+}
+
+const latencyHistory = [];
+
+function renderCheckpoints(c) {
+  if (!c) { $("#checkpoint").textContent = "n/a"; return; }
+  $("#checkpoint").textContent = `#${c.id} ${c.status}`;
+  $("#checkpoint-detail").textContent = `${c.seconds.toFixed(3)} s · ${fmt(Math.round(c.age_s))} s ago · ${c.written} written, ${c.failed} failed`;
+  $("#checkpoint-hint").textContent = `last ${c.recent.length} checkpoints`;
+  lineChart($("#checkpoint-chart"), c.recent.map((r) => r[0]), [{name: "seconds", values: c.recent.map((r) => r[1])}],
+    {xfmt: (x) => `#${x}`, digits: 3});
+}
+
+function renderModels(models) {
+  const box = $("#models");
+  box.hidden = models.length === 0;
+  if (!models.length) return;
+  const tb = $("#model-table tbody"); tb.replaceChildren();
+  for (const m of models) {
+    const tr = el("tr");
+    for (const v of [m.id, m.mode, m.model, m.records, Math.round(m.rate), m.metric, m.value])
+      tr.appendChild(el("td", {class: cls(v)}, fmt(v)));
+    tb.appendChild(tr);
+  }
+  const charts = $("#model-charts");
+  const withMetric = models.filter((m) => m.history.length);
+  while (charts.children.length > withMetric.length) charts.lastChild.remove();
+  withMetric.forEach((m, i) => {
+    let div = charts.children[i];
+    if (!div) {
+      div = el("div", {class: "panel model-panel"});
+      div.appendChild(el("h2")); div.appendChild(el("svg", {class: "chart"}));
+      charts.appendChild(div);
+    }
+    div.firstChild.textContent = `${m.metric} of ${m.id}`;
+    lineChart(div.children[1], m.history.map((p) => p[0]), [{name: m.metric, values: m.history.map((p) => p[1])}],
+      {xfmt: (x) => `${Math.round(x)} s`, digits: 3});
+  });
 }
 
 function renderPanels(panels) {
