@@ -47,6 +47,14 @@ ARGS = [
 ]
 
 
+def _text_ends(selector: str, suffix: str) -> str:
+    return f"document.querySelector('{selector}').textContent.endsWith('{suffix}')"
+
+
+def _text_starts(selector: str, prefix: str) -> str:
+    return f"document.querySelector('{selector}').textContent.startsWith('{prefix}')"
+
+
 def _number(text: str) -> int:
     return int(text.replace(",", "") or 0)
 
@@ -69,6 +77,8 @@ def demo(tmp_path: Path):  # type: ignore[no-untyped-def]
             f"127.0.0.1:{port}",
             "--workers",
             "1",
+            "--checkpoint-interval",
+            "3",
             "--quiet-alerts",
             "--no-progress",
             "--out",
@@ -123,7 +133,7 @@ def test_demo_dashboard_in_chromium(demo: str, tmp_path: Path) -> None:
             assert _number(page.inner_text("#rate-in")) > 0
             # The alert feed and the live alerts table fill.
             page.wait_for_selector("#table-alerts tbody tr", timeout=20_000)
-            page.wait_for_selector("#panel-2 tbody tr", timeout=10_000)
+            page.wait_for_selector("#panel-4 tbody tr", timeout=10_000)
             assert page.locator("#table-alerts tbody tr").count() > 0
             headers = page.locator("#table-alerts thead th").all_inner_texts()
             assert {"card", "rule", "amount"} <= set(headers)
@@ -134,6 +144,40 @@ def test_demo_dashboard_in_chromium(demo: str, tmp_path: Path) -> None:
             assert page.locator("#graph g.node").count() >= 10
             # The engine reports late records now: a count (0 or more), not "n/a".
             assert page.inner_text("#late").replace(",", "").isdigit()
+            # Batch latency (source to sink) and backpressure: measured, drawn, moving.
+            page.wait_for_function(_text_ends("#latency", " ms"), timeout=10_000)
+            page.wait_for_selector("#latency-chart polyline", timeout=10_000)
+            assert page.inner_text("#backpressure").endswith("%")
+            lat = page.locator("#steps tbody tr").first.locator("td").nth(9).inner_text()
+            assert lat == "n/a"  # the source's own latency is not measured
+            # Checkpoints: the card names the newest one, which moves on (every 3 s here).
+            page.wait_for_function(_text_starts("#checkpoint", "#"), timeout=20_000)
+            ck = _number(page.inner_text("#checkpoint").split()[0][1:])
+            page.wait_for_function(
+                f"parseInt(document.querySelector('#checkpoint').textContent.slice(1)) > {ck}",
+                timeout=20_000,
+            )
+            assert "written" in page.inner_text("#checkpoint")
+            page.wait_for_selector("#checkpoint-chart polyline", timeout=10_000)
+            # Model panels: the evaluate step's row and its metric chart; the value moves.
+            page.wait_for_selector("#model-table tbody tr", timeout=10_000)
+            row = page.locator("#model-table tbody tr").first.locator("td").all_inner_texts()
+            assert row[1] == "evaluate" and row[5] == "Accuracy@2000"
+            records = _number(row[3])
+            page.wait_for_function(
+                "parseInt(document.querySelector('#model-table tbody tr td:nth-child(4)')"
+                f".textContent.replace(/,/g, '')) > {records}",
+                timeout=10_000,
+            )
+            page.wait_for_selector("#model-charts svg polyline", timeout=10_000)
+            page.wait_for_selector("#panel-3 svg polyline", timeout=10_000)
+            # Keyed state, read at one consistent cut: the top-spenders panel fills and moves.
+            page.wait_for_selector("#panel-2 tbody tr", timeout=10_000)
+            top = page.inner_text("#panel-2 tbody")
+            page.wait_for_function(
+                f"document.querySelector('#panel-2 tbody').innerText != {top!r}", timeout=15_000
+            )
+            assert "fraud_features_card_stats" in page.inner_text("#steps")
             # SQL from the page.
             page.fill("#sql-text", "SELECT rule, count(*) AS n FROM alerts GROUP BY rule")
             page.click("#sql-run")
@@ -144,6 +188,15 @@ def test_demo_dashboard_in_chromium(demo: str, tmp_path: Path) -> None:
                 "document.querySelector('#sql-info').textContent.includes('only SELECT')",
                 timeout=10_000,
             )
+            page.fill(
+                "#sql-text",
+                "SELECT (SELECT sum(tx_count) FROM fraud_features_card_stats) AS counted, "
+                "(SELECT sum(records) FROM state_cut) AS read",
+            )
+            page.click("#sql-run")
+            page.wait_for_selector("#sql-table tbody tr", timeout=10_000)
+            counted, read = page.locator("#sql-table tbody td").all_inner_texts()
+            assert 0 < _number(counted) <= _number(read)  # state of valid records at the cut
             page.fill("#sql-text", "SELECT rule, count(*) AS n FROM alerts GROUP BY rule")
             page.click("#sql-run")
             page.wait_for_selector("#sql-table tbody tr", timeout=10_000)

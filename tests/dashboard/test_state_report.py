@@ -85,6 +85,9 @@ def test_recorder_and_report(tmp_path: Path, workers: int) -> None:
     assert main(["report", str(run_dir), "--out", str(out)]) == 0
     text = out.read_text()
     assert "Run report: rec" in text and "<svg" in text and "300" in text
+    # Latency counts are recorded: every batch written by the live sink, once.
+    assert sum(log.latency[-1][1]["rec.counts_live"]) == lines[-1]["steps"]["rec.counts_live"][3]
+    assert "Batch latency from a micro-batch leaving its source" in text
     assert "<script" not in text and "http://" not in text.replace(
         'xmlns="http://www.w3.org/2000/svg"', ""
     )

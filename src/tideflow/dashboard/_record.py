@@ -31,6 +31,7 @@ import polars as pl
 from tideflow._errors import ConfigError
 from tideflow.dashboard._state import LiveState, _jsonable_rows
 from tideflow.runtime._observe import BaseObserver, StepInfo
+from tideflow.runtime._worker import LATENCY_BUCKETS
 
 if TYPE_CHECKING:
     from tideflow.runtime._run import RunResult
@@ -44,6 +45,11 @@ FILE = "run.jsonl"
 
 def _counters(stats: dict[str, StepStats]) -> dict[str, list[int]]:
     return {k: [s.rows_in, s.rows_out, s.dead, s.batches] for k, s in stats.items()}
+
+
+def _latency(stats: dict[str, StepStats]) -> dict[str, list[int]]:
+    """Batch latency bucket counts (cumulative over the run) of the steps that have some."""
+    return {k: list(s.latency) for k, s in stats.items() if sum(getattr(s, "latency", ()))}
 
 
 class RunRecorder(BaseObserver):
@@ -97,6 +103,7 @@ class RunRecorder(BaseObserver):
                 "flow": flow,
                 "workers": workers,
                 "started": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "latency_buckets": list(LATENCY_BUCKETS),
                 "steps": [
                     {"id": s.step_id, "kind": s.kind, "inputs": [list(i) for i in s.inputs]}
                     for s in steps
@@ -109,7 +116,14 @@ class RunRecorder(BaseObserver):
         if elapsed - self._last < self.interval:
             return
         self._last = elapsed
-        self._write({"type": "stats", "t": round(elapsed, 3), "steps": _counters(stats)})
+        self._write(
+            {
+                "type": "stats",
+                "t": round(elapsed, 3),
+                "steps": _counters(stats),
+                "latency": _latency(stats),
+            }
+        )
 
     def on_rows(self, topic: str, rows: pl.DataFrame) -> None:
         """Keep the latest published rows for the report."""
@@ -140,6 +154,7 @@ class RunRecorder(BaseObserver):
                 "records_in": result.records_in,
                 "dead_letters": result.dead_letters,
                 "steps": _counters(result.steps),
+                "latency": _latency(result.steps),
             }
         )
         if self._fh is not None:
@@ -161,6 +176,8 @@ class RunLog:
     #: topic -> (columns, rows, total published)
     tables: dict[str, tuple[list[str], list[list[Any]], int]]
     finish: dict[str, Any] | None
+    #: ``(t, {step: batch latency bucket counts})`` per point (empty in logs without them).
+    latency: list[tuple[float, dict[str, list[int]]]] = dataclasses.field(default_factory=list)
 
     @property
     def completed(self) -> bool | None:
@@ -189,6 +206,7 @@ def read_run(run_dir: str | Path) -> RunLog:
         raise ConfigError(msg)
     start: dict[str, Any] | None = None
     points: list[tuple[float, dict[str, list[int]]]] = []
+    latency: list[tuple[float, dict[str, list[int]]]] = []
     tables: dict[str, tuple[list[str], list[list[Any]], int]] = {}
     finish = None
     with path.open(encoding="utf-8") as fh:
@@ -207,11 +225,13 @@ def read_run(run_dir: str | Path) -> RunLog:
                 start = obj
             elif kind == "stats":
                 points.append((float(obj["t"]), obj["steps"]))
+                latency.append((float(obj["t"]), obj.get("latency") or {}))
             elif kind == "table":
                 tables[obj["topic"]] = (obj["columns"], obj["rows"], int(obj.get("total", 0)))
             elif kind == "finish":
                 finish = obj
                 points.append((float(obj["seconds"]), obj["steps"]))
+                latency.append((float(obj["seconds"]), obj.get("latency") or {}))
     if start is None:
         msg = f"{path} has no start line: not a tideflow run log"
         raise ConfigError(msg)
@@ -223,4 +243,5 @@ def read_run(run_dir: str | Path) -> RunLog:
         points,
         tables,
         finish,
+        latency if any(p for _, p in latency) else [],
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -438,9 +439,15 @@ def build_flow(
 
 
 # -- dashboard (tideflow demo --dashboard HOST:PORT) ---------------------------------------------
+#: Transactions at or above this amount are "large": what the demo's online model learns to tell.
+LARGE_AMOUNT = 100.0
+
+
 def add_live_tables(valid: Any, alerts: Any) -> None:
-    """Live tables for the dashboard: ``alerts``, ``rules`` (per rule) and ``spend_per_minute``."""
+    """Live tables for the dashboard: ``alerts``, ``rules`` (per rule), ``spend_per_minute``,
+    and ``model`` (an online model's prequential accuracy over the last 2,000 transactions)."""
     from tideflow.connectors import live as live_sinks
+    from tideflow.ml import evaluate, linear_model, metrics, preprocessing
 
     with valid.flow.scope("dashboard"):
         alerts.sink(live_sinks.sink_live("alerts", keep=200), name="alerts_live")
@@ -464,11 +471,30 @@ def add_live_tables(valid: Any, alerts: Any) -> None:
         per_minute.sink(
             live_sinks.sink_live("spend_per_minute", keep=60, key="minute"), name="spend_live"
         )
+        # A toy online model for the model panels: is a transaction large (from its log amount
+        # and hour)? One global logistic regression (its input is gathered on worker 0).
+        features = valid.with_columns(
+            log_amount=pl.col("amount").log(),
+            hour=pl.col("ts").dt.hour().cast(pl.Float64),
+            large=pl.col("amount") >= LARGE_AMOUNT,
+            name="model_features",
+        )
+        quality = evaluate(
+            features,
+            preprocessing.StandardScaler() | linear_model.LogisticRegression(),
+            metrics.Accuracy(),
+            target="large",
+            features=["log_amount", "hour"],
+            window=2000,
+            name="large_amount_model",
+        )
+        quality.sink(live_sinks.sink_live("model", keep=500), name="model_live")
 
 
 def dashboard_panels() -> tuple[Any, ...]:
-    """The demo's dashboard panels: alert feed, spend per minute, cards flagged per rule."""
-    from tideflow.dashboard import Panel
+    """The demo's dashboard panels: alert feed, spend per minute, cards flagged per rule, the
+    biggest spenders from keyed state, and the model's accuracy per country."""
+    from tideflow.dashboard import Panel, model_panel
 
     return (
         Panel(
@@ -485,6 +511,12 @@ def dashboard_panels() -> tuple[Any, ...]:
             x="rule",
             y=("cards",),
         ),
+        Panel(
+            "Top spenders (keyed state of fraud.features.card_stats, one consistent cut)",
+            "SELECT card, tx_count, round(spend, 2) AS spend, round(max_amount, 2) AS max_amount "
+            "FROM fraud_features_card_stats ORDER BY spend DESC LIMIT 10",
+        ),
+        model_panel("model", "Toy model: is a transaction large? (accuracy, last 2,000)"),
         Panel(
             "Alert feed (latest)",
             "SELECT ts, card, rule, amount, country, detail FROM alerts ORDER BY ts DESC LIMIT 25",
@@ -513,6 +545,14 @@ def add_demo_options(p: argparse.ArgumentParser) -> None:
         help="output directory for demo.sqlite and dead-letters.jsonl (default ./tideflow-demo)",
     )
     p.add_argument("--quiet-alerts", action="store_true", help="do not print alerts")
+    p.add_argument(
+        "--checkpoint-interval",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="take checkpoints into OUT/checkpoints this often (cleared at each start); default "
+        "10 with --dashboard (its checkpoint panel), none without; 0 turns them off",
+    )
     p.add_argument(
         "--kafka",
         metavar="BOOTSTRAP",
@@ -604,6 +644,7 @@ def run_demo(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in ("demo.sqlite", "demo.sqlite-wal", "demo.sqlite-shm", "dead-letters.jsonl"):
         (out_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # each start is a fresh run
     out = Console(stderr=False, highlight=False)
     dashboard = getattr(args, "dashboard", None) is not None
     kwargs = run_kwargs(args)
@@ -624,6 +665,15 @@ def run_demo(args: argparse.Namespace) -> int:
     )
     if args.rate is not None and args.rate < 100_000:
         kwargs["max_delay"] = timedelta(milliseconds=min(args.max_delay_ms, 200))
+    every = getattr(args, "checkpoint_interval", None)
+    if every is None and dashboard:
+        every = 10.0
+    if every is not None and every < 0:
+        msg = f"demo: --checkpoint-interval must be >= 0 seconds, got {every}"
+        raise ConfigError(msg)
+    if every:
+        kwargs["checkpoint_dir"] = out_dir / "checkpoints"
+        kwargs["checkpoint_interval"] = timedelta(seconds=every)
     from tideflow.dashboard._cli import observers_for
 
     try:
