@@ -35,6 +35,32 @@ def http(
             return exc.code, exc.read()
 
 
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def wait_until(pred: Any, timeout: float = 20.0) -> None:
+    """Poll ``pred()`` until it is true (AssertionError after ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not reached in time")
+
+
+def metric_samples(url: str) -> Samples:
+    """``/metrics`` parsed by prometheus-client's own parser: (name, sorted labels) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, body = http(url + "metrics")
+    assert status == 200
+    out: Samples = {}
+    for fam in text_string_to_metric_families(body.decode()):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
 def http_json(url: str, body: bytes | None = None, **kw: Any) -> tuple[int, Any]:
     status, data = http(url, body, **kw)
     return status, json.loads(data)

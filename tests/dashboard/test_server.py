@@ -2,34 +2,15 @@
 
 from __future__ import annotations
 
-import time
 import urllib.request
 
 import pytest
 from dash_helpers import counting_flow, free_port, http, http_json
-from prometheus_client.parser import text_string_to_metric_families
+from dash_helpers import metric_samples as _metrics
+from dash_helpers import wait_until as _wait
 
 from tideflow._errors import ConfigError
 from tideflow.dashboard import Dashboard, DashboardSettings, Panel
-
-
-def _wait(pred, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not reached in time")
-
-
-def _metrics(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    status, body = http(url + "metrics")
-    assert status == 200
-    out = {}
-    for fam in text_string_to_metric_families(body.decode()):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
 
 
 def test_live_run_state_metrics_and_sql(running) -> None:  # type: ignore[no-untyped-def]

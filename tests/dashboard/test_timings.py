@@ -10,7 +10,8 @@ from typing import Any
 import polars as pl
 import pytest
 from dash_helpers import counting_flow, free_port, http
-from prometheus_client.parser import text_string_to_metric_families
+from dash_helpers import metric_samples as _metrics
+from dash_helpers import wait_until as _wait
 
 import tideflow as tf
 from tideflow.dashboard import Dashboard, DashboardSettings
@@ -19,18 +20,6 @@ from tideflow.runtime import LATENCY_BUCKETS
 from tideflow.state._store import CheckpointStore
 from tideflow.testing import PAUSE, CollectSink, TestingSource
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def _metrics(url: str) -> Samples:
-    status, body = http(url + "metrics")
-    assert status == 200
-    out: Samples = {}
-    for fam in text_string_to_metric_families(body.decode()):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
 
 def _labels(flow: str, step: str, kind: str) -> tuple[tuple[str, str], ...]:
     return (("flow", flow), ("kind", kind), ("step", step))
@@ -38,15 +27,6 @@ def _labels(flow: str, step: str, kind: str) -> tuple[tuple[str, str], ...]:
 
 def _le(labels: tuple[tuple[str, str], ...], le: str) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((*labels, ("le", le))))
-
-
-def _wait(pred: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not reached in time")
 
 
 def test_latency_histogram_in_metrics_moves_and_counts_every_sink_batch(running: Any) -> None:
