@@ -123,3 +123,40 @@ def test_unknown_step_and_after_the_end() -> None:
         handle.control.read_state(["ended.grp"])
     with pytest.raises(StateError, match="run has ended"):
         handle.control.read_state(["ended.per_k"])
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_top_n_state_read_matches_brute_force(workers: int) -> None:
+    flow = tf.Dataflow(f"top{workers}")
+    flow.source(Interleaved(100, 30, pause=0.01), name="src").key_by("k").top_n(
+        2, by="v", descending=True, rank="r", name="best"
+    ).sink(CollectSink(), name="out")
+    handle = _Handle()
+    job = threading.Thread(
+        target=tf.run, args=(flow,), kwargs={"observers": [handle], "workers": workers}
+    )
+    job.start()
+    snaps: list[StateSnapshot] = []
+    try:
+        while job.is_alive() and len(snaps) < 3:
+            if handle.control is not None:
+                with contextlib.suppress(StateError):
+                    snaps.append(handle.control.read_state([f"top{workers}.best"], timeout=30))
+            time.sleep(0.05)
+    finally:
+        job.join(timeout=60)
+    assert snaps
+    for snap in snaps:
+        seen = _reference(snap, workers, 30)
+        want = sorted(
+            seen.sort("v", descending=True)
+            .group_by("k", maintain_order=True)
+            .head(2)
+            .select("k", "v")
+            .rows()
+        )
+        got = snap.tables.get(f"top{workers}.best")
+        rows = sorted(got.select("k", "v").rows()) if got is not None else []
+        assert rows == want
+        if got is not None:
+            assert set(got["r"].to_list()) <= {1, 2}

@@ -495,6 +495,11 @@ class TopNOperator(Operator):
             if self.state is not None and self.state.height:
                 self.ctx.emit(self._ranked(self.state))
 
+    def state_table(self) -> pl.DataFrame | None:
+        """The kept rows of every key (with the rank column when the step has one)."""
+        self._fold()
+        return self._ranked(self.state) if self.state is not None else None
+
     def snapshot(self) -> dict[str, Any]:
         """The kept rows of every key (Arrow IPC), version 1."""
         self._fold()

@@ -157,8 +157,10 @@ def _detail(node: Node) -> str:
 
 
 def _queryable(nodes: list[Node]) -> frozenset[str]:
-    """Steps whose keyed state SQL can read: keyed aggregations (without a state TTL)."""
-    return frozenset(n.step_id for n in nodes if n.kind == "agg" and not n.spec.ttl)
+    """Steps whose keyed state SQL can read: keyed aggregations (without a state TTL), top_n."""
+    return frozenset(
+        n.step_id for n in nodes if (n.kind == "agg" and not n.spec.ttl) or n.kind == "top_n"
+    )
 
 
 def _emit_mode(bounded: bool) -> Callable[[str], str]:
