@@ -271,7 +271,7 @@ class Dashboard(LiveState):
             for p in self.settings.panels:
                 item: dict[str, Any] = {"title": p.title, "kind": p.kind, "x": p.x, "y": list(p.y)}
                 try:
-                    frames = {**self.state_tables(p.sql, 2.0), **live}
+                    frames = {**self.state_tables(p.sql, self.settings.sql_timeout), **live}
                 except SqlError as exc:
                     item.update(columns=[], rows=[], error=str(exc))
                     out.append(item)

@@ -750,9 +750,9 @@ def _run_processes(
     signals.__enter__()
     try:
         while len(final) < n and error is None:
+            queries.tick(set(final))  # first: a waiting state read goes before a checkpoint
             if coord is not None:
                 coord.tick()
-            queries.tick(set(final))
             try:
                 msg = driver.get(timeout=0.05 if coord is not None else 0.2)
             except queue.Empty:
