@@ -59,7 +59,8 @@ def test_live_run_state_metrics_and_sql(running) -> None:  # type: ignore[no-unt
 
 def test_server_sent_events_push_state(running) -> None:  # type: ignore[no-untyped-def]
     with Dashboard(DashboardSettings(port=0, push_interval=0.1)) as dash:
-        running(counting_flow("sse", events=4000, rate=4000), [dash])
+        # Long enough that the stream sees several changes even when the client is slow to connect.
+        running(counting_flow("sse", events=20_000, rate=4000), [dash])
         got: list[bytes] = []
         with urllib.request.urlopen(dash.url + "api/events", timeout=10) as resp:
             assert resp.headers["Content-Type"].startswith("text/event-stream")
