@@ -70,7 +70,14 @@ def _check(snap: StateSnapshot, workers: int, rows: int, name: str) -> None:
 def _reads_while_running(
     name: str, workers: int, batches: int, rows: int, pause: float
 ) -> list[StateSnapshot]:
-    flow = _flow(name, batches, rows, pause)
+    steps = [f"{name}.per_k", f"{name}.per_g"]
+    return _reads(_flow(name, batches, rows, pause), workers, steps)
+
+
+def _reads(
+    flow: tf.Dataflow, workers: int, steps: list[str], most: int | None = None
+) -> list[StateSnapshot]:
+    """Run ``flow`` in a thread and read the state of ``steps`` until it ends (or ``most``)."""
     handle = _Handle()
     job = threading.Thread(
         target=tf.run, args=(flow,), kwargs={"observers": [handle], "workers": workers}
@@ -78,13 +85,11 @@ def _reads_while_running(
     job.start()
     snaps: list[StateSnapshot] = []
     try:
-        while job.is_alive():
+        while job.is_alive() and (most is None or len(snaps) < most):
             if handle.control is not None:
                 # Once workers start finishing, a read cannot be complete: StateError.
                 with contextlib.suppress(StateError):
-                    snaps.append(
-                        handle.control.read_state([f"{name}.per_k", f"{name}.per_g"], timeout=30)
-                    )
+                    snaps.append(handle.control.read_state(steps, timeout=30))
             time.sleep(0.02)
     finally:
         job.join(timeout=60)
@@ -131,20 +136,7 @@ def test_top_n_state_read_matches_brute_force(workers: int) -> None:
     flow.source(Interleaved(100, 30, pause=0.01), name="src").key_by("k").top_n(
         2, by="v", descending=True, rank="r", name="best"
     ).sink(CollectSink(), name="out")
-    handle = _Handle()
-    job = threading.Thread(
-        target=tf.run, args=(flow,), kwargs={"observers": [handle], "workers": workers}
-    )
-    job.start()
-    snaps: list[StateSnapshot] = []
-    try:
-        while job.is_alive() and len(snaps) < 3:
-            if handle.control is not None:
-                with contextlib.suppress(StateError):
-                    snaps.append(handle.control.read_state([f"top{workers}.best"], timeout=30))
-            time.sleep(0.05)
-    finally:
-        job.join(timeout=60)
+    snaps = _reads(flow, workers, [f"top{workers}.best"], most=3)
     assert snaps
     for snap in snaps:
         seen = _reference(snap, workers, 30)
