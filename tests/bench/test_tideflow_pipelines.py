@@ -36,7 +36,7 @@ def test_windowed_queries_say_they_are_not_available(
     assert not (tmp_path / "out.parquet").exists()
 
 
-JOIN_QUERIES = ("q4", "q6", "q9", "q18", "q19", "q20")
+JOIN_QUERIES = ("q3", "q4", "q6", "q9", "q18", "q19", "q20")
 
 
 @pytest.fixture(scope="module")

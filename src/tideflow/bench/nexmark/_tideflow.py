@@ -199,39 +199,26 @@ def _q2(i: _Inputs) -> Any:
     return i.read("bid", "auction", "price").filter(pl.col("auction") % 123 == 0)
 
 
-_Q3_SCHEMA = {"name": pl.String(), "city": pl.String(), "state": pl.String(), "id": pl.Int64()}
-
-
-def _q3_join(state: dict[str, Any], rec: dict[str, Any]) -> tuple[Any, Any]:
-    """Per person: remember the person, or the auctions seen before the person arrived."""
-    if rec["aid"] is None:  # the person
-        person = [rec["name"], rec["city"], rec["state"]]
-        out = [dict(zip(_Q3_SCHEMA, [*person, a], strict=True)) for a in state["pending"]]
-        return {"person": person, "pending": []}, out
-    if state["person"] is not None:
-        return state, dict(zip(_Q3_SCHEMA, [*state["person"], rec["aid"]], strict=True))
-    state["pending"].append(rec["aid"])
-    return state, None
-
-
 def _q3(i: _Inputs) -> Any:
-    people = i.person.filter(pl.col("state").is_in(["OR", "ID", "CA"])).select(
-        pl.col("id").alias("pid"), "name", "city", "state", pl.lit(None, pl.Int64).alias("aid")
+    # A regular join of every person (ids are unique: an auction whose seller is there is
+    # never buffered) with the category-10 auctions; persons outside OR/ID/CA are kept by id
+    # only (a later auction may name them) and dropped from the result.
+    local = pl.col("state").is_in(["OR", "ID", "CA"])
+    people = _timed(i.read("person", "id", "name", "city", "state", "date_time")).with_columns(
+        [pl.when(local).then(pl.col(c)).alias(c) for c in ("name", "city", "state")]
     )
-    auctions = i.auction.filter(pl.col("category") == 10).select(
-        pl.col("seller").alias("pid"),
-        pl.lit(None, pl.String).alias("name"),
-        pl.lit(None, pl.String).alias("city"),
-        pl.lit(None, pl.String).alias("state"),
-        pl.col("id").alias("aid"),
+    auctions = _timed(i.read("auction", "id", "seller", "category", "date_time")).filter(
+        pl.col("category") == 10
     )
-    return (
-        people.union(auctions, name="people_auctions")
-        .key_by("pid")
-        .stateful_map(
-            _q3_join, init=lambda: {"person": None, "pending": []}, schema=_Q3_SCHEMA, name="join"
+    auctions = auctions.select(pl.col("id").alias("aid"), "seller", "date_time")
+    joined = (
+        people.key_by("id")
+        .join_interval(
+            auctions.key_by("seller"), lower=None, upper=None, left_unique=True, name="join"
         )
+        .results
     )
+    return joined.filter(local).select("name", "city", "state", pl.col("aid").alias("id"))
 
 
 def _timed(stream: Any) -> Any:
