@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,6 +43,7 @@ __all__ = [
     "SourceContext",
     "SourceReader",
     "dead_letters",
+    "worker_entries",
 ]
 
 #: Columns of every dead-letter record: the step that rejected it, where it came from
@@ -158,6 +159,28 @@ class SinkContext:
     )
     #: True when the run takes checkpoints (exactly-once sinks keep what a restart needs).
     checkpointing: bool = False
+    #: The flow's name when the run takes checkpoints (exactly-once sinks record it).
+    job: str = ""
+
+
+def worker_entries(ctx: SinkContext) -> dict[int, Mapping[str, Any]]:
+    """The per-worker entries (``"w0003": {...}``) of a sink state merged over all workers.
+
+    Exactly-once sinks key their snapshot by worker, so that a rescaled restore can tell whose
+    output each entry holds: worker ``i`` takes entry ``i``, worker 0 also adopts the entries of
+    workers that no longer exist.
+
+    Examples
+    --------
+    >>> ctx = SinkContext("out", 0, 1, resume={"w0000": {"rows": 1}, "w0002": {"rows": 0}})
+    >>> worker_entries(ctx)
+    {0: {'rows': 1}, 2: {'rows': 0}}
+    """
+    out: dict[int, Mapping[str, Any]] = {}
+    for k, e in (ctx.resume or {}).items():
+        if isinstance(k, str) and k.startswith("w") and k[1:].isdigit() and isinstance(e, Mapping):
+            out[int(k[1:])] = e
+    return out
 
 
 class SinkWriter(abc.ABC):
@@ -204,6 +227,11 @@ class Sink(abc.ABC):
 
     def validate(self, step_id: str) -> None:  # noqa: B027 - optional hook
         """Check settings before the job starts; raise :class:`~tideflow.ConfigError`."""
+
+    def check_run(self, step_id: str, *, bounded: bool, checkpointing: bool) -> None:  # noqa: B027
+        """Check the sink fits the run (``bounded`` input, ``checkpointing`` on) before it
+        starts; raise :class:`~tideflow.ConfigError` (exactly-once without checkpoints on a
+        stream that never ends, ...)."""
 
     @abc.abstractmethod
     def build(self, ctx: SinkContext) -> SinkWriter:

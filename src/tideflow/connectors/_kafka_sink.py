@@ -121,6 +121,16 @@ class KafkaSink(Sink):
             msg = f"step {step_id!r}: value must be 'json' or a column name, got {self.value!r}"
             raise ConfigError(msg)
 
+    def check_run(self, step_id: str, *, bounded: bool, checkpointing: bool) -> None:
+        if self.delivery == "exactly-once" and not bounded and not checkpointing:
+            msg = (
+                f"step {step_id!r}: delivery='exactly-once' commits a Kafka transaction when a "
+                "checkpoint completes, and this job's input never ends: without checkpoints "
+                "nothing would ever be committed; pass checkpoint_dir= (--checkpoint-dir) or use "
+                "delivery='at-least-once'"
+            )
+            raise ConfigError(msg)
+
     def default_commit_topic(self) -> str:
         """The commit-marker topic used when ``commit_topic`` is not given."""
         return f"{self.topic}.tideflow-commits"

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import polars as pl
 
 from tideflow._errors import ConnectorError, StateError
-from tideflow.connectors._base import SinkContext, SinkWriter
+from tideflow.connectors._base import SinkContext, SinkWriter, worker_entries
 from tideflow.connectors._kafka_config import client_config, connector_error, log_config
 
 __all__ = ["ExactlyOnceWriter", "KafkaTxnBackend", "TxnBackend", "TxnClient", "marker_key"]
@@ -140,7 +140,7 @@ class ExactlyOnceWriter(SinkWriter):
                 "checkpoint_dir= to commit with every checkpoint",
                 self._step,
             )
-        entries = _entries(ctx)
+        entries = worker_entries(ctx)
         # A new token for every start: within one process checkpoint ids only grow, so "a
         # marker of this token with an id >= K" proves K committed. Restores of an older
         # checkpoint or savepoint (whose ids may repeat ones used after it) never mix with it.
@@ -329,14 +329,6 @@ class ExactlyOnceWriter(SinkWriter):
                 self.delivered,
                 self._txn_id,
             )
-
-
-def _entries(ctx: SinkContext) -> dict[int, Mapping[str, Any]]:
-    out: dict[int, Mapping[str, Any]] = {}
-    for k, e in (ctx.resume or {}).items():
-        if isinstance(k, str) and k.startswith("w") and k[1:].isdigit() and isinstance(e, Mapping):
-            out[int(k[1:])] = e
-    return out
 
 
 def _marker_value(txn: str, token: str, checkpoint: int, rows: int) -> bytes:

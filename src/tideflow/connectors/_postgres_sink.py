@@ -13,11 +13,26 @@ from tideflow._errors import ConfigError, ConnectorError
 from tideflow.connectors._base import Sink, SinkContext, SinkWriter
 from tideflow.connectors._tables import check_table_settings
 
-__all__ = ["PostgresMode", "PostgresSink", "pg_type", "psycopg", "qualified", "safe_dsn"]
+__all__ = [
+    "PostgresDelivery",
+    "PostgresMode",
+    "PostgresSink",
+    "PostgresWriter",
+    "pg_type",
+    "psycopg",
+    "qualified",
+    "safe_dsn",
+]
 
 logger = logging.getLogger(__name__)
 
 PostgresMode = Literal["insert", "upsert"]
+
+#: Delivery guarantees of :func:`~tideflow.connectors.postgres.sink_postgres` after a crash.
+PostgresDelivery = Literal["at-least-once", "exactly-once", "at-most-once"]
+
+#: The progress table of exactly-once sinks, in the schema of the table written to.
+DEFAULT_PROGRESS_TABLE = "tideflow_sink_progress"
 
 
 def psycopg() -> Any:
@@ -135,6 +150,8 @@ class PostgresSink(Sink):
     mode: str = "insert"
     key: tuple[str, ...] | None = None
     create: bool = False
+    delivery: str = "at-least-once"
+    progress_table: str | None = None
 
     def validate(self, step_id: str) -> None:
         check_table_settings(
@@ -143,26 +160,64 @@ class PostgresSink(Sink):
         if not isinstance(self.dsn, str) or not self.dsn:
             msg = f"step {step_id!r}: dsn must be a connection string such as 'postgresql://user@host/db'"
             raise ConfigError(msg)
+        choices = list(get_args(PostgresDelivery))
+        if self.delivery not in choices:
+            msg = f"step {step_id!r}: unknown delivery={self.delivery!r}; use one of {choices}"
+            raise ConfigError(msg)
+        if self.progress_table is not None:
+            if self.delivery != "exactly-once":
+                msg = f"step {step_id!r}: progress_table= applies only with delivery='exactly-once'"
+                raise ConfigError(msg)
+            p = self.progress_table
+            if not isinstance(p, str) or not p or "\x00" in p or p == self.table:
+                msg = (
+                    f"step {step_id!r}: progress_table must be a table name other than the "
+                    f"output table, got {p!r}"
+                )
+                raise ConfigError(msg)
+
+    def check_run(self, step_id: str, *, bounded: bool, checkpointing: bool) -> None:
+        if self.delivery != "at-least-once" and not bounded and not checkpointing:
+            msg = (
+                f"step {step_id!r}: delivery={self.delivery!r} writes a checkpoint's rows when "
+                "the checkpoint completes, and this job's input never ends: without checkpoints "
+                "nothing would ever be written; pass checkpoint_dir= (--checkpoint-dir) or use "
+                "delivery='at-least-once'"
+            )
+            raise ConfigError(msg)
+
+    def progress(self) -> str:
+        """The progress table of ``delivery="exactly-once"``, schema-qualified like ``table``.
+
+        Examples
+        --------
+        >>> PostgresSink("postgresql://h/db", "shop.totals", delivery="exactly-once").progress()
+        'shop.tideflow_sink_progress'
+        """
+        if self.progress_table is not None:
+            return self.progress_table
+        schema, dot, _ = self.table.rpartition(".")
+        return f"{schema}{dot}{DEFAULT_PROGRESS_TABLE}"
 
     def build(self, ctx: SinkContext) -> SinkWriter:
         self.validate(ctx.step_id)
-        return _PostgresWriter(self, ctx)
+        if self.delivery == "at-least-once":
+            return PostgresWriter(self, ctx)
+        from tideflow.connectors._postgres_txn import TransactionalWriter
+
+        return TransactionalWriter(self, ctx)
 
 
-class _PostgresWriter(SinkWriter):
+class PostgresWriter(SinkWriter):
+    """At-least-once writer: every batch in its own transaction as it comes."""
+
     def __init__(self, s: PostgresSink, ctx: SinkContext) -> None:
         self._pg = psycopg()
         self._s = s
         self._step = ctx.step_id
         self._rows = 0
         self._table = qualified(s.table)
-        try:
-            self._conn = self._pg.connect(
-                s.dsn, autocommit=False, application_name=f"tideflow {ctx.step_id}"
-            )
-        except self._pg.Error as exc:
-            msg = f"step {self._step!r}: cannot connect to PostgreSQL {safe_dsn(s.dsn)}: {exc}"
-            raise ConnectorError(msg) from exc
+        self._conn = self._connect()
         self._columns = self._existing_columns()
         if self._columns is None and not s.create:
             self._conn.close()
@@ -171,6 +226,17 @@ class _PostgresWriter(SinkWriter):
                 "create it or pass create=True"
             )
             raise ConnectorError(msg)
+
+    def _connect(self) -> Any:
+        try:
+            return self._pg.connect(
+                self._s.dsn, autocommit=False, application_name=f"tideflow {self._step}"
+            )
+        except self._pg.Error as exc:
+            msg = (
+                f"step {self._step!r}: cannot connect to PostgreSQL {safe_dsn(self._s.dsn)}: {exc}"
+            )
+            raise ConnectorError(msg) from exc
 
     def _error(self, what: str, exc: BaseException) -> ConnectorError:
         diag = getattr(exc, "diag", None)
@@ -218,9 +284,8 @@ class _PostgresWriter(SinkWriter):
         self._columns = list(batch.columns)
         logger.info("step %r: created table %s", self._step, self._s.table)
 
-    def write(self, batch: pl.DataFrame) -> None:
-        if batch.height == 0:
-            return
+    def _checked(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """Create the table when asked to and check the batch's columns against it."""
         if self._columns is None:
             self._create(batch)
         assert self._columns is not None
@@ -231,40 +296,53 @@ class _PostgresWriter(SinkWriter):
                 f"(it has {self._columns}); select the table's columns before the sink"
             )
             raise ConnectorError(msg)
-        key = self._s.key or ()
         if self._s.mode == "upsert":
-            absent = [k for k in key if k not in batch.columns]
+            absent = [k for k in self._s.key or () if k not in batch.columns]
             if absent:
                 msg = f"step {self._step!r}: the batch lacks the upsert key {absent}"
                 raise ConnectorError(msg)
+        return batch
+
+    def _copy(self, cur: Any, batch: pl.DataFrame) -> None:
+        """Insert or upsert ``batch`` in the connection's current transaction."""
+        key = self._s.key or ()
+        if self._s.mode == "upsert":
             # one row per key per statement (ON CONFLICT cannot touch a row twice): last wins
             batch = batch.unique(subset=list(key), keep="last", maintain_order=True)
         data = _copy_frame(batch).write_csv(include_header=False, quote_style="non_numeric")
         cols = ", ".join(_q(c) for c in batch.columns)
+        if self._s.mode == "insert":
+            target = self._table
+        else:
+            target = "_tideflow_upsert"
+            cur.execute(
+                f"CREATE TEMP TABLE IF NOT EXISTS {target} "
+                f"(LIKE {self._table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            )
+        with cur.copy(f"COPY {target} ({cols}) FROM STDIN (FORMAT csv)") as copy:
+            copy.write(data)
+        if self._s.mode == "upsert":
+            keys = ", ".join(_q(k) for k in key)
+            rest = [c for c in batch.columns if c not in key]
+            action = (
+                "DO UPDATE SET " + ", ".join(f"{_q(c)} = EXCLUDED.{_q(c)}" for c in rest)
+                if rest
+                else "DO NOTHING"
+            )
+            cur.execute(
+                f"INSERT INTO {self._table} ({cols}) SELECT {cols} FROM {target} "
+                f"ON CONFLICT ({keys}) {action}"
+            )
+            # several batches may share one transaction (exactly-once without checkpoints)
+            cur.execute(f"TRUNCATE {target}")
+
+    def write(self, batch: pl.DataFrame) -> None:
+        if batch.height == 0:
+            return
+        batch = self._checked(batch)
         try:
             with self._conn.transaction(), self._conn.cursor() as cur:
-                if self._s.mode == "insert":
-                    target = self._table
-                else:
-                    target = "_tideflow_upsert"
-                    cur.execute(
-                        f"CREATE TEMP TABLE IF NOT EXISTS {target} "
-                        f"(LIKE {self._table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-                    )
-                with cur.copy(f"COPY {target} ({cols}) FROM STDIN (FORMAT csv)") as copy:
-                    copy.write(data)
-                if self._s.mode == "upsert":
-                    keys = ", ".join(_q(k) for k in key)
-                    rest = [c for c in batch.columns if c not in key]
-                    action = (
-                        "DO UPDATE SET " + ", ".join(f"{_q(c)} = EXCLUDED.{_q(c)}" for c in rest)
-                        if rest
-                        else "DO NOTHING"
-                    )
-                    cur.execute(
-                        f"INSERT INTO {self._table} ({cols}) SELECT {cols} FROM {target} "
-                        f"ON CONFLICT ({keys}) {action}"
-                    )
+                self._copy(cur, batch)
         except self._pg.Error as exc:
             raise self._error("writing to", exc) from exc
         self._rows += batch.height

@@ -10,10 +10,17 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from tideflow.connectors._postgres_sink import PostgresMode, PostgresSink, pg_type, safe_dsn
+from tideflow.connectors._postgres_sink import (
+    PostgresDelivery,
+    PostgresMode,
+    PostgresSink,
+    pg_type,
+    safe_dsn,
+)
 from tideflow.connectors._postgres_source import PostgresPoll, PostgresScan
 
 __all__ = [
+    "PostgresDelivery",
     "PostgresMode",
     "PostgresPoll",
     "PostgresScan",
@@ -33,8 +40,33 @@ def sink_postgres(
     mode: PostgresMode = "insert",
     key: str | Sequence[str] | None = None,
     create: bool = False,
+    delivery: PostgresDelivery = "at-least-once",
+    progress_table: str | None = None,
 ) -> PostgresSink:
-    """Write batches into a PostgreSQL table, one transaction per batch.
+    """Write batches into a PostgreSQL table.
+
+    Three delivery guarantees, for what a table holds after a crash and a restart from the last
+    checkpoint (``docs/checkpoints.md`` compares them):
+
+    - ``"at-least-once"`` (default, lowest latency): every batch is written in its own
+      transaction as it comes. Rows written after the last checkpoint are written again by the
+      replay after a crash: duplicates with ``mode="insert"``, the same values rewritten with
+      ``mode="upsert"`` (so an upserted table ends exact).
+    - ``"exactly-once"``: rows become visible when their checkpoint completes, written in one
+      transaction together with this sink's row in a progress table (job, sink, worker ->
+      last committed checkpoint). The rows of the open interval are kept in the checkpoint, and
+      a restart writes them when their checkpoint completed but its transaction did not
+      commit; the progress row makes sure no checkpoint's rows are written twice. After any
+      crash the table holds exactly the rows of a run that never crashed, also with
+      ``mode="insert"``. Costs: latency (one checkpoint interval) and checkpoint size.
+    - ``"at-most-once"``: rows are written when their checkpoint completes, as with
+      exactly-once, but the checkpoint does not keep them and there is no progress table: a
+      crash between a checkpoint and its commit loses that interval's rows; nothing is ever
+      written twice.
+
+    The last two need checkpoints (``checkpoint_dir=``) on an input that does not end (a
+    :class:`~tideflow.ConfigError` otherwise); without checkpoints a bounded job writes all
+    its rows in one transaction committed at its end.
 
     Parameters
     ----------
@@ -51,6 +83,11 @@ def sink_postgres(
         The key column(s) for ``mode="upsert"``.
     create
         Create the table from the stream's schema when it does not exist.
+    delivery
+        ``"at-least-once"``, ``"exactly-once"`` or ``"at-most-once"``.
+    progress_table
+        With exactly-once: the progress table (default ``tideflow_sink_progress`` in the schema
+        of ``table``), created when missing; one row per sink, worker and start of the job.
 
     A write the server refuses raises :class:`~tideflow.ConnectorError` naming the table and the
     server's message; that batch's transaction is rolled back, earlier batches stay.
@@ -59,11 +96,15 @@ def sink_postgres(
     --------
     >>> sink = sink_postgres("postgresql://tideflow@127.0.0.1:15432/tideflow", "totals",
     ...                      mode="upsert", key="card", create=True)
-    >>> sink.mode, sink.key
-    ('upsert', ('card',))
+    >>> sink.mode, sink.key, sink.delivery
+    ('upsert', ('card',), 'at-least-once')
+    >>> eo = sink_postgres("postgresql://tideflow@127.0.0.1:15432/tideflow", "shop.alerts",
+    ...                    delivery="exactly-once")
+    >>> eo.progress()
+    'shop.tideflow_sink_progress'
     """
     keys = (key,) if isinstance(key, str) else (None if key is None else tuple(key))
-    sink = PostgresSink(dsn, table, mode, keys, create)
+    sink = PostgresSink(dsn, table, mode, keys, create, delivery, progress_table)
     sink.validate("postgres")
     return sink
 

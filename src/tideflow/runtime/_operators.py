@@ -527,7 +527,8 @@ class SinkOperator(Operator):
     def __init__(self, node: Node, ctx: OpContext, resume: dict[str, Any]) -> None:
         super().__init__(node, ctx)
         worker = getattr(ctx, "worker", None)
-        checkpointing = getattr(getattr(worker, "cfg", None), "checkpoint_dir", None) is not None
+        cfg = getattr(worker, "cfg", None)
+        checkpointing = getattr(cfg, "checkpoint_dir", None) is not None
         sctx = SinkContext(
             node.step_id,
             ctx.worker_index,
@@ -535,6 +536,7 @@ class SinkOperator(Operator):
             resume,
             publish=ctx.publish,
             checkpointing=checkpointing,
+            job=str(getattr(cfg, "checkpoint_meta", {}).get("flow", "")),
         )
         self.writer: SinkWriter | None = None
         if node.spec.single_writer and ctx.worker_index != 0:

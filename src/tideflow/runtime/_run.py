@@ -316,6 +316,11 @@ def run(
             cfg, flow.name, Path(checkpoint_dir), checkpoint_interval, checkpoint_keep
         )
     nodes, dl_path = _plan(flow, cfg)
+    for nd in nodes:
+        if nd.kind == "sink" and isinstance(nd.spec, Sink):
+            nd.spec.check_run(
+                nd.step_id, bounded=flow.bounded, checkpointing=checkpoint_dir is not None
+            )
     if checkpoint_dir is not None or from_savepoint is not None:
         cfg = _resume(
             cfg, nodes, flow.name, None if from_savepoint is None else Path(from_savepoint)
