@@ -8,9 +8,11 @@ import polars as pl
 import pytest
 
 import tideflow as tf
-from tideflow.connectors import postgres
+from tideflow.connectors import kafka, postgres
+from tideflow.connectors._base import Sink
 from tideflow.connectors._postgres_sink import _copy_frame
 from tideflow.connectors._postgres_source import decode_position, encode_position
+from tideflow.testing import TestingSource
 
 
 def test_settings_are_checked() -> None:
@@ -60,3 +62,33 @@ def test_positions_round_trip_through_json() -> None:
 
     for value in (7, "k", dt.datetime(2024, 1, 1, tzinfo=dt.UTC), dt.date(2024, 1, 1)):
         assert decode_position(json.loads(json.dumps(encode_position(value)))) == value
+
+
+def test_delivery_settings_are_checked() -> None:
+    with pytest.raises(tf.ConfigError, match="unknown delivery='twice'"):
+        postgres.sink_postgres("postgresql://x/db", "t", delivery="twice")  # type: ignore[arg-type]
+    with pytest.raises(tf.ConfigError, match="progress_table= applies only with"):
+        postgres.sink_postgres("postgresql://x/db", "t", progress_table="p")
+    with pytest.raises(tf.ConfigError, match="other than the output table"):
+        postgres.sink_postgres(
+            "postgresql://x/db", "t", delivery="exactly-once", progress_table="t"
+        )
+    eo = postgres.sink_postgres("postgresql://x/db", "t", delivery="exactly-once")
+    assert eo.progress() == "tideflow_sink_progress"
+
+
+@pytest.mark.parametrize(
+    "sink",
+    [
+        postgres.sink_postgres("postgresql://x/db", "t", delivery="exactly-once"),
+        postgres.sink_postgres("postgresql://x/db", "t", delivery="at-most-once"),
+        kafka.sink_kafka("t", bootstrap="127.0.0.1:1", delivery="exactly-once"),
+    ],
+)
+def test_checkpoint_committed_sinks_on_a_stream_need_checkpoints(sink: Sink) -> None:
+    """Rows are written when a checkpoint completes: a stream without checkpoints would never
+    write anything, so the run refuses to start (before connecting anywhere)."""
+    flow = tf.Dataflow("never_ends")
+    flow.source(TestingSource([{"x": 1}], bounded=False), name="read").sink(sink, name="out")
+    with pytest.raises(tf.ConfigError, match=r"step 'never_ends\.out'.*pass checkpoint_dir="):
+        tf.run(flow)
