@@ -287,3 +287,21 @@ def test_two_workers_commit_with_the_checkpoints(postgres_dsn: str, tmp_path: Pa
     )
     assert result.completed
     assert _ids(postgres_dsn, t) == Counter(range(5000))
+
+
+def test_docs_example_runs(postgres_dsn: str) -> None:
+    """The exactly-once example of docs/checkpoints.md, against the real server."""
+    import re
+
+    page = Path(__file__).parents[2] / "docs" / "checkpoints.md"
+    section = page.read_text().split("## Exactly-once to PostgreSQL", 1)[1]
+    block = re.findall(r"```python\n(.*?)```", section, flags=re.S)[0]
+    t = table_name()
+    code = block.replace('"card_alerts"', repr(t))
+    code = code.replace('"postgresql://tideflow@127.0.0.1:15432/tideflow"', repr(postgres_dsn))
+    assert t in code
+    exec(compile(code, str(page), "exec"), {})
+    assert query(postgres_dsn, f"SELECT card, total FROM {t} ORDER BY card") == [
+        ("c1", 10),
+        ("c2", 5),
+    ]

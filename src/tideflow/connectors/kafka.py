@@ -172,7 +172,8 @@ def sink_kafka(
     - ``"exactly-once"``: records go into a Kafka transaction that commits when a checkpoint
       completes; consumers with ``isolation.level=read_committed`` (librdkafka's default) see
       every result once, also after crashes. Needs checkpoints (``checkpoint_dir=``); without
-      them, a bounded run commits at its end. Output becomes visible once per checkpoint
+      them, a bounded run commits at its end and an unbounded one is refused
+      (:class:`~tideflow.ConfigError`). Output becomes visible once per checkpoint
       interval, which must stay well below ``transaction.timeout.ms`` (default 5 min). The
       records of the open transaction are kept in the checkpoint so that a restart can write
       them again if the crash cut the commit short (see ``docs/checkpoints.md``).
