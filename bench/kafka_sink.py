@@ -16,16 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
-import tempfile
-import time
 import uuid
-from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
+from _sink_runs import timed_run  # bench/ is the script's directory
 
 import tideflow as tf
 from tideflow.connectors import generator, kafka
@@ -87,54 +83,12 @@ def count_committed(bootstrap: str, topic: str) -> int:
     return n
 
 
-class _Durations(logging.Handler):
-    """Collects the durations the runtime logs for each checkpoint."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seconds: list[float] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        m = re.search(r"checkpoint \d+ written to .* in ([0-9.]+) s", record.getMessage())
-        if m:
-            self.seconds.append(float(m.group(1)))
-
-
 def one(a: argparse.Namespace, delivery: str, interval: float | None) -> dict[str, Any]:
     topic = new_topic(a.bootstrap, a.partitions)
-    kw: dict[str, Any] = {}
-    ck = None
-    if interval is not None:
-        ck = Path(tempfile.mkdtemp(prefix="kbench-ck-"))
-        kw = {"checkpoint_dir": ck, "checkpoint_interval": timedelta(seconds=interval)}
     flow = make_flow(a.rows, topic, a.bootstrap, delivery, f"bench-{uuid.uuid4().hex[:8]}")
-    durations = _Durations()
-    runtime_log = logging.getLogger("tideflow.runtime")
-    runtime_log.addHandler(durations)
-    runtime_log.setLevel(logging.INFO)
-    t, cpu = time.perf_counter(), time.process_time()
-    try:
-        result = tf.run(flow, **kw)
-    finally:
-        runtime_log.removeHandler(durations)
-    secs, cpu = time.perf_counter() - t, time.process_time() - cpu
-    assert result.completed
-    out: dict[str, Any] = {
-        "delivery": delivery,
-        "checkpoint_interval_s": interval,
-        "seconds": round(secs, 2),
-        "records_per_s": round(a.rows / secs),
-        # CPU of this process (all threads, librdkafka's too): steadier than the wall time on
-        # a shared machine; the broker's CPU is not included
-        "cpu_seconds": round(cpu, 2),
-        "read_committed": count_committed(a.bootstrap, topic),
-    }
-    if ck is not None:
-        sizes = [sum(f.stat().st_size for f in d.iterdir()) for d in ck.glob("chk-*") if d.is_dir()]
-        out["checkpoints"] = len(durations.seconds)
-        out["checkpoint_seconds_max"] = max(durations.seconds, default=None)
-        out["checkpoints_kept"] = len(sizes)
-        out["largest_checkpoint_bytes"] = max(sizes, default=0)
+    out = {"delivery": delivery, **timed_run(flow, a.rows, interval)}
+    out["records_per_s"] = out.pop("per_s")
+    out["read_committed"] = count_committed(a.bootstrap, topic)
     return out
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from typing import Any
 
 import pytest
 from tests.integration.test_kafka_connectors import new_topic, produce_raw
+from tests.recovery._crash import kill_and_restart
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -69,10 +69,6 @@ def read_committed(bootstrap: str, topic: str) -> Counter[tuple[Any, ...]]:
     return got
 
 
-def _newest(ck: Path) -> str:
-    return max((p.name for p in ck.glob("chk-*")), default="") if ck.exists() else ""
-
-
 @pytest.fixture(scope="module")
 def events(kafka_bootstrap: str) -> tuple[str, int]:
     """One input partition (its order is the event order the windows see); 48,000 events over
@@ -116,36 +112,9 @@ def test_sigkill_kafka_to_kafka_exactly_once(
     # 1 worker in the suite (about 100 s); TIDEFLOW_CRASH_WORKERS=2 runs the same with 2
     workers = int(os.environ.get("TIDEFLOW_CRASH_WORKERS", "1"))
     rng = random.Random(int(os.environ.get("TIDEFLOW_CRASH_SEED", "13")))
-    log = tmp_path / "stderr.log"
-    kills = resumed = rolled = 0
-    for _attempt in range(80):
-        with open(log, "w") as err:
-            proc = subprocess.Popen(
-                _cmd(kafka_bootstrap, inp, out, txn, ck, workers=workers), env=ENV, stderr=err
-            )
-            if kills < 21:
-                if rng.random() < 0.2:
-                    time.sleep(rng.uniform(0.05, 1.5))  # start-up, recovery, roll-forward
-                else:
-                    before, deadline = _newest(ck), time.monotonic() + 60
-                    while proc.poll() is None and _newest(ck) == before:
-                        assert time.monotonic() < deadline
-                        time.sleep(0.005)
-                    # a checkpoint every ~0.1 s: anywhere between two, often mid-commit
-                    time.sleep(rng.uniform(0.0, 0.3))
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGKILL)
-                    proc.wait()
-                    kills += 1
-                    text = log.read_text()
-                    resumed += "resuming from checkpoint" in text
-                    rolled += "rolled forward checkpoint" in text
-                    continue
-            proc.wait(timeout=300)
-        assert proc.returncode == 0, log.read_text()
-        break
-    print(f"{kills} kills, {resumed} resumed from a checkpoint, {rolled} rolled forward")
-    assert kills >= 20 and resumed >= 10
+    cmd = _cmd(kafka_bootstrap, inp, out, txn, ck, workers=workers)
+    crashes = kill_and_restart(cmd, ENV, ck, tmp_path / "stderr.log", rng)
+    assert crashes.kills >= 20 and crashes.resumed >= 10
     got = read_committed(kafka_bootstrap, out)
     assert sum(got.values()) == sum(expected.values())  # nothing twice
     assert got == expected  # nothing lost, identical results

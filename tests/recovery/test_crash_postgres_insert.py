@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from typing import Any
 import pytest
 from tests.integration.test_postgres_connectors import query
 from tests.recovery._cards import ROOT, write_input
+from tests.recovery._crash import kill_and_restart
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -43,10 +42,6 @@ def _rows(dsn: str, table: str) -> list[tuple[Any, ...]]:
         dsn,
         f"SELECT card, window_start, window_end, total, count FROM {table} ORDER BY 1, 2, 3, 4, 5",
     )
-
-
-def _newest(ck: Path) -> str:
-    return max((p.name for p in ck.glob("chk-*")), default="") if ck.exists() else ""
 
 
 @pytest.fixture(scope="module")
@@ -76,33 +71,7 @@ def test_sigkill_windows_to_postgres_inserts_exactly_once(
     inp, expected = reference
     table, ck = f"crash_{uuid.uuid4().hex[:8]}", tmp_path / "ck"
     rng = random.Random(int(os.environ.get("TIDEFLOW_CRASH_SEED", "17")) + workers)
-    log = tmp_path / "stderr.log"
-    kills = resumed = rolled = 0
-    for _attempt in range(80):
-        with open(log, "w") as err:
-            cmd = _cmd(inp, postgres_dsn, table, ck, workers=workers, batch=10)
-            proc = subprocess.Popen(cmd, env=ENV, stderr=err)
-            if kills < 21:
-                if rng.random() < 0.2:
-                    time.sleep(rng.uniform(0.05, 0.8 * workers))  # start-up, recovery
-                else:
-                    before, deadline = _newest(ck), time.monotonic() + 60
-                    while proc.poll() is None and _newest(ck) == before:
-                        assert time.monotonic() < deadline
-                        time.sleep(0.005)
-                    # a checkpoint every ~50 ms: anywhere between two, often mid-commit
-                    time.sleep(rng.uniform(0.0, 0.25))
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGKILL)
-                    proc.wait()
-                    kills += 1
-                    text = log.read_text()
-                    resumed += "resuming from checkpoint" in text
-                    rolled += "rolled forward checkpoint" in text
-                    continue
-            proc.wait(timeout=300)
-        assert proc.returncode == 0, log.read_text()
-        break
-    print(f"{kills} kills, {resumed} resumed from a checkpoint, {rolled} rolled forward")
-    assert kills >= 20 and resumed >= 10
+    cmd = _cmd(inp, postgres_dsn, table, ck, workers=workers, batch=10)
+    got = kill_and_restart(cmd, ENV, ck, tmp_path / "stderr.log", rng, startup=0.8 * workers)
+    assert got.kills >= 20 and got.resumed >= 10
     assert _rows(postgres_dsn, table) == expected  # nothing lost, nothing twice
