@@ -178,3 +178,48 @@ def test_docs_example_runs(kafka_bootstrap: str) -> None:
         got += [m.value() for m in c.consume(10, 0.2) if m.error() is None]
     c.close()
     assert sorted(got) == [b'{"card":"c1","total":10}', b'{"card":"c2","total":5}']
+
+
+def test_at_most_once_loses_a_cut_commit_and_never_sends_twice(
+    kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tideflow.connectors._kafka_sink import _AtMostOnceWriter
+
+    inp = _numbers(kafka_bootstrap, 6000)
+    out = new_topic(kafka_bootstrap, partitions=3)
+
+    def flow() -> tf.Dataflow:
+        f = tf.Dataflow("amo_copy")
+        f.source(
+            kafka.scan_kafka(inp, bootstrap=kafka_bootstrap, format="text"), name="read"
+        ).select("key", "value").sink(
+            kafka.sink_kafka(
+                out, bootstrap=kafka_bootstrap, key="key", value="value", delivery="at-most-once"
+            ),
+            name="write",
+        )
+        return f
+
+    real = _AtMostOnceWriter.commit
+    staged: list[int] = []
+    lost: set[int] = set()
+
+    def cut(self: _AtMostOnceWriter, checkpoint_id: int) -> None:
+        if self._hold.staged is not None:
+            staged.append(checkpoint_id)
+            if len(staged) == 2:  # the second checkpoint with output: cut before sending
+                lost.update(int(v) for f in self._hold.pending for v in f["value"])
+                raise OSError("power cut between the checkpoint manifest and the sending")
+        real(self, checkpoint_id)
+
+    monkeypatch.setattr(_AtMostOnceWriter, "commit", cut)
+    kw = {"checkpoint_dir": tmp_path / "ck", "checkpoint_interval": timedelta(milliseconds=20)}
+    with pytest.raises(JobError, match="failed to commit checkpoint"):
+        tf.run(flow(), batch_size=100, **kw)  # type: ignore[arg-type]
+    first = _values(kafka_bootstrap, out)
+    assert 0 < len(first) < 6000  # the first checkpoint's records were sent
+    monkeypatch.setattr(_AtMostOnceWriter, "commit", real)
+    tf.run(flow(), batch_size=100, **kw)  # type: ignore[arg-type]
+    got = _values(kafka_bootstrap, out)
+    assert lost and set(first).isdisjoint(lost)
+    assert got == sorted(set(range(6000)) - lost)  # the cut checkpoint's lost, nothing twice

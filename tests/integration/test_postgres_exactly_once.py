@@ -246,7 +246,7 @@ def test_a_commit_cut_after_the_checkpoint(
     cut: list[int] = []
 
     def commit(self: TransactionalWriter, checkpoint_id: int) -> None:
-        if self._staged is not None:
+        if self._hold.staged is not None:
             cut.append(checkpoint_id)
             if len(cut) == 2:
                 raise OSError("power cut between the checkpoint manifest and the commit")

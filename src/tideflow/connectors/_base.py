@@ -35,6 +35,7 @@ import polars as pl
 
 __all__ = [
     "DEAD_LETTER_SCHEMA",
+    "CheckpointHold",
     "Sink",
     "SinkContext",
     "SinkWriter",
@@ -181,6 +182,51 @@ def worker_entries(ctx: SinkContext) -> dict[int, Mapping[str, Any]]:
         if isinstance(k, str) and k.startswith("w") and k[1:].isdigit() and isinstance(e, Mapping):
             out[int(k[1:])] = e
     return out
+
+
+class CheckpointHold:
+    """Rows a sink holds back until the checkpoint that covers them completes.
+
+    ``hold`` keeps a batch; ``cut(K)`` is checkpoint K's cut (``pre_commit``): what is held
+    so far is *staged* under K (also what a failed earlier checkpoint had staged), and later
+    batches wait for the next cut; ``take(c)`` hands over the staged batches when they were
+    staged under a checkpoint ``<= c`` (``commit``), else ``None``.
+
+    Examples
+    --------
+    >>> h = CheckpointHold()
+    >>> h.hold(pl.DataFrame({"x": [1]})); h.cut(1); h.hold(pl.DataFrame({"x": [2]}))
+    >>> h.take(0) is None, [f["x"].to_list() for f in h.take(1)], h.staged, len(h.after)
+    (True, [[1]], None, 1)
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[pl.DataFrame] = []  # before the newest cut, not yet committed
+        self.after: list[pl.DataFrame] = []  # after the staged checkpoint's cut
+        self.staged: int | None = None
+
+    def hold(self, batch: pl.DataFrame) -> None:
+        """Keep ``batch`` until its checkpoint commits."""
+        (self.after if self.staged is not None else self.pending).append(batch)
+
+    def cut(self, checkpoint_id: int) -> None:
+        """Checkpoint ``checkpoint_id`` is taken: stage everything held so far under it."""
+        if self.after:
+            self.pending += self.after
+            self.after = []
+        if self.pending:
+            self.staged = checkpoint_id
+
+    def rows(self) -> int:
+        """Rows staged or waiting for the next cut's staging (not the ones after the cut)."""
+        return sum(f.height for f in self.pending)
+
+    def take(self, checkpoint_id: int) -> list[pl.DataFrame] | None:
+        """The staged batches if checkpoint ``checkpoint_id`` covers them (then forgotten)."""
+        if self.staged is None or self.staged > checkpoint_id:
+            return None
+        out, self.pending, self.staged = self.pending, [], None
+        return out
 
 
 class SinkWriter(abc.ABC):

@@ -11,7 +11,7 @@ from typing import Any, Literal, get_args
 import polars as pl
 
 from tideflow._errors import ConfigError, ConnectorError
-from tideflow.connectors._base import Sink, SinkContext, SinkWriter
+from tideflow.connectors._base import CheckpointHold, Sink, SinkContext, SinkWriter
 from tideflow.connectors._kafka_config import (
     check_topic,
     client_config,
@@ -23,7 +23,7 @@ from tideflow.connectors._kafka_source import _ck
 __all__ = ["Delivery", "KafkaSink", "encode_column", "encode_values"]
 
 #: Delivery guarantees of :func:`~tideflow.connectors.kafka.sink_kafka`.
-Delivery = Literal["at-least-once", "exactly-once"]
+Delivery = Literal["at-least-once", "exactly-once", "at-most-once"]
 
 #: Records re-sent after transient delivery errors, at most, per writer.
 _MAX_RESENDS = 1_000_000
@@ -122,12 +122,12 @@ class KafkaSink(Sink):
             raise ConfigError(msg)
 
     def check_run(self, step_id: str, *, bounded: bool, checkpointing: bool) -> None:
-        if self.delivery == "exactly-once" and not bounded and not checkpointing:
+        if self.delivery != "at-least-once" and not bounded and not checkpointing:
             msg = (
-                f"step {step_id!r}: delivery='exactly-once' commits a Kafka transaction when a "
-                "checkpoint completes, and this job's input never ends: without checkpoints "
-                "nothing would ever be committed; pass checkpoint_dir= (--checkpoint-dir) or use "
-                "delivery='at-least-once'"
+                f"step {step_id!r}: delivery={self.delivery!r} sends records when the checkpoint "
+                "that covers them completes, and this job's input never ends: without "
+                "checkpoints nothing would ever be sent; pass checkpoint_dir= (--checkpoint-dir) "
+                "or use delivery='at-least-once'"
             )
             raise ConfigError(msg)
 
@@ -155,6 +155,8 @@ class KafkaSink(Sink):
                 backend=backend,
                 keep_records=ctx.checkpointing,
             )
+        if self.delivery == "at-most-once":
+            return _AtMostOnceWriter(self, ctx)
         return _KafkaWriter(self, ctx)
 
 
@@ -316,3 +318,30 @@ class _KafkaWriter(SinkWriter):
             self._delivered,
             self._s.topic,
         )
+
+
+class _AtMostOnceWriter(_KafkaWriter):
+    """Records wait in memory until the checkpoint that covers them completes, then are sent.
+
+    The checkpoint does not keep them: a crash after a checkpoint and before its records are
+    acknowledged loses (some of) them, and the restart, which replays from that checkpoint,
+    does not send them again. Nothing is sent twice (the idempotent producer also keeps retries
+    from duplicating). Without checkpoints, a bounded run sends everything at its end.
+    """
+
+    def __init__(self, s: KafkaSink, ctx: SinkContext) -> None:
+        super().__init__(s, ctx)
+        self._hold = CheckpointHold()
+
+    def write(self, batch: pl.DataFrame) -> None:
+        if batch.height:
+            self._hold.hold(batch)
+
+    def pre_commit(self, checkpoint_id: int) -> dict[str, Any]:
+        self._hold.cut(checkpoint_id)
+        return {"held": self._hold.rows()}
+
+    def commit(self, checkpoint_id: int) -> None:
+        for batch in self._hold.take(checkpoint_id) or ():
+            super().write(batch)
+        self.flush()

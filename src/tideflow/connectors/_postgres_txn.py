@@ -32,7 +32,7 @@ from typing import Any
 import polars as pl
 
 from tideflow._errors import ConnectorError, StateError
-from tideflow.connectors._base import SinkContext, worker_entries
+from tideflow.connectors._base import CheckpointHold, SinkContext, worker_entries
 from tideflow.connectors._postgres_sink import PostgresSink, PostgresWriter, qualified
 
 __all__ = ["SNAPSHOT_VERSION", "TransactionalWriter", "progress_ddl"]
@@ -100,9 +100,7 @@ class TransactionalWriter(PostgresWriter):
         self._token = uuid.uuid4().hex
         self._progress_name = s.progress()
         self._progress = qualified(self._progress_name)
-        self._pending: list[pl.DataFrame] = []  # rows before the newest cut, not yet written
-        self._after: list[pl.DataFrame] = []  # rows after the staged checkpoint's cut
-        self._staged: int | None = None
+        self._hold = CheckpointHold()  # with checkpoints: rows until their checkpoint commits
         self._open = False  # without checkpoints: the one transaction holds rows
         self._closed = False
         self.delivered = 0  # rows this writer committed
@@ -238,7 +236,7 @@ class TransactionalWriter(PostgresWriter):
             return
         batch = self._checked(batch)
         if self._keep:
-            (self._after if self._staged is not None else self._pending).append(batch)
+            self._hold.hold(batch)
             return
         try:  # no checkpoints: into the one transaction committed at the end
             with self._conn.cursor() as cur:
@@ -254,26 +252,23 @@ class TransactionalWriter(PostgresWriter):
         """Nothing to do: rows become visible when their checkpoint completes."""
 
     def snapshot(self) -> dict[str, Any]:
-        rows = sum(f.height for f in self._pending) if self._keep else 0
+        hold = self._hold
+        rows = hold.rows()
         return {
             f"w{self._me:04d}": {
                 "version": SNAPSHOT_VERSION,
                 "delivery": self._s.delivery,
                 "token": self._token,
-                "checkpoint": self._staged if self._staged is not None else -1,
+                "checkpoint": hold.staged if hold.staged is not None else -1,
                 "rows": rows,
-                "records": _ipc(self._pending) if rows and self._exact else b"",
+                "records": _ipc(hold.pending) if rows and self._exact else b"",
             }
         }
 
     def pre_commit(self, checkpoint_id: int) -> dict[str, Any]:
         if not self._keep:
             return {}
-        if self._after:
-            self._pending += self._after
-            self._after = []
-        if self._pending:
-            self._staged = checkpoint_id
+        self._hold.cut(checkpoint_id)
         return self.snapshot()
 
     def commit(self, checkpoint_id: int) -> None:
@@ -288,10 +283,12 @@ class TransactionalWriter(PostgresWriter):
             if self._closed:
                 self._conn.close()
             return
-        if self._staged is None or self._staged > checkpoint_id:
+        staged = self._hold.staged
+        frames = self._hold.take(checkpoint_id)
+        if staged is None or frames is None:
             return  # nothing staged, or staged under a checkpoint not yet complete
-        frame = _concat(self._pending)
-        done = self._deliver(self._me, self._token, self._staged, frame)
+        frame = _concat(frames)
+        done = self._deliver(self._me, self._token, staged, frame)
         if done is not None:
             msg = (
                 f"step {self._step!r}: checkpoint {done} of this writer is already committed to "
@@ -300,7 +297,6 @@ class TransactionalWriter(PostgresWriter):
             raise ConnectorError(msg)
         self.delivered += frame.height
         self._rows += frame.height
-        self._pending, self._staged = [], None
         if self._closed:
             self._conn.close()  # a commit after close reconnected
 

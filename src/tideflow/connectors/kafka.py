@@ -163,9 +163,9 @@ def sink_kafka(
 ) -> KafkaSink:
     """Write a stream to a Kafka topic.
 
-    Each row becomes one message. Two delivery guarantees:
+    Each row becomes one message. Three delivery guarantees:
 
-    - ``"at-least-once"`` (default, cheapest): records are sent as they come; ``flush()``
+    - ``"at-least-once"`` (default, lowest latency): records are sent as they come; ``flush()``
       (before every checkpoint) and ``close()`` wait for the broker's acknowledgements and raise
       :class:`~tideflow.ConnectorError` if any record could not be delivered. After a crash,
       records written since the last checkpoint are written again (duplicates).
@@ -177,6 +177,11 @@ def sink_kafka(
       interval, which must stay well below ``transaction.timeout.ms`` (default 5 min). The
       records of the open transaction are kept in the checkpoint so that a restart can write
       them again if the crash cut the commit short (see ``docs/checkpoints.md``).
+    - ``"at-most-once"``: records wait in memory until the checkpoint that covers them
+      completes and are sent then, without a transaction and without being kept in the
+      checkpoint: a crash between a checkpoint and the broker's acknowledgements loses (some
+      of) that interval's records, and nothing is ever sent twice. Latency: one checkpoint
+      interval. Needs checkpoints as exactly-once does.
 
     Parameters
     ----------
@@ -195,7 +200,7 @@ def sink_kafka(
         ``batch.num.messages``, ``compression.type`` (``lz4``, ``zstd``...), ``acks``, TLS,
         SASL, ``transaction.timeout.ms``. Idempotence is on by default.
     delivery
-        ``"at-least-once"`` or ``"exactly-once"``.
+        ``"at-least-once"``, ``"exactly-once"`` or ``"at-most-once"``.
     transactional_id
         With exactly-once: the prefix of the producers' ``transactional.id`` (worker ``i`` uses
         ``<prefix>-<i>``); default ``tideflow-<step id>``. It must be stable across restarts
