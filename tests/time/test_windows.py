@@ -437,3 +437,179 @@ def test_distinct_and_top_k_in_windows(batches):
         for r in out.rows()
     }
     assert got == {kw: (len(set(vs)), sorted(vs, reverse=True)[:2]) for kw, vs in want.items()}
+
+
+# -- max_by and windows over window results -------------------------------------------------------
+def run_max_by(batches, window, delay, lateness, workers):
+    items = [
+        pl.DataFrame(
+            {
+                "k": [r[0] for r in b],
+                "t": [T0 + r[1] for r in b],
+                "v": [r[2] for r in b],
+                "id": [f"{i}.{j}" for j, _ in enumerate(b)],
+            },
+            schema={"k": pl.String, "t": pl.Int64, "v": pl.Int64, "id": pl.String},
+        )
+        for i, b in enumerate(batches)
+        if b
+    ]
+    flow = tf.Dataflow("maxby")
+    out, late = CollectSink(), CollectSink()
+    w = (
+        flow.source(TestingSource(items, batch_size=1))
+        .event_time("t", unit="us", delay=timedelta(microseconds=delay))
+        .key_by("k")
+        .window(window, allowed_lateness=timedelta(microseconds=lateness))
+        .max_by("v")
+    )
+    w.results.sink(out)
+    w.late.sink(late)
+    tf.run(flow, workers=workers, batch_size=1)
+    rows = sorted(
+        (
+            r["k"],
+            int(r["window_start"].timestamp() * 1_000_000) - T0,
+            r.get("result", "final"),
+            r["v"],
+            r["id"],
+        )
+        for r in out.rows()
+    )
+    lates = late.frame()
+    late_ids = sorted(lates["id"].to_list()) if lates.height else []
+    return rows, late_ids
+
+
+def ref_max_by(batches, size, hop, delay, lateness):
+    """Brute force: replay per record; a window's result is every record tied for its max."""
+    wm = MIN
+    wins = defaultdict(list)  # (k, ws) -> [(v, id)]
+    fired = set()
+    out, late = [], []
+
+    def leaders(kw, kind):
+        top = max(v for v, _ in wins[kw])
+        return [(*kw, kind, v, i) for v, i in wins[kw] if v == top]
+
+    for bi, batch in enumerate(batches):
+        touched = set()
+        for j, (k, t, v) in enumerate(batch):
+            rid, ok = f"{bi}.{j}", False
+            first = (t // hop) * hop
+            for ws in range(first, first - size, -hop):
+                if not (ws <= t < ws + size):
+                    continue
+                if ws + size > wm:
+                    wins[(k, ws)].append((v, rid))
+                    ok = True
+                elif ws + size + lateness > wm:
+                    wins[(k, ws)].append((v, rid))
+                    touched.add((k, ws))
+                    ok = True
+            if not ok:
+                late.append(rid)
+        for kw in touched:
+            out += leaders(kw, "update")
+            fired.add(kw)
+        if batch:
+            wm = max(wm, max(t for _, t, _ in batch) - delay)
+        for kw in sorted(wins):
+            if kw not in fired and kw[1] + size <= wm:
+                out += leaders(kw, "final")
+                fired.add(kw)
+    for kw in sorted(wins):
+        if kw not in fired:
+            out += leaders(kw, "final")
+    return sorted(out), sorted(late)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    batches=batches_st,
+    delay=st.integers(0, 30),
+    lateness=st.sampled_from([0, 20]),
+    size_hop=st.sampled_from([(10, 10), (25, 25), (20, 5), (30, 10)]),
+)
+def test_max_by_equals_reference(batches, delay, lateness, size_hop):
+    size, hop = size_hop
+    window = (
+        windows.tumbling(timedelta(microseconds=size))
+        if size == hop
+        else windows.sliding(timedelta(microseconds=size), timedelta(microseconds=hop))
+    )
+    want, want_late = ref_max_by(batches, size, hop, delay, lateness)
+    got, got_late = run_max_by(batches, window, delay, lateness, workers=1)
+    assert got == [(*r[:2], r[2] if lateness else "final", *r[3:]) for r in want]
+    assert got_late == want_late
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_max_by_with_workers_equals_reference(workers):
+    """In-order data (nothing late): N workers give the leaders of one brute-force pass."""
+    import random
+
+    rnd = random.Random(5)
+    batches = [
+        [(rnd.choice("abcd"), i * 7 + j, rnd.randint(0, 9)) for j in range(7)] for i in range(60)
+    ]
+    for size, hop in ((50, 50), (60, 20)):
+        window = (
+            windows.tumbling(timedelta(microseconds=size))
+            if size == hop
+            else windows.sliding(timedelta(microseconds=size), timedelta(microseconds=hop))
+        )
+        want, _ = ref_max_by(batches, size, hop, 1000, 0)
+        got, late = run_max_by(batches, window, 1000, 0, workers=workers)
+        assert got == want and not late
+
+
+def test_max_by_takes_aligned_windows_and_a_known_column():
+    flow = tf.Dataflow("mb")
+    s = flow.source(TestingSource([], schema={"k": pl.String, "t": pl.Int64, "v": pl.Int64}))
+    keyed = s.event_time("t", unit="us").key_by("k")
+    with pytest.raises(tf.ConfigError, match=r"max_by.*tumbling or sliding"):
+        keyed.window(windows.session(timedelta(seconds=1))).max_by("v")
+    with pytest.raises(tf.ConfigError, match="no column 'w' for max_by"):
+        keyed.window(windows.tumbling(timedelta(seconds=1))).max_by("w")
+
+
+@settings(max_examples=30, deadline=None)
+@given(batches=batches_st, workers=st.sampled_from([1, 2]))
+def test_windows_over_window_results(batches, workers):
+    """Per-key sums in sliding windows, then per window the largest sum: a brute-force pass."""
+    size, hop = 20, 5
+    sums = defaultdict(int)
+    for b in batches:
+        for k, t, v in b:
+            first = (t // hop) * hop
+            for ws in range(first, first - size, -hop):
+                if ws <= t < ws + size:
+                    sums[(ws, k)] += v
+    best = defaultdict(lambda: -(10**9))
+    for (ws, _), s in sums.items():
+        best[ws] = max(best[ws], s)
+    want = sorted((ws, k, s) for (ws, k), s in sums.items() if s == best[ws])
+
+    flow = tf.Dataflow("chain")
+    out, late = CollectSink(), CollectSink()
+    sums_w = (
+        flow.source(TestingSource(_rows(batches), batch_size=1))
+        .event_time("t", unit="us", delay=timedelta(seconds=1), idle=None)
+        .key_by("k")
+        .window(windows.sliding(timedelta(microseconds=size), timedelta(microseconds=hop)))
+        .agg(pl.col("v").sum().alias("s"))
+    )
+    assert sums_w.results.time_column == "window_end" and sums_w.late.time_column is None
+    top = (
+        sums_w.results.with_columns(ws=pl.col("window_start"))
+        .key_by("ws")
+        .window(windows.tumbling(timedelta(microseconds=hop)))
+        .max_by("s")
+    )
+    top.results.sink(out)
+    top.late.sink(late)
+    tf.run(flow, workers=workers, batch_size=1)
+    got = sorted((int(r["ws"].timestamp() * 1_000_000) - T0, r["k"], r["s"]) for r in out.rows())
+    assert got == want
+    assert late.frame().height == 0

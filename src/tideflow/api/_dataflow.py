@@ -305,7 +305,13 @@ class Stream:
 
     @property
     def time_column(self) -> str | None:
-        """The event-time column (declared with :meth:`event_time`), if any."""
+        """The event-time column (declared with :meth:`event_time`), if any.
+
+        Results of event-time windows have ``window_end`` as their time; a window's ``late``
+        output has none.
+        """
+        if self.node.kind == "window" and self.port != "out":
+            return None
         return self.node.time_column
 
     def event_time(

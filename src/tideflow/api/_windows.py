@@ -123,7 +123,8 @@ class WindowOp:
     early: timedelta | int | None
     #: Incremental aggregations, or None when ``fn`` is used.
     aggs: tuple[AggSpec, ...] | None
-    #: ``("reduce", fn)``, ``("fold", (init, fn))`` or ``("apply", fn)`` over a window's records.
+    #: ``("reduce", fn)``, ``("fold", (init, fn))`` or ``("apply", fn)`` over a window's records,
+    #: or ``("max_by", column)``: the records carrying the largest value (vectorized, mergeable).
     fn: tuple[str, Any] | None
     #: Emit the ``result`` column (early/final/update); on when lateness or early is set.
     mark: bool
@@ -227,6 +228,18 @@ class WindowedStream:
             if missing:
                 msg = f"step '{step_id}': no column {missing} to aggregate; columns are {list(schema)}"
                 raise ConfigError(msg)
+        if fn is not None and fn[0] == "max_by":
+            if not isinstance(self.spec, Tumbling | Sliding):
+                msg = (
+                    f"step '{step_id}': max_by() takes tumbling or sliding windows, got "
+                    f"{self.spec!r}; use .apply(...) for session and count windows"
+                )
+                raise ConfigError(msg)
+            if schema is not None and fn[1] not in schema:
+                msg = (
+                    f"step '{step_id}': no column {fn[1]!r} for max_by; columns are {list(schema)}"
+                )
+                raise ConfigError(msg)
         mark = self.allowed_lateness > timedelta(0) or self.early is not None
         op = WindowOp(
             self.keyed.keys,
@@ -242,6 +255,10 @@ class WindowedStream:
         )
         up = self.keyed._exchange(step_id)
         node = flow._add("window", [up], op, step_id, ports=("out", "late"))
+        if self.clock == "event" and not isinstance(self.spec, Count):
+            # A result happens at its window's end: it is emitted just before the watermark
+            # passes that end, so windows and joins downstream can use it as event time.
+            node.time_column = "window_end"
         return WindowOut(Stream(flow, node, "out"), Stream(flow, node, "late"))
 
     def agg(
@@ -283,3 +300,33 @@ class WindowedStream:
     ) -> WindowOut:
         """Call ``fn`` with all records of a key's window (a DataFrame); it returns rows."""
         return self._build("window", name, None, ("apply", fn))
+
+    def max_by(self, column: str, *, name: str | None = None) -> WindowOut:
+        """The records carrying the largest ``column`` of each key's window (all of them on ties).
+
+        Tumbling and sliding windows. Vectorized and mergeable: each micro-batch keeps only its
+        candidates (the records tied for its largest value per key and window) and a window
+        holds only its current leaders, never all its records. Records whose value is null
+        never win. Results carry the key columns, ``window_start``, ``window_end`` and the
+        records' columns.
+
+        Examples
+        --------
+        >>> from datetime import timedelta
+        >>> import polars as pl
+        >>> import tideflow as tf
+        >>> from tideflow import windows
+        >>> from tideflow.testing import TestingSource, CollectSink
+        >>> bids = [{"item": "a", "t": 1, "price": 5, "who": "x"},
+        ...         {"item": "a", "t": 4, "price": 9, "who": "y"},
+        ...         {"item": "a", "t": 7, "price": 9, "who": "z"},
+        ...         {"item": "a", "t": 12, "price": 3, "who": "x"}]
+        >>> flow = tf.Dataflow("top_bids")
+        >>> out = CollectSink()
+        >>> (flow.source(TestingSource(bids)).event_time("t", unit="s").key_by("item")
+        ...  .window(windows.tumbling(timedelta(seconds=10))).max_by("price").results.sink(out))
+        >>> _ = tf.run(flow)
+        >>> out.frame().sort("window_start", "who").select("price", "who").rows()
+        [(9, 'y'), (9, 'z'), (3, 'x')]
+        """
+        return self._build("window", name, None, ("max_by", column))

@@ -174,13 +174,20 @@ class _WindowBase(Operator):
     def _partial(self, rows: pl.DataFrame, by: list[str]) -> pl.DataFrame:
         if self.op.aggs is not None:
             return rows.group_by(by).agg(self.partials)
+        return self._leaders(rows, by)
+
+    def _leaders(self, rows: pl.DataFrame, by: list[str]) -> pl.DataFrame:
+        """``max_by``: only the records tied for the largest value per group can still win."""
+        if self.op.fn is not None and self.op.fn[0] == "max_by":
+            col = pl.col(self.op.fn[1])
+            return rows.filter(col == col.max().over(by))
         return rows
 
     def _merge(self, frames: list[pl.DataFrame], by: list[str]) -> pl.DataFrame:
         merged = frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical_relaxed")
         if self.op.aggs is not None:
             return merged.group_by(by).agg(self.merges)
-        return merged
+        return self._leaders(merged, by) if len(frames) > 1 else merged
 
     def _finalize(self, merged: pl.DataFrame, window_cols: list[str]) -> pl.DataFrame:
         """Partials (or raw records) of windows -> result rows: keys, window columns, values."""
@@ -189,6 +196,8 @@ class _WindowBase(Operator):
             return merged.select(*by, *self.finals)
         assert self.op.fn is not None
         kind, fn = self.op.fn
+        if kind == "max_by":  # the leaders, merged already
+            return merged
         where = fn_location(fn if kind != "fold" else fn[1])
         rows: list[dict[str, Any]] = []
         frames: list[pl.DataFrame] = []
