@@ -77,10 +77,8 @@ def test_cli_tideflow_windowed_query_runs_and_checks(
     nexmark_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "q5.parquet"
-    code = main(
-        ["nexmark", "run", "--query", "q5", "--input", str(nexmark_dir), "--output", str(out)]
-        + ["--check"]
-    )
+    args = ["--query", "q5", "--input", str(nexmark_dir), "--output", str(out), "--check"]
+    code = main(["nexmark", "run", *args])
     assert code == 0
     assert "matches the DuckDB reference" in capsys.readouterr().err
     assert out.exists()

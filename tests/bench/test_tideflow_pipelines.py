@@ -37,7 +37,7 @@ def test_windowed_queries_say_they_are_not_available(
 
 
 JOIN_QUERIES = ("q3", "q4", "q6", "q9", "q18", "q19", "q20")
-WINDOW_QUERIES = ("q5", "q7", "q11", "q12")
+WINDOW_QUERIES = ("q5", "q7", "q8", "q11", "q12")
 
 
 @pytest.fixture(scope="module")

@@ -69,6 +69,10 @@ def ref_window_join(batches, size, hop, delay, how):
     del wm_at, ok
     out = []
     for (k, ws), (ls, rs) in groups.items():
+        if how in ("semi", "anti"):  # left rows with (semi) or without (anti) a partner
+            if bool(rs) == (how == "semi"):
+                out += [(k, ws, lt, lv, None, None) for lt, lv in ls]
+            continue
         for lt, lv in ls:
             for rt, rv in rs:
                 out.append((k, ws, lt, lv, rt, rv))
@@ -141,11 +145,12 @@ def run_window_join(batches, window, delay, how, workers=1):
     tf.run(flow, workers=workers, batch_size=1)
     frame = out.frame()
     got = Counter(
-        (r["k"], us(r["window_start"]), us(r["t"]), r["v"], us(r["t_right"]), r["v_right"])
+        (r["k"], us(r["window_start"]), us(r["t"]), r["v"], us(r.get("t_right")), r.get("v_right"))
         for r in frame.iter_rows(named=True)
     )
     if frame.height:
-        assert frame.columns == ["k", "window_start", "window_end", "t", "v", "t_right", "v_right"]
+        right_cols = [] if how in ("semi", "anti") else ["t_right", "v_right"]
+        assert frame.columns == ["k", "window_start", "window_end", "t", "v", *right_cols]
         assert (
             frame["window_end"] - frame["window_start"]
         ).dt.total_microseconds().unique().len() == 1
@@ -446,7 +451,47 @@ def test_interval_join_checks_the_end_column():
         left.join_interval(right, lower=timedelta(0), upper=None, emit="later")
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    batches=batches_st,
+    delay=st.integers(0, 25),
+    how=st.sampled_from(["semi", "anti"]),
+    size_hop=st.sampled_from([(10, 10), (25, 25), (20, 10)]),
+)
+def test_semi_and_anti_window_joins_equal_reference(batches, delay, how, size_hop):
+    size, hop = size_hop
+    window = (
+        windows.tumbling(timedelta(microseconds=size))
+        if size == hop
+        else windows.sliding(timedelta(microseconds=size), timedelta(microseconds=hop))
+    )
+    want, want_late = ref_window_join(batches, size, hop, delay, how)
+    got, got_late = run_window_join(batches, window, delay, how)
+    assert got == want
+    assert got_late == want_late
+
+
 # -- two workers --------------------------------------------------------------------------------
+@pytest.mark.parametrize("how", ["semi", "anti"])
+def test_semi_and_anti_with_two_workers_equal_the_reference(how):
+    import random
+
+    rnd = random.Random(3)
+    batches = [
+        [
+            (rnd.choice("LR"), rnd.choice("abcde"), rnd.randrange(100), rnd.randrange(99))
+            for _ in range(5)
+        ]
+        for _ in range(12)
+    ]
+    want, _ = ref_window_join(batches, 10, 10, 1000, how)
+    got, late = run_window_join(
+        batches, windows.tumbling(timedelta(microseconds=10)), 1000, how, workers=2
+    )
+    assert got == want and sum(want.values()) > 3
+    assert not late
+
+
 @pytest.mark.parametrize("kind", ["window", "interval", "close"])
 def test_two_workers_equal_the_reference(kind):
     import random
@@ -618,6 +663,6 @@ def test_docs_examples_run():
 
     page = pathlib.Path(__file__).parents[2] / "docs" / "joins.md"
     blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
-    assert len(blocks) == 7
+    assert len(blocks) == 8
     for block in blocks:
         exec(compile(block, str(page), "exec"), {})

@@ -951,7 +951,7 @@ class KeyedStream:
         other: KeyedStream,
         window: WindowSpec,
         *,
-        how: Literal["inner", "left", "right", "full"] = "inner",
+        how: Literal["inner", "left", "right", "full", "semi", "anti"] = "inner",
         name: str | None = None,
     ) -> JoinOut:
         """Join records of both streams that share key and window (tumbling or sliding).
@@ -959,6 +959,9 @@ class KeyedStream:
         A window's pairs are emitted once the watermark (the minimum of both inputs) passes
         its end; outer joins add unmatched rows with nulls. Results carry the keys,
         ``window_start``, ``window_end`` and both sides' columns (``_right`` on clashes).
+        ``how="semi"`` emits each left record that has at least one right record of its key
+        in the window, once per window, with the left columns only (``"anti"``: those that
+        have none); the right side then keeps only its keys per window.
         Records whose windows already fired go to ``late``.
 
         Examples

@@ -46,6 +46,7 @@ __all__ = [
 
 JoinHow = Literal["inner", "left", "right", "full"]
 IntervalEmit = Literal["arrival", "close"]
+WindowJoinHow = Literal["inner", "left", "right", "full", "semi", "anti"]
 TableMode = Literal["auto", "bounded", "changelog"]
 SUFFIX = "_right"
 
@@ -71,7 +72,7 @@ class WindowJoinOp:
     size_us: int
     hop_us: int
     offset_us: int
-    how: JoinHow
+    how: WindowJoinHow
     left_time: str
     right_time: str
     left_schema: Schema | None
@@ -180,7 +181,7 @@ def join_window(
     right: KeyedStream,
     window: WindowSpec,
     *,
-    how: JoinHow = "inner",
+    how: WindowJoinHow = "inner",
     name: str | None = None,
 ) -> JoinOut:
     """Join records of two keyed streams that share key and (tumbling or sliding) window.
@@ -191,7 +192,7 @@ def join_window(
 
     flow = left.stream.flow
     step_id = flow._step_id(name, "join_window")
-    _check_literal(step_id, "how", how, ("inner", "left", "right", "full"))
+    _check_literal(step_id, "how", how, ("inner", "left", "right", "full", "semi", "anti"))
     _check_pair(step_id, left, right)
     if not isinstance(window, Tumbling | Sliding):
         msg = (
@@ -222,7 +223,10 @@ def join_window(
         rs,
     )
     inputs = _two_inputs(step_id, left, right)
-    schema = _result_schema(left.keys, right.keys, ls, rs, True)
+    if how in ("semi", "anti"):  # the left rows only
+        schema = _result_schema(left.keys, right.keys, ls, {}, True)
+    else:
+        schema = _result_schema(left.keys, right.keys, ls, rs, True)
     node = flow._add("join_window", inputs, op, step_id, schema=schema, ports=("out", "late"))
     return JoinOut(Stream(flow, node, "out"), Stream(flow, node, "late"))
 

@@ -204,6 +204,9 @@ class WindowJoinOperator(_TwoSided):
         if live.height == 0:
             return
         live = live.drop("__rid", "__t")
+        if index == 1 and self.op.how in ("semi", "anti"):
+            # Only whether a key has a right record in the window matters: keep each key once.
+            live = live.select(*self.keys, "__ws").unique()
         for (ws,), part in live.partition_by("__ws", as_dict=True, include_key=False).items():
             bucket = self.buckets.setdefault(int(ws), ([], []))[index]
             bucket.append(part)
@@ -219,9 +222,18 @@ class WindowJoinOperator(_TwoSided):
         how = self.op.how
         for ws in ready:
             lefts, rights = self.buckets.pop(ws)
-            if how == "inner" and not (lefts and rights):
+            if how in ("inner", "semi") and not (lefts and rights):
                 continue
             left = _concat(lefts) if lefts else self._empty(0)
+            if how in ("semi", "anti"):
+                if left.height == 0:
+                    continue
+                if rights:
+                    seen = _concat(rights).select(self.keys)
+                    left = left.join(seen, on=self.keys, how=how, maintain_order="left")
+                if left.height:
+                    out.append(self._windowed(left, ws))
+                continue
             right = _concat(rights) if rights else self._empty(1)
             joined = self._full(left, right, self.keys)
             if how == "inner":
@@ -232,12 +244,15 @@ class WindowJoinOperator(_TwoSided):
                 joined = joined.filter(pl.col("__r").is_not_null())
             if joined.height == 0:
                 continue
-            joined = joined.with_columns(
-                window_start=pl.lit(ws).cast(TIME), window_end=pl.lit(ws + self.size).cast(TIME)
-            )
-            out.append(self._layout(joined, ["window_start", "window_end"]))
+            out.append(self._windowed(joined, ws))
         if out:
             self.ctx.emit(pl.concat(out, how="diagonal_relaxed"))
+
+    def _windowed(self, rows: pl.DataFrame, ws: int) -> pl.DataFrame:
+        rows = rows.with_columns(
+            window_start=pl.lit(ws).cast(TIME), window_end=pl.lit(ws + self.size).cast(TIME)
+        )
+        return self._layout(rows, ["window_start", "window_end"])
 
     def snapshot(self) -> dict[str, Any]:
         """Both sides' buffered rows with their window start ``__ws`` (Arrow IPC), the watermark.
