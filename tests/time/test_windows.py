@@ -135,7 +135,7 @@ def ref_sessions(batches, gap, delay, lateness):
 T0 = 1_700_000_000_000_000  # µs
 
 
-def run_windows(batches, window, delay, lateness, workers=1):
+def run_windows(batches, window, delay, lateness, workers=1, idle=timedelta(seconds=10)):
     items = [
         pl.DataFrame(
             {"k": [r[0] for r in b], "t": [T0 + r[1] for r in b], "v": [r[2] for r in b]},
@@ -147,13 +147,15 @@ def run_windows(batches, window, delay, lateness, workers=1):
     flow = tf.Dataflow("win")
     out, late = CollectSink(), CollectSink()
     stream = flow.source(TestingSource(items, batch_size=1)).event_time(
-        "t", unit="us", delay=timedelta(microseconds=delay)
+        "t", unit="us", delay=timedelta(microseconds=delay), idle=idle
     )
     w = (
         stream.key_by("k")
         .window(window, allowed_lateness=timedelta(microseconds=lateness))
         .agg(*AGGS)
     )
+    combined = any(n.step_id.endswith(".combine") for n in flow.nodes)
+    assert combined == (not isinstance(window, windows.Session))
     w.results.sink(out)
     w.late.sink(late)
     tf.run(flow, workers=workers, batch_size=1)
@@ -613,3 +615,101 @@ def test_windows_over_window_results(batches, workers):
     got = sorted((int(r["ws"].timestamp() * 1_000_000) - T0, r["k"], r["s"]) for r in out.rows())
     assert got == want
     assert late.frame().height == 0
+
+
+# -- the combiner before the exchange ------------------------------------------------------------
+def _aligned(size, hop):
+    if size == hop:
+        return windows.tumbling(timedelta(microseconds=size))
+    return windows.sliding(timedelta(microseconds=size), timedelta(microseconds=hop))
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    batches=st.lists(st.lists(record, min_size=1, max_size=12), min_size=2, max_size=10),
+    size_hop=st.sampled_from([(10, 10), (20, 5), (25, 10)]),
+)
+def test_combined_windows_with_two_workers_equal_reference(batches, size_hop):
+    size, hop = size_hop
+    want, _ = ref_aligned(batches, size, hop, 1000, 0)
+    got, late = run_windows(batches, _aligned(size, hop), 1000, 0, workers=2, idle=None)
+    assert got == want and not late
+
+
+@settings(max_examples=30, deadline=None)
+@given(batches=batches_st, delay=st.integers(0, 30), size_hop=st.sampled_from([(10, 10), (20, 5)]))
+def test_combined_max_by_equals_reference(batches, delay, size_hop):
+    size, hop = size_hop
+    want, want_late = ref_max_by(batches, size, hop, delay, 0)
+    items = [
+        pl.DataFrame(
+            {
+                "k": [r[0] for r in b],
+                "t": [T0 + r[1] for r in b],
+                "v": [r[2] for r in b],
+                "id": [f"{i}.{j}" for j, _ in enumerate(b)],
+            }
+        )
+        for i, b in enumerate(batches)
+    ]
+    flow = tf.Dataflow("cmax")
+    out, late = CollectSink(), CollectSink()
+    w = (
+        flow.source(TestingSource(items, batch_size=1))
+        .event_time("t", unit="us", delay=timedelta(microseconds=delay), idle=None)
+        .key_by("k")
+        .window(_aligned(size, hop))
+        .max_by("v")
+    )
+    assert any(n.step_id.endswith(".combine") for n in flow.nodes)
+    w.results.sink(out)
+    w.late.sink(late)
+    tf.run(flow, batch_size=1)
+    got = sorted(
+        (r["k"], int(r["window_start"].timestamp() * 1_000_000) - T0, "final", r["v"], r["id"])
+        for r in out.rows()
+    )
+    assert got == want
+    assert sorted(late.frame()["id"].to_list() if late.frame().height else []) == want_late
+
+
+class _Ctx:
+    """A minimal operator context that records what an operator emits."""
+
+    worker_index, worker_count = 0, 1
+
+    def __init__(self):
+        self.out = []
+
+    def emit(self, batch, port="out"):
+        self.out.append((port, batch))
+
+    def watermark(self, wm, idle=False):
+        pass
+
+
+def test_combiner_passes_records_unchanged_after_its_input_was_idle():
+    from tideflow.runtime._windowing import WindowCombiner
+
+    flow = tf.Dataflow("idlec")
+    s = flow.source(TestingSource([], schema={"k": pl.String, "t": pl.Int64, "v": pl.Int64}))
+    s.event_time("t", unit="us").key_by("k").window(
+        windows.tumbling(timedelta(microseconds=10))
+    ).agg(pl.col("v").sum()).results.sink(CollectSink())
+    node = next(n for n in flow.nodes if n.step_id.endswith(".combine"))
+    ctx = _Ctx()
+    comb = WindowCombiner(node, ctx)
+    batch = pl.DataFrame({"k": ["a", "a", "b"], "t": [T0 + 1, T0 + 25, T0 + 31], "v": [1, 2, 3]})
+    batch = batch.with_columns(pl.col("t").cast(pl.Datetime("us", "UTC")))
+    comb.on_watermark(T0 + 20, False)
+    comb.on_batch(0, batch)
+    raw, part = ctx.out
+    assert raw[0] == "out" and raw[1]["v"].to_list() == [1]  # its window ended at the watermark
+    assert part[0] == "partial" and sorted(part[1]["__v"].to_list()) == [2, 3]
+    ctx.out.clear()
+    comb.on_watermark(T0 + 20, True)  # idle: other workers may move the watermark on
+    comb.on_batch(0, batch)
+    assert [p for p, _ in ctx.out] == ["out"] and ctx.out[0][1].height == 3
+    again = WindowCombiner(node, ctx)
+    again.restore(comb.snapshot())
+    assert again.idle_seen and again.wm == T0 + 20

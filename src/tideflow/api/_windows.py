@@ -34,6 +34,7 @@ __all__ = [
     "Session",
     "Sliding",
     "Tumbling",
+    "WindowCombineOp",
     "WindowOp",
     "WindowOut",
     "WindowSpec",
@@ -130,6 +131,20 @@ class WindowOp:
     mark: bool
     #: Where open windows live (None: memory); DiskState spills them to files.
     state: StateBackend | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WindowCombineOp:
+    """Settings of the combiner a tumbling/sliding window runs before its exchange.
+
+    It pre-aggregates the records whose windows are all still open, per key and *pane* (the
+    gcd of size and hop: every record of a pane belongs to the same windows), into the
+    mergeable partials of ``window`` (or, for ``max_by``, the pane's leading records); those
+    travel on port ``partial``. Other records pass unchanged on ``out``: the window decides
+    whether they are late, as without a combiner. Results are exactly those without one.
+    """
+
+    window: WindowOp
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -253,13 +268,36 @@ class WindowedStream:
             mark,
             backend,
         )
-        up = self.keyed._exchange(step_id)
-        node = flow._add("window", [up], op, step_id, ports=("out", "late"))
+        inputs = self._inputs(step_id, op)
+        node = flow._add("window", inputs, op, step_id, ports=("out", "late"))
         if self.clock == "event" and not isinstance(self.spec, Count):
             # A result happens at its window's end: it is emitted just before the watermark
             # passes that end, so windows and joins downstream can use it as event time.
             node.time_column = "window_end"
         return WindowOut(Stream(flow, node, "out"), Stream(flow, node, "late"))
+
+    def _inputs(self, step_id: str, op: WindowOp) -> list[tuple[int, str]]:
+        """The window's inputs: the keyed exchange, and the combiner's when one fits."""
+        from tideflow.api._dataflow import KeyedStream, Stream
+
+        stream = self.keyed.stream
+        if not _combinable(op):
+            return [self.keyed._exchange(step_id)]
+        flow = stream.flow
+        comb = flow._add(
+            "window",
+            [(stream.node.index, stream.port)],
+            WindowCombineOp(op),
+            step_id + ".combine",
+            schema=stream.schema,
+            ports=("out", "partial"),
+        )
+        comb.time_column = stream.time_column
+        raw = KeyedStream(Stream(flow, comb, "out"), op.keys)._exchange(step_id)
+        part = flow._add(
+            "exchange", [(comb.index, "partial")], op.keys, step_id + ".exchange_partial"
+        )
+        return [raw, (part.index, "out")]
 
     def agg(
         self, *aggs: pl.Expr, state: StateChoice | None = None, name: str | None = None
@@ -330,3 +368,14 @@ class WindowedStream:
         [(9, 'y'), (9, 'z'), (3, 'x')]
         """
         return self._build("window", name, None, ("max_by", column))
+
+
+def _combinable(op: WindowOp) -> bool:
+    """True for the windows a combiner before the exchange can serve: mergeable finishers
+    (``agg``, ``max_by``) of event-time tumbling/sliding windows in memory, without early
+    results."""
+    if op.clock != "event" or not isinstance(op.spec, Tumbling | Sliding):
+        return False
+    if op.state is not None or op.early is not None:
+        return False
+    return op.aggs is not None or (op.fn is not None and op.fn[0] == "max_by")

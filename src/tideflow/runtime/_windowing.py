@@ -10,6 +10,8 @@ window's raw records instead and run per key at firing time.
 from __future__ import annotations
 
 import io
+import logging
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -18,11 +20,21 @@ import polars as pl
 from tideflow._errors import JobError, StateError
 from tideflow.api._aggs import AggSpec
 from tideflow.api._graph import Node, fn_location
-from tideflow.api._windows import Count, Session, Sliding, Tumbling, WindowOp, _us
+from tideflow.api._windows import (
+    Count,
+    Session,
+    Sliding,
+    Tumbling,
+    WindowCombineOp,
+    WindowOp,
+    _us,
+)
 from tideflow.runtime._operators import OpContext, Operator
 from tideflow.state._backends import DiskState
 
-__all__ = ["build_window_operator"]
+__all__ = ["WindowCombiner", "build_window_operator"]
+
+log = logging.getLogger("tideflow.runtime")
 
 WM_MAX = 2**63 - 1
 TIME = pl.Datetime("us", "UTC")
@@ -183,11 +195,15 @@ class _WindowBase(Operator):
             return rows.filter(col == col.max().over(by))
         return rows
 
-    def _merge(self, frames: list[pl.DataFrame], by: list[str]) -> pl.DataFrame:
+    def _merge(
+        self, frames: list[pl.DataFrame], by: list[str], *, force: bool = False
+    ) -> pl.DataFrame:
+        """Partials of the same groups -> one partial row per group (``force``: even of one
+        frame, whose rows may repeat a group)."""
         merged = frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical_relaxed")
         if self.op.aggs is not None:
             return merged.group_by(by).agg(self.merges)
-        return self._leaders(merged, by) if len(frames) > 1 else merged
+        return self._leaders(merged, by) if len(frames) > 1 or force else merged
 
     def _finalize(self, merged: pl.DataFrame, window_cols: list[str]) -> pl.DataFrame:
         """Partials (or raw records) of windows -> result rows: keys, window columns, values."""
@@ -274,9 +290,8 @@ class AlignedWindowOperator(_WindowBase):
         self.fired: dict[int, pl.DataFrame] = {}
         self.dirty: set[int] = set()
 
-    def _assign(self, batch: pl.DataFrame) -> pl.DataFrame:
-        t = self._times(batch)
-        base = batch.with_columns(t)
+    def _assign(self, base: pl.DataFrame) -> pl.DataFrame:
+        """Rows with a time ``__t`` -> one row per window containing it (``__ws``)."""
         start = ((pl.col("__t") - self.offset) // self.hop) * self.hop + self.offset
         if self.copies == 1:
             return base.with_columns(__ws=start)
@@ -287,30 +302,58 @@ class AlignedWindowOperator(_WindowBase):
     def on_batch(self, index: int, batch: pl.DataFrame) -> None:
         if batch.height == 0:
             return
-        rows = self._assign(batch.with_row_index("__rid"))
+        if index == 1:  # partials of panes from the combiner before the exchange
+            self._on_partials(batch)
+            return
+        batch = batch.with_row_index("__rid")
+        rows = self._assign(batch.with_columns(self._times(batch)))
         end = pl.col("__ws") + self.size
         wm, late = self.wm, self.lateness
         live = rows.filter(end > wm)
         update = rows.filter((end <= wm) & (end + late > wm)) if late else rows.clear()
         if live.height + update.height < rows.height:
             kept = pl.concat([live.select("__rid"), update.select("__rid")]).unique()
-            lost = batch.with_row_index("__rid").join(kept, on="__rid", how="anti")
+            lost = batch.join(kept, on="__rid", how="anti")
             self._late(
                 lost, "its windows closed: the watermark passed their end plus the allowed lateness"
             )
         by = [*self.keys, "__ws"]
-        if live.height:
-            partial = self._partial(live.drop("__rid", "__t"), by)
+        self._add(
+            self._partial(live.drop("__rid", "__t"), by) if live.height else None,
+            self._partial(update.drop("__rid", "__t"), by) if update.height else None,
+        )
+        self._count_for_early(batch.height)
+
+    def _on_partials(self, batch: pl.DataFrame) -> None:
+        """Pane partials -> partials of the windows containing each pane."""
+        rows = self._assign(batch.rename({"__pane": "__t"})).drop("__t")
+        end = pl.col("__ws") + self.size
+        live = rows.filter(end > self.wm)
+        update = rows.filter((end <= self.wm) & (end + self.lateness > self.wm))
+        if live.height + update.height < rows.height:  # impossible when the combiner runs
+            log.warning(
+                "step '%s': pre-aggregated records reached windows that had closed; dropped",
+                self.node.step_id,
+            )
+        by = [*self.keys, "__ws"]
+        self._add(
+            self._merge([live], by, force=True) if live.height else None,
+            self._merge([update], by, force=True) if update.height else None,
+        )
+
+    def _add(self, partial: pl.DataFrame | None, update: pl.DataFrame | None) -> None:
+        """File partial rows (keys, ``__ws``, partial columns) into the open and fired windows."""
+        by = [*self.keys, "__ws"]
+        if partial is not None:
             for (ws,), part in partial.partition_by("__ws", as_dict=True).items():
                 bucket = self.pending.setdefault(int(ws), [])
                 bucket.append(part)
                 self.dirty.add(int(ws))
                 if len(bucket) >= _COMPACT_AT:
                     self.pending[int(ws)] = [self._merge(bucket, by)]
-        if update.height:
-            partial = self._partial(update.drop("__rid", "__t"), by)
+        if update is not None:
             out: list[pl.DataFrame] = []
-            for (ws,), part in partial.partition_by("__ws", as_dict=True).items():
+            for (ws,), part in update.partition_by("__ws", as_dict=True).items():
                 ws = int(ws)
                 merged = (
                     self._merge([self.fired[ws], part], by)
@@ -321,7 +364,6 @@ class AlignedWindowOperator(_WindowBase):
                 touched = part.select(self.keys).unique()
                 out.append(self._result(merged.join(touched, on=self.keys, how="semi")))
             self._emit_results(out, "update")
-        self._count_for_early(batch.height)
 
     def _result(self, merged: pl.DataFrame) -> pl.DataFrame:
         res = self._finalize(merged, ["__ws"])
@@ -407,6 +449,87 @@ class AlignedWindowOperator(_WindowBase):
                 h = pl.col(k[0]).hash(seed=7) if len(k) == 1 else pl.struct(k).hash(seed=7)
                 frame = frame.filter((h % share[1]) == share[0])
             self.pending.setdefault(int(e["ws"]), []).append(frame)
+
+
+# -- the combiner before the exchange ----------------------------------------------------------------
+class WindowCombiner(Operator):
+    """Pre-aggregates on-time records per key and pane before a window's exchange.
+
+    A pane is ``gcd(size, hop)`` long and aligned like the windows, so all its records belong
+    to the same windows and its partial can be merged into each of them. A record is on time
+    when the earliest window containing it ends after the watermark seen here. That watermark
+    bounds the one the window has when these records reach it (the window takes the minimum
+    over the workers, and this worker's later watermarks follow its records), so on-time
+    records are on time there too, and their partials can be merged without a per-record
+    lateness check. Other records go on unchanged, and the window sorts them into results,
+    updates and ``late``.
+
+    The bound fails once this input has been idle: the other workers' watermarks may then
+    have moved on without it, and records it sends later may be late at the window, where
+    they must reach ``late`` one by one. After its first idle watermark the combiner
+    therefore passes every record through unchanged for the rest of the run.
+    """
+
+    def __init__(self, node: Node, ctx: OpContext) -> None:
+        super().__init__(node, ctx)
+        op: WindowOp = node.spec.window
+        spec = op.spec
+        assert isinstance(spec, Tumbling | Sliding)
+        self.keys = list(op.keys)
+        self.size = _us(spec.size)
+        self.hop = _us(spec.hop) if isinstance(spec, Sliding) else self.size
+        self.offset = _us(spec.offset)
+        self.pane = math.gcd(self.size, self.hop)
+        assert op.time_column is not None
+        self.time_col = op.time_column
+        self.wm = -(2**63)
+        self.partials = partial_exprs(op.aggs) if op.aggs is not None else None
+        self.max_by = op.fn[1] if op.fn is not None and op.fn[0] == "max_by" else None
+        self.idle_seen = False
+
+    def on_batch(self, index: int, batch: pl.DataFrame) -> None:
+        if batch.height == 0:
+            return
+        if self.idle_seen:
+            self.ctx.emit(batch)
+            return
+        t = pl.col(self.time_col).dt.epoch("us")
+        pane = ((t - self.offset) // self.pane) * self.pane + self.offset
+        # The earliest window holding the pane ends at the first aligned end after the pane.
+        first_end = ((pane - self.offset - self.size) // self.hop + 1) * self.hop
+        rows = batch.with_columns(
+            __pane=pane, __on_time=first_end + self.offset + self.size > self.wm
+        )
+        on_time = rows.filter(pl.col("__on_time")).drop("__on_time")
+        if on_time.height < rows.height:
+            self.ctx.emit(rows.filter(~pl.col("__on_time")).drop("__on_time", "__pane"))
+        if on_time.height == 0:
+            return
+        by = [*self.keys, "__pane"]
+        if self.partials is not None:
+            self.ctx.emit(on_time.group_by(by).agg(self.partials), "partial")
+        else:
+            col = pl.col(str(self.max_by))
+            self.ctx.emit(on_time.filter(col == col.max().over(by)), "partial")
+
+    def on_watermark(self, wm: int, idle: bool) -> None:
+        if idle and not self.idle_seen and wm < WM_MAX:
+            self.idle_seen = True
+            log.info(
+                "step '%s': input idle; records pass to the window without pre-aggregation "
+                "from now on",
+                self.node.step_id,
+            )
+        self.wm = max(self.wm, wm)
+        self.ctx.watermark(wm, idle)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"version": 2, "kind": "combine", "wm": self.wm, "idle_seen": self.idle_seen}
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        _check(self.node.step_id, snap, "combine")
+        self.wm = int(snap["wm"])
+        self.idle_seen = bool(snap.get("idle_seen", False))
 
 
 # -- sessions -------------------------------------------------------------------------------------
@@ -669,6 +792,8 @@ class CountWindowOperator(_WindowBase):
 
 def build_window_operator(node: Node, ctx: OpContext) -> Operator:
     """The runtime operator for a window step."""
+    if isinstance(node.spec, WindowCombineOp):
+        return WindowCombiner(node, ctx)
     spec = node.spec.spec
     if isinstance(node.spec.state, DiskState):
         from tideflow.runtime._diskwindow import SpillingWindowOperator

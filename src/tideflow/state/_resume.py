@@ -52,6 +52,8 @@ def _rescale_join(
     out = dict(first)
     if kind in ("join_window", "join_interval"):
         out["wm"] = min(int(s["wm"]) for s in snaps)
+        if "idle_seen" in first:  # a window's combiner: any idle worker makes all pass records
+            out["idle_seen"] = any(bool(s.get("idle_seen")) for s in snaps)
         out["schemas"] = [
             next((s["schemas"][i] for s in snaps if s["schemas"][i] is not None), None)
             for i in (0, 1)
@@ -115,6 +117,8 @@ def _rescale(
     if kind == "window" and first.get("version") == 2:
         out = dict(first)
         out["wm"] = min(int(s["wm"]) for s in snaps)
+        if "idle_seen" in first:  # a window's combiner: any idle worker makes all pass records
+            out["idle_seen"] = any(bool(s.get("idle_seen")) for s in snaps)
         for field in ("pending", "fired", "open", "counts"):
             if field in first:
                 frame = _union([s.get(field) for s in snaps])
