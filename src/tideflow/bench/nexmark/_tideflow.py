@@ -300,9 +300,9 @@ def _q9(i: _Inputs) -> Any:
 _SECOND = timedelta(seconds=1)
 
 
-def _bid_time(i: _Inputs) -> Any:
-    """Bids with event time: the generator writes them in event-time order."""
-    return i.bid.event_time("date_time", idle=None, name="bid_time")
+def _bid_time(i: _Inputs, *columns: str) -> Any:
+    """Bids (only ``columns``) with event time; the generator writes them in time order."""
+    return i.read("bid", *columns).event_time("date_time", idle=None, name="bid_time")
 
 
 def _q5(i: _Inputs) -> Any:
@@ -310,8 +310,7 @@ def _q5(i: _Inputs) -> Any:
 
     size, hop = 10 * _SECOND, 2 * _SECOND
     counts = (
-        _bid_time(i)
-        .select("auction", "date_time")
+        _bid_time(i, "auction", "date_time")
         .key_by("auction")
         .window(windows.sliding(size, hop))
         .agg(pl.len().alias("num"), name="bids_per_auction")
@@ -338,8 +337,7 @@ def _q7(i: _Inputs) -> Any:
     from tideflow import windows
 
     return (
-        _bid_time(i)
-        .select("auction", "bidder", "price", "date_time")
+        _bid_time(i, "auction", "bidder", "price", "date_time")
         .key_by(pl.lit(0).alias("all"))
         .window(windows.tumbling(10 * _SECOND))
         .max_by("price", name="highest_bid")
@@ -350,10 +348,10 @@ def _q7(i: _Inputs) -> Any:
 def _q8(i: _Inputs) -> Any:
     from tideflow import windows
 
-    people = i.person.select("id", "name", "date_time").event_time(
+    people = i.read("person", "id", "name", "date_time").event_time(
         "date_time", idle=None, name="person_time"
     )
-    sellers = i.auction.select("seller", "date_time").event_time(
+    sellers = i.read("auction", "seller", "date_time").event_time(
         "date_time", idle=None, name="auction_time"
     )
     # A semi join: each person once per window in which they also opened an auction.
@@ -368,8 +366,7 @@ def _q11(i: _Inputs) -> Any:
     from tideflow import windows
 
     return (
-        _bid_time(i)
-        .select("bidder", "date_time")
+        _bid_time(i, "bidder", "date_time")
         .key_by("bidder")
         .window(windows.session(10 * _SECOND))
         .agg(pl.len().alias("bid_count"), name="sessions")
@@ -381,7 +378,7 @@ def _q12(i: _Inputs) -> Any:
     from tideflow import windows
 
     return (
-        i.bid.select("bidder")
+        i.read("bid", "bidder")
         .key_by("bidder")
         .window(windows.tumbling(10 * _SECOND), clock="processing")
         .agg(pl.len().alias("bid_count"), name="bids_per_bidder")
