@@ -73,17 +73,25 @@ def spread_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def _run_and_check(
+    query: str, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Run ``query`` on tideflow with ``workers``; check it against DuckDB; both results."""
+    monkeypatch.setenv("TIDEFLOW_NEXMARK_WORKERS", str(workers))
+    out = tmp_path / "out.parquet"
+    run_tideflow(query, data, out)
+    result, reference = pl.read_parquet(out), run_reference(query, data)
+    check(query, result, reference, label=f"{query} on tideflow, {workers} workers")
+    return result, reference
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("query", JOIN_QUERIES)
 def test_join_queries_equal_the_reference_in_many_batches(
     small_groups: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, query: str, workers: int
 ) -> None:
-    monkeypatch.setenv("TIDEFLOW_NEXMARK_WORKERS", str(workers))
-    out = tmp_path / "out.parquet"
-    run_tideflow(query, small_groups, out)
-    result = pl.read_parquet(out)
+    result, _ = _run_and_check(query, small_groups, tmp_path, monkeypatch, workers)
     assert result.height > 0
-    check(query, result, run_reference(query, small_groups), label=f"{query} on tideflow")
 
 
 @pytest.mark.parametrize("query", JOIN_QUERIES + WINDOW_QUERIES)
@@ -101,10 +109,5 @@ def test_join_queries_run_without_per_record_steps(
 def test_window_queries_equal_the_reference_with_workers(
     spread_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, query: str, workers: int
 ) -> None:
-    monkeypatch.setenv("TIDEFLOW_NEXMARK_WORKERS", str(workers))
-    out = tmp_path / "out.parquet"
-    run_tideflow(query, spread_dir, out)
-    result = pl.read_parquet(out)
-    reference = run_reference(query, spread_dir)
+    _, reference = _run_and_check(query, spread_dir, tmp_path, monkeypatch, workers)
     assert reference.height > (1 if query == "q7" else 20)  # many windows, not a trivial case
-    check(query, result, reference, label=f"{query} on tideflow, {workers} workers")

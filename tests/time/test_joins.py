@@ -459,12 +459,8 @@ def test_interval_join_checks_the_end_column():
     size_hop=st.sampled_from([(10, 10), (25, 25), (20, 10)]),
 )
 def test_semi_and_anti_window_joins_equal_reference(batches, delay, how, size_hop):
-    size, hop = size_hop
-    window = (
-        windows.tumbling(timedelta(microseconds=size))
-        if size == hop
-        else windows.sliding(timedelta(microseconds=size), timedelta(microseconds=hop))
-    )
+    size, hop = size_hop  # hop == size: tumbling windows
+    window = windows.sliding(timedelta(microseconds=size), timedelta(microseconds=hop))
     want, want_late = ref_window_join(batches, size, hop, delay, how)
     got, got_late = run_window_join(batches, window, delay, how)
     assert got == want
@@ -472,27 +468,7 @@ def test_semi_and_anti_window_joins_equal_reference(batches, delay, how, size_ho
 
 
 # -- two workers --------------------------------------------------------------------------------
-@pytest.mark.parametrize("how", ["semi", "anti"])
-def test_semi_and_anti_with_two_workers_equal_the_reference(how):
-    import random
-
-    rnd = random.Random(3)
-    batches = [
-        [
-            (rnd.choice("LR"), rnd.choice("abcde"), rnd.randrange(100), rnd.randrange(99))
-            for _ in range(5)
-        ]
-        for _ in range(12)
-    ]
-    want, _ = ref_window_join(batches, 10, 10, 1000, how)
-    got, late = run_window_join(
-        batches, windows.tumbling(timedelta(microseconds=10)), 1000, how, workers=2
-    )
-    assert got == want and sum(want.values()) > 3
-    assert not late
-
-
-@pytest.mark.parametrize("kind", ["window", "interval", "close"])
+@pytest.mark.parametrize("kind", ["window", "interval", "close", "semi", "anti"])
 def test_two_workers_equal_the_reference(kind):
     import random
 
@@ -505,10 +481,11 @@ def test_two_workers_equal_the_reference(kind):
         for _ in range(12)
     ]
     delay = 1000  # nothing is late whatever the interleaving of the workers
-    if kind == "window":
-        want, _ = ref_window_join(batches, 10, 10, delay, "full")
+    if kind in ("window", "semi", "anti"):
+        how = "full" if kind == "window" else kind
+        want, _ = ref_window_join(batches, 10, 10, delay, how)
         got, late = run_window_join(
-            batches, windows.tumbling(timedelta(microseconds=10)), delay, "full", workers=2
+            batches, windows.tumbling(timedelta(microseconds=10)), delay, how, workers=2
         )
     elif kind == "interval":
         want, _ = ref_interval_join(batches, -4, 6, delay)

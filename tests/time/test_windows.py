@@ -442,6 +442,12 @@ def test_distinct_and_top_k_in_windows(batches):
 
 
 # -- max_by and windows over window results -------------------------------------------------------
+def _aligned(size, hop):
+    if size == hop:
+        return windows.tumbling(timedelta(microseconds=size))
+    return windows.sliding(timedelta(microseconds=size), timedelta(microseconds=hop))
+
+
 def run_max_by(batches, window, delay, lateness, workers):
     items = [
         pl.DataFrame(
@@ -465,6 +471,7 @@ def run_max_by(batches, window, delay, lateness, workers):
         .window(window, allowed_lateness=timedelta(microseconds=lateness))
         .max_by("v")
     )
+    assert any(n.step_id.endswith(".combine") for n in flow.nodes)  # runs with a combiner
     w.results.sink(out)
     w.late.sink(late)
     tf.run(flow, workers=workers, batch_size=1)
@@ -535,13 +542,8 @@ def ref_max_by(batches, size, hop, delay, lateness):
 )
 def test_max_by_equals_reference(batches, delay, lateness, size_hop):
     size, hop = size_hop
-    window = (
-        windows.tumbling(timedelta(microseconds=size))
-        if size == hop
-        else windows.sliding(timedelta(microseconds=size), timedelta(microseconds=hop))
-    )
     want, want_late = ref_max_by(batches, size, hop, delay, lateness)
-    got, got_late = run_max_by(batches, window, delay, lateness, workers=1)
+    got, got_late = run_max_by(batches, _aligned(size, hop), delay, lateness, workers=1)
     assert got == [(*r[:2], r[2] if lateness else "final", *r[3:]) for r in want]
     assert got_late == want_late
 
@@ -556,13 +558,8 @@ def test_max_by_with_workers_equals_reference(workers):
         [(rnd.choice("abcd"), i * 7 + j, rnd.randint(0, 9)) for j in range(7)] for i in range(60)
     ]
     for size, hop in ((50, 50), (60, 20)):
-        window = (
-            windows.tumbling(timedelta(microseconds=size))
-            if size == hop
-            else windows.sliding(timedelta(microseconds=size), timedelta(microseconds=hop))
-        )
         want, _ = ref_max_by(batches, size, hop, 1000, 0)
-        got, late = run_max_by(batches, window, 1000, 0, workers=workers)
+        got, late = run_max_by(batches, _aligned(size, hop), 1000, 0, workers=workers)
         assert got == want and not late
 
 
@@ -618,12 +615,6 @@ def test_windows_over_window_results(batches, workers):
 
 
 # -- the combiner before the exchange ------------------------------------------------------------
-def _aligned(size, hop):
-    if size == hop:
-        return windows.tumbling(timedelta(microseconds=size))
-    return windows.sliding(timedelta(microseconds=size), timedelta(microseconds=hop))
-
-
 @settings(max_examples=8, deadline=None)
 @given(
     batches=st.lists(st.lists(record, min_size=1, max_size=12), min_size=2, max_size=10),
@@ -634,43 +625,6 @@ def test_combined_windows_with_two_workers_equal_reference(batches, size_hop):
     want, _ = ref_aligned(batches, size, hop, 1000, 0)
     got, late = run_windows(batches, _aligned(size, hop), 1000, 0, workers=2, idle=None)
     assert got == want and not late
-
-
-@settings(max_examples=30, deadline=None)
-@given(batches=batches_st, delay=st.integers(0, 30), size_hop=st.sampled_from([(10, 10), (20, 5)]))
-def test_combined_max_by_equals_reference(batches, delay, size_hop):
-    size, hop = size_hop
-    want, want_late = ref_max_by(batches, size, hop, delay, 0)
-    items = [
-        pl.DataFrame(
-            {
-                "k": [r[0] for r in b],
-                "t": [T0 + r[1] for r in b],
-                "v": [r[2] for r in b],
-                "id": [f"{i}.{j}" for j, _ in enumerate(b)],
-            }
-        )
-        for i, b in enumerate(batches)
-    ]
-    flow = tf.Dataflow("cmax")
-    out, late = CollectSink(), CollectSink()
-    w = (
-        flow.source(TestingSource(items, batch_size=1))
-        .event_time("t", unit="us", delay=timedelta(microseconds=delay), idle=None)
-        .key_by("k")
-        .window(_aligned(size, hop))
-        .max_by("v")
-    )
-    assert any(n.step_id.endswith(".combine") for n in flow.nodes)
-    w.results.sink(out)
-    w.late.sink(late)
-    tf.run(flow, batch_size=1)
-    got = sorted(
-        (r["k"], int(r["window_start"].timestamp() * 1_000_000) - T0, "final", r["v"], r["id"])
-        for r in out.rows()
-    )
-    assert got == want
-    assert sorted(late.frame()["id"].to_list() if late.frame().height else []) == want_late
 
 
 class _Ctx:
