@@ -51,6 +51,7 @@ def progress_ddl(table: str) -> str:
 
     Examples
     --------
+    >>> from tideflow.connectors.postgres import progress_ddl
     >>> print(progress_ddl("tideflow_sink_progress").splitlines()[0])
     CREATE TABLE IF NOT EXISTS "tideflow_sink_progress" (
     """

@@ -18,6 +18,7 @@ from tideflow.connectors._postgres_sink import (
     safe_dsn,
 )
 from tideflow.connectors._postgres_source import PostgresPoll, PostgresScan
+from tideflow.connectors._postgres_txn import progress_ddl
 
 __all__ = [
     "PostgresDelivery",
@@ -27,6 +28,7 @@ __all__ = [
     "PostgresSink",
     "follow_postgres",
     "pg_type",
+    "progress_ddl",
     "safe_dsn",
     "scan_postgres",
     "sink_postgres",
@@ -87,7 +89,8 @@ def sink_postgres(
         ``"at-least-once"``, ``"exactly-once"`` or ``"at-most-once"``.
     progress_table
         With exactly-once: the progress table (default ``tideflow_sink_progress`` in the schema
-        of ``table``), created when missing; one row per sink, worker and start of the job.
+        of ``table``), created when missing (:func:`progress_ddl` gives the statement, to create
+        it beforehand); one row per sink, worker and start of the job.
 
     A write the server refuses raises :class:`~tideflow.ConnectorError` naming the table and the
     server's message; that batch's transaction is rolled back, earlier batches stay.
