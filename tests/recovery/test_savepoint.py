@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -41,15 +42,28 @@ def reference(data: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Any]
     return rows
 
 
-def _wait_for_checkpoint(ck: Path, proc: subprocess.Popen[bytes] | None = None) -> None:
+def _wait_for_checkpoint(
+    ck: Path,
+    proc: subprocess.Popen[bytes] | None = None,
+    until: Callable[[Any], bool] | None = None,
+) -> None:
+    """Wait for a checkpoint of the running job (one for which ``until`` holds, if given)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if ck.is_dir() and CheckpointStore(ck).ids() and (ck / "RUNNING.json").exists():
-            return
+            latest = CheckpointStore(ck).latest()
+            if until is None or (latest is not None and until(latest)):
+                return
         if proc is not None and proc.poll() is not None:
             raise AssertionError("the job ended before its first checkpoint")
         time.sleep(0.05)
     raise AssertionError("no checkpoint within 60 s")
+
+
+def _holds_join_state(cp: Any) -> bool:
+    return any(
+        (p.get("join_recovery_window.pairs") or {}).get("left") is not None for p in cp.parts
+    )
 
 
 def test_savepoint_of_a_running_two_worker_job_restores_with_one_worker(
@@ -71,7 +85,9 @@ def test_savepoint_of_a_running_two_worker_job_restores_with_one_worker(
         stderr=log,
     )
     try:
-        _wait_for_checkpoint(ck, proc)
+        # On a busy machine the first checkpoints can come before any record reached the
+        # join: wait for one that holds join state, so that the savepoint carries some.
+        _wait_for_checkpoint(ck, proc, until=_holds_join_state)
         code = main(["savepoint", "--checkpoint-dir", str(ck), "--out", str(sp), "--stop"])
         assert code == 0
         assert proc.wait(timeout=60) == 130  # stopped before its input ended
