@@ -145,3 +145,16 @@ def test_records_on_an_unknown_partition_are_sent_again_not_failed() -> None:
     w._on_delivery(ck.KafkaError(ck.KafkaError.MSG_SIZE_TOO_LARGE), Msg())
     assert w._failed == 1
     w._producer.purge()
+
+
+def test_stale_metadata_after_a_broker_restart_is_retried() -> None:
+    from confluent_kafka import KafkaError
+
+    from tideflow.connectors._kafka_source import metadata_retriable
+
+    for code in (KafkaError._UNKNOWN_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART):
+        assert metadata_retriable(KafkaError(code))
+    assert metadata_retriable(KafkaError(KafkaError.LEADER_NOT_AVAILABLE))
+    assert not metadata_retriable(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
+    assert not metadata_retriable(KafkaError(KafkaError.SASL_AUTHENTICATION_FAILED))
+    assert not metadata_retriable(ValueError("not a Kafka error"))

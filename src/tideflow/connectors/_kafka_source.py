@@ -30,7 +30,7 @@ from tideflow.connectors._kafka_formats import (
     sample,
 )
 
-__all__ = ["KafkaSource", "StartAt"]
+__all__ = ["KafkaSource", "StartAt", "metadata_retriable"]
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +165,35 @@ class KafkaSource(Source):
         return _KafkaReader(self, ctx)
 
 
+def metadata_retriable(err: Any) -> bool:
+    """Whether a failed offset or metadata call of the source is worth retrying.
+
+    Besides the errors Kafka calls retriable (a leader moving, a broker starting), an unknown
+    partition is retried: the source only asks about partitions the topic's metadata listed,
+    so "unknown" means the client's metadata is stale, as it is just after a broker restart.
+    The caller gives up after :data:`_METADATA_TIMEOUT`.
+
+    Examples
+    --------
+    >>> from confluent_kafka import KafkaError
+    >>> metadata_retriable(KafkaError(KafkaError._UNKNOWN_PARTITION))
+    True
+    >>> metadata_retriable(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
+    False
+    """
+    ck = _ck()
+    if not isinstance(err, ck.KafkaError):
+        return False
+    return bool(err.retriable()) or err.code() in (
+        ck.KafkaError.NOT_LEADER_FOR_PARTITION,
+        ck.KafkaError.LEADER_NOT_AVAILABLE,
+        ck.KafkaError._TIMED_OUT,
+        ck.KafkaError._TRANSPORT,
+        ck.KafkaError._UNKNOWN_PARTITION,
+        ck.KafkaError.UNKNOWN_TOPIC_OR_PART,
+    )
+
+
 class _KafkaReader(SourceReader):
     def __init__(self, s: KafkaSource, ctx: SourceContext) -> None:
         ck = _ck()
@@ -257,17 +286,7 @@ class _KafkaReader(SourceReader):
                 return call()
             except ck.KafkaException as exc:
                 err = exc.args[0] if exc.args else None
-                retriable = isinstance(err, ck.KafkaError) and (
-                    err.retriable()
-                    or err.code()
-                    in (
-                        ck.KafkaError.NOT_LEADER_FOR_PARTITION,
-                        ck.KafkaError.LEADER_NOT_AVAILABLE,
-                        ck.KafkaError._TIMED_OUT,
-                        ck.KafkaError._TRANSPORT,
-                    )
-                )
-                if not retriable or time.monotonic() > deadline:
+                if not metadata_retriable(err) or time.monotonic() > deadline:
                     raise connector_error(self._step, what, exc, self._conf) from exc
                 logger.info("step %r: %s: %s; retrying", self._step, what, err)
                 time.sleep(0.2)
