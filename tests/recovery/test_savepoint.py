@@ -229,3 +229,31 @@ def test_an_expired_request_is_dropped_not_fulfilled(tmp_path: Path) -> None:
     assert load_savepoint(tmp_path / "sp")[0].id == 2
     done = json.loads((ck / "savepoint-requests" / "y.done.json").read_text())
     assert done == {"path": str(tmp_path / "sp"), "checkpoint": 2}
+
+
+def test_a_savepoint_signal_at_the_end_of_a_run_does_not_kill_the_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A requester that saw RUNNING.json may signal just as the job ends: the job's SIGUSR1
+    # handler must still be there until RUNNING.json is gone (the default action kills).
+    import contextlib
+    import signal
+
+    from tideflow.runtime import _run
+    from tideflow.testing import CollectSink, TestingSource
+
+    real = _run.mark_running
+
+    @contextlib.contextmanager
+    def late_signal(*args: Any, **kw: Any) -> Any:
+        with real(*args, **kw):
+            yield
+        os.kill(os.getpid(), signal.SIGUSR1)  # after RUNNING.json is removed
+
+    monkeypatch.setattr(_run, "mark_running", late_signal)
+    flow = tf.Dataflow("late_usr1")
+    flow.source(TestingSource([{"x": 1}, {"x": 2}])).sink(CollectSink())
+    with caplog.at_level("WARNING", logger="tideflow"):
+        tf.run(flow, checkpoint_dir=tmp_path / "ck")
+    assert "while the job is not running: ignored" in caplog.text
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL

@@ -337,17 +337,18 @@ def run(
     completed = False
     error: str | None = None
     running: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    usr1 = _CheckpointSignal(cfg.checkpoint_dir is not None)
     if cfg.checkpoint_dir is not None:  # savepoints find the job (and whether it takes SIGUSR1)
-        signals = (
-            hasattr(signal, "SIGUSR1") and threading.current_thread() is threading.main_thread()
-        )
-        running = mark_running(cfg.checkpoint_dir, flow.name, signals=signals)
+        running = mark_running(cfg.checkpoint_dir, flow.name, signals=usr1.enabled)
     try:
-        with running:
+        # The handler is installed before RUNNING.json appears and stays until it is gone: a
+        # savepoint request that found the job running never meets the default action
+        # (which would end the process).
+        with usr1, running:
             if n == 1:
-                stats, completed = _run_local(nodes, cfg, flow.bounded, hub, control)
+                stats, completed = _run_local(nodes, cfg, flow.bounded, hub, control, usr1)
             else:
-                stats, completed = _run_processes(nodes, cfg, flow.bounded, hub, control)
+                stats, completed = _run_processes(nodes, cfg, flow.bounded, hub, control, usr1)
     except BaseException as exc:
         error = f"{type(exc).__name__}: {exc}"
         raise
@@ -560,7 +561,12 @@ class _Coordinator:
 
 
 def _run_local(
-    nodes: list[Node], cfg: RunConfig, bounded: bool, hub: _Hub, control: RunControl
+    nodes: list[Node],
+    cfg: RunConfig,
+    bounded: bool,
+    hub: _Hub,
+    control: RunControl,
+    usr1: _CheckpointSignal,
 ) -> tuple[dict[str, StepStats], bool]:
     stop = threading.Event()
     requests: collections.deque[StateRequest] = collections.deque()
@@ -577,27 +583,46 @@ def _run_local(
             checkpointed=hub.checkpointed,
             requests=requests,
         )
-        old_usr1 = None
-        if cfg.checkpoint_dir is not None and threading.current_thread() is threading.main_thread():
-            old_usr1 = _on_checkpoint_signal(worker.request_checkpoint)
+        usr1.target = worker.request_checkpoint
         try:
             completed = worker.run()
         finally:
-            if old_usr1 is not None:
-                signal.signal(signal.SIGUSR1, old_usr1)
+            usr1.target = None
         return worker.named_stats(), completed
 
 
-def _on_checkpoint_signal(request: Callable[[], None]) -> Any:
-    """SIGUSR1 asks for a checkpoint now (an on-demand savepoint); returns the old handler."""
-    if not hasattr(signal, "SIGUSR1"):  # pragma: no cover - not on Windows
-        return None
+class _CheckpointSignal:
+    """SIGUSR1 asks the running job for a checkpoint now (an on-demand savepoint).
 
-    def on_usr1(signum: int, frame: Any) -> None:
+    Installed (in the main thread, with a checkpoint directory) for the whole run; ``target``
+    is the running worker's or coordinator's request function, None between them.
+    """
+
+    def __init__(self, wanted: bool) -> None:
+        self.enabled = (
+            wanted
+            and hasattr(signal, "SIGUSR1")
+            and threading.current_thread() is threading.main_thread()
+        )
+        self.target: Callable[[], None] | None = None
+        self._old: Any = None
+
+    def _on_usr1(self, signum: int, frame: Any) -> None:
+        target = self.target
+        if target is None:
+            log.warning("checkpoint requested (SIGUSR1) while the job is not running: ignored")
+            return
         log.warning("checkpoint requested (SIGUSR1)")
-        request()
+        target()
 
-    return signal.signal(signal.SIGUSR1, on_usr1)
+    def __enter__(self) -> _CheckpointSignal:
+        if self.enabled:
+            self._old = signal.signal(signal.SIGUSR1, self._on_usr1)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            signal.signal(signal.SIGUSR1, self._old)
 
 
 def _die_with_parent() -> None:
@@ -707,7 +732,12 @@ class _Queries:
 
 
 def _run_processes(
-    nodes: list[Node], cfg: RunConfig, bounded: bool, hub: _Hub, control: RunControl
+    nodes: list[Node],
+    cfg: RunConfig,
+    bounded: bool,
+    hub: _Hub,
+    control: RunControl,
+    usr1: _CheckpointSignal,
 ) -> tuple[dict[str, StepStats], bool]:
     n = cfg.workers
     ctx = mp.get_context("spawn")
@@ -746,9 +776,8 @@ def _run_processes(
     coord = _Coordinator(cfg, inboxes, hub) if cfg.checkpoint_dir is not None else None
     queries = _Queries(control, inboxes, coord)
     control.attach_driver(lambda: driver.put(("wake", -1)))
-    old_usr1 = None
-    if coord is not None and threading.current_thread() is threading.main_thread():
-        old_usr1 = _on_checkpoint_signal(coord.request)
+    if coord is not None:
+        usr1.target = coord.request
     completed = True
     error: tuple[Any, ...] | None = None
     signals = _stop_on_signals(stop.set, stop.is_set)
@@ -789,8 +818,7 @@ def _run_processes(
                 coord.ended.add(idx)
     finally:
         signals.__exit__(None, None, None)
-        if old_usr1 is not None:
-            signal.signal(signal.SIGUSR1, old_usr1)
+        usr1.target = None
         if error is not None or len(final) < n:
             stop.set()
             for p in procs:

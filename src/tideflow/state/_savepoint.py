@@ -279,7 +279,8 @@ def take_savepoint(
     doc["expires"] = now + timeout.total_seconds()
     _write_atomic(req, doc)
     pid = int(running["pid"])
-    if running.get("signal") and hasattr(signal, "SIGUSR1"):
+    # Signal only a job still running now: its handler outlives its RUNNING.json.
+    if running.get("signal") and hasattr(signal, "SIGUSR1") and job_running(ck) is not None:
         os.kill(pid, signal.SIGUSR1)
     log.info("asked job %d for a savepoint to %s", pid, target)
     deadline = time.monotonic() + timeout.total_seconds()
