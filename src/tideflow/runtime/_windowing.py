@@ -336,9 +336,11 @@ class AlignedWindowOperator(_WindowBase):
                 self.node.step_id,
             )
         by = [*self.keys, "__ws"]
+        # Tumbling windows are their own panes: a batch holds one partial per key and window.
+        force = self.copies > 1 or self.hop != self.size
         self._add(
-            self._merge([live], by, force=True) if live.height else None,
-            self._merge([update], by, force=True) if update.height else None,
+            self._merge([live], by, force=force) if live.height else None,
+            self._merge([update], by, force=force) if update.height else None,
         )
 
     def _add(self, partial: pl.DataFrame | None, update: pl.DataFrame | None) -> None:
@@ -493,24 +495,23 @@ class WindowCombiner(Operator):
         if self.idle_seen:
             self.ctx.emit(batch)
             return
-        t = pl.col(self.time_col).dt.epoch("us")
+        t = batch.get_column(self.time_col).dt.epoch("us")
         pane = ((t - self.offset) // self.pane) * self.pane + self.offset
         # The earliest window holding the pane ends at the first aligned end after the pane.
         first_end = ((pane - self.offset - self.size) // self.hop + 1) * self.hop
-        rows = batch.with_columns(
-            __pane=pane, __on_time=first_end + self.offset + self.size > self.wm
-        )
-        on_time = rows.filter(pl.col("__on_time")).drop("__on_time")
-        if on_time.height < rows.height:
-            self.ctx.emit(rows.filter(~pl.col("__on_time")).drop("__on_time", "__pane"))
-        if on_time.height == 0:
-            return
+        closing = first_end + (self.offset + self.size) <= self.wm
+        if closing.any():
+            self.ctx.emit(batch.filter(closing))
+            batch, pane = batch.filter(~closing), pane.filter(~closing)
+            if batch.height == 0:
+                return
+        rows = batch.with_columns(pane.alias("__pane"))
         by = [*self.keys, "__pane"]
         if self.partials is not None:
-            self.ctx.emit(on_time.group_by(by).agg(self.partials), "partial")
+            self.ctx.emit(rows.group_by(by).agg(self.partials), "partial")
         else:
             col = pl.col(str(self.max_by))
-            self.ctx.emit(on_time.filter(col == col.max().over(by)), "partial")
+            self.ctx.emit(rows.filter(col == col.max().over(by)), "partial")
 
     def on_watermark(self, wm: int, idle: bool) -> None:
         if idle and not self.idle_seen and wm < WM_MAX:
