@@ -152,6 +152,9 @@ def test_sigusr1_takes_a_checkpoint_on_demand(
         while not done.wait(0.02):
             os.kill(os.getpid(), signal.SIGUSR1)
 
+    # The pokes start before the run installs its handler and go on after it restored the
+    # previous one: outside the run they must meet a harmless handler, not the default action.
+    outside = signal.signal(signal.SIGUSR1, lambda signum, frame: None)
     t = threading.Thread(target=poke)
     t.start()
     try:
@@ -159,6 +162,7 @@ def test_sigusr1_takes_a_checkpoint_on_demand(
     finally:
         done.set()
         t.join()
+        signal.signal(signal.SIGUSR1, outside)
     # Without the requests, a one-hour interval leaves only the last checkpoint (id 1).
     assert CheckpointStore(ck).ids()[-1] > 3
     assert committed(out) == reference
