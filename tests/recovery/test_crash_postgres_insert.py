@@ -50,7 +50,7 @@ def reference(
 ) -> tuple[Path, list[tuple[Any, ...]]]:
     base = tmp_path_factory.mktemp("cards_pg")
     inp = base / "in"
-    n = write_input(inp, files=8, per_file=1500, seed=3)
+    n = write_input(inp, files=24, per_file=1500, seed=3)  # long enough for 21 kills
     table = f"ref_{uuid.uuid4().hex[:8]}"
     # batches of 500: faster, and the same windows (no event is late with any batching)
     cmd = _cmd(inp, postgres_dsn, table, base / "ck", workers=1, batch=500)

@@ -70,7 +70,8 @@ class RunControl:
     ...         self.control = control
     >>> flow = tf.Dataflow("peek")
     >>> rows = [{"k": "a"}, {"k": "b"}, {"k": "a"}]
-    >>> _ = flow.source(TestingSource(rows + [PAUSE] * 100), name="src").key_by("k").agg(
+    >>> src = TestingSource(rows + [PAUSE] * 100, schema={"k": pl.String()})
+    >>> _ = flow.source(src, name="src").key_by("k").agg(
     ...     pl.len().alias("n"), name="counts").sink(CollectSink())
     >>> handle = Handle()
     >>> job = threading.Thread(target=tf.run, args=(flow,), kwargs={"observers": [handle]})
@@ -78,7 +79,7 @@ class RunControl:
     >>> while not hasattr(handle, "control") and job.is_alive():
     ...     time.sleep(0.01)
     >>> snap = handle.control.read_state(["peek.counts"])
-    >>> counted = snap.tables["peek.counts"]["n"].sum() if "peek.counts" in snap.tables else 0
+    >>> counted = snap.tables["peek.counts"]["n"].sum()  # 0 if read before the first batch
     >>> counted == snap.cut["records"].sum()
     True
     >>> job.join()
