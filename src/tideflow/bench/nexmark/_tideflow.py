@@ -1,7 +1,6 @@
 """The Nexmark queries as tideflow pipelines (the engine slot of the harness).
 
-Queries that need event-time windows (q5, q7, q8, q11, q12) wait for the event-time work
-(issue 3) and raise a ConfigError saying so; they never return a made-up result.
+Every query of the reference (q0-q9, q11-q22) has a pipeline here, checked against DuckDB.
 """
 
 from __future__ import annotations
@@ -27,9 +26,6 @@ from tideflow.connectors._base import (
 )
 
 __all__ = ["NexmarkSource", "ParquetResultSink", "build_flow", "run_tideflow"]
-
-WINDOWED_NOT_YET: tuple[str, ...] = ()
-"""Queries waiting for event-time windows (issue 3); they raise a ConfigError."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -603,20 +599,8 @@ PIPELINES: dict[str, Any] = {
 
 
 def build_flow(query: str, input_dir: Path, output: Path) -> Any:
-    """Build the tideflow dataflow of ``query`` (without running it).
-
-    Raises
-    ------
-    ConfigError
-        For the queries that need event-time windows, not yet available in the engine.
-    """
+    """Build the tideflow dataflow of ``query`` (without running it)."""
     q = spec(query)
-    if query in WINDOWED_NOT_YET:
-        msg = (
-            f"nexmark {query}: not yet available on tideflow: it needs event-time windows "
-            f"(issue 3); run it with --engine duckdb|polars|bytewax meanwhile"
-        )
-        raise ConfigError(msg)
     tf = _engine()
     flow = tf.Dataflow(f"nexmark_{query}")
     result = PIPELINES[query](_Inputs(flow, Path(input_dir)))
