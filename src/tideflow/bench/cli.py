@@ -5,7 +5,8 @@ The top-level CLI calls :func:`main` with the arguments after ``bench``::
     tideflow bench nexmark generate --events N --seed S --out DIR [--format parquet|jsonl]
     tideflow bench nexmark run --query qN --input DIR --output FILE.parquet [--engine E]
     tideflow bench nexmark reference --query qN --input DIR --output FILE.parquet
-    tideflow bench nexmark latency --query q1,q2 --rate 50000 --events N [--engines ...]
+    tideflow bench nexmark latency --query q1,q2,q5 --rate 50000 --events N [--engines ...]
+    tideflow bench nexmark memory --query q0,q1,q2 --events 50000000 [--json FILE]
     tideflow bench nexmark [bench] --query all|q0,q1,... (--events N | --input DIR)
                                    [--engines ...] [--reps 3] [--json [FILE]]
 
@@ -31,7 +32,7 @@ __all__ = ["main"]
 
 log = logging.getLogger(__name__)
 
-_SUBCOMMANDS = ("generate", "run", "reference", "bench", "latency")
+_SUBCOMMANDS = ("generate", "run", "reference", "bench", "latency", "memory")
 
 
 def _env(flag: str) -> str:
@@ -164,7 +165,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     lat = sub.add_parser("latency", help="throttled runs: end-to-end latency at a fixed rate")
-    _add(lat, "--query", default="q1,q2", help="comma list among q0,q1,q2")
+    _add(lat, "--query", default="q1,q2", help="comma list among q0,q1,q2,q5")
     _add(lat, "--rate", type=float, default=50_000.0, help="events per second (wall clock)")
     _add(lat, "--events", type=int, default=500_000, help="events per run")
     _add(lat, "--seed", type=int, default=0, help="random seed")
@@ -172,6 +173,36 @@ def _parser() -> argparse.ArgumentParser:
     _add(lat, "--reps", type=int, default=3, help="repetitions per engine")
     _add(
         lat,
+        "--max-delay-ms",
+        type=float,
+        default=1.0,
+        help="tideflow's latency setting: the longest a source holds rows back to fill a batch",
+    )
+    _add(lat, "--epoch-ms", type=float, default=1.0, help="Bytewax's epoch_interval")
+    _add(
+        lat,
+        "--json",
+        nargs="?",
+        const="-",
+        default=None,
+        help="also write JSON results to FILE ('-': print JSON instead of the table)",
+    )
+    mem = sub.add_parser(
+        "memory", help="RSS over a long run, generated events fed in process (no files)"
+    )
+    _add(mem, "--query", default="q0,q1,q2", help="comma list among q0,q1,q2")
+    _add(mem, "--events", type=int, default=50_000_000, help="events per run")
+    _add(mem, "--seed", type=int, default=0, help="random seed")
+    _add(mem, "--batch-events", type=int, default=100_000, help="event numbers per source batch")
+    _add(
+        mem,
+        "--checkpoint-interval",
+        type=float,
+        default=10.0,
+        help="seconds between checkpoints (0: none)",
+    )
+    _add(
+        mem,
         "--json",
         nargs="?",
         const="-",
@@ -181,17 +212,44 @@ def _parser() -> argparse.ArgumentParser:
     return root
 
 
+def _memory(args: argparse.Namespace) -> int:
+    from tideflow.bench.nexmark._harness import memory_table, run_memory_bench
+
+    rows = run_memory_bench(
+        _split(args.query),
+        events=int(args.events),
+        seed=int(args.seed),
+        batch_events=int(args.batch_events),
+        checkpoint_interval=float(args.checkpoint_interval),
+    )
+    payload = {"cores": os.cpu_count(), "results": rows}
+    if args.json == "-":
+        print(json.dumps(payload, indent=2))
+    else:
+        print(memory_table(rows))
+        if args.json:
+            Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
+    return 0
+
+
 def _latency(args: argparse.Namespace) -> int:
+    from tideflow.bench.nexmark._compare import ResultMismatchError
     from tideflow.bench.nexmark._harness import latency_table, run_latency_bench
 
-    rows = run_latency_bench(
-        _split(args.query),
-        _split(args.engines),
-        events=int(args.events),
-        rate=float(args.rate),
-        reps=int(args.reps),
-        seed=int(args.seed),
-    )
+    try:
+        rows = run_latency_bench(
+            _split(args.query),
+            _split(args.engines),
+            events=int(args.events),
+            rate=float(args.rate),
+            reps=int(args.reps),
+            seed=int(args.seed),
+            max_delay_ms=float(args.max_delay_ms),
+            epoch_ms=float(args.epoch_ms),
+        )
+    except ResultMismatchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     payload = {"cores": os.cpu_count(), "results": rows}
     if args.json == "-":
         print(json.dumps(payload, indent=2))
@@ -344,6 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "reference": _reference,
             "bench": _bench,
             "latency": _latency,
+            "memory": _memory,
         }[args.command]
         return handler(args)
     except TideflowError as exc:

@@ -35,8 +35,10 @@ __all__ = [
     "count_events",
     "latency_table",
     "markdown_table",
+    "memory_table",
     "run_bench",
     "run_latency_bench",
+    "run_memory_bench",
     "run_once",
 ]
 
@@ -317,8 +319,14 @@ def run_latency_bench(
     rate: float,
     reps: int = 3,
     seed: int = 0,
+    max_delay_ms: float = 1.0,
+    epoch_ms: float = 1.0,
 ) -> list[dict[str, Any]]:
-    """Throttled runs (``_latency``) of each engine, alternating; medians of p50/p99."""
+    """Throttled runs (``_latency``) of each engine, alternating; medians of p50/p99.
+
+    ``max_delay_ms`` is tideflow's latency setting (how long a source may hold rows back to
+    fill a micro-batch), ``epoch_ms`` Bytewax's ``epoch_interval``.
+    """
     out: list[dict[str, Any]] = []
     env = dict(os.environ)
     src = str(Path(__file__).resolve().parents[3])
@@ -345,10 +353,17 @@ def run_latency_bench(
                     str(rate),
                     "--seed",
                     str(seed),
+                    "--max-delay-ms",
+                    str(max_delay_ms),
+                    "--epoch-ms",
+                    str(epoch_ms),
                 ]
                 proc = subprocess.run(
                     cmd, capture_output=True, text=True, env=env, check=False, timeout=3600
                 )
+                if proc.returncode == 1:  # a result that differs from the reference
+                    msg = f"nexmark latency: {engine} {query}: {proc.stderr.strip()[-2000:]}"
+                    raise ResultMismatchError(msg)
                 lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
                 report = (
                     json.loads(lines[-1])
@@ -383,6 +398,10 @@ def run_latency_bench(
                     "p50_ms": statistics.median(r["p50_ms"] for r in rs),
                     "p99_ms": statistics.median(r["p99_ms"] for r in rs),
                     "max_ms": max(r["max_ms"] for r in rs),
+                    "results": statistics.median(r["results"] for r in rs),
+                    "check": rs[0].get("check", "skipped") if rs else "skipped",
+                    "max_delay_ms": max_delay_ms,
+                    "epoch_ms": epoch_ms,
                 }
             )
     return out
@@ -391,18 +410,76 @@ def run_latency_bench(
 def latency_table(rows: Sequence[dict[str, Any]]) -> str:
     """Throttled-run results as a Markdown table."""
     lines = [
-        "| query | engine | target rate | achieved rate | p50 ms | p99 ms | max ms |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| query | engine | target rate | achieved rate | results | p50 ms | p99 ms | max ms "
+        "| check |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in rows:
         if r["status"] != "ok":
             lines.append(
-                f"| {r['query']} | {r['engine']} | - | - | - | - | n/a: {str(r['note'])[:60]} |"
+                f"| {r['query']} | {r['engine']} | - | - | - | - | - | - "
+                f"| n/a: {str(r['note'])[:60]} |"
             )
             continue
         lines.append(
             f"| {r['query']} | {r['engine']} | {_fmt_rate(r['rate'])} | "
-            f"{_fmt_rate(r['achieved_rate'])} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | "
-            f"{r['max_ms']:.1f} |"
+            f"{_fmt_rate(r['achieved_rate'])} | {r['results']:.0f} | {r['p50_ms']:.3f} | "
+            f"{r['p99_ms']:.3f} | {r['max_ms']:.1f} | {r['check']} |"
+        )
+    return "\n".join(lines)
+
+
+def run_memory_bench(
+    queries: Sequence[str],
+    *,
+    events: int,
+    seed: int = 0,
+    batch_events: int = 100_000,
+    checkpoint_interval: float = 10.0,
+) -> list[dict[str, Any]]:
+    """One memory run (``_memory``, generated input in process) per query, each in its own
+    process; RSS at each tenth of the input."""
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parents[3])
+    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    out: list[dict[str, Any]] = []
+    for query in queries:
+        cmd = [
+            sys.executable,
+            "-m",
+            "tideflow.bench.nexmark._memory",
+            "--query",
+            query,
+            "--events",
+            str(events),
+            "--seed",
+            str(seed),
+            "--batch-events",
+            str(batch_events),
+            "--checkpoint-interval",
+            str(checkpoint_interval),
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        if proc.returncode != 0 or not lines:
+            tail = (proc.stderr or "no output").strip().splitlines()[-1:]
+            msg = f"nexmark memory: the {query} run failed (exit {proc.returncode}): {tail}"
+            raise ConfigError(msg)
+        out.append(json.loads(lines[-1]))
+    return out
+
+
+def memory_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Memory runs as a Markdown table: RSS (MB) at each tenth of the input, growth, peak."""
+    tenths = " | ".join(f"{10 * (i + 1)} %" for i in range(10))
+    lines = [
+        f"| query | events | {tenths} | growth MB (first to last tenth) | peak MB | CPU s |",
+        "| --- | ---: | " + " | ".join(["---:"] * 10) + " | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        rss = " | ".join(f"{s['rss_mb']:.0f}" for s in r["samples"])
+        lines.append(
+            f"| {r['query']} | {_fmt_events(r['events'])} | {rss} | {r['growth_mb']:+.1f} | "
+            f"{r['peak_mb']:.0f} | {r['cpu_seconds']:.1f} |"
         )
     return "\n".join(lines)

@@ -1,10 +1,24 @@
 """Throttled runs: end-to-end latency at a fixed event rate (event creation to result).
 
 Events are generated up front; event ``n`` is *created* (due) at ``t0 + n / rate`` of the wall
-clock, and an engine may only see it from then on. A result's latency is the wall-clock time at
-which the engine's sink receives it minus the creation time of the event that produced it.
+clock, and an engine may only see it from then on. The engines read the bids only.
+
+Latency of a result, the same for every engine:
+
+- q0-q2 (one result per bid): the wall-clock time at which the engine's sink receives the row
+  minus the creation time of its bid.
+- q5 (one result per window): the time at which the sink receives the window's rows minus the
+  creation time of the *trigger* of the window, the first bid (in input order, which is event
+  time order) whose event time is at or after the window's end. That bid is the first event
+  that lets a watermark with no allowed out-of-orderness pass the window's end, so it is the
+  earliest instant at which the result can exist. Windows that end after the last bid have no
+  trigger (they fire at the end of input) and are left out; a bounded run's results (all
+  windows) are checked against the DuckDB reference of the same events.
+
 Reported: p50, p99 and max latency, and the rate actually achieved (an engine that cannot keep
-up falls behind and its latency grows without bound).
+up falls behind and its latency grows without bound). The latency settings: tideflow's
+``--max-delay-ms`` (the longest a source holds rows back to fill a micro-batch; default 1 ms)
+and Bytewax's ``--epoch-ms`` (``epoch_interval``; default 1 ms).
 
 Run in a subprocess per engine, like the throughput runs::
 
@@ -15,23 +29,27 @@ Run in a subprocess per engine, like the throughput runs::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import polars as pl
 import pyarrow as pa
 
 from tideflow._errors import ConfigError
 from tideflow.bench.nexmark._generator import generate_tables
 from tideflow.bench.nexmark._model import GeneratorSettings
 
-__all__ = ["LATENCY_QUERIES", "latency_summary", "main", "prepare_bids"]
+__all__ = ["LATENCY_QUERIES", "latency_summary", "main", "prepare_bids", "window_latencies"]
 
-LATENCY_QUERIES = ("q0", "q1", "q2")
+LATENCY_QUERIES = ("q0", "q1", "q2", "q5")
+WINDOW_QUERIES = ("q5",)
 LATENCY_ENGINES = ("python", "bytewax", "tideflow")
 
 
@@ -106,43 +124,124 @@ def _run_python(query: str, bids: pa.Table, rate: float) -> tuple[list[float], f
     return latencies, time.perf_counter() - t0
 
 
-def _run_engine(engine: str, query: str, bids: pa.Table, rate: float) -> tuple[list[float], float]:
+def window_latencies(
+    results: pl.DataFrame, bid_times_ms: npt.NDArray[np.int64], due_s: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
+    """Latency of each window result: arrival minus the creation of its trigger bid.
+
+    ``results`` has ``window_end`` and ``_arrived`` (seconds after the start, the clock of
+    ``due_s``); a window's rows count once, at the last arrival. The trigger is the first bid
+    whose time is at or after the window's end; windows without one are left out.
+
+    Examples
+    --------
+    >>> res = pl.DataFrame({"window_end": [2000, 2000, 4000, 9000], "_arrived": [0.5, 0.6, 1.0, 2.0]})
+    >>> times = np.array([0, 1000, 2000, 3000, 4000], dtype=np.int64)
+    >>> window_latencies(res, times, np.array([0.0, 0.1, 0.2, 0.3, 0.4])).round(3).tolist()
+    [0.4, 0.6]
+    """
+    per_window = (
+        results.select(pl.col("window_end").cast(pl.Int64).alias("end"), "_arrived")
+        .group_by("end")
+        .agg(pl.col("_arrived").max())
+        .sort("end")
+    )
+    ends = per_window["end"].to_numpy()
+    trigger = np.searchsorted(bid_times_ms, ends, side="left")
+    has = trigger < bid_times_ms.size
+    arrived = per_window["_arrived"].to_numpy()[has]
+    return np.asarray(arrived - due_s[trigger[has]], dtype=np.float64)
+
+
+def _window_ends_ms(results: pl.DataFrame) -> pl.DataFrame:
+    dtype = results.schema["window_end"]
+    if isinstance(dtype, pl.Datetime):
+        return results.with_columns(pl.col("window_end").dt.epoch("ms"))
+    return results
+
+
+@dataclasses.dataclass
+class _Outcome:
+    latencies_s: npt.NDArray[np.float64]
+    results: pl.DataFrame | None
+    elapsed_s: float
+
+
+def _run_engine(
+    engine: str, query: str, bids: pa.Table, rate: float, args: argparse.Namespace
+) -> _Outcome:
+    if query in WINDOW_QUERIES and engine == "python":
+        msg = f"nexmark latency: no python loop for {query}; it has q0-q2"
+        raise ConfigError(msg)
     if engine == "python":
-        return _run_python(query, bids, rate)
+        lat, elapsed = _run_python(query, bids, rate)
+        return _Outcome(np.asarray(lat), None, elapsed)
     if engine == "bytewax":
         from tideflow.bench.nexmark._worker import peer_module
 
-        result: tuple[list[float], float] = peer_module("bytewax_flows").run_latency(
-            query, bids, rate
+        lat, rows, elapsed = peer_module("bytewax_flows").run_latency(
+            query, bids, rate, epoch_ms=args.epoch_ms
         )
-        return result
+        frame = pl.from_dicts(rows, infer_schema_length=None) if rows else None
+        return _Outcome(np.asarray(lat), frame, float(elapsed))
     if engine == "tideflow":
         from tideflow.bench.nexmark._tideflow import run_latency
 
-        return run_latency(query, bids, rate)
+        run = run_latency(query, bids, rate, max_delay_ms=args.max_delay_ms)
+        return _Outcome(np.asarray(run.latencies_s), run.results, run.elapsed_s)
     msg = f"nexmark latency: unknown engine {engine!r}; known: {list(LATENCY_ENGINES)}"
     raise ConfigError(msg)
 
 
+def _check_windows(query: str, results: pl.DataFrame | None, events: int, seed: int) -> None:
+    """The throttled run's results against the DuckDB reference of the same events."""
+    from tideflow.bench.nexmark._compare import check
+    from tideflow.bench.nexmark._generator import write_events
+    from tideflow.bench.nexmark._reference import normalize, run_reference, spec
+
+    cols = list(spec(query).columns)
+    with tempfile.TemporaryDirectory(prefix="nexmark-latency-") as d:
+        write_events(GeneratorSettings(events=events, seed=seed), d)
+        reference = run_reference(query, d)
+    got = normalize(results.select(cols)) if results is not None else reference.clear()
+    check(query, got, reference, label="throttled run")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of one throttled run (prints one JSON object)."""
+    """Entry point of one throttled run (prints one JSON object; exit 1 on a wrong result)."""
     parser = argparse.ArgumentParser(prog="tideflow-nexmark-latency")
     parser.add_argument("--engine", required=True, choices=LATENCY_ENGINES)
     parser.add_argument("--query", required=True, choices=LATENCY_QUERIES)
     parser.add_argument("--events", type=int, required=True)
     parser.add_argument("--rate", type=float, required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-delay-ms", type=float, default=1.0)
+    parser.add_argument("--epoch-ms", type=float, default=1.0)
+    parser.add_argument("--no-check", action="store_true")
     args = parser.parse_args(argv)
     bids = prepare_bids(args.events, args.seed)
     try:
-        latencies, elapsed = _run_engine(args.engine, args.query, bids, args.rate)
+        outcome = _run_engine(args.engine, args.query, bids, args.rate, args)
     except (ConfigError, ImportError) as exc:
         print(json.dumps({"unavailable": str(exc)}))
         return 3
+    latencies = outcome.latencies_s
+    check = "skipped"
+    if args.query in WINDOW_QUERIES:
+        results = outcome.results
+        if results is not None:
+            results = _window_ends_ms(results)
+            times = bids.column("date_time").cast(pa.int64()).to_numpy()
+            due = bids.column("event_number").to_numpy() / args.rate
+            latencies = window_latencies(results, times, due)
+        if not args.no_check:
+            _check_windows(args.query, outcome.results, args.events, args.seed)
+            check = "ok"
     summary = latency_summary(
-        np.asarray(latencies), events=args.events, elapsed_s=elapsed, rate=args.rate
+        latencies, events=args.events, elapsed_s=outcome.elapsed_s, rate=args.rate
     )
-    summary.update(engine=args.engine, query=args.query)
+    summary.update(engine=args.engine, query=args.query, check=check)
+    summary.update(max_delay_ms=args.max_delay_ms, epoch_ms=args.epoch_ms)
     print(json.dumps(summary))
     return 0
 

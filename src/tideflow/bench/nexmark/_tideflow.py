@@ -302,20 +302,31 @@ def _bid_time(i: _Inputs, *columns: str) -> Any:
 
 
 def _q5(i: _Inputs) -> Any:
+    return hot_items(_bid_time(i, "auction", "date_time"))
+
+
+def hot_items(bids: Any) -> Any:
+    """q5 over a stream of bids with event time: per 10 s window sliding by 2 s, the auctions
+    tied for the most bids (columns ``window_start``, ``window_end``, ``auction``, ``num``)."""
     from tideflow import windows
 
     size, hop = 10 * _SECOND, 2 * _SECOND
     counts = (
-        _bid_time(i, "auction", "date_time")
-        .key_by("auction")
+        bids.key_by("auction")
         .window(windows.sliding(size, hop))
         .agg(pl.len().alias("num"), name="bids_per_auction")
         .results
     )
-    # Each result's time is its window's end; a hop-long window over that time holds exactly
-    # the results of one sliding window (keyed by its start) and fires once all are in.
+    # A result's event time is its window's end (column ``window_end``). Moved back by 1 us to
+    # the last instant inside the window (Flink's ``maxTimestamp``), every count of one sliding
+    # window falls in the hop-long tumbling window that ends where the sliding one ends, so the
+    # second step fires at the same watermark as the first (not one hop later).
     return (
-        counts.with_columns(pl.col("window_start").alias("ws"), name="window_of_count")
+        counts.with_columns(
+            pl.col("window_start").alias("ws"),
+            pl.col("window_end") - pl.duration(microseconds=1),
+            name="window_of_count",
+        )
         .key_by("ws")
         .window(windows.tumbling(hop))
         .max_by("num", name="hottest")
@@ -690,8 +701,10 @@ class _ThrottledReader(SourceReader):
 
 @dataclasses.dataclass(frozen=True)
 class _TimingSink(Sink):
+    """Keeps every result batch with the wall time (seconds after ``t0``) it arrived."""
+
     clock: _Clock
-    latencies: list[Any]
+    arrivals: list[tuple[float, pl.DataFrame]]
 
     def build(self, ctx: SinkContext) -> SinkWriter:
         return _TimingWriter(self)
@@ -705,21 +718,40 @@ class _TimingWriter(SinkWriter):
         self._time = time.perf_counter
 
     def write(self, batch: pl.DataFrame) -> None:
-        now = self._time() - self._sink.clock.t0
-        self._sink.latencies.append(now - batch["_due"].to_numpy())
+        if batch.height:
+            self._sink.arrivals.append((self._time() - self._sink.clock.t0, batch))
 
     def close(self) -> None:
         pass
 
 
-def run_latency(query: str, bids: Any, rate: float) -> tuple[list[float], float]:
-    """Throttled run of q0-q2 on tideflow: bids released at ``rate`` events/s (wall clock).
+@dataclasses.dataclass(frozen=True)
+class LatencyRun:
+    """What a throttled run gives back (every engine).
 
-    One worker, the latency setting of the batching knob (``max_delay`` 1 ms). Returns the
-    per-result latencies (seconds) and the elapsed time.
+    Attributes
+    ----------
+    latencies_s
+        q0-q2: one latency per result row (arrival at the sink minus the row's event's due
+        time). q5: empty (window latencies are derived from ``results``).
+    results
+        q5: the result rows with ``_arrived`` (seconds after the start); None for q0-q2.
+    elapsed_s
+        Wall seconds from the first due event to the end of the run.
+    """
+
+    latencies_s: Any
+    results: pl.DataFrame | None
+    elapsed_s: float
+
+
+def run_latency(query: str, bids: Any, rate: float, *, max_delay_ms: float = 1.0) -> LatencyRun:
+    """Throttled run of q0-q2 or q5 on tideflow: bids released at ``rate`` events/s.
+
+    One worker, no checkpoints; ``max_delay_ms`` is the latency setting of the batching knob
+    (the longest a source holds rows back to fill a batch).
     """
     import time
-    from datetime import timedelta
 
     import numpy as np
 
@@ -729,7 +761,7 @@ def run_latency(query: str, bids: Any, rate: float) -> tuple[list[float], float]
     due = frame["event_number"].to_numpy() / rate
     frame = frame.drop("event_number").with_columns(pl.Series("_due", due))
     clock = _Clock()
-    latencies: list[Any] = []
+    arrivals: list[tuple[float, pl.DataFrame]] = []
     flow = tf.Dataflow(f"nexmark_latency_{query}")
     src = flow.source(_ThrottledBids(frame, due, clock), name="bids")
     if query == "q0":
@@ -740,11 +772,17 @@ def run_latency(query: str, bids: Any, rate: float) -> tuple[list[float], float]
         )
     elif query == "q2":
         out = src.filter(pl.col("auction") % 123 == 0).select("auction", "price", "_due")
+    elif query == "q5":
+        out = hot_items(src.event_time("date_time", idle=None, name="bid_time"))
     else:
-        msg = f"nexmark latency: no tideflow throttled pipeline for {query}; use q0, q1 or q2"
+        msg = f"nexmark latency: no tideflow throttled pipeline for {query}; use q0-q2 or q5"
         raise ConfigError(msg)
-    out.sink(_TimingSink(clock, latencies), name="timing")
-    tf.run(flow, workers=1, max_delay=timedelta(milliseconds=1))
+    out.sink(_TimingSink(clock, arrivals), name="timing")
+    tf.run(flow, workers=1, max_delay=timedelta(milliseconds=max_delay_ms))
     elapsed = time.perf_counter() - clock.t0
-    flat = np.concatenate(latencies) if latencies else np.zeros(0)
-    return flat.tolist(), elapsed
+    if query == "q5":
+        parts = [b.with_columns(pl.lit(t).alias("_arrived")) for t, b in arrivals]
+        results = pl.concat(parts) if parts else None
+        return LatencyRun(np.zeros(0), results, elapsed)
+    lat = [t - b["_due"].to_numpy() for t, b in arrivals]
+    return LatencyRun(np.concatenate(lat) if lat else np.zeros(0), None, elapsed)
