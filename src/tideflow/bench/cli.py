@@ -53,6 +53,17 @@ def _add(parser: argparse.ArgumentParser, flag: str, *, help: str, **kw: Any) ->
     parser.add_argument(flag, help=help + shown, **kw)
 
 
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    _add(
+        parser,
+        "--json",
+        nargs="?",
+        const="-",
+        default=None,
+        help="also write JSON results to FILE ('-' or no value: print JSON instead of the table)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     from tideflow.bench.nexmark._worker import ENGINES, KNOWN_ENGINES, PER_RECORD_ENGINES
 
@@ -148,14 +159,7 @@ def _parser() -> argparse.ArgumentParser:
         default=3600.0,
         help="seconds after which one run counts as failed",
     )
-    _add(
-        bench,
-        "--json",
-        nargs="?",
-        const="-",
-        default=None,
-        help="also write JSON results to FILE ('-' or no value: print JSON instead of the table)",
-    )
+    _add_json(bench)
     _add(
         bench,
         "--no-check",
@@ -179,14 +183,7 @@ def _parser() -> argparse.ArgumentParser:
         help="tideflow's latency setting: the longest a source holds rows back to fill a batch",
     )
     _add(lat, "--epoch-ms", type=float, default=1.0, help="Bytewax's epoch_interval")
-    _add(
-        lat,
-        "--json",
-        nargs="?",
-        const="-",
-        default=None,
-        help="also write JSON results to FILE ('-': print JSON instead of the table)",
-    )
+    _add_json(lat)
     mem = sub.add_parser(
         "memory", help="RSS over a long run, generated events fed in process (no files)"
     )
@@ -201,14 +198,7 @@ def _parser() -> argparse.ArgumentParser:
         default=10.0,
         help="seconds between checkpoints (0: none)",
     )
-    _add(
-        mem,
-        "--json",
-        nargs="?",
-        const="-",
-        default=None,
-        help="also write JSON results to FILE ('-': print JSON instead of the table)",
-    )
+    _add_json(mem)
     return root
 
 
@@ -222,14 +212,7 @@ def _memory(args: argparse.Namespace) -> int:
         batch_events=int(args.batch_events),
         checkpoint_interval=float(args.checkpoint_interval),
     )
-    payload = {"cores": os.cpu_count(), "results": rows}
-    if args.json == "-":
-        print(json.dumps(payload, indent=2))
-    else:
-        print(memory_table(rows))
-        if args.json:
-            Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
-    return 0
+    return _print_rows(args, rows, memory_table(rows))
 
 
 def _latency(args: argparse.Namespace) -> int:
@@ -250,11 +233,16 @@ def _latency(args: argparse.Namespace) -> int:
     except ResultMismatchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    return _print_rows(args, rows, latency_table(rows))
+
+
+def _print_rows(args: argparse.Namespace, rows: list[dict[str, Any]], table: str) -> int:
+    """Print the table (and write ``--json FILE``), or print the JSON with ``--json -``."""
     payload = {"cores": os.cpu_count(), "results": rows}
     if args.json == "-":
         print(json.dumps(payload, indent=2))
     else:
-        print(latency_table(rows))
+        print(table)
         if args.json:
             Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
     return 0
