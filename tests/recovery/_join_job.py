@@ -32,7 +32,13 @@ T0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 KEYS = [f"k{i}" for i in range(6)]
 FILES, PER_FILE = 12, 60
 CRASH_AT = 7 * PER_FILE + 25
-STEP = {"window": "pairs", "interval": "pairs", "table": "tiers", "lookup": "names"}
+STEP = {
+    "window": "pairs",
+    "interval": "pairs",
+    "regular": "pairs",
+    "table": "tiers",
+    "lookup": "names",
+}
 
 
 def write_input(d: Path) -> None:
@@ -103,7 +109,7 @@ def build(kind: str, d: Path, out: Path, pause: float = 0.003) -> tf.Dataflow:
         .event_time("ts", delay=timedelta(seconds=3))
     )
     result: tf.Stream
-    if kind in ("window", "interval"):
+    if kind in ("window", "interval", "regular"):
         parts = ev.split(left=pl.col("side") == "L", right=pl.col("side") == "R")
         left = parts.left.drop("side").key_by("k")
         right = parts.right.drop("side").key_by("k")
@@ -111,10 +117,12 @@ def build(kind: str, d: Path, out: Path, pause: float = 0.003) -> tf.Dataflow:
             j = left.join_window(
                 right, windows.tumbling(timedelta(seconds=10)), how="full", name="pairs"
             )
-        else:
+        elif kind == "interval":
             j = left.join_interval(
                 right, lower=timedelta(seconds=-2), upper=timedelta(seconds=3), name="pairs"
             )
+        else:  # a regular join: every pair of equal keys (the key index)
+            j = left.join_interval(right, lower=None, upper=None, name="pairs")
         result = j.results
         if kind == "window":
             result = result.select("k", "window_start", "n", "n_right")

@@ -143,6 +143,9 @@ def two_sided(kind: str, how: str = "inner") -> Node:
     if kind == "window":
         window = windows.sliding(timedelta(microseconds=20), timedelta(microseconds=10))
         out = left.join_window(right, window, how=how)  # type: ignore[arg-type]
+    elif kind in ("regular", "regular_unique"):  # the key index; nothing is late
+        unique = kind == "regular_unique"
+        out = left.join_interval(right, lower=None, upper=None, left_unique=unique)
     elif kind == "close":  # each left record's interval ends at its own time
         out = left.join_interval(right, lower=timedelta(microseconds=-4), upper="t", emit="close")
     else:
@@ -204,10 +207,22 @@ def test_window_join_resumes_like_an_uninterrupted_run(batches, delay, how, plan
     assert run.output("late") == ref.output("late")
 
 
-@pytest.mark.parametrize("kind", ["interval", "close"])
+def first_left_per_key(batches: list[list[tuple[str, str, int]]]) -> list[Any]:
+    """The batches with only the first left record of each key (a primary key on the left)."""
+    seen: set[str] = set()
+    out = []
+    for batch in batches:
+        kept = [r for r in batch if r[0] == "R" or (r[1] not in seen and not seen.add(r[1]))]
+        out.append(kept or [("R", "z", batch[0][2])])  # keep the batch (and its watermark)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["interval", "close", "regular", "regular_unique"])
 @settings(max_examples=40, deadline=None)
 @given(batches=batches_st, delay=st.integers(0, 20), plan=plans)
 def test_interval_join_resumes_like_an_uninterrupted_run(kind, batches, delay, plan):
+    if kind == "regular_unique":
+        batches = first_left_per_key(batches)
     ref, run = drive_two_sided(two_sided(kind), batches, delay, plan)
     assert run.output() == ref.output()
     assert run.output("late") == ref.output("late")

@@ -96,21 +96,23 @@ def ref_interval_join(batches, lower, upper, delay):
 
 
 # -- running the engine --------------------------------------------------------------------------
-def sides(batches, delay):
+def sides(batches, delay, int_keys=False):
+    """The flow, its keyed left and right sides; ``int_keys``: keys as integers (a -> 0, ...)."""
+    key_type = pl.Int64 if int_keys else pl.String
     items = [
         pl.DataFrame(
             {
                 "side": [r[0] for r in b],
-                "k": [r[1] for r in b],
+                "k": [ord(r[1]) - ord("a") if int_keys else r[1] for r in b],
                 "t": [T0 + r[2] for r in b],
                 "v": [r[3] for r in b],
             },
-            schema={"side": pl.String, "k": pl.String, "t": pl.Int64, "v": pl.Int64},
+            schema={"side": pl.String, "k": key_type, "t": pl.Int64, "v": pl.Int64},
         )
         for b in batches
     ]
     flow = tf.Dataflow("joins")
-    schema = {"side": pl.String(), "k": pl.String(), "t": pl.Int64(), "v": pl.Int64()}
+    schema = {"side": pl.String(), "k": key_type(), "t": pl.Int64(), "v": pl.Int64()}
     s = flow.source(TestingSource(items, batch_size=1, schema=schema)).event_time(
         "t", unit="us", delay=timedelta(microseconds=delay)
     )
@@ -173,7 +175,13 @@ def collect_pairs(flow, j, workers):
     j.late.sink(late)
     tf.run(flow, workers=workers, batch_size=1)
     got = Counter(
-        (r["k"], us(r["t"]), r["v"], us(r["t_right"]), r["v_right"])
+        (
+            chr(ord("a") + r["k"]) if isinstance(r["k"], int) else r["k"],
+            us(r["t"]),
+            r["v"],
+            us(r["t_right"]),
+            r["v_right"],
+        )
         for r in out.frame().iter_rows(named=True)
     )
     return got, late_rows(late), out
@@ -328,8 +336,10 @@ def with_end(left):
     ).key_by("k")
 
 
-def run_interval_join_end(batches, lower, bounded_end, delay, emit, workers=1, unique=False):
-    flow, left, right = sides(batches, delay)
+def run_interval_join_end(
+    batches, lower, bounded_end, delay, emit, workers=1, unique=False, int_keys=False
+):
+    flow, left, right = sides(batches, delay, int_keys)
     if bounded_end:
         left = with_end(left)
     j = left.join_interval(
@@ -388,6 +398,48 @@ def test_join_with_a_unique_left_key_equals_reference(batches, delay, lower, bou
     assert got_late == want_late
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    batches=batches_st,
+    unique=st.booleans(),
+    int_keys=st.booleans(),
+    emit=st.sampled_from(["arrival", "close"]),
+)
+def test_regular_join_equals_reference(batches, unique, int_keys, emit):
+    """The key index of a regular join (integer keys: exact codes; strings: hashed)."""
+    if unique:
+        batches = unique_left(batches)
+    want, want_late = ref_interval_join_end(batches, None, None, 0)
+    got, late, _out = run_interval_join_end(
+        batches, None, False, 0, emit, unique=unique, int_keys=int_keys
+    )
+    assert got == want
+    assert not want_late and late == Counter()
+
+
+@pytest.mark.parametrize("unique", [False, True])
+def test_regular_join_with_two_workers_equals_the_reference(unique):
+    import random
+
+    rnd = random.Random(11)
+    batches = [
+        [
+            (rnd.choice("LR"), rnd.choice("abcdefgh"), rnd.randrange(100), rnd.randrange(99))
+            for _ in range(rnd.randrange(1, 9))
+        ]
+        for _ in range(15)
+    ]
+    if unique:
+        batches = unique_left(batches)
+    want, _ = ref_interval_join_end(batches, None, None, 0)
+    for int_keys in (False, True):
+        got, late, _ = run_interval_join_end(
+            batches, None, False, 0, "arrival", workers=2, unique=unique, int_keys=int_keys
+        )
+        assert got == want
+        assert not late
+
+
 def test_unique_left_key_keeps_matched_right_records_out_of_the_buffer():
     from tideflow.runtime._joins import IntervalJoinOperator
 
@@ -396,7 +448,7 @@ def test_unique_left_key_keeps_matched_right_records_out_of_the_buffer():
 
     def spy(self, wm):
         orig(self, wm)
-        held.append(sum(f.height for f in self.buffers[1]))
+        held.append(self.buffered(1))
 
     # a regular join: without the promise every right record would stay buffered
     batches = [[("R", "a", 1, 1)], [("L", "a", 2, 2)]] + [[("R", "a", t, t)] for t in range(3, 9)]

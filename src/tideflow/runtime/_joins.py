@@ -12,11 +12,13 @@ import io
 import logging
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from tideflow._errors import JobError, StateError
 from tideflow.api._graph import Node, fn_location
 from tideflow.api._joins import SUFFIX, IntervalJoinOp, LookupOp, TableJoinOp, WindowJoinOp
+from tideflow.runtime._keyindex import KeyedRows
 from tideflow.runtime._operators import OpContext, Operator
 
 __all__ = [
@@ -319,6 +321,16 @@ class IntervalJoinOperator(_TwoSided):
         )
         self.buffers: tuple[list[pl.DataFrame], list[pl.DataFrame]] = ([], [])
         self.pending: list[pl.DataFrame] = []
+        # A regular join keeps every record: each side is a row store with a key index that
+        # a batch of the other side probes (O(batch) work, not a join against the buffer).
+        self.sides = (KeyedRows(self.keys), KeyedRows(self.keys))
+        self.oldest_left: int | None = None
+
+    def buffered(self, index: int) -> int:
+        """Rows buffered on side ``index`` (0: left, 1: right)."""
+        if not self.bounded:
+            return self.sides[index].height
+        return sum(f.height for f in self.buffers[index])
 
     def _buffer(self, index: int) -> pl.DataFrame | None:
         frames = self.buffers[index]
@@ -358,6 +370,9 @@ class IntervalJoinOperator(_TwoSided):
                 rows = rows.filter(pl.col("__t") >= self.wm)
                 if rows.height == 0:
                     return
+        if not self.bounded:
+            self._regular(index, rows)
+            return
         other = self._buffer(1 - index)
         if other is not None and other.height:
             left, right = (rows, other) if index == 0 else (other, rows)
@@ -381,6 +396,37 @@ class IntervalJoinOperator(_TwoSided):
                     self.ctx.emit(self._layout(pairs, []))
         self.buffers[index].append(rows)
 
+    def _regular(self, index: int, rows: pl.DataFrame) -> None:
+        """A regular join: ``rows`` probe the other side's key index, then join their own."""
+        other = self.sides[1 - index]
+        probe, theirs, found = other.probe(rows)
+        if probe.size:
+            mine = rows.select(pl.all().gather(pl.Series(probe)))
+            self._pairs(*((mine, theirs) if index == 0 else (theirs, mine)))
+            if self.op.left_unique:
+                # Right records of a key whose (only) left record is there need no buffer.
+                if index == 0:
+                    other.remove(found)
+                else:
+                    keep = np.ones(rows.height, np.bool_)
+                    keep[probe] = False
+                    rows = rows.filter(pl.Series(keep))
+        self.sides[index].append(rows)
+        if index == 0 and rows.height:
+            oldest = int(rows.get_column("__t").min())  # type: ignore[arg-type]
+            self.oldest_left = oldest if self.oldest_left is None else min(self.oldest_left, oldest)
+
+    def _pairs(self, left: pl.DataFrame, right: pl.DataFrame) -> None:
+        """Emit (or hold until close) matched rows side by side, as a Polars inner join would
+        lay them out: left columns, then the right's non-key columns (``_right`` on clashes)."""
+        cols = [c for c in right.columns if c not in self.keys]
+        clash = {c: c + SUFFIX for c in cols if c in left.columns}
+        pairs = pl.concat([left, right.select(cols).rename(clash)], how="horizontal")
+        if self.at_close:
+            self.pending.append(pairs.drop("__t" + SUFFIX))
+        else:
+            self.ctx.emit(self._layout(pairs, []))
+
     def on_watermark(self, wm: int, idle: bool) -> None:
         self._advance(wm)
         if wm in (WM_MIN, WM_MAX):
@@ -392,9 +438,13 @@ class IntervalJoinOperator(_TwoSided):
         else:
             # Pairs still to come belong to buffered left records: hold the watermark at the
             # oldest of them.
-            left = self._buffer(0)
-            oldest = left.get_column("__t").min() if left is not None and left.height else None
-            out = wm if oldest is None else min(wm, int(oldest))  # type: ignore[arg-type]
+            if not self.bounded:
+                oldest = self.oldest_left
+            else:
+                left = self._buffer(0)
+                first = left.get_column("__t").min() if left is not None and left.height else None
+                oldest = None if first is None else int(first)  # type: ignore[arg-type]
+            out = wm if oldest is None else min(wm, oldest)
         self.ctx.watermark(out, idle)
 
     def _advance(self, wm: int) -> None:
@@ -409,7 +459,7 @@ class IntervalJoinOperator(_TwoSided):
         right = self._buffer(1)
         if right is not None and self.lower is not None:
             self.buffers[1][:] = [right.filter(pl.col("__t") - self.lower >= wm)]
-        if self.pending:
+        if self.pending and (self.bounded or wm == WM_MAX):  # regular: all pairs at the end
             pending = _concat(self.pending)
             # End of input (WM_MAX) closes every interval, unbounded ones too.
             done = (
@@ -426,7 +476,7 @@ class IntervalJoinOperator(_TwoSided):
         """Both sides' buffered rows with ``__t``/``__end`` (Arrow IPC), held pairs, watermark."""
         out = self._snap_common("interval_join")
         for index, name in ((0, "left"), (1, "right")):
-            buf = self._buffer(index)
+            buf = self._buffer(index) if self.bounded else self.sides[index].live()
             out[name] = _ipc(buf) if buf is not None and buf.height else None
         out["pending"] = _ipc(_concat(self.pending)) if self.pending else None
         return out
@@ -435,6 +485,9 @@ class IntervalJoinOperator(_TwoSided):
         """Load a :meth:`snapshot` (replaces the buffered state)."""
         self.buffers = ([], [])
         self.pending = []
+        for side in self.sides:
+            side.restore(None)
+        self.oldest_left = None
         if not _check(self.node.step_id, snap, "interval_join"):
             return
         self._restore_common(snap)
@@ -443,7 +496,12 @@ class IntervalJoinOperator(_TwoSided):
             if frame is not None and frame.height:
                 if index == 0 and "__end" not in frame.columns:  # written before ``__end``
                     frame = frame.with_columns(self._end().alias("__end"))
-                self.buffers[index].append(frame)
+                if self.bounded:
+                    self.buffers[index].append(frame)
+                    continue
+                self.sides[index].restore(frame)
+                if index == 0:
+                    self.oldest_left = int(frame.get_column("__t").min())  # type: ignore[arg-type]
         pending = _frame(snap.get("pending"))
         if pending is not None and pending.height:
             self.pending.append(pending)

@@ -239,11 +239,17 @@ def _valid_bids(i: _Inputs, auction: tuple[str, ...], bid: tuple[str, ...]) -> A
 
 
 def _first_per(key: str, by: list[str], descending: list[bool]) -> Any:
-    """Per batch, the first row of each ``key`` in the order ``by`` (a frame function)."""
+    """Per batch, the first row of each ``key`` in the order ``by`` (a frame function).
+
+    Only the key and order columns are sorted; the winners' rows are then gathered whole (a
+    batch carries every valid bid of its auctions, with the auctions' wide text columns).
+    """
 
     def first(df: pl.DataFrame) -> pl.DataFrame:
-        ordered = df.sort(by, descending=descending, maintain_order=True)
-        return ordered.unique(subset=key, keep="first", maintain_order=True)
+        order = df.select(key, *by).with_row_index("__row")
+        order = order.sort(by, descending=descending, maintain_order=True)
+        rows = order.unique(subset=key, keep="first", maintain_order=True).get_column("__row")
+        return df.select(pl.all().gather(rows))
 
     return first
 

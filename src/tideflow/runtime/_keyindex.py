@@ -1,0 +1,214 @@
+"""A growing, probe-able buffer of rows: the state of a regular (unbounded) join side.
+
+A join side that keeps every record (a regular join on a key) must not be joined as a whole
+against every new batch of the other side: that costs O(buffer) per batch. :class:`KeyedRows`
+keeps the rows in segments, each a Polars chunk of consecutive row positions with its key index
+(the rows' integer key codes, sorted, with their offsets in the chunk). Every appended batch is a
+segment, merged into the previous one while that one is at most twice as large (as the runs of
+an LSM tree), so there are O(log n) segments and a row is copied O(log n) times in its life.
+Probing a batch is a NumPy ``searchsorted`` per segment and a gather of the matched rows from
+its chunk: O(batch x log n) work, whatever the buffer's size.
+
+Key codes are the key values themselves for one integer key column, otherwise a 64-bit hash of
+the key columns; hashed matches are confirmed by comparing the key values of the gathered rows.
+Rows with a null key never match (as in SQL) and are not indexed. Rows can be removed (a
+tombstone per position); the segments are rebuilt without them once they are more than half of
+the rows. The index lives in memory only: a snapshot is the live rows, and
+:meth:`KeyedRows.restore` indexes them again.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+import polars as pl
+
+__all__ = ["KeyedRows", "key_codes"]
+
+Codes = npt.NDArray[np.int64]
+Positions = npt.NDArray[np.int64]
+
+_INTEGER = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32)
+
+
+def key_codes(frame: pl.DataFrame, keys: list[str]) -> tuple[Codes, npt.NDArray[np.bool_], bool]:
+    """Integer codes of the rows' keys, which rows have no null key, and whether codes are exact.
+
+    Examples
+    --------
+    >>> codes, valid, exact = key_codes(pl.DataFrame({"k": [3, None, 5]}), ["k"])
+    >>> codes[valid].tolist(), valid.tolist(), exact
+    ([3, 5], [True, False, True], True)
+    >>> key_codes(pl.DataFrame({"k": ["a"]}), ["k"])[2]  # hashed: matches are confirmed
+    False
+    """
+    if frame.height == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.bool_), True
+    exact = len(keys) == 1 and isinstance(frame.schema[keys[0]], _INTEGER)
+    if exact:
+        col = frame.get_column(keys[0])
+        valid = col.is_not_null().to_numpy()
+        codes = col.cast(pl.Int64).fill_null(0).to_numpy()
+    else:
+        flags = frame.select(pl.all_horizontal(pl.col(k).is_not_null() for k in keys))
+        valid = flags.to_series().to_numpy()
+        hashed = pl.col(keys[0]).hash(seed=11) if len(keys) == 1 else pl.struct(keys).hash(seed=11)
+        codes = frame.select(hashed).to_series().to_numpy().view(np.int64)
+    return np.ascontiguousarray(codes, np.int64), np.asarray(valid, np.bool_), exact
+
+
+class _Segment:
+    """Consecutive rows (one chunk) and their key index: codes sorted, with row offsets."""
+
+    __slots__ = ("base", "codes", "frame", "offsets")
+
+    def __init__(self, base: int, frame: pl.DataFrame, codes: Codes, offsets: Positions) -> None:
+        self.base, self.frame, self.codes, self.offsets = base, frame, codes, offsets
+
+
+def _take(frame: pl.DataFrame, rows: Positions) -> pl.DataFrame:
+    return frame.select(pl.all().gather(pl.Series(rows, dtype=pl.Int64)))
+
+
+class KeyedRows:
+    """Rows of one join side with a key index: append, probe, gather, remove.
+
+    Rows live in segments: a chunk of consecutive positions with its sorted key codes. A new
+    batch is a segment; it is merged into the previous one while that one is at most twice its
+    size (O(log n) segments; a row is copied O(log n) times over its life). A probe searches
+    every segment's codes and gathers from that segment's chunk.
+
+    Examples
+    --------
+    >>> rows = KeyedRows(["k"])
+    >>> rows.append(pl.DataFrame({"k": [1, 2, 2], "v": ["a", "b", "c"]}))
+    >>> rows.append(pl.DataFrame({"k": [3, 2], "v": ["d", "e"]}))
+    >>> batch = pl.DataFrame({"k": [2, 9]})
+    >>> probe, found, matched = rows.probe(batch)
+    >>> sorted(found["v"].to_list()), sorted(set(probe.tolist()))
+    (['b', 'c', 'e'], [0])
+    >>> rows.remove(matched)
+    >>> rows.live().sort("k")["v"].to_list()
+    ['a', 'd']
+    """
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
+        self.segments: list[_Segment] = []
+        self.size = 0  # positions handed out (live and removed rows)
+        self.dead: npt.NDArray[np.bool_] = np.zeros(0, np.bool_)
+        self.n_dead = 0
+        self.exact = True
+
+    @property
+    def height(self) -> int:
+        """Live rows."""
+        return self.size - self.n_dead
+
+    def append(self, rows: pl.DataFrame) -> None:
+        """Add ``rows`` (their positions follow the existing ones) and index their keys."""
+        if rows.height == 0:
+            return
+        codes, valid, exact = key_codes(rows, self.keys)
+        if self.size and exact != self.exact:
+            msg = f"key columns {self.keys} changed type inside a join buffer"
+            raise TypeError(msg)
+        self.exact = exact
+        offsets = np.flatnonzero(valid).astype(np.int64)
+        codes = codes[offsets]
+        order = np.argsort(codes, kind="stable")
+        seg = _Segment(self.size, rows, codes[order], offsets[order])
+        self.size += rows.height
+        self.dead = np.concatenate([self.dead, np.zeros(rows.height, np.bool_)])
+        while self.segments and self.segments[-1].frame.height <= 2 * seg.frame.height:
+            prev = self.segments.pop()
+            shift = seg.base - prev.base
+            merged = np.concatenate([prev.codes, seg.codes])
+            order = np.argsort(merged, kind="stable")  # two sorted runs: a linear merge
+            offsets = np.concatenate([prev.offsets, seg.offsets + shift])[order]
+            frame = pl.concat([prev.frame, seg.frame], how="vertical_relaxed", rechunk=True)
+            seg = _Segment(prev.base, frame, merged[order], offsets)
+        self.segments.append(seg)
+
+    def probe(self, batch: pl.DataFrame) -> tuple[Positions, pl.DataFrame, Positions]:
+        """Every pair of a ``batch`` row and a live buffered row with equal keys.
+
+        Returns the pairs' ``batch`` rows, their buffered rows (a frame, same order) and the
+        buffered rows' positions (for :meth:`remove`). ``batch``'s key columns must have the
+        buffered rows' types.
+        """
+        none = np.zeros(0, np.int64)
+        if batch.height == 0 or not self.segments:
+            return none, self._empty(), none
+        codes, valid, _ = key_codes(batch, self.keys)
+        rows = np.flatnonzero(valid)
+        codes = codes[rows]
+        got_rows: list[Positions] = []
+        got_pos: list[Positions] = []
+        frames: list[pl.DataFrame] = []
+        for seg in self.segments:
+            lo = np.searchsorted(seg.codes, codes, side="left")
+            hi = np.searchsorted(seg.codes, codes, side="right")
+            count = hi - lo
+            hit = count > 0
+            total = int(count.sum())
+            if total == 0:
+                continue
+            if total == int(hit.sum()):  # at most one match per probe row
+                b, local = rows[hit], seg.offsets[lo[hit]]
+            else:
+                first = np.repeat(lo, count)
+                step = np.arange(total) - np.repeat(np.cumsum(count) - count, count)
+                b, local = np.repeat(rows, count), seg.offsets[first + step]
+            if self.n_dead:
+                alive = ~self.dead[local + seg.base]
+                b, local = b[alive], local[alive]
+            found = _take(seg.frame, local)
+            if not self.exact:
+                same = self._same_keys(batch, b, found)
+                b, local, found = b[same], local[same], found.filter(pl.Series(same))
+            if b.size:
+                got_rows.append(b)
+                got_pos.append(local + seg.base)
+                frames.append(found)
+        if not got_rows:
+            return none, self._empty(), none
+        found = frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical_relaxed")
+        return np.concatenate(got_rows), found, np.concatenate(got_pos)
+
+    def _same_keys(
+        self, batch: pl.DataFrame, b: Positions, found: pl.DataFrame
+    ) -> npt.NDArray[np.bool_]:
+        theirs = _take(batch.select(self.keys), b)
+        same = pl.DataFrame(
+            [(found.get_column(k) == theirs.get_column(k)).alias(k) for k in self.keys]
+        )
+        flags = same.select(pl.all_horizontal(pl.all()).fill_null(False)).to_series()
+        return np.asarray(flags.to_numpy(), np.bool_)
+
+    def _empty(self) -> pl.DataFrame:
+        return self.segments[0].frame.clear() if self.segments else pl.DataFrame()
+
+    def remove(self, positions: Positions) -> None:
+        """Drop the rows at ``positions`` (they no longer match, and leave :meth:`live`)."""
+        if positions.size == 0:
+            return
+        self.dead[positions] = True
+        self.n_dead = int(np.count_nonzero(self.dead))
+        if self.n_dead * 2 > self.size:
+            self.restore(self.live())
+
+    def live(self) -> pl.DataFrame:
+        """The rows not removed, in the order they came."""
+        if not self.segments:
+            return pl.DataFrame()
+        frames = [seg.frame for seg in self.segments]
+        frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical_relaxed")
+        return frame.filter(pl.Series(~self.dead)) if self.n_dead else frame
+
+    def restore(self, rows: pl.DataFrame | None) -> None:
+        """Replace the buffer with ``rows`` (indexed anew)."""
+        self.segments, self.size = [], 0
+        self.dead, self.n_dead, self.exact = np.zeros(0, np.bool_), 0, True
+        if rows is not None and rows.height:
+            self.append(rows)

@@ -1,0 +1,103 @@
+"""The key index of regular joins (``KeyedRows``) against a brute-force list of rows.
+
+Random sequences of appends (of random sizes, so segments merge in every pattern), probes and
+removals, with one integer key (exact codes), one string key and two keys (hashed codes,
+matches confirmed), nulls included: every probe must return exactly the pairs a nested loop
+over the live rows finds, and ``live()`` the live rows in arrival order.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tideflow.runtime._keyindex import KeyedRows
+
+key_value = st.one_of(st.none(), st.integers(0, 6))
+step = st.one_of(
+    st.tuples(st.just("append"), st.lists(st.tuples(key_value, key_value), max_size=9)),
+    st.tuples(st.just("probe"), st.lists(st.tuples(key_value, key_value), max_size=6)),
+    st.tuples(st.just("remove"), st.lists(st.tuples(key_value, key_value), max_size=4)),
+)
+LAYOUTS = {
+    "int": (["a"], {"a": pl.Int64}),
+    "int32": (["a"], {"a": pl.Int32}),
+    "str": (["a"], {"a": pl.String}),
+    "two": (["a", "b"], {"a": pl.Int64, "b": pl.String}),
+}
+
+
+def frame(pairs: list[tuple[Any, Any]], layout: str, first_id: int = 0) -> pl.DataFrame:
+    keys, schema = LAYOUTS[layout]
+    cols: dict[str, list[Any]] = {
+        "a": [a if schema["a"] != pl.String or a is None else f"k{a}" for a, _ in pairs]
+    }
+    if "b" in keys:
+        cols["b"] = [None if b is None else f"v{b % 3}" for _, b in pairs]
+    cols["id"] = list(range(first_id, first_id + len(pairs)))
+    return pl.DataFrame(cols, schema={**schema, "id": pl.Int64})
+
+
+def key_of(row: dict[str, Any], keys: list[str]) -> tuple[Any, ...] | None:
+    values = tuple(row[k] for k in keys)
+    return None if any(v is None for v in values) else values
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@settings(max_examples=60, deadline=None)
+@given(steps=st.lists(step, min_size=1, max_size=25))
+def test_keyed_rows_equal_a_nested_loop(layout: str, steps: list[Any]) -> None:
+    keys, _ = LAYOUTS[layout]
+    index = KeyedRows(keys)
+    live: list[dict[str, Any]] = []  # the reference: rows in arrival order
+    next_id = 0
+    for kind, pairs in steps:
+        batch = frame(pairs, layout, first_id=10_000)
+        want = Counter(
+            (i, row["id"])
+            for i, probe in enumerate(batch.iter_rows(named=True))
+            for row in live
+            if key_of(probe, keys) is not None and key_of(probe, keys) == key_of(row, keys)
+        )
+        probe_rows, found, positions = index.probe(batch)
+        assert len(probe_rows) == found.height == len(positions)
+        ids = found["id"].to_list() if found.height else []
+        got = Counter(zip(probe_rows.tolist(), ids, strict=True))
+        assert got == want
+        if kind == "append":
+            rows = frame(pairs, layout, first_id=next_id)
+            next_id += len(pairs)
+            index.append(rows)
+            live.extend(rows.iter_rows(named=True))
+        elif kind == "remove":
+            index.remove(positions)
+            gone = {i for _, i in want}
+            live = [r for r in live if r["id"] not in gone]
+        assert index.height == len(live)
+        got_live = index.live()["id"].to_list() if index.segments else []
+        assert got_live == [r["id"] for r in live]
+
+
+def test_probes_touch_few_segments_as_the_buffer_grows() -> None:
+    index = KeyedRows(["a"])
+    for i in range(200):
+        index.append(pl.DataFrame({"a": np.arange(i * 50, (i + 1) * 50)}))
+    assert len(index.segments) <= 2 * int(np.log2(200)) + 1  # merged like an LSM tree
+    probe_rows, found, _ = index.probe(pl.DataFrame({"a": [7, 9_999, 10_000]}))
+    assert sorted(found["a"].to_list()) == [7, 9_999] and sorted(probe_rows.tolist()) == [0, 1]
+
+
+def test_restore_indexes_the_rows_again() -> None:
+    index = KeyedRows(["a"])
+    index.append(pl.DataFrame({"a": [1, 2, 3], "v": ["x", "y", "z"]}))
+    index.remove(index.probe(pl.DataFrame({"a": [2]}))[2])
+    again = KeyedRows(["a"])
+    again.restore(index.live())
+    assert again.live()["v"].to_list() == ["x", "z"]
+    assert again.probe(pl.DataFrame({"a": [3]}))[1]["v"].to_list() == ["z"]
