@@ -200,8 +200,10 @@ def _q3(i: _Inputs) -> Any:
     # never buffered) with the category-10 auctions; persons outside OR/ID/CA are kept by id
     # only (a later auction may name them) and dropped from the result.
     local = pl.col("state").is_in(["OR", "ID", "CA"])
-    people = _timed(i.read("person", "id", "name", "city", "state", "date_time")).with_columns(
-        [pl.when(local).then(pl.col(c)).alias(c) for c in ("name", "city", "state")]
+    people = _timed(
+        i.read("person", "id", "name", "city", "state", "date_time").map_batches(
+            _blank_unless(local, ("name", "city", "state")), name="local_names"
+        )
     )
     auctions = _timed(i.read("auction", "id", "seller", "category", "date_time")).filter(
         pl.col("category") == 10
@@ -215,6 +217,24 @@ def _q3(i: _Inputs) -> Any:
         .results
     )
     return joined.filter(local).select("name", "city", "state", pl.col("aid").alias("id"))
+
+
+def _blank_unless(cond: pl.Expr, columns: tuple[str, ...]) -> Any:
+    """A frame function: rows where ``cond`` fails get null ``columns`` (literal nulls).
+
+    A filter copies the kept rows' strings into fresh buffers; nulling with ``pl.when`` would
+    keep pointing into the whole batch's string buffers (Polars string views), and a join
+    buffer holding such rows would keep, and checkpoint, every text of the input.
+    """
+    cond = cond.fill_null(False)
+
+    def blank(df: pl.DataFrame) -> pl.DataFrame:
+        other = df.filter(~cond).with_columns(
+            [pl.lit(None, df.schema[c]).alias(c) for c in columns]
+        )
+        return pl.concat([df.filter(cond), other])
+
+    return blank
 
 
 def _timed(stream: Any) -> Any:
@@ -537,11 +557,9 @@ def _q20(i: _Inputs) -> Any:
     # auction is kept (a later bid may name it), with its text columns dropped unless it is in
     # category 10, the only ones the result keeps.
     cat10 = pl.col("category") == 10
-    auctions = _timed(
-        i.auction.with_columns(
-            [pl.when(cat10).then(pl.col(c)).alias(c) for c in ("item_name", "description", "extra")]
-        )
-    ).key_by("id")
+    text = ("item_name", "description", "extra")
+    auctions = _timed(i.auction.map_batches(_blank_unless(cat10, text), name="cat10_text"))
+    auctions = auctions.key_by("id")
     bids = _timed(i.bid).key_by("auction")
     joined = auctions.join_interval(
         bids, lower=None, upper=None, left_unique=True, name="join"
