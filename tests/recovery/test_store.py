@@ -5,12 +5,21 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
 
 from tideflow._errors import ConfigError, StateError
-from tideflow.state import FORMAT, VERSION, CheckpointStore
+from tideflow.state import (
+    FORMAT,
+    VERSION,
+    CheckpointStore,
+    SnapshotChunk,
+    load_savepoint,
+    write_savepoint,
+)
+from tideflow.state._store import VERSION_CHUNKS
 
 
 def _state(i: int) -> dict[str, dict[str, object]]:
@@ -91,3 +100,126 @@ def test_unknown_version_and_bad_settings(tmp_path: Path) -> None:
         CheckpointStore(tmp_path, keep=0)
     with pytest.raises(StateError, match="not plain data"):
         store.write(3, [{"x": {"v": object()}}])
+
+
+# -- incremental snapshots: chunks shared between checkpoints ------------------------------------
+def _chunk_names(d: Path) -> list[str]:
+    man = json.loads((d / "MANIFEST.json").read_text())
+    return [c["name"] for e in man["parts"].values() for c in e.get("chunks", [])]
+
+
+def test_a_chunk_is_written_once_and_shared_by_later_checkpoints(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path)
+    base, step = SnapshotChunk(b"folded rows"), SnapshotChunk(b"rows since")
+    d1 = store.write(1, [{"top": {"version": 2, "state": base, "pending": []}}])
+    written = (store.shared / _chunk_names(d1)[0]).stat()
+    d2 = store.write(2, [{"top": {"version": 2, "state": base, "pending": [step, step]}}])
+    man = json.loads((d2 / "MANIFEST.json").read_text())
+    assert man["version"] == VERSION_CHUNKS and man["chunk_dir"] == "../shared"
+    assert _chunk_names(d2)[0] == _chunk_names(d1)[0] and len(_chunk_names(d2)) == 2
+    again = (store.shared / _chunk_names(d1)[0]).stat()
+    assert (again.st_ino, again.st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
+    assert sorted(p.name for p in store.shared.iterdir()) == sorted(_chunk_names(d2))
+    snap = store.latest().parts[0]["top"]  # type: ignore[union-attr]
+    assert snap["state"].read() == b"folded rows"
+    assert [c.read() for c in snap["pending"]] == [b"rows since", b"rows since"]
+    assert snap["pending"][0] is snap["pending"][1]  # one object, one file
+    # A chunk read back and handed to the next checkpoint is referred to, not written again.
+    d3 = store.write(3, [{"top": snap}])
+    assert _chunk_names(d3) == _chunk_names(d2)
+
+
+def test_retention_deletes_the_chunks_no_kept_checkpoint_names(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path, keep=2)
+    a, b, c = SnapshotChunk(b"a"), SnapshotChunk(b"b"), SnapshotChunk(b"c")
+    store.write(1, [{"s": {"x": a}}])
+    store.write(2, [{"s": {"x": a, "y": b}}])
+    name_a = a.name
+    store.write(3, [{"s": {"y": b}}])  # checkpoint 1 goes; 2 still names a
+    assert (store.shared / str(name_a)).exists()
+    store.write(4, [{"s": {"y": b, "z": c}}])  # checkpoint 2 goes: nothing names a any more
+    assert sorted(p.name for p in store.shared.iterdir()) == sorted([str(b.name), str(c.name)])
+    assert store.ids() == [3, 4]
+
+
+def test_a_damaged_chunk_makes_its_checkpoints_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = CheckpointStore(tmp_path)
+    old, new = SnapshotChunk(b"old rows"), SnapshotChunk(b"new rows")
+    store.write(1, [{"s": {"x": old}}])
+    store.write(2, [{"s": {"x": old, "y": new}}])
+    path = store.shared / str(new.name)
+    path.write_bytes(b"NEW rows")
+    with caplog.at_level(logging.WARNING, logger="tideflow.state"):
+        cp = store.latest()
+    assert cp is not None and cp.id == 1 and cp.parts[0]["s"]["x"].read() == b"old rows"
+    assert "chunk" in caplog.text and "does not match" in caplog.text
+    path.unlink()  # missing altogether: the same
+    cp = store.latest()
+    assert cp is not None and cp.id == 1
+
+
+def test_a_crash_while_writing_chunks_leaves_the_previous_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = CheckpointStore(tmp_path)
+    store.write(1, [{"s": {"x": SnapshotChunk(b"one")}}])
+    real = store._write_file
+    calls: list[Path] = []
+
+    def cut(path: Path, data: bytes) -> None:
+        calls.append(path)
+        if len(calls) == 2:  # the second chunk of checkpoint 2: half a file, then power cut
+            path.write_bytes(data[:1])
+            raise OSError(errno.EIO, "power cut")
+        real(path, data)
+
+    monkeypatch.setattr(store, "_write_file", cut)
+    two = [SnapshotChunk(b"two"), SnapshotChunk(b"three")]
+    with pytest.raises(OSError, match="power cut"):
+        store.write(2, [{"s": {"x": two}}])
+    monkeypatch.setattr(store, "_write_file", real)
+    # The first chunk is complete but named by no manifest; the half file was removed.
+    assert len(list(store.shared.iterdir())) == 2
+    assert not list(store.shared.glob(".tmp-*"))
+    # A crash after the chunks, before the manifest: never used either.
+    tmp = store.begin(2)
+    store.write_part(tmp, 0, {"s": {"x": SnapshotChunk(b"four")}})
+    cp = store.latest()
+    assert cp is not None and cp.id == 1 and cp.parts[0]["s"]["x"].read() == b"one"
+    # The next checkpoint completes and removes what no checkpoint names.
+    store.write(3, [{"s": {"x": cp.parts[0]["s"]["x"]}}])
+    assert [p.name for p in store.shared.iterdir()] == _chunk_names(tmp_path / "chk-00000003")
+
+
+def test_older_versions_still_load_and_blobs_mix_with_chunks(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path)
+    d = store.write(1, [_state(1)])
+    assert json.loads((d / "MANIFEST.json").read_text())["version"] == VERSION
+    d = store.write(2, [{**_state(2), "top": {"c": SnapshotChunk(b"c")}}])
+    cp = store.load(1)
+    assert cp.parts[0]["agg"]["table"] == bytes([1, 0, 1, 2])
+    cp = store.load(2)
+    assert cp.parts[0]["agg"]["table"] == bytes([2, 0, 1, 2])
+    assert cp.parts[0]["top"]["c"].read() == b"c"
+
+
+def test_a_savepoint_holds_its_own_copies_of_the_chunks(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path / "ck")
+    chunk = SnapshotChunk(b"kept rows")
+    d = store.write(5, [{"s": {"x": chunk}}, {"s": {"x": SnapshotChunk(b"w1")}}], {"flow": "f"})
+    sp = write_savepoint(d, tmp_path / "sp")
+    shutil.rmtree(tmp_path / "ck")  # the savepoint does not need the checkpoint directory
+    cp, info = load_savepoint(sp)
+    assert info["checkpoint"] == 5 and cp.parts[0]["s"]["x"].read() == b"kept rows"
+    assert cp.parts[1]["s"]["x"].read() == b"w1"
+    assert sorted(p.name for p in (sp / "shared").iterdir()) == sorted(_chunk_names(sp))
+    # A job restored from it writes the chunks into its own checkpoint directory once.
+    again = CheckpointStore(tmp_path / "ck2")
+    restored = cp.parts[0]["s"]["x"]
+    restored.release()
+    d2 = again.write(1, [{"s": {"x": restored}}])
+    assert (again.shared / _chunk_names(d2)[0]).read_bytes() == b"kept rows"
+    assert again.latest().parts[0]["s"]["x"].read() == b"kept rows"  # type: ignore[union-attr]
+    assert load_savepoint(sp)[0].parts[0]["s"]["x"].read() == b"kept rows"  # untouched

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -14,7 +16,7 @@ from hypothesis import strategies as st
 import tideflow as tf
 from tideflow._errors import ConfigError, StateError
 from tideflow.runtime._operators import TopNOperator
-from tideflow.state import CheckpointStore
+from tideflow.state import CheckpointStore, load_savepoint, write_savepoint
 from tideflow.state._resume import resume_for
 from tideflow.testing import CollectSink, TestingSource
 
@@ -124,20 +126,26 @@ class _Ctx:
         self.out.append(batch)
 
 
+@pytest.mark.parametrize("fold", [4, 1000])
 @pytest.mark.parametrize("m", [1, 2, 3])
-def test_top_n_state_survives_a_checkpoint_on_another_worker_count(m):
+def test_top_n_state_survives_a_checkpoint_on_another_worker_count(m, fold, monkeypatch):
+    # Through a savepoint (its own copies of the chunks), with the checkpoints deleted; with
+    # fold=4 the state is a folded chunk and pending chunks, with 1000 pending chunks only.
+    monkeypatch.setattr(TopNOperator, "FOLD_ROWS", fold)
     flow = tf.Dataflow("top_cp")
     src = flow.source(TestingSource([], schema=SCHEMA))
     node = src.key_by("k").top_n(1, by="a", descending=True, emit="final").node
     recs = numbered([[(k, a, 0) for k in "abcde" for a in (3, 1, 4)]])[0]
     before, after = pl.DataFrame(recs[:8], schema=SCHEMA), pl.DataFrame(recs[8:], schema=SCHEMA)
     op = TopNOperator(node, _Ctx(), "final")  # type: ignore[arg-type]
-    op.on_batch(0, before)
     with tempfile.TemporaryDirectory() as d:
-        store = CheckpointStore(d)
-        store.write(1, [{node.step_id: op.snapshot()}], {"flow": "t"})
-        cp = store.latest()
-    assert cp is not None
+        store = CheckpointStore(Path(d) / "ck")
+        for i in range(0, 8, 3):
+            op.on_batch(0, before[i : i + 3])
+            chk = store.write(i + 1, [{node.step_id: op.snapshot()}], {"flow": "t"})
+        sp = write_savepoint(chk, Path(d) / "sp")
+        shutil.rmtree(store.path)
+        cp, _ = load_savepoint(sp)
     got = []
     for w in range(m):
         new = TopNOperator(node, _Ctx(), "final")  # type: ignore[arg-type]

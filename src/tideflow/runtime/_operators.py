@@ -21,6 +21,7 @@ from tideflow.api._dataflow import AggOp, StatefulMapOp, TopNOp, TransformOp
 from tideflow.api._graph import FrameOp, Node, RecordOp, fn_location
 from tideflow.connectors._base import DEAD_LETTER_SCHEMA, SinkContext, dead_letters
 from tideflow.runtime._keyed import AggState, KeyedTable
+from tideflow.state._store import SnapshotChunk
 
 if TYPE_CHECKING:
     from tideflow.connectors._base import SinkWriter
@@ -424,6 +425,12 @@ class TopNOperator(Operator):
     a stable sort of ``state + batch`` ranks the earlier arrival first. With ``emit="final"``
     batches are only appended, and folded into the state when they outgrow it (amortized
     linear work); with ``emit="updates"`` each batch replaces the state rows of its keys.
+
+    Snapshots are incremental (:class:`~tideflow.state.SnapshotChunk`): the folded state is
+    one chunk, written by the first checkpoint after the fold and only referred to by later
+    ones; the rows appended since are reduced to their own top rows at each checkpoint and
+    become one more chunk. A checkpoint writes what arrived since the previous one (and the
+    state once after each fold, which happens at geometrically growing sizes).
     """
 
     #: Fold appended batches in once they hold this many rows (or as many as the state).
@@ -437,6 +444,10 @@ class TopNOperator(Operator):
         self.state: pl.DataFrame | None = None
         self.pending: list[pl.DataFrame] = []
         self.pending_rows = 0
+        # Chunks of the state as it is (None: changed since the last snapshot) and of
+        # ``pending[:len(self.pending_chunks)]``, one chunk per pending frame.
+        self.state_chunk: SnapshotChunk | None = None
+        self.pending_chunks: list[SnapshotChunk] = []
 
     def _top(self, frame: pl.DataFrame) -> pl.DataFrame:
         # Order only the key and order columns with a row number, then gather the kept rows:
@@ -461,12 +472,15 @@ class TopNOperator(Operator):
             pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over(self.keys).alias(self.op.rank)
         )
 
+    def _set_state(self, state: pl.DataFrame | None) -> None:
+        self.state, self.state_chunk = state, None
+
     def _fold(self) -> None:
         if not self.pending:
             return
         parts = ([self.state] if self.state is not None else []) + self.pending
-        self.state = self._top(pl.concat(parts, how="vertical_relaxed"))
-        self.pending, self.pending_rows = [], 0
+        self._set_state(self._top(pl.concat(parts, how="vertical_relaxed")))
+        self.pending, self.pending_rows, self.pending_chunks = [], 0, []
 
     def on_batch(self, index: int, batch: pl.DataFrame) -> None:
         if batch.height == 0:
@@ -481,12 +495,12 @@ class TopNOperator(Operator):
         touched = batch.select(self.keys).unique()
         if self.state is None:
             top = self._top(batch)
-            self.state = top
+            self._set_state(top)
         else:
             old = self.state.join(touched, on=self.keys, how="semi", maintain_order="left")
             rest = self.state.join(touched, on=self.keys, how="anti", maintain_order="left")
             top = self._top(pl.concat([old, batch], how="vertical_relaxed"))
-            self.state = pl.concat([rest, top], how="vertical_relaxed")
+            self._set_state(pl.concat([rest, top], how="vertical_relaxed"))
         self.ctx.emit(self._ranked(top))
 
     def on_end(self) -> None:
@@ -501,24 +515,74 @@ class TopNOperator(Operator):
         return self._ranked(self.state) if self.state is not None else None
 
     def snapshot(self) -> dict[str, Any]:
-        """The kept rows of every key (Arrow IPC), version 1."""
-        self._fold()
-        table = self.state if self.state is not None else pl.DataFrame()
-        buf = io.BytesIO()
-        table.write_ipc(buf)
-        return {"version": 1, "kind": "top_n", "table": buf.getvalue()}
+        """The state and the rows appended since its fold, as chunks (version 2).
+
+        No fold: the rows appended since the previous snapshot are reduced to their own top
+        rows (which leaves the result of the next fold unchanged) and become a new chunk; the
+        state's chunk and the earlier pending chunks are the same objects as before.
+        """
+        done = len(self.pending_chunks)
+        if len(self.pending) > done:
+            new = self._top(pl.concat(self.pending[done:], how="vertical_relaxed"))
+            self.pending_rows -= sum(f.height for f in self.pending[done:]) - new.height
+            self.pending[done:] = [new]
+            self.pending_chunks.append(SnapshotChunk(_ipc(new)))
+        if self.state is not None and self.state_chunk is None:
+            self.state_chunk = SnapshotChunk(_ipc(self.state))
+        return {
+            "version": 2,
+            "kind": "top_n",
+            "state": self.state_chunk,
+            "pending": list(self.pending_chunks),
+        }
 
     def restore(self, snap: dict[str, Any]) -> None:
-        """Load a :meth:`snapshot` (replaces the kept rows)."""
-        if snap.get("version") != 1 or snap.get("kind") != "top_n":
+        """Load a :meth:`snapshot` (replaces the kept rows); version 1 (one table) too."""
+        version, kind = snap.get("version"), snap.get("kind")
+        if kind != "top_n" or version not in (1, 2):
             msg = (
-                f"step '{self.node.step_id}': top_n state {snap.get('kind')!r} version "
-                f"{snap.get('version')!r} cannot be restored (expected top_n version 1)"
+                f"step '{self.node.step_id}': top_n state {kind!r} version {version!r} cannot "
+                "be restored (expected top_n version 1 or 2)"
             )
             raise StateError(msg)
-        table = pl.read_ipc(io.BytesIO(snap["table"]))
-        self.state = table if table.width else None
-        self.pending, self.pending_rows = [], 0
+        self.pending, self.pending_rows, self.pending_chunks = [], 0, []
+        if version == 1:
+            self._set_state(_read_part(snap["table"]))
+            return
+        self._set_state(_read_part(snap.get("state")))
+        if isinstance(snap.get("state"), SnapshotChunk):
+            self.state_chunk = snap["state"]
+        for part in snap.get("pending") or []:
+            frame = _read_part(part)
+            if frame is None:
+                continue
+            self.pending.append(frame)
+            self.pending_rows += frame.height
+            if (
+                isinstance(part, SnapshotChunk)
+                and len(self.pending_chunks) == len(self.pending) - 1
+            ):
+                self.pending_chunks.append(part)
+        if not self.final:  # updates keep no pending rows (a rescaled state arrives as one)
+            self._fold()
+
+
+def _ipc(frame: pl.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    frame.write_ipc(buf)
+    return buf.getvalue()
+
+
+def _read_part(part: SnapshotChunk | bytes | None) -> pl.DataFrame | None:
+    """A frame of a snapshot (a chunk, whose bytes are then dropped, or Arrow IPC bytes)."""
+    if part is None:
+        return None
+    if isinstance(part, SnapshotChunk):
+        frame = pl.read_ipc(io.BytesIO(part.read()))
+        part.release()
+    else:
+        frame = pl.read_ipc(io.BytesIO(part))
+    return frame if frame.width else None
 
 
 class SinkOperator(Operator):

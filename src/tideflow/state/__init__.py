@@ -11,6 +11,7 @@ from tideflow.state._store import (
     Checkpoint,
     CheckpointSettings,
     CheckpointStore,
+    SnapshotChunk,
     SnapshotFile,
 )
 
@@ -22,6 +23,7 @@ __all__ = [
     "CheckpointStore",
     "DiskState",
     "MemoryState",
+    "SnapshotChunk",
     "SnapshotFile",
     "load_savepoint",
     "take_savepoint",

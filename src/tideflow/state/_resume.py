@@ -8,7 +8,7 @@ from typing import Any
 import polars as pl
 
 from tideflow._errors import StateError
-from tideflow.state._store import Checkpoint
+from tideflow.state._store import Checkpoint, SnapshotChunk
 
 __all__ = ["resume_for"]
 
@@ -145,6 +145,13 @@ def _rescale(
         out["pinned"] = _ipc(pl.DataFrame() if rows is None else _own_share(rows, keys, w, n))
         out["share"] = [w, n]
         return out
+    if kind == "top_n" and first.get("version") == 2:
+        # Each key was on one worker: its state rows, then its pending rows in arrival order;
+        # the new worker folds them (chunks of the old workers are read, not shared).
+        parts = [s.get("state") for s in snaps] + [p for s in snaps for p in s.get("pending") or []]
+        rows = _union([p.read() if isinstance(p, SnapshotChunk) else p for p in parts])
+        share = None if rows is None else _ipc(_own_share(rows, keys, w, n))
+        return {"version": 2, "kind": "top_n", "state": None, "pending": [share]}
     if kind == "top_n" and first.get("version") == 1:
         rows = _union([s.get("table") for s in snaps])
         out = dict(first)

@@ -4,8 +4,13 @@ A savepoint is a complete checkpoint copied out of the checkpoint directory (so 
 deletes it) into a directory the user names, with a ``SAVEPOINT.json`` that identifies it::
 
     <savepoint>/
-      MANIFEST.json, worker-NNNN.json, worker-NNNN.bin    the checkpoint (format version 1)
+      MANIFEST.json, worker-NNNN.json, worker-NNNN.bin    the checkpoint (format version 1-3)
+      shared/<uuid>.chunk                                 copies of the chunks it refers to
       SAVEPOINT.json                                      format, id, checkpoint id, flow, ...
+
+A savepoint is self-contained: the chunks of an incremental checkpoint (in the checkpoint
+directory's ``shared/``) are copied (hard-linked) into its own ``shared/``, and its manifest
+says so (``chunk_dir``).
 
 How a running job is asked for one: a job with a checkpoint directory writes
 ``<checkpoint_dir>/RUNNING.json`` (its process id) while it runs. :func:`take_savepoint` drops a
@@ -31,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from tideflow._errors import ConfigError, StateError
-from tideflow.state._store import Checkpoint, CheckpointStore, _fsync_dir, load_dir
+from tideflow.state._store import SHARED, Checkpoint, CheckpointStore, _fsync_dir, load_dir
 
 __all__ = [
     "SAVEPOINT_FORMAT",
@@ -102,12 +107,9 @@ def write_savepoint(checkpoint: str | os.PathLike[str], out: str | os.PathLike[s
     tmp.mkdir()
     try:
         for f in sorted(src.iterdir()):
-            if not f.is_file():
-                continue
-            try:
-                os.link(f, tmp / f.name)
-            except OSError:
-                shutil.copyfile(f, tmp / f.name)
+            if f.is_file():
+                _link_or_copy(f, tmp / f.name)
+        _own_chunks(src, tmp)
         info = {
             "format": SAVEPOINT_FORMAT,
             "version": _VERSION,
@@ -130,6 +132,29 @@ def write_savepoint(checkpoint: str | os.PathLike[str], out: str | os.PathLike[s
         raise
     log.info("savepoint of checkpoint %d written to %s", cp.id, dst)
     return dst
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def _own_chunks(src: Path, tmp: Path) -> None:
+    """Copy the chunks a checkpoint refers to into the savepoint; its manifest says where."""
+    manifest = json.loads((src / "MANIFEST.json").read_bytes())
+    names = [c["name"] for e in manifest["parts"].values() for c in e.get("chunks", [])]
+    if not names:
+        return
+    chunk_dir = src / str(manifest.get("chunk_dir", SHARED))
+    (tmp / SHARED).mkdir()
+    for name in sorted(set(names)):
+        _link_or_copy(chunk_dir / name, tmp / SHARED / name)
+    manifest["chunk_dir"] = SHARED
+    (tmp / "MANIFEST.json").unlink()  # a hard link to the checkpoint's: never write through it
+    (tmp / "MANIFEST.json").write_text(json.dumps(manifest, indent=1))
+    _fsync_dir(tmp / SHARED)
 
 
 def load_savepoint(path: str | os.PathLike[str]) -> tuple[Checkpoint, dict[str, Any]]:

@@ -1,12 +1,14 @@
 """Checkpoint storage: a versioned on-disk format with atomic completion and bounded retention.
 
-Layout of a checkpoint directory (format ``tideflow-checkpoint``, version 1)::
+Layout of a checkpoint directory (format ``tideflow-checkpoint``, version 1 to 3)::
 
     <dir>/
       chk-00000007/            a complete checkpoint (id 7)
         worker-0000.json       state of worker 0: step id -> snapshot (JSON)
         worker-0000.bin        binary blobs (Arrow IPC) the JSON refers to
         MANIFEST.json          written last: format, version, id, workers, sizes, SHA-256 sums
+      shared/                  chunks: immutable files shared by several checkpoints
+        <uuid>.chunk           one chunk, written once by the first checkpoint that holds it
       .tmp-chk-00000008-1234/  being written (never read; removed on the next start)
 
 Snapshots are JSON objects; a ``bytes`` value (Arrow IPC tables) is stored in the ``.bin`` file
@@ -17,6 +19,20 @@ sum go into the manifest, and the manifest's version is then 2. Nothing is pickl
 visible by renaming its temporary directory, after every file in it is written and synced; a
 directory without a valid manifest, or whose files do not match the manifest's sums, is
 skipped with a warning and the previous checkpoint is used.
+
+Incremental snapshots (version 3): a :class:`SnapshotChunk` value is a piece of state that
+never changes once made (an operator's folded table, the rows appended between two
+checkpoints). The first checkpoint whose snapshot holds it writes it to
+``shared/<uuid>.chunk`` (written under a temporary name, synced, then renamed, so a chunk file
+is only visible once complete); a later checkpoint whose snapshot holds the same object only
+refers to it. In the JSON the value is ``{"$chunk": i}``, the index into the worker's
+``chunks`` list in the manifest (``name``, ``size``, ``sha256`` of each), and the manifest's
+``chunk_dir`` says where the chunk files are (``../shared`` for a checkpoint, ``shared`` for
+a savepoint, which holds copies of its chunks). A checkpoint is complete only when its
+manifest is, which is written after every chunk it names; loading verifies every chunk's size
+and sum, so a damaged chunk makes its checkpoints skipped like any damaged file. After each
+completed checkpoint, the chunks no retained checkpoint names are deleted. Versions 1 and 2
+(no chunks) still load.
 """
 
 from __future__ import annotations
@@ -29,6 +45,7 @@ import os
 import re
 import shutil
 import time
+import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -41,6 +58,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointSettings",
     "CheckpointStore",
+    "SnapshotChunk",
     "SnapshotFile",
     "load_dir",
 ]
@@ -51,9 +69,15 @@ FORMAT = "tideflow-checkpoint"
 VERSION = 1
 #: The manifest version of checkpoints that hold files (:class:`SnapshotFile`).
 VERSION_FILES = 2
+#: The manifest version of checkpoints that refer to shared chunks (:class:`SnapshotChunk`).
+VERSION_CHUNKS = 3
 _DIR = re.compile(r"^chk-(\d{8})$")
 _BLOB = "$blob"
 _FILE = "$file"
+_CHUNK = "$chunk"
+#: The directory of a checkpoint store that holds the chunk files.
+SHARED = "shared"
+_CHUNK_NAME = re.compile(r"^[0-9a-f]{32}\.chunk$")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -78,7 +102,80 @@ class SnapshotFile:
         object.__setattr__(self, "path", Path(path))
 
 
-def _encode(value: Any, blobs: bytearray, files: list[Path] | None = None) -> Any:
+class SnapshotChunk:
+    """An immutable piece of a snapshot, written once and shared by later checkpoints.
+
+    An operator whose state only grows (or changes in parts) returns the same chunk object in
+    each snapshot for as long as that part of its state is unchanged: the first checkpoint
+    writes it into the store's ``shared/`` directory, later ones only refer to it, so a
+    checkpoint costs what changed since the previous one. The bytes are released from
+    memory once written. On load, the value is a chunk read from the checkpoint (verified);
+    an operator that keeps it and returns it again in its next snapshot makes the resumed
+    job refer to the same file instead of writing it again.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> store = CheckpointStore(tempfile.mkdtemp())
+    >>> chunk = SnapshotChunk(b"rows")
+    >>> _ = store.write(1, [{"step": {"version": 1, "rows": chunk}}])
+    >>> _ = store.write(2, [{"step": {"version": 1, "rows": chunk}}])  # refers, no copy
+    >>> back = store.latest().parts[0]["step"]["rows"]
+    >>> back.read(), back.name == chunk.name, len(list(store.shared.iterdir()))
+    (b'rows', True, 1)
+    """
+
+    __slots__ = ("_data", "name", "path", "sha256", "size")
+
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
+        self._data: bytes | None = bytes(data)
+        #: File name in a ``shared/`` directory, once written (or read back).
+        self.name: str | None = None
+        #: Where the chunk file is, once written (or read back).
+        self.path: Path | None = None
+        self.size = len(self._data)
+        self.sha256: str | None = None
+
+    @classmethod
+    def _stored(cls, path: Path, data: bytes, sha: str) -> SnapshotChunk:
+        chunk = cls(data)
+        chunk.name, chunk.path, chunk.sha256 = path.name, path, sha
+        return chunk
+
+    def read(self) -> bytes:
+        """The chunk's bytes (from memory, or from its file)."""
+        if self._data is not None:
+            return self._data
+        if self.path is None:  # pragma: no cover - a chunk always has one or the other
+            msg = "snapshot chunk has neither bytes nor a file"
+            raise StateError(msg)
+        try:
+            return self.path.read_bytes()
+        except OSError as exc:
+            msg = f"snapshot chunk {str(self.path)!r} cannot be read: {exc}"
+            raise StateError(msg) from exc
+
+    def release(self) -> None:
+        """Drop the in-memory bytes of a chunk that is in a file (it is read from there)."""
+        if self.path is not None:
+            self._data = None
+
+    def __repr__(self) -> str:
+        return f"SnapshotChunk(name={self.name!r}, size={self.size})"
+
+
+def _encode(
+    value: Any,
+    blobs: bytearray,
+    files: list[Path] | None = None,
+    chunks: dict[int, tuple[int, SnapshotChunk]] | None = None,
+) -> Any:
+    if isinstance(value, SnapshotChunk):
+        if chunks is None:
+            msg = f"a snapshot chunk ({value!r}) cannot be stored here"
+            raise StateError(msg)
+        index, _ = chunks.setdefault(id(value), (len(chunks), value))
+        return {_CHUNK: index}
     if isinstance(value, SnapshotFile):
         if files is None:
             msg = f"a snapshot file ({value.path}) cannot be stored here"
@@ -96,18 +193,29 @@ def _encode(value: Any, blobs: bytearray, files: list[Path] | None = None) -> An
             if not isinstance(k, str):
                 msg = f"snapshot keys must be strings, got {k!r} ({type(k).__name__})"
                 raise StateError(msg)
-            out[k] = _encode(v, blobs, files)
+            out[k] = _encode(v, blobs, files, chunks)
         return out
     if isinstance(value, list | tuple):
-        return [_encode(v, blobs, files) for v in value]
+        return [_encode(v, blobs, files, chunks) for v in value]
     if value is None or isinstance(value, bool | int | float | str):
         return value
     msg = f"snapshot value of type {type(value).__name__} is not plain data: {value!r:.80}"
     raise StateError(msg)
 
 
-def _decode(value: Any, blobs: bytes, files: list[Path] | None = None) -> Any:
+def _decode(
+    value: Any,
+    blobs: bytes,
+    files: list[Path] | None = None,
+    chunks: list[SnapshotChunk] | None = None,
+) -> Any:
     if isinstance(value, dict):
+        if len(value) == 1 and _CHUNK in value:
+            index = value[_CHUNK]
+            if chunks is None or not isinstance(index, int) or not 0 <= index < len(chunks):
+                msg = f"snapshot refers to chunk {index!r}, which the manifest does not list"
+                raise StateError(msg)
+            return chunks[index]
         if len(value) == 1 and _BLOB in value:
             start, length = value[_BLOB]
             return blobs[start : start + length]
@@ -117,9 +225,9 @@ def _decode(value: Any, blobs: bytes, files: list[Path] | None = None) -> Any:
                 msg = f"snapshot refers to file {index!r}, which the manifest does not list"
                 raise StateError(msg)
             return files[index]
-        return {k: _decode(v, blobs, files) for k, v in value.items()}
+        return {k: _decode(v, blobs, files, chunks) for k, v in value.items()}
     if isinstance(value, list):
-        return [_decode(v, blobs, files) for v in value]
+        return [_decode(v, blobs, files, chunks) for v in value]
     return value
 
 
@@ -183,6 +291,12 @@ class CheckpointStore:
         except OSError as exc:
             msg = f"checkpoints: cannot create the checkpoint directory {str(self.path)!r}: {exc}"
             raise ConfigError(msg) from exc
+        self._shared = (self.path / SHARED).resolve()
+
+    @property
+    def shared(self) -> Path:
+        """The directory of the chunk files (created when the first chunk is written)."""
+        return self._shared
 
     # -- writing ------------------------------------------------------------------------------
     def _write_file(self, path: Path, data: bytes) -> None:
@@ -210,9 +324,12 @@ class CheckpointStore:
         """Write one worker's state into a checkpoint being written; returns its manifest entry."""
         blobs = bytearray()
         files: list[Path] = []
-        doc = json.dumps(_encode(state, blobs, files), separators=(",", ":")).encode()
+        chunks: dict[int, tuple[int, SnapshotChunk]] = {}
+        doc = json.dumps(_encode(state, blobs, files, chunks), separators=(",", ":")).encode()
         name = f"worker-{worker:04d}"
         entry: dict[str, Any] = {}
+        if chunks:
+            entry["chunks"] = [self._put_chunk(c) for _, c in sorted(chunks.values())]
         if files:
             entry["files"] = [
                 self._take_file(src, tmp / f"{name}.file-{i}") for i, src in enumerate(files)
@@ -222,6 +339,36 @@ class CheckpointStore:
         entry["json"] = {"size": len(doc), "sha256": _sha(doc)}
         entry["bin"] = {"size": len(blobs), "sha256": _sha(bytes(blobs))}
         return entry
+
+    def _put_chunk(self, chunk: SnapshotChunk) -> dict[str, Any]:
+        """Make sure a chunk is in ``shared/`` (write it once); its manifest entry."""
+        shared = self.shared
+        if chunk.path is not None and chunk.path.parent == shared and chunk.path.exists():
+            return {"name": chunk.name, "size": chunk.size, "sha256": chunk.sha256}
+        shared.mkdir(exist_ok=True)
+        name = f"{uuid.uuid4().hex}.chunk"
+        tmp = shared / f".tmp-{name}-{os.getpid()}"
+        try:
+            if chunk._data is not None:
+                self._write_file(tmp, chunk._data)
+                sha = _sha(chunk._data)
+            else:  # read back from another directory (a savepoint, another store): copy it
+                assert chunk.path is not None
+                try:
+                    os.link(chunk.path, tmp)
+                except OSError:
+                    shutil.copyfile(chunk.path, tmp)
+                    with open(tmp, "rb") as fh:
+                        os.fsync(fh.fileno())
+                sha = str(chunk.sha256)
+            os.rename(tmp, shared / name)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(shared)
+        chunk.name, chunk.path, chunk.sha256 = name, shared / name, sha
+        chunk.release()
+        return {"name": name, "size": chunk.size, "sha256": sha}
 
     def _take_file(self, src: Path, dst: Path) -> dict[str, Any]:
         """Move a snapshot file into a checkpoint being written; fsync it; its manifest entry."""
@@ -239,15 +386,18 @@ class CheckpointStore:
         self, tmp: Path, checkpoint_id: int, entries: list[dict[str, Any]], meta: dict[str, Any]
     ) -> Path:
         """Write the manifest last and make the checkpoint visible by an atomic rename."""
-        manifest = {
+        version = VERSION_FILES if any(e.get("files") for e in entries) else VERSION
+        manifest: dict[str, Any] = {
             "format": FORMAT,
-            "version": VERSION_FILES if any(e.get("files") for e in entries) else VERSION,
+            "version": VERSION_CHUNKS if any(e.get("chunks") for e in entries) else version,
             "id": checkpoint_id,
             "workers": len(entries),
             "created": time.time(),
             "meta": meta,
             "parts": {f"worker-{i:04d}": e for i, e in enumerate(entries)},
         }
+        if manifest["version"] == VERSION_CHUNKS:
+            manifest["chunk_dir"] = f"../{SHARED}"
         self._write_file(tmp / "MANIFEST.json", json.dumps(manifest, indent=1).encode())
         final = self.path / f"chk-{checkpoint_id:08d}"
         if final.exists():  # a checkpoint of an earlier attempt with the same id: replace it
@@ -287,6 +437,28 @@ class CheckpointStore:
         for p in self.path.glob(".tmp-chk-*"):
             if not p.name.endswith(f"-{os.getpid()}"):
                 shutil.rmtree(p, ignore_errors=True)
+        self._collect_chunks()
+
+    def _collect_chunks(self) -> None:
+        """Delete the chunk files that no checkpoint left in the directory names.
+
+        Runs after a checkpoint completes, when no other checkpoint is being written (the
+        runtime writes them one after another), so a chunk not named by a manifest is one of
+        a checkpoint that was deleted, aborted or cut short by a crash.
+        """
+        if not self.shared.is_dir():
+            return
+        named: set[str] = set()
+        for cid in self.ids():
+            try:
+                manifest = json.loads((self.path / f"chk-{cid:08d}" / "MANIFEST.json").read_bytes())
+                for entry in manifest.get("parts", {}).values():
+                    named.update(str(c["name"]) for c in entry.get("chunks", []))
+            except (OSError, ValueError, AttributeError, TypeError, KeyError):
+                continue  # a damaged checkpoint is never loaded: its chunks are not needed
+        for f in self.shared.iterdir():
+            if f.name not in named and (_CHUNK_NAME.match(f.name) or f.name.startswith(".tmp-")):
+                f.unlink(missing_ok=True)
 
     # -- reading ------------------------------------------------------------------------------
     def ids(self) -> list[int]:
@@ -325,10 +497,10 @@ def load_dir(d: Path) -> Checkpoint:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         msg = f"checkpoint {str(d)!r}: not a {FORMAT} manifest"
         raise StateError(msg)
-    if manifest.get("version") not in (VERSION, VERSION_FILES):
+    if manifest.get("version") not in (VERSION, VERSION_FILES, VERSION_CHUNKS):
         msg = (
             f"checkpoint {str(d)!r} has format version {manifest.get('version')!r}; this "
-            f"tideflow reads versions {VERSION} and {VERSION_FILES}"
+            f"tideflow reads versions {VERSION} to {VERSION_CHUNKS}"
         )
         raise StateError(msg)
     parts: list[dict[str, dict[str, Any]]] = []
@@ -347,7 +519,9 @@ def load_dir(d: Path) -> Checkpoint:
                 raise StateError(msg)
             files[kind] = data
         paths = [_check_file(d, f) for f in entry.get("files", [])]
-        parts.append(_decode(json.loads(files["json"]), files["bin"], paths))
+        chunk_dir = d / str(manifest.get("chunk_dir", SHARED))
+        chunks = [_check_chunk(d, chunk_dir, c) for c in entry.get("chunks", [])]
+        parts.append(_decode(json.loads(files["json"]), files["bin"], paths, chunks))
     return Checkpoint(
         int(manifest["id"]), d, int(manifest["workers"]), parts, dict(manifest.get("meta", {}))
     )
@@ -365,6 +539,25 @@ def _check_file(d: Path, entry: dict[str, Any]) -> Path:
         msg = f"checkpoint {str(d)!r}: {path.name} does not match its manifest sum"
         raise StateError(msg)
     return path.resolve()
+
+
+def _check_chunk(d: Path, chunk_dir: Path, entry: dict[str, Any]) -> SnapshotChunk:
+    """Read and verify a chunk a checkpoint names (kept in memory until its user drops it)."""
+    name = str(entry["name"])
+    if not _CHUNK_NAME.match(name):
+        msg = f"checkpoint {str(d)!r}: {name!r} is not a chunk name"
+        raise StateError(msg)
+    path = (chunk_dir / name).resolve()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        msg = f"checkpoint {str(d)!r}: cannot read its chunk {name}: {exc}"
+        raise StateError(msg) from exc
+    sha = _sha(data)
+    if len(data) != entry["size"] or sha != entry["sha256"]:
+        msg = f"checkpoint {str(d)!r}: chunk {name} does not match its manifest sum"
+        raise StateError(msg)
+    return SnapshotChunk._stored(path, data, sha)
 
 
 def _fsync_dir(path: Path) -> None:

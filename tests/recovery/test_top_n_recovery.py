@@ -1,0 +1,258 @@
+"""``top_n`` with incremental snapshots: a job aborted mid-stream resumes from its checkpoint
+(1 and 2 workers, and rescaled on resume) and emits what a run that never stopped emits; the
+operator restored from any checkpoint of a sequence goes on like the one that was not; the
+checkpoints share the chunks of the state that did not change.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tideflow as tf
+from tideflow.runtime._operators import TopNOperator
+from tideflow.state import CheckpointStore, SnapshotChunk, load_savepoint, write_savepoint
+from tideflow.state._resume import resume_for
+from tideflow.testing import ABORT, PAUSE, CollectSink, TestingSource
+
+SCHEMA = {"k": pl.Int64(), "a": pl.Int64(), "b": pl.Int64()}
+BATCH = 20
+
+
+def _rows(n: int, seed: int) -> list[dict[str, Any]]:
+    rnd = random.Random(seed)
+    # b is unique: with two workers the arrival order of ties is not the source order.
+    return [{"k": rnd.randrange(100), "a": rnd.randrange(30), "b": i} for i in range(n)]
+
+
+def _reference(rows: list[dict[str, Any]], n: int) -> list[tuple[int, int, int, int]]:
+    """Brute force: each key's rows by a descending, then b ascending; the first n, ranked."""
+    by_key: dict[int, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_key.setdefault(r["k"], []).append(r)
+    out = []
+    for k, recs in by_key.items():
+        ranked = sorted(recs, key=lambda r: (-r["a"], r["b"]))[:n]
+        out += [(k, r["a"], r["b"], i + 1) for i, r in enumerate(ranked)]
+    return sorted(out)
+
+
+def _items(rows: list[dict[str, Any]], at: int, marker: Any) -> list[Any]:
+    """Rows with a PAUSE after every third batch (checkpoints happen), ``marker`` at ``at``."""
+    items: list[Any] = []
+    for i in range(0, len(rows), BATCH):
+        if i == at:
+            items.append(marker)
+        items += rows[i : i + BATCH]
+        if (i // BATCH) % 3 == 2:
+            items.append(PAUSE)
+    return items
+
+
+def _flow(items: list[Any], out: CollectSink) -> tf.Dataflow:
+    flow = tf.Dataflow("topn_rec")
+    src = flow.source(TestingSource(items, batch_size=BATCH, schema=SCHEMA))
+    src.key_by("k").top_n(
+        3, by=["a", "b"], descending=[True, False], rank="rank", emit="final", name="top"
+    ).sink(out)
+    return flow
+
+
+def _chunks(ck: Path) -> list[list[str]]:
+    """The chunk names of each checkpoint left in ``ck``."""
+    out = []
+    for d in sorted(ck.glob("chk-*")):
+        man = json.loads((d / "MANIFEST.json").read_text())
+        out.append([c["name"] for e in man["parts"].values() for c in e.get("chunks", [])])
+    return out
+
+
+# TestingSource keeps its positions per worker count: rescaled resumes are tested on the
+# operator (tests/runtime/test_top_n.py) and with a savepoint below.
+@pytest.mark.parametrize("workers", [1, 2])
+def test_top_n_job_resumes_like_an_uninterrupted_run(
+    workers: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = after = workers
+    monkeypatch.setattr(TopNOperator, "FOLD_ROWS", 16)  # folds often (in-process worker)
+    rows = _rows(3000, seed=workers)
+    want = _reference(rows, 3)
+    ref_out = CollectSink()
+    tf.run(_flow(_items(rows, 1800, PAUSE), ref_out), workers=before, batch_size=BATCH)
+    assert sorted(ref_out.frame().rows()) == want
+
+    ck, crashed = tmp_path / "ck", CollectSink()
+    with pytest.raises(tf.JobError, match="ABORT"):
+        tf.run(
+            _flow(_items(rows, 1800, ABORT), crashed),
+            workers=before,
+            batch_size=BATCH,
+            checkpoint_dir=ck,
+            checkpoint_interval=timedelta(milliseconds=1),
+        )
+    assert crashed.frame().height == 0  # final: nothing is emitted before the end
+    cp = CheckpointStore(ck).latest()
+    assert cp is not None and cp.workers == before
+    assert sum(p["topn_rec.source"][f"w{w}of{before}"] for w, p in enumerate(cp.parts)) > 0
+    snaps = [p["topn_rec.top"] for p in cp.parts]
+    assert all(s["version"] == 2 for s in snaps)
+    assert any(s["state"] is not None or s["pending"] for s in snaps)
+    names = _chunks(ck)
+    assert len(names) >= 2 and set(names[-2]) & set(names[-1])  # unchanged state is shared
+    assert sorted(p.name for p in (ck / "shared").iterdir()) == sorted(
+        {n for c in names for n in c}
+    )
+
+    resumed = CollectSink()
+    tf.run(
+        _flow(_items(rows, 1800, PAUSE), resumed),
+        workers=after,
+        batch_size=BATCH,
+        checkpoint_dir=ck,
+        checkpoint_interval=timedelta(seconds=60),
+    )
+    assert sorted(resumed.frame().rows()) == want
+
+
+def test_top_n_savepoint_is_whole_without_the_checkpoints(tmp_path: Path) -> None:
+    rows = _rows(2000, seed=5)
+    ck = tmp_path / "ck"
+    with pytest.raises(tf.JobError, match="ABORT"):
+        tf.run(
+            _flow(_items(rows, 1200, ABORT), CollectSink()),
+            workers=2,
+            batch_size=BATCH,
+            checkpoint_dir=ck,
+            checkpoint_interval=timedelta(milliseconds=1),
+        )
+    cp = CheckpointStore(ck).latest()
+    assert cp is not None
+    sp = write_savepoint(cp.path, tmp_path / "sp")
+    shutil.rmtree(ck)
+    assert (sp / "shared").is_dir() and load_savepoint(sp)[0].id == cp.id
+    out, ck2 = CollectSink(), tmp_path / "ck2"
+    tf.run(
+        _flow(_items(rows, 1200, PAUSE), out),
+        workers=2,
+        batch_size=BATCH,
+        from_savepoint=sp,
+        checkpoint_dir=ck2,
+    )
+    assert sorted(out.frame().rows()) == _reference(rows, 3)
+    assert {p.name for p in (ck2 / "shared").iterdir()} == {n for c in _chunks(ck2) for n in c}
+
+
+class _Ctx:
+    worker_index, worker_count = 0, 1
+
+    def __init__(self) -> None:
+        self.out: list[pl.DataFrame] = []
+
+    def emit(self, batch: pl.DataFrame, port: str = "out") -> None:
+        self.out.append(batch)
+
+
+def _op(emit: str) -> TopNOperator:
+    flow = tf.Dataflow("topn_op")
+    src = flow.source(TestingSource([], schema=SCHEMA))
+    node = src.key_by("k").top_n(2, by=["a", "b"], descending=[True, False], emit=emit).node
+    return TopNOperator(node, _Ctx(), emit)  # type: ignore[arg-type]
+
+
+def _emitted(op: TopNOperator) -> list[tuple[Any, ...]]:
+    return sorted(r for f in op.ctx.out for r in f.rows())  # type: ignore[attr-defined]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 12), min_size=1, max_size=12),
+    cuts=st.sets(st.integers(0, 12)),
+    restore_at=st.integers(0, 12),
+    emit=st.sampled_from(["final", "updates"]),
+    fold=st.sampled_from([4, 10, 1000]),
+    seed=st.integers(0, 1000),
+)
+def test_top_n_restored_from_any_checkpoint_goes_on_like_the_original(
+    sizes: list[int],
+    cuts: set[int],
+    restore_at: int,
+    emit: str,
+    fold: int,
+    seed: int,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    rnd = random.Random(seed)
+    batches, i = [], 0
+    for size in sizes:
+        recs = [{"k": rnd.randrange(4), "a": rnd.randrange(5), "b": i + j} for j in range(size)]
+        batches.append(pl.DataFrame(recs, schema=SCHEMA))
+        i += size
+    saved = TopNOperator.FOLD_ROWS
+    TopNOperator.FOLD_ROWS = fold
+    try:
+        plain, op = _op(emit), _op(emit)
+        store = CheckpointStore(tmp_path_factory.mktemp("topn"))
+        resumed: TopNOperator | None = None
+        for b, batch in enumerate(batches):
+            plain.on_batch(0, batch)
+            if resumed is not None:
+                resumed.on_batch(0, batch)
+                continue
+            op.on_batch(0, batch)
+            if b in cuts or b == restore_at:
+                store.write(b + 1, [{op.node.step_id: op.snapshot()}])
+            if b == restore_at:
+                resumed = _op(emit)
+                cp = store.latest()
+                assert cp is not None
+                resumed.restore(resume_for(cp, [op.node], 0, 1)[op.node.step_id])
+                emitted_before = list(op.ctx.out)  # type: ignore[attr-defined]
+                resumed.ctx.out.extend(emitted_before)  # type: ignore[attr-defined]
+        for o in (plain, op if resumed is None else resumed):
+            o.on_end()
+        got = _emitted(op if resumed is None else resumed)
+        assert got == _emitted(plain)
+        if emit == "final":
+            want = _reference([r for f in batches for r in f.rows(named=True)], 2)
+            assert got == [(k, a, b) for k, a, b, _ in want]
+        # Every chunk of every checkpoint left is a file in shared/, and no other file is.
+        named = {n for c in _chunks(store.path) for n in c}
+        if store.shared.is_dir():
+            assert {p.name for p in store.shared.iterdir()} == named
+    finally:
+        TopNOperator.FOLD_ROWS = saved
+
+
+def test_a_snapshot_after_a_fold_writes_the_state_once(tmp_path: Path) -> None:
+    saved = TopNOperator.FOLD_ROWS
+    TopNOperator.FOLD_ROWS = 8
+    try:
+        op = _op("final")
+        store = CheckpointStore(tmp_path, keep=10)
+        rows = [{"k": i % 3, "a": i % 7, "b": i} for i in range(40)]
+        op.on_batch(0, pl.DataFrame(rows[:10], schema=SCHEMA))  # folds: 10 >= 8
+        first = op.snapshot()
+        assert isinstance(first["state"], SnapshotChunk) and first["pending"] == []
+        store.write(1, [{"top": first}])
+        op.on_batch(0, pl.DataFrame(rows[10:13], schema=SCHEMA))  # pending, no fold
+        second = op.snapshot()
+        assert second["state"] is first["state"] and len(second["pending"]) == 1
+        store.write(2, [{"top": second}])
+        op.on_batch(0, pl.DataFrame(rows[13:15], schema=SCHEMA))
+        third = op.snapshot()
+        assert third["state"] is first["state"] and third["pending"][0] is second["pending"][0]
+        store.write(3, [{"top": third}])
+        names = _chunks(tmp_path)
+        assert [len(c) for c in names] == [1, 2, 3] and names[0][0] in names[2]
+        assert len({n for c in names for n in c}) == 3  # written once each
+    finally:
+        TopNOperator.FOLD_ROWS = saved
