@@ -6,6 +6,7 @@ checkpoints share the chunks of the state that did not change.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import shutil
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 
 import tideflow as tf
 from tideflow.runtime._operators import TopNOperator
-from tideflow.state import CheckpointStore, SnapshotChunk, load_savepoint, write_savepoint
+from tideflow.state import CheckpointStore, load_savepoint, write_savepoint
 from tideflow.state._resume import resume_for
 from tideflow.testing import ABORT, PAUSE, CollectSink, TestingSource
 
@@ -105,7 +106,7 @@ def test_top_n_job_resumes_like_an_uninterrupted_run(
     assert sum(p["topn_rec.source"][f"w{w}of{before}"] for w, p in enumerate(cp.parts)) > 0
     snaps = [p["topn_rec.top"] for p in cp.parts]
     assert all(s["version"] == 2 for s in snaps)
-    assert any(s["state"] is not None or s["pending"] for s in snaps)
+    assert any(s["chunks"] for s in snaps)
     names = _chunks(ck)
     assert len(names) >= 2 and set(names[-2]) & set(names[-1])  # unchanged state is shared
     assert sorted(p.name for p in (ck / "shared").iterdir()) == sorted(
@@ -232,27 +233,42 @@ def test_top_n_restored_from_any_checkpoint_goes_on_like_the_original(
         TopNOperator.FOLD_ROWS = saved
 
 
-def test_a_snapshot_after_a_fold_writes_the_state_once(tmp_path: Path) -> None:
+def test_each_checkpoint_writes_one_chunk_of_what_is_new(tmp_path: Path) -> None:
     saved = TopNOperator.FOLD_ROWS
     TopNOperator.FOLD_ROWS = 8
     try:
         op = _op("final")
         store = CheckpointStore(tmp_path, keep=10)
-        rows = [{"k": i % 3, "a": i % 7, "b": i} for i in range(40)]
-        op.on_batch(0, pl.DataFrame(rows[:10], schema=SCHEMA))  # folds: 10 >= 8
-        first = op.snapshot()
-        assert isinstance(first["state"], SnapshotChunk) and first["pending"] == []
-        store.write(1, [{"top": first}])
-        op.on_batch(0, pl.DataFrame(rows[10:13], schema=SCHEMA))  # pending, no fold
-        second = op.snapshot()
-        assert second["state"] is first["state"] and len(second["pending"]) == 1
-        store.write(2, [{"top": second}])
-        op.on_batch(0, pl.DataFrame(rows[13:15], schema=SCHEMA))
-        third = op.snapshot()
-        assert third["state"] is first["state"] and third["pending"][0] is second["pending"][0]
-        store.write(3, [{"top": third}])
+        rows = [{"k": i % 50, "a": i % 7, "b": i} for i in range(600)]
+        snaps = []
+        for cid, (lo, hi) in enumerate([(0, 30), (30, 33), (33, 60), (60, 61)], start=1):
+            op.on_batch(0, pl.DataFrame(rows[lo:hi], schema=SCHEMA))  # folds at 30 and 60
+            snaps.append(op.snapshot())
+            store.write(cid, [{op.node.step_id: snaps[-1]}])
+        # Folds do not rewrite the state: every chunk is written once, then referred to.
+        assert [len(s["chunks"]) for s in snaps] == [1, 2, 3, 4]
+        assert all(
+            s["chunks"][:-1] == t["chunks"] for s, t in zip(snaps[1:], snaps[:-1], strict=False)
+        )
         names = _chunks(tmp_path)
-        assert [len(c) for c in names] == [1, 2, 3] and names[0][0] in names[2]
-        assert len({n for c in names for n in c}) == 3  # written once each
+        assert len({n for c in names for n in c}) == 4
+        assert all(set(a) <= set(b) for a, b in itertools.pairwise(names))
+        assert op.chunk_rows == 30 + 3 + 27 + 1  # distinct keys so far: nothing dropped
+        # Keys updated again and again: once the chunks hold more than twice the state's rows,
+        # the state becomes the only chunk.
+        counts = []
+        for start in range(61, 600, 20):
+            op.on_batch(0, pl.DataFrame(rows[start : start + 20], schema=SCHEMA))
+            snap = op.snapshot()
+            store.write(start, [{op.node.step_id: snap}])
+            assert op.state is not None
+            assert op.chunk_rows <= 2 * op.state.height + op.FOLD_ROWS + 20
+            counts.append(len(snap["chunks"]))
+        assert 1 in counts and max(counts) < 12  # compacted (50 keys x 2 rows: 100 rows)
+        fresh = _op("final")
+        fresh.restore(store.latest().parts[0][op.node.step_id])  # type: ignore[union-attr]
+        fresh.on_end()
+        op.on_end()
+        assert _emitted(fresh) == _emitted(op)
     finally:
         TopNOperator.FOLD_ROWS = saved

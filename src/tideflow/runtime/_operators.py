@@ -426,11 +426,13 @@ class TopNOperator(Operator):
     batches are only appended, and folded into the state when they outgrow it (amortized
     linear work); with ``emit="updates"`` each batch replaces the state rows of its keys.
 
-    Snapshots are incremental (:class:`~tideflow.state.SnapshotChunk`): the folded state is
-    one chunk, written by the first checkpoint after the fold and only referred to by later
-    ones; the rows appended since are reduced to their own top rows at each checkpoint and
-    become one more chunk. A checkpoint writes what arrived since the previous one (and the
-    state once after each fold, which happens at geometrically growing sizes).
+    Snapshots are incremental (:class:`~tideflow.state.SnapshotChunk`): the top rows of
+    ``a + b`` are the top rows of ``top(a) + top(b)`` (ties keep their arrival order), so
+    the state is saved as a list of chunks, one per checkpoint, each the top rows of what
+    arrived since the previous one. A checkpoint writes one chunk of what is new and refers
+    to the earlier ones; once the chunks hold more than twice the rows of the folded state
+    (keys updated again and again), the state replaces them as one chunk (a compaction,
+    amortized like the folds). A restore folds the chunks.
     """
 
     #: Fold appended batches in once they hold this many rows (or as many as the state).
@@ -444,10 +446,11 @@ class TopNOperator(Operator):
         self.state: pl.DataFrame | None = None
         self.pending: list[pl.DataFrame] = []
         self.pending_rows = 0
-        # Chunks of the state as it is (None: changed since the last snapshot) and of
-        # ``pending[:len(self.pending_chunks)]``, one chunk per pending frame.
-        self.state_chunk: SnapshotChunk | None = None
-        self.pending_chunks: list[SnapshotChunk] = []
+        # What the checkpoints hold: chunks whose rows, in order, have the same top rows as
+        # everything before the last snapshot; ``fresh``: what arrived since (to be chunked).
+        self.chunks: list[SnapshotChunk] = []
+        self.chunk_rows = 0
+        self.fresh: list[pl.DataFrame] = []
 
     def _top(self, frame: pl.DataFrame) -> pl.DataFrame:
         # Order only the key and order columns with a row number, then gather the kept rows:
@@ -472,19 +475,22 @@ class TopNOperator(Operator):
             pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over(self.keys).alias(self.op.rank)
         )
 
-    def _set_state(self, state: pl.DataFrame | None) -> None:
-        self.state, self.state_chunk = state, None
+    def _top_of(self, frames: list[pl.DataFrame]) -> pl.DataFrame:
+        return self._top(pl.concat(frames, how="vertical_relaxed"))
 
     def _fold(self) -> None:
         if not self.pending:
             return
         parts = ([self.state] if self.state is not None else []) + self.pending
-        self._set_state(self._top(pl.concat(parts, how="vertical_relaxed")))
-        self.pending, self.pending_rows, self.pending_chunks = [], 0, []
+        self.state = self._top_of(parts)
+        self.pending, self.pending_rows = [], 0
+        if len(self.fresh) > 1:  # the batches are dropped: keep only their top rows
+            self.fresh = [self._top_of(self.fresh)]
 
     def on_batch(self, index: int, batch: pl.DataFrame) -> None:
         if batch.height == 0:
             return
+        self.fresh.append(batch)
         if self.final:
             self.pending.append(batch)
             self.pending_rows += batch.height
@@ -495,12 +501,14 @@ class TopNOperator(Operator):
         touched = batch.select(self.keys).unique()
         if self.state is None:
             top = self._top(batch)
-            self._set_state(top)
+            self.state = top
         else:
             old = self.state.join(touched, on=self.keys, how="semi", maintain_order="left")
             rest = self.state.join(touched, on=self.keys, how="anti", maintain_order="left")
             top = self._top(pl.concat([old, batch], how="vertical_relaxed"))
-            self._set_state(pl.concat([rest, top], how="vertical_relaxed"))
+            self.state = pl.concat([rest, top], how="vertical_relaxed")
+        if len(self.fresh) > 64:  # many small batches between two checkpoints
+            self.fresh = [self._top_of(self.fresh)]
         self.ctx.emit(self._ranked(top))
 
     def on_end(self) -> None:
@@ -515,26 +523,23 @@ class TopNOperator(Operator):
         return self._ranked(self.state) if self.state is not None else None
 
     def snapshot(self) -> dict[str, Any]:
-        """The state and the rows appended since its fold, as chunks (version 2).
+        """The chunks of the state (version 2): the earlier ones, and one of what is new.
 
-        No fold: the rows appended since the previous snapshot are reduced to their own top
-        rows (which leaves the result of the next fold unchanged) and become a new chunk; the
-        state's chunk and the earlier pending chunks are the same objects as before.
+        No fold, unless the chunks outgrow twice the state (then the folded state becomes
+        the only chunk).
         """
-        done = len(self.pending_chunks)
-        if len(self.pending) > done:
-            new = self._top(pl.concat(self.pending[done:], how="vertical_relaxed"))
-            self.pending_rows -= sum(f.height for f in self.pending[done:]) - new.height
-            self.pending[done:] = [new]
-            self.pending_chunks.append(SnapshotChunk(_ipc(new)))
-        if self.state is not None and self.state_chunk is None:
-            self.state_chunk = SnapshotChunk(_ipc(self.state))
-        return {
-            "version": 2,
-            "kind": "top_n",
-            "state": self.state_chunk,
-            "pending": list(self.pending_chunks),
-        }
+        if self.fresh:
+            new = self._top_of(self.fresh)
+            self.fresh = []
+            self.chunks.append(SnapshotChunk(_ipc(new)))
+            self.chunk_rows += new.height
+        held = self.state.height if self.state is not None else 0
+        if len(self.chunks) > 1 and self.chunk_rows > 2 * held + self.FOLD_ROWS:
+            self._fold()
+            held = self.state.height if self.state is not None else 0
+            if self.state is not None and self.chunk_rows > 2 * held:
+                self.chunks, self.chunk_rows = [SnapshotChunk(_ipc(self.state))], held
+        return {"version": 2, "kind": "top_n", "chunks": list(self.chunks)}
 
     def restore(self, snap: dict[str, Any]) -> None:
         """Load a :meth:`snapshot` (replaces the kept rows); version 1 (one table) too."""
@@ -545,26 +550,21 @@ class TopNOperator(Operator):
                 "be restored (expected top_n version 1 or 2)"
             )
             raise StateError(msg)
-        self.pending, self.pending_rows, self.pending_chunks = [], 0, []
-        if version == 1:
-            self._set_state(_read_part(snap["table"]))
-            return
-        self._set_state(_read_part(snap.get("state")))
-        if isinstance(snap.get("state"), SnapshotChunk):
-            self.state_chunk = snap["state"]
-        for part in snap.get("pending") or []:
+        parts = [snap["table"]] if version == 1 else list(snap.get("chunks") or [])
+        self.state, self.chunks, self.chunk_rows, self.fresh = None, [], 0, []
+        frames = []
+        for part in parts:
             frame = _read_part(part)
             if frame is None:
                 continue
-            self.pending.append(frame)
-            self.pending_rows += frame.height
-            if (
-                isinstance(part, SnapshotChunk)
-                and len(self.pending_chunks) == len(self.pending) - 1
-            ):
-                self.pending_chunks.append(part)
-        if not self.final:  # updates keep no pending rows (a rescaled state arrives as one)
-            self._fold()
+            frames.append(frame)
+            if isinstance(part, SnapshotChunk) and not self.fresh:
+                self.chunks.append(part)  # the checkpoints go on referring to it
+                self.chunk_rows += frame.height
+            else:  # rows that came as bytes (an older version, another worker count)
+                self.fresh.append(frame)
+        self.pending, self.pending_rows = frames, sum(f.height for f in frames)
+        self._fold()
 
 
 def _ipc(frame: pl.DataFrame) -> bytes:

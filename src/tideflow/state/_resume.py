@@ -146,12 +146,14 @@ def _rescale(
         out["share"] = [w, n]
         return out
     if kind == "top_n" and first.get("version") == 2:
-        # Each key was on one worker: its state rows, then its pending rows in arrival order;
-        # the new worker folds them (chunks of the old workers are read, not shared).
-        parts = [s.get("state") for s in snaps] + [p for s in snaps for p in s.get("pending") or []]
-        rows = _union([p.read() if isinstance(p, SnapshotChunk) else p for p in parts])
-        share = None if rows is None else _ipc(_own_share(rows, keys, w, n))
-        return {"version": 2, "kind": "top_n", "state": None, "pending": [share]}
+        # Each key was on one worker, whose chunks hold its rows in arrival order; the new
+        # worker folds its share (the old workers' chunks are read, not shared).
+        parts = [
+            c.read() if isinstance(c, SnapshotChunk) else c for s in snaps for c in s["chunks"]
+        ]
+        rows = _union(parts)
+        share = [] if rows is None else [_ipc(_own_share(rows, keys, w, n))]
+        return {"version": 2, "kind": "top_n", "chunks": share}
     if kind == "top_n" and first.get("version") == 1:
         rows = _union([s.get("table") for s in snaps])
         out = dict(first)
