@@ -447,10 +447,12 @@ class TopNOperator(Operator):
         self.pending: list[pl.DataFrame] = []
         self.pending_rows = 0
         # What the checkpoints hold: chunks whose rows, in order, have the same top rows as
-        # everything before the last snapshot; ``fresh``: what arrived since (to be chunked).
+        # everything before the last snapshot; ``fresh``: what arrived since (to be chunked),
+        # kept only once there is a snapshot to add to (a job without checkpoints keeps none).
         self.chunks: list[SnapshotChunk] = []
         self.chunk_rows = 0
         self.fresh: list[pl.DataFrame] = []
+        self.tracking = False
 
     def _top(self, frame: pl.DataFrame) -> pl.DataFrame:
         # Order only the key and order columns with a row number, then gather the kept rows:
@@ -490,7 +492,8 @@ class TopNOperator(Operator):
     def on_batch(self, index: int, batch: pl.DataFrame) -> None:
         if batch.height == 0:
             return
-        self.fresh.append(batch)
+        if self.tracking:
+            self.fresh.append(batch)
         if self.final:
             self.pending.append(batch)
             self.pending_rows += batch.height
@@ -528,8 +531,11 @@ class TopNOperator(Operator):
         No fold, unless the chunks outgrow twice the state (then the folded state becomes
         the only chunk).
         """
+        if not self.tracking:  # the first snapshot: the whole state, folded
+            self._fold()
+            self.tracking, self.fresh = True, [] if self.state is None else [self.state]
         if self.fresh:
-            new = self._top_of(self.fresh)
+            new = self._top_of(self.fresh) if len(self.fresh) > 1 else self.fresh[0]
             self.fresh = []
             self.chunks.append(SnapshotChunk(_ipc(new)))
             self.chunk_rows += new.height
@@ -552,6 +558,7 @@ class TopNOperator(Operator):
             raise StateError(msg)
         parts = [snap["table"]] if version == 1 else list(snap.get("chunks") or [])
         self.state, self.chunks, self.chunk_rows, self.fresh = None, [], 0, []
+        self.tracking = True
         frames = []
         for part in parts:
             frame = _read_part(part)
