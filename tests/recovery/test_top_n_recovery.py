@@ -18,6 +18,7 @@ import polars as pl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.runtime.test_top_n import _Ctx
 
 import tideflow as tf
 from tideflow.runtime._operators import TopNOperator
@@ -27,6 +28,7 @@ from tideflow.testing import ABORT, PAUSE, CollectSink, TestingSource
 
 SCHEMA = {"k": pl.Int64(), "a": pl.Int64(), "b": pl.Int64()}
 BATCH = 20
+MS, MIN = timedelta(milliseconds=1), timedelta(seconds=60)
 
 
 def _rows(n: int, seed: int) -> list[dict[str, Any]]:
@@ -68,6 +70,10 @@ def _flow(items: list[Any], out: CollectSink) -> tf.Dataflow:
     return flow
 
 
+def _run(items: list[Any], out: CollectSink, workers: int, **kw: Any) -> None:
+    tf.run(_flow(items, out), workers=workers, batch_size=BATCH, **kw)
+
+
 def _chunks(ck: Path) -> list[list[str]]:
     """The chunk names of each checkpoint left in ``ck``."""
     out = []
@@ -88,18 +94,12 @@ def test_top_n_job_resumes_like_an_uninterrupted_run(
     rows = _rows(3000, seed=workers)
     want = _reference(rows, 3)
     ref_out = CollectSink()
-    tf.run(_flow(_items(rows, 1800, PAUSE), ref_out), workers=before, batch_size=BATCH)
+    _run(_items(rows, 1800, PAUSE), ref_out, before)
     assert sorted(ref_out.frame().rows()) == want
 
     ck, crashed = tmp_path / "ck", CollectSink()
     with pytest.raises(tf.JobError, match="ABORT"):
-        tf.run(
-            _flow(_items(rows, 1800, ABORT), crashed),
-            workers=before,
-            batch_size=BATCH,
-            checkpoint_dir=ck,
-            checkpoint_interval=timedelta(milliseconds=1),
-        )
+        _run(_items(rows, 1800, ABORT), crashed, before, checkpoint_dir=ck, checkpoint_interval=MS)
     assert crashed.frame().height == 0  # final: nothing is emitted before the end
     cp = CheckpointStore(ck).latest()
     assert cp is not None and cp.workers == before
@@ -114,13 +114,7 @@ def test_top_n_job_resumes_like_an_uninterrupted_run(
     )
 
     resumed = CollectSink()
-    tf.run(
-        _flow(_items(rows, 1800, PAUSE), resumed),
-        workers=after,
-        batch_size=BATCH,
-        checkpoint_dir=ck,
-        checkpoint_interval=timedelta(seconds=60),
-    )
+    _run(_items(rows, 1800, PAUSE), resumed, after, checkpoint_dir=ck, checkpoint_interval=MIN)
     assert sorted(resumed.frame().rows()) == want
 
 
@@ -128,38 +122,16 @@ def test_top_n_savepoint_is_whole_without_the_checkpoints(tmp_path: Path) -> Non
     rows = _rows(2000, seed=5)
     ck = tmp_path / "ck"
     with pytest.raises(tf.JobError, match="ABORT"):
-        tf.run(
-            _flow(_items(rows, 1200, ABORT), CollectSink()),
-            workers=2,
-            batch_size=BATCH,
-            checkpoint_dir=ck,
-            checkpoint_interval=timedelta(milliseconds=1),
-        )
+        _run(_items(rows, 1200, ABORT), CollectSink(), 2, checkpoint_dir=ck, checkpoint_interval=MS)
     cp = CheckpointStore(ck).latest()
     assert cp is not None
     sp = write_savepoint(cp.path, tmp_path / "sp")
     shutil.rmtree(ck)
     assert (sp / "shared").is_dir() and load_savepoint(sp)[0].id == cp.id
     out, ck2 = CollectSink(), tmp_path / "ck2"
-    tf.run(
-        _flow(_items(rows, 1200, PAUSE), out),
-        workers=2,
-        batch_size=BATCH,
-        from_savepoint=sp,
-        checkpoint_dir=ck2,
-    )
+    _run(_items(rows, 1200, PAUSE), out, 2, from_savepoint=sp, checkpoint_dir=ck2)
     assert sorted(out.frame().rows()) == _reference(rows, 3)
     assert {p.name for p in (ck2 / "shared").iterdir()} == {n for c in _chunks(ck2) for n in c}
-
-
-class _Ctx:
-    worker_index, worker_count = 0, 1
-
-    def __init__(self) -> None:
-        self.out: list[pl.DataFrame] = []
-
-    def emit(self, batch: pl.DataFrame, port: str = "out") -> None:
-        self.out.append(batch)
 
 
 def _op(emit: str) -> TopNOperator:

@@ -211,24 +211,24 @@ def _decode(
 ) -> Any:
     if isinstance(value, dict):
         if len(value) == 1 and _CHUNK in value:
-            index = value[_CHUNK]
-            if chunks is None or not isinstance(index, int) or not 0 <= index < len(chunks):
-                msg = f"snapshot refers to chunk {index!r}, which the manifest does not list"
-                raise StateError(msg)
-            return chunks[index]
+            return _listed("chunk", value[_CHUNK], chunks)
         if len(value) == 1 and _BLOB in value:
             start, length = value[_BLOB]
             return blobs[start : start + length]
         if len(value) == 1 and _FILE in value:
-            index = value[_FILE]
-            if files is None or not isinstance(index, int) or not 0 <= index < len(files):
-                msg = f"snapshot refers to file {index!r}, which the manifest does not list"
-                raise StateError(msg)
-            return files[index]
+            return _listed("file", value[_FILE], files)
         return {k: _decode(v, blobs, files, chunks) for k, v in value.items()}
     if isinstance(value, list):
         return [_decode(v, blobs, files, chunks) for v in value]
     return value
+
+
+def _listed(kind: str, index: Any, items: list[Any] | None) -> Any:
+    """Item ``index`` of what the manifest lists (files, chunks); StateError if it is not."""
+    if items is None or not isinstance(index, int) or not 0 <= index < len(items):
+        msg = f"snapshot refers to {kind} {index!r}, which the manifest does not list"
+        raise StateError(msg)
+    return items[index]
 
 
 def _sha(data: bytes) -> str:
