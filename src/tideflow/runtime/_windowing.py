@@ -289,6 +289,18 @@ class AlignedWindowOperator(_WindowBase):
         self.pending: dict[int, list[pl.DataFrame]] = {}
         self.fired: dict[int, pl.DataFrame] = {}
         self.dirty: set[int] = set()
+        #: Sliding windows fed by the combiner: partials kept once per pane (keys and partial
+        #: columns, by pane start), merged into each window containing the pane when it fires,
+        #: instead of copied into every such window per batch. Only without allowed lateness
+        #: and early results (those read and update windows between firings).
+        self.panes: dict[int, list[pl.DataFrame]] = {}
+        self.pane_mode = (
+            type(self) is AlignedWindowOperator
+            and self.copies > 1
+            and not self.lateness
+            and self.early_every_s is None
+            and self.early_every_n is None
+        )
 
     def _assign(self, base: pl.DataFrame) -> pl.DataFrame:
         """Rows with a time ``__t`` -> one row per window containing it (``__ws``)."""
@@ -324,8 +336,61 @@ class AlignedWindowOperator(_WindowBase):
         )
         self._count_for_early(batch.height)
 
+    def _windows_of(self, pane: int) -> list[int]:
+        """Starts of the windows that contain the pane starting at ``pane``."""
+        last = ((pane - self.offset) // self.hop) * self.hop + self.offset
+        return [
+            ws for ws in (last - j * self.hop for j in range(self.copies)) if pane < ws + self.size
+        ]
+
+    def _on_pane_partials(self, batch: pl.DataFrame) -> bool:
+        """File pane partials by pane (``pane_mode``); False if a pane's window has closed."""
+        panes = [int(p) for p in batch.get_column("__pane").unique().to_list()]
+        if any(min(self._windows_of(p)) + self.size <= self.wm for p in panes):
+            return False
+        keys = self.keys
+        parts = (
+            {panes[0]: batch.drop("__pane")}
+            if len(panes) == 1
+            else {
+                int(p): part
+                for (p,), part in batch.partition_by(
+                    "__pane", as_dict=True, include_key=False
+                ).items()
+            }
+        )
+        for pane, part in parts.items():
+            bucket = self.panes.setdefault(pane, [])
+            bucket.append(part)
+            if len(bucket) >= _COMPACT_AT:
+                self.panes[pane] = [self._merge(bucket, keys)]
+        return True
+
+    def _in_window(self, part: pl.DataFrame, ws: int) -> pl.DataFrame:
+        """A pane partial as a partial of window ``ws``, in the column order of window
+        partials (merged partials: keys, ``__ws``, values; ``max_by`` rows: ``__ws`` last)."""
+        col = pl.lit(ws, pl.Int64).alias("__ws")
+        if self.op.aggs is None:
+            return part.with_columns(col)
+        return part.select(*self.keys, col, pl.exclude(self.keys))
+
+    def _fold_panes(self) -> None:
+        """Move the pane partials into the open windows' partials (before a snapshot)."""
+        by = [*self.keys, "__ws"]
+        for pane, frames in self.panes.items():
+            part = self._merge(frames, self.keys, force=True)
+            for ws in self._windows_of(pane):
+                if ws + self.size > self.wm:
+                    bucket = self.pending.setdefault(ws, [])
+                    bucket.append(self._in_window(part, ws))
+                    if len(bucket) >= _COMPACT_AT:
+                        self.pending[ws] = [self._merge(bucket, by)]
+        self.panes.clear()
+
     def _on_partials(self, batch: pl.DataFrame) -> None:
         """Pane partials -> partials of the windows containing each pane."""
+        if self.pane_mode and self._on_pane_partials(batch):
+            return
         rows = self._assign(batch.rename({"__pane": "__t"})).drop("__t")
         end = pl.col("__ws") + self.size
         live = rows.filter(end > self.wm)
@@ -387,12 +452,18 @@ class AlignedWindowOperator(_WindowBase):
     def _advance(self, wm: int) -> None:
         if wm <= self.wm:
             return
-        self.wm = wm
+        before, self.wm = self.wm, wm
         by = [*self.keys, "__ws"]
-        ready = sorted(ws for ws in self.pending if ws + self.size <= wm)
+        ready = {ws for ws in self.pending if ws + self.size <= wm}
+        for pane in self.panes:
+            ready.update(ws for ws in self._windows_of(pane) if before < ws + self.size <= wm)
         out: list[pl.DataFrame] = []
-        for ws in ready:
-            merged = self._merge(self.pending.pop(ws), by)
+        for ws in sorted(ready):
+            frames = self.pending.pop(ws, [])
+            for pane in range(ws, ws + self.size, math.gcd(self.size, self.hop)):
+                for part in self.panes.get(pane, ()):
+                    frames.append(self._in_window(part, ws))
+            merged = self._merge(frames, by, force=len(frames) > 1)
             self.dirty.discard(ws)
             out.append(self._result(merged))
             if self.lateness and ws + self.size + self.lateness > wm:
@@ -400,6 +471,8 @@ class AlignedWindowOperator(_WindowBase):
         self._emit_results(out, "final")
         for ws in [w for w in self.fired if w + self.size + self.lateness <= wm]:
             del self.fired[ws]
+        for pane in [p for p in self.panes if max(self._windows_of(p)) + self.size <= wm]:
+            del self.panes[pane]
 
     def _early(self) -> None:
         by = [*self.keys, "__ws"]
@@ -414,6 +487,7 @@ class AlignedWindowOperator(_WindowBase):
 
     def snapshot(self) -> dict[str, Any]:
         by = [*self.keys, "__ws"]
+        self._fold_panes()  # the snapshot holds window partials only, as without panes
         for ws, frames in self.pending.items():
             if len(frames) > 1:
                 self.pending[ws] = [self._merge(frames, by)]
