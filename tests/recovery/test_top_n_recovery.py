@@ -99,7 +99,14 @@ def test_top_n_job_resumes_like_an_uninterrupted_run(
 
     ck, crashed = tmp_path / "ck", CollectSink()
     with pytest.raises(tf.JobError, match="ABORT"):
-        _run(_items(rows, 1800, ABORT), crashed, before, checkpoint_dir=ck, checkpoint_interval=MS)
+        _run(
+            _items(rows, 1800, ABORT),
+            crashed,
+            before,
+            checkpoint_dir=ck,
+            checkpoint_interval=MS,
+            checkpoint_keep=1000,  # every checkpoint kept: how often chunks were shared
+        )
     assert crashed.frame().height == 0  # final: nothing is emitted before the end
     cp = CheckpointStore(ck).latest()
     assert cp is not None and cp.workers == before
@@ -108,14 +115,16 @@ def test_top_n_job_resumes_like_an_uninterrupted_run(
     assert all(s["version"] == 2 for s in snaps)
     assert any(s["chunks"] for s in snaps)
     names = _chunks(ck)
-    assert len(names) >= 2 and set(names[-2]) & set(names[-1])  # unchanged state is shared
-    assert sorted(p.name for p in (ck / "shared").iterdir()) == sorted(
-        {n for c in names for n in c}
-    )
+    # Unchanged state is shared: far fewer chunk files than references to them.
+    assert len(names) >= 3 and len({n for c in names for n in c}) < sum(map(len, names)) / 2
+    # Chunks of a checkpoint cut short by the abort may be left until the next one completes.
+    assert {n for c in names for n in c} <= {p.name for p in (ck / "shared").iterdir()}
 
     resumed = CollectSink()
     _run(_items(rows, 1800, PAUSE), resumed, after, checkpoint_dir=ck, checkpoint_interval=MIN)
     assert sorted(resumed.frame().rows()) == want
+    names = _chunks(ck)
+    assert {p.name for p in (ck / "shared").iterdir()} == {n for c in names for n in c}
 
 
 def test_top_n_savepoint_is_whole_without_the_checkpoints(tmp_path: Path) -> None:

@@ -447,11 +447,14 @@ class TopNOperator(Operator):
         self.pending: list[pl.DataFrame] = []
         self.pending_rows = 0
         # What the checkpoints hold: chunks whose rows, in order, have the same top rows as
-        # everything before the last snapshot; ``fresh``: what arrived since (to be chunked),
-        # kept only once there is a snapshot to add to (a job without checkpoints keeps none).
+        # everything before the last snapshot. What arrived since (to be chunked): ``raw``,
+        # the batches as they came (with emit="final" also the last frames of ``pending``),
+        # then ``fresh``, top rows of earlier such batches. Kept only once there is a
+        # snapshot to add to (a job without checkpoints keeps none).
         self.chunks: list[SnapshotChunk] = []
         self.chunk_rows = 0
         self.fresh: list[pl.DataFrame] = []
+        self.raw: list[pl.DataFrame] = []
         self.tracking = False
 
     def _top(self, frame: pl.DataFrame) -> pl.DataFrame:
@@ -480,20 +483,33 @@ class TopNOperator(Operator):
     def _top_of(self, frames: list[pl.DataFrame]) -> pl.DataFrame:
         return self._top(pl.concat(frames, how="vertical_relaxed"))
 
+    def _reduce_raw(self) -> None:
+        """Replace the raw batches by their top rows (in ``pending`` too: same fold result)."""
+        if not self.raw:
+            return
+        top = self._top_of(self.raw)
+        if self.final:  # the raw batches are the last frames of pending
+            del self.pending[len(self.pending) - len(self.raw) :]
+            self.pending.append(top)
+            self.pending_rows = sum(f.height for f in self.pending)
+        self.raw = []
+        self.fresh.append(top)
+        if len(self.fresh) > 8:
+            self.fresh = [self._top_of(self.fresh)]
+
     def _fold(self) -> None:
         if not self.pending:
             return
+        self._reduce_raw()  # sorted once here, then only their top rows in the fold
         parts = ([self.state] if self.state is not None else []) + self.pending
         self.state = self._top_of(parts)
         self.pending, self.pending_rows = [], 0
-        if len(self.fresh) > 1:  # the batches are dropped: keep only their top rows
-            self.fresh = [self._top_of(self.fresh)]
 
     def on_batch(self, index: int, batch: pl.DataFrame) -> None:
         if batch.height == 0:
             return
         if self.tracking:
-            self.fresh.append(batch)
+            self.raw.append(batch)
         if self.final:
             self.pending.append(batch)
             self.pending_rows += batch.height
@@ -510,8 +526,8 @@ class TopNOperator(Operator):
             rest = self.state.join(touched, on=self.keys, how="anti", maintain_order="left")
             top = self._top(pl.concat([old, batch], how="vertical_relaxed"))
             self.state = pl.concat([rest, top], how="vertical_relaxed")
-        if len(self.fresh) > 64:  # many small batches between two checkpoints
-            self.fresh = [self._top_of(self.fresh)]
+        if len(self.raw) > 64:  # many small batches between two checkpoints
+            self._reduce_raw()
         self.ctx.emit(self._ranked(top))
 
     def on_end(self) -> None:
@@ -534,6 +550,7 @@ class TopNOperator(Operator):
         if not self.tracking:  # the first snapshot: the whole state, folded
             self._fold()
             self.tracking, self.fresh = True, [] if self.state is None else [self.state]
+        self._reduce_raw()
         if self.fresh:
             new = self._top_of(self.fresh) if len(self.fresh) > 1 else self.fresh[0]
             self.fresh = []
@@ -558,7 +575,7 @@ class TopNOperator(Operator):
             raise StateError(msg)
         parts = [snap["table"]] if version == 1 else list(snap.get("chunks") or [])
         self.state, self.chunks, self.chunk_rows, self.fresh = None, [], 0, []
-        self.tracking = True
+        self.raw, self.tracking = [], True
         frames = []
         for part in parts:
             frame = _read_part(part)
