@@ -17,6 +17,7 @@ import polars as pl
 
 from tideflow._errors import StateError
 from tideflow.api._aggs import AggSpec
+from tideflow.runtime._distinct import DistinctPairs
 
 __all__ = ["AggState", "KeyIndex"]
 
@@ -84,6 +85,10 @@ class KeyIndex:
         return self._chunks[0]
 
 
+_ID = "__tideflow_id"
+_VALUE = "__value"
+
+
 def _ipc(frame: pl.DataFrame) -> bytes:
     buf = io.BytesIO()
     frame.write_ipc(buf)
@@ -111,7 +116,7 @@ class AggState:
         self.index = KeyIndex(keys)
         self._arrays: dict[str, np.ndarray] = {}
         self._dtypes: dict[str, pl.DataType] = {}
-        self._seen_pairs: dict[str, set[Any]] = {}
+        self._distinct: dict[str, DistinctPairs] = {}
         self._topk: dict[str, list[list[Any]]] = {}
         self._partial_exprs: list[pl.Expr] = []
         for s in specs:
@@ -199,6 +204,7 @@ class AggState:
         if ids is None:
             ids, _ = self.index.lookup(partial)
         n = len(self.index)
+        rows: np.ndarray | None = None
         for s in self.specs:
             p = f"__{s.name}"
             if s.kind in ("count", "count_non_null"):
@@ -221,7 +227,9 @@ class AggState:
                 self._merge_topk(s, partial.get_column(p).to_list(), ids, n)
             elif s.kind == "n_unique":
                 assert batch is not None
-                self._merge_unique(s, batch, n)
+                if rows is None:
+                    rows = self._row_ids(batch, partial, ids)
+                self._merge_unique(s, batch, rows, n)
         return partial.select(self.keys), ids
 
     def _merge_extreme(
@@ -251,20 +259,23 @@ class AggState:
             vals = [v for v in vals if v is not None]
             store[i] = heapq.nlargest(s.k, store[i] + vals)
 
-    def _merge_unique(self, s: AggSpec, batch: pl.DataFrame, n: int) -> None:
+    def _row_ids(self, batch: pl.DataFrame, partial: pl.DataFrame, ids: np.ndarray) -> np.ndarray:
+        """The key id of every row of ``batch`` (``ids`` are those of ``partial``'s keys)."""
+        keys = list(self.keys)
+        known = partial.select(keys).with_columns(pl.Series(_ID, ids))
+        got = batch.select(keys).join(
+            known, on=keys, how="left", maintain_order="left", nulls_equal=True
+        )
+        out: np.ndarray = got.get_column(_ID).to_numpy()
+        return out
+
+    def _merge_unique(self, s: AggSpec, batch: pl.DataFrame, rows: np.ndarray, n: int) -> None:
         assert s.column is not None
-        pairs = batch.select(*self.keys, s.column).unique()
-        seen = self._seen_pairs.setdefault(s.name, set())
-        cols = [pairs.get_column(c).to_list() for c in pairs.columns]
-        fresh = [i for i, t in enumerate(zip(*cols, strict=True)) if t not in seen]
-        if not fresh:
-            self._array(f"__{s.name}", np.int64, 0, n)
-            return
-        seen.update(tuple(c[i] for c in cols) for i in fresh)
-        new_pairs = pairs[fresh]
-        ids, _ = self.index.lookup(new_pairs.select(self.keys))
-        arr = self._array(f"__{s.name}", np.int64, 0, len(self.index))
-        np.add.at(arr, ids, 1)
+        distinct = self._distinct.setdefault(s.name, DistinctPairs())
+        fresh = distinct.add(rows, batch.get_column(s.column))
+        arr = self._array(f"__{s.name}", np.int64, 0, n)
+        if len(fresh):
+            arr += np.bincount(fresh, minlength=len(arr))
 
     # -- output ---------------------------------------------------------------------------
     def values(self, keys: pl.DataFrame, ids: np.ndarray) -> pl.DataFrame:
@@ -295,7 +306,7 @@ class AggState:
 
     # -- snapshots ------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
-        """Plain-data state: Arrow IPC tables of keys + accumulators, and seen pairs."""
+        """Plain-data state: Arrow IPC tables of keys + accumulators, and distinct pairs."""
         n = len(self.index)
         table = self.index.frame() if n else pl.DataFrame()
         cols = [pl.Series(name, arr[:n]) for name, arr in self._arrays.items()]
@@ -304,25 +315,34 @@ class AggState:
             cols.append(pl.Series(f"__topk_{name}", store[:n], dtype=pl.List(src)))
         if n:
             table = table.with_columns(cols)
-        pairs = {
-            name: _ipc(pl.DataFrame([list(t) for t in seen], orient="row"))
-            for name, seen in self._seen_pairs.items()
-        }
+        pairs = {name: _ipc(self._pair_frame(d)) for name, d in self._distinct.items()}
         return {
-            "version": 1,
+            "version": 2,
             "table": _ipc(table),
             "dtypes": _ipc(pl.DataFrame(schema=self._dtypes)),
             "pairs": pairs,
         }
 
+    def _pair_frame(self, distinct: DistinctPairs) -> pl.DataFrame:
+        """The distinct pairs of one ``n_unique``: key columns and ``__value``."""
+        pairs = distinct.frame()
+        keys = self.index.frame()
+        if not keys.width:
+            keys = pl.DataFrame(schema=dict.fromkeys(self.keys, pl.Null()))
+        return keys[pairs.get_column("__id")].with_columns(pairs.get_column("value").alias(_VALUE))
+
     def restore(self, snap: dict[str, Any]) -> None:
         """Load a :meth:`snapshot` (replaces the current state)."""
-        if snap.get("version") != 1:
-            msg = f"aggregation state version {snap.get('version')!r} is not supported (expected 1)"
+        version = snap.get("version")
+        if version not in (1, 2):
+            msg = (
+                f"aggregation state version {version!r} is not supported (expected 1 or 2); "
+                "restore it with the tideflow release that wrote it, or start without it"
+            )
             raise StateError(msg)
         table = _from_ipc(snap["table"])
         self.index = KeyIndex(self.keys)
-        self._arrays, self._topk, self._seen_pairs = {}, {}, {}
+        self._arrays, self._topk, self._distinct = {}, {}, {}
         self._dtypes = {}
         if table.height:
             self.index.lookup(table.select(self.keys))
@@ -336,7 +356,29 @@ class AggState:
         self._dtypes = dict(_from_ipc(snap["dtypes"]).schema)
         for name, data in snap.get("pairs", {}).items():
             frame = _from_ipc(data)
-            self._seen_pairs[name] = set(frame.iter_rows())
+            if version == 1 and frame.width:  # a frame of (key..., value) rows, unnamed
+                names = [*self.keys, _VALUE]
+                frame = frame.rename(dict(zip(frame.columns, names, strict=True)))
+            self._distinct[name] = self._load_pairs(frame)
+
+    def _load_pairs(self, frame: pl.DataFrame) -> DistinctPairs:
+        """Distinct state from a frame of key columns and ``__value`` (keys known already)."""
+        distinct = DistinctPairs()
+        if not frame.height:
+            if _VALUE in frame.columns:
+                distinct.dtype = frame.schema[_VALUE]
+            return distinct
+        keys = list(self.keys)
+        known = self.index.frame().with_row_index(_ID).with_columns(pl.col(_ID).cast(pl.Int64))
+        got = frame.join(known, on=keys, how="left", maintain_order="left", nulls_equal=True)
+        if got.get_column(_ID).null_count():
+            msg = (
+                "aggregation state: the n_unique pairs name keys that the state's table does "
+                "not have; the checkpoint is damaged, start without it"
+            )
+            raise StateError(msg)
+        distinct.add(got.get_column(_ID).to_numpy(), got.get_column(_VALUE))
+        return distinct
 
     # -- moving rows in and out (the on-disk backend's hot set) ---------------------------
     def _fill_of(self, column: str, dtype: Any) -> Any:
@@ -383,17 +425,11 @@ class AggState:
         n = len(self.index)
         if n == 0 or bool(keep[:n].all()):
             return np.arange(n, dtype=np.int64)
-        gone = self.index.frame().filter(pl.Series(~keep[:n])) if self._seen_pairs else None
         kept = self.index.compact(keep)
         self._arrays = {name: arr[kept].copy() for name, arr in self._arrays.items()}
         self._topk = {name: [store[i] for i in kept.tolist()] for name, store in self._topk.items()}
-        if gone is not None:
-            nk = len(self.keys)
-            dead = set(self.index._values(gone)) if nk > 1 else set(gone.get_column(self.keys[0]))
-            for name, seen in self._seen_pairs.items():
-                self._seen_pairs[name] = {
-                    p for p in seen if (p[:nk] if nk > 1 else p[0]) not in dead
-                }
+        for distinct in self._distinct.values():
+            distinct.compact(kept, n)
         return kept
 
     def all_values(self) -> pl.DataFrame:

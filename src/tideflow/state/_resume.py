@@ -159,10 +159,18 @@ def _rescale(
         out = dict(first)
         out["table"] = _ipc(pl.DataFrame() if rows is None else _own_share(rows, keys, w, n))
         return out
-    if kind == "agg" and first.get("version") == 1 and not any(s.get("pairs") for s in snaps):
+    old_pairs = first.get("version") == 1 and any(s.get("pairs") for s in snaps)
+    if kind == "agg" and first.get("version") in (1, 2) and not old_pairs:
+        # Version 2 keeps the distinct pairs of n_unique with their key columns.
         table = _union([s["table"] for s in snaps])
         out = dict(first)
         out["table"] = _ipc(pl.DataFrame() if table is None else _own_share(table, keys, w, n))
+        names = {name for s in snaps for name in s.get("pairs", {})}
+        out["pairs"] = {
+            name: _share([s.get("pairs", {}).get(name) for s in snaps], keys, w, n)
+            or _ipc(pl.DataFrame())
+            for name in sorted(names)
+        }
         return out
     msg = (
         f"step '{step}' ({kind}) has state that cannot be redistributed to a different number "

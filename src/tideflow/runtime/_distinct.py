@@ -1,0 +1,224 @@
+"""Columnar distinct state: the (key id, value) pairs of a keyed ``n_unique``.
+
+Each pair is one ``int64`` code, ``key_id << bits | slot``, kept in a sorted NumPy array: a
+batch's new pairs are found with ``searchsorted`` and merged in with one ``insert``, so the
+work per batch is vectorized and no Python object is made per record or per value.
+
+The slot of a value is ``value - base + 1`` (``0`` is null) for values that are integers once
+read physically (integers, booleans, dates, times, durations, and floats by their bits) and
+whose range fits next to the key id. Other values (strings, or integers spread too widely) get
+dense ids from a value dictionary (a :class:`~tideflow.runtime._keyed.KeyIndex`, one look-up
+per distinct value of a batch) and their slot is ``id + 1``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from tideflow._errors import StateError
+
+__all__ = ["DistinctPairs"]
+
+_MAX_BITS = 62  # key bits + slot bits; codes stay positive int64
+
+
+def _physical(values: pl.Series) -> np.ndarray | None:
+    """``int64`` codes of ``values`` (nulls as 0; see :func:`_nulls`), or None for other types."""
+    dtype = values.dtype
+    if dtype.is_float():
+        arr = values.cast(pl.Float64).fill_null(0.0).to_numpy() + 0.0  # -0.0 -> 0.0
+        arr = np.where(np.isnan(arr), np.nan, arr)  # one NaN
+        return arr.view(np.int64)
+    if dtype == pl.Boolean:
+        return values.fill_null(False).cast(pl.Int64).to_numpy()
+    if dtype.is_integer() or dtype.is_temporal():
+        phys = values.to_physical()
+        return phys.fill_null(0).to_numpy().astype(np.int64, copy=False)
+    return None
+
+
+def _from_physical(codes: np.ndarray, dtype: pl.DataType, name: str) -> pl.Series:
+    """Values of ``dtype`` back from their ``int64`` codes (inverse of :func:`_physical`)."""
+    if dtype.is_float():
+        return pl.Series(name, codes.view(np.float64)).cast(dtype)
+    if dtype == pl.Boolean:
+        return pl.Series(name, codes != 0)
+    if dtype.is_integer():
+        if dtype == pl.UInt64:
+            return pl.Series(name, codes.view(np.uint64))
+        return pl.Series(name, codes).cast(dtype)
+    phys = pl.Series(name, codes).cast(pl.Series(dtype=dtype).to_physical().dtype)
+    return phys.cast(dtype)
+
+
+class DistinctPairs:
+    """Distinct (key id, value) pairs of one aggregate; :meth:`add` returns the new ones.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import polars as pl
+    >>> d = DistinctPairs()
+    >>> d.add(np.array([0, 0, 1, 0]), pl.Series([5, 5, 5, None])).tolist()
+    [0, 0, 1]
+    >>> d.add(np.array([0, 1]), pl.Series([5, 7])).tolist()
+    [1]
+    >>> d.frame().sort("__id", "value").rows()
+    [(0, None), (0, 5), (1, 5), (1, 7)]
+    """
+
+    def __init__(self) -> None:
+        self.codes = np.zeros(0, dtype=np.int64)  # sorted, distinct
+        self.bits = 1  # slot bits
+        self.base = 0  # the value of slot 1 (range mode)
+        self.ranged = False  # base and bits set by a first value
+        self.dtype: pl.DataType | None = None
+        #: The value dictionary (None: range mode); its column ``v`` is the value or its code.
+        self.dictionary: Any = None
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    # -- codes ----------------------------------------------------------------------------
+    def _split(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.codes >> self.bits, self.codes & ((1 << self.bits) - 1)
+
+    def _key_bits(self, ids: np.ndarray) -> int:
+        top = int(ids.max()) if len(ids) else 0
+        if len(self.codes):
+            top = max(top, int(self.codes[-1] >> self.bits))
+        return top.bit_length()
+
+    def _slots(
+        self, values: pl.Series, raw: np.ndarray | None, nulls: np.ndarray, key_bits: int
+    ) -> np.ndarray:
+        """Slots of ``values`` under the current encoding (widened or switched if needed)."""
+        if self.dictionary is None and raw is not None:
+            ok = ~nulls
+            top = self.base + (1 << self.bits) - 2
+            lo, hi = self.base, top
+            if ok.any():
+                lo, hi = int(raw[ok].min()), int(raw[ok].max())
+                if not self.ranged:
+                    self.ranged, self.base, top = True, lo, lo - 1
+            if lo < self.base or hi > top or key_bits + self.bits > _MAX_BITS:
+                self._recode(min(lo, self.base), max(hi, top), key_bits)
+            if self.dictionary is None:
+                return np.where(nulls, 0, raw - self.base + 1)
+        return self._dict_slots(values, raw, nulls)
+
+    def _dict_slots(
+        self, values: pl.Series, raw: np.ndarray | None, nulls: np.ndarray
+    ) -> np.ndarray:
+        """Slots ``1 + id`` of the values in the dictionary (new values get new ids)."""
+        from tideflow.runtime._keyed import KeyIndex
+
+        if self.dictionary is None:
+            self.dictionary = KeyIndex(("v",))
+        out = np.zeros(len(values), dtype=np.int64)
+        keep = ~nulls
+        if keep.any():
+            col = pl.Series("v", raw) if raw is not None else values.alias("v")
+            present = pl.DataFrame([col]).filter(pl.Series(keep))
+            distinct = present.unique()
+            ids, _ = self.dictionary.lookup(distinct)
+            slot = distinct.with_columns(pl.Series("__s", ids + 1))
+            got = present.join(slot, on="v", how="left", maintain_order="left", nulls_equal=True)
+            out[keep] = got.get_column("__s").to_numpy()
+        return out
+
+    def _recode(self, lo: int, hi: int, key_bits: int) -> None:
+        """Widen the range mode to hold values in ``[lo, hi]``, or switch to the dictionary."""
+        keys, slots = self._split()
+        raw = slots - 1 + self.base
+        need = int(hi - lo + 1).bit_length()
+        room = _MAX_BITS - key_bits
+        if need <= room:
+            bits = min(need + 2, room)  # headroom: fewer re-encodings
+            new = np.where(slots == 0, 0, raw - lo + 1)
+            self.bits, self.base = bits, lo
+            self.codes = (keys << bits) | new  # the order within a key is kept
+            return
+        new = self._dict_slots(pl.Series("v", raw), raw, slots == 0)
+        self.bits = max(1, int(new.max()).bit_length()) if len(new) else 1
+        self.codes = np.sort((keys << self.bits) | new)
+
+    # -- the state ------------------------------------------------------------------------
+    def add(self, ids: np.ndarray, values: pl.Series) -> np.ndarray:
+        """Fold in the pairs ``(ids[i], values[i])``; return the key ids of the new ones.
+
+        A key id appears once per new distinct value of that key (count them with
+        ``np.bincount``).
+        """
+        if len(values) == 0:
+            return np.zeros(0, dtype=np.int64)
+        if self.dtype is None or self.dtype == pl.Null:
+            self.dtype = values.dtype
+        ids = np.asarray(ids, dtype=np.int64)
+        nulls = values.is_null().to_numpy()
+        key_bits = self._key_bits(ids)
+        slots = self._slots(values, _physical(values), nulls, key_bits)
+        top = int(slots.max())
+        if top >= (1 << self.bits):  # the dictionary grew
+            keys, old = self._split()
+            self.bits = top.bit_length()
+            self.codes = (keys << self.bits) | old
+        if key_bits + self.bits > _MAX_BITS:
+            msg = (
+                f"n_unique: {int(ids.max()) + 1} keys with {top} distinct values do not fit "
+                "the 62-bit pair codes of its state; count distinct values of fewer keys"
+            )
+            raise StateError(msg)
+        batch = np.unique((ids << self.bits) | slots)
+        pos = np.searchsorted(self.codes, batch)
+        found = np.zeros(len(batch), dtype=np.bool_)
+        inside = pos < len(self.codes)
+        found[inside] = self.codes[pos[inside]] == batch[inside]
+        fresh = batch[~found]
+        if len(fresh):
+            self.codes = np.insert(self.codes, pos[~found], fresh)
+        return fresh >> self.bits
+
+    def frame(self) -> pl.DataFrame:
+        """Every pair as a frame (``__id`` Int64, ``value`` of the values' type)."""
+        keys, slots = self._split()
+        dtype = self.dtype if self.dtype is not None else pl.Null()
+        nulls = slots == 0
+        if self.dictionary is None:
+            values = _from_physical(np.where(nulls, 0, slots - 1 + self.base), dtype, "value")
+        else:
+            stored = self.dictionary.frame()
+            idx = pl.Series(np.where(nulls, 0, slots - 1))
+            if stored.height:
+                col = stored.get_column("v").gather(idx)
+            else:
+                col = pl.Series("v", [None] * len(idx), dtype=pl.Int64)
+            if _physical_type(dtype):
+                values = _from_physical(col.to_numpy(), dtype, "value")
+            else:
+                values = col.cast(dtype)
+        kept = pl.select(pl.when(pl.Series(~nulls)).then(values.cast(dtype))).to_series()
+        return pl.DataFrame([pl.Series("__id", keys), kept.alias("value")])
+
+    def load(self, frame: pl.DataFrame) -> None:
+        """Add the pairs of a :meth:`frame` (``__id``, ``value``)."""
+        if frame.height:
+            self.add(frame.get_column("__id").to_numpy(), frame.get_column("value"))
+        elif self.dtype is None and "value" in frame.columns:
+            self.dtype = frame.schema["value"]
+
+    def compact(self, kept: np.ndarray, n_old: int) -> None:
+        """Keep the pairs of the key ids in ``kept`` (increasing), renumbered 0, 1, 2, ..."""
+        new_id = np.full(max(n_old, 1), -1, dtype=np.int64)
+        new_id[kept] = np.arange(len(kept), dtype=np.int64)
+        keys, slots = self._split()
+        keys = new_id[keys]
+        live = keys >= 0
+        self.codes = (keys[live] << self.bits) | slots[live]
+
+
+def _physical_type(dtype: pl.DataType) -> bool:
+    return dtype.is_float() or dtype == pl.Boolean or dtype.is_integer() or dtype.is_temporal()
