@@ -18,7 +18,17 @@ import polars as pl
 
 from tideflow._errors import ConfigError
 from tideflow.api._aggs import AggSpec, parse_aggs
-from tideflow.api._graph import FrameOp, Node, NodeKind, OnError, RecordOp, Schema, fn_location
+from tideflow.api._graph import (
+    FrameOp,
+    Node,
+    NodeKind,
+    OnError,
+    RecordOp,
+    Schema,
+    expr_columns,
+    fn_location,
+    output_names,
+)
 from tideflow.api._joins import JoinOut
 from tideflow.api._windows import Clock, WindowedStream, WindowSpec
 from tideflow.connectors._base import DEAD_LETTER_SCHEMA, Sink, Source
@@ -275,6 +285,17 @@ class Dataflow:
             raise ConfigError(msg)
 
 
+def _adds(
+    reads: frozenset[str] | None,
+) -> Callable[[frozenset[str] | None], frozenset[str] | None]:
+    """``needs`` of a step that passes its input's columns on and also reads ``reads``."""
+
+    def needs(used: frozenset[str] | None) -> frozenset[str] | None:
+        return None if used is None or reads is None else used | reads
+
+    return needs
+
+
 def _empty(schema: Schema) -> pl.DataFrame:
     return pl.DataFrame(schema=schema)
 
@@ -403,6 +424,7 @@ class Stream:
         description: str,
         *,
         user_fn: bool = False,
+        needs: Callable[[frozenset[str] | None], frozenset[str] | None] | None = None,
     ) -> Stream:
         step_id = self.flow._step_id(name, kind)
         schema = self.schema
@@ -417,7 +439,7 @@ class Stream:
                     f"input columns: {list(schema)}"
                 )
                 raise ConfigError(msg) from None
-        op = FrameOp(apply, description, user_fn)
+        op = FrameOp(apply, description, user_fn, needs)
         node = self.flow._add(
             "frame", [(self.node.index, self.port)], op, step_id, schema=out_schema
         )
@@ -435,7 +457,11 @@ class Stream:
         """
         if isinstance(predicate, pl.Expr):
             return self._frame(
-                "filter", name, lambda df: df.filter(predicate), f"filter {predicate}"
+                "filter",
+                name,
+                lambda df: df.filter(predicate),
+                f"filter {predicate}",
+                needs=_adds(expr_columns(predicate)),
             )
         return self._record(
             "filter", predicate, name=name, schema=self.schema, on_error="dead_letter"
@@ -443,17 +469,41 @@ class Stream:
 
     def select(self, *exprs: Any, name: str | None = None, **named: Any) -> Stream:
         """Keep and derive columns, like :meth:`polars.DataFrame.select`."""
-        return self._frame("select", name, lambda df: df.select(*exprs, **named), "select")
+        reads = expr_columns(*exprs, **named)
+        return self._frame(
+            "select",
+            name,
+            lambda df: df.select(*exprs, **named),
+            "select",
+            needs=lambda _: reads,
+        )
 
     def with_columns(self, *exprs: Any, name: str | None = None, **named: Any) -> Stream:
         """Add or replace columns, like :meth:`polars.DataFrame.with_columns`."""
+        reads, made = expr_columns(*exprs, **named), output_names(*exprs, **named)
+
+        def needs(used: frozenset[str] | None) -> frozenset[str] | None:
+            if used is None or reads is None or made is None:
+                return None
+            return (used - made) | reads
+
         return self._frame(
-            "with_columns", name, lambda df: df.with_columns(*exprs, **named), "with_columns"
+            "with_columns",
+            name,
+            lambda df: df.with_columns(*exprs, **named),
+            "with_columns",
+            needs=needs,
         )
 
     def drop(self, *columns: str, name: str | None = None) -> Stream:
         """Remove columns."""
-        return self._frame("drop", name, lambda df: df.drop(*columns), f"drop {list(columns)}")
+        return self._frame(
+            "drop",
+            name,
+            lambda df: df.drop(*columns),
+            f"drop {list(columns)}",
+            needs=_adds(expr_columns(*columns)),
+        )
 
     def rename(self, mapping: Mapping[str, str], *, name: str | None = None) -> Stream:
         """Rename columns."""
@@ -462,13 +512,45 @@ class Stream:
 
     def explode(self, *columns: str, name: str | None = None) -> Stream:
         """One record per element of list columns."""
-        return self._frame("explode", name, lambda df: df.explode(*columns), "explode")
+        return self._frame(
+            "explode",
+            name,
+            lambda df: df.explode(*columns),
+            "explode",
+            needs=_adds(expr_columns(*columns)),
+        )
 
     def map_batches(
-        self, fn: Callable[[pl.DataFrame], pl.DataFrame], *, name: str | None = None
+        self,
+        fn: Callable[[pl.DataFrame], pl.DataFrame],
+        *,
+        reads: Iterable[str] | None = None,
+        name: str | None = None,
     ) -> Stream:
-        """Apply ``fn`` to each micro-batch (a ``polars.DataFrame``); it returns a DataFrame."""
-        return self._frame("map_batches", name, fn, fn_location(fn), user_fn=True)
+        """Apply ``fn`` to each micro-batch (a ``polars.DataFrame``); it returns a DataFrame.
+
+        ``reads`` names every column ``fn`` reads from its input (None: any column): then the
+        sources read only what the flow uses, and ``fn`` may get only those columns.
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import tideflow as tf
+        >>> from tideflow.testing import TestingSource, CollectSink
+        >>> flow = tf.Dataflow("mb")
+        >>> out = CollectSink()
+        >>> rows = [{"a": 1, "b": "x"}, {"a": 2, "b": "y"}]
+        >>> flow.source(TestingSource(rows)).map_batches(
+        ...     lambda df: df.select(twice=pl.col("a") * 2), reads=["a"]
+        ... ).sink(out)
+        >>> _ = tf.run(flow)
+        >>> out.frame()["twice"].to_list()
+        [2, 4]
+        """
+        cols = None if reads is None else frozenset(reads)
+        return self._frame(
+            "map_batches", name, fn, fn_location(fn), user_fn=True, needs=lambda _: cols
+        )
 
     def validate(self, rules: Mapping[str, pl.Expr], *, name: str | None = None) -> Stream:
         """Keep rows that satisfy every rule; send the others to the dead letters.
@@ -859,6 +941,7 @@ class KeyedStream:
 
             exprs = AggState(self.keys, tuple(specs)).partial_exprs()
             keys = list(self.keys)
+            reads = frozenset(keys) | {s.column for s in specs if s.column is not None}
             pre = KeyedStream(
                 self.stream._frame(
                     "combine",
@@ -866,6 +949,7 @@ class KeyedStream:
                     lambda df: df.group_by(keys).agg(exprs),
                     "combine",
                     user_fn=True,
+                    needs=lambda _: reads,
                 ),
                 self.keys,
             )

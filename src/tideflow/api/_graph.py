@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import polars as pl
 
-__all__ = ["FrameOp", "Node", "NodeKind", "RecordOp", "fn_location"]
+__all__ = ["FrameOp", "Node", "NodeKind", "RecordOp", "expr_columns", "fn_location"]
 
 NodeKind = Literal[
     "source",
@@ -49,6 +49,54 @@ def fn_location(fn: Callable[..., Any]) -> str:
     return f"{name} ({code.co_filename}:{code.co_firstlineno})"
 
 
+def expr_columns(*exprs: Any, **named: Any) -> frozenset[str] | None:
+    """The columns Polars expressions (or column names) read; None when not known statically.
+
+    Selectors, wildcards and positional columns (``pl.all()``, ``pl.first()``) give None.
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> sorted(expr_columns("a", (pl.col("b") * 2).alias("c"), d=pl.col("e").max()))
+    ['a', 'b', 'e']
+    >>> expr_columns(pl.all()) is None
+    True
+    """
+    out: set[str] = set()
+    for e in (*exprs, *named.values()):
+        if isinstance(e, str):
+            out.add(e)
+        elif isinstance(e, pl.Expr):
+            if e.meta.has_multiple_outputs():
+                return None
+            out.update(e.meta.root_names())
+        elif isinstance(e, (list, tuple)):
+            got = expr_columns(*e)
+            if got is None:
+                return None
+            out |= got
+        else:  # a literal Series or value: reads no column
+            if not isinstance(e, (int, float, bool, pl.Series)) and e is not None:
+                return None
+    return frozenset(out)
+
+
+def output_names(*exprs: Any, **named: Any) -> frozenset[str] | None:
+    """Names of the columns that expressions make; None when not known statically."""
+    out: set[str] = set(named)
+    for e in exprs:
+        if isinstance(e, str):
+            out.add(e)
+        elif isinstance(e, pl.Expr) and not e.meta.has_multiple_outputs():
+            try:
+                out.add(e.meta.output_name())
+            except pl.exceptions.ComputeError:
+                return None
+        else:
+            return None
+    return frozenset(out)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class FrameOp:
     """A vectorized DataFrame -> DataFrame step (Polars expressions, or a user batch function)."""
@@ -57,6 +105,9 @@ class FrameOp:
     description: str
     #: True when the step may change the row count and cannot be checked row by row (user fn).
     user_fn: bool = False
+    #: The input columns the step reads, given the columns its consumers read (None: all);
+    #: None when unknown. Lets sources read only the columns a flow uses.
+    needs: Callable[[frozenset[str] | None], frozenset[str] | None] | None = None
 
 
 RecordMode = Literal["map", "flat_map", "filter"]

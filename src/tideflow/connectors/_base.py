@@ -141,6 +141,14 @@ class Source(abc.ABC):
         """The columns this source produces, when known before reading (``None`` otherwise)."""
         return None
 
+    def project(self, columns: frozenset[str]) -> Source | None:
+        """This source reading only ``columns``, all that the flow uses of it; None: cannot.
+
+        The runtime asks before it builds the readers, with the columns that the steps after
+        the source read (``select``, ``filter``, ``with_columns``, keys, aggregates...).
+        """
+        return None
+
     @abc.abstractmethod
     def build(self, ctx: SourceContext) -> SourceReader:
         """Make the reader for the partitions of worker ``ctx.worker_index``."""

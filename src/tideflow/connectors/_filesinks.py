@@ -209,7 +209,8 @@ class _ParquetWriter(SinkWriter):
         logger.debug("step %r: wrote %s (%d rows)", self._ctx.step_id, part.final, part.rows)
 
     def _append(self, key: str, directory: str, frame: pl.DataFrame) -> None:
-        table = frame.to_arrow()
+        # Arrow's view types as Polars holds them: no copy of the string buffers.
+        table = frame.to_arrow(compat_level=pl.CompatLevel.newest())
         part = self._open.get(key)
         if part is not None and not table.schema.equals(part.schema):
             try:

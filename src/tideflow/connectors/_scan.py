@@ -596,9 +596,11 @@ class ParquetReader(SourceReader):
         ctx: SourceContext,
         parts: list[FilePart],
         hive: Mapping[str, dict[str, str | None]] | None = None,
+        columns: frozenset[str] | None = None,
     ) -> None:
         self._ctx = ctx
         self._hive = hive or {}
+        self._columns = columns
         self._groups = [_Group(p) for p in parts]
         self._cur = 0
         self._file: pq.ParquetFile | None = None
@@ -632,7 +634,10 @@ class ParquetReader(SourceReader):
                 raise ConnectorError(msg) from exc
             self._file_path = g.part.path
         assert self._file is not None
-        frame = pl.from_arrow(self._file.read_row_group(g.part.start))
+        read = None
+        if self._columns is not None:
+            read = [c for c in self._file.schema_arrow.names if c in self._columns]
+        frame = pl.from_arrow(self._file.read_row_group(g.part.start, columns=read))
         assert isinstance(frame, pl.DataFrame)
         cols = self._hive.get(g.part.path)
         if cols:
@@ -675,6 +680,12 @@ class ScanParquet(Source):
     """Settings of :func:`tideflow.connectors.files.scan_parquet`."""
 
     paths: tuple[str, ...]
+    #: Read only these columns (None: all); set by the runtime's projection pushdown.
+    columns: frozenset[str] | None = None
+
+    def project(self, columns: frozenset[str]) -> ScanParquet:
+        """The same files, reading only ``columns``."""
+        return dataclasses.replace(self, columns=columns)
 
     @property
     def bounded(self) -> bool:
@@ -728,4 +739,4 @@ class ScanParquet(Source):
                 rows = meta.row_group(i).num_rows
                 parts.append(FilePart(f"{path}#rg{i}", path, i, i + 1, order, rows))
         mine = assign(parts, ctx.worker_index, ctx.worker_count)
-        return ParquetReader(ctx, mine, self._hive(files))
+        return ParquetReader(ctx, mine, self._hive(files), self.columns)

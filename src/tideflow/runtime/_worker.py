@@ -29,6 +29,7 @@ from tideflow._errors import JobError, TideflowError
 from tideflow.api._graph import Node
 from tideflow.connectors._base import SinkWriter, SourceContext, SourceReader
 from tideflow.runtime._operators import Operator, SinkOperator, build_operator
+from tideflow.runtime._projection import project_sources
 from tideflow.state._backends import DiskState, StateBackend
 from tideflow.state._savepoint import fulfil_requests
 from tideflow.state._store import CheckpointStore
@@ -485,6 +486,7 @@ class Worker:
         self.ops: list[Operator | None] = [None] * len(nodes)
         self.sources: list[_SourceRunner] = []
         mine = cfg.resume_parts[transport.worker_index] if cfg.resume_parts else cfg.resume
+        projected = project_sources(nodes)
         try:
             for n in nodes:
                 ctx = _NodeContext(self, n.index)
@@ -496,7 +498,8 @@ class Worker:
                         cfg.batch_size,
                         mine.get(n.step_id, {}),
                     )
-                    self.sources.append(_SourceRunner(n, n.spec.build(sctx), cfg))
+                    spec = projected.get(n.index, n.spec)
+                    self.sources.append(_SourceRunner(n, spec.build(sctx), cfg))
                 elif n.kind == "exchange":
                     self.ops[n.index] = ExchangeOperator(n, ctx, self)
                 elif n.kind == "event_time":

@@ -42,6 +42,10 @@ class NexmarkSource(Source):
     seq: bool = False
     columns: tuple[str, ...] | None = None
 
+    def project(self, columns: frozenset[str]) -> NexmarkSource:
+        """The same events, reading only ``columns`` (``seq`` is made, not read)."""
+        return dataclasses.replace(self, columns=tuple(sorted(columns - {"seq"})))
+
     @property
     def bounded(self) -> bool:
         """Generated files end."""
@@ -64,7 +68,8 @@ class NexmarkSource(Source):
 
 class _NexmarkReader(SourceReader):
     def __init__(self, src: NexmarkSource, ctx: SourceContext) -> None:
-        self._file = pq.ParquetFile(Path(src.directory) / f"{src.kind}.parquet")
+        self._path = Path(src.directory) / f"{src.kind}.parquet"
+        self._file = pq.ParquetFile(self._path)
         meta = self._file.metadata
         self._groups = list(range(ctx.worker_index, meta.num_row_groups, ctx.worker_count))
         self._starts = [0]
@@ -73,15 +78,21 @@ class _NexmarkReader(SourceReader):
         self._key = f"{src.kind}.parquet"
         self._next = int(ctx.resume.get(self._key, 0))
         self._seq = src.seq
-        self._columns = list(src.columns) if src.columns is not None else None
+        self._columns = None
+        if src.columns is not None:  # in the file's order
+            self._columns = [c for c in self._file.schema_arrow.names if c in src.columns]
 
     def poll(self) -> SourceBatch | None:
         if self._next >= len(self._groups):
             return None
         group = self._groups[self._next]
         self._next += 1
-        frame = pl.from_arrow(self._file.read_row_group(group, columns=self._columns))
-        assert isinstance(frame, pl.DataFrame)
+        # Polars' own reader, sliced to the row group: no Arrow -> Polars conversion.
+        start, rows = self._starts[group], self._starts[group + 1] - self._starts[group]
+        scan = pl.scan_parquet(self._path, hive_partitioning=False)
+        if self._columns is not None:
+            scan = scan.select(self._columns)
+        frame = scan.slice(start, rows).collect()
         if self._seq:
             frame = frame.with_row_index("seq", offset=self._starts[group])
         return SourceBatch(frame)
@@ -116,7 +127,7 @@ class _ParquetResultWriter(SinkWriter):
     def write(self, batch: pl.DataFrame) -> None:
         if not batch.height:
             return
-        table = batch.to_arrow()
+        table = batch.to_arrow(compat_level=pl.CompatLevel.newest())  # no string copy
         if self._writer is None:
             self._schema = table.schema
             self._writer = pq.ParquetWriter(self._path, self._schema)
@@ -431,7 +442,9 @@ def _q13(i: _Inputs) -> Any:
             .select("auction", "bidder", "price", "date_time", "value")
         )
 
-    return i.bid.map_batches(enrich, name="side_input")
+    return i.bid.map_batches(
+        enrich, reads=("auction", "bidder", "price", "date_time"), name="side_input"
+    )
 
 
 def _q14(i: _Inputs) -> Any:
