@@ -172,7 +172,7 @@ class DistinctPairs:
                 "the 62-bit pair codes of its state; count distinct values of fewer keys"
             )
             raise StateError(msg)
-        batch = np.unique((ids << self.bits) | slots)
+        batch = _sorted_unique((ids << self.bits) | slots)
         pos = np.searchsorted(self.codes, batch)
         found = np.zeros(len(batch), dtype=np.bool_)
         inside = pos < len(self.codes)
@@ -218,6 +218,17 @@ class DistinctPairs:
         keys = new_id[keys]
         live = keys >= 0
         self.codes = (keys[live] << self.bits) | slots[live]
+
+
+def _sorted_unique(codes: np.ndarray) -> np.ndarray:
+    """The distinct values of ``codes``, sorted (a sort and a mask: faster than np.unique)."""
+    codes = np.sort(codes)
+    if len(codes) < 2:
+        return codes
+    keep = np.empty(len(codes), dtype=np.bool_)
+    keep[0] = True
+    np.not_equal(codes[1:], codes[:-1], out=keep[1:])
+    return codes[keep]
 
 
 def _physical_type(dtype: pl.DataType) -> bool:
