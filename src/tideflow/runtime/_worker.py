@@ -814,6 +814,9 @@ class Worker:
         local_checkpoints = self.store is not None and self.transport.worker_count == 1
         shared_checkpoints = self.store is not None and self.transport.worker_count > 1
         idle = 0.0
+        # The idle back-off never sleeps longer than half the latency setting (max_delay), so a
+        # job tuned for low latency is not held back by its own wait for input.
+        idle_cap = min(0.01, max(0.0001, cfg.max_delay.total_seconds() / 2))
         completed = False
         try:
             told_ended = False
@@ -865,7 +868,7 @@ class Worker:
                 if progressed:
                     idle = 0.0
                 else:
-                    idle = min(0.01, idle + 0.0005)
+                    idle = min(idle_cap, idle + 0.0005)
                     msg = self.transport.recv(idle)
                     if msg is not None:
                         self._handle(msg)
