@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import resource
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ import polars as pl
 from tideflow._errors import ConfigError
 from tideflow.bench.nexmark._generator import EventBatch, iter_batches
 from tideflow.bench.nexmark._model import GeneratorSettings
+from tideflow.bench.nexmark._worker import peak_rss_mb, rss_mb
 from tideflow.connectors._base import (
     Sink,
     SinkContext,
@@ -45,25 +45,6 @@ __all__ = ["MEMORY_QUERIES", "main", "rss_mb", "run_memory"]
 
 MEMORY_QUERIES = ("q0", "q1", "q2")
 _SAMPLES = 10
-
-
-def rss_mb(field: str = "VmRSS") -> float:
-    """The process's resident set (``VmRSS``) or its peak (``VmHWM``) in MB.
-
-    Examples
-    --------
-    >>> rss_mb() > 0
-    True
-    """
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:  # not Linux: the peak from getrusage (kB on Linux, bytes on macOS)
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return float(peak) / (1024 * 1024 if sys.platform == "darwin" else 1024)
 
 
 @dataclasses.dataclass
@@ -217,7 +198,7 @@ def run_memory(
         "growth_mb": last - first,
         "growth_pct": 100.0 * (last - first) / first if first else None,
         # VmHWM is updated lazily by the kernel; never below a sample
-        "peak_mb": max(rss_mb("VmHWM"), *(s["rss_mb"] for s in samples)),
+        "peak_mb": max(peak_rss_mb(), *(s["rss_mb"] for s in samples)),
         "seconds": time.perf_counter() - start,
         "cpu_seconds": time.process_time() - cpu0,
         "rows": counts[0],

@@ -28,7 +28,9 @@ __all__ = [
     "PER_RECORD_ENGINES",
     "UNAVAILABLE_EXIT",
     "engine_runner",
+    "peak_rss_mb",
     "peer_module",
+    "rss_mb",
 ]
 
 ENGINES = ("tideflow", "bytewax", "python", "polars", "duckdb")
@@ -98,19 +100,31 @@ def engine_runner(engine: str, *, checkpoint_interval: float = 0.0) -> Runner:
     raise ConfigError(msg)
 
 
+def rss_mb(field: str = "VmRSS") -> float:
+    """The process's resident set (``VmRSS``) or its peak (``VmHWM``) in MB.
+
+    Examples
+    --------
+    >>> rss_mb() > 0
+    True
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:  # not Linux: the peak from getrusage (kB on Linux, bytes on macOS)
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return float(peak) / (1024 * 1024 if sys.platform == "darwin" else 1024)
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process in MB.
 
     Reads ``VmHWM`` (reset by ``exec``) rather than ``ru_maxrss``, which Linux carries over from
     the parent process and would report the harness's own peak.
     """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return rss_mb("VmHWM")
 
 
 def cpu_seconds() -> float:
