@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import tempfile
 from collections import defaultdict
 from datetime import timedelta
 from pathlib import Path
@@ -17,9 +19,10 @@ from hypothesis import strategies as st
 import tideflow as tf
 from tideflow._errors import StateError
 from tideflow.api._aggs import parse_aggs
+from tideflow.runtime import _keyed
 from tideflow.runtime._distinct import DistinctPairs
 from tideflow.runtime._keyed import AggState
-from tideflow.state import CheckpointStore
+from tideflow.state import CheckpointStore, SnapshotChunk
 from tideflow.testing import ABORT, PAUSE, CollectSink, TestingSource
 
 # Values of each kind; "wide" integers span the whole int64 range (the dictionary path).
@@ -214,8 +217,10 @@ def test_n_unique_recovers_after_abort(workers: int, tmp_path: Path) -> None:
     cp = CheckpointStore(ck).latest()
     assert cp is not None
     snaps = [p["distinct_rec.stats"] for p in cp.parts]
-    assert all(s["version"] == 2 for s in snaps)
-    assert any(s["pairs"] for s in snaps)  # the distinct pairs are in the checkpoint
+    assert all(s["version"] == 3 for s in snaps)
+    # the distinct pairs are in the checkpoint, as chunks of the shared store
+    chunks = [c for s in snaps for parts in s["pairs"].values() for c in parts]
+    assert chunks and all(isinstance(c, SnapshotChunk) for c in chunks)
     resumed = CollectSink()
     tf.run(
         _flow([*rows[:at], PAUSE, PAUSE, *rows[at:]], resumed),
@@ -239,7 +244,12 @@ def test_n_unique_state_rescales(before: int, after: int) -> None:
     part = frame[:900].with_columns(w=pl.struct("k", "j").hash(seed=7) % before)
     for (w,), b in part.partition_by("w", as_dict=True, include_key=False).items():
         old[w].update(b)
-    snaps = [s.snapshot() for s in old]
+    with tempfile.TemporaryDirectory() as d:  # through a checkpoint: chunks read back
+        store = CheckpointStore(d)
+        store.write(1, [{"t.stats": s.snapshot()} for s in old])
+        cp = store.latest()
+        assert cp is not None
+        snaps = [part["t.stats"] for part in cp.parts]
     new = []
     for w in range(after):
         state = AggState(("k", "j"), specs)
@@ -283,3 +293,136 @@ def test_unknown_snapshot_version_says_what_to_do() -> None:
     state = AggState(("k",), tuple(parse_aggs(AGGS, "t")))
     with pytest.raises(StateError, match=r"version 9 is not supported.*start without it"):
         state.restore({"version": 9})
+
+
+# -- incremental snapshots: chunks of the new pairs ------------------------------------------
+def _pairs_of(rows: list[dict[str, Any]]) -> dict[str, set[tuple[Any, ...]]]:
+    """The distinct (k, j, value) pairs of each n_unique aggregate, by brute force."""
+    return {
+        name: {(r["k"], r["j"], r[col]) for r in rows}
+        for name, col in (("ni", "i"), ("ns", "s"), ("nf", "f"))
+    }
+
+
+def _chunk_rows(state: AggState, chunks: list[Any]) -> list[tuple[Any, ...]]:
+    """The (k, j, value) rows that a snapshot's chunks of one aggregate hold."""
+    frames = [pl.read_ipc(io.BytesIO(c.read())) for c in chunks]
+    frames = [f for f in frames if f.height]
+    if not frames:
+        return []
+    return state._with_keys(pl.concat(frames)).rows()
+
+
+def _named_chunks(store: CheckpointStore) -> set[str]:
+    names = set()
+    for cid in store.ids():
+        manifest = json.loads((store.path / f"chk-{cid:08d}" / "MANIFEST.json").read_bytes())
+        for entry in manifest["parts"].values():
+            names.update(c["name"] for c in entry.get("chunks", []))
+    return names
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(ROW, max_size=200),
+    size=st.integers(1, 40),
+    marks=st.sets(st.integers(0, 15), max_size=6),
+    keep=st.integers(1, 3),
+)
+def test_snapshots_write_each_pair_once_and_restore_through_a_store(
+    rows: list[dict[str, Any]], size: int, marks: set[int], keep: int
+) -> None:
+    """Each snapshot adds a chunk of the new pairs only; resumed states refer to the old ones.
+
+    At every mark the state is checkpointed into a store (older checkpoints pruned), read
+    back and restored, and the run goes on from the restored state: the chunks together hold
+    every pair seen so far exactly once, a checkpoint writes at most one new chunk file per
+    aggregate, the store keeps exactly the chunk files its checkpoints name, and the final
+    counts equal the brute-force reference.
+    """
+    specs = tuple(parse_aggs(AGGS, "t"))
+    state = AggState(("k", "j"), specs)
+    with tempfile.TemporaryDirectory() as d:
+        store = CheckpointStore(d, keep=keep)
+        for n, batch in enumerate(_chunks(rows, size)):
+            state.update(batch)
+            if n not in marks:
+                continue
+            snap = state.snapshot()
+            assert snap["version"] == 3
+            seen = _pairs_of(rows[: (n + 1) * size])
+            for name, chunks in snap["pairs"].items():
+                held = _chunk_rows(state, chunks)
+                assert len(held) == len(seen[name])  # no pair written twice
+                assert set(held) == seen[name]
+            before = set(_named_chunks(store))
+            store.write(n + 1, [{"t.stats": snap}])
+            assert len(_named_chunks(store) - before) <= len(snap["pairs"])
+            assert {f.name for f in store.shared.iterdir()} == _named_chunks(store)
+            cp = store.latest()
+            assert cp is not None
+            state = AggState(("k", "j"), specs)
+            state.restore(cp.parts[0]["t.stats"])
+    got = state.all_values()
+    assert (as_dict(got) if got.height else {}) == reference(rows)
+
+
+def test_many_snapshots_fold_their_newest_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the chunk limit the newest chunks become one; the pairs stay exactly once."""
+    monkeypatch.setattr(_keyed, "_MAX_CHUNKS", 4)
+    monkeypatch.setattr(_keyed, "_MERGE_CHUNKS", 2)
+    rows = _rows(1200)
+    specs = tuple(parse_aggs(AGGS, "t"))
+    state = AggState(("k", "j"), specs)
+    with tempfile.TemporaryDirectory() as d:
+        store = CheckpointStore(d, keep=2)
+        for n, batch in enumerate(_chunks(rows, 60)):
+            state.update(batch)
+            snap = state.snapshot()
+            seen = _pairs_of(rows[: (n + 1) * 60])
+            for name, chunks in snap["pairs"].items():
+                assert len(chunks) <= 4
+                held = _chunk_rows(state, chunks)
+                assert len(held) == len(seen[name]) and set(held) == seen[name]
+            store.write(n + 1, [{"t.stats": snap}])
+            assert {f.name for f in store.shared.iterdir()} == _named_chunks(store)
+        cp = store.latest()
+        assert cp is not None
+        restored = AggState(("k", "j"), specs)
+        restored.restore(cp.parts[0]["t.stats"])
+    assert as_dict(restored.all_values()) == reference(rows)
+
+
+def test_version_2_snapshot_still_restores() -> None:
+    """The previous layout (pairs as one table with their key columns) loads and goes on."""
+    rows = _rows(600)
+    specs = tuple(parse_aggs(AGGS, "t"))
+    first, rest = pl.DataFrame(rows[:300], schema=SCHEMA), pl.DataFrame(rows[300:], schema=SCHEMA)
+    state = AggState(("k", "j"), specs)
+    state.update(first)
+    snap = state.snapshot()
+    v2 = {
+        **snap,
+        "version": 2,
+        "pairs": {name: _ipc(state._pair_frame(d)) for name, d in state._distinct.items()},
+    }
+    restored = AggState(("k", "j"), specs)
+    restored.restore(v2)
+    restored.update(rest)
+    assert as_dict(restored.all_values()) == reference(rows)
+    again = restored.snapshot()  # the first snapshot after it writes every pair, once
+    seen = _pairs_of(rows)
+    for name, chunks in again["pairs"].items():
+        held = _chunk_rows(restored, chunks)
+        assert len(held) == len(seen[name]) and set(held) == seen[name]
+
+
+def test_damaged_pair_chunks_are_refused() -> None:
+    specs = tuple(parse_aggs(AGGS, "t"))
+    state = AggState(("k", "j"), specs)
+    state.update(pl.DataFrame(_rows(50), schema=SCHEMA))
+    snap = state.snapshot()
+    bad = pl.DataFrame({"__id": [10_000], "__value": [1]})
+    snap["pairs"]["ni"] = [SnapshotChunk(_ipc(bad))]
+    with pytest.raises(StateError, match=r"'ni' name keys .* start without it"):
+        AggState(("k", "j"), specs).restore(snap)

@@ -57,6 +57,16 @@ def _from_physical(codes: np.ndarray, dtype: pl.DataType, name: str) -> pl.Serie
 class DistinctPairs:
     """Distinct (key id, value) pairs of one aggregate; :meth:`add` returns the new ones.
 
+    The pair codes are kept as a few immutable sorted runs (an in-memory LSM tree): a batch's
+    new pairs become one small run, and a run is merged into the one before it once it holds
+    at least half as many codes, so the runs shrink geometrically (about log2 of the state's
+    size over a batch's). A batch's pairs are looked up by ``searchsorted`` in each run; no
+    array the size of the state is copied per batch.
+
+    After :meth:`track`, the codes added since the last :meth:`take_new` are kept aside as
+    well, so a checkpoint can write only what is new (see
+    :meth:`~tideflow.runtime._keyed.AggState.snapshot`).
+
     Examples
     --------
     >>> import numpy as np
@@ -71,25 +81,48 @@ class DistinctPairs:
     """
 
     def __init__(self) -> None:
-        self.codes = np.zeros(0, dtype=np.int64)  # sorted, distinct
+        #: Sorted, distinct, disjoint int64 code arrays; each at least twice the next.
+        self.runs: list[np.ndarray] = []
         self.bits = 1  # slot bits
         self.base = 0  # the value of slot 1 (range mode)
         self.ranged = False  # base and bits set by a first value
         self.dtype: pl.DataType | None = None
         #: The value dictionary (None: range mode); its column ``v`` is the value or its code.
         self.dictionary: Any = None
+        #: Codes added since the last :meth:`take_new` (None: not tracked).
+        self.new: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
-        return len(self.codes)
+        return sum(len(r) for r in self.runs)
+
+    @property
+    def codes(self) -> np.ndarray:
+        """Every pair code, sorted (one array; made on each call)."""
+        if not self.runs:
+            return np.zeros(0, dtype=np.int64)
+        if len(self.runs) == 1:
+            return self.runs[0]
+        return np.sort(np.concatenate(self.runs))
 
     # -- codes ----------------------------------------------------------------------------
-    def _split(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.codes >> self.bits, self.codes & ((1 << self.bits) - 1)
+    def _arrays(self) -> list[np.ndarray]:
+        """Every code array: the runs, then the new codes kept aside."""
+        return [*self.runs, *(self.new or [])]
+
+    def _remap(self, fn: Any, *, sort: bool) -> None:
+        """Replace every code array ``a`` by ``fn(a)`` (sorted again when ``sort``)."""
+        n_runs = len(self.runs)
+        out = [fn(a) for a in self._arrays()]
+        if sort:
+            out[:n_runs] = [np.sort(a) for a in out[:n_runs]]
+        self.runs = [a for a in out[:n_runs] if len(a)]
+        if self.new is not None:
+            self.new = out[n_runs:]
 
     def _key_bits(self, ids: np.ndarray) -> int:
         top = int(ids.max()) if len(ids) else 0
-        if len(self.codes):
-            top = max(top, int(self.codes[-1] >> self.bits))
+        for run in self.runs:
+            top = max(top, int(run[-1] >> self.bits))
         return top.bit_length()
 
     def _slots(
@@ -132,19 +165,34 @@ class DistinctPairs:
 
     def _recode(self, lo: int, hi: int, key_bits: int) -> None:
         """Widen the range mode to hold values in ``[lo, hi]``, or switch to the dictionary."""
-        keys, slots = self._split()
-        raw = slots - 1 + self.base
         need = int(hi - lo + 1).bit_length()
         room = _MAX_BITS - key_bits
+        old_bits, old_base = self.bits, self.base
+        mask = (1 << old_bits) - 1
         if need <= room:
             bits = min(need + 2, room)  # headroom: fewer re-encodings
-            new = np.where(slots == 0, 0, raw - lo + 1)
+            shift = old_base - lo
+
+            def widen(codes: np.ndarray) -> np.ndarray:
+                slots = codes & mask
+                new = np.where(slots == 0, 0, slots + shift)
+                return ((codes >> old_bits) << bits) | new
+
+            self._remap(widen, sort=False)  # the order within a key is kept
             self.bits, self.base = bits, lo
-            self.codes = (keys << bits) | new  # the order within a key is kept
             return
-        new = self._dict_slots(pl.Series("v", raw), raw, slots == 0)
-        self.bits = max(1, int(new.max()).bit_length()) if len(new) else 1
-        self.codes = np.sort((keys << self.bits) | new)
+        from tideflow.runtime._keyed import KeyIndex
+
+        self.dictionary = KeyIndex(("v",))
+        arrays = self._arrays()
+        slots = [
+            self._dict_slots(pl.Series("v", (a & mask) - 1 + old_base), None, (a & mask) == 0)
+            for a in arrays
+        ]
+        top = max((int(s.max()) for s in slots if len(s)), default=0)
+        self.bits = max(1, top.bit_length())
+        it = iter(slots)
+        self._remap(lambda codes: ((codes >> old_bits) << self.bits) | next(it), sort=True)
 
     # -- the state ------------------------------------------------------------------------
     def add(self, ids: np.ndarray, values: pl.Series) -> np.ndarray:
@@ -163,28 +211,53 @@ class DistinctPairs:
         slots = self._slots(values, _physical(values), nulls, key_bits)
         top = int(slots.max())
         if top >= (1 << self.bits):  # the dictionary grew
-            keys, old = self._split()
-            self.bits = top.bit_length()
-            self.codes = (keys << self.bits) | old
+            old_bits, bits, mask = self.bits, top.bit_length(), (1 << self.bits) - 1
+            self._remap(lambda c: ((c >> old_bits) << bits) | (c & mask), sort=False)
+            self.bits = bits
         if key_bits + self.bits > _MAX_BITS:
             msg = (
                 f"n_unique: {int(ids.max()) + 1} keys with {top} distinct values do not fit "
                 "the 62-bit pair codes of its state; count distinct values of fewer keys"
             )
             raise StateError(msg)
-        batch = _sorted_unique((ids << self.bits) | slots)
-        pos = np.searchsorted(self.codes, batch)
-        found = np.zeros(len(batch), dtype=np.bool_)
-        inside = pos < len(self.codes)
-        found[inside] = self.codes[pos[inside]] == batch[inside]
-        fresh = batch[~found]
-        if len(fresh):
-            self.codes = np.insert(self.codes, pos[~found], fresh)
+        fresh = self._insert(_sorted_unique((ids << self.bits) | slots))
         return fresh >> self.bits
 
-    def frame(self) -> pl.DataFrame:
-        """Every pair as a frame (``__id`` Int64, ``value`` of the values' type)."""
-        keys, slots = self._split()
+    def _insert(self, batch: np.ndarray) -> np.ndarray:
+        """Add the sorted distinct codes ``batch``; return those that were not there."""
+        for run in sorted(self.runs, key=len, reverse=True):
+            if not len(batch):
+                break
+            pos = np.searchsorted(run, batch)
+            np.minimum(pos, len(run) - 1, out=pos)
+            batch = batch[run[pos] != batch]
+        if len(batch):
+            self.runs.append(batch)
+            if self.new is not None:
+                self.new.append(batch)
+            runs = self.runs
+            while len(runs) > 1 and len(runs[-2]) <= 2 * len(runs[-1]):
+                last = runs.pop()
+                runs[-1] = np.sort(np.concatenate((runs[-1], last)), kind="stable")
+        return batch
+
+    def track(self) -> None:
+        """Keep the codes added from now on aside, for :meth:`take_new`."""
+        self.new = []
+
+    def take_new(self) -> np.ndarray:
+        """The codes added since :meth:`track` or the previous call (then forgotten)."""
+        got = self.new or []
+        self.new = []
+        if not got:
+            return np.zeros(0, dtype=np.int64)
+        return got[0] if len(got) == 1 else np.concatenate(got)
+
+    def frame(self, codes: np.ndarray | None = None) -> pl.DataFrame:
+        """Pairs as a frame (``__id`` Int64, ``value`` of the values' type): all, or ``codes``."""
+        if codes is None:
+            codes = self.codes
+        keys, slots = codes >> self.bits, codes & ((1 << self.bits) - 1)
         dtype = self.dtype if self.dtype is not None else pl.Null()
         nulls = slots == 0
         if self.dictionary is None:
@@ -214,10 +287,15 @@ class DistinctPairs:
         """Keep the pairs of the key ids in ``kept`` (increasing), renumbered 0, 1, 2, ..."""
         new_id = np.full(max(n_old, 1), -1, dtype=np.int64)
         new_id[kept] = np.arange(len(kept), dtype=np.int64)
-        keys, slots = self._split()
-        keys = new_id[keys]
-        live = keys >= 0
-        self.codes = (keys[live] << self.bits) | slots[live]
+        bits, mask = self.bits, (1 << self.bits) - 1
+
+        def renumber(codes: np.ndarray) -> np.ndarray:
+            keys = new_id[codes >> bits]
+            live = keys >= 0
+            out: np.ndarray = (keys[live] << bits) | (codes[live] & mask)
+            return out
+
+        self._remap(renumber, sort=False)  # new ids keep the old ids' order
 
 
 def _sorted_unique(codes: np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ import polars as pl
 from tideflow._errors import StateError
 from tideflow.api._aggs import AggSpec
 from tideflow.runtime._distinct import DistinctPairs
+from tideflow.state._store import SnapshotChunk
 
 __all__ = ["AggState", "KeyIndex"]
 
@@ -87,6 +88,9 @@ class KeyIndex:
 
 _ID = "__tideflow_id"
 _VALUE = "__value"
+#: More snapshot chunks than this per ``n_unique``: the newest ``_MERGE_CHUNKS`` become one.
+_MAX_CHUNKS = 16
+_MERGE_CHUNKS = 8
 
 
 def _ipc(frame: pl.DataFrame) -> bytes:
@@ -117,6 +121,8 @@ class AggState:
         self._arrays: dict[str, np.ndarray] = {}
         self._dtypes: dict[str, pl.DataType] = {}
         self._distinct: dict[str, DistinctPairs] = {}
+        #: The snapshot chunks of each ``n_unique``'s pairs (see :meth:`snapshot`).
+        self._chunks: dict[str, list[SnapshotChunk]] = {}
         self._topk: dict[str, list[list[Any]]] = {}
         self._partial_exprs: list[pl.Expr] = []
         for s in specs:
@@ -306,7 +312,14 @@ class AggState:
 
     # -- snapshots ------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
-        """Plain-data state: Arrow IPC tables of keys + accumulators, and distinct pairs."""
+        """Plain-data state (version 3): Arrow IPC tables of keys + accumulators, and chunks.
+
+        The distinct pairs of each ``n_unique`` are a list of
+        :class:`~tideflow.state.SnapshotChunk`\\ s of (key id, value) rows, the key id being
+        the key's row in ``table``: each snapshot adds one chunk of the pairs that are new
+        since the previous one and refers to the earlier chunks, so a checkpoint writes what
+        changed, not the whole distinct state.
+        """
         n = len(self.index)
         table = self.index.frame() if n else pl.DataFrame()
         cols = [pl.Series(name, arr[:n]) for name, arr in self._arrays.items()]
@@ -315,34 +328,56 @@ class AggState:
             cols.append(pl.Series(f"__topk_{name}", store[:n], dtype=pl.List(src)))
         if n:
             table = table.with_columns(cols)
-        pairs = {name: _ipc(self._pair_frame(d)) for name, d in self._distinct.items()}
+        pairs = {name: self._pair_chunks(name, d) for name, d in self._distinct.items()}
         return {
-            "version": 2,
+            "version": 3,
             "table": _ipc(table),
             "dtypes": _ipc(pl.DataFrame(schema=self._dtypes)),
             "pairs": pairs,
         }
 
+    def _pair_chunks(self, name: str, distinct: DistinctPairs) -> list[SnapshotChunk]:
+        """The chunks of one ``n_unique``'s pairs: the earlier ones and one of the new pairs."""
+        chunks = self._chunks.setdefault(name, [])
+        if distinct.new is None:  # nothing written yet (or renumbered): every pair, once
+            chunks.clear()
+            codes = distinct.codes
+            distinct.track()
+        else:
+            codes = distinct.take_new()
+        if len(codes) or not chunks:
+            pairs = distinct.frame(codes)
+            chunks.append(SnapshotChunk(_ipc(pairs.rename({"value": _VALUE}))))
+        if len(chunks) > _MAX_CHUNKS:  # fold the newest (smallest) into one
+            tail = [_from_ipc(c.read()) for c in chunks[-_MERGE_CHUNKS:]]
+            del chunks[-_MERGE_CHUNKS:]
+            chunks.append(SnapshotChunk(_ipc(pl.concat(tail, how="vertical_relaxed"))))
+        return list(chunks)
+
     def _pair_frame(self, distinct: DistinctPairs) -> pl.DataFrame:
         """The distinct pairs of one ``n_unique``: key columns and ``__value``."""
         pairs = distinct.frame()
+        return self._with_keys(pairs.rename({"value": _VALUE}))
+
+    def _with_keys(self, pairs: pl.DataFrame) -> pl.DataFrame:
+        """Pairs (``__id``, ``__value``) with the key columns of their ids instead."""
         keys = self.index.frame()
         if not keys.width:
             keys = pl.DataFrame(schema=dict.fromkeys(self.keys, pl.Null()))
-        return keys[pairs.get_column("__id")].with_columns(pairs.get_column("value").alias(_VALUE))
+        return keys[pairs.get_column("__id")].with_columns(pairs.get_column(_VALUE))
 
     def restore(self, snap: dict[str, Any]) -> None:
-        """Load a :meth:`snapshot` (replaces the current state)."""
+        """Load a :meth:`snapshot` (replaces the current state); versions 1 and 2 too."""
         version = snap.get("version")
-        if version not in (1, 2):
+        if version not in (1, 2, 3):
             msg = (
-                f"aggregation state version {version!r} is not supported (expected 1 or 2); "
+                f"aggregation state version {version!r} is not supported (expected 1 to 3); "
                 "restore it with the tideflow release that wrote it, or start without it"
             )
             raise StateError(msg)
         table = _from_ipc(snap["table"])
         self.index = KeyIndex(self.keys)
-        self._arrays, self._topk, self._distinct = {}, {}, {}
+        self._arrays, self._topk, self._distinct, self._chunks = {}, {}, {}, {}
         self._dtypes = {}
         if table.height:
             self.index.lookup(table.select(self.keys))
@@ -355,11 +390,41 @@ class AggState:
                     self._arrays[c] = table.get_column(c).to_numpy().copy()
         self._dtypes = dict(_from_ipc(snap["dtypes"]).schema)
         for name, data in snap.get("pairs", {}).items():
+            if version == 3:
+                self._distinct[name] = self._load_chunks(name, data)
+                continue
             frame = _from_ipc(data)
             if version == 1 and frame.width:  # a frame of (key..., value) rows, unnamed
                 names = [*self.keys, _VALUE]
                 frame = frame.rename(dict(zip(frame.columns, names, strict=True)))
             self._distinct[name] = self._load_pairs(frame)
+
+    def _load_chunks(self, name: str, parts: list[Any]) -> DistinctPairs:
+        """Distinct state from the chunks (or IPC bytes) of a version-3 snapshot."""
+        frames = []
+        for part in parts:
+            if isinstance(part, SnapshotChunk):
+                frames.append(_from_ipc(part.read()))
+                part.release()
+            else:
+                frames.append(_from_ipc(part))
+        frame = pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
+        distinct = DistinctPairs()
+        if frame.height:
+            ids = frame.get_column("__id").to_numpy()
+            if frame.get_column("__id").null_count() or not (
+                ids.min() >= 0 and ids.max() < len(self.index)
+            ):
+                msg = (
+                    f"aggregation state: the n_unique pairs of {name!r} name keys that the "
+                    "state's table does not have; the checkpoint is damaged, start without it"
+                )
+                raise StateError(msg)
+        distinct.load(frame.rename({_VALUE: "value"}) if frame.width else frame)
+        if parts and all(isinstance(p, SnapshotChunk) for p in parts):
+            self._chunks[name] = list(parts)  # later checkpoints go on referring to them
+            distinct.track()
+        return distinct
 
     def _load_pairs(self, frame: pl.DataFrame) -> DistinctPairs:
         """Distinct state from a frame of key columns and ``__value`` (keys known already)."""
@@ -430,6 +495,8 @@ class AggState:
         self._topk = {name: [store[i] for i in kept.tolist()] for name, store in self._topk.items()}
         for distinct in self._distinct.values():
             distinct.compact(kept, n)
+            distinct.new = None  # the ids changed: the next snapshot writes every pair again
+        self._chunks = {}
         return kept
 
     def all_values(self) -> pl.DataFrame:

@@ -82,6 +82,27 @@ def _rescale_join(
     return out
 
 
+def _agg_pairs_with_keys(snap: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+    """A version-3 aggregation snapshot in the version-2 layout (pairs with their key columns).
+
+    Version 3 keeps each ``n_unique``'s pairs as chunks of (key id, value) rows, the id being
+    the key's row in the snapshot's table; a rescaled restore needs the key columns to split
+    the pairs by key hash.
+    """
+    table = pl.read_ipc(io.BytesIO(snap["table"]))
+    key_rows = table.select(keys) if table.width else pl.DataFrame(schema=dict.fromkeys(keys))
+    pairs: dict[str, bytes] = {}
+    for name, parts in (snap.get("pairs") or {}).items():
+        got = [c.read() if isinstance(c, SnapshotChunk) else c for c in parts]
+        frame = _union(got)
+        if frame is None or not frame.height:
+            pairs[name] = _ipc(pl.DataFrame())
+            continue
+        rows = key_rows[frame.get_column("__id")]
+        pairs[name] = _ipc(rows.with_columns(frame.get_column("__value")))
+    return {**snap, "version": 2, "pairs": pairs}
+
+
 def _keys(node: Any) -> list[str]:
     spec = node.spec
     if node.kind in ("join_table", "lookup"):
@@ -159,6 +180,9 @@ def _rescale(
         out = dict(first)
         out["table"] = _ipc(pl.DataFrame() if rows is None else _own_share(rows, keys, w, n))
         return out
+    if kind == "agg" and first.get("version") == 3:
+        snaps = [_agg_pairs_with_keys(s, keys) for s in snaps]
+        first = snaps[0]
     old_pairs = first.get("version") == 1 and any(s.get("pairs") for s in snaps)
     if kind == "agg" and first.get("version") in (1, 2) and not old_pairs:
         # Version 2 keeps the distinct pairs of n_unique with their key columns.
