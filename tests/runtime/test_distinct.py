@@ -269,14 +269,22 @@ def _ipc(frame: pl.DataFrame) -> bytes:
     return buf.getvalue()
 
 
+def _half_state(
+    rows: list[dict[str, Any]],
+) -> tuple[tuple[Any, ...], pl.DataFrame, pl.DataFrame, AggState, dict[str, Any]]:
+    """Specs, both halves of ``rows``, the state of the first half and its snapshot."""
+    specs = tuple(parse_aggs(AGGS, "t"))
+    half = len(rows) // 2
+    first, rest = pl.DataFrame(rows[:half], schema=SCHEMA), pl.DataFrame(rows[half:], schema=SCHEMA)
+    state = AggState(("k", "j"), specs)
+    state.update(first)
+    return specs, first, rest, state, state.snapshot()
+
+
 def test_version_1_snapshot_with_python_pairs_still_restores() -> None:
     """Snapshots of the earlier set-of-tuples state (version 1) load into the new state."""
     rows = _rows(600)
-    specs = tuple(parse_aggs(AGGS, "t"))
-    first, rest = pl.DataFrame(rows[:300], schema=SCHEMA), pl.DataFrame(rows[300:], schema=SCHEMA)
-    state = AggState(("k", "j"), specs)
-    state.update(first)
-    snap = state.snapshot()
+    specs, first, rest, _state, snap = _half_state(rows)
     # The version-1 layout: pairs as unnamed (key..., value) rows built from Python tuples.
     old_pairs = {}
     for s in specs:
@@ -396,11 +404,7 @@ def test_many_snapshots_fold_their_newest_chunks(monkeypatch: pytest.MonkeyPatch
 def test_version_2_snapshot_still_restores() -> None:
     """The previous layout (pairs as one table with their key columns) loads and goes on."""
     rows = _rows(600)
-    specs = tuple(parse_aggs(AGGS, "t"))
-    first, rest = pl.DataFrame(rows[:300], schema=SCHEMA), pl.DataFrame(rows[300:], schema=SCHEMA)
-    state = AggState(("k", "j"), specs)
-    state.update(first)
-    snap = state.snapshot()
+    specs, _first, rest, state, snap = _half_state(rows)
     v2 = {
         **snap,
         "version": 2,
