@@ -15,6 +15,7 @@ from tideflow._errors import JobError
 from tideflow.api._dataflow import EventTimeOp
 from tideflow.api._graph import Node
 from tideflow.connectors._base import dead_letters
+from tideflow.runtime._frames import set_column
 from tideflow.runtime._operators import OpContext, Operator
 
 __all__ = ["EventTimeOperator", "to_utc_micros"]
@@ -26,10 +27,14 @@ TIME_DTYPE = pl.Datetime("us", "UTC")
 def to_utc_micros(col: pl.Series, unit: str | None) -> pl.Series:
     """Convert a column to ``Datetime("us", "UTC")``; unparsable values become null."""
     dtype = col.dtype
+    if dtype == TIME_DTYPE:
+        return col  # already normalized (the common case downstream of a source): no copy
     if isinstance(dtype, pl.Datetime):
         if dtype.time_zone is None:
             msg = f"column {col.name!r} is a timestamp without a time zone"
             raise ValueError(msg)
+        if dtype.time_zone == "UTC":
+            return col.cast(TIME_DTYPE)
         return col.dt.convert_time_zone("UTC").cast(TIME_DTYPE)
     if dtype.is_integer():
         if unit is None:
@@ -68,10 +73,12 @@ class EventTimeOperator(Operator):
                 f"batch columns are {batch.columns}"
             )
             raise JobError(msg, step_id=self.node.step_id)
-        times = to_utc_micros(batch.get_column(col), self.op.unit)
-        batch = batch.with_columns(times.alias(col))
-        missing = times.is_null()
-        if missing.any():
+        raw = batch.get_column(col)
+        times = to_utc_micros(raw, self.op.unit)
+        if times is not raw:
+            batch = set_column(batch, times.alias(col))
+        if times.null_count():
+            missing = times.is_null()
             bad = batch.filter(missing)
             raws = bad.select(pl.struct(pl.all()).struct.json_encode()).to_series().to_list()
             step = self.node.step_id
@@ -156,6 +163,7 @@ class EventTimeOperator(Operator):
 
 
 def _micros(col: pl.Series) -> int:
-    value = col.dt.epoch("us").max()
+    """The largest time of a ``Datetime("us")`` column, in epoch microseconds."""
+    value = col.cast(pl.Int64).max()
     assert isinstance(value, int)
     return value
