@@ -179,8 +179,9 @@ def _parser() -> argparse.ArgumentParser:
         lat,
         "--max-delay-ms",
         type=float,
-        default=1.0,
-        help="tideflow's latency setting: the longest a source holds rows back to fill a batch",
+        default=0.0,
+        help="tideflow's latency setting: the longest a source holds rows back to fill a batch "
+        "(0: every poll goes on at once; batches form only while the worker is busy)",
     )
     _add(lat, "--epoch-ms", type=float, default=1.0, help="Bytewax's epoch_interval")
     _add_json(lat)

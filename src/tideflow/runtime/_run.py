@@ -244,7 +244,8 @@ def run(
         Worker processes; ``None`` means one per core. With 1 the job runs in this process.
     batch_size, max_delay
         The throughput/latency knob: rows per micro-batch read from a source, and the longest
-        a source holds rows back to fill a batch.
+        a source holds rows back to fill a batch. ``max_delay=timedelta(0)`` passes every poll
+        on at once (lowest latency; a batch then holds what arrived during the previous one).
     flush_interval
         How often sinks make what they received visible.
     dead_letter_path

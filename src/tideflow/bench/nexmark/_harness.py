@@ -319,7 +319,7 @@ def run_latency_bench(
     rate: float,
     reps: int = 3,
     seed: int = 0,
-    max_delay_ms: float = 1.0,
+    max_delay_ms: float = 0.0,
     epoch_ms: float = 1.0,
 ) -> list[dict[str, Any]]:
     """Throttled runs (``_latency``) of each engine, alternating; medians of p50/p99.

@@ -17,7 +17,8 @@ Latency of a result, the same for every engine:
 
 Reported: p50, p99 and max latency, and the rate actually achieved (an engine that cannot keep
 up falls behind and its latency grows without bound). The latency settings: tideflow's
-``--max-delay-ms`` (the longest a source holds rows back to fill a micro-batch; default 1 ms)
+``--max-delay-ms`` (the longest a source holds rows back to fill a micro-batch; default 0: each
+poll goes on at once, and batches form only from rows that arrived while the worker was busy)
 and Bytewax's ``--epoch-ms`` (``epoch_interval``; default 1 ms).
 
 Run in a subprocess per engine, like the throughput runs::
@@ -215,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, required=True)
     parser.add_argument("--rate", type=float, required=True)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-delay-ms", type=float, default=1.0)
+    parser.add_argument("--max-delay-ms", type=float, default=0.0)
     parser.add_argument("--epoch-ms", type=float, default=1.0)
     parser.add_argument("--no-check", action="store_true")
     args = parser.parse_args(argv)

@@ -782,7 +782,7 @@ class LatencyRun:
     elapsed_s: float
 
 
-def run_latency(query: str, bids: Any, rate: float, *, max_delay_ms: float = 1.0) -> LatencyRun:
+def run_latency(query: str, bids: Any, rate: float, *, max_delay_ms: float = 0.0) -> LatencyRun:
     """Throttled run of q0-q2 or q5 on tideflow: bids released at ``rate`` events/s.
 
     One worker, no checkpoints; ``max_delay_ms`` is the latency setting of the batching knob
