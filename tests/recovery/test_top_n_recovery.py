@@ -242,8 +242,7 @@ def test_each_checkpoint_writes_one_chunk_of_what_is_new(tmp_path: Path) -> None
             op.on_batch(0, pl.DataFrame(rows[start : start + 20], schema=SCHEMA))
             snap = op.snapshot()
             store.write(start, [{op.node.step_id: snap}])
-            assert op.state is not None
-            assert op.chunk_rows <= 2 * op.state.height + op.FOLD_ROWS + 20
+            assert op.chunk_rows <= 2 * op.rows.height + op.FOLD_ROWS
             counts.append(len(snap["chunks"]))
         assert 1 in counts and max(counts) < 12  # compacted (50 keys x 2 rows: 100 rows)
         fresh = _op("final")

@@ -11,9 +11,10 @@ its chunk: O(batch x log n) work, whatever the buffer's size.
 
 Key codes are the key values themselves for one integer key column, otherwise a 64-bit hash of
 the key columns; hashed matches are confirmed by comparing the key values of the gathered rows.
-Rows with a null key never match (as in SQL) and are not indexed. Rows can be removed (a
-tombstone per position); the segments are rebuilt without them once they are more than half of
-the rows. The index lives in memory only: a snapshot is the live rows, and
+Rows with a null key never match (as in SQL) and are not indexed, unless the buffer is made
+with ``nulls_equal=True`` (a grouping, as ``top_n``'s state: null is a key value like any other).
+Rows can be removed (a tombstone per position); the segments are rebuilt without them once they
+are more than half of the rows. The index lives in memory only: a snapshot is the live rows, and
 :meth:`KeyedRows.restore` indexes them again.
 """
 
@@ -31,8 +32,18 @@ Positions = npt.NDArray[np.int64]
 _INTEGER = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32)
 
 
-def key_codes(frame: pl.DataFrame, keys: list[str]) -> tuple[Codes, npt.NDArray[np.bool_], bool]:
+#: The code of a null integer key when nulls are key values (``nulls_equal``); a real key with
+#: this value has it too, so matches on it are confirmed.
+NULL_CODE = np.iinfo(np.int64).min
+
+
+def key_codes(
+    frame: pl.DataFrame, keys: list[str], *, nulls_equal: bool = False
+) -> tuple[Codes, npt.NDArray[np.bool_], bool]:
     """Integer codes of the rows' keys, which rows have no null key, and whether codes are exact.
+
+    With ``nulls_equal`` every row is valid (null is a key value): a null integer key has the
+    code :data:`NULL_CODE`, and hashed codes hash the nulls too.
 
     Examples
     --------
@@ -41,6 +52,8 @@ def key_codes(frame: pl.DataFrame, keys: list[str]) -> tuple[Codes, npt.NDArray[
     ([3, 5], [True, False, True], True)
     >>> key_codes(pl.DataFrame({"k": ["a"]}), ["k"])[2]  # hashed: matches are confirmed
     False
+    >>> key_codes(pl.DataFrame({"k": [3, None]}), ["k"], nulls_equal=True)[1].tolist()
+    [True, True]
     """
     if frame.height == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.bool_), True
@@ -48,12 +61,14 @@ def key_codes(frame: pl.DataFrame, keys: list[str]) -> tuple[Codes, npt.NDArray[
     if exact:
         col = frame.get_column(keys[0])
         valid = col.is_not_null().to_numpy()
-        codes = col.cast(pl.Int64).fill_null(0).to_numpy()
+        codes = col.cast(pl.Int64).fill_null(NULL_CODE if nulls_equal else 0).to_numpy()
     else:
         flags = frame.select(pl.all_horizontal(pl.col(k).is_not_null() for k in keys))
         valid = flags.to_series().to_numpy()
         hashed = pl.col(keys[0]).hash(seed=11) if len(keys) == 1 else pl.struct(keys).hash(seed=11)
         codes = frame.select(hashed).to_series().to_numpy().view(np.int64)
+    if nulls_equal:
+        valid = np.ones(frame.height, np.bool_)
     return np.ascontiguousarray(codes, np.int64), np.asarray(valid, np.bool_), exact
 
 
@@ -92,11 +107,14 @@ class KeyedRows:
     ['a', 'd']
     """
 
-    def __init__(self, keys: list[str]) -> None:
+    def __init__(self, keys: list[str], *, nulls_equal: bool = False) -> None:
         self.keys = keys
+        self.nulls_equal = nulls_equal
         self.segments: list[_Segment] = []
         self.size = 0  # positions handed out (live and removed rows)
-        self.dead: npt.NDArray[np.bool_] = np.zeros(0, np.bool_)
+        # Tombstones: a view of the first ``size`` flags of a buffer grown by doubling.
+        self._flags: npt.NDArray[np.bool_] = np.zeros(0, np.bool_)
+        self.dead: npt.NDArray[np.bool_] = self._flags
         self.n_dead = 0
         self.exact = True
 
@@ -109,7 +127,7 @@ class KeyedRows:
         """Add ``rows`` (their positions follow the existing ones) and index their keys."""
         if rows.height == 0:
             return
-        codes, valid, exact = key_codes(rows, self.keys)
+        codes, valid, exact = key_codes(rows, self.keys, nulls_equal=self.nulls_equal)
         if self.size and exact != self.exact:
             msg = f"key columns {self.keys} changed type inside a join buffer"
             raise TypeError(msg)
@@ -119,7 +137,11 @@ class KeyedRows:
         order = np.argsort(codes, kind="stable")
         seg = _Segment(self.size, rows, codes[order], offsets[order])
         self.size += rows.height
-        self.dead = np.concatenate([self.dead, np.zeros(rows.height, np.bool_)])
+        if self.size > self._flags.size:
+            grown = np.zeros(max(self.size, 2 * self._flags.size), np.bool_)
+            grown[: self.dead.size] = self.dead
+            self._flags = grown
+        self.dead = self._flags[: self.size]
         while self.segments and self.segments[-1].frame.height <= 2 * seg.frame.height:
             prev = self.segments.pop()
             shift = seg.base - prev.base
@@ -130,19 +152,27 @@ class KeyedRows:
             seg = _Segment(prev.base, frame, merged[order], offsets)
         self.segments.append(seg)
 
-    def probe(self, batch: pl.DataFrame) -> tuple[Positions, pl.DataFrame, Positions]:
+    def probe(
+        self, batch: pl.DataFrame, columns: list[str] | None = None
+    ) -> tuple[Positions, pl.DataFrame, Positions]:
         """Every pair of a ``batch`` row and a live buffered row with equal keys.
 
         Returns the pairs' ``batch`` rows, their buffered rows (a frame, same order) and the
         buffered rows' positions (for :meth:`remove`). ``batch``'s key columns must have the
-        buffered rows' types.
+        buffered rows' types. ``columns``: gather only these columns of the buffered rows
+        (the key columns first, always).
         """
         none = np.zeros(0, np.int64)
+        cols = (
+            None if columns is None else [*self.keys, *(c for c in columns if c not in self.keys)]
+        )
         if batch.height == 0 or not self.segments:
-            return none, self._empty(), none
-        codes, valid, _ = key_codes(batch, self.keys)
+            return none, self._empty(cols), none
+        codes, valid, _ = key_codes(batch, self.keys, nulls_equal=self.nulls_equal)
         rows = np.flatnonzero(valid)
         codes = codes[rows]
+        # An exact null code may also be a real key's value: confirm those matches.
+        confirm = not self.exact or (self.nulls_equal and bool((codes == NULL_CODE).any()))
         got_rows: list[Positions] = []
         got_pos: list[Positions] = []
         frames: list[pl.DataFrame] = []
@@ -163,8 +193,8 @@ class KeyedRows:
             if self.n_dead:
                 alive = ~self.dead[local + seg.base]
                 b, local = b[alive], local[alive]
-            found = _take(seg.frame, local)
-            if not self.exact:
+            found = _take(seg.frame if cols is None else seg.frame.select(cols), local)
+            if confirm:
                 same = self._same_keys(batch, b, found)
                 b, local, found = b[same], local[same], found.filter(pl.Series(same))
             if b.size:
@@ -172,7 +202,7 @@ class KeyedRows:
                 got_pos.append(local + seg.base)
                 frames.append(found)
         if not got_rows:
-            return none, self._empty(), none
+            return none, self._empty(cols), none
         found = frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical_relaxed")
         return np.concatenate(got_rows), found, np.concatenate(got_pos)
 
@@ -180,23 +210,56 @@ class KeyedRows:
         self, batch: pl.DataFrame, b: Positions, found: pl.DataFrame
     ) -> npt.NDArray[np.bool_]:
         theirs = _take(batch.select(self.keys), b)
+        eq = pl.Series.eq_missing if self.nulls_equal else pl.Series.__eq__
         same = pl.DataFrame(
-            [(found.get_column(k) == theirs.get_column(k)).alias(k) for k in self.keys]
+            [eq(found.get_column(k), theirs.get_column(k)).alias(k) for k in self.keys]
         )
         flags = same.select(pl.all_horizontal(pl.all()).fill_null(False)).to_series()
         return np.asarray(flags.to_numpy(), np.bool_)
 
-    def _empty(self) -> pl.DataFrame:
-        return self.segments[0].frame.clear() if self.segments else pl.DataFrame()
+    def _empty(self, columns: list[str] | None = None) -> pl.DataFrame:
+        if not self.segments:
+            return pl.DataFrame()
+        frame = self.segments[0].frame
+        return (frame if columns is None else frame.select(columns)).clear()
 
-    def remove(self, positions: Positions) -> None:
-        """Drop the rows at ``positions`` (they no longer match, and leave :meth:`live`)."""
+    def remove(self, positions: Positions, *, compact: bool = True) -> None:
+        """Drop the rows at ``positions`` (they no longer match, and leave :meth:`live`).
+
+        Once more than half of the rows are removed, the buffer is rebuilt with the live rows
+        (:meth:`compact`: positions change), unless ``compact`` is false (the caller then
+        compacts when it can follow the change of positions, see :meth:`live_before`).
+        """
         if positions.size == 0:
             return
         self.dead[positions] = True
         self.n_dead = int(np.count_nonzero(self.dead))
-        if self.n_dead * 2 > self.size:
-            self.restore(self.live())
+        if compact and self.n_dead * 2 > self.size:
+            self.compact()
+
+    def compact(self) -> None:
+        """Rebuild the buffer with the live rows only (the row at ``p`` moves to ``live_before(p)``)."""
+        self.restore(self.live())
+
+    def live_before(self, position: int) -> int:
+        """How many live rows have a position below ``position``."""
+        return position - int(np.count_nonzero(self.dead[:position]))
+
+    def live_since(self, position: int) -> pl.DataFrame:
+        """The live rows at ``position`` and after, in the order they came."""
+        frames = []
+        for seg in self.segments:
+            end = seg.base + seg.frame.height
+            if end <= position:
+                continue
+            start = max(position - seg.base, 0)
+            part = seg.frame.slice(start)
+            if self.n_dead:
+                part = part.filter(pl.Series(~self.dead[seg.base + start : end]))
+            frames.append(part)
+        if not frames:
+            return self._empty()
+        return frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical_relaxed")
 
     def live(self) -> pl.DataFrame:
         """The rows not removed, in the order they came."""
@@ -209,6 +272,7 @@ class KeyedRows:
     def restore(self, rows: pl.DataFrame | None) -> None:
         """Replace the buffer with ``rows`` (indexed anew)."""
         self.segments, self.size = [], 0
-        self.dead, self.n_dead, self.exact = np.zeros(0, np.bool_), 0, True
+        self._flags = self.dead = np.zeros(0, np.bool_)
+        self.n_dead, self.exact = 0, True
         if rows is not None and rows.height:
             self.append(rows)

@@ -14,6 +14,8 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
+import numpy.typing as npt
 import polars as pl
 
 from tideflow._errors import DataError, JobError, StateError
@@ -21,6 +23,7 @@ from tideflow.api._dataflow import AggOp, StatefulMapOp, TopNOp, TransformOp
 from tideflow.api._graph import FrameOp, Node, RecordOp, fn_location
 from tideflow.connectors._base import DEAD_LETTER_SCHEMA, SinkContext, dead_letters
 from tideflow.runtime._keyed import AggState, KeyedTable
+from tideflow.runtime._keyindex import KeyedRows
 from tideflow.state._store import SnapshotChunk
 
 if TYPE_CHECKING:
@@ -419,49 +422,56 @@ class TransformOperator(Operator):
 
 
 class TopNOperator(Operator):
-    """Keyed top-N rows, vectorized: the state is one frame of at most ``n`` rows per key.
+    """Keyed top-N rows, vectorized, with per-batch work proportional to the batch.
 
-    Invariant: rows that tie on the order columns appear in the state in arrival order, so
-    a stable sort of ``state + batch`` ranks the earlier arrival first. With ``emit="final"``
-    batches are only appended, and folded into the state when they outgrow it (amortized
-    linear work); with ``emit="updates"`` each batch replaces the state rows of its keys.
+    The state is the kept rows (at most ``n`` per key) in a key-indexed row store
+    (:class:`~tideflow.runtime._keyindex.KeyedRows`, null keys being key values like any
+    other). A batch is merged in three steps: its own top rows per key (a sort of the batch's
+    key and order columns), a probe of the index for the kept rows of those keys only, and
+    the top rows of those two sets together; kept rows that lost their place are removed (a
+    tombstone), batch rows that won one are appended. Nothing is sorted or copied in
+    proportion to the whole state, except the store's geometric merges (a row is copied
+    O(log n) times in its life) and the compaction once half of the rows are removed.
+
+    Ties: rows that compare equal rank in arrival order. Kept rows are appended in arrival
+    order per key (a row's position in the store), and a merge puts a key's kept rows, by
+    position, before the batch's rows, then sorts stably.
+
+    With ``emit="updates"`` each batch emits the new top rows of every key it holds; with
+    ``emit="final"`` batches are merged once they hold :attr:`FOLD_ROWS` rows (nothing is
+    emitted before the end).
 
     Snapshots are incremental (:class:`~tideflow.state.SnapshotChunk`): the top rows of
     ``a + b`` are the top rows of ``top(a) + top(b)`` (ties keep their arrival order), so
-    the state is saved as a list of chunks, one per checkpoint, each the top rows of what
-    arrived since the previous one. A checkpoint writes one chunk of what is new and refers
-    to the earlier ones; once the chunks hold more than twice the rows of the folded state
-    (keys updated again and again), the state replaces them as one chunk (a compaction,
-    amortized like the folds). A restore folds the chunks.
+    the state is saved as a list of chunks, one per checkpoint: the kept rows appended since
+    the previous one (a superset of what is new in the top rows, in arrival order). A
+    checkpoint writes one chunk of what is new and refers to the earlier ones; once the
+    chunks hold more than twice the kept rows (keys updated again and again), the kept rows
+    replace them as one chunk (a compaction, amortized). A restore folds the chunks.
     """
 
-    #: Fold appended batches in once they hold this many rows (or as many as the state).
+    #: With emit="final", merge appended batches into the state once they hold this many rows.
     FOLD_ROWS = 262_144
 
     def __init__(self, node: Node, ctx: OpContext, emit: str) -> None:
         super().__init__(node, ctx)
         self.op: TopNOp = node.spec
         self.keys = list(self.op.keys)
+        self.narrow = [*self.keys, *(c for c in self.op.by if c not in self.keys)]
         self.final = emit == "final"
-        self.state: pl.DataFrame | None = None
+        self.rows = KeyedRows(self.keys, nulls_equal=True)
         self.pending: list[pl.DataFrame] = []
         self.pending_rows = 0
         # What the checkpoints hold: chunks whose rows, in order, have the same top rows as
-        # everything before the last snapshot. What arrived since (to be chunked): ``raw``,
-        # the batches as they came (with emit="final" also the last frames of ``pending``),
-        # then ``fresh``, top rows of earlier such batches. Kept only once there is a
-        # snapshot to add to (a job without checkpoints keeps none).
+        # everything before the last snapshot; the store's rows at positions >= ``mark``
+        # arrived since (a store compaction moves ``mark`` with the rows).
         self.chunks: list[SnapshotChunk] = []
         self.chunk_rows = 0
-        self.fresh: list[pl.DataFrame] = []
-        self.raw: list[pl.DataFrame] = []
-        self.tracking = False
+        self.mark = 0
 
-    def _top(self, frame: pl.DataFrame) -> pl.DataFrame:
-        # Order only the key and order columns with a row number, then gather the kept rows:
-        # wide rows (long strings) are copied once, not moved around by the sort.
-        narrow = frame.select(*self.keys, *self.op.by).with_row_index("__row")
-        ordered = narrow.sort(
+    def _kept(self, narrow: pl.DataFrame) -> npt.NDArray[np.int64]:
+        """Row numbers of each key's first ``n`` rows of ``narrow``, in rank order (stable)."""
+        ordered = narrow.with_row_index("__row").sort(
             list(self.op.by),
             descending=list(self.op.descending),
             nulls_last=True,
@@ -471,7 +481,12 @@ class TopNOperator(Operator):
             kept = ordered.unique(subset=self.keys, keep="first", maintain_order=True)
         else:
             kept = ordered.filter(pl.int_range(pl.len()).over(self.keys) < self.op.n)
-        return frame[kept.get_column("__row")]
+        return kept.get_column("__row").to_numpy().astype(np.int64, copy=False)
+
+    def _top(self, frame: pl.DataFrame) -> pl.DataFrame:
+        # Order only the key and order columns with a row number, then gather the kept rows:
+        # wide rows (long strings) are copied once, not moved around by the sort.
+        return frame[self._kept(frame.select(self.narrow))]
 
     def _ranked(self, rows: pl.DataFrame) -> pl.DataFrame:
         if self.op.rank is None:
@@ -480,88 +495,93 @@ class TopNOperator(Operator):
             pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over(self.keys).alias(self.op.rank)
         )
 
-    def _top_of(self, frames: list[pl.DataFrame]) -> pl.DataFrame:
-        return self._top(pl.concat(frames, how="vertical_relaxed"))
+    def _merge(self, batch: pl.DataFrame, *, wide: bool) -> pl.DataFrame | None:
+        """Merge ``batch`` into the kept rows; with ``wide``, return its keys' new top rows.
 
-    def _reduce_raw(self) -> None:
-        """Replace the raw batches by their top rows (in ``pending`` too: same fold result)."""
-        if not self.raw:
-            return
-        top = self._top_of(self.raw)
-        if self.final:  # the raw batches are the last frames of pending
-            del self.pending[len(self.pending) - len(self.raw) :]
-            self.pending.append(top)
-            self.pending_rows = sum(f.height for f in self.pending)
-        self.raw = []
-        self.fresh.append(top)
-        if len(self.fresh) > 8:
-            self.fresh = [self._top_of(self.fresh)]
+        The returned rows are in rank order per key (every column, for emission).
+        """
+        top = self._top(batch)
+        probe = top.select(self.keys)
+        if self.op.n > 1:
+            probe = probe.unique()
+        _, found, pos = self.rows.probe(probe, None if wide else self.narrow)
+        if pos.size == 0:
+            self.rows.append(top)
+            return top if wide else None
+        order = np.argsort(pos, kind="stable")  # arrival order: the earlier of a tie first
+        pos, found = pos[order], found[order]
+        both = pl.concat([found, top.select(found.columns)], how="vertical_relaxed")
+        kept = self._kept(both.select(self.narrow) if wide else both)
+        held = pos.size
+        lost = np.ones(held, np.bool_)
+        lost[kept[kept < held]] = False
+        self._remove(pos[lost])
+        self.rows.append(top[kept[kept >= held] - held])  # rank order keeps ties' arrival order
+        return both[kept] if wide else None
 
-    def _fold(self) -> None:
+    def _remove(self, positions: npt.NDArray[np.int64]) -> None:
+        self.rows.remove(positions, compact=False)
+        if self.rows.n_dead * 2 > self.rows.size:
+            self.mark = self.rows.live_before(self.mark)
+            self.rows.compact()
+
+    def _flush(self) -> None:
         if not self.pending:
             return
-        self._reduce_raw()  # sorted once here, then only their top rows in the fold
-        parts = ([self.state] if self.state is not None else []) + self.pending
-        self.state = self._top_of(parts)
+        batch = (
+            self.pending[0]
+            if len(self.pending) == 1
+            else pl.concat(self.pending, how="vertical_relaxed")
+        )
         self.pending, self.pending_rows = [], 0
+        self._merge(batch, wide=False)
 
     def on_batch(self, index: int, batch: pl.DataFrame) -> None:
         if batch.height == 0:
             return
-        if self.tracking:
-            self.raw.append(batch)
         if self.final:
             self.pending.append(batch)
             self.pending_rows += batch.height
-            held = self.state.height if self.state is not None else 0
-            if self.pending_rows >= max(self.FOLD_ROWS, held):
-                self._fold()
+            if self.pending_rows >= self.FOLD_ROWS:
+                self._flush()
             return
-        touched = batch.select(self.keys).unique()
-        if self.state is None:
-            top = self._top(batch)
-            self.state = top
-        else:
-            old = self.state.join(touched, on=self.keys, how="semi", maintain_order="left")
-            rest = self.state.join(touched, on=self.keys, how="anti", maintain_order="left")
-            top = self._top(pl.concat([old, batch], how="vertical_relaxed"))
-            self.state = pl.concat([rest, top], how="vertical_relaxed")
-        if len(self.raw) > 64:  # many small batches between two checkpoints
-            self._reduce_raw()
-        self.ctx.emit(self._ranked(top))
+        top = self._merge(batch, wide=True)
+        if top is not None and top.height:
+            self.ctx.emit(self._ranked(top))
+
+    def _live(self) -> pl.DataFrame | None:
+        self._flush()
+        if self.rows.height == 0:
+            return None
+        return self.rows.live()
 
     def on_end(self) -> None:
         if self.final:
-            self._fold()
-            if self.state is not None and self.state.height:
-                self.ctx.emit(self._ranked(self.state))
+            live = self._live()
+            if live is not None:
+                # Without a rank column the order of the rows does not matter: no sort.
+                self.ctx.emit(self._ranked(self._top(live)) if self.op.rank else live)
 
     def state_table(self) -> pl.DataFrame | None:
         """The kept rows of every key (with the rank column when the step has one)."""
-        self._fold()
-        return self._ranked(self.state) if self.state is not None else None
+        live = self._live()
+        return None if live is None else self._ranked(self._top(live))
 
     def snapshot(self) -> dict[str, Any]:
         """The chunks of the state (version 2): the earlier ones, and one of what is new.
 
-        No fold, unless the chunks outgrow twice the state (then the folded state becomes
-        the only chunk).
+        What is new is the kept rows appended since the previous snapshot; once the chunks
+        hold more than twice the kept rows, the kept rows become the only chunk.
         """
-        if not self.tracking:  # the first snapshot: the whole state, folded
-            self._fold()
-            self.tracking, self.fresh = True, [] if self.state is None else [self.state]
-        self._reduce_raw()
-        if self.fresh:
-            new = self._top_of(self.fresh) if len(self.fresh) > 1 else self.fresh[0]
-            self.fresh = []
+        self._flush()
+        new = self.rows.live_since(self.mark)
+        self.mark = self.rows.size
+        if new.height:
             self.chunks.append(SnapshotChunk(_ipc(new)))
             self.chunk_rows += new.height
-        held = self.state.height if self.state is not None else 0
-        if len(self.chunks) > 1 and self.chunk_rows > 2 * held + self.FOLD_ROWS:
-            self._fold()
-            held = self.state.height if self.state is not None else 0
-            if self.state is not None and self.chunk_rows > 2 * held:
-                self.chunks, self.chunk_rows = [SnapshotChunk(_ipc(self.state))], held
+        held = self.rows.height
+        if held and len(self.chunks) > 1 and self.chunk_rows > 2 * held + self.FOLD_ROWS:
+            self.chunks, self.chunk_rows = [SnapshotChunk(_ipc(self.rows.live()))], held
         return {"version": 2, "kind": "top_n", "chunks": list(self.chunks)}
 
     def restore(self, snap: dict[str, Any]) -> None:
@@ -574,21 +594,26 @@ class TopNOperator(Operator):
             )
             raise StateError(msg)
         parts = [snap["table"]] if version == 1 else list(snap.get("chunks") or [])
-        self.state, self.chunks, self.chunk_rows, self.fresh = None, [], 0, []
-        self.raw, self.tracking = [], True
-        frames = []
+        self.rows = KeyedRows(self.keys, nulls_equal=True)
+        self.pending, self.pending_rows = [], 0
+        self.chunks, self.chunk_rows = [], 0
+        frames, shared = [], True
         for part in parts:
             frame = _read_part(part)
             if frame is None:
                 continue
             frames.append(frame)
-            if isinstance(part, SnapshotChunk) and not self.fresh:
+            if isinstance(part, SnapshotChunk):
                 self.chunks.append(part)  # the checkpoints go on referring to it
                 self.chunk_rows += frame.height
             else:  # rows that came as bytes (an older version, another worker count)
-                self.fresh.append(frame)
-        self.pending, self.pending_rows = frames, sum(f.height for f in frames)
-        self._fold()
+                shared = False
+        if frames:
+            rows = frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical_relaxed")
+            self.rows.append(self._top(rows))
+        if not shared:  # the next checkpoint writes the whole state as its first chunk
+            self.chunks, self.chunk_rows = [], 0
+        self.mark = self.rows.size if shared else 0
 
 
 def _ipc(frame: pl.DataFrame) -> bytes:
