@@ -23,7 +23,7 @@ from tideflow.api._dataflow import AggOp, StatefulMapOp, TopNOp, TransformOp
 from tideflow.api._graph import FrameOp, Node, RecordOp, fn_location
 from tideflow.connectors._base import DEAD_LETTER_SCHEMA, SinkContext, dead_letters
 from tideflow.runtime._keyed import AggState, KeyedTable
-from tideflow.runtime._keyindex import KeyedRows
+from tideflow.runtime._keyindex import KeyedRows, Positions
 from tideflow.state._store import SnapshotChunk
 
 if TYPE_CHECKING:
@@ -469,55 +469,100 @@ class TopNOperator(Operator):
         self.chunk_rows = 0
         self.mark = 0
 
-    def _kept(self, narrow: pl.DataFrame) -> npt.NDArray[np.int64]:
-        """Row numbers of each key's first ``n`` rows of ``narrow``, in rank order (stable)."""
-        ordered = narrow.with_row_index("__row").sort(
-            list(self.op.by),
-            descending=list(self.op.descending),
-            nulls_last=True,
-            maintain_order=True,
-        )
+    def _best(self, narrow: pl.DataFrame) -> tuple[Positions, Positions]:
+        """Row numbers of each key's first ``n`` rows of ``narrow``, and their 0-based ranks.
+
+        The rows come key by key, each key's in rank order (ties in the order of ``narrow``).
+        With ``n > 1`` one stable sort by key and order columns gives both: a key's rank is
+        its distance from the first row of its run. With ``n == 1``, a sort by the order
+        columns and the first row of each key.
+        """
+        by, desc = list(self.op.by), list(self.op.descending)
         if self.op.n == 1:
-            kept = ordered.unique(subset=self.keys, keep="first", maintain_order=True)
+            order = narrow.select(
+                pl.arg_sort_by(by, descending=desc, nulls_last=True, maintain_order=True)
+            ).to_series()
+            keys = narrow.select(pl.col(self.keys).gather(order))
+            first = keys.select(
+                pl.struct(self.keys).is_first_distinct()
+                if len(self.keys) > 1
+                else pl.col(self.keys[0]).is_first_distinct()
+            ).to_series()
+            rows = order.filter(first).to_numpy().astype(np.int64, copy=False)
+            return rows, np.zeros(rows.size, np.int64)
+        order = narrow.select(
+            pl.arg_sort_by(
+                [*self.keys, *by],
+                descending=[False] * len(self.keys) + desc,
+                nulls_last=True,
+                maintain_order=True,
+            )
+        ).to_series()
+        keys = narrow.select(pl.col(self.keys).gather(order))
+        one = keys.to_series() if len(self.keys) == 1 else None
+        if one is not None and one.dtype.is_numeric() and one.null_count() == 0:
+            values = one.to_numpy()
+            starts = np.empty(values.size, np.bool_)
+            starts[:1] = True
+            np.not_equal(values[1:], values[:-1], out=starts[1:])
         else:
-            kept = ordered.filter(pl.int_range(pl.len()).over(self.keys) < self.op.n)
-        return kept.get_column("__row").to_numpy().astype(np.int64, copy=False)
+            starts = (
+                keys.select(
+                    pl.any_horizontal(pl.col(k).ne_missing(pl.col(k).shift(1)) for k in self.keys)
+                    .fill_null(True)
+                    .alias("s")
+                )
+                .to_series()
+                .to_numpy()
+            )
+        at = np.arange(starts.size, dtype=np.int64)
+        ranks = at - np.maximum.accumulate(np.where(starts, at, 0))
+        keep = ranks < self.op.n
+        rows = order.to_numpy().astype(np.int64, copy=False)[keep]
+        return rows, ranks[keep]
 
     def _top(self, frame: pl.DataFrame) -> pl.DataFrame:
-        # Order only the key and order columns with a row number, then gather the kept rows:
-        # wide rows (long strings) are copied once, not moved around by the sort.
-        return frame[self._kept(frame.select(self.narrow))]
+        """Each key's first ``n`` rows of ``frame``, ranked (when the step has a rank)."""
+        # Order only the key and order columns, then gather the kept rows: wide rows (long
+        # strings) are copied once, not moved around by the sort.
+        rows, ranks = self._best(frame.select(self.narrow))
+        return self._ranked(frame[rows], ranks)
 
-    def _ranked(self, rows: pl.DataFrame) -> pl.DataFrame:
+    def _ranked(self, rows: pl.DataFrame, ranks: Positions) -> pl.DataFrame:
         if self.op.rank is None:
             return rows
-        return rows.with_columns(
-            pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over(self.keys).alias(self.op.rank)
-        )
+        return rows.with_columns(pl.Series(self.op.rank, ranks + 1, dtype=pl.Int64))
 
     def _merge(self, batch: pl.DataFrame, *, wide: bool) -> pl.DataFrame | None:
         """Merge ``batch`` into the kept rows; with ``wide``, return its keys' new top rows.
 
-        The returned rows are in rank order per key (every column, for emission).
+        The returned rows are ranked, key by key (every column, for emission).
         """
-        top = self._top(batch)
-        probe = top.select(self.keys)
+        narrow = batch.select(self.narrow)
+        top, ranks = self._best(narrow)  # the batch's own top rows
+        top_narrow = narrow[top]
+        probe = top_narrow.select(self.keys)
         if self.op.n > 1:
-            probe = probe.unique()
+            probe = probe.filter(pl.Series(ranks == 0))  # one row per key
         _, found, pos = self.rows.probe(probe, None if wide else self.narrow)
         if pos.size == 0:
-            self.rows.append(top)
-            return top if wide else None
+            rows = batch[top]
+            self.rows.append(rows)
+            return self._ranked(rows, ranks) if wide else None
         order = np.argsort(pos, kind="stable")  # arrival order: the earlier of a tie first
         pos, found = pos[order], found[order]
-        both = pl.concat([found, top.select(found.columns)], how="vertical_relaxed")
-        kept = self._kept(both.select(self.narrow) if wide else both)
+        both = pl.concat([found.select(self.narrow), top_narrow], how="vertical_relaxed")
+        kept, ranks = self._best(both)
         held = pos.size
         lost = np.ones(held, np.bool_)
         lost[kept[kept < held]] = False
         self._remove(pos[lost])
-        self.rows.append(top[kept[kept >= held] - held])  # rank order keeps ties' arrival order
-        return both[kept] if wide else None
+        # Key by key in rank order: the appended rows keep ties' arrival order.
+        self.rows.append(batch[top[kept[kept >= held] - held]])
+        if not wide:
+            return None
+        rows = pl.concat([found, batch[top]], how="vertical_relaxed")[kept]
+        return self._ranked(rows, ranks)
 
     def _remove(self, positions: npt.NDArray[np.int64]) -> None:
         self.rows.remove(positions, compact=False)
@@ -547,7 +592,7 @@ class TopNOperator(Operator):
             return
         top = self._merge(batch, wide=True)
         if top is not None and top.height:
-            self.ctx.emit(self._ranked(top))
+            self.ctx.emit(top)
 
     def _live(self) -> pl.DataFrame | None:
         self._flush()
@@ -560,12 +605,12 @@ class TopNOperator(Operator):
             live = self._live()
             if live is not None:
                 # Without a rank column the order of the rows does not matter: no sort.
-                self.ctx.emit(self._ranked(self._top(live)) if self.op.rank else live)
+                self.ctx.emit(self._top(live) if self.op.rank else live)
 
     def state_table(self) -> pl.DataFrame | None:
         """The kept rows of every key (with the rank column when the step has one)."""
         live = self._live()
-        return None if live is None else self._ranked(self._top(live))
+        return None if live is None else self._top(live)
 
     def snapshot(self) -> dict[str, Any]:
         """The chunks of the state (version 2): the earlier ones, and one of what is new.
@@ -610,7 +655,7 @@ class TopNOperator(Operator):
                 shared = False
         if frames:
             rows = frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical_relaxed")
-            self.rows.append(self._top(rows))
+            self.rows.append(rows[self._best(rows.select(self.narrow))[0]])
         if not shared:  # the next checkpoint writes the whole state as its first chunk
             self.chunks, self.chunk_rows = [], 0
         self.mark = self.rows.size if shared else 0
