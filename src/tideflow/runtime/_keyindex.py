@@ -20,6 +20,8 @@ are more than half of the rows. The index lives in memory only: a snapshot is th
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import numpy.typing as npt
 import polars as pl
@@ -245,18 +247,22 @@ class KeyedRows:
         """How many live rows have a position below ``position``."""
         return position - int(np.count_nonzero(self.dead[:position]))
 
-    def live_since(self, position: int) -> pl.DataFrame:
-        """The live rows at ``position`` and after, in the order they came."""
-        frames = []
+    def live_parts(self, position: int = 0) -> Iterator[pl.DataFrame]:
+        """The live rows at ``position`` and after, in the order they came: a frame per segment."""
         for seg in self.segments:
             end = seg.base + seg.frame.height
             if end <= position:
                 continue
             start = max(position - seg.base, 0)
-            part = seg.frame.slice(start)
+            part = seg.frame.slice(start) if start else seg.frame
             if self.n_dead:
                 part = part.filter(pl.Series(~self.dead[seg.base + start : end]))
-            frames.append(part)
+            if part.height:
+                yield part
+
+    def live_since(self, position: int) -> pl.DataFrame:
+        """The live rows at ``position`` and after, in the order they came."""
+        frames = list(self.live_parts(position))
         if not frames:
             return self._empty()
         return frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical_relaxed")

@@ -601,11 +601,26 @@ class TopNOperator(Operator):
         return self.rows.live()
 
     def on_end(self) -> None:
-        if self.final:
-            live = self._live()
-            if live is not None:
-                # Without a rank column the order of the rows does not matter: no sort.
-                self.ctx.emit(self._top(live) if self.op.rank else live)
+        if not self.final:
+            return
+        self._flush()
+        if self.rows.height == 0:
+            return
+        # The live rows are the top rows: emitted as they are, a frame per segment of the
+        # store (no copy of the whole state), with their ranks from a sort of the narrow
+        # columns when the step has a rank column.
+        ranks = None
+        if self.op.rank is not None:
+            narrow = [part.select(self.narrow) for part in self.rows.live_parts()]
+            rows, best = self._best(pl.concat(narrow, how="vertical_relaxed"))
+            ranks = np.empty(rows.size, np.int64)
+            ranks[rows] = best
+        at = 0
+        for part in self.rows.live_parts():
+            if ranks is not None:
+                part = self._ranked(part, ranks[at : at + part.height])
+            at += part.height
+            self.ctx.emit(part)
 
     def state_table(self) -> pl.DataFrame | None:
         """The kept rows of every key (with the rank column when the step has one)."""
