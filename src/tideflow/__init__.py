@@ -15,13 +15,14 @@ from tideflow._errors import (
     StateError,
     TideflowError,
 )
-from tideflow.api import Dataflow, KeyedStream, Split, Stream
+from tideflow.api import BestMatch, Dataflow, KeyedStream, Split, Stream
 from tideflow.runtime import RunResult, StepStats, run
 from tideflow.state._backends import DiskState, MemoryState
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BestMatch",
     "ConfigError",
     "ConnectorError",
     "CostWarning",

@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from tideflow.api._dataflow import Dataflow, KeyedStream, Split, Stream
-from tideflow.api._joins import JoinOut
+from tideflow.api._joins import BestMatch, JoinOut
 
-__all__ = ["Dataflow", "JoinOut", "KeyedStream", "Split", "Stream"]
+__all__ = ["BestMatch", "Dataflow", "JoinOut", "KeyedStream", "Split", "Stream"]

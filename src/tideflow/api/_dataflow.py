@@ -29,7 +29,7 @@ from tideflow.api._graph import (
     fn_location,
     output_names,
 )
-from tideflow.api._joins import JoinOut
+from tideflow.api._joins import BestMatch, JoinOut
 from tideflow.api._windows import Clock, WindowedStream, WindowSpec
 from tideflow.connectors._base import DEAD_LETTER_SCHEMA, Sink, Source
 from tideflow.state._backends import DiskState, StateBackend, StateChoice, state_backend
@@ -1076,6 +1076,7 @@ class KeyedStream:
         upper: timedelta | str | None,
         emit: Literal["arrival", "close"] = "arrival",
         left_unique: bool = False,
+        best: BestMatch | None = None,
         name: str | None = None,
     ) -> JoinOut:
         """Join each record at t with ``other``'s records of its key in ``[t+lower, t+upper]``.
@@ -1097,6 +1098,12 @@ class KeyedStream:
         then never buffered, which keeps a regular join's state to the left records and the
         right records still waiting for theirs. Results are wrong if the promise is broken.
 
+        ``best=BestMatch(by=[...], descending=[...])`` (with ``emit="close"``) keeps, per left
+        record, only its best match so far in the order of those right-side columns, and emits
+        that one pair when the interval closes (left records without a match emit nothing): the
+        state is one row per open left record instead of every pair (an auction's winning
+        bid). Ties keep the earlier arrival; see :class:`tideflow.BestMatch`.
+
         Examples
         --------
         >>> import tideflow as tf
@@ -1117,11 +1124,38 @@ class KeyedStream:
         >>> _ = tf.run(flow)
         >>> out.frame().select("id", "price").sort("price").rows()
         [(1, 4), (1, 7)]
+
+        Only the highest bid of each auction:
+
+        >>> flow = tf.Dataflow("winners")
+        >>> auctions = flow.source(TestingSource(
+        ...     [{"id": 1, "t": 0, "end": 10}, {"id": 2, "t": 5, "end": 6}],
+        ...     schema={"id": pl.Int64(), "t": pl.Int64(), "end": pl.Int64()}), name="a"
+        ... ).with_columns(end=pl.from_epoch("end", "s").dt.replace_time_zone("UTC"))
+        >>> bids = flow.source(TestingSource(
+        ...     [{"auction": 1, "t": 3, "price": 7}, {"auction": 2, "t": 8, "price": 9},
+        ...      {"auction": 1, "t": 10, "price": 4}]), name="b")
+        >>> winners = auctions.event_time("t", unit="s").key_by("id").join_interval(
+        ...     bids.event_time("t", unit="s").key_by("auction"),
+        ...     lower=timedelta(0), upper="end", emit="close",
+        ...     best=tf.BestMatch("price", descending=True))
+        >>> out = CollectSink()
+        >>> winners.results.sink(out)
+        >>> _ = tf.run(flow)
+        >>> out.frame().select("id", "price").rows()
+        [(1, 7)]
         """
         from tideflow.api._joins import join_interval
 
         return join_interval(
-            self, other, lower=lower, upper=upper, emit=emit, left_unique=left_unique, name=name
+            self,
+            other,
+            lower=lower,
+            upper=upper,
+            emit=emit,
+            left_unique=left_unique,
+            best=best,
+            name=name,
         )
 
     def transform(

@@ -18,7 +18,7 @@ The ``Stream``/``KeyedStream`` methods of the same names call these functions.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Literal
 
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from tideflow.api._dataflow import KeyedStream, Stream
 
 __all__ = [
+    "BestMatch",
     "IntervalJoinOp",
     "JoinHow",
     "JoinOut",
@@ -79,6 +80,37 @@ class WindowJoinOp:
     right_schema: Schema | None
 
 
+@dataclasses.dataclass(frozen=True, slots=True, init=False)
+class BestMatch:
+    """Keep only the best right record of each left record in an interval join.
+
+    The matches of one left record are ordered by the right side's columns ``by`` (each
+    ascending, or descending as ``descending`` says; nulls last) and only the first is kept:
+    the join's state is then one row per open left record, not every pair, and it emits one
+    row per left record that has a match when its interval closes (``emit="close"``). Matches
+    that compare equal keep the earlier arrival at the join; with several workers arrival order
+    depends on scheduling, so end ``by`` with a column that makes the order total (an arrival
+    sequence number) for reproducible results. Columns are named as on the right side (its key
+    columns are equal within a left record's matches and do not order them).
+
+    Examples
+    --------
+    >>> BestMatch(["price", "seq"], descending=[True, False])
+    BestMatch(by=('price', 'seq'), descending=(True, False))
+    >>> BestMatch("price", descending=True).descending
+    (True,)
+    """
+
+    by: tuple[str, ...]
+    descending: tuple[bool, ...]
+
+    def __init__(self, by: str | Sequence[str], *, descending: bool | Sequence[bool] = False):
+        cols = (by,) if isinstance(by, str) else tuple(by)
+        desc = (descending,) * len(cols) if isinstance(descending, bool) else tuple(descending)
+        object.__setattr__(self, "by", cols)
+        object.__setattr__(self, "descending", desc)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class IntervalJoinOp:
     """Settings of an interval join (inner).
@@ -102,6 +134,8 @@ class IntervalJoinOp:
     #: Each key comes at most once on the left (a primary key): right records whose left
     #: record is there are not buffered, and a left record's arrival releases its right ones.
     left_unique: bool = False
+    #: Keep only the best right record per left record (emitted at close), or every pair.
+    best: BestMatch | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -239,13 +273,14 @@ def join_interval(
     upper: timedelta | str | None,
     emit: IntervalEmit = "arrival",
     left_unique: bool = False,
+    best: BestMatch | None = None,
     name: str | None = None,
 ) -> JoinOut:
     """Join each left record at t with the right records of its key in ``[t+lower, t+upper]``.
 
     ``upper`` may name a timestamp column of the left side holding each record's own end
     (inclusive); ``None`` leaves a side unbounded; ``left_unique`` promises at most one left
-    record per key. See
+    record per key; ``best`` keeps only the best match of each left record. See
     :meth:`tideflow.api.KeyedStream.join_interval`.
     """
     from tideflow.api._dataflow import Stream, _check_literal
@@ -275,6 +310,7 @@ def join_interval(
                 f"(columns are {list(ls)})"
             )
             raise ConfigError(msg)
+    _check_best(step_id, best, emit, rs)
     lt, rt = left.stream.time_column, right.stream.time_column
     assert lt is not None and rt is not None
     op = IntervalJoinOp(
@@ -289,12 +325,49 @@ def join_interval(
         upper_column,
         emit,
         bool(left_unique),
+        best,
     )
     inputs = _two_inputs(step_id, left, right)
     schema = _result_schema(left.keys, right.keys, ls, rs, False)
     node = flow._add("join_interval", inputs, op, step_id, schema=schema, ports=("out", "late"))
     node.time_column = lt  # results keep the left time; the step holds its watermark back
     return JoinOut(Stream(flow, node, "out"), Stream(flow, node, "late"))
+
+
+def _check_best(
+    step_id: str, best: BestMatch | None, emit: IntervalEmit, right: Schema | None
+) -> None:
+    """Check a :class:`BestMatch` against the join's settings and the right side's columns."""
+    if best is None:
+        return
+    if not isinstance(best, BestMatch):
+        msg = f"step '{step_id}': best= takes BestMatch(by=..., descending=...), got {best!r}"
+        raise ConfigError(msg)
+    if emit != "close":
+        msg = (
+            f"step '{step_id}': best=BestMatch(...) keeps a left record's best match until its "
+            f"interval closes; pass emit='close' (got emit={emit!r})"
+        )
+        raise ConfigError(msg)
+    if not best.by or len(best.descending) != len(best.by):
+        msg = (
+            f"step '{step_id}': BestMatch needs by=<right column(s)> and one descending flag per "
+            f"column; got by={list(best.by)}, descending={list(best.descending)}"
+        )
+        raise ConfigError(msg)
+    bad: list[object] = [c for c in best.by if not isinstance(c, str)]
+    bad += [d for d in best.descending if not isinstance(d, bool)]
+    if bad:
+        msg = f"step '{step_id}': BestMatch takes column names and bool flags, got {bad!r}"
+        raise ConfigError(msg)
+    if right is not None:
+        missing = [c for c in best.by if c not in right]
+        if missing:
+            msg = (
+                f"step '{step_id}': BestMatch(by={list(best.by)}) names no column {missing} of "
+                f"the right side; its columns are {list(right)}"
+            )
+            raise ConfigError(msg)
 
 
 def _upstream_bounded(stream: Stream) -> bool:

@@ -22,6 +22,7 @@ from tideflow.runtime._keyindex import KeyedRows
 from tideflow.runtime._operators import OpContext, Operator
 
 __all__ = [
+    "BestIntervalJoinOperator",
     "IntervalJoinOperator",
     "LookupOperator",
     "TableJoinOperator",
@@ -490,6 +491,7 @@ class IntervalJoinOperator(_TwoSided):
         self.oldest_left = None
         if not _check(self.node.step_id, snap, "interval_join"):
             return
+        _check_best(self.node.step_id, snap, self.op)
         self._restore_common(snap)
         for index, name in ((0, "left"), (1, "right")):
             frame = _frame(snap.get(name))
@@ -505,6 +507,253 @@ class IntervalJoinOperator(_TwoSided):
         pending = _frame(snap.get("pending"))
         if pending is not None and pending.height:
             self.pending.append(pending)
+
+
+def _best_settings(op: IntervalJoinOp) -> dict[str, list[Any]] | None:
+    best = op.best
+    return None if best is None else {"by": list(best.by), "descending": list(best.descending)}
+
+
+def _check_best(step: str, snap: dict[str, Any], op: IntervalJoinOp) -> None:
+    """Refuse a snapshot taken with other ``best=`` settings (pairs vs best rows)."""
+    want, got = _best_settings(op), snap.get("best")
+    if got != want:
+        msg = (
+            f"step '{step}': the checkpoint's interval join was written with best={got!r}, this "
+            f"join has best={want!r}; its state cannot be restored (resume with the same "
+            "settings, or start without the checkpoint)"
+        )
+        raise StateError(msg)
+
+
+class BestIntervalJoinOperator(IntervalJoinOperator):
+    """An interval join keeping, per left record, only its best match (``best=BestMatch``).
+
+    State: ``open``, one row per open left record (its columns, ``__t``, ``__end``) followed by
+    its best match so far laid out as in the results (the right columns, null before a match)
+    and ``__m`` (matched); and the right buffer of the plain join (right rows a later left
+    record may still meet). A batch is matched on narrow columns only (keys, times, order
+    columns): a Polars join, a stable sort by (left row, order, arrival) and the first row per
+    left row; those candidates replace the kept best where they rank before it (ties keep the
+    kept row, the earlier arrival). When the watermark passes a left record's end, its row
+    goes out if it has a match.
+    """
+
+    def __init__(self, node: Node, ctx: OpContext) -> None:
+        super().__init__(node, ctx)
+        best = self.op.best
+        assert best is not None
+        by = [self.rename.get(c, c) for c in best.by]
+        # Key columns are equal among one left record's matches: they do not order them.
+        pairs = [(c, d) for c, d in zip(by, best.descending, strict=True) if c not in self.keys]
+        self.order = [c for c, _ in pairs]
+        self.desc = [d for _, d in pairs]
+        self.open: pl.DataFrame | None = None
+        self.checked = False
+
+    def buffered(self, index: int) -> int:
+        """Open left records (0) or buffered right rows (1)."""
+        if index == 0:
+            return 0 if self.open is None else self.open.height
+        return sum(f.height for f in self.buffers[1])
+
+    def _right_names(self, right: pl.DataFrame) -> dict[str, str]:
+        """Right column -> its name in the results (``_right`` where it clashes on the left)."""
+        left = self.schemas[0] or {}
+        cols = [c for c in right.columns if c not in self.keys and not c.startswith("__")]
+        return {c: c + SUFFIX if c in left else c for c in cols}
+
+    def _best_of(self, left: pl.DataFrame, right: pl.DataFrame) -> pl.DataFrame:
+        """``__l``, ``__r`` (row positions) and the order columns of the best match in
+        ``right`` of each row of ``left`` that has one."""
+        lo = left.select(*self.keys, "__t", "__end").with_row_index("__l")
+        ro = right.select(*self.keys, pl.col("__t").alias("__rt"), *self.order)
+        pairs = lo.join(ro.with_row_index("__r"), on=self.keys, how="inner")
+        cond = pl.col("__rt") <= pl.col("__end")
+        if self.lower is not None:
+            cond = cond & (pl.col("__rt") >= pl.col("__t") + self.lower)
+        pairs = pairs.filter(cond).select("__l", "__r", *self.order)
+        return self._first(pairs, "__r")
+
+    def _first(self, rows: pl.DataFrame, tie: str) -> pl.DataFrame:
+        """The first row per ``__l`` in the order (``tie`` breaks what the order leaves)."""
+        if self.order and rows.height > 1 and not rows.schema[self.order[0]].is_float():
+            # Only rows holding the best value of the first order column can come first: keep
+            # those (a window aggregate, no sort), then sort the few that remain. Nulls come
+            # last, so a group's best is its max/min over non-null values (null if all are).
+            first = pl.col(self.order[0])
+            best = (first.max() if self.desc[0] else first.min()).over("__l")
+            rows = rows.filter(first.eq_missing(best))
+        rows = rows.sort(
+            ["__l", *self.order, tie], descending=[False, *self.desc, False], nulls_last=True
+        )
+        return rows.unique(subset="__l", keep="first", maintain_order=True)
+
+    def _with_best(
+        self, left: pl.DataFrame, right: pl.DataFrame, best: pl.DataFrame
+    ) -> pl.DataFrame:
+        """Rows of ``left`` at ``best["__l"]`` with their match in ``right`` at ``best["__r"]``."""
+        names = self._right_names(right)
+        mine = left.select(pl.all().gather(best.get_column("__l")))
+        theirs = right.select(list(names)).select(pl.all().gather(best.get_column("__r")))
+        return pl.concat([mine, theirs.rename(names)], how="horizontal").with_columns(
+            __m=pl.lit(True)
+        )
+
+    def on_batch(self, index: int, batch: pl.DataFrame) -> None:
+        if batch.height == 0:
+            return
+        batch = self._arrive(index, batch)
+        if index == 1 and not self.checked:
+            missing = [c for c in self.order if c not in batch.columns]
+            if missing:
+                msg = (
+                    f"step '{self.node.step_id}': BestMatch orders by {missing}, which the "
+                    f"right side does not have (its columns are {batch.columns})"
+                )
+                raise JobError(msg, step_id=self.node.step_id)
+            self.checked = True
+        rows = batch.with_columns(self._times(batch, index))
+        if index == 0:
+            col = self.op.upper_column
+            if col is not None and not isinstance(batch.schema.get(col), pl.Datetime):
+                msg = (
+                    f"step '{self.node.step_id}': upper={col!r} must be a UTC timestamp column "
+                    f"of the left side, got {batch.schema.get(col, 'no such column')}"
+                )
+                raise JobError(msg, step_id=self.node.step_id)
+            rows = rows.with_columns(self._end().alias("__end"))
+        if self.bounded:  # a regular join (no bound on either side) has no late records
+            late = rows.filter(pl.col("__t") < self.wm)
+            if late.height:
+                self._late(late, index, "its time is below the watermark")
+                rows = rows.filter(pl.col("__t") >= self.wm)
+                if rows.height == 0:
+                    return
+        if index == 0:
+            self._left(rows)
+        else:
+            self._right(rows)
+
+    def _left(self, rows: pl.DataFrame) -> None:
+        """New left records: their best match among the buffered right rows, then open."""
+        right = self._buffer(1)
+        new = rows.with_columns(__m=pl.lit(False))
+        if right is not None and right.height:
+            best = self._best_of(rows, right)
+            if best.height:
+                hit = np.zeros(rows.height, np.bool_)
+                hit[best.get_column("__l").to_numpy()] = True
+                matched = self._with_best(rows, right, best)
+                new = pl.concat([new.filter(~pl.Series(hit)), matched], how="diagonal_relaxed")
+            if self.op.left_unique:
+                # Right rows of a key whose (only) left record is there need no buffer.
+                keys = rows.select(self.keys)
+                self.buffers[1][:] = [right.join(keys, on=self.keys, how="anti")]
+        self.open = (
+            new if self.open is None else pl.concat([self.open, new], how="diagonal_relaxed")
+        )
+
+    def _right(self, rows: pl.DataFrame) -> None:
+        """New right records: the best per open left record, merged with the kept best."""
+        opened = self.open
+        if opened is not None and opened.height:
+            cand = self._best_of(opened, rows)
+            if cand.height:
+                self._merge(opened, rows, cand)
+            if self.op.left_unique:
+                rows = rows.join(opened.select(self.keys), on=self.keys, how="anti")
+        if rows.height:
+            self.buffers[1].append(rows)
+
+    def _merge(self, opened: pl.DataFrame, rows: pl.DataFrame, cand: pl.DataFrame) -> None:
+        """Replace the kept best of the open rows where a candidate of ``rows`` ranks first."""
+        names = self._right_names(rows)
+        lids = cand.get_column("__l")
+        cand = cand.select("__l", *self.order, pl.col("__r").cast(pl.Int64).alias("__src"))
+        both = cand
+        held = [names[c] for c in self.order]
+        if all(c in opened.columns for c in held):  # else no open row has a match yet
+            kept = (
+                opened.select(
+                    pl.col("__m").gather(lids),
+                    *[
+                        pl.col(h).gather(lids).alias(c)
+                        for h, c in zip(held, self.order, strict=True)
+                    ],
+                )
+                .with_columns(pl.Series("__l", lids), __src=pl.lit(-1, pl.Int64))
+                .filter(pl.col("__m"))
+                .select("__l", *self.order, "__src")
+            )
+            if kept.height:
+                both = pl.concat([kept, cand], how="vertical_relaxed")
+        won = self._first(both, "__src").filter(pl.col("__src") >= 0)
+        if won.height == 0:
+            return
+        won = won.select("__l", pl.col("__src").alias("__r"))
+        hit = np.zeros(opened.height, np.bool_)
+        hit[won.get_column("__l").to_numpy()] = True
+        left_cols = [c for c in opened.columns if c not in names.values() and c != "__m"]
+        updated = self._with_best(opened.select(left_cols), rows, won)
+        self.open = pl.concat([opened.filter(~pl.Series(hit)), updated], how="diagonal_relaxed")
+
+    def on_watermark(self, wm: int, idle: bool) -> None:
+        self._advance(wm)
+        out = wm
+        if wm not in (WM_MIN, WM_MAX) and self.open is not None and self.open.height:
+            # Rows still to come belong to open left records: hold at the oldest of them.
+            out = min(wm, int(self.open.get_column("__t").min()))  # type: ignore[arg-type]
+        self.ctx.watermark(out, idle)
+
+    def _advance(self, wm: int) -> None:
+        if wm <= self.wm:
+            return
+        self.wm = wm
+        right = self._buffer(1)
+        if right is not None and self.lower is not None:
+            self.buffers[1][:] = [right.filter(pl.col("__t") - self.lower >= wm)]
+        opened = self.open
+        if opened is None or opened.height == 0:
+            return
+        if wm == WM_MAX:  # the end of input closes every interval, unbounded ones too
+            closed, self.open = opened, None
+        else:
+            done = pl.col("__end") < wm
+            closed = opened.filter(done)
+            if closed.height == 0:
+                return
+            self.open = opened.filter(~done)
+        closed = closed.filter(pl.col("__m"))
+        if closed.height:
+            self.ctx.emit(self._layout(closed, []))
+
+    def snapshot(self) -> dict[str, Any]:
+        """Open left rows with their best match so far and ``__m`` (``left``), the right
+        buffer (``right``), both Arrow IPC, and the ``best`` settings; O(open rows) state."""
+        out = self._snap_common("interval_join")
+        out["best"] = _best_settings(self.op)
+        opened = self.open
+        out["left"] = _ipc(opened) if opened is not None and opened.height else None
+        right = self._buffer(1)
+        out["right"] = _ipc(right) if right is not None and right.height else None
+        out["pending"] = None
+        return out
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        """Load a :meth:`snapshot` (replaces the open rows and the right buffer)."""
+        self.buffers = ([], [])
+        self.open = None
+        if not _check(self.node.step_id, snap, "interval_join"):
+            return
+        _check_best(self.node.step_id, snap, self.op)
+        self._restore_common(snap)
+        opened = _frame(snap.get("left"))
+        if opened is not None and opened.height:
+            self.open = opened
+        right = _frame(snap.get("right"))
+        if right is not None and right.height:
+            self.buffers[1].append(right)
 
 
 class TableJoinOperator(Operator):
@@ -712,6 +961,8 @@ def build_join_operator(node: Node, ctx: OpContext) -> Operator:
     if node.kind == "join_window":
         return WindowJoinOperator(node, ctx)
     if node.kind == "join_interval":
+        if node.spec.best is not None:
+            return BestIntervalJoinOperator(node, ctx)
         return IntervalJoinOperator(node, ctx)
     if node.kind == "join_table":
         return TableJoinOperator(node, ctx)

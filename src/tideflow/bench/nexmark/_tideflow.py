@@ -254,43 +254,27 @@ def _timed(stream: Any) -> Any:
     return stream.event_time("date_time", idle=None)
 
 
-def _valid_bids(i: _Inputs, auction: tuple[str, ...], bid: tuple[str, ...]) -> Any:
-    """Every auction paired with its valid bids (time within [date_time, expires]).
+def _winners(i: _Inputs, auction: tuple[str, ...], bid: tuple[str, ...]) -> Any:
+    """Every auction with a valid bid (time within [date_time, expires]) and its winning bid:
+    highest price, then earliest time, then earliest arrival (``seq``).
 
-    A columnar interval join with each auction's own end (``expires``), emitting at close: the
-    pairs of an auction come out together, in one batch, once the watermark passes its end.
-    Bid columns that clash with auction columns get the suffix ``_right``.
+    A columnar interval join with each auction's own end (``expires``) that keeps only the
+    best bid of each open auction (``BestMatch``) and emits it once the watermark passes the
+    auction's end. Bid columns that clash with auction columns get the suffix ``_right``.
     """
+    import tideflow as tf
+
     auctions = _timed(i.read("auction", "id", "date_time", "expires", *auction)).key_by("id")
-    bids = _timed(i.read("bid", "auction", "date_time", *bid, seq=True)).key_by("auction")
+    bids = _timed(i.read("bid", "auction", "date_time", "price", *bid, seq=True))
     joined = auctions.join_interval(
-        bids, lower=timedelta(0), upper="expires", emit="close", name="valid_bids"
+        bids.key_by("auction"),
+        lower=timedelta(0),
+        upper="expires",
+        emit="close",
+        best=tf.BestMatch(["price", "date_time", "seq"], descending=[True, False, False]),
+        name="winner",
     )
     return joined.results
-
-
-def _first_per(key: str, by: list[str], descending: list[bool]) -> Any:
-    """Per batch, the first row of each ``key`` in the order ``by`` (a frame function).
-
-    Only the key and order columns are sorted; the winners' rows are then gathered whole (a
-    batch carries every valid bid of its auctions, with the auctions' wide text columns).
-    """
-
-    def first(df: pl.DataFrame) -> pl.DataFrame:
-        order = df.select(key, *by).with_row_index("__row")
-        order = order.sort(by, descending=descending, maintain_order=True)
-        rows = order.unique(subset=key, keep="first", maintain_order=True).get_column("__row")
-        return df.select(pl.all().gather(rows))
-
-    return first
-
-
-def _winners(i: _Inputs, auction: tuple[str, ...], bid: tuple[str, ...]) -> Any:
-    """The winning bid of every auction with a valid bid: highest price, then earliest time,
-    then earliest arrival. Vectorized per batch: a closed auction's bids arrive together."""
-    pairs = _valid_bids(i, auction, ("price", "seq", *bid))
-    order = ["price", "date_time_right", "seq"]
-    return pairs.map_batches(_first_per("id", order, [True, False, False]), name="winner")
 
 
 def _q4(i: _Inputs) -> Any:
