@@ -36,6 +36,7 @@ STEP = {
     "window": "pairs",
     "interval": "pairs",
     "regular": "pairs",
+    "best": "pairs",
     "table": "tiers",
     "lookup": "names",
 }
@@ -109,7 +110,7 @@ def build(kind: str, d: Path, out: Path, pause: float = 0.003) -> tf.Dataflow:
         .event_time("ts", delay=timedelta(seconds=3))
     )
     result: tf.Stream
-    if kind in ("window", "interval", "regular"):
+    if kind in ("window", "interval", "regular", "best"):
         parts = ev.split(left=pl.col("side") == "L", right=pl.col("side") == "R")
         left = parts.left.drop("side").key_by("k")
         right = parts.right.drop("side").key_by("k")
@@ -120,6 +121,15 @@ def build(kind: str, d: Path, out: Path, pause: float = 0.003) -> tf.Dataflow:
         elif kind == "interval":
             j = left.join_interval(
                 right, lower=timedelta(seconds=-2), upper=timedelta(seconds=3), name="pairs"
+            )
+        elif kind == "best":  # per left record, its right record with the largest n
+            j = left.join_interval(
+                right,
+                lower=timedelta(seconds=-2),
+                upper=timedelta(seconds=3),
+                emit="close",
+                best=tf.BestMatch("n", descending=True),
+                name="pairs",
             )
         else:  # a regular join: every pair of equal keys (the key index)
             j = left.join_interval(right, lower=None, upper=None, name="pairs")

@@ -81,7 +81,7 @@ def test_join_job_resumes_after_a_crash(
     step = f"join_recovery_{kind}.{STEP[kind]}"
     state = [p[step] for p in cp.parts if step in p]
     assert state and all(s["version"] == 2 for s in state)
-    held = {k: ("left", "right") for k in ("window", "interval", "regular")}.get(kind, ())
+    held = {k: ("left", "right") for k in ("window", "interval", "regular", "best")}.get(kind, ())
     held += {"table": ("table",), "lookup": ("cache",)}.get(kind, ())
     assert any(s[f] is not None and pl.read_ipc(s[f]).height for s in state for f in held)
     (d / "crash").unlink()

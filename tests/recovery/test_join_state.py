@@ -148,6 +148,16 @@ def two_sided(kind: str, how: str = "inner") -> Node:
         out = left.join_interval(right, lower=None, upper=None, left_unique=unique)
     elif kind == "close":  # each left record's interval ends at its own time
         out = left.join_interval(right, lower=timedelta(microseconds=-4), upper="t", emit="close")
+    elif kind == "best":  # the same, keeping each left record's right record of largest v
+        best = tf.BestMatch("v", descending=True)
+        out = left.join_interval(
+            right, lower=timedelta(microseconds=-4), upper="t", emit="close", best=best
+        )
+    elif kind == "best_open":  # no end: every left record closes at the end of input
+        best = tf.BestMatch(["t", "v"], descending=[False, True])
+        out = left.join_interval(
+            right, lower=timedelta(microseconds=-4), upper=None, emit="close", best=best
+        )
     else:
         out = left.join_interval(
             right, lower=timedelta(microseconds=-4), upper=timedelta(microseconds=7)
@@ -217,7 +227,9 @@ def first_left_per_key(batches: list[list[tuple[str, str, int]]]) -> list[Any]:
     return out
 
 
-@pytest.mark.parametrize("kind", ["interval", "close", "regular", "regular_unique"])
+@pytest.mark.parametrize(
+    "kind", ["interval", "close", "regular", "regular_unique", "best", "best_open"]
+)
 @settings(max_examples=40, deadline=None)
 @given(batches=batches_st, delay=st.integers(0, 20), plan=plans)
 def test_interval_join_resumes_like_an_uninterrupted_run(kind, batches, delay, plan):
@@ -252,6 +264,29 @@ def test_a_snapshot_of_another_join_kind_is_refused():
     other = build_join_operator(two_sided("window"), Ctx(FakeClock()))  # type: ignore[arg-type]
     with pytest.raises(StateError, match="cannot be restored into a interval_join"):
         op.restore(other.snapshot())
+
+
+def test_best_match_state_is_one_row_per_open_left_record():
+    node = two_sided("best")
+    op = build_join_operator(node, Ctx(FakeClock()))  # type: ignore[arg-type]
+    for i in range(5):  # one left record at t=10 meets right times in [6, 10]: 7..10, not 11
+        left, right = frames_of([("R", "a", 7 + i)] + ([("L", "a", 10)] if i == 0 else []), i)
+        op.on_batch(0, left)
+        op.on_batch(1, right)
+    snap = op.snapshot()
+    assert snap["best"] == {"by": ["v"], "descending": [True]} and snap["pending"] is None
+    held = pl.read_ipc(snap["left"])
+    assert held.height == 1 and held.get_column("v_right").to_list() == [3]
+    assert held.get_column("__m").to_list() == [True]
+
+
+def test_a_best_match_snapshot_is_refused_by_a_join_without_it_and_back():
+    best = build_join_operator(two_sided("best"), Ctx(FakeClock()))  # type: ignore[arg-type]
+    pairs = build_join_operator(two_sided("close"), Ctx(FakeClock()))  # type: ignore[arg-type]
+    with pytest.raises(StateError, match="written with best=.*this join has best=None"):
+        pairs.restore(best.snapshot())
+    with pytest.raises(StateError, match="written with best=None"):
+        best.restore(pairs.snapshot())
 
 
 def test_a_summary_of_an_older_version_starts_empty(caplog: pytest.LogCaptureFixture) -> None:

@@ -695,3 +695,171 @@ def test_docs_examples_run():
     assert len(blocks) == 8
     for block in blocks:
         exec(compile(block, str(page), "exec"), {})
+
+
+# -- interval join keeping the best match per left record ----------------------------------------
+def ref_best_join(batches, lower, span, delay, rank):
+    """Every pair as in :func:`ref_interval_join_end`, then per left record (by its arrival)
+    the first of its matches by ``rank`` (smaller first), ties to the earlier arrival."""
+    ok, late = late_split(
+        batches, delay, lambda rec, wm: not (lower is None and span is None) and rec[2] < wm
+    )
+    out = []
+    for s1, k1, t1, v1 in ok:
+        if s1 != "L":
+            continue
+        matches = [
+            (t2, v2)
+            for s2, k2, t2, v2 in ok
+            if s2 == "R"
+            and k1 == k2
+            and (lower is None or t1 + lower <= t2)
+            and (span is None or t2 <= t1 + span(v1))
+        ]
+        if matches:
+            t2, v2 = min(matches, key=rank)  # min() keeps the first of equal ranks
+            out.append((k1, t1, v1, t2, v2))
+    return Counter(out), Counter(late)
+
+
+#: (BestMatch, the same order as a Python sort key): by "w" = v % 3 descending (ties go to the
+#: earlier arrival), or a total order (w desc, time, v) for runs with several workers.
+BEST_ORDERS = {
+    "w": (tf.BestMatch("w", descending=True), lambda m: -(m[1] % 3)),
+    "total": (
+        tf.BestMatch(["w", "t", "v"], descending=[True, False, False]),
+        lambda m: (-(m[1] % 3), m[0], m[1]),
+    ),
+}
+
+
+def run_best_join(batches, lower, bounded_end, delay, order, workers=1, unique=False):
+    flow, left, right = sides(batches, delay)
+    if bounded_end:
+        left = with_end(left)
+    right = right.stream.with_columns(w=pl.col("v") % 3).key_by("k")
+    j = left.join_interval(
+        right,
+        lower=None if lower is None else timedelta(microseconds=lower),
+        upper="end" if bounded_end else None,
+        emit="close",
+        left_unique=unique,
+        best=BEST_ORDERS[order][0],
+    )
+    got, late, out = collect_pairs(flow, j, workers)
+    frame = out.frame()
+    if frame.height:  # the pair's columns, and one row per left record
+        assert frame.columns[-3:] == ["t_right", "v_right", "w"]
+        assert (frame["w"] == frame["v_right"] % 3).all()
+    return got, late
+
+
+#: Records close in time and value, so that left records meet several right ones with ties.
+dense_batches_st = st.lists(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["L", "R"]),
+            st.sampled_from(["a", "b"]),
+            st.integers(0, 20),
+            st.integers(0, 9),
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    min_size=1,
+    max_size=7,
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    batches=st.one_of(batches_st, dense_batches_st),
+    delay=st.integers(0, 25),
+    lower=st.sampled_from([None, -4, 0, 3]),
+    bounded_end=st.booleans(),
+    order=st.sampled_from(["w", "total"]),
+    unique=st.booleans(),
+)
+@example(  # a tie on w across batches: the earlier arrival stays
+    batches=[[("L", "a", 0, 1)], [("R", "a", 1, 3)], [("R", "a", 2, 6)]],
+    delay=0,
+    lower=0,
+    bounded_end=False,
+    order="w",
+    unique=False,
+)
+@example(  # ties inside one batch, and a better match after them
+    batches=[[("R", "a", 1, 3), ("R", "a", 2, 6), ("L", "a", 0, 1)], [("R", "a", 3, 5)]],
+    delay=5,
+    lower=-4,
+    bounded_end=False,
+    order="w",
+    unique=False,
+)
+def test_best_match_join_equals_reference(batches, delay, lower, bounded_end, order, unique):
+    if unique:
+        batches = unique_left(batches)
+    span = span_of if bounded_end else None
+    want, want_late = ref_best_join(batches, lower, span, delay, BEST_ORDERS[order][1])
+    got, got_late = run_best_join(batches, lower, bounded_end, delay, order, unique=unique)
+    assert got == want
+    assert got_late == want_late
+
+
+def distinct_values(batches):
+    """The batches with every record's value made unique (a total order with ``v`` last)."""
+    out, n = [], 0
+    for batch in batches:
+        out.append([(s, k, t, n + i) for i, (s, k, t, _) in enumerate(batch)])
+        n += len(batch)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_best_match_join_with_two_workers_equals_the_reference(seed):
+    import random
+
+    rnd = random.Random(seed)
+    batches = [
+        [
+            (rnd.choice("LR"), rnd.choice("abcdefgh"), rnd.randrange(60), rnd.randrange(99))
+            for _ in range(rnd.randrange(1, 9))
+        ]
+        for _ in range(12)
+    ]
+    batches = distinct_values(batches)
+    # A delay above the time range: no record is late, however the two workers interleave.
+    for lower, bounded_end in ((0, True), (-4, False), (None, False)):
+        span = span_of if bounded_end else None
+        want, want_late = ref_best_join(batches, lower, span, 60, BEST_ORDERS["total"][1])
+        got, got_late = run_best_join(batches, lower, bounded_end, 60, "total", workers=2)
+        assert got == want
+        assert not want_late and not got_late
+
+
+def test_best_match_join_checks_its_settings_before_the_job_starts():
+    flow, left, right = sides([[("L", "a", 0, 1)]], 0)
+    left = with_end(left)
+    with pytest.raises(ConfigError, match=r"step 'joins.best_a'.*no column \['price'\]"):
+        left.join_interval(
+            right,
+            lower=timedelta(0),
+            upper="end",
+            emit="close",
+            best=tf.BestMatch("price"),
+            name="best_a",
+        )
+    with pytest.raises(ConfigError, match="step 'joins.best_b'.*pass emit='close'"):
+        left.join_interval(
+            right, lower=timedelta(0), upper="end", best=tf.BestMatch("v"), name="best_b"
+        )
+    with pytest.raises(ConfigError, match="step 'joins.best_c'.*one descending flag per column"):
+        left.join_interval(
+            right,
+            lower=timedelta(0),
+            upper="end",
+            emit="close",
+            best=tf.BestMatch(["v", "t"], descending=[True]),
+            name="best_c",
+        )
+    assert not any(n.kind == "join_interval" for n in flow.nodes)  # nothing was added

@@ -563,6 +563,19 @@ class BestIntervalJoinOperator(IntervalJoinOperator):
         cols = [c for c in right.columns if c not in self.keys and not c.startswith("__")]
         return {c: c + SUFFIX if c in left else c for c in cols}
 
+    def _laid_out(self, opened: pl.DataFrame) -> pl.DataFrame:
+        """``opened`` with every right column (null before a match) in one column order: the
+        left columns, the right ones, ``__m`` (so that all workers' snapshots concatenate)."""
+        right = self.schemas[1]
+        if right is None:
+            return opened
+        names = self._right_names(pl.DataFrame(schema=right))
+        missing = [pl.lit(None, right[c]).alias(n) for c, n in names.items() if n not in opened]
+        if missing:
+            opened = opened.with_columns(missing)
+        left = [c for c in opened.columns if c not in names.values() and c != "__m"]
+        return opened.select(*left, *names.values(), "__m")
+
     def _best_of(self, left: pl.DataFrame, right: pl.DataFrame) -> pl.DataFrame:
         """``__l``, ``__r`` (row positions) and the order columns of the best match in
         ``right`` of each row of ``left`` that has one."""
@@ -650,6 +663,7 @@ class BestIntervalJoinOperator(IntervalJoinOperator):
                 # Right rows of a key whose (only) left record is there need no buffer.
                 keys = rows.select(self.keys)
                 self.buffers[1][:] = [right.join(keys, on=self.keys, how="anti")]
+        new = self._laid_out(new)
         self.open = (
             new if self.open is None else pl.concat([self.open, new], how="diagonal_relaxed")
         )
@@ -734,7 +748,8 @@ class BestIntervalJoinOperator(IntervalJoinOperator):
         out = self._snap_common("interval_join")
         out["best"] = _best_settings(self.op)
         opened = self.open
-        out["left"] = _ipc(opened) if opened is not None and opened.height else None
+        held = opened is not None and opened.height
+        out["left"] = _ipc(self._laid_out(opened)) if opened is not None and held else None
         right = self._buffer(1)
         out["right"] = _ipc(right) if right is not None and right.height else None
         out["pending"] = None
