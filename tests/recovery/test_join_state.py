@@ -283,7 +283,7 @@ def test_best_match_state_is_one_row_per_open_left_record():
 def test_a_best_match_snapshot_is_refused_by_a_join_without_it_and_back():
     best = build_join_operator(two_sided("best"), Ctx(FakeClock()))  # type: ignore[arg-type]
     pairs = build_join_operator(two_sided("close"), Ctx(FakeClock()))  # type: ignore[arg-type]
-    with pytest.raises(StateError, match="written with best=.*this join has best=None"):
+    with pytest.raises(StateError, match=r"written with best=.*this join has best=None"):
         pairs.restore(best.snapshot())
     with pytest.raises(StateError, match="written with best=None"):
         best.restore(pairs.snapshot())

@@ -849,11 +849,11 @@ def test_best_match_join_checks_its_settings_before_the_job_starts():
             best=tf.BestMatch("price"),
             name="best_a",
         )
-    with pytest.raises(ConfigError, match="step 'joins.best_b'.*pass emit='close'"):
+    with pytest.raises(ConfigError, match=r"step 'joins.best_b'.*pass emit='close'"):
         left.join_interval(
             right, lower=timedelta(0), upper="end", best=tf.BestMatch("v"), name="best_b"
         )
-    with pytest.raises(ConfigError, match="step 'joins.best_c'.*one descending flag per column"):
+    with pytest.raises(ConfigError, match=r"step 'joins.best_c'.*one descending flag per column"):
         left.join_interval(
             right,
             lower=timedelta(0),
