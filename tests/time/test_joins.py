@@ -692,7 +692,7 @@ def test_docs_examples_run():
 
     page = pathlib.Path(__file__).parents[2] / "docs" / "joins.md"
     blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
-    assert len(blocks) == 8
+    assert len(blocks) == 9
     for block in blocks:
         exec(compile(block, str(page), "exec"), {})
 
