@@ -840,26 +840,18 @@ def test_best_match_join_with_two_workers_equals_the_reference(seed):
 def test_best_match_join_checks_its_settings_before_the_job_starts():
     flow, left, right = sides([[("L", "a", 0, 1)]], 0)
     left = with_end(left)
-    with pytest.raises(ConfigError, match=r"step 'joins.best_a'.*no column \['price'\]"):
-        left.join_interval(
-            right,
-            lower=timedelta(0),
-            upper="end",
-            emit="close",
-            best=tf.BestMatch("price"),
-            name="best_a",
-        )
-    with pytest.raises(ConfigError, match=r"step 'joins.best_b'.*pass emit='close'"):
-        left.join_interval(
-            right, lower=timedelta(0), upper="end", best=tf.BestMatch("v"), name="best_b"
-        )
-    with pytest.raises(ConfigError, match=r"step 'joins.best_c'.*one descending flag per column"):
-        left.join_interval(
-            right,
-            lower=timedelta(0),
-            upper="end",
-            emit="close",
-            best=tf.BestMatch(["v", "t"], descending=[True]),
-            name="best_c",
-        )
+    cases = [
+        ("close", tf.BestMatch("price"), r"step 'joins.best_0'.*no column \['price'\]"),
+        ("arrival", tf.BestMatch("v"), r"step 'joins.best_1'.*pass emit='close'"),
+        (
+            "close",
+            tf.BestMatch(["v", "t"], descending=[True]),
+            r"step 'joins.best_2'.*one descending flag per column",
+        ),
+    ]
+    for i, (emit, best, message) in enumerate(cases):
+        with pytest.raises(ConfigError, match=message):
+            left.join_interval(
+                right, lower=timedelta(0), upper="end", emit=emit, best=best, name=f"best_{i}"
+            )
     assert not any(n.kind == "join_interval" for n in flow.nodes)  # nothing was added

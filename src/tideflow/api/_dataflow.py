@@ -1116,33 +1116,19 @@ class KeyedStream:
         >>> bids = flow.source(TestingSource(
         ...     [{"auction": 1, "t": 3, "price": 7}, {"auction": 2, "t": 8, "price": 9},
         ...      {"auction": 1, "t": 10, "price": 4}]), name="b")
-        >>> joined = auctions.event_time("t", unit="s").key_by("id").join_interval(
-        ...     bids.event_time("t", unit="s").key_by("auction"),
-        ...     lower=timedelta(0), upper="end", emit="close")
-        >>> out = CollectSink()
+        >>> auctions = auctions.event_time("t", unit="s").key_by("id")
+        >>> bids = bids.event_time("t", unit="s").key_by("auction")
+        >>> joined = auctions.join_interval(bids, lower=timedelta(0), upper="end", emit="close")
+        >>> winners = auctions.join_interval(  # only the highest bid of each auction
+        ...     bids, lower=timedelta(0), upper="end", emit="close",
+        ...     best=tf.BestMatch("price", descending=True))
+        >>> out, best = CollectSink(), CollectSink()
         >>> joined.results.sink(out)
+        >>> winners.results.sink(best)
         >>> _ = tf.run(flow)
         >>> out.frame().select("id", "price").sort("price").rows()
         [(1, 4), (1, 7)]
-
-        Only the highest bid of each auction:
-
-        >>> flow = tf.Dataflow("winners")
-        >>> auctions = flow.source(TestingSource(
-        ...     [{"id": 1, "t": 0, "end": 10}, {"id": 2, "t": 5, "end": 6}],
-        ...     schema={"id": pl.Int64(), "t": pl.Int64(), "end": pl.Int64()}), name="a"
-        ... ).with_columns(end=pl.from_epoch("end", "s").dt.replace_time_zone("UTC"))
-        >>> bids = flow.source(TestingSource(
-        ...     [{"auction": 1, "t": 3, "price": 7}, {"auction": 2, "t": 8, "price": 9},
-        ...      {"auction": 1, "t": 10, "price": 4}]), name="b")
-        >>> winners = auctions.event_time("t", unit="s").key_by("id").join_interval(
-        ...     bids.event_time("t", unit="s").key_by("auction"),
-        ...     lower=timedelta(0), upper="end", emit="close",
-        ...     best=tf.BestMatch("price", descending=True))
-        >>> out = CollectSink()
-        >>> winners.results.sink(out)
-        >>> _ = tf.run(flow)
-        >>> out.frame().select("id", "price").rows()
+        >>> best.frame().select("id", "price").rows()
         [(1, 7)]
         """
         from tideflow.api._joins import join_interval

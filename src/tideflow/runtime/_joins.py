@@ -350,10 +350,9 @@ class IntervalJoinOperator(_TwoSided):
         end: pl.Expr = pl.col("__t") + self.upper
         return end
 
-    def on_batch(self, index: int, batch: pl.DataFrame) -> None:
-        if batch.height == 0:
-            return
-        batch = self._arrive(index, batch)
+    def _rows(self, index: int, batch: pl.DataFrame) -> pl.DataFrame | None:
+        """An arrived batch with ``__t`` (and ``__end`` on the left), late rows sent to
+        ``late``; None when nothing is left."""
         rows = batch.with_columns(self._times(batch, index))
         if index == 0:
             col = self.op.upper_column
@@ -370,7 +369,16 @@ class IntervalJoinOperator(_TwoSided):
                 self._late(late, index, "its time is below the watermark")
                 rows = rows.filter(pl.col("__t") >= self.wm)
                 if rows.height == 0:
-                    return
+                    return None
+        return rows
+
+    def on_batch(self, index: int, batch: pl.DataFrame) -> None:
+        if batch.height == 0:
+            return
+        got = self._rows(index, self._arrive(index, batch))
+        if got is None:
+            return
+        rows = got
         if not self.bounded:
             self._regular(index, rows)
             return
@@ -626,23 +634,9 @@ class BestIntervalJoinOperator(IntervalJoinOperator):
                 )
                 raise JobError(msg, step_id=self.node.step_id)
             self.checked = True
-        rows = batch.with_columns(self._times(batch, index))
-        if index == 0:
-            col = self.op.upper_column
-            if col is not None and not isinstance(batch.schema.get(col), pl.Datetime):
-                msg = (
-                    f"step '{self.node.step_id}': upper={col!r} must be a UTC timestamp column "
-                    f"of the left side, got {batch.schema.get(col, 'no such column')}"
-                )
-                raise JobError(msg, step_id=self.node.step_id)
-            rows = rows.with_columns(self._end().alias("__end"))
-        if self.bounded:  # a regular join (no bound on either side) has no late records
-            late = rows.filter(pl.col("__t") < self.wm)
-            if late.height:
-                self._late(late, index, "its time is below the watermark")
-                rows = rows.filter(pl.col("__t") >= self.wm)
-                if rows.height == 0:
-                    return
+        rows = self._rows(index, batch)
+        if rows is None:
+            return
         if index == 0:
             self._left(rows)
         else:
