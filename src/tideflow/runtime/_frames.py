@@ -13,11 +13,33 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-__all__ = ["epoch_us", "filter_mask", "set_column", "without"]
+__all__ = ["concat", "epoch_us", "filter_mask", "set_column", "without"]
 
 #: Up to this many rows a frame is filtered column by column (a direct call per column),
 #: beyond it by Polars' planner (parallel over columns).
 _SMALL = 4096
+
+
+def concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    """Frames one after the other; their dtypes are widened to a common one only if they differ.
+
+    Partials and polls of one step nearly always share a schema, and the plain concat is then
+    about twenty times cheaper than the relaxed one (which resolves a supertype per column and
+    frame: a millisecond for 80 small frames).
+
+    Examples
+    --------
+    >>> concat([pl.DataFrame({"a": [1]}), pl.DataFrame({"a": [2]})])["a"].to_list()
+    [1, 2]
+    >>> concat([pl.DataFrame({"a": [1]}), pl.DataFrame({"a": [2.5]})])["a"].to_list()
+    [1.0, 2.5]
+    """
+    if len(frames) == 1:
+        return frames[0]
+    try:
+        return pl.concat(frames, how="vertical")
+    except pl.exceptions.SchemaError:
+        return pl.concat(frames, how="vertical_relaxed")
 
 
 def epoch_us(col: pl.Series) -> npt.NDArray[np.int64]:

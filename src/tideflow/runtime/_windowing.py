@@ -30,7 +30,7 @@ from tideflow.api._windows import (
     WindowOp,
     _us,
 )
-from tideflow.runtime._frames import epoch_us, filter_mask, set_column, without
+from tideflow.runtime._frames import concat, epoch_us, filter_mask, set_column, without
 from tideflow.runtime._operators import OpContext, Operator
 from tideflow.state._backends import DiskState
 
@@ -202,7 +202,7 @@ class _WindowBase(Operator):
     ) -> pl.DataFrame:
         """Partials of the same groups -> one partial row per group (``force``: even of one
         frame, whose rows may repeat a group)."""
-        merged = frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical_relaxed")
+        merged = concat(frames)
         if self.op.aggs is not None:
             return merged.group_by(by).agg(self.merges)
         return self._leaders(merged, by) if len(frames) > 1 or force else merged
@@ -449,7 +449,7 @@ class AlignedWindowOperator(_WindowBase):
     def _emit_results(self, frames: list[pl.DataFrame], result: str) -> None:
         frames = [f for f in frames if f.height]
         if frames:
-            self.ctx.emit(self._mark(pl.concat(frames, how="vertical_relaxed"), result))
+            self.ctx.emit(self._mark(concat(frames), result))
 
     def _ends_between(self, before: int, wm: int) -> bool:
         """Whether some window end (``offset + size + k * hop``) lies in ``(before, wm]``."""
@@ -520,8 +520,8 @@ class AlignedWindowOperator(_WindowBase):
             "wm": self.wm,
             "since_early": self.since_early,
             "dirty": sorted(self.dirty),
-            "pending": _ipc(pl.concat(pending, how="vertical_relaxed")) if pending else None,
-            "fired": _ipc(pl.concat(fired, how="vertical_relaxed")) if fired else None,
+            "pending": _ipc(concat(pending)) if pending else None,
+            "fired": _ipc(concat(fired)) if fired else None,
         }
 
     def restore(self, snap: dict[str, Any]) -> None:

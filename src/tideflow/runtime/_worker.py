@@ -29,6 +29,7 @@ import polars as pl
 from tideflow._errors import JobError, TideflowError
 from tideflow.api._graph import Node
 from tideflow.connectors._base import SinkWriter, SourceContext, SourceReader
+from tideflow.runtime._frames import concat
 from tideflow.runtime._operators import Operator, SinkOperator, build_operator
 from tideflow.runtime._projection import project_sources
 from tideflow.state._backends import DiskState, StateBackend
@@ -423,13 +424,7 @@ class _SourceRunner:
     def take(self) -> pl.DataFrame | None:
         if not self.buffer:
             return None
-        if len(self.buffer) == 1:
-            out = self.buffer[0]
-        else:
-            try:  # polls of one source nearly always agree on the schema: the cheap concat
-                out = pl.concat(self.buffer, how="vertical")
-            except pl.exceptions.SchemaError:
-                out = pl.concat(self.buffer, how="vertical_relaxed")
+        out = concat(self.buffer)
         self.buffer, self.buffered = [], 0
         return out
 
