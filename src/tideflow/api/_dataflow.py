@@ -1218,7 +1218,8 @@ class KeyedStream:
         Rows are ordered by the ``by`` columns (each ascending, or descending as
         ``descending`` says; nulls last); rows that compare equal keep their arrival order,
         so the earlier arrival ranks first. ``rank`` adds a 1-based rank column. The state
-        is a Polars frame of at most ``n`` rows per key (no Python object per key or record).
+        is at most ``n`` rows per key in a key-indexed row store (no Python object per key or
+        record); a batch is merged with the kept rows of its own keys only.
         ``emit="updates"`` emits, after each batch, the current top rows of the keys the
         batch touched (all of them, ranked); ``emit="final"`` emits every key's top rows once
         when the input ends; ``"auto"`` is final for bounded inputs and updates otherwise.

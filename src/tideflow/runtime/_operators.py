@@ -539,29 +539,27 @@ class TopNOperator(Operator):
         The returned rows are ranked, key by key (every column, for emission).
         """
         narrow = batch.select(self.narrow)
-        top, ranks = self._best(narrow)  # the batch's own top rows
-        top_narrow = narrow[top]
-        probe = top_narrow.select(self.keys)
-        if self.op.n > 1:
-            probe = probe.filter(pl.Series(ranks == 0))  # one row per key
+        probe = narrow.select(self.keys).unique()
         _, found, pos = self.rows.probe(probe, None if wide else self.narrow)
         if pos.size == 0:
+            top, ranks = self._best(narrow)
             rows = batch[top]
             self.rows.append(rows)
             return self._ranked(rows, ranks) if wide else None
         order = np.argsort(pos, kind="stable")  # arrival order: the earlier of a tie first
         pos, found = pos[order], found[order]
-        both = pl.concat([found.select(self.narrow), top_narrow], how="vertical_relaxed")
+        # One sort of the kept rows of the batch's keys and the batch (key and order columns).
+        both = pl.concat([found.select(self.narrow), narrow], how="vertical_relaxed")
         kept, ranks = self._best(both)
         held = pos.size
         lost = np.ones(held, np.bool_)
         lost[kept[kept < held]] = False
         self._remove(pos[lost])
         # Key by key in rank order: the appended rows keep ties' arrival order.
-        self.rows.append(batch[top[kept[kept >= held] - held]])
+        self.rows.append(batch[kept[kept >= held] - held])
         if not wide:
             return None
-        rows = pl.concat([found, batch[top]], how="vertical_relaxed")[kept]
+        rows = pl.concat([found, batch], how="vertical_relaxed")[kept]
         return self._ranked(rows, ranks)
 
     def _remove(self, positions: npt.NDArray[np.int64]) -> None:
