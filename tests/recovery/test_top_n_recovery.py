@@ -115,8 +115,17 @@ def test_top_n_job_resumes_like_an_uninterrupted_run(
     assert all(s["version"] == 2 for s in snaps)
     assert any(s["chunks"] for s in snaps)
     names = _chunks(ck)
-    # Unchanged state is shared: far fewer chunk files than references to them.
-    assert len(names) >= 3 and len({n for c in names for n in c}) < sum(map(len, names)) / 2
+    # Unchanged state is shared: a checkpoint writes at most one chunk per worker and refers
+    # to the earlier ones. How many checkpoints fit before the abort depends on the machine's
+    # load (two worker processes align each one): with many, far fewer chunk files than
+    # references to them; with one worker there are dozens.
+    written = {n for c in names for n in c}
+    refs = sum(map(len, names))
+    assert len(names) >= 2 and len(written) <= before * len(names)
+    if len(names) >= 3:
+        assert len(written) < refs
+    if len(names) >= 6:
+        assert len(written) < refs / 2
     # Chunks of a checkpoint cut short by the abort may be left until the next one completes.
     assert {n for c in names for n in c} <= {p.name for p in (ck / "shared").iterdir()}
 
