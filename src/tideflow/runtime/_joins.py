@@ -649,10 +649,13 @@ class BestIntervalJoinOperator(IntervalJoinOperator):
         if right is not None and right.height:
             best = self._best_of(rows, right)
             if best.height:
-                hit = np.zeros(rows.height, np.bool_)
-                hit[best.get_column("__l").to_numpy()] = True
-                matched = self._with_best(rows, right, best)
-                new = pl.concat([new.filter(~pl.Series(hit)), matched], how="diagonal_relaxed")
+                # Each new row's match (a null position where it has none), gathered in the
+                # rows' own order: the left rows are not copied.
+                at = pl.Series("__r", [None] * rows.height, pl.UInt32)
+                at.scatter(best.get_column("__l"), best.get_column("__r"))
+                names = self._right_names(right)
+                theirs = right.select(list(names)).select(pl.all().gather(at)).rename(names)
+                new = pl.concat([rows, theirs], how="horizontal").with_columns(__m=at.is_not_null())
             if self.op.left_unique:
                 # Right rows of a key whose (only) left record is there need no buffer.
                 keys = rows.select(self.keys)
