@@ -123,29 +123,43 @@ def _chunks(rows: list[dict[str, Any]], size: int) -> list[pl.DataFrame]:
     ]
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     rows=st.lists(ROW, max_size=150),
     size=st.integers(1, 40),
     workers=st.integers(1, 3),
     cut=st.integers(0, 150),
+    group=st.integers(0, 4),
 )
 def test_n_unique_state_equals_reference_over_workers_and_restores(
-    rows: list[dict[str, Any]], size: int, workers: int, cut: int
+    rows: list[dict[str, Any]], size: int, workers: int, cut: int, group: int
 ) -> None:
-    """Batches hash-partitioned over workers, a snapshot midway restored: same counts."""
+    """Batches hash-partitioned over workers, a snapshot midway restored: same counts.
+
+    With ``group`` 0 each worker folds in raw rows; otherwise each batch is first reduced to
+    one row per key (its distinct values as lists: the combiner before the exchange) and the
+    partials of ``group`` batches are handed over together (so keys repeat).
+    """
     specs = tuple(parse_aggs(AGGS, "t"))
     states = [AggState(("k", "j"), specs) for _ in range(workers)]
-    for n, batch in enumerate(_chunks(rows, size)):
-        if n * size >= cut and not getattr(states[0], "_restored", False):
+    assert states[0].combinable
+    batches = _chunks(rows, size)
+    if group:
+        exprs = states[0].partial_exprs()
+        parts = [b.group_by("k", "j").agg(exprs) for b in batches]
+        batches = [pl.concat(parts[i : i + group]) for i in range(0, len(parts), group)]
+    restored = False
+    for n, batch in enumerate(batches):
+        if n * size * max(group, 1) >= cut and not restored:
             for w in range(workers):  # snapshot and restore every worker's state midway
                 fresh = AggState(("k", "j"), specs)
                 fresh.restore(states[w].snapshot())
                 states[w] = fresh
-            states[0]._restored = True  # type: ignore[attr-defined]
+            restored = True
         part = batch.with_columns(w=pl.struct("k", "j").hash(seed=7) % workers)
         for (w,), b in part.partition_by("w", as_dict=True, include_key=False).items():
-            states[w].update(b)
+            keys, ids = states[w].merge(b) if group else states[w].update(b)
+            assert keys.height == len(ids) == len(set(ids.tolist()))  # each key once
     frames = [s.all_values() for s in states if len(s.index)]
     got = as_dict(pl.concat(frames)) if frames else {}
     assert got == reference(rows)

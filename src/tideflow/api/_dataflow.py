@@ -934,7 +934,7 @@ class KeyedStream:
             out_schema = {k: schema[k] for k in self.keys}
             for s in specs:
                 out_schema[s.name] = _agg_dtype(s, schema)
-        combine = all(s.kind not in ("n_unique", "top_k") for s in specs)
+        combine = all(s.kind != "top_k" for s in specs)
         if combine:
             # Combiner: reduce each batch to one partial row per key before the shuffle.
             from tideflow.runtime._keyed import AggState

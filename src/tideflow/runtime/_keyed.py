@@ -131,8 +131,11 @@ class AggState:
     # -- partial aggregation --------------------------------------------------------------
     @property
     def combinable(self) -> bool:
-        """True when every aggregate merges from partials (a combiner may run before a shuffle)."""
-        return all(s.kind not in ("n_unique", "top_k") for s in self.specs)
+        """True when every aggregate merges from partials (a combiner may run before a shuffle).
+
+        ``n_unique``'s partial is the list of a key's distinct values in a batch.
+        """
+        return all(s.kind != "top_k" for s in self.specs)
 
     @staticmethod
     def _partials(s: AggSpec) -> list[pl.Expr]:
@@ -155,7 +158,7 @@ class AggState:
             return [(col.min() if s.kind == "min" else col.max()).alias(p)]
         if s.kind == "top_k":
             return [col.top_k(s.k).alias(p)]
-        return []  # n_unique is merged from (key, value) pairs
+        return [col.unique().alias(p)]  # n_unique: the distinct values (null too)
 
     def partial_exprs(self) -> list[pl.Expr]:
         """Expressions turning raw rows into one partial row per key."""
@@ -172,6 +175,8 @@ class AggState:
                 out.append(pl.col(p).min())
             elif s.kind == "max":
                 out.append(pl.col(p).max())
+            elif s.kind == "n_unique":
+                out.append(pl.col(p).explode())  # the lists of the key's rows, as one
             else:
                 out.append(pl.col(p).sum())
         return out
@@ -193,9 +198,21 @@ class AggState:
         return self._fold(partial, batch)
 
     def merge(self, partials: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray]:
-        """Fold partial rows (from :meth:`partial_exprs`, keys may repeat) in."""
-        partial = partials.group_by(self.keys).agg(self.merge_exprs())
-        return self._fold(partial, None)
+        """Fold partial rows (from :meth:`partial_exprs`, keys may repeat) in.
+
+        Partial rows of distinct keys (one combiner's batch) are folded in as they are; rows
+        of a repeated key are first merged into one by its id.
+        """
+        ids, _ = self.index.lookup(partials.select(self.keys))
+        if len(ids) > 1 and not bool(np.all(np.diff(np.sort(ids)))):
+            merged = (
+                partials.with_columns(pl.Series(_ID, ids))
+                .group_by(_ID)
+                .agg(*(pl.col(k).first() for k in self.keys), *self.merge_exprs())
+            )
+            ids = merged.get_column(_ID).to_numpy()
+            partials = merged.drop(_ID)
+        return self._fold(partials, None, ids)
 
     def _fold(
         self, partial: pl.DataFrame, batch: pl.DataFrame | None, ids: np.ndarray | None = None
@@ -210,7 +227,6 @@ class AggState:
         if ids is None:
             ids, _ = self.index.lookup(partial)
         n = len(self.index)
-        rows: np.ndarray | None = None
         for s in self.specs:
             p = f"__{s.name}"
             if s.kind in ("count", "count_non_null"):
@@ -232,10 +248,7 @@ class AggState:
             elif s.kind == "top_k":
                 self._merge_topk(s, partial.get_column(p).to_list(), ids, n)
             elif s.kind == "n_unique":
-                assert batch is not None
-                if rows is None:
-                    rows = self._row_ids(batch, partial, ids)
-                self._merge_unique(s, batch, rows, n)
+                self._merge_unique(s, partial.get_column(p), ids, n)
         return partial.select(self.keys), ids
 
     def _merge_extreme(
@@ -265,20 +278,16 @@ class AggState:
             vals = [v for v in vals if v is not None]
             store[i] = heapq.nlargest(s.k, store[i] + vals)
 
-    def _row_ids(self, batch: pl.DataFrame, partial: pl.DataFrame, ids: np.ndarray) -> np.ndarray:
-        """The key id of every row of ``batch`` (``ids`` are those of ``partial``'s keys)."""
-        keys = list(self.keys)
-        known = partial.select(keys).with_columns(pl.Series(_ID, ids))
-        got = batch.select(keys).join(
-            known, on=keys, how="left", maintain_order="left", nulls_equal=True
-        )
-        out: np.ndarray = got.get_column(_ID).to_numpy()
-        return out
-
-    def _merge_unique(self, s: AggSpec, batch: pl.DataFrame, rows: np.ndarray, n: int) -> None:
-        assert s.column is not None
+    def _merge_unique(self, s: AggSpec, lists: pl.Series, ids: np.ndarray, n: int) -> None:
+        """Fold in the distinct values of ``lists`` (a list per key, the key's id in ``ids``)."""
         distinct = self._distinct.setdefault(s.name, DistinctPairs())
-        fresh = distinct.add(rows, batch.get_column(s.column))
+        lens = lists.list.len().to_numpy()
+        values = lists.explode()
+        if len(values) != int(lens.sum()):  # an empty list explodes to one null: drop it
+            values = lists.filter(lists.list.len() > 0).explode()
+            lens = lens[lens > 0]
+            ids = ids[lists.list.len().to_numpy() > 0]
+        fresh = distinct.add(np.repeat(ids, lens), values)
         arr = self._array(f"__{s.name}", np.int64, 0, n)
         if len(fresh):
             arr += np.bincount(fresh, minlength=len(arr))
