@@ -35,8 +35,10 @@ def _physical(values: pl.Series) -> np.ndarray | None:
     if dtype == pl.Boolean:
         return values.fill_null(False).cast(pl.Int64).to_numpy()
     if dtype.is_integer() or dtype.is_temporal():
-        phys = values.to_physical()
-        return phys.fill_null(0).to_numpy().astype(np.int64, copy=False)
+        phys = values if dtype.is_integer() else values.to_physical()
+        if phys.null_count():
+            phys = phys.fill_null(0)
+        return phys.to_numpy().astype(np.int64, copy=False)
     return None
 
 
@@ -206,7 +208,10 @@ class DistinctPairs:
         if self.dtype is None or self.dtype == pl.Null:
             self.dtype = values.dtype
         ids = np.asarray(ids, dtype=np.int64)
-        nulls = values.is_null().to_numpy()
+        if values.null_count():
+            nulls = values.is_null().to_numpy()
+        else:
+            nulls = np.zeros(len(values), dtype=np.bool_)
         key_bits = self._key_bits(ids)
         slots = self._slots(values, _physical(values), nulls, key_bits)
         top = int(slots.max())
@@ -237,8 +242,9 @@ class DistinctPairs:
                 self.new.append(batch)
             runs = self.runs
             while len(runs) > 1 and len(runs[-2]) <= 2 * len(runs[-1]):
-                last = runs.pop()
-                runs[-1] = np.sort(np.concatenate((runs[-1], last)), kind="stable")
+                merged = np.concatenate((runs[-2], runs.pop()))
+                merged.sort(kind="stable")  # two sorted runs: a linear merge, in place
+                runs[-1] = merged
         return batch
 
     def track(self) -> None:

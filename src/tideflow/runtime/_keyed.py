@@ -254,7 +254,9 @@ class AggState:
     def _merge_extreme(
         self, s: AggSpec, p: str, partial: pl.DataFrame, ids: np.ndarray, n: int
     ) -> None:
-        col = partial.get_column(p).to_physical()
+        col = partial.get_column(p)
+        if col.dtype.is_temporal():
+            col = col.to_physical()
         is_int = col.dtype.is_integer() or col.dtype == pl.Boolean
         dt = np.int64 if is_int else np.float64
         info = np.iinfo(np.int64) if is_int else None
@@ -264,9 +266,11 @@ class AggState:
             fill = info.min if info is not None else -np.inf
         arr = self._array(p, dt, fill, n)
         has = self._array(p + "_has", np.bool_, False, n)
-        valid = col.is_not_null().to_numpy()
-        vals = col.fill_null(0).to_numpy().astype(dt)
-        vi, vv = ids[valid], vals[valid]
+        if col.null_count():
+            valid = col.is_not_null().to_numpy()
+            vi, vv = ids[valid], col.fill_null(0).to_numpy().astype(dt)[valid]
+        else:
+            vi, vv = ids, col.to_numpy().astype(dt, copy=False)
         arr[vi] = np.minimum(arr[vi], vv) if s.kind == "min" else np.maximum(arr[vi], vv)
         has[vi] = True
 
@@ -282,11 +286,10 @@ class AggState:
         """Fold in the distinct values of ``lists`` (a list per key, the key's id in ``ids``)."""
         distinct = self._distinct.setdefault(s.name, DistinctPairs())
         lens = lists.list.len().to_numpy()
+        some = lens > 0
+        if not some.all():  # an empty list explodes to one null: leave it out
+            lists, lens, ids = lists.filter(pl.Series(some)), lens[some], ids[some]
         values = lists.explode()
-        if len(values) != int(lens.sum()):  # an empty list explodes to one null: drop it
-            values = lists.filter(lists.list.len() > 0).explode()
-            lens = lens[lens > 0]
-            ids = ids[lists.list.len().to_numpy() > 0]
         fresh = distinct.add(np.repeat(ids, lens), values)
         arr = self._array(f"__{s.name}", np.int64, 0, n)
         if len(fresh):
