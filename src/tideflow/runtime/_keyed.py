@@ -284,7 +284,9 @@ class AggState:
 
     def _merge_unique(self, s: AggSpec, lists: pl.Series, ids: np.ndarray, n: int) -> None:
         """Fold in the distinct values of ``lists`` (a list per key, the key's id in ``ids``)."""
-        distinct = self._distinct.setdefault(s.name, DistinctPairs())
+        distinct = self._distinct.get(s.name)
+        if distinct is None:
+            distinct = self._distinct[s.name] = DistinctPairs()
         lens = lists.list.len().to_numpy()
         some = lens > 0
         if not some.all():  # an empty list explodes to one null: leave it out
