@@ -93,9 +93,9 @@ _MAX_CHUNKS = 16
 _MERGE_CHUNKS = 8
 
 
-def _ipc(frame: pl.DataFrame) -> bytes:
+def _ipc(frame: pl.DataFrame, compression: Any = "uncompressed") -> bytes:
     buf = io.BytesIO()
-    frame.write_ipc(buf)
+    frame.write_ipc(buf, compression=compression)
     return buf.getvalue()
 
 
@@ -361,11 +361,12 @@ class AggState:
             codes = distinct.take_new()
         if len(codes) or not chunks:
             pairs = distinct.frame(codes)
-            chunks.append(SnapshotChunk(_ipc(pairs.rename({"value": _VALUE}))))
+            # LZ4: the ids of a chunk are few and sorted runs, cheaper to compress than to write
+            chunks.append(SnapshotChunk(_ipc(pairs.rename({"value": _VALUE}), "lz4")))
         if len(chunks) > _MAX_CHUNKS:  # fold the newest (smallest) into one
             tail = [_from_ipc(c.read()) for c in chunks[-_MERGE_CHUNKS:]]
             del chunks[-_MERGE_CHUNKS:]
-            chunks.append(SnapshotChunk(_ipc(pl.concat(tail, how="vertical_relaxed"))))
+            chunks.append(SnapshotChunk(_ipc(pl.concat(tail, how="vertical_relaxed"), "lz4")))
         return list(chunks)
 
     def _pair_frame(self, distinct: DistinctPairs) -> pl.DataFrame:
