@@ -286,13 +286,18 @@ def _ipc(frame: pl.DataFrame) -> bytes:
 def _half_state(
     rows: list[dict[str, Any]],
 ) -> tuple[tuple[Any, ...], pl.DataFrame, pl.DataFrame, AggState, dict[str, Any]]:
-    """Specs, both halves of ``rows``, the state of the first half and its snapshot."""
+    """Specs, both halves of ``rows``, the state of the first half and its snapshot.
+
+    The snapshot has the older layouts' ``table`` (one IPC table) instead of ``rows``.
+    """
     specs = tuple(parse_aggs(AGGS, "t"))
     half = len(rows) // 2
     first, rest = pl.DataFrame(rows[:half], schema=SCHEMA), pl.DataFrame(rows[half:], schema=SCHEMA)
     state = AggState(("k", "j"), specs)
     state.update(first)
-    return specs, first, rest, state, state.snapshot()
+    snap = state.snapshot()
+    table = _keyed.table_of_rows(snap.pop("rows"))
+    return specs, first, rest, state, {**snap, "table": _ipc(table)}
 
 
 def test_version_1_snapshot_with_python_pairs_still_restores() -> None:
@@ -354,16 +359,18 @@ def _named_chunks(store: CheckpointStore) -> set[str]:
 def test_snapshots_write_each_pair_once_and_restore_through_a_store(
     rows: list[dict[str, Any]], size: int, marks: set[int], keep: int
 ) -> None:
-    """Each snapshot adds a chunk of the new pairs only; resumed states refer to the old ones.
+    """Each snapshot adds chunks of the new pairs and changed keys; resumes refer to the old ones.
 
     At every mark the state is checkpointed into a store (older checkpoints pruned), read
     back and restored, and the run goes on from the restored state: the chunks together hold
-    every pair seen so far exactly once, a checkpoint writes at most one new chunk file per
-    aggregate, the store keeps exactly the chunk files its checkpoints name, and the final
+    every pair seen so far exactly once, the table's newest chunk holds the keys changed since
+    the previous snapshot, a checkpoint writes at most one new chunk file per aggregate and one
+    for the table, the store keeps exactly the chunk files its checkpoints name, and the final
     counts equal the brute-force reference.
     """
     specs = tuple(parse_aggs(AGGS, "t"))
     state = AggState(("k", "j"), specs)
+    start = 0  # the first row after the previous snapshot
     with tempfile.TemporaryDirectory() as d:
         store = CheckpointStore(d, keep=keep)
         for n, batch in enumerate(_chunks(rows, size)):
@@ -377,9 +384,17 @@ def test_snapshots_write_each_pair_once_and_restore_through_a_store(
                 held = _chunk_rows(state, chunks)
                 assert len(held) == len(seen[name])  # no pair written twice
                 assert set(held) == seen[name]
+            # the table: a chunk of the keys changed since the previous snapshot (all keys
+            # at the first), and the last row of each key is its state
+            newest = pl.read_ipc(io.BytesIO(snap["rows"][-1].read()))
+            since = rows[start : (n + 1) * size]
+            assert set(newest.select("k", "j").rows()) == {(r["k"], r["j"]) for r in since}
+            whole = state._table_rows(np.arange(len(state.index))).drop("__id")
+            assert _keyed.table_of_rows(snap["rows"]).equals(whole)
+            start = (n + 1) * size
             before = set(_named_chunks(store))
             store.write(n + 1, [{"t.stats": snap}])
-            assert len(_named_chunks(store) - before) <= len(snap["pairs"])
+            assert len(_named_chunks(store) - before) <= len(snap["pairs"]) + 1
             assert {f.name for f in store.shared.iterdir()} == _named_chunks(store)
             cp = store.latest()
             assert cp is not None
@@ -402,6 +417,7 @@ def test_many_snapshots_fold_their_newest_chunks(monkeypatch: pytest.MonkeyPatch
             state.update(batch)
             snap = state.snapshot()
             seen = _pairs_of(rows[: (n + 1) * 60])
+            assert len(snap["rows"]) <= 4
             for name, chunks in snap["pairs"].items():
                 assert len(chunks) <= 4
                 held = _chunk_rows(state, chunks)

@@ -20,7 +20,7 @@ from tideflow.api._aggs import AggSpec
 from tideflow.runtime._distinct import DistinctPairs
 from tideflow.state._store import SnapshotChunk
 
-__all__ = ["AggState", "KeyIndex"]
+__all__ = ["AggState", "KeyIndex", "table_of_rows"]
 
 
 class KeyIndex:
@@ -103,6 +103,37 @@ def _from_ipc(data: bytes) -> pl.DataFrame:
     return pl.read_ipc(io.BytesIO(data))
 
 
+def table_of_rows(parts: list[Any], *, release: bool = False) -> pl.DataFrame:
+    """The table of a version-3 aggregation snapshot from its ``rows`` chunks (or IPC bytes).
+
+    A key's last row wins; the rows come out in id order, without ``__id``. With ``release``
+    the chunks' bytes are dropped from memory once read (they stay in their files). Raises
+    :class:`~tideflow.StateError` if the ids are not ``0, 1, ..., n - 1``.
+    """
+    frames = []
+    for part in parts:
+        if isinstance(part, SnapshotChunk):
+            frame = _from_ipc(part.read())
+            if release:
+                part.release()
+        else:
+            frame = _from_ipc(part)
+        if frame.width:
+            frames.append(frame)
+    if not frames:
+        return pl.DataFrame()
+    rows = pl.concat(frames, how="diagonal_relaxed")
+    rows = rows.unique(subset="__id", keep="last", maintain_order=True).sort("__id")
+    ids = rows.get_column("__id").to_numpy()
+    if rows.get_column("__id").null_count() or not np.array_equal(ids, np.arange(len(ids))):
+        msg = (
+            "aggregation state: the table's chunks do not hold keys 0 to n - 1; the "
+            "checkpoint is damaged, start without it"
+        )
+        raise StateError(msg)
+    return rows.drop("__id")
+
+
 def _grow(arr: np.ndarray, n: int, fill: Any) -> np.ndarray:
     if n <= len(arr):
         return arr
@@ -123,6 +154,11 @@ class AggState:
         self._distinct: dict[str, DistinctPairs] = {}
         #: The snapshot chunks of each ``n_unique``'s pairs (see :meth:`snapshot`).
         self._chunks: dict[str, list[SnapshotChunk]] = {}
+        #: The snapshot chunks of the table (None: the next snapshot writes all of it), the
+        #: rows they hold, and the keys changed since (by id).
+        self._rows: list[SnapshotChunk] | None = None
+        self._row_count = 0
+        self._dirty = np.zeros(0, dtype=np.bool_)
         self._topk: dict[str, list[list[Any]]] = {}
         self._partial_exprs: list[pl.Expr] = []
         for s in specs:
@@ -227,6 +263,7 @@ class AggState:
         if ids is None:
             ids, _ = self.index.lookup(partial)
         n = len(self.index)
+        self._touch(ids, n)
         for s in self.specs:
             p = f"__{s.name}"
             if s.kind in ("count", "count_non_null"):
@@ -326,29 +363,51 @@ class AggState:
 
     # -- snapshots ------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
-        """Plain-data state (version 3): Arrow IPC tables of keys + accumulators, and chunks.
+        """Plain-data state (version 3): chunks of the table, and of the distinct pairs.
 
-        The distinct pairs of each ``n_unique`` are a list of
-        :class:`~tideflow.state.SnapshotChunk`\\ s of (key id, value) rows, the key id being
-        the key's row in ``table``: each snapshot adds one chunk of the pairs that are new
-        since the previous one and refers to the earlier chunks, so a checkpoint writes what
-        changed, not the whole distinct state.
+        ``rows`` is a list of :class:`~tideflow.state.SnapshotChunk`\\ s of table rows (key
+        columns, accumulators, ``__id``): each snapshot adds one chunk of the keys changed
+        since the previous one, and a key's last row is its state (the whole table again
+        once the chunks hold more than twice its rows, or more than ``_MAX_CHUNKS`` chunks).
+        The distinct pairs of each ``n_unique`` are chunks of (key id, value) rows: each
+        snapshot adds one of the pairs that are new since the previous one. So a checkpoint
+        writes what changed, not the whole state.
         """
         n = len(self.index)
-        table = self.index.frame() if n else pl.DataFrame()
-        cols = [pl.Series(name, arr[:n]) for name, arr in self._arrays.items()]
-        for name, store in self._topk.items():
-            src = self._dtypes[name]
-            cols.append(pl.Series(f"__topk_{name}", store[:n], dtype=pl.List(src)))
-        if n:
-            table = table.with_columns(cols)
+        if self._rows is None or len(self._rows) >= _MAX_CHUNKS or self._row_count > 2 * n + 1024:
+            self._rows, self._row_count = [], 0
+            ids = np.arange(n, dtype=np.int64)
+        else:
+            ids = np.flatnonzero(self._dirty[:n])
+        self._dirty = np.zeros(max(n, 64), dtype=np.bool_)
+        if len(ids) or not self._rows:
+            self._rows.append(SnapshotChunk(_ipc(self._table_rows(ids), "lz4")))
+            self._row_count += len(ids)
         pairs = {name: self._pair_chunks(name, d) for name, d in self._distinct.items()}
         return {
             "version": 3,
-            "table": _ipc(table),
+            "rows": list(self._rows),
             "dtypes": _ipc(pl.DataFrame(schema=self._dtypes)),
             "pairs": pairs,
         }
+
+    def _touch(self, ids: np.ndarray, n: int) -> None:
+        """Mark keys changed since the last snapshot (once snapshots are chunked)."""
+        if self._rows is not None:
+            self._dirty = _grow(self._dirty, n, False)
+            self._dirty[ids] = True
+
+    def _table_rows(self, ids: np.ndarray) -> pl.DataFrame:
+        """Rows of the table (key columns, accumulators, ``__id``) of the keys at ``ids``."""
+        if not len(self.index):
+            return pl.DataFrame()
+        keys = self.index.frame()[ids]
+        cols = [pl.Series(name, arr[ids]) for name, arr in self._arrays.items()]
+        for name, store in self._topk.items():
+            src = self._dtypes[name]
+            lists = [store[i] for i in ids.tolist()]
+            cols.append(pl.Series(f"__topk_{name}", lists, dtype=pl.List(src)))
+        return keys.with_columns(*cols, pl.Series("__id", ids, dtype=pl.Int64))
 
     def _pair_chunks(self, name: str, distinct: DistinctPairs) -> list[SnapshotChunk]:
         """The chunks of one ``n_unique``'s pairs: the earlier ones and one of the new pairs."""
@@ -390,7 +449,15 @@ class AggState:
                 "restore it with the tideflow release that wrote it, or start without it"
             )
             raise StateError(msg)
-        table = _from_ipc(snap["table"])
+        self._rows, self._row_count = None, 0
+        if version == 3:
+            parts = list(snap.get("rows") or [])
+            table = table_of_rows(parts, release=True)
+            if parts and all(isinstance(p, SnapshotChunk) for p in parts):
+                self._rows, self._row_count = parts, table.height  # referred to again
+                self._dirty = np.zeros(max(table.height, 64), dtype=np.bool_)
+        else:
+            table = _from_ipc(snap["table"])
         self.index = KeyIndex(self.keys)
         self._arrays, self._topk, self._distinct, self._chunks = {}, {}, {}, {}
         self._dtypes = {}
@@ -498,6 +565,7 @@ class AggState:
             dtype = old.dtype if old is not None else values.dtype
             arr = self._array(c, dtype, self._fill_of(c, dtype), n)
             arr[ids] = values
+        self._touch(ids, n)
         return ids
 
     def compact(self, keep: np.ndarray) -> np.ndarray:
@@ -511,7 +579,7 @@ class AggState:
         for distinct in self._distinct.values():
             distinct.compact(kept, n)
             distinct.new = None  # the ids changed: the next snapshot writes every pair again
-        self._chunks = {}
+        self._chunks, self._rows = {}, None
         return kept
 
     def all_values(self) -> pl.DataFrame:

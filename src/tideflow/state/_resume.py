@@ -83,13 +83,15 @@ def _rescale_join(
 
 
 def _agg_pairs_with_keys(snap: dict[str, Any], keys: list[str]) -> dict[str, Any]:
-    """A version-3 aggregation snapshot in the version-2 layout (pairs with their key columns).
+    """A version-3 aggregation snapshot in the version-2 layout (one table; pairs with keys).
 
-    Version 3 keeps each ``n_unique``'s pairs as chunks of (key id, value) rows, the id being
-    the key's row in the snapshot's table; a rescaled restore needs the key columns to split
-    the pairs by key hash.
+    Version 3 keeps the table as chunks of changed rows and each ``n_unique``'s pairs as
+    chunks of (key id, value) rows, the id being the key's row in the table; a rescaled
+    restore needs the table and the pairs' key columns to split them by key hash.
     """
-    table = pl.read_ipc(io.BytesIO(snap["table"]))
+    from tideflow.runtime._keyed import table_of_rows
+
+    table = table_of_rows(list(snap.get("rows") or []))
     key_rows = table.select(keys) if table.width else pl.DataFrame(schema=dict.fromkeys(keys))
     pairs: dict[str, bytes] = {}
     for name, parts in (snap.get("pairs") or {}).items():
@@ -100,7 +102,8 @@ def _agg_pairs_with_keys(snap: dict[str, Any], keys: list[str]) -> dict[str, Any
             continue
         rows = key_rows[frame.get_column("__id")]
         pairs[name] = _ipc(rows.with_columns(frame.get_column("__value")))
-    return {**snap, "version": 2, "pairs": pairs}
+    out = {k: v for k, v in snap.items() if k != "rows"}
+    return {**out, "version": 2, "table": _ipc(table), "pairs": pairs}
 
 
 def _keys(node: Any) -> list[str]:
@@ -152,6 +155,9 @@ def _rescale(
             out["spilled"] = spilled
             out["share"] = [w, n]
         return out
+    if kind == "agg" and any(s.get("version") == 3 for s in snaps):
+        snaps = [_agg_pairs_with_keys(s, keys) if s.get("version") == 3 else s for s in snaps]
+        first = snaps[0]
     if kind == "agg" and any(s.get("backend") == "sqlite" for s in snaps):
         # On-disk state: every worker's database is read by each new worker, which keeps its
         # share; rows held in memory (memory-format snapshots, pinned keys) travel as a table.
@@ -180,9 +186,6 @@ def _rescale(
         out = dict(first)
         out["table"] = _ipc(pl.DataFrame() if rows is None else _own_share(rows, keys, w, n))
         return out
-    if kind == "agg" and first.get("version") == 3:
-        snaps = [_agg_pairs_with_keys(s, keys) for s in snaps]
-        first = snaps[0]
     old_pairs = first.get("version") == 1 and any(s.get("pairs") for s in snaps)
     if kind == "agg" and first.get("version") in (1, 2) and not old_pairs:
         # Version 2 keeps the distinct pairs of n_unique with their key columns.
