@@ -57,6 +57,8 @@ class Estimator:
     """
 
     _STATE_VERSION: ClassVar[int] = 1
+    #: Older state versions ``_set_state`` still reads (it tells them apart by their fields).
+    _OLDER_STATE_VERSIONS: ClassVar[tuple[int, ...]] = ()
 
     # -- parameters -------------------------------------------------------------------------
     def _get_params(self) -> dict[str, Any]:
@@ -288,10 +290,11 @@ def from_snapshot(snapshot: dict[str, Any]) -> Any:
         msg = f"snapshot format version {snapshot.get('format_version')} is not supported"
         raise StateError(msg)
     cls = _resolve_class(snapshot["class"])
-    if snapshot.get("version") != cls._STATE_VERSION:
+    readable = (cls._STATE_VERSION, *cls._OLDER_STATE_VERSIONS)
+    if snapshot.get("version") not in readable:
         msg = (
             f"snapshot of {cls.__name__} has state version {snapshot.get('version')}, this "
-            f"tideflow reads version {cls._STATE_VERSION}"
+            f"tideflow reads versions {', '.join(map(str, sorted(readable)))}"
         )
         raise StateError(msg)
     params = {k: _decode_param(v) for k, v in snapshot["params"].items()}

@@ -152,6 +152,11 @@ class HoeffdingTreeClassifier(TreeBase, Classifier):
     True
     """
 
+    #: Version 2 keeps each leaf's running weight total; version 1 snapshots still restore,
+    #: with the total recomputed from the class weights (which can move a later split).
+    _STATE_VERSION = 2
+    _OLDER_STATE_VERSIONS = (1,)
+
     def __init__(
         self,
         grace_period: int = 200,
@@ -684,6 +689,7 @@ class HoeffdingTreeClassifier(TreeBase, Classifier):
             "hi": leaf.hi.copy(),
             "nom": [[f, t.copy()] for f, t in leaf.nom.items()],
             "last": leaf.last,
+            "total": leaf.total,
             "mc_ok": leaf.mc_ok,
             "nb_ok": leaf.nb_ok,
             "active": leaf.active,
@@ -700,7 +706,10 @@ class HoeffdingTreeClassifier(TreeBase, Classifier):
         leaf.hi = np.asarray(s["hi"], dtype=float)
         leaf.nom = {int(f): np.asarray(t, dtype=float) for f, t in s["nom"]}
         leaf.last = float(s["last"])
-        leaf.total = float(dist.sum())
+        # The running total, not dist.sum(): after a split the children's class weights are
+        # fractional and the two sums can differ in the last bit, which moves the next split
+        # attempt (``weight - last >= grace_period``) by a chunk. Version 1 snapshots lack it.
+        leaf.total = float(s["total"]) if "total" in s else float(dist.sum())
         leaf.mc_ok = float(s["mc_ok"])
         leaf.nb_ok = float(s["nb_ok"])
         leaf.active = bool(s["active"])
