@@ -27,14 +27,22 @@ def _env(name: str, default: str | None) -> str | None:
     return os.environ.get(f"TIDEFLOW_{name}", default)
 
 
-def _positive_int(text: str) -> int:
+def _whole(text: str, least: int) -> int:
     try:
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {v}")
+    if v < least:
+        raise argparse.ArgumentTypeError(f"expected a number >= {least}, got {v}")
     return v
+
+
+def _positive_int(text: str) -> int:
+    return _whole(text, 1)
+
+
+def _non_negative_int(text: str) -> int:
+    return _whole(text, 0)
 
 
 def _workers(text: str) -> int:
@@ -60,9 +68,10 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--max-delay-ms",
-        type=_positive_int,
-        default=_positive_int(_env("MAX_DELAY_MS", "100") or "100"),
-        help="longest a source holds rows back to fill a batch [TIDEFLOW_MAX_DELAY_MS, default 100]",
+        type=_non_negative_int,
+        default=_non_negative_int(_env("MAX_DELAY_MS", "100") or "100"),
+        help="longest a source holds rows back to fill a batch; 0: every poll goes on at once "
+        "(lowest latency) [TIDEFLOW_MAX_DELAY_MS, default 100]",
     )
     p.add_argument(
         "--no-progress",
