@@ -84,7 +84,9 @@ def test_checkpoint_metrics(workers: int, tmp_path: Path) -> None:
     items: list[Any] = []
     for i in range(40):
         items += [{"k": str(i % 3), "v": i}, PAUSE, PAUSE]
-    flow.source(TestingSource(items), name="src").key_by("k").agg(
+    # Each batch takes at least 30 ms, so the run lasts well past two checkpoint intervals
+    # whatever the machine's speed (the pauses alone made it as short as 100 ms).
+    flow.source(TestingSource(items), name="src").map_batches(_slow, name="slow").key_by("k").agg(
         pl.col("v").sum().alias("s"), name="sums"
     ).sink(CollectSink(), name="out")
     with Dashboard(DashboardSettings(port=free_port())) as dash:
