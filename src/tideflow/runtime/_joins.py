@@ -18,6 +18,7 @@ import polars as pl
 from tideflow._errors import JobError, StateError
 from tideflow.api._graph import Node, fn_location
 from tideflow.api._joins import SUFFIX, IntervalJoinOp, LookupOp, TableJoinOp, WindowJoinOp
+from tideflow.runtime._frames import concat
 from tideflow.runtime._keyindex import KeyedRows
 from tideflow.runtime._operators import OpContext, Operator
 
@@ -40,10 +41,6 @@ WM_MIN = -(2**63)
 WM_MAX = 2**63 - 1
 TIME = pl.Datetime("us", "UTC")
 _COMPACT_AT = 16
-
-
-def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
-    return frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical_relaxed")
 
 
 def _ipc(frame: pl.DataFrame | None) -> bytes | None:
@@ -214,7 +211,7 @@ class WindowJoinOperator(_TwoSided):
             bucket = self.buckets.setdefault(int(ws), ([], []))[index]
             bucket.append(part)
             if len(bucket) >= _COMPACT_AT:
-                bucket[:] = [_concat(bucket)]
+                bucket[:] = [concat(bucket)]
 
     def _advance(self, wm: int) -> None:
         if wm <= self.wm:
@@ -227,17 +224,17 @@ class WindowJoinOperator(_TwoSided):
             lefts, rights = self.buckets.pop(ws)
             if how in ("inner", "semi") and not (lefts and rights):
                 continue
-            left = _concat(lefts) if lefts else self._empty(0)
+            left = concat(lefts) if lefts else self._empty(0)
             if how in ("semi", "anti"):
                 if left.height == 0:
                     continue
                 if rights:
-                    seen = _concat(rights).select(self.keys)
+                    seen = concat(rights).select(self.keys)
                     left = left.join(seen, on=self.keys, how=how, maintain_order="left")
                 if left.height:
                     out.append(self._windowed(left, ws))
                 continue
-            right = _concat(rights) if rights else self._empty(1)
+            right = concat(rights) if rights else self._empty(1)
             joined = self._full(left, right, self.keys)
             if how == "inner":
                 joined = joined.filter(pl.col("__l").is_not_null() & pl.col("__r").is_not_null())
@@ -338,7 +335,7 @@ class IntervalJoinOperator(_TwoSided):
         if not frames:
             return None
         if len(frames) > 1:
-            frames[:] = [_concat(frames)]
+            frames[:] = [concat(frames)]
         return frames[0]
 
     def _end(self) -> pl.Expr:
@@ -469,7 +466,7 @@ class IntervalJoinOperator(_TwoSided):
         if right is not None and self.lower is not None:
             self.buffers[1][:] = [right.filter(pl.col("__t") - self.lower >= wm)]
         if self.pending and (self.bounded or wm == WM_MAX):  # regular: all pairs at the end
-            pending = _concat(self.pending)
+            pending = concat(self.pending)
             # End of input (WM_MAX) closes every interval, unbounded ones too.
             done = (
                 pending.get_column("__end") < wm
@@ -487,7 +484,7 @@ class IntervalJoinOperator(_TwoSided):
         for index, name in ((0, "left"), (1, "right")):
             buf = self._buffer(index) if self.bounded else self.sides[index].live()
             out[name] = _ipc(buf) if buf is not None and buf.height else None
-        out["pending"] = _ipc(_concat(self.pending)) if self.pending else None
+        out["pending"] = _ipc(concat(self.pending)) if self.pending else None
         return out
 
     def restore(self, snap: dict[str, Any]) -> None:

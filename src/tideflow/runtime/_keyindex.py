@@ -26,6 +26,8 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
+from tideflow.runtime._frames import concat
+
 __all__ = ["KeyedRows", "key_codes"]
 
 Codes = npt.NDArray[np.int64]
@@ -213,7 +215,7 @@ class KeyedRows:
                 frames.append(found)
         if not got_rows:
             return none, self._empty(cols), none
-        found = frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical_relaxed")
+        found = concat(frames)
         return np.concatenate(got_rows), found, np.concatenate(got_pos)
 
     def _same_keys(
@@ -273,14 +275,14 @@ class KeyedRows:
         frames = list(self.live_parts(position))
         if not frames:
             return self._empty()
-        return frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical_relaxed")
+        return concat(frames)
 
     def live(self) -> pl.DataFrame:
         """The rows not removed, in the order they came."""
         if not self.segments:
             return pl.DataFrame()
         frames = [seg.frame for seg in self.segments]
-        frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical_relaxed")
+        frame = concat(frames)
         return frame.filter(pl.Series(~self.dead)) if self.n_dead else frame
 
     def restore(self, rows: pl.DataFrame | None) -> None:

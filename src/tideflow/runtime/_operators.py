@@ -22,6 +22,7 @@ from tideflow._errors import DataError, JobError, StateError
 from tideflow.api._dataflow import AggOp, StatefulMapOp, TopNOp, TransformOp
 from tideflow.api._graph import FrameOp, Node, RecordOp, fn_location
 from tideflow.connectors._base import DEAD_LETTER_SCHEMA, SinkContext, dead_letters
+from tideflow.runtime._frames import concat
 from tideflow.runtime._keyed import AggState, KeyedTable
 from tideflow.runtime._keyindex import KeyedRows, Positions
 from tideflow.state._store import SnapshotChunk
@@ -667,7 +668,7 @@ class TopNOperator(Operator):
             else:  # rows that came as bytes (an older version, another worker count)
                 shared = False
         if frames:
-            rows = frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical_relaxed")
+            rows = concat(frames)
             self.rows.append(rows[self._best(rows.select(self.narrow))[0]])
         if not shared:  # the next checkpoint writes the whole state as its first chunk
             self.chunks, self.chunk_rows = [], 0
