@@ -68,7 +68,8 @@ def _run_and_check(
     """Run ``query`` on tideflow with ``workers``; check it against DuckDB; both results."""
     monkeypatch.setenv("TIDEFLOW_NEXMARK_WORKERS", str(workers))
     out = tmp_path / "out.parquet"
-    run_tideflow(query, data, out)
+    # Small batches: the source reads blocks of row groups up to the batch size.
+    run_tideflow(query, data, out, batch_size=256)
     result, reference = pl.read_parquet(out), run_reference(query, data)
     check(query, result, reference, label=f"{query} on tideflow, {workers} workers")
     return result, reference
