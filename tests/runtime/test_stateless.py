@@ -1,5 +1,7 @@
 import polars as pl
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import tideflow as tf
 from tideflow.testing import ABORT, PAUSE, CollectSink, TestingAbort, TestingSource
@@ -163,3 +165,41 @@ def test_unbounded_source_pause_marker_and_abort():
 
 def test_testing_abort_is_a_runtime_error():
     assert issubclass(TestingAbort, RuntimeError)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(
+        st.tuples(st.integers(-50, 50), st.text("ab/", max_size=8) | st.none()),
+        max_size=40,
+    ),
+    st.integers(1, 7),
+)
+def test_shared_subexpressions_give_polars_eager_results(workers, rows, batch):
+    # Steps whose columns share a subexpression run through Polars' lazy engine (computed
+    # once); the reference is Polars' eager select/with_columns over all rows at once.
+    parts = pl.col("path").str.split("/")
+    cond = (pl.col("n") * 3 > 10) | pl.col("path").is_null()
+    selects = [
+        parts.list.get(k, null_on_oob=True).alias(f"p{k}") for k in range(3)
+    ] + ["n", "path", cond.alias("c1"), (~cond).cast(pl.Int64).alias("c2")]
+    derived = [
+        pl.when(cond).then(pl.col("n")).alias("kept"),
+        (cond.cast(pl.Int64) * pl.col("n")).alias("scaled"),
+    ]
+    records = [{"n": n, "path": p} for n, p in rows]
+    frame = pl.DataFrame(records, schema={"n": pl.Int64, "path": pl.String})
+    expected = frame.select(*selects).with_columns(*derived)
+    flow = tf.Dataflow("cse")
+    out = CollectSink()
+    src = flow.source(TestingSource(records, batch_size=batch, schema=frame.schema))
+    src.select(*selects).with_columns(*derived).sink(out)
+    tf.run(flow, workers=workers)
+    got = out.frame()
+    key = list(expected.columns)
+    if rows:
+        assert got.select(key).sort(key, nulls_last=True).equals(
+            expected.sort(key, nulls_last=True)
+        )
+    else:
+        assert got.height == 0

@@ -300,6 +300,37 @@ def _empty(schema: Schema) -> pl.DataFrame:
     return pl.DataFrame(schema=schema)
 
 
+
+#: How Polars names a subexpression it computes once for a whole ``select``/``with_columns``.
+_CSE_MARK = "__POLARS_CSE"
+
+
+def _planned(
+    method: Literal["select", "with_columns"], exprs: tuple[Any, ...], named: dict[str, Any]
+) -> Callable[[pl.DataFrame], pl.DataFrame]:
+    """The frame function of a ``select``/``with_columns`` step.
+
+    Polars' eager ``DataFrame.select`` evaluates every expression on its own: a subexpression
+    that several output columns share (``pl.col("url").str.split("/")`` for three path parts,
+    a condition behind several flags) is computed once per use. Its lazy engine computes it
+    once (common subexpression elimination) at the price of planning the query. The first
+    frame decides (the plan depends on the expressions and the schema, not on the data): steps
+    with a shared subexpression run through the lazy engine, the others eagerly.
+    """
+    decided: list[bool] = []
+
+    def apply(df: pl.DataFrame) -> pl.DataFrame:
+        if not decided:
+            plan = getattr(df.lazy(), method)(*exprs, **named).explain()
+            decided.append(_CSE_MARK in plan)
+        if decided[0]:
+            out: pl.DataFrame = getattr(df.lazy(), method)(*exprs, **named).collect()
+            return out
+        eager: pl.DataFrame = getattr(df, method)(*exprs, **named)
+        return eager
+
+    return apply
+
 class Stream:
     """A stream of records (columnar micro-batches) produced by one step.
 
@@ -473,7 +504,7 @@ class Stream:
         return self._frame(
             "select",
             name,
-            lambda df: df.select(*exprs, **named),
+            _planned("select", exprs, named),
             "select",
             needs=lambda _: reads,
         )
@@ -490,7 +521,7 @@ class Stream:
         return self._frame(
             "with_columns",
             name,
-            lambda df: df.with_columns(*exprs, **named),
+            _planned("with_columns", exprs, named),
             "with_columns",
             needs=needs,
         )
