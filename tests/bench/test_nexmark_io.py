@@ -40,7 +40,9 @@ def grouped(nexmark_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return out
 
 
-def _ctx(worker: int, workers: int, batch: int, resume: dict[str, int] | None = None) -> SourceContext:
+def _ctx(
+    worker: int, workers: int, batch: int, resume: dict[str, int] | None = None
+) -> SourceContext:
     return SourceContext("bids", worker, workers, batch, dict(resume or {}))
 
 
@@ -99,7 +101,7 @@ def test_a_position_from_another_batch_size_is_refused(grouped: Path) -> None:
     reader.poll()
     position = reader.snapshot()  # row group 2: blocks of 3 groups (111 rows) do not start there
     assert position == {"bid.parquet:group": 2}
-    with pytest.raises(StateError, match="'bids'.*batch size and worker count"):
+    with pytest.raises(StateError, match=r"'bids'.*batch size and worker count"):
         src.build(_ctx(0, 1, 111, position))
     with pytest.raises(StateError, match="older version"):
         src.build(_ctx(0, 1, 100, {"bid.parquet": 2}))
@@ -108,7 +110,11 @@ def test_a_position_from_another_batch_size_is_refused(grouped: Path) -> None:
 def test_result_sink_writes_plain_columns_of_distinct_values(tmp_path: Path) -> None:
     n = 5_000
     frame = pl.DataFrame(
-        {"id": range(n), "kind": ["a", "b", "c", "d"] * (n // 4), "text": [f"t{i}" for i in range(n)]}
+        {
+            "id": range(n),
+            "kind": ["a", "b", "c", "d"] * (n // 4),
+            "text": [f"t{i}" for i in range(n)],
+        }
     )
     writer = ParquetResultSink(tmp_path / "out.parquet").build(SinkContext("write", 0, 1))
     for i in range(0, n, 2_500):  # the first batch decides (at least 1,024 rows)
@@ -117,6 +123,8 @@ def test_result_sink_writes_plain_columns_of_distinct_values(tmp_path: Path) -> 
     assert pl.read_parquet(tmp_path / "out.parquet").equals(frame)
     meta = pq.ParquetFile(tmp_path / "out.parquet").metadata
     for g in range(meta.num_row_groups):
-        encodings = {meta.schema.column(c).name: meta.row_group(g).column(c).encodings for c in range(3)}
+        encodings = {
+            meta.schema.column(c).name: meta.row_group(g).column(c).encodings for c in range(3)
+        }
         assert any("DICTIONARY" in e for e in encodings["kind"])
         assert not any("DICTIONARY" in e for e in encodings["id"] + encodings["text"])

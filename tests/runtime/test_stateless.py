@@ -167,7 +167,9 @@ def test_testing_abort_is_a_runtime_error():
     assert issubclass(TestingAbort, RuntimeError)
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     st.lists(
         st.tuples(st.integers(-50, 50), st.text("ab/", max_size=8) | st.none()),
@@ -180,9 +182,12 @@ def test_shared_subexpressions_give_polars_eager_results(workers, rows, batch):
     # once); the reference is Polars' eager select/with_columns over all rows at once.
     parts = pl.col("path").str.split("/")
     cond = (pl.col("n") * 3 > 10) | pl.col("path").is_null()
-    selects = [
-        parts.list.get(k, null_on_oob=True).alias(f"p{k}") for k in range(3)
-    ] + ["n", "path", cond.alias("c1"), (~cond).cast(pl.Int64).alias("c2")]
+    selects = [parts.list.get(k, null_on_oob=True).alias(f"p{k}") for k in range(3)] + [
+        "n",
+        "path",
+        cond.alias("c1"),
+        (~cond).cast(pl.Int64).alias("c2"),
+    ]
     derived = [
         pl.when(cond).then(pl.col("n")).alias("kept"),
         (cond.cast(pl.Int64) * pl.col("n")).alias("scaled"),
@@ -198,8 +203,8 @@ def test_shared_subexpressions_give_polars_eager_results(workers, rows, batch):
     got = out.frame()
     key = list(expected.columns)
     if rows:
-        assert got.select(key).sort(key, nulls_last=True).equals(
-            expected.sort(key, nulls_last=True)
+        assert (
+            got.select(key).sort(key, nulls_last=True).equals(expected.sort(key, nulls_last=True))
         )
     else:
         assert got.height == 0

@@ -300,7 +300,6 @@ def _empty(schema: Schema) -> pl.DataFrame:
     return pl.DataFrame(schema=schema)
 
 
-
 #: How Polars names a subexpression it computes once for a whole ``select``/``with_columns``.
 _CSE_MARK = "__POLARS_CSE"
 
@@ -330,6 +329,7 @@ def _planned(
         return eager
 
     return apply
+
 
 class Stream:
     """A stream of records (columnar micro-batches) produced by one step.

@@ -231,7 +231,7 @@ def _listed(kind: str, index: Any, items: list[Any] | None) -> Any:
     return items[index]
 
 
-def _sha(data: bytes) -> str:
+def _sha(data: bytes | bytearray) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
@@ -299,7 +299,7 @@ class CheckpointStore:
         return self._shared
 
     # -- writing ------------------------------------------------------------------------------
-    def _write_file(self, path: Path, data: bytes) -> None:
+    def _write_file(self, path: Path, data: bytes | bytearray) -> None:
         """Write and fsync one file (the seam tests use to inject faults such as ENOSPC)."""
         with open(path, "wb") as fh:
             fh.write(data)
@@ -335,9 +335,9 @@ class CheckpointStore:
                 self._take_file(src, tmp / f"{name}.file-{i}") for i, src in enumerate(files)
             ]
         self._write_file(tmp / f"{name}.json", doc)
-        self._write_file(tmp / f"{name}.bin", bytes(blobs))
+        self._write_file(tmp / f"{name}.bin", blobs)  # the buffer itself: no copy
         entry["json"] = {"size": len(doc), "sha256": _sha(doc)}
-        entry["bin"] = {"size": len(blobs), "sha256": _sha(bytes(blobs))}
+        entry["bin"] = {"size": len(blobs), "sha256": _sha(blobs)}
         return entry
 
     def _put_chunk(self, chunk: SnapshotChunk) -> dict[str, Any]:
