@@ -37,6 +37,7 @@ __all__ = [
     "WindowCombineOp",
     "WindowOp",
     "WindowOut",
+    "WindowSelectOp",
     "WindowSpec",
     "WindowedStream",
     "count",
@@ -131,6 +132,10 @@ class WindowOp:
     mark: bool
     #: Where open windows live (None: memory); DiskState spills them to files.
     state: StateBackend | None = None
+    #: ``agg(..., max_per_window=name)``: a firing keeps only the results carrying the largest
+    #: value of this aggregate over the window's keys (a :class:`WindowSelectOp` step then
+    #: merges the workers' selections).
+    select: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -145,6 +150,21 @@ class WindowCombineOp:
     """
 
     window: WindowOp
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WindowSelectOp:
+    """Settings of the step after a window with ``max_per_window``: it merges each window's
+    selected results from all workers and keeps the rows carrying the largest ``column``.
+
+    Its input is exchanged by ``keys`` (``window_start``), so one worker sees all candidates
+    of a window; a window's candidates are complete once the watermark reaches its end (every
+    worker emits them before its watermark passes that end). With one worker the window's own
+    selection is final and rows pass through.
+    """
+
+    column: str
+    keys: tuple[str, ...] = ("window_start",)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -220,6 +240,7 @@ class WindowedStream:
         aggs: tuple[pl.Expr, ...] | None,
         fn: tuple[str, Any] | None,
         state: StateChoice | None = None,
+        select: str | None = None,
     ) -> WindowOut:
         from tideflow.api._dataflow import Stream
 
@@ -256,6 +277,8 @@ class WindowedStream:
                 )
                 raise ConfigError(msg)
         mark = self.allowed_lateness > timedelta(0) or self.early is not None
+        if select is not None:
+            self._check_select(step_id, select, specs, backend)
         op = WindowOp(
             self.keyed.keys,
             self.spec,
@@ -267,6 +290,7 @@ class WindowedStream:
             fn,
             mark,
             backend,
+            select,
         )
         inputs = self._inputs(step_id, op)
         node = flow._add("window", inputs, op, step_id, ports=("out", "late"))
@@ -274,7 +298,53 @@ class WindowedStream:
             # A result happens at its window's end: it is emitted just before the watermark
             # passes that end, so windows and joins downstream can use it as event time.
             node.time_column = "window_end"
-        return WindowOut(Stream(flow, node, "out"), Stream(flow, node, "late"))
+        late = Stream(flow, node, "late")
+        if select is None:
+            return WindowOut(Stream(flow, node, "out"), late)
+        # Each worker's firing selected among its own keys; one worker per window (by its
+        # start) merges those selections once the watermark reaches the window's end.
+        sel = WindowSelectOp(select)
+        part = flow._add(
+            "exchange", [(node.index, "out")], sel.keys, step_id + ".exchange_select"
+        )
+        merge = flow._add("window", [(part.index, "out")], sel, step_id + ".select")
+        merge.time_column = "window_end"
+        return WindowOut(Stream(flow, merge, "out"), late)
+
+    def _check_select(
+        self,
+        step_id: str,
+        select: str,
+        specs: tuple[AggSpec, ...] | None,
+        backend: StateBackend | None,
+    ) -> None:
+        """``max_per_window``: an aggregate's name, on event-time tumbling/sliding windows
+        whose results are final (no allowed lateness, no early results) and kept in memory."""
+        names = [s.name for s in specs or ()]
+        if select not in names:
+            msg = (
+                f"step '{step_id}': max_per_window={select!r} names no aggregate of this "
+                f"window; aggregates are {names}"
+            )
+            raise ConfigError(msg)
+        if not isinstance(self.spec, Tumbling | Sliding) or self.clock != "event":
+            msg = (
+                f"step '{step_id}': max_per_window takes event-time tumbling or sliding "
+                f"windows, got {self.spec!r} with clock={self.clock!r}; select afterwards "
+                "with a keyed step instead"
+            )
+            raise ConfigError(msg)
+        if (
+            self.allowed_lateness > timedelta(0)
+            or self.early is not None
+            or isinstance(backend, DiskState)
+        ):
+            msg = (
+                f"step '{step_id}': max_per_window needs final results kept in memory; drop "
+                "allowed_lateness=, early= and state='disk' (a late update could change "
+                "another key's selection)"
+            )
+            raise ConfigError(msg)
 
     def _inputs(self, step_id: str, op: WindowOp) -> list[tuple[int, str]]:
         """The window's inputs: the keyed exchange, and the combiner's when one fits."""
@@ -300,7 +370,11 @@ class WindowedStream:
         return [raw, (part.index, "out")]
 
     def agg(
-        self, *aggs: pl.Expr, state: StateChoice | None = None, name: str | None = None
+        self,
+        *aggs: pl.Expr,
+        max_per_window: str | None = None,
+        state: StateChoice | None = None,
+        name: str | None = None,
     ) -> WindowOut:
         """Aggregate each key's window with Polars aggregations (vectorized, incremental).
 
@@ -308,8 +382,33 @@ class WindowedStream:
         ``window``, the window's number per key) and the aggregates. ``state="disk"`` or a
         :class:`~tideflow.state.DiskState` spills open tumbling/sliding windows to files once
         they hold more than ``cache_keys`` partial rows (many keys per window).
+
+        ``max_per_window`` names an aggregate: of each window, only the results carrying its
+        largest value over all keys are emitted (every tied key; a null value never wins),
+        a top-per-window selection done in the window's firing (one merge and one selection
+        per window). Event-time tumbling and sliding windows without ``allowed_lateness``,
+        ``early`` or ``state``. With several workers, each selects among its keys and one
+        worker per window merges the selections when the watermark reaches the window's end.
+
+        Examples
+        --------
+        >>> from datetime import timedelta
+        >>> import polars as pl
+        >>> import tideflow as tf
+        >>> from tideflow import windows
+        >>> from tideflow.testing import TestingSource, CollectSink
+        >>> bids = [{"item": i, "t": t} for i, t in [("a", 1), ("b", 2), ("b", 3), ("c", 4),
+        ...                                          ("c", 5), ("a", 12), ("b", 13)]]
+        >>> flow = tf.Dataflow("hottest")
+        >>> out = CollectSink()
+        >>> (flow.source(TestingSource(bids)).event_time("t", unit="s").key_by("item")
+        ...  .window(windows.tumbling(timedelta(seconds=10)))
+        ...  .agg(pl.len().alias("bids"), max_per_window="bids").results.sink(out))
+        >>> _ = tf.run(flow)
+        >>> out.frame().sort("window_start", "item").select("item", "bids").rows()
+        [('b', 2), ('c', 2), ('a', 1), ('b', 1)]
         """
-        return self._build("window", name, aggs, None, state)
+        return self._build("window", name, aggs, None, state, max_per_window)
 
     def reduce(
         self,

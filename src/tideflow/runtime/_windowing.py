@@ -28,13 +28,14 @@ from tideflow.api._windows import (
     Tumbling,
     WindowCombineOp,
     WindowOp,
+    WindowSelectOp,
     _us,
 )
 from tideflow.runtime._frames import concat, epoch_us, filter_mask, set_column, without
 from tideflow.runtime._operators import OpContext, Operator
 from tideflow.state._backends import DiskState
 
-__all__ = ["WindowCombiner", "build_window_operator"]
+__all__ = ["WindowCombiner", "WindowSelector", "build_window_operator"]
 
 log = logging.getLogger("tideflow.runtime")
 
@@ -481,11 +482,14 @@ class AlignedWindowOperator(_WindowBase):
             parts = [
                 p for pane in range(ws, ws + self.size, step) for p in self.panes.get(pane, ())
             ]
+            self.dirty.discard(ws)
+            if self.op.aggs is not None and not self.lateness:
+                out.append(self._fire(ws, parts, frames))
+                continue
             if parts:
                 pane_rows = self._merge(parts, self.keys, force=len(parts) > 1)
                 frames.append(self._in_window(pane_rows, ws))
             merged = self._merge(frames, by, force=len(frames) > 1)
-            self.dirty.discard(ws)
             out.append(self._result(merged))
             if self.lateness and ws + self.size + self.lateness > wm:
                 self.fired[ws] = merged
@@ -494,6 +498,26 @@ class AlignedWindowOperator(_WindowBase):
             del self.fired[ws]
         for pane in [p for p in self.panes if max(self._windows_of(p)) + self.size <= wm]:
             del self.panes[pane]
+
+    def _fire(self, ws: int, parts: list[pl.DataFrame], frames: list[pl.DataFrame]) -> pl.DataFrame:
+        """The result of aggregation window ``ws`` as one query: its pane partials (``parts``,
+        keys and partial columns) and window partials (``frames``, with ``__ws``) merged by
+        key, finalized, with the window columns and, with ``max_per_window``, only the rows
+        carrying the largest value (a window whose result is final: no allowed lateness)."""
+        rows = [*parts, *(without(f, "__ws") for f in frames)]
+        plan = concat(rows).lazy()
+        if len(rows) > 1:  # one frame holds one row per key already
+            plan = plan.group_by(self.keys).agg(self.merges)
+        plan = plan.select(
+            *self.keys,
+            pl.lit(ws, pl.Int64).cast(TIME).alias("window_start"),
+            pl.lit(ws + self.size, pl.Int64).cast(TIME).alias("window_end"),
+            *self.finals,
+        )
+        if self.op.select is not None:
+            top = pl.col(self.op.select)
+            plan = plan.filter(top == top.max())
+        return plan.collect()
 
     def _early(self) -> None:
         by = [*self.keys, "__ws"]
@@ -628,6 +652,69 @@ class WindowCombiner(Operator):
         _check(self.node.step_id, snap, "combine")
         self.wm = int(snap["wm"])
         self.idle_seen = bool(snap.get("idle_seen", False))
+
+
+# -- the selection across workers after max_per_window ---------------------------------------------
+class WindowSelector(Operator):
+    """Merges the per-window selections of ``agg(..., max_per_window=column)`` from all workers.
+
+    Each worker's window keeps, when it fires, the results carrying the largest value among
+    its own keys, and emits them before its watermark passes the window's end. This step gets
+    a window's rows from every worker (exchanged by window start), holds them until the
+    watermark reaches the window's end, then keeps the rows carrying the largest value. With
+    one worker, the window's own selection is final: rows pass on at once.
+    """
+
+    def __init__(self, node: Node, ctx: OpContext) -> None:
+        super().__init__(node, ctx)
+        self.column = str(node.spec.column)
+        self.wm = -(2**63)
+        #: Candidate rows per window end (epoch microseconds).
+        self.pending: dict[int, list[pl.DataFrame]] = {}
+
+    def on_batch(self, index: int, batch: pl.DataFrame) -> None:
+        if batch.height == 0:
+            return
+        if self.ctx.worker_count == 1 and not self.pending:
+            self.ctx.emit(batch)
+            return
+        self._hold(batch)
+
+    def _hold(self, rows: pl.DataFrame) -> None:
+        """File candidate rows by their window's end."""
+        t = epoch_us(rows.get_column("window_end"))
+        ends = np.unique(t)
+        for end in ends.tolist():
+            part = rows if ends.size == 1 else filter_mask(rows, t == end)
+            self.pending.setdefault(int(end), []).append(part)
+
+    def on_watermark(self, wm: int, idle: bool) -> None:
+        self.wm = max(self.wm, wm)
+        due = sorted(end for end in self.pending if end <= self.wm)
+        if due:
+            top = pl.col(self.column)
+            out = [
+                concat(self.pending.pop(end)).filter(top == top.max()) for end in due
+            ]
+            self.ctx.emit(concat(out))
+        self.ctx.watermark(wm, idle)
+
+    def snapshot(self) -> dict[str, Any]:
+        rows = [f for frames in self.pending.values() for f in frames if f.height]
+        return {
+            "version": 2,
+            "kind": "select",
+            "wm": self.wm,
+            "pending": _ipc(concat(rows)) if rows else None,
+        }
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        _check(self.node.step_id, snap, "select")
+        self.wm = int(snap["wm"])
+        self.pending = {}
+        rows = _frame(snap.get("pending"))
+        if rows is not None and rows.height:
+            self._hold(rows)
 
 
 # -- sessions -------------------------------------------------------------------------------------
@@ -892,6 +979,8 @@ def build_window_operator(node: Node, ctx: OpContext) -> Operator:
     """The runtime operator for a window step."""
     if isinstance(node.spec, WindowCombineOp):
         return WindowCombiner(node, ctx)
+    if isinstance(node.spec, WindowSelectOp):
+        return WindowSelector(node, ctx)
     spec = node.spec.spec
     if isinstance(node.spec.state, DiskState):
         from tideflow.runtime._diskwindow import SpillingWindowOperator

@@ -381,33 +381,14 @@ def hot_items(bids: Any) -> Any:
     tied for the most bids (columns ``window_start``, ``window_end``, ``auction``, ``num``)."""
     from tideflow import windows
 
-    size, hop = 10 * _SECOND, 2 * _SECOND
-    counts = (
-        bids.key_by("auction")
-        .window(windows.sliding(size, hop))
-        .agg(pl.len().alias("num"), name="bids_per_auction")
-        .results
-    )
-    # A result's event time is its window's end (column ``window_end``). Moved back by 1 us to
-    # the last instant inside the window (Flink's ``maxTimestamp``), every count of one sliding
-    # window falls in the hop-long tumbling window that ends where the sliding one ends, so the
-    # second step fires at the same watermark as the first (not one hop later).
+    # Bids per auction and window, of which each window's firing keeps the auctions with the
+    # most (a top-per-window selection in the same firing; with several workers, one step
+    # after it merges their selections).
     return (
-        counts.with_columns(
-            pl.col("window_start").alias("ws"),
-            pl.col("window_end") - pl.duration(microseconds=1),
-            name="window_of_count",
-        )
-        .key_by("ws")
-        .window(windows.tumbling(hop))
-        .max_by("num", name="hottest")
-        .results.select(
-            pl.col("ws").alias("window_start"),
-            (pl.col("ws") + size).alias("window_end"),
-            "auction",
-            "num",
-            name="hot_items",
-        )
+        bids.key_by("auction")
+        .window(windows.sliding(10 * _SECOND, 2 * _SECOND))
+        .agg(pl.len().alias("num"), max_per_window="num", name="hot_items")
+        .results.select("window_start", "window_end", "auction", "num", name="columns")
     )
 
 
