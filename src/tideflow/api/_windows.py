@@ -304,9 +304,7 @@ class WindowedStream:
         # Each worker's firing selected among its own keys; one worker per window (by its
         # start) merges those selections once the watermark reaches the window's end.
         sel = WindowSelectOp(select)
-        part = flow._add(
-            "exchange", [(node.index, "out")], sel.keys, step_id + ".exchange_select"
-        )
+        part = flow._add("exchange", [(node.index, "out")], sel.keys, step_id + ".exchange_select")
         merge = flow._add("window", [(part.index, "out")], sel, step_id + ".select")
         merge.time_column = "window_end"
         return WindowOut(Stream(flow, merge, "out"), late)

@@ -693,9 +693,7 @@ class WindowSelector(Operator):
         due = sorted(end for end in self.pending if end <= self.wm)
         if due:
             top = pl.col(self.column)
-            out = [
-                concat(self.pending.pop(end)).filter(top == top.max()) for end in due
-            ]
+            out = [concat(self.pending.pop(end)).filter(top == top.max()) for end in due]
             self.ctx.emit(concat(out))
         self.ctx.watermark(wm, idle)
 
