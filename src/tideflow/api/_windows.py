@@ -385,7 +385,7 @@ class WindowedStream:
         largest value over all keys are emitted (every tied key; a null value never wins),
         a top-per-window selection done in the window's firing (one merge and one selection
         per window). Event-time tumbling and sliding windows without ``allowed_lateness``,
-        ``early`` or ``state``. With several workers, each selects among its keys and one
+        ``early`` or on-disk ``state``. With several workers, each selects among its keys and one
         worker per window merges the selections when the watermark reaches the window's end.
 
         Examples
