@@ -1,3 +1,5 @@
+import random
+
 import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -177,9 +179,25 @@ def test_testing_abort_is_a_runtime_error():
     ),
     st.integers(1, 7),
 )
-def test_shared_subexpressions_give_polars_eager_results(workers, rows, batch):
-    # Steps whose columns share a subexpression run through Polars' lazy engine (computed
-    # once); the reference is Polars' eager select/with_columns over all rows at once.
+def test_shared_subexpressions_give_polars_eager_results(workers, monkeypatch, rows, batch):
+    # Steps whose columns share a subexpression may run through Polars' lazy engine (computed
+    # once) after timing both paths on their first batches (every batch here, in process);
+    # the reference is Polars' eager select/with_columns over all rows at once.
+    monkeypatch.setattr("tideflow.api._dataflow._TRIAL_ROWS", 1)
+    _check_shared_subexpressions(workers, rows, batch)
+
+
+def test_shared_subexpressions_on_large_batches(workers):
+    # Batches above the trial size: both paths are timed, then one is kept, in every worker.
+    rng = random.Random(7)
+    rows = [
+        (rng.randint(-50, 50), rng.choice([None, "a/b", "ab/ba/b", "/", "b//a/bb", ""]))
+        for _ in range(30_000)
+    ]
+    _check_shared_subexpressions(workers, rows, 5_000)
+
+
+def _check_shared_subexpressions(workers, rows, batch):
     parts = pl.col("path").str.split("/")
     cond = (pl.col("n") * 3 > 10) | pl.col("path").is_null()
     selects = [parts.list.get(k, null_on_oob=True).alias(f"p{k}") for k in range(3)] + [

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any, Literal
@@ -302,6 +303,10 @@ def _empty(schema: Schema) -> pl.DataFrame:
 
 #: How Polars names a subexpression it computes once for a whole ``select``/``with_columns``.
 _CSE_MARK = "__POLARS_CSE"
+#: Batches of at least this many rows on which a step with a shared subexpression times
+#: Polars' lazy and eager paths against each other before keeping the cheaper one.
+_TRIAL_ROWS = 4_096
+_TRIALS = 2
 
 
 def _planned(
@@ -310,23 +315,44 @@ def _planned(
     """The frame function of a ``select``/``with_columns`` step.
 
     Polars' eager ``DataFrame.select`` evaluates every expression on its own: a subexpression
-    that several output columns share (``pl.col("url").str.split("/")`` for three path parts,
-    a condition behind several flags) is computed once per use. Its lazy engine computes it
-    once (common subexpression elimination) at the price of planning the query. The first
-    frame decides (the plan depends on the expressions and the schema, not on the data): steps
-    with a shared subexpression run through the lazy engine, the others eagerly.
+    that several output columns share (``pl.col("url").str.split("/")`` for three path parts)
+    is computed once per use. Its lazy engine computes it once (common subexpression
+    elimination), but plans the query and materializes the shared result, which costs more
+    than it saves when the shared part is cheap (a comparison behind several flags). So a step
+    whose plan has a shared subexpression runs its first two batches of at least 4,096 rows
+    both ways, timing the CPU of each (``time.process_time``, all threads), and keeps the lazy
+    path if it took at most 80 % of the eager one. Other steps, and smaller batches until
+    then, run eagerly.
     """
-    decided: list[bool] = []
+    shared: list[bool] = []  # the plan has a shared subexpression (decided on the first frame)
+    lazy_s: list[float] = []
+    eager_s: list[float] = []
+    use_lazy: list[bool] = []
+
+    def lazy(df: pl.DataFrame) -> pl.DataFrame:
+        out: pl.DataFrame = getattr(df.lazy(), method)(*exprs, **named).collect()
+        return out
+
+    def eager(df: pl.DataFrame) -> pl.DataFrame:
+        out: pl.DataFrame = getattr(df, method)(*exprs, **named)
+        return out
 
     def apply(df: pl.DataFrame) -> pl.DataFrame:
-        if not decided:
-            plan = getattr(df.lazy(), method)(*exprs, **named).explain()
-            decided.append(_CSE_MARK in plan)
-        if decided[0]:
-            out: pl.DataFrame = getattr(df.lazy(), method)(*exprs, **named).collect()
-            return out
-        eager: pl.DataFrame = getattr(df, method)(*exprs, **named)
-        return eager
+        if not shared:
+            shared.append(_CSE_MARK in getattr(df.lazy(), method)(*exprs, **named).explain())
+        if use_lazy:
+            return lazy(df) if use_lazy[0] else eager(df)
+        if not shared[0] or df.height < _TRIAL_ROWS:
+            return eager(df)
+        began = time.process_time()
+        out = lazy(df)
+        middle = time.process_time()
+        eager(df)
+        lazy_s.append(middle - began)
+        eager_s.append(time.process_time() - middle)
+        if len(lazy_s) >= _TRIALS:
+            use_lazy.append(sum(lazy_s) <= 0.8 * sum(eager_s))
+        return out
 
     return apply
 
