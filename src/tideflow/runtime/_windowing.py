@@ -500,24 +500,27 @@ class AlignedWindowOperator(_WindowBase):
             del self.panes[pane]
 
     def _fire(self, ws: int, parts: list[pl.DataFrame], frames: list[pl.DataFrame]) -> pl.DataFrame:
-        """The result of aggregation window ``ws`` as one query: its pane partials (``parts``,
-        keys and partial columns) and window partials (``frames``, with ``__ws``) merged by
-        key, finalized, with the window columns and, with ``max_per_window``, only the rows
-        carrying the largest value (a window whose result is final: no allowed lateness)."""
+        """The result of aggregation window ``ws``: its pane partials (``parts``, keys and
+        partial columns) and window partials (``frames``, with ``__ws``) merged by key,
+        finalized, with ``max_per_window`` only the rows carrying the largest value, and the
+        window columns (a window whose result is final: no allowed lateness).
+
+        Two eager Polars calls (the merge and the finals); the selection and the window
+        columns are NumPy and column moves. One lazy query of all of it cost twice as much for
+        a few thousand keys (about 0.5 ms against 0.25 ms for q5's windows).
+        """
         rows = [*parts, *(without(f, "__ws") for f in frames)]
-        plan = concat(rows).lazy()
+        merged = concat(rows)
         if len(rows) > 1:  # one frame holds one row per key already
-            plan = plan.group_by(self.keys).agg(self.merges)
-        plan = plan.select(
-            *self.keys,
-            pl.lit(ws, pl.Int64).cast(TIME).alias("window_start"),
-            pl.lit(ws + self.size, pl.Int64).cast(TIME).alias("window_end"),
-            *self.finals,
-        )
-        if self.op.select is not None:
-            top = pl.col(self.op.select)
-            plan = plan.filter(top == top.max())
-        return plan.collect()
+            merged = merged.group_by(self.keys).agg(self.merges)
+        res = merged.select(*self.keys, *self.finals)
+        if self.op.select is not None and res.height:
+            res = _largest(res, self.op.select)
+        n = len(self.keys)
+        cols = res.get_columns()
+        start = pl.Series("window_start", np.full(res.height, ws, dtype=np.int64)).cast(TIME)
+        end = pl.Series("window_end", np.full(res.height, ws + self.size, dtype=np.int64))
+        return pl.DataFrame([*cols[:n], start, end.cast(TIME), *cols[n:]])
 
     def _early(self) -> None:
         by = [*self.keys, "__ws"]
@@ -654,6 +657,17 @@ class WindowCombiner(Operator):
         self.idle_seen = bool(snap.get("idle_seen", False))
 
 
+def _largest(frame: pl.DataFrame, column: str) -> pl.DataFrame:
+    """The rows of ``frame`` carrying the largest ``column`` (all of them on ties; nulls never
+    win). Integers without nulls are compared in NumPy; other types by Polars."""
+    col = frame.get_column(column)
+    if col.dtype.is_integer() and not col.null_count():
+        values = col.to_numpy()
+        return frame[np.flatnonzero(values == values.max())]
+    top = pl.col(column)
+    return frame.filter(top == top.max())
+
+
 # -- the selection across workers after max_per_window ---------------------------------------------
 class WindowSelector(Operator):
     """Merges the per-window selections of ``agg(..., max_per_window=column)`` from all workers.
@@ -692,8 +706,7 @@ class WindowSelector(Operator):
         self.wm = max(self.wm, wm)
         due = sorted(end for end in self.pending if end <= self.wm)
         if due:
-            top = pl.col(self.column)
-            out = [concat(self.pending.pop(end)).filter(top == top.max()) for end in due]
+            out = [_largest(concat(self.pending.pop(end)), self.column) for end in due]
             self.ctx.emit(concat(out))
         self.ctx.watermark(wm, idle)
 
