@@ -31,6 +31,7 @@ from tideflow.api._graph import (
     output_names,
 )
 from tideflow.api._joins import BestMatch, JoinOut
+from tideflow.api._smallbatch import compile_filter, compile_select
 from tideflow.api._windows import Clock, WindowedStream, WindowSpec
 from tideflow.connectors._base import DEAD_LETTER_SCHEMA, Sink, Source
 from tideflow.state._backends import DiskState, StateBackend, StateChoice, state_backend
@@ -482,6 +483,7 @@ class Stream:
         *,
         user_fn: bool = False,
         needs: Callable[[frozenset[str] | None], frozenset[str] | None] | None = None,
+        small: Callable[[pl.DataFrame], pl.DataFrame | None] | None = None,
     ) -> Stream:
         step_id = self.flow._step_id(name, kind)
         schema = self.schema
@@ -496,7 +498,7 @@ class Stream:
                     f"input columns: {list(schema)}"
                 )
                 raise ConfigError(msg) from None
-        op = FrameOp(apply, description, user_fn, needs)
+        op = FrameOp(apply, description, user_fn, needs, small)
         node = self.flow._add(
             "frame", [(self.node.index, self.port)], op, step_id, schema=out_schema
         )
@@ -519,6 +521,7 @@ class Stream:
                 lambda df: df.filter(predicate),
                 f"filter {predicate}",
                 needs=_adds(expr_columns(predicate)),
+                small=compile_filter(predicate),
             )
         return self._record(
             "filter", predicate, name=name, schema=self.schema, on_error="dead_letter"
@@ -533,6 +536,7 @@ class Stream:
             _planned("select", exprs, named),
             "select",
             needs=lambda _: reads,
+            small=compile_select(exprs, named, replace=False),
         )
 
     def with_columns(self, *exprs: Any, name: str | None = None, **named: Any) -> Stream:
@@ -550,6 +554,7 @@ class Stream:
             _planned("with_columns", exprs, named),
             "with_columns",
             needs=needs,
+            small=compile_select(exprs, named, replace=True),
         )
 
     def drop(self, *columns: str, name: str | None = None) -> Stream:

@@ -108,6 +108,9 @@ class FrameOp:
     #: The input columns the step reads, given the columns its consumers read (None: all);
     #: None when unknown. Lets sources read only the columns a flow uses.
     needs: Callable[[frozenset[str] | None], frozenset[str] | None] | None = None
+    #: The same step for small batches without Polars' planner; it returns None for a batch it
+    #: leaves to ``apply`` (see ``tideflow.api._smallbatch``). None: always ``apply``.
+    small: Callable[[pl.DataFrame], pl.DataFrame | None] | None = None
 
 
 RecordMode = Literal["map", "flat_map", "filter"]

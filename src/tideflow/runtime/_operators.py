@@ -21,6 +21,7 @@ import polars as pl
 from tideflow._errors import DataError, JobError, StateError
 from tideflow.api._dataflow import AggOp, StatefulMapOp, TopNOp, TransformOp
 from tideflow.api._graph import FrameOp, Node, RecordOp, fn_location
+from tideflow.api._smallbatch import SMALL_BATCH_ROWS
 from tideflow.connectors._base import DEAD_LETTER_SCHEMA, SinkContext, dead_letters
 from tideflow.runtime._frames import concat
 from tideflow.runtime._keyed import AggState, KeyedTable
@@ -112,10 +113,15 @@ class FrameOperator(Operator):
     def __init__(self, node: Node, ctx: OpContext) -> None:
         super().__init__(node, ctx)
         self.op: FrameOp = node.spec
+        self.small = self.op.small
 
     def on_batch(self, index: int, batch: pl.DataFrame) -> None:
         try:
-            out = self.op.apply(batch)
+            out = None
+            if self.small is not None and 0 < batch.height <= SMALL_BATCH_ROWS:
+                out = self.small(batch)  # no planner; None: the batch needs Polars
+            if out is None:
+                out = self.op.apply(batch)
         except pl.exceptions.PolarsError as exc:
             if self.op.user_fn or batch.height == 0:
                 msg = f"step '{self.node.step_id}' ({self.op.description}) failed: {exc}"
