@@ -1,6 +1,8 @@
 """The small-batch path of filter/select/with_columns gives exactly Polars' results."""
 
 import math
+import sys
+from datetime import timedelta
 
 import numpy as np
 import polars as pl
@@ -299,3 +301,26 @@ def test_a_flow_of_small_and_large_batches_equals_polars(workers, batch_size):
     got = out.frame()
     assert got.schema == expected.schema
     assert sorted(got.rows()) == sorted(expected.rows())
+
+
+def _timer_slack() -> int:
+    import ctypes
+
+    return int(ctypes.CDLL(None).prctl(30, 0, 0, 0, 0))  # PR_GET_TIMERSLACK
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="timer slack is Linux's")
+@pytest.mark.parametrize(("max_delay_ms", "fine"), [(0, True), (100, False)])
+def test_the_latency_setting_wakes_the_worker_on_time(workers, max_delay_ms, fine):
+    before = _timer_slack()
+    flow = tf.Dataflow("slack")
+    out = CollectSink()
+    (
+        flow.source(TestingSource([{"a": 1}, {"a": 2}]))
+        .map_batches(lambda df: df.with_columns(slack=pl.lit(_timer_slack())), reads=["a"])
+        .sink(out)
+    )
+    assert tf.run(flow, workers=workers, max_delay=timedelta(milliseconds=max_delay_ms)).completed
+    slack = set(out.frame()["slack"].to_list())
+    assert slack == ({1000} if fine else {before})
+    assert _timer_slack() == before
