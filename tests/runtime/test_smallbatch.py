@@ -88,34 +88,58 @@ COMPARE = ["__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__"]
 CASTS = [*INTS, *FLOATS]
 
 
-def _numeric(children):
+def _apply(parts):
+    left, method, right = parts
+    return getattr(left, method)(right)
+
+
+def _cast(parts):
+    expr, dtype = parts
+    return expr.cast(dtype)
+
+
+def _negate(expr):
+    return -expr
+
+
+def _invert(expr):
+    return ~expr
+
+
+def _numeric(depth):
+    """Numeric expressions of the subset, up to ``depth`` operators deep."""
+    if depth == 0:
+        return NUM_LEAVES
+    sub = _numeric(depth - 1)
     return st.one_of(
-        st.tuples(children, st.sampled_from(ARITH), children).map(
-            lambda t: getattr(t[0], t[1])(t[2])
-        ),
-        children.map(lambda e: -e),
-        st.tuples(children, st.sampled_from(CASTS)).map(lambda t: t[0].cast(t[1])),
+        NUM_LEAVES,
+        st.tuples(sub, st.sampled_from(ARITH), sub).map(_apply),
+        sub.map(_negate),
+        st.tuples(sub, st.sampled_from(CASTS)).map(_cast),
     )
 
 
-NUMERIC = st.recursive(NUM_LEAVES, _numeric, max_leaves=5)
+NUMERIC = _numeric(3)
 
 
-def _boolean(children):
+def _boolean(depth):
+    """Boolean expressions: comparisons of numeric ones, combined by & | ^ ~."""
+    leaves = st.one_of(
+        st.just(pl.col("p")),
+        st.booleans().map(_lit),
+        st.tuples(NUMERIC, st.sampled_from(COMPARE), NUMERIC).map(_apply),
+    )
+    if depth == 0:
+        return leaves
+    sub = _boolean(depth - 1)
     return st.one_of(
-        st.tuples(children, st.sampled_from(["__and__", "__or__", "__xor__"]), children).map(
-            lambda t: getattr(t[0], t[1])(t[2])
-        ),
-        children.map(lambda e: ~e),
+        leaves,
+        st.tuples(sub, st.sampled_from(["__and__", "__or__", "__xor__"]), sub).map(_apply),
+        sub.map(_invert),
     )
 
 
-BOOL_LEAVES = st.one_of(
-    st.just(pl.col("p")),
-    st.booleans().map(_lit),
-    st.tuples(NUMERIC, st.sampled_from(COMPARE), NUMERIC).map(lambda t: getattr(t[0], t[1])(t[2])),
-)
-BOOLEAN = st.recursive(BOOL_LEAVES, _boolean, max_leaves=4)
+BOOLEAN = _boolean(2)
 ANY_EXPR = st.one_of(NUMERIC, BOOLEAN)
 
 
