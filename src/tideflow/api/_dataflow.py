@@ -521,7 +521,7 @@ class Stream:
                 lambda df: df.filter(predicate),
                 f"filter {predicate}",
                 needs=_adds(expr_columns(predicate)),
-                small=compile_filter(predicate),
+                small=compile_filter(predicate, self.schema),
             )
         return self._record(
             "filter", predicate, name=name, schema=self.schema, on_error="dead_letter"
@@ -536,7 +536,7 @@ class Stream:
             _planned("select", exprs, named),
             "select",
             needs=lambda _: reads,
-            small=compile_select(exprs, named, replace=False),
+            small=compile_select(exprs, named, replace=False, schema=self.schema),
         )
 
     def with_columns(self, *exprs: Any, name: str | None = None, **named: Any) -> Stream:
@@ -554,7 +554,7 @@ class Stream:
             _planned("with_columns", exprs, named),
             "with_columns",
             needs=needs,
-            small=compile_select(exprs, named, replace=True),
+            small=compile_select(exprs, named, replace=True, schema=self.schema),
         )
 
     def drop(self, *columns: str, name: str | None = None) -> Stream:

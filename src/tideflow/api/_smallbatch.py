@@ -437,6 +437,12 @@ class SmallStep:
         self._plans: dict[tuple[Any, ...], list[_Output] | None] = {}
         self._reads = sorted({n for _, node in nodes for n in _columns(node)})
 
+    def prepare(self, schema: Mapping[str, pl.DataType] | None) -> None:
+        """Type the expressions for ``schema`` now (when the flow is built), not at the first
+        batch (about a millisecond of Polars calls on empty frames)."""
+        if schema is not None and all(n in schema for n in self._reads):
+            self._bind({n: schema[n] for n in self._reads})
+
     def _plan(self, frame: pl.DataFrame) -> list[_Output] | None:
         # Numeric dtypes have no parameters: their classes identify them (a cheap key).
         try:
@@ -447,7 +453,10 @@ class SmallStep:
             return self._plans[key]
         except KeyError:
             pass
-        schema = {n: frame.get_column(n).dtype for n in self._reads}
+        return self._bind({n: frame.get_column(n).dtype for n in self._reads})
+
+    def _bind(self, schema: dict[str, pl.DataType]) -> list[_Output] | None:
+        key = tuple(type(schema[n]) for n in self._reads)
         plan: list[_Output] | None
         try:  # (parameterized dtypes, e.g. Datetime, are only passed through: same plan)
             empty = pl.DataFrame(schema=schema)
@@ -514,20 +523,32 @@ def _columns(node: _Node) -> set[str]:
     return set().union(*(_columns(c) for c in node.children)) if node.children else set()
 
 
-def compile_filter(predicate: pl.Expr) -> SmallStep | None:
-    """The small path of ``filter(predicate)``, or None when it is outside the subset."""
+def compile_filter(
+    predicate: pl.Expr, schema: Mapping[str, pl.DataType] | None = None
+) -> SmallStep | None:
+    """The small path of ``filter(predicate)``, or None when it is outside the subset.
+
+    ``schema``: the input columns' dtypes when known, to type the expressions at once.
+    """
     try:
-        return SmallStep("filter", [("", _compile(predicate))])
+        step = SmallStep("filter", [("", _compile(predicate))])
     except _Unsupported:
         return None
+    step.prepare(schema)
+    return step
 
 
 def compile_select(
-    exprs: list[Any] | tuple[Any, ...], named: Mapping[str, Any], *, replace: bool
+    exprs: list[Any] | tuple[Any, ...],
+    named: Mapping[str, Any],
+    *,
+    replace: bool,
+    schema: Mapping[str, pl.DataType] | None = None,
 ) -> SmallStep | None:
     """The small path of ``select`` (``replace`` False) or ``with_columns`` (True); or None.
 
-    Names must be unique (Polars refuses duplicates; that error stays Polars').
+    Names must be unique (Polars refuses duplicates; that error stays Polars'). ``schema``: the
+    input columns' dtypes when known, to type the expressions at once.
     """
     nodes: list[tuple[str, _Node]] = []
     try:
@@ -540,7 +561,9 @@ def compile_select(
     names = [n for n, _ in nodes]
     if not nodes or len(set(names)) != len(names):
         return None
-    return SmallStep("with_columns" if replace else "select", nodes)
+    step = SmallStep("with_columns" if replace else "select", nodes)
+    step.prepare(schema)
+    return step
 
 
 def _output_name(expr: Any) -> str:
