@@ -28,16 +28,7 @@ def _int_values(dtype):
 
 
 def _np(dtype):
-    return {
-        pl.Int8: np.int8,
-        pl.Int16: np.int16,
-        pl.Int32: np.int32,
-        pl.Int64: np.int64,
-        pl.UInt8: np.uint8,
-        pl.UInt16: np.uint16,
-        pl.UInt32: np.uint32,
-        pl.UInt64: np.uint64,
-    }[dtype]
+    return pl.Series([], dtype=dtype).to_numpy().dtype
 
 
 FLOAT_VALUES = st.one_of(
