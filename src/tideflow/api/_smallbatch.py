@@ -399,12 +399,18 @@ class _Output:
     np_type: Any
 
 
-def _output(name: str, b: _Bound) -> _Output:
-    inner = b
-    while inner.node.kind == "alias":
-        inner = inner.children[0]
-    if inner.node.kind == "col":
-        return _Output(name, inner.node.name, None, b.dtype, None)
+def _passed(node: _Node) -> str | None:
+    """The column a node passes through unchanged (under aliases), or None."""
+    while node.kind == "alias":
+        node = node.children[0]
+    return node.name if node.kind == "col" else None
+
+
+def _output(name: str, node: _Node, empty: pl.DataFrame) -> _Output:
+    source = _passed(node)
+    if source is not None:  # its dtype does not matter: the column goes on as it is
+        return _Output(name, source, None, pl.Null(), None)
+    b = _bind(node, empty)
     if b.dtype not in _NUMPY:
         raise _Unsupported
     return _Output(name, None, _compile_bound(b), b.dtype, _NUMPY[b.dtype])
@@ -435,7 +441,11 @@ class SmallStep:
         self._mode = mode  # "filter", "select" or "with_columns"
         self._nodes = nodes
         self._plans: dict[tuple[Any, ...], list[_Output] | None] = {}
-        self._reads = sorted({n for _, node in nodes for n in _columns(node)})
+        # The columns computed with (passed-through ones are read as they are): their dtypes
+        # choose the plan.
+        self._reads = sorted(
+            {n for _, node in nodes if _passed(node) is None for n in _columns(node)}
+        )
 
     def prepare(self, schema: Mapping[str, pl.DataType] | None) -> None:
         """Type the expressions for ``schema`` now (when the flow is built), not at the first
@@ -460,11 +470,11 @@ class SmallStep:
         plan: list[_Output] | None
         try:  # (parameterized dtypes, e.g. Datetime, are only passed through: same plan)
             empty = pl.DataFrame(schema=schema)
-            plan = [_output(name, _bind(node, empty)) for name, node in self._nodes]
+            plan = [_output(name, node, empty) for name, node in self._nodes]
         except _Unsupported:
             plan = None
-        if plan is not None and self._mode == "filter" and plan[0].dtype != pl.Boolean:
-            plan = None
+        if plan and self._mode == "filter" and plan[0].source is None:
+            plan = plan if plan[0].dtype == pl.Boolean else None
         self._plans[key] = plan
         return plan
 
@@ -481,7 +491,7 @@ class SmallStep:
                         assert out.source is not None
                         col = frame.get_column(out.source)
                         if self._mode == "filter":
-                            if col.null_count():
+                            if col.null_count() or col.dtype != pl.Boolean:
                                 return None
                             return _filter(frame, col.to_numpy(), height)
                         cols.append(col if col.name == out.name else col.alias(out.name))
@@ -492,8 +502,8 @@ class SmallStep:
                     if self._mode == "filter":
                         return _filter(frame, arr, height)
                     cols.append(_series_of(out.name, arr, out.dtype))
-        except _Fallback:
-            return None
+        except (_Fallback, pl.exceptions.ColumnNotFoundError):
+            return None  # (a missing column: Polars' error names it)
         if self._mode == "select":
             return _frame_of(cols)
         out_cols = list(frame.iter_columns())
