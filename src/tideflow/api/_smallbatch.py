@@ -456,7 +456,7 @@ class SmallStep:
     def _plan(self, frame: pl.DataFrame) -> list[_Output] | None:
         # Numeric dtypes have no parameters: their classes identify them (a cheap key).
         try:
-            key = tuple(type(frame.get_column(n).dtype) for n in self._reads)
+            key = tuple([type(frame.get_column(n).dtype) for n in self._reads])
         except pl.exceptions.ColumnNotFoundError:
             return None
         try:

@@ -623,19 +623,20 @@ class Worker:
 
     # -- data movement ----------------------------------------------------------------------
     def emit(self, index: int, port: str, batch: pl.DataFrame) -> None:
-        if batch.height == 0:
+        rows = batch.height
+        if rows == 0:
             return
         if port == "late":
-            self.stats[index].late += batch.height
+            self.stats[index].late += rows
         elif port != "dead":
-            self.stats[index].rows_out += batch.height
+            self.stats[index].rows_out += rows
             if self.origin is not None and self._timed[index]:
                 self._latency(self.stats[index])
             if index in self._evaluators:
                 self._model_metric(self.stats[index], batch)
         for dst, inp in self.routes.get((index, port), ()):
             st = self.stats[dst]
-            st.rows_in += batch.height
+            st.rows_in += rows
             st.batches += 1
             op = self.ops[dst]
             assert op is not None
