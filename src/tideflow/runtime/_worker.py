@@ -917,7 +917,10 @@ class Worker:
                 if progressed:
                     idle = 0.0
                 else:
-                    idle = min(idle_cap, idle + 0.0005)
+                    if slack is not None:  # latency setting: 25 us first, doubling up to the cap
+                        idle = min(idle_cap, idle * 2 if idle else 0.000025)
+                    else:
+                        idle = min(idle_cap, idle + 0.0005)
                     msg = self.transport.recv(idle)
                     if msg is not None:
                         self._handle(msg)
