@@ -1,5 +1,6 @@
 """The small-batch path of filter/select/with_columns gives exactly Polars' results."""
 
+import dataclasses
 import math
 import sys
 from datetime import timedelta
@@ -339,3 +340,26 @@ def test_the_latency_setting_wakes_the_worker_on_time(workers, max_delay_ms, fin
     slack = set(out.frame()["slack"].to_list())
     assert slack == ({1000} if fine else {before})
     assert _timer_slack() == before
+
+
+class _Broken:
+    """A small-batch path with a bug."""
+
+    def __call__(self, frame):
+        msg = "bug"
+        raise IndexError(msg)
+
+
+def test_a_failing_small_path_falls_back_to_polars(workers, caplog):
+    bids = _bids(200, 2)
+    flow = tf.Dataflow("broken")
+    out = CollectSink()
+    step = flow.source(TestingSource(list(bids.iter_slices(7)), schema=dict(bids.schema)))
+    step = step.filter(pl.col("auction") % 3 == 0)
+    step.node.spec = dataclasses.replace(step.node.spec, small=_Broken())
+    step.sink(out)
+    assert tf.run(flow, workers=workers).completed
+    expected = bids.filter(pl.col("auction") % 3 == 0)
+    assert sorted(out.frame().rows()) == sorted(expected.rows())
+    if workers == 1:
+        assert "the small-batch path failed" in caplog.text

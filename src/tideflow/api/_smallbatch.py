@@ -471,7 +471,7 @@ class SmallStep:
         try:  # (parameterized dtypes, e.g. Datetime, are only passed through: same plan)
             empty = pl.DataFrame(schema=schema)
             plan = [_output(name, node, empty) for name, node in self._nodes]
-        except _Unsupported:
+        except (_Unsupported, pl.exceptions.PolarsError, TypeError, ValueError):
             plan = None
         if plan and self._mode == "filter" and plan[0].source is None:
             plan = plan if plan[0].dtype == pl.Boolean else None

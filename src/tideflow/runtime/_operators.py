@@ -116,10 +116,10 @@ class FrameOperator(Operator):
         self.small = self.op.small
 
     def on_batch(self, index: int, batch: pl.DataFrame) -> None:
+        out = None
+        if self.small is not None and 0 < batch.height <= SMALL_BATCH_ROWS:
+            out = self._small(batch)  # no planner; None: the batch needs Polars
         try:
-            out = None
-            if self.small is not None and 0 < batch.height <= SMALL_BATCH_ROWS:
-                out = self.small(batch)  # no planner; None: the batch needs Polars
             if out is None:
                 out = self.op.apply(batch)
         except pl.exceptions.PolarsError as exc:
@@ -134,6 +134,23 @@ class FrameOperator(Operator):
             )
             raise JobError(msg, step_id=self.node.step_id)
         self.ctx.emit(out)
+
+    def _small(self, batch: pl.DataFrame) -> pl.DataFrame | None:
+        """The small-batch path; should it ever fail, Polars runs the step from then on."""
+        assert self.small is not None
+        try:
+            out: pl.DataFrame | None = self.small(batch)
+        except Exception:
+            log.warning(
+                "step '%s' (%s): the small-batch path failed; Polars evaluates the step "
+                "from now on",
+                self.node.step_id,
+                self.op.description,
+                exc_info=True,
+            )
+            self.small = None
+            return None
+        return out
 
     def _isolate(self, batch: pl.DataFrame) -> pl.DataFrame:
         good: list[pl.DataFrame] = []
