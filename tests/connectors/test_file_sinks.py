@@ -202,3 +202,35 @@ def test_sqlite_errors(tmp_path: Path) -> None:
         w.write(pl.DataFrame({"a": [1], "b": [2]}))
     w.close()
     assert os.path.exists(db)
+
+
+@pytest.mark.parametrize("first_rows", [10, 2_000])
+def test_parquet_dictionary_encodes_only_repeating_columns(tmp_path: Path, first_rows: int) -> None:
+    import pyarrow.parquet as pq
+
+    n = 6_000
+    frame = pl.DataFrame(
+        {
+            "id": range(n),
+            "kind": ["a", "b", "c"] * (n // 3),
+            "text": [f"row {i}" for i in range(n)],
+            "tags": [[i % 2] for i in range(n)],
+        }
+    )
+    w = files.sink_parquet(str(tmp_path / "out")).build(SinkContext("write", 0, 1))
+    w.write(frame.head(first_rows))  # the first batch decides, for the whole part file
+    w.write(frame.slice(first_rows))
+    w.close()
+    (part,) = (tmp_path / "out").glob("part-*.parquet")
+    assert pl.read_parquet(part).equals(frame)
+    meta = pq.ParquetFile(part).metadata
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        dictionary = {
+            group.column(c).path_in_schema.split(".")[0]
+            for c in range(group.num_columns)
+            if any("DICTIONARY" in e for e in group.column(c).encodings)
+        }
+        # Below 1,024 rows the first batch says little: Arrow's default (every column).
+        expected = {"id", "kind", "text", "tags"} if first_rows < 1_024 else {"kind"}
+        assert dictionary == expected

@@ -409,7 +409,10 @@ def sink_parquet(
     under a hidden temporary name (starting with ``.``) and renamed when complete: after
     ``roll_rows`` rows, when ``roll_interval`` has passed since it was opened (checked on
     ``write`` and ``flush``), and on ``close``. With ``partition_by`` rows go to
-    ``key=value/`` sub-directories (the key columns are not stored in the files).
+    ``key=value/`` sub-directories (the key columns are not stored in the files). A part
+    file dictionary-encodes the columns whose first batch repeats values (at most half of its
+    rows distinct) and writes the others plain (see ``dictionary_columns`` in
+    ``tideflow.connectors._filesinks``).
 
     Examples
     --------
