@@ -226,3 +226,26 @@ def _check_shared_subexpressions(workers, rows, batch):
         )
     else:
         assert got.height == 0
+
+
+def test_shared_python_functions_run_as_often_as_in_polars_eager(monkeypatch):
+    # A step calling a Python function is never timed both ways (that would call it twice).
+    monkeypatch.setattr("tideflow.api._dataflow._TRIAL_ROWS", 1)
+    calls = []
+
+    def double(s: pl.Series) -> pl.Series:
+        calls.append(s.len())
+        return s * 2
+
+    shared = pl.col("n").map_batches(double, return_dtype=pl.Int64)
+    exprs = [(shared + 1).alias("a"), (shared * 3).alias("b")]
+    records = [{"n": i} for i in range(5_000)]
+    batches = [pl.DataFrame(records[i : i + 1_000]) for i in range(0, 5_000, 1_000)]
+    expected = pl.concat([b.select(exprs) for b in batches])
+    eager_calls, calls[:] = list(calls), []
+    flow = tf.Dataflow("udf")
+    out = CollectSink()
+    flow.source(TestingSource(records, batch_size=1_000)).select(*exprs).sink(out)
+    tf.run(flow)
+    assert out.frame().sort("a").equals(expected.sort("a"))
+    assert sum(calls) == sum(eager_calls)  # the build-time check on an empty frame adds 0 rows

@@ -307,6 +307,8 @@ _CSE_MARK = "__POLARS_CSE"
 #: Batches of at least this many rows on which a step with a shared subexpression times
 #: Polars' lazy and eager paths against each other before keeping the cheaper one.
 _TRIAL_ROWS = 4_096
+#: How a Polars plan shows a Python function (``map_elements``, ``map_batches``).
+_PYTHON_UDF = "python_udf"
 _TRIALS = 2
 
 
@@ -322,8 +324,9 @@ def _planned(
     than it saves when the shared part is cheap (a comparison behind several flags). So a step
     whose plan has a shared subexpression runs its first two batches of at least 4,096 rows
     both ways, timing the CPU of each (``time.process_time``, all threads), and keeps the lazy
-    path if it took at most 80 % of the eager one. Other steps, and smaller batches until
-    then, run eagerly.
+    path if it took at most 80 % of the eager one. Other steps, steps calling Python
+    functions (``map_elements``, ``map_batches``: a trial would call them twice), and smaller
+    batches until then, run eagerly.
     """
     shared: list[bool] = []  # the plan has a shared subexpression (decided on the first frame)
     lazy_s: list[float] = []
@@ -340,7 +343,8 @@ def _planned(
 
     def apply(df: pl.DataFrame) -> pl.DataFrame:
         if not shared:
-            shared.append(_CSE_MARK in getattr(df.lazy(), method)(*exprs, **named).explain())
+            plan = getattr(df.lazy(), method)(*exprs, **named).explain()
+            shared.append(_CSE_MARK in plan and _PYTHON_UDF not in plan)
         if use_lazy:
             return lazy(df) if use_lazy[0] else eager(df)
         if not shared[0] or df.height < _TRIAL_ROWS:
