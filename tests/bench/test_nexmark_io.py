@@ -107,6 +107,38 @@ def test_a_position_from_another_batch_size_is_refused(grouped: Path) -> None:
         src.build(_ctx(0, 1, 100, {"bid.parquet": 2}))
 
 
+def _timed_groups(path: Path, per_group: int, groups: int) -> None:
+    """A file whose row group ``g`` holds ``per_group`` rows of times ``g * 100 ..``."""
+    times = [g * 100 + i * 100 // per_group for g in range(groups) for i in range(per_group)]
+    frame = pl.DataFrame({"date_time": times}, schema={"date_time": pl.Int64})
+    pq.write_table(frame.to_arrow(), path, row_group_size=per_group)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sources_of_one_flow_read_blocks_aligned_in_event_time(
+    tmp_path: Path, workers: int
+) -> None:
+    # As the generator writes them: group g of every file holds the same span of events.
+    _timed_groups(tmp_path / "auction.parquet", 6, 10)
+    _timed_groups(tmp_path / "bid.parquet", 92, 10)
+    kinds = ["auction", "bid"]
+    spans = {}
+    for kind in kinds:
+        src = NexmarkSource(tmp_path, kind, columns=("date_time",), companions=kinds)
+        spans[kind] = [
+            [
+                (f["date_time"].min() // 100, f["date_time"].max() // 100)
+                for f in _read_all(src, _ctx(w, workers, 200))
+            ]
+            for w in range(workers)
+        ]
+    # Blocks of two groups (two bid groups fill a batch of 200) in both files.
+    assert spans["auction"] == spans["bid"]
+    assert {g for part in spans["bid"] for g in part} == {(g, g + 1) for g in range(0, 10, 2)}
+    alone = NexmarkSource(tmp_path, "auction", columns=("date_time",))
+    assert [f.height for f in _read_all(alone, _ctx(0, 1, 200))] == [60]  # one file: by rows
+
+
 def test_result_sink_writes_plain_columns_of_distinct_values(tmp_path: Path) -> None:
     n = 5_000
     frame = pl.DataFrame(

@@ -51,6 +51,9 @@ class NexmarkSource(Source):
     kind: str
     seq: bool = False
     columns: tuple[str, ...] | None = None
+    #: The kinds the flow reads (filled while it is built, shared by its sources): blocks hold
+    #: the same number of row groups in every file the flow reads.
+    companions: list[str] = dataclasses.field(default_factory=list, compare=False, hash=False)
 
     def project(self, columns: frozenset[str]) -> NexmarkSource:
         """The same events, reading only ``columns`` (``seq`` is made, not read)."""
@@ -97,6 +100,11 @@ def row_group_blocks(sizes: list[int], batch_size: int) -> list[tuple[int, int]]
     return blocks
 
 
+def _widest_group(directory: Path, kind: str) -> int:
+    meta = pq.ParquetFile(directory / f"{kind}.parquet").metadata
+    return max((meta.row_group(i).num_rows for i in range(meta.num_row_groups)), default=1)
+
+
 class _NexmarkReader(SourceReader):
     def __init__(self, src: NexmarkSource, ctx: SourceContext) -> None:
         self._path = Path(src.directory) / f"{src.kind}.parquet"
@@ -106,7 +114,12 @@ class _NexmarkReader(SourceReader):
         self._starts = [0]
         for n in sizes:
             self._starts.append(self._starts[-1] + n)
-        blocks = row_group_blocks(sizes, ctx.batch_size)
+        # Row group i of every file holds the events i * n .. (i + 1) * n - 1 of the generator:
+        # blocks of one common number of groups keep the sources of a flow aligned in event
+        # time. Sized by the rows of each file's widest group (a block of ten auction groups
+        # would run 900 k events ahead of a bid group, and a join would hold all of it).
+        widest = max(_widest_group(Path(src.directory), k) for k in {src.kind, *src.companions})
+        blocks = row_group_blocks([widest] * len(sizes), ctx.batch_size)
         self._blocks = blocks[ctx.worker_index :: ctx.worker_count]
         self._end = meta.num_row_groups
         self._key = f"{src.kind}.parquet:group"
@@ -224,21 +237,31 @@ class _Inputs:
         self.flow = flow
         self.directory = directory
         self._streams: dict[str, Any] = {}
+        self._kinds: list[str] = []  # shared by the sources: see NexmarkSource.companions
 
     def __getattr__(self, kind: str) -> Any:
         if kind.startswith("_"):
             raise AttributeError(kind)
         if kind not in self._streams:
             seq = kind == "bid_seq"
-            source = NexmarkSource(self.directory, "bid" if seq else kind, seq=seq)
+            events = "bid" if seq else kind
+            self._note(events)
+            source = NexmarkSource(self.directory, events, seq=seq, companions=self._kinds)
             self._streams[kind] = self.flow.source(source, name=kind)
         return self._streams[kind]
+
+    def _note(self, kind: str) -> None:
+        if kind not in self._kinds:
+            self._kinds.append(kind)
 
     def read(self, kind: str, *columns: str, seq: bool = False) -> Any:
         """Events of ``kind`` with only ``columns`` read from the file (and ``seq``)."""
         name = kind + ("_seq" if seq else "")
         if name not in self._streams:
-            source = NexmarkSource(self.directory, kind, seq=seq, columns=columns)
+            self._note(kind)
+            source = NexmarkSource(
+                self.directory, kind, seq=seq, columns=columns, companions=self._kinds
+            )
             self._streams[name] = self.flow.source(source, name=name)
         return self._streams[name]
 
