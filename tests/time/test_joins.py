@@ -337,7 +337,15 @@ def with_end(left):
 
 
 def run_interval_join_end(
-    batches, lower, bounded_end, delay, emit, workers=1, unique=False, int_keys=False
+    batches,
+    lower,
+    bounded_end,
+    delay,
+    emit,
+    workers=1,
+    unique=False,
+    int_keys=False,
+    left_where=None,
 ):
     flow, left, right = sides(batches, delay, int_keys)
     if bounded_end:
@@ -348,6 +356,7 @@ def run_interval_join_end(
         upper="end" if bounded_end else None,
         emit=emit,
         left_unique=unique,
+        left_where=left_where,
     )
     return collect_pairs(flow, j, workers)
 
@@ -438,6 +447,76 @@ def test_regular_join_with_two_workers_equals_the_reference(unique):
         )
         assert got == want
         assert not late
+
+
+LEFT_WHERE = (pl.col("v") % 3 != 0) & (pl.col("k") != "b")
+
+
+def meets(pair):
+    """The reference of LEFT_WHERE on a pair's left record (k, t, v, ...)."""
+    return pair[2] % 3 != 0 and pair[0] != "b"
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    batches=batches_st,
+    delay=st.integers(0, 25),
+    lower=st.sampled_from([None, -4, 0]),
+    bounded_end=st.booleans(),
+    emit=st.sampled_from(["arrival", "close"]),
+    unique=st.booleans(),
+)
+def test_left_where_keeps_the_pairs_of_left_records_meeting_it(
+    batches, delay, lower, bounded_end, emit, unique
+):
+    if unique:
+        batches = unique_left(batches)
+    want, want_late = ref_interval_join_end(batches, lower, span_of if bounded_end else None, delay)
+    got, got_late, _ = run_interval_join_end(
+        batches, lower, bounded_end, delay, emit, unique=unique, left_where=LEFT_WHERE
+    )
+    assert got == Counter({p: n for p, n in want.items() if meets(p)})
+    assert got_late == want_late
+
+
+@pytest.mark.parametrize("unique", [False, True])
+def test_left_where_with_two_workers_equals_the_reference(unique):
+    import random
+
+    rnd = random.Random(5)
+    batches = [
+        [
+            (rnd.choice("LR"), rnd.choice("abcdefgh"), rnd.randrange(100), rnd.randrange(99))
+            for _ in range(rnd.randrange(1, 9))
+        ]
+        for _ in range(15)
+    ]
+    if unique:
+        batches = unique_left(batches)
+    want, _ = ref_interval_join_end(batches, None, None, 0)
+    got, late, _ = run_interval_join_end(
+        batches, None, False, 0, "arrival", workers=2, unique=unique, left_where=LEFT_WHERE
+    )
+    assert got == Counter({p: n for p, n in want.items() if meets(p)})
+    assert not late
+    assert 0 < sum(got.values()) < sum(want.values())  # the condition dropped some, not all
+
+
+def test_left_where_settings_are_checked():
+    _flow, left, right = sides([[("L", "a", 1, 1)]], 0)
+    with pytest.raises(tf.ConfigError, match=r"left_where reads \['v_right'\], which are not"):
+        left.join_interval(right, lower=None, upper=None, left_where=pl.col("v_right") > 1)
+    with pytest.raises(tf.ConfigError, match="left_where must be a Polars expression"):
+        left.join_interval(right, lower=None, upper=None, left_where="v > 1")
+    with pytest.raises(tf.ConfigError, match="left_where and best cannot be combined"):
+        left.join_interval(
+            right,
+            lower=timedelta(0),
+            upper=timedelta(microseconds=5),
+            emit="close",
+            best=tf.BestMatch("v"),
+            left_where=pl.col("v") > 1,
+        )
 
 
 def test_unique_left_key_keeps_matched_right_records_out_of_the_buffer():

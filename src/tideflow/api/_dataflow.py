@@ -1143,6 +1143,7 @@ class KeyedStream:
         emit: Literal["arrival", "close"] = "arrival",
         left_unique: bool = False,
         best: BestMatch | None = None,
+        left_where: pl.Expr | None = None,
         name: str | None = None,
     ) -> JoinOut:
         """Join each record at t with ``other``'s records of its key in ``[t+lower, t+upper]``.
@@ -1170,6 +1171,11 @@ class KeyedStream:
         state is one row per open left record instead of every pair (an auction's winning
         bid). Ties keep the earlier arrival; see :class:`tideflow.BestMatch`.
 
+        ``left_where`` (an expression over this side's columns) emits only the pairs of left
+        records that meet it: the same results as ``.results.filter(left_where)``, without
+        building the pairs it would drop. Every left record is still kept, so its right records
+        meet it (and, with ``left_unique``, are not buffered). Not with ``best``.
+
         Examples
         --------
         >>> import tideflow as tf
@@ -1196,6 +1202,18 @@ class KeyedStream:
         [(1, 4), (1, 7)]
         >>> best.frame().select("id", "price").rows()
         [(1, 7)]
+        >>> flow = tf.Dataflow("early_bids")  # only the pairs of auction 1
+        >>> a = flow.source(TestingSource([{"id": 1, "t": 0}, {"id": 2, "t": 5}]), name="a")
+        >>> b = flow.source(TestingSource([{"auction": 1, "t": 3}, {"auction": 2, "t": 8}]),
+        ...                 name="b")
+        >>> ones = a.event_time("t", unit="s").key_by("id").join_interval(
+        ...     b.event_time("t", unit="s").key_by("auction"), lower=None, upper=None,
+        ...     left_unique=True, left_where=pl.col("id") == 1)
+        >>> got = CollectSink()
+        >>> ones.results.sink(got)
+        >>> _ = tf.run(flow)
+        >>> got.frame().select("id", "t_right").rows()
+        [(1, datetime.datetime(1970, 1, 1, 0, 0, 3, tzinfo=zoneinfo.ZoneInfo(key='UTC')))]
         """
         from tideflow.api._joins import join_interval
 
@@ -1207,6 +1225,7 @@ class KeyedStream:
             emit=emit,
             left_unique=left_unique,
             best=best,
+            left_where=left_where,
             name=name,
         )
 

@@ -136,6 +136,9 @@ class IntervalJoinOp:
     left_unique: bool = False
     #: Keep only the best right record per left record (emitted at close), or every pair.
     best: BestMatch | None = None
+    #: A condition on left columns: only left records meeting it emit pairs (all are kept, so
+    #: their right records still meet them and are not buffered for them).
+    left_where: pl.Expr | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -274,6 +277,7 @@ def join_interval(
     emit: IntervalEmit = "arrival",
     left_unique: bool = False,
     best: BestMatch | None = None,
+    left_where: pl.Expr | None = None,
     name: str | None = None,
 ) -> JoinOut:
     """Join each left record at t with the right records of its key in ``[t+lower, t+upper]``.
@@ -311,6 +315,7 @@ def join_interval(
             )
             raise ConfigError(msg)
     _check_best(step_id, best, emit, rs)
+    _check_left_where(step_id, left_where, best, ls)
     lt, rt = left.stream.time_column, right.stream.time_column
     assert lt is not None and rt is not None
     op = IntervalJoinOp(
@@ -326,12 +331,42 @@ def join_interval(
         emit,
         bool(left_unique),
         best,
+        left_where,
     )
     inputs = _two_inputs(step_id, left, right)
     schema = _result_schema(left.keys, right.keys, ls, rs, False)
     node = flow._add("join_interval", inputs, op, step_id, schema=schema, ports=("out", "late"))
     node.time_column = lt  # results keep the left time; the step holds its watermark back
     return JoinOut(Stream(flow, node, "out"), Stream(flow, node, "late"))
+
+
+def _check_left_where(
+    step_id: str, where: pl.Expr | None, best: BestMatch | None, left: Schema | None
+) -> None:
+    """``left_where`` is a Polars expression over left columns only (and not with ``best``)."""
+    if where is None:
+        return
+    if not isinstance(where, pl.Expr):
+        msg = (
+            f"step '{step_id}': left_where must be a Polars expression over the left side's "
+            f"columns (e.g. pl.col('category') == 10), got {type(where).__name__}"
+        )
+        raise ConfigError(msg)
+    if best is not None:
+        msg = (
+            f"step '{step_id}': left_where and best cannot be combined; filter the left side "
+            "before the join, or the results after it"
+        )
+        raise ConfigError(msg)
+    if left is not None:
+        missing = sorted(set(where.meta.root_names()) - set(left))
+        if missing:
+            msg = (
+                f"step '{step_id}': left_where reads {missing}, which are not columns of the "
+                f"left side (columns are {list(left)}); a condition on right columns belongs "
+                "in a filter after the join"
+            )
+            raise ConfigError(msg)
 
 
 def _check_best(

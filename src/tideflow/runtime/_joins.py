@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import polars as pl
 
 from tideflow._errors import JobError, StateError
@@ -314,6 +315,8 @@ class IntervalJoinOperator(_TwoSided):
         self.op: IntervalJoinOp = node.spec
         self.lower, self.upper = self.op.lower_us, self.op.upper_us
         self.at_close = self.op.emit == "close"
+        where = self.op.left_where
+        self.where = None if where is None else where.fill_null(False)
         self.bounded = not (
             self.lower is None and self.upper is None and self.op.upper_column is None
         )
@@ -394,7 +397,7 @@ class IntervalJoinOperator(_TwoSided):
             cond = tr <= pl.col("__end")
             if self.lower is not None:
                 cond = cond & (tr >= tl + self.lower)
-            pairs = pairs.filter(cond)
+            pairs = pairs.filter(cond if self.where is None else cond & self.where)
             if pairs.height:
                 if self.at_close:
                     self.pending.append(pairs.select(pl.exclude("__t" + SUFFIX)))
@@ -407,8 +410,13 @@ class IntervalJoinOperator(_TwoSided):
         other = self.sides[1 - index]
         probe, theirs, found = other.probe(rows)
         if probe.size:
-            mine = rows.select(pl.all().gather(pl.Series(probe)))
-            self._pairs(*((mine, theirs) if index == 0 else (theirs, mine)))
+            picked = probe
+            if self.where is not None:  # only left records meeting it make pairs
+                ok = self._meets(rows)[probe] if index == 0 else self._meets(theirs)
+                picked, theirs = probe[ok], theirs.filter(pl.Series(ok))
+            if picked.size:
+                mine = rows.select(pl.all().gather(pl.Series(picked)))
+                self._pairs(*((mine, theirs) if index == 0 else (theirs, mine)))
             if self.op.left_unique:
                 # Right records of a key whose (only) left record is there need no buffer.
                 if index == 0:
@@ -421,6 +429,12 @@ class IntervalJoinOperator(_TwoSided):
         if index == 0 and rows.height:
             oldest = int(rows.get_column("__t").min())  # type: ignore[arg-type]
             self.oldest_left = oldest if self.oldest_left is None else min(self.oldest_left, oldest)
+
+    def _meets(self, left: pl.DataFrame) -> npt.NDArray[np.bool_]:
+        """Which ``left`` rows meet ``left_where`` (a constant condition: all or none)."""
+        assert self.where is not None
+        ok: npt.NDArray[np.bool_] = left.select(self.where).to_series().to_numpy()
+        return ok if ok.shape[0] == left.height else np.full(left.height, bool(ok[0]))
 
     def _pairs(self, left: pl.DataFrame, right: pl.DataFrame) -> None:
         """Emit (or hold until close) matched rows side by side, as a Polars inner join would

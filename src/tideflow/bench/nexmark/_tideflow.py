@@ -606,16 +606,16 @@ def _q20(i: _Inputs) -> Any:
     # A regular join (no time bound either way): a bid meets its auction whichever came
     # first. Auction ids are unique, so a bid whose auction is there is never buffered; every
     # auction is kept (a later bid may name it), with its text columns dropped unless it is in
-    # category 10, the only ones the result keeps.
+    # category 10, the only ones the result keeps; only those make pairs (``left_where``).
     cat10 = pl.col("category") == 10
     text = ("item_name", "description", "extra")
     auctions = _timed(i.auction.map_batches(_blank_unless(cat10, text), name="cat10_text"))
     auctions = auctions.key_by("id")
     bids = _timed(i.bid).key_by("auction")
     joined = auctions.join_interval(
-        bids, lower=None, upper=None, left_unique=True, name="join"
+        bids, lower=None, upper=None, left_unique=True, left_where=cat10, name="join"
     ).results
-    return joined.filter(cat10).select(
+    return joined.select(
         pl.col("id").alias("auction"),
         "bidder",
         "price",
