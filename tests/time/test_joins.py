@@ -407,6 +407,21 @@ def test_join_with_a_unique_left_key_equals_reference(batches, delay, lower, bou
     assert got_late == want_late
 
 
+def random_batches(seed, unique):
+    """15 batches of 1-8 random records (``unique``: only each key's first left record)."""
+    import random
+
+    rnd = random.Random(seed)
+    batches = [
+        [
+            (rnd.choice("LR"), rnd.choice("abcdefgh"), rnd.randrange(100), rnd.randrange(99))
+            for _ in range(rnd.randrange(1, 9))
+        ]
+        for _ in range(15)
+    ]
+    return unique_left(batches) if unique else batches
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     batches=batches_st,
@@ -428,18 +443,7 @@ def test_regular_join_equals_reference(batches, unique, int_keys, emit):
 
 @pytest.mark.parametrize("unique", [False, True])
 def test_regular_join_with_two_workers_equals_the_reference(unique):
-    import random
-
-    rnd = random.Random(11)
-    batches = [
-        [
-            (rnd.choice("LR"), rnd.choice("abcdefgh"), rnd.randrange(100), rnd.randrange(99))
-            for _ in range(rnd.randrange(1, 9))
-        ]
-        for _ in range(15)
-    ]
-    if unique:
-        batches = unique_left(batches)
+    batches = random_batches(11, unique)
     want, _ = ref_interval_join_end(batches, None, None, 0)
     for int_keys in (False, True):
         got, late, _ = run_interval_join_end(
@@ -481,18 +485,7 @@ def test_left_where_keeps_the_pairs_of_left_records_meeting_it(
 
 @pytest.mark.parametrize("unique", [False, True])
 def test_left_where_with_two_workers_equals_the_reference(unique):
-    import random
-
-    rnd = random.Random(5)
-    batches = [
-        [
-            (rnd.choice("LR"), rnd.choice("abcdefgh"), rnd.randrange(100), rnd.randrange(99))
-            for _ in range(rnd.randrange(1, 9))
-        ]
-        for _ in range(15)
-    ]
-    if unique:
-        batches = unique_left(batches)
+    batches = random_batches(5, unique)
     want, _ = ref_interval_join_end(batches, None, None, 0)
     got, late, _ = run_interval_join_end(
         batches, None, False, 0, "arrival", workers=2, unique=unique, left_where=LEFT_WHERE
