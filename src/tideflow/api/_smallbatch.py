@@ -272,30 +272,20 @@ def _check_literal(value: Any, np_type: Any) -> None:
 Eval = Callable[[pl.DataFrame], Any]
 
 
-def _frame_of(columns: list[pl.Series]) -> pl.DataFrame:
-    return pl.DataFrame(columns)
-
-
 def _series_of(name: str, values: npt.NDArray[Any], dtype: pl.DataType) -> pl.Series:
     return pl.Series(name, values, dtype=dtype)
 
 
 try:  # Polars' own constructors, without the checks of the public ones (about 1 us, not 8)
-    from polars._plr import PyDataFrame
     from polars.datatypes.constructor import numpy_type_to_constructor
-
-    def _fast_frame(columns: list[pl.Series]) -> pl.DataFrame:
-        return pl.DataFrame._from_pydf(PyDataFrame([c._s for c in columns]))
 
     def _fast_series(name: str, values: npt.NDArray[Any], dtype: pl.DataType) -> pl.Series:
         make = numpy_type_to_constructor(values, values.dtype.type)
         return pl.Series._from_pyseries(make(name, values, False))
 
     _probe = np.array([1.5, -0.0], dtype=np.float32)
-    if _fast_frame([_fast_series("x", _probe, pl.Float32())]).equals(
-        _frame_of([_series_of("x", _probe, pl.Float32())])
-    ):
-        _frame_of, _series_of = _fast_frame, _fast_series
+    if _fast_series("x", _probe, pl.Float32()).equals(_series_of("x", _probe, pl.Float32())):
+        _series_of = _fast_series
 except Exception:  # another Polars: the public constructors  # pragma: no cover
     pass
 
@@ -479,6 +469,9 @@ class SmallStep:
         return plan
 
     def __call__(self, frame: pl.DataFrame) -> pl.DataFrame | None:
+        # (here, not at the top: the runtime package imports this one's users)
+        from tideflow.runtime._frames import filter_mask, frame_of
+
         plan = self._plan(frame)
         if plan is None:
             return None
@@ -493,19 +486,19 @@ class SmallStep:
                         if self._mode == "filter":
                             if col.null_count() or col.dtype != pl.Boolean:
                                 return None
-                            return _filter(frame, col.to_numpy(), height)
+                            return filter_mask(frame, col.to_numpy())
                         cols.append(col if col.name == out.name else col.alias(out.name))
                         continue
                     arr = np.asarray(out.value(frame), dtype=out.np_type)
                     if arr.shape != (height,):
                         arr = np.broadcast_to(arr, (height,)).copy()
                     if self._mode == "filter":
-                        return _filter(frame, arr, height)
+                        return filter_mask(frame, arr)
                     cols.append(_series_of(out.name, arr, out.dtype))
         except (_Fallback, pl.exceptions.ColumnNotFoundError):
             return None  # (a missing column: Polars' error names it)
         if self._mode == "select":
-            return _frame_of(cols)
+            return frame_of(cols)
         out_cols = list(frame.iter_columns())
         names = {c.name: i for i, c in enumerate(out_cols)}
         for col in cols:
@@ -514,17 +507,7 @@ class SmallStep:
             else:
                 names[col.name] = len(out_cols)
                 out_cols.append(col)
-        return _frame_of(out_cols)
-
-
-def _filter(frame: pl.DataFrame, mask: npt.NDArray[np.bool_], height: int) -> pl.DataFrame:
-    kept = int(np.count_nonzero(mask))
-    if kept == height:
-        return frame
-    if kept == 0:
-        return frame.clear()
-    keep = pl.Series(mask)
-    return _frame_of([c.filter(keep) for c in frame.iter_columns()])
+        return frame_of(out_cols)
 
 
 def _columns(node: _Node) -> set[str]:
