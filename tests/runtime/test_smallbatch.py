@@ -363,3 +363,19 @@ def test_a_failing_small_path_falls_back_to_polars(workers, caplog):
     assert sorted(out.frame().rows()) == sorted(expected.rows())
     if workers == 1:
         assert "the small-batch path failed" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        pl.col("a") == -pl.lit(1),  # -1 is no u8: Polars compares to null
+        pl.col("a") + (-pl.lit(1)),
+        pl.col("a") < -pl.lit(300),
+    ],
+)
+def test_a_constant_outside_the_column_type_gives_polars_result(expr):
+    df = pl.DataFrame({"a": [0, 7]}, schema={"a": pl.UInt8})
+    step = compile_select([expr.alias("new")], {}, replace=True)
+    got = step(df) if step is not None else None
+    expected = df.select(expr.alias("new"))
+    assert got is None or got.equals(expected)

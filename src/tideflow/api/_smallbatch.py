@@ -234,9 +234,9 @@ def _bind(node: _Node, empty: pl.DataFrame) -> _Bound:
                 raise _Unsupported
         elif not all(t == pl.Boolean for t in types):  # & | ^ on integers are bitwise
             raise _Unsupported
-        for k in kids:  # a literal must keep its value in the type it is cast to
-            if k.node.kind == "lit" and np_type is not None:
-                _check_literal(k.node.value, np_type)
+        for k in kids:  # a constant (-1 too) must keep its value in the type it is cast to
+            if np_type is not None and not _reads_column(k.node):
+                _check_literal(_constant(k.node), np_type)
     elif node.kind == "not":
         if types[0] != pl.Boolean:
             raise _Unsupported
@@ -254,6 +254,16 @@ def _bind(node: _Node, empty: pl.DataFrame) -> _Bound:
     return _Bound(
         node, dtype, kids, np_type, scalar_right and _reads_column(node.children[0]), floats
     )
+
+
+def _constant(node: _Node) -> Any:
+    """The value of a subexpression that reads no column."""
+    if node.kind == "lit":
+        return node.value
+    try:
+        return pl.select(node.expr).item()
+    except (pl.exceptions.PolarsError, ValueError):
+        raise _Unsupported from None
 
 
 def _check_literal(value: Any, np_type: Any) -> None:
