@@ -18,6 +18,7 @@ import polars as pl
 from tideflow._errors import StateError
 from tideflow.api._aggs import AggSpec
 from tideflow.runtime._distinct import DistinctPairs
+from tideflow.runtime._frames import frame_chunk
 from tideflow.state._store import SnapshotChunk
 
 __all__ = ["AggState", "KeyIndex", "table_of_rows"]
@@ -381,7 +382,7 @@ class AggState:
             ids = np.flatnonzero(self._dirty[:n])
         self._dirty = np.zeros(max(n, 64), dtype=np.bool_)
         if len(ids) or not self._rows:
-            self._rows.append(SnapshotChunk(_ipc(self._table_rows(ids), "lz4")))
+            self._rows.append(frame_chunk(self._table_rows(ids), "lz4"))
             self._row_count += len(ids)
         pairs = {name: self._pair_chunks(name, d) for name, d in self._distinct.items()}
         return {
@@ -421,11 +422,11 @@ class AggState:
         if len(codes) or not chunks:
             pairs = distinct.frame(codes)
             # LZ4: the ids of a chunk are few and sorted runs, cheaper to compress than to write
-            chunks.append(SnapshotChunk(_ipc(pairs.rename({"value": _VALUE}), "lz4")))
+            chunks.append(frame_chunk(pairs.rename({"value": _VALUE}), "lz4"))
         if len(chunks) > _MAX_CHUNKS:  # fold the newest (smallest) into one
             tail = [_from_ipc(c.read()) for c in chunks[-_MERGE_CHUNKS:]]
             del chunks[-_MERGE_CHUNKS:]
-            chunks.append(SnapshotChunk(_ipc(pl.concat(tail, how="vertical_relaxed"), "lz4")))
+            chunks.append(frame_chunk(pl.concat(tail, how="vertical_relaxed"), "lz4"))
         return list(chunks)
 
     def _pair_frame(self, distinct: DistinctPairs) -> pl.DataFrame:

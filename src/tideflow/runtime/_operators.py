@@ -23,7 +23,7 @@ from tideflow.api._dataflow import AggOp, StatefulMapOp, TopNOp, TransformOp
 from tideflow.api._graph import FrameOp, Node, RecordOp, fn_location
 from tideflow.api._smallbatch import SMALL_BATCH_ROWS
 from tideflow.connectors._base import DEAD_LETTER_SCHEMA, SinkContext, dead_letters
-from tideflow.runtime._frames import concat
+from tideflow.runtime._frames import concat, frame_chunk
 from tideflow.runtime._keyed import AggState, KeyedTable
 from tideflow.runtime._keyindex import KeyedRows, Positions
 from tideflow.state._store import SnapshotChunk
@@ -659,11 +659,11 @@ class TopNOperator(Operator):
         new = self.rows.live_since(self.mark)
         self.mark = self.rows.size
         if new.height:
-            self.chunks.append(SnapshotChunk(_ipc(new)))
+            self.chunks.append(frame_chunk(new))
             self.chunk_rows += new.height
         held = self.rows.height
         if held and len(self.chunks) > 1 and self.chunk_rows > 2 * held + self.FOLD_ROWS:
-            self.chunks, self.chunk_rows = [SnapshotChunk(_ipc(self.rows.live()))], held
+            self.chunks, self.chunk_rows = [frame_chunk(self.rows.live())], held
         return {"version": 2, "kind": "top_n", "chunks": list(self.chunks)}
 
     def restore(self, snap: dict[str, Any]) -> None:
@@ -696,12 +696,6 @@ class TopNOperator(Operator):
         if not shared:  # the next checkpoint writes the whole state as its first chunk
             self.chunks, self.chunk_rows = [], 0
         self.mark = self.rows.size if shared else 0
-
-
-def _ipc(frame: pl.DataFrame) -> bytes:
-    buf = io.BytesIO()
-    frame.write_ipc(buf)
-    return buf.getvalue()
 
 
 def _read_part(part: SnapshotChunk | bytes | None) -> pl.DataFrame | None:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
@@ -46,9 +47,10 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from tideflow._errors import ConfigError, StateError
 
@@ -78,6 +80,8 @@ _CHUNK = "$chunk"
 #: The directory of a checkpoint store that holds the chunk files.
 SHARED = "shared"
 _CHUNK_NAME = re.compile(r"^[0-9a-f]{32}\.chunk$")
+#: Writes a streamed chunk's bytes to a binary file (:meth:`SnapshotChunk.streamed`).
+ChunkWriter = Callable[[BinaryIO], object]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -113,6 +117,10 @@ class SnapshotChunk:
     an operator that keeps it and returns it again in its next snapshot makes the resumed
     job refer to the same file instead of writing it again.
 
+    A chunk made by :meth:`streamed` holds no bytes: the store calls its writer with the
+    chunk's file and hashes what goes through, so a large table goes to disk without a copy
+    of it in memory.
+
     Examples
     --------
     >>> import tempfile
@@ -125,16 +133,39 @@ class SnapshotChunk:
     (b'rows', True, 1)
     """
 
-    __slots__ = ("_data", "name", "path", "sha256", "size")
+    __slots__ = ("_data", "_writer", "name", "path", "sha256", "size")
 
     def __init__(self, data: bytes | bytearray | memoryview) -> None:
         self._data: bytes | None = bytes(data)
+        self._writer: ChunkWriter | None = None
         #: File name in a ``shared/`` directory, once written (or read back).
         self.name: str | None = None
         #: Where the chunk file is, once written (or read back).
         self.path: Path | None = None
+        #: Bytes in the chunk (0 for a streamed chunk until it is written).
         self.size = len(self._data)
         self.sha256: str | None = None
+
+    @classmethod
+    def streamed(cls, write: ChunkWriter) -> SnapshotChunk:
+        """A chunk whose bytes ``write(file)`` writes to a binary file, when it is stored.
+
+        ``write`` is called once, by the checkpoint that first holds the chunk (or by
+        :meth:`read`, into memory), and dropped after; it must write the same bytes whenever
+        it is called and must not keep the file.
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> store = CheckpointStore(tempfile.mkdtemp())
+        >>> chunk = SnapshotChunk.streamed(lambda fh: fh.write(b"table"))
+        >>> _ = store.write(1, [{"step": {"rows": chunk}}])
+        >>> chunk.size, store.latest().parts[0]["step"]["rows"].read()
+        (5, b'table')
+        """
+        chunk = cls(b"")
+        chunk._data, chunk._writer = None, write
+        return chunk
 
     @classmethod
     def _stored(cls, path: Path, data: bytes, sha: str) -> SnapshotChunk:
@@ -143,12 +174,18 @@ class SnapshotChunk:
         return chunk
 
     def read(self) -> bytes:
-        """The chunk's bytes (from memory, or from its file)."""
+        """The chunk's bytes (from memory, from its file, or from its writer)."""
         if self._data is not None:
             return self._data
-        if self.path is None:  # pragma: no cover - a chunk always has one or the other
-            msg = "snapshot chunk has neither bytes nor a file"
-            raise StateError(msg)
+        if self.path is None:
+            if self._writer is None:  # pragma: no cover - a chunk always has one of the three
+                msg = "snapshot chunk has neither bytes, a file nor a writer"
+                raise StateError(msg)
+            buf = io.BytesIO()
+            self._writer(buf)
+            self._data, self._writer = buf.getvalue(), None
+            self.size = len(self._data)
+            return self._data
         try:
             return self.path.read_bytes()
         except OSError as exc:
@@ -159,9 +196,33 @@ class SnapshotChunk:
         """Drop the in-memory bytes of a chunk that is in a file (it is read from there)."""
         if self.path is not None:
             self._data = None
+            self._writer = None
 
     def __repr__(self) -> str:
         return f"SnapshotChunk(name={self.name!r}, size={self.size})"
+
+
+class _HashingFile(io.RawIOBase):
+    """A write-only binary file that hashes and counts what it passes on to another file."""
+
+    def __init__(self, out: io.BufferedWriter) -> None:
+        super().__init__()
+        self._out = out
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        self._out.write(view)
+        self.hash.update(view)
+        self.size += view.nbytes
+        return view.nbytes
+
+    def tell(self) -> int:
+        return self.size
 
 
 def _encode(
@@ -306,6 +367,15 @@ class CheckpointStore:
             fh.flush()
             os.fsync(fh.fileno())
 
+    def _stream_file(self, path: Path, write: ChunkWriter) -> tuple[int, str]:
+        """Write a file by ``write(file)``, fsync it; its size and SHA-256 (a fault seam too)."""
+        with open(path, "wb") as fh:
+            hashing = _HashingFile(fh)
+            write(cast(BinaryIO, hashing))  # a raw file that only writes
+            fh.flush()
+            os.fsync(fh.fileno())
+        return hashing.size, hashing.hash.hexdigest()
+
     def tmp_path(self, checkpoint_id: int, owner: int | None = None) -> Path:
         """The temporary directory of a checkpoint written by process ``owner`` (default: this)."""
         return self.path / f".tmp-chk-{checkpoint_id:08d}-{owner or os.getpid()}"
@@ -352,6 +422,8 @@ class CheckpointStore:
             if chunk._data is not None:
                 self._write_file(tmp, chunk._data)
                 sha = _sha(chunk._data)
+            elif chunk._writer is not None:  # hashed on its way to the file: no copy in memory
+                chunk.size, sha = self._stream_file(tmp, chunk._writer)
             else:  # read back from another directory (a savepoint, another store): copy it
                 assert chunk.path is not None
                 try:
