@@ -146,7 +146,12 @@ def _distinct_aggs() -> list[pl.Expr]:
 
 
 def _day() -> pl.Expr:
-    return pl.col("date_time").dt.strftime("%Y-%m-%d").alias("day")
+    # Grouped on as a date and formatted once per group (_with_day_text), as tideflow's queries.
+    return pl.col("date_time").dt.date().alias("day")
+
+
+def _with_day_text(frame: pl.LazyFrame) -> pl.LazyFrame:
+    return frame.with_columns(pl.col("day").dt.strftime("%Y-%m-%d"))
 
 
 def _pq5(i: _In) -> pl.LazyFrame:
@@ -302,18 +307,22 @@ POLARS_QUERIES: dict[str, Callable[[_In], pl.LazyFrame]] = {
         "extra",
         pl.col("extra").str.count_matches("c", literal=True).cast(pl.Int64).alias("c_counts"),
     ),
-    "q15": lambda i: i.bid.group_by(_day()).agg(*_rank_aggs(), *_distinct_aggs()),
-    "q16": lambda i: i.bid.group_by("channel", _day()).agg(
-        pl.col("date_time").dt.strftime("%H:%M").max().alias("minute"),
-        *_rank_aggs(),
-        *_distinct_aggs(),
+    "q15": lambda i: _with_day_text(i.bid.group_by(_day()).agg(*_rank_aggs(), *_distinct_aggs())),
+    "q16": lambda i: _with_day_text(
+        i.bid.group_by("channel", _day()).agg(
+            pl.col("date_time").max().dt.strftime("%H:%M").alias("minute"),
+            *_rank_aggs(),
+            *_distinct_aggs(),
+        )
     ),
-    "q17": lambda i: i.bid.group_by("auction", _day()).agg(
-        *_rank_aggs(),
-        pl.col("price").min().alias("min_price"),
-        pl.col("price").max().alias("max_price"),
-        pl.col("price").mean().alias("avg_price"),
-        pl.col("price").sum().alias("sum_price"),
+    "q17": lambda i: _with_day_text(
+        i.bid.group_by("auction", _day()).agg(
+            *_rank_aggs(),
+            pl.col("price").min().alias("min_price"),
+            pl.col("price").max().alias("max_price"),
+            pl.col("price").mean().alias("avg_price"),
+            pl.col("price").sum().alias("sum_price"),
+        )
     ),
     "q18": lambda i: (
         i.bid.sort("date_time", "seq").group_by("bidder", "auction").last().select(_BID_COLS)

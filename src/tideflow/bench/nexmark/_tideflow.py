@@ -548,33 +548,39 @@ def _distinct_fix() -> list[pl.Expr]:
     ]
 
 
+def _day() -> pl.Expr:
+    # The UTC calendar day as a date: grouped on, then formatted once per group (_day_text);
+    # formatting every bid's time as text first cost a quarter of q15's CPU.
+    return pl.col("date_time").dt.date().alias("day")
+
+
+def _day_text() -> pl.Expr:
+    return pl.col("day").dt.strftime("%Y-%m-%d")
+
+
 def _q15(i: _Inputs) -> Any:
     return (
-        i.bid.with_columns(
-            pl.col("date_time").dt.strftime("%Y-%m-%d").alias("day"), *_rank_columns(True)
-        )
+        i.bid.with_columns(_day(), *_rank_columns(True))
         .key_by("day")
         .agg(*_rank_aggs(True), name="stats")
-        .with_columns(_distinct_fix())
+        .with_columns(_day_text(), *_distinct_fix())
     )
 
 
 def _q16(i: _Inputs) -> Any:
     return (
-        i.bid.with_columns(
-            pl.col("date_time").dt.strftime("%Y-%m-%d").alias("day"), *_rank_columns(True)
-        )
+        i.bid.with_columns(_day(), *_rank_columns(True))
         .key_by("channel", "day")
         .agg(pl.col("date_time").max().alias("last_time"), *_rank_aggs(True), name="stats")
-        .with_columns(pl.col("last_time").dt.strftime("%H:%M").alias("minute"), *_distinct_fix())
+        .with_columns(
+            _day_text(), pl.col("last_time").dt.strftime("%H:%M").alias("minute"), *_distinct_fix()
+        )
     )
 
 
 def _q17(i: _Inputs) -> Any:
     return (
-        i.bid.with_columns(
-            pl.col("date_time").dt.strftime("%Y-%m-%d").alias("day"), *_rank_columns(False)
-        )
+        i.bid.with_columns(_day(), *_rank_columns(False))
         .key_by("auction", "day")
         .agg(
             *_rank_aggs(False),
@@ -584,6 +590,7 @@ def _q17(i: _Inputs) -> Any:
             pl.col("price").sum().alias("sum_price"),
             name="stats",
         )
+        .with_columns(_day_text())
     )
 
 
