@@ -243,7 +243,7 @@ def test_each_checkpoint_writes_one_chunk_of_what_is_new(tmp_path: Path) -> None
         names = _chunks(tmp_path)
         assert len({n for c in names for n in c}) == 4
         assert all(set(a) <= set(b) for a, b in itertools.pairwise(names))
-        assert op.chunk_rows == 30 + 3 + 27 + 1  # distinct keys so far: nothing dropped
+        assert op.log.rows == 30 + 3 + 27 + 1  # distinct keys so far: nothing dropped
         # Keys updated again and again: once the chunks hold more than twice the state's rows,
         # the state becomes the only chunk.
         counts = []
@@ -251,7 +251,7 @@ def test_each_checkpoint_writes_one_chunk_of_what_is_new(tmp_path: Path) -> None
             op.on_batch(0, pl.DataFrame(rows[start : start + 20], schema=SCHEMA))
             snap = op.snapshot()
             store.write(start, [{op.node.step_id: snap}])
-            assert op.chunk_rows <= 2 * op.rows.height + op.FOLD_ROWS
+            assert op.log.rows <= 2 * op.rows.height + op.FOLD_ROWS
             counts.append(len(snap["chunks"]))
         # Compacted (50 keys x 2 rows: 100 rows; a chunk holds the rows of 20 that entered them).
         assert 1 in counts and max(counts) < 25

@@ -9,6 +9,8 @@ swaps that share the data (about 1-10 us).
 
 from __future__ import annotations
 
+import io
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,8 @@ __all__ = [
     "filter_mask",
     "frame_chunk",
     "frame_of",
+    "read_part",
+    "read_parts",
     "set_column",
     "without",
 ]
@@ -167,3 +171,46 @@ def frame_chunk(frame: pl.DataFrame, compression: Any = "uncompressed") -> Snaps
     [1, 2]
     """
     return SnapshotChunk.streamed(lambda fh: frame.write_ipc(fh, compression=compression))
+
+
+def read_part(part: SnapshotChunk | bytes | None) -> pl.DataFrame | None:
+    """The frame of a snapshot part: a chunk (whose bytes are then dropped from memory: they
+    stay in its file), or Arrow IPC bytes (an older snapshot, a rescaled one); None for none
+    or a frame without columns.
+
+    Examples
+    --------
+    >>> read_part(frame_chunk(pl.DataFrame({"k": [1, 2]})))["k"].to_list()
+    [1, 2]
+    >>> read_part(None) is None
+    True
+    """
+    if part is None:
+        return None
+    if isinstance(part, SnapshotChunk):
+        frame = pl.read_ipc(io.BytesIO(part.read()))
+        part.release()
+    else:
+        frame = pl.read_ipc(io.BytesIO(part))
+    return frame if frame.width else None
+
+
+def read_parts(
+    parts: Sequence[SnapshotChunk | bytes | None],
+) -> tuple[list[pl.DataFrame], list[SnapshotChunk | bytes]]:
+    """The frames of snapshot parts (those with columns), and the parts they were read from.
+
+    Examples
+    --------
+    >>> frames, kept = read_parts([None, frame_chunk(pl.DataFrame({"k": [1]}))])
+    >>> [f.height for f in frames], len(kept)
+    ([1], 1)
+    """
+    frames: list[pl.DataFrame] = []
+    kept: list[SnapshotChunk | bytes] = []
+    for part in parts:
+        frame = read_part(part)
+        if frame is not None:
+            frames.append(frame)
+            kept.append(part)  # type: ignore[arg-type]
+    return frames, kept

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -19,9 +20,10 @@ import polars as pl
 from tideflow._errors import JobError, StateError
 from tideflow.api._graph import Node, fn_location
 from tideflow.api._joins import SUFFIX, IntervalJoinOp, LookupOp, TableJoinOp, WindowJoinOp
-from tideflow.runtime._frames import concat
-from tideflow.runtime._keyindex import KeyedRows
+from tideflow.runtime._frames import concat, frame_chunk, read_parts
+from tideflow.runtime._keyindex import ChunkLog, KeyedRows
 from tideflow.runtime._operators import OpContext, Operator
+from tideflow.state._store import SnapshotChunk
 
 __all__ = [
     "BestIntervalJoinOperator",
@@ -34,9 +36,13 @@ __all__ = [
 
 log = logging.getLogger("tideflow.runtime")
 
-#: Version of the join snapshots (1 was a summary without state, written before joins were
-#: checkpointed: restoring it starts the join empty, with a warning).
-STATE_VERSION = 2
+#: Version of the join snapshots. 1 was a summary without state, written before joins were
+#: checkpointed (restoring it starts the join empty, with a warning); 2 held each table as
+#: Arrow IPC bytes; 3 holds each as a list of chunks (:class:`SnapshotChunk`, Arrow IPC
+#: files shared by the checkpoints that hold them), a regular join's sides incrementally.
+#: Versions 2 and 3 restore; a table field may hold bytes in both (a rescaled snapshot).
+STATE_VERSION = 3
+_RESTORES = (2, 3)
 
 WM_MIN = -(2**63)
 WM_MAX = 2**63 - 1
@@ -56,6 +62,71 @@ def _frame(data: bytes | None) -> pl.DataFrame | None:
     return None if data is None else pl.read_ipc(io.BytesIO(data))
 
 
+Part = SnapshotChunk | bytes
+
+
+def _parts(value: Any) -> list[Part]:
+    """The parts of a table field: a list (version 3), or one IPC bytes value or None (2)."""
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return [v for v in value if v is not None]
+    return [value]
+
+
+def _table(value: Any) -> tuple[pl.DataFrame | None, list[Part], int]:
+    """A table field's rows (None without any), the parts read, and their rows in all."""
+    frames, parts = read_parts(_parts(value))
+    frames = [f for f in frames if f.height]
+    rows = sum(f.height for f in frames)
+    return (concat(frames) if frames else None), parts, rows
+
+
+class _Held:
+    """Table fields snapshotted as one chunk each, made again only when their frames change.
+
+    A field's chunk is kept with the frame objects it was made of. While the field still
+    consists of those very objects (the joins never change a buffered frame in place: they
+    replace it), the next snapshot refers to the same chunk and a checkpoint writes nothing
+    for it; a field that changed is written as a new chunk (streamed to its file by Polars).
+
+    Examples
+    --------
+    >>> held, rows = _Held(), pl.DataFrame({"k": [1]})
+    >>> first = held.chunks("left", [rows], concat)
+    >>> held.chunks("left", [rows], concat) == first, held.chunks("left", [rows.clone()], concat) == first
+    (True, False)
+    """
+
+    def __init__(self) -> None:
+        self.fields: dict[str, tuple[list[pl.DataFrame], SnapshotChunk]] = {}
+
+    def chunks(
+        self,
+        name: str,
+        frames: list[pl.DataFrame],
+        make: Callable[[list[pl.DataFrame]], pl.DataFrame],
+    ) -> list[SnapshotChunk]:
+        """The chunks of field ``name`` holding ``make(frames)`` (no chunk for no rows)."""
+        frames = [f for f in frames if f.height]
+        if not frames:
+            self.fields.pop(name, None)
+            return []
+        held = self.fields.get(name)
+        same = held is not None and len(held[0]) == len(frames)
+        if held is not None and same and all(a is b for a, b in zip(held[0], frames, strict=True)):
+            return [held[1]]
+        chunk = frame_chunk(make(frames))
+        self.fields[name] = (frames, chunk)
+        return [chunk]
+
+    def keep(self, name: str, frames: list[pl.DataFrame], parts: list[Part]) -> None:
+        """After a restore of ``frames`` from ``parts``: refer to its chunk while unchanged."""
+        self.fields.pop(name, None)
+        if len(parts) == 1 and isinstance(parts[0], SnapshotChunk) and frames:
+            self.fields[name] = (list(frames), parts[0])
+
+
 def _schema_ipc(schema: dict[str, pl.DataType] | None) -> bytes | None:
     return None if schema is None else _ipc(pl.DataFrame(schema=schema))
 
@@ -63,6 +134,18 @@ def _schema_ipc(schema: dict[str, pl.DataType] | None) -> bytes | None:
 def _schema(data: bytes | None) -> dict[str, pl.DataType] | None:
     frame = _frame(data)
     return None if frame is None else dict(frame.schema)
+
+
+def _with_starts(starts: list[int]) -> Callable[[list[pl.DataFrame]], pl.DataFrame]:
+    """What makes the table of frames, each with its window start ``__ws``, one after the other."""
+
+    def make(frames: list[pl.DataFrame]) -> pl.DataFrame:
+        tagged = [
+            f.with_columns(__ws=pl.lit(ws, pl.Int64)) for f, ws in zip(frames, starts, strict=True)
+        ]
+        return pl.concat(tagged, how="diagonal_relaxed")
+
+    return make
 
 
 def _check(step: str, snap: dict[str, Any], kind: str) -> bool:
@@ -75,7 +158,7 @@ def _check(step: str, snap: dict[str, Any], kind: str) -> bool:
             step,
         )
         return False
-    if version != STATE_VERSION or snap.get("kind") != kind:
+    if version not in _RESTORES or snap.get("kind") != kind:
         msg = (
             f"step '{step}': join state {snap.get('kind')!r} version {version!r} cannot be "
             f"restored into a {kind} (expected version {STATE_VERSION}); was the join changed "
@@ -99,6 +182,7 @@ class _TwoSided(Operator):
             right = {self.rename.get(c, c): t for c, t in right.items()}
         self.schemas: list[dict[str, pl.DataType] | None] = [op.left_schema, right]
         self.wm = WM_MIN
+        self.held = _Held()
 
     def _arrive(self, index: int, batch: pl.DataFrame) -> pl.DataFrame:
         if index == 1 and self.rename:
@@ -256,7 +340,11 @@ class WindowJoinOperator(_TwoSided):
         return self._layout(rows, ["window_start", "window_end"])
 
     def snapshot(self) -> dict[str, Any]:
-        """Both sides' buffered rows with their window start ``__ws`` (Arrow IPC), the watermark.
+        """Both sides' buffered rows with their window start ``__ws``, the watermark.
+
+        Each side is a list of one chunk (Arrow IPC, streamed to its file), the same chunk as
+        the previous snapshot's while the side has not changed (a checkpoint then writes
+        nothing for it).
 
         Examples
         --------
@@ -271,35 +359,43 @@ class WindowJoinOperator(_TwoSided):
         >>> op.on_batch(0, pl.DataFrame({"k": ["a"], "t": [5_000_000]}).with_columns(
         ...     pl.col("t").cast(pl.Datetime("us", "UTC"))))
         >>> again = WindowJoinOperator(j.results.node, None)
-        >>> again.restore(op.snapshot())
+        >>> snap = op.snapshot()
+        >>> again.restore(snap)
         >>> {ws: [sum(f.height for f in side) for side in b] for ws, b in again.buckets.items()}
         {0: [1, 0]}
+        >>> op.snapshot()["left"] == snap["left"]  # unchanged: the same chunk
+        True
         """
         out = self._snap_common("window_join")
         for index, name in ((0, "left"), (1, "right")):
-            frames = [
-                f.with_columns(__ws=pl.lit(ws, pl.Int64))
-                for ws, sides in self.buckets.items()
-                for f in sides[index]
-                if f.height
-            ]
-            out[name] = _ipc(pl.concat(frames, how="diagonal_relaxed")) if frames else None
+            starts, frames = self._side(index)
+            out[name] = self.held.chunks(name, frames, _with_starts(starts))
         return out
+
+    def _side(self, index: int) -> tuple[list[int], list[pl.DataFrame]]:
+        """The window starts and frames of side ``index``'s buffered rows."""
+        owned = [(ws, f) for ws, sides in self.buckets.items() for f in sides[index] if f.height]
+        return [ws for ws, _ in owned], [f for _, f in owned]
 
     def restore(self, snap: dict[str, Any]) -> None:
         """Load a :meth:`snapshot` (replaces the buffered state)."""
         self.buckets = {}
+        self.held = _Held()
         if not _check(self.node.step_id, snap, "window_join"):
             return
         self._restore_common(snap)
+        parts = []
         for index, name in ((0, "left"), (1, "right")):
-            frame = _frame(snap.get(name))
-            if frame is None or frame.height == 0:
+            frame, got, _ = _table(snap.get(name))
+            parts.append(got)
+            if frame is None:
                 continue
             for (ws,), part in frame.partition_by(
                 "__ws", as_dict=True, include_key=False, maintain_order=True
             ).items():
                 self.buckets.setdefault(int(ws), ([], []))[index].append(part)
+        for index, name in ((0, "left"), (1, "right")):
+            self.held.keep(name, self._side(index)[1], parts[index])
 
 
 class IntervalJoinOperator(_TwoSided):
@@ -325,6 +421,8 @@ class IntervalJoinOperator(_TwoSided):
         # A regular join keeps every record: each side is a row store with a key index that
         # a batch of the other side probes (O(batch) work, not a join against the buffer).
         self.sides = (KeyedRows(self.keys), KeyedRows(self.keys))
+        # Their snapshots: one chunk per checkpoint of each side's rows appended since.
+        self.logs = (ChunkLog(), ChunkLog())
         self.oldest_left: int | None = None
 
     def buffered(self, index: int) -> int:
@@ -420,7 +518,7 @@ class IntervalJoinOperator(_TwoSided):
             if self.op.left_unique:
                 # Right records of a key whose (only) left record is there need no buffer.
                 if index == 0:
-                    other.remove(found)
+                    self.logs[1].remove(other, found)
                 else:
                     keep = np.ones(rows.height, np.bool_)
                     keep[probe] = False
@@ -473,12 +571,10 @@ class IntervalJoinOperator(_TwoSided):
         self.wm = wm
         # A left record waits for right times up to its end; a right record at r for left
         # times down to r - lower (future left records are not below the watermark).
-        left = self._buffer(0)
-        if left is not None and (self.upper is not None or self.op.upper_column is not None):
-            self.buffers[0][:] = [left.filter(pl.col("__end") >= wm)]
-        right = self._buffer(1)
-        if right is not None and self.lower is not None:
-            self.buffers[1][:] = [right.filter(pl.col("__t") - self.lower >= wm)]
+        if self.upper is not None or self.op.upper_column is not None:
+            self._prune(0, pl.col("__end") >= wm)
+        if self.lower is not None:
+            self._prune(1, pl.col("__t") - self.lower >= wm)
         if self.pending and (self.bounded or wm == WM_MAX):  # regular: all pairs at the end
             pending = concat(self.pending)
             # End of input (WM_MAX) closes every interval, unbounded ones too.
@@ -492,13 +588,33 @@ class IntervalJoinOperator(_TwoSided):
             if closed.height:
                 self.ctx.emit(self._layout(closed, []))
 
+    def _prune(self, index: int, keep: pl.Expr) -> None:
+        """Keep the buffered rows of side ``index`` meeting ``keep`` (the frame stays the same
+        object when all do: its snapshot chunk is then still good)."""
+        rows = self._buffer(index)
+        if rows is not None:
+            kept = rows.filter(keep)
+            if kept.height < rows.height:
+                self.buffers[index][:] = [kept]
+
     def snapshot(self) -> dict[str, Any]:
-        """Both sides' buffered rows with ``__t``/``__end`` (Arrow IPC), held pairs, watermark."""
+        """Both sides' buffered rows with ``__t``/``__end``, held pairs, the watermark.
+
+        Every table is a list of chunks (Arrow IPC, streamed to their files). A regular
+        join's side is the chunks of the earlier snapshots and one of the rows appended
+        since (right rows removed since, met by their unique left record, are told on
+        restore: their key is on the left); once the chunks hold more than twice the live
+        rows, the live rows replace them. A bounded join's side and the held pairs are one
+        chunk each, the previous one while they have not changed.
+        """
         out = self._snap_common("interval_join")
         for index, name in ((0, "left"), (1, "right")):
-            buf = self._buffer(index) if self.bounded else self.sides[index].live()
-            out[name] = _ipc(buf) if buf is not None and buf.height else None
-        out["pending"] = _ipc(concat(self.pending)) if self.pending else None
+            if self.bounded:
+                self._buffer(index)
+                out[name] = self.held.chunks(name, self.buffers[index], concat)
+            else:
+                out[name] = self.logs[index].snapshot(self.sides[index])
+        out["pending"] = self.held.chunks("pending", self.pending, concat)
         return out
 
     def restore(self, snap: dict[str, Any]) -> None:
@@ -507,25 +623,38 @@ class IntervalJoinOperator(_TwoSided):
         self.pending = []
         for side in self.sides:
             side.restore(None)
+        self.logs = (ChunkLog(), ChunkLog())
+        self.held = _Held()
         self.oldest_left = None
         if not _check(self.node.step_id, snap, "interval_join"):
             return
         _check_best(self.node.step_id, snap, self.op)
         self._restore_common(snap)
         for index, name in ((0, "left"), (1, "right")):
-            frame = _frame(snap.get(name))
-            if frame is not None and frame.height:
-                if index == 0 and "__end" not in frame.columns:  # written before ``__end``
-                    frame = frame.with_columns(self._end().alias("__end"))
-                if self.bounded:
-                    self.buffers[index].append(frame)
-                    continue
-                self.sides[index].restore(frame)
-                if index == 0:
-                    self.oldest_left = int(frame.get_column("__t").min())  # type: ignore[arg-type]
-        pending = _frame(snap.get("pending"))
-        if pending is not None and pending.height:
+            frame, parts, rows = _table(snap.get(name))
+            if frame is None:
+                continue
+            if index == 0 and "__end" not in frame.columns:  # written before ``__end``
+                frame = frame.with_columns(self._end().alias("__end"))
+            if self.bounded:
+                self.buffers[index].append(frame)
+                self.held.keep(name, [frame], parts)
+                continue
+            if index == 1 and self.op.left_unique:
+                # The chunks still hold right rows met by their unique left record since.
+                probe, _, _ = self.sides[0].probe(frame, self.keys)
+                if probe.size:
+                    keep = np.ones(frame.height, np.bool_)
+                    keep[probe] = False
+                    frame = frame.filter(pl.Series(keep))
+            self.sides[index].restore(frame)
+            self.logs[index].restored(self.sides[index], parts, rows)
+            if index == 0:
+                self.oldest_left = int(frame.get_column("__t").min())  # type: ignore[arg-type]
+        pending, parts, _ = _table(snap.get("pending"))
+        if pending is not None:
             self.pending.append(pending)
+            self.held.keep("pending", [pending], parts)
 
 
 def _best_settings(op: IntervalJoinOp) -> dict[str, list[Any]] | None:
@@ -732,9 +861,8 @@ class BestIntervalJoinOperator(IntervalJoinOperator):
         if wm <= self.wm:
             return
         self.wm = wm
-        right = self._buffer(1)
-        if right is not None and self.lower is not None:
-            self.buffers[1][:] = [right.filter(pl.col("__t") - self.lower >= wm)]
+        if self.lower is not None:
+            self._prune(1, pl.col("__t") - self.lower >= wm)
         opened = self.open
         if opened is None or opened.height == 0:
             return
@@ -752,31 +880,34 @@ class BestIntervalJoinOperator(IntervalJoinOperator):
 
     def snapshot(self) -> dict[str, Any]:
         """Open left rows with their best match so far and ``__m`` (``left``), the right
-        buffer (``right``), both Arrow IPC, and the ``best`` settings; O(open rows) state."""
+        buffer (``right``), each a list of one chunk (the previous one while unchanged), and
+        the ``best`` settings; O(open rows) state."""
         out = self._snap_common("interval_join")
         out["best"] = _best_settings(self.op)
-        opened = self.open
-        held = opened is not None and opened.height
-        out["left"] = _ipc(self._laid_out(opened)) if opened is not None and held else None
-        right = self._buffer(1)
-        out["right"] = _ipc(right) if right is not None and right.height else None
-        out["pending"] = None
+        opened = [] if self.open is None else [self.open]
+        out["left"] = self.held.chunks("left", opened, lambda fs: self._laid_out(fs[0]))
+        self._buffer(1)
+        out["right"] = self.held.chunks("right", self.buffers[1], concat)
+        out["pending"] = []
         return out
 
     def restore(self, snap: dict[str, Any]) -> None:
         """Load a :meth:`snapshot` (replaces the open rows and the right buffer)."""
         self.buffers = ([], [])
         self.open = None
+        self.held = _Held()
         if not _check(self.node.step_id, snap, "interval_join"):
             return
         _check_best(self.node.step_id, snap, self.op)
         self._restore_common(snap)
-        opened = _frame(snap.get("left"))
-        if opened is not None and opened.height:
+        opened, parts, _ = _table(snap.get("left"))
+        if opened is not None:
             self.open = opened
-        right = _frame(snap.get("right"))
-        if right is not None and right.height:
+            self.held.keep("left", [opened], parts)
+        right, parts, _ = _table(snap.get("right"))
+        if right is not None:
             self.buffers[1].append(right)
+            self.held.keep("right", [right], parts)
 
 
 class TableJoinOperator(Operator):
@@ -800,6 +931,7 @@ class TableJoinOperator(Operator):
         self.pending: list[pl.DataFrame] = []
         self.table_ended = False
         self.held_wm: tuple[int, bool] | None = None
+        self.held = _Held()
 
     @property
     def _waiting(self) -> bool:
@@ -854,26 +986,30 @@ class TableJoinOperator(Operator):
         self.on_input_end(1)
 
     def snapshot(self) -> dict[str, Any]:
-        """The table (Arrow IPC), stream rows waiting for a bounded table, the held watermark."""
-        pending = pl.concat(self.pending, how="diagonal_relaxed") if self.pending else None
+        """The table, stream rows waiting for a bounded table (each a list of one chunk, the
+        previous one while unchanged), the held watermark."""
+        table = [] if self.table is None else [self.table]
         return {
             "version": STATE_VERSION,
             "kind": "table_join",
-            "table": _ipc(self.table),
-            "pending": _ipc(pending),
+            "table": self.held.chunks("table", table, concat),
+            "pending": self.held.chunks("pending", self.pending, _relaxed),
             "table_ended": self.table_ended,
             "held_wm": None if self.held_wm is None else list(self.held_wm),
         }
 
     def restore(self, snap: dict[str, Any]) -> None:
         """Load a :meth:`snapshot` (replaces the table and the waiting rows)."""
+        self.held = _Held()
         if not _check(self.node.step_id, snap, "table_join"):
             return
-        table = _frame(snap.get("table"))
+        table, parts, _ = _table(snap.get("table"))
         if table is not None:
             self.table = table
-        pending = _frame(snap.get("pending"))
-        self.pending = [pending] if pending is not None and pending.height else []
+            self.held.keep("table", [table], parts)
+        pending, parts, _ = _table(snap.get("pending"))
+        self.pending = [pending] if pending is not None else []
+        self.held.keep("pending", self.pending, parts)
         self.table_ended = bool(snap.get("table_ended", False))
         held = snap.get("held_wm")
         self.held_wm = None if held is None else (int(held[0]), bool(held[1]))
@@ -896,6 +1032,7 @@ class LookupOperator(Operator):
         self.hits = 0
         self.misses = 0
         self.where = fn_location(self.op.fn)
+        self.held = _Held()
 
     def _fetch(self, missing: pl.DataFrame, now: float) -> pl.DataFrame:
         try:
@@ -957,11 +1094,13 @@ class LookupOperator(Operator):
             self.ctx.emit(out)
 
     def snapshot(self) -> dict[str, Any]:
-        """The cache (Arrow IPC: keys, values, ``__found``, ``__at``, ``__used``), counters."""
+        """The cache (a list of one chunk: keys, values, ``__found``, ``__at``, ``__used``),
+        counters."""
+        cache = [] if self.cache is None else [self.cache]
         return {
             "version": STATE_VERSION,
             "kind": "lookup",
-            "cache": _ipc(self.cache),
+            "cache": self.held.chunks("cache", cache, concat),
             "tick": self.tick,
             "calls": self.calls,
             "hits": self.hits,
@@ -970,13 +1109,19 @@ class LookupOperator(Operator):
 
     def restore(self, snap: dict[str, Any]) -> None:
         """Load a :meth:`snapshot` (replaces the cache)."""
+        self.held = _Held()
         if not _check(self.node.step_id, snap, "lookup"):
             return
-        self.cache = _frame(snap.get("cache"))
+        self.cache, parts, _ = _table(snap.get("cache"))
+        self.held.keep("cache", [] if self.cache is None else [self.cache], parts)
         self.tick = int(snap.get("tick", 0))
         self.calls = int(snap.get("calls", 0))
         self.hits = int(snap.get("hits", 0))
         self.misses = int(snap.get("misses", 0))
+
+
+def _relaxed(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    return pl.concat(frames, how="diagonal_relaxed")
 
 
 def build_join_operator(node: Node, ctx: OpContext) -> Operator:

@@ -15,7 +15,8 @@ Rows with a null key never match (as in SQL) and are not indexed, unless the buf
 with ``nulls_equal=True`` (a grouping, as ``top_n``'s state: null is a key value like any other).
 Rows can be removed (a tombstone per position); the segments are rebuilt without them once they
 are more than half of the rows. The index lives in memory only: a snapshot is the live rows, and
-:meth:`KeyedRows.restore` indexes them again.
+:meth:`KeyedRows.restore` indexes them again. :class:`ChunkLog` snapshots a store
+incrementally: one chunk per checkpoint of the rows appended since the previous one.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-from tideflow.runtime._frames import concat
+from tideflow.runtime._frames import concat, frame_chunk
+from tideflow.state._store import SnapshotChunk
 
-__all__ = ["KeyedRows", "key_codes"]
+__all__ = ["ChunkLog", "KeyedRows", "key_codes"]
 
 Codes = npt.NDArray[np.int64]
 Positions = npt.NDArray[np.int64]
@@ -292,3 +294,68 @@ class KeyedRows:
         self.n_dead, self.exact = 0, True
         if rows is not None and rows.height:
             self.append(rows)
+
+
+class ChunkLog:
+    """Incremental snapshots of a :class:`KeyedRows`: one chunk per snapshot of what is new.
+
+    The chunks hold, in order, every row appended to the store until the last snapshot (rows
+    removed before a snapshot took them are left out; rows removed after it stay in their
+    chunk, and the owner must be able to tell them on restore). A snapshot makes one chunk
+    of the live rows appended since the previous one and refers to the earlier chunks, so a
+    checkpoint writes what is new; once the chunks hold more than twice the live rows plus
+    ``slack``, the live rows replace them as one chunk (a compaction, amortized).
+
+    Removals go through :meth:`remove`, which compacts the store itself and follows the
+    positions (``mark``: the first row not yet in a chunk).
+
+    Examples
+    --------
+    >>> rows, log = KeyedRows(["k"]), ChunkLog(slack=0)
+    >>> rows.append(pl.DataFrame({"k": [1, 2]}))
+    >>> first = log.snapshot(rows)
+    >>> log.snapshot(rows) == first  # nothing new: the same chunk
+    True
+    >>> rows.append(pl.DataFrame({"k": [3]}))
+    >>> len(log.snapshot(rows)), log.rows
+    (2, 3)
+    >>> log.remove(rows, np.array([0, 1, 2]))  # every row: the store is rebuilt empty
+    >>> log.snapshot(rows), log.rows
+    ([], 0)
+    """
+
+    def __init__(self, *, slack: int = 65_536) -> None:
+        self.slack = slack
+        self.chunks: list[SnapshotChunk] = []
+        #: Rows in the chunks (live or removed since).
+        self.rows = 0
+        #: Store position of the first row not in a chunk.
+        self.mark = 0
+
+    def snapshot(self, store: KeyedRows) -> list[SnapshotChunk]:
+        """The chunks of the store: the earlier ones and, if rows came since, one of those."""
+        new = store.live_since(self.mark)
+        self.mark = store.size
+        if new.height:
+            self.chunks.append(frame_chunk(new))
+            self.rows += new.height
+        live = store.height
+        if self.rows > 2 * live + self.slack:
+            self.chunks = [frame_chunk(store.live())] if live else []
+            self.rows = live
+        return list(self.chunks)
+
+    def remove(self, store: KeyedRows, positions: Positions) -> None:
+        """Remove rows from ``store``, compacting it (and moving the mark) past half dead."""
+        store.remove(positions, compact=False)
+        if store.n_dead * 2 > store.size:
+            self.mark = store.live_before(self.mark)
+            store.compact()
+
+    def restored(self, store: KeyedRows, parts: list[SnapshotChunk | bytes], rows: int) -> None:
+        """After ``store`` was restored from ``parts`` (``rows`` rows in all): go on referring
+        to them if they are chunks; else the next snapshot writes the store anew."""
+        shared = all(isinstance(p, SnapshotChunk) for p in parts)
+        self.chunks = [p for p in parts if isinstance(p, SnapshotChunk)] if shared else []
+        self.rows = rows if shared else 0
+        self.mark = store.size if shared else 0

@@ -8,7 +8,6 @@ plain data (Arrow tables, numbers, strings) with a version, never pickled object
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from collections.abc import Callable
@@ -23,10 +22,9 @@ from tideflow.api._dataflow import AggOp, StatefulMapOp, TopNOp, TransformOp
 from tideflow.api._graph import FrameOp, Node, RecordOp, fn_location
 from tideflow.api._smallbatch import SMALL_BATCH_ROWS
 from tideflow.connectors._base import DEAD_LETTER_SCHEMA, SinkContext, dead_letters
-from tideflow.runtime._frames import concat, frame_chunk
+from tideflow.runtime._frames import concat, read_parts
 from tideflow.runtime._keyed import AggState, KeyedTable
-from tideflow.runtime._keyindex import KeyedRows, Positions
-from tideflow.state._store import SnapshotChunk
+from tideflow.runtime._keyindex import ChunkLog, KeyedRows, Positions
 
 if TYPE_CHECKING:
     from tideflow.connectors._base import SinkWriter
@@ -489,9 +487,7 @@ class TopNOperator(Operator):
         # What the checkpoints hold: chunks whose rows, in order, have the same top rows as
         # everything before the last snapshot; the store's rows at positions >= ``mark``
         # arrived since (a store compaction moves ``mark`` with the rows).
-        self.chunks: list[SnapshotChunk] = []
-        self.chunk_rows = 0
-        self.mark = 0
+        self.log = ChunkLog(slack=self.FOLD_ROWS)
 
     def _best(self, narrow: pl.DataFrame) -> tuple[Positions, Positions]:
         """Row numbers of each key's first ``n`` rows of ``narrow``, and their 0-based ranks.
@@ -587,10 +583,7 @@ class TopNOperator(Operator):
         return self._ranked(rows, ranks)
 
     def _remove(self, positions: npt.NDArray[np.int64]) -> None:
-        self.rows.remove(positions, compact=False)
-        if self.rows.n_dead * 2 > self.rows.size:
-            self.mark = self.rows.live_before(self.mark)
-            self.rows.compact()
+        self.log.remove(self.rows, positions)
 
     def _flush(self) -> None:
         if not self.pending:
@@ -656,15 +649,8 @@ class TopNOperator(Operator):
         hold more than twice the kept rows, the kept rows become the only chunk.
         """
         self._flush()
-        new = self.rows.live_since(self.mark)
-        self.mark = self.rows.size
-        if new.height:
-            self.chunks.append(frame_chunk(new))
-            self.chunk_rows += new.height
-        held = self.rows.height
-        if held and len(self.chunks) > 1 and self.chunk_rows > 2 * held + self.FOLD_ROWS:
-            self.chunks, self.chunk_rows = [frame_chunk(self.rows.live())], held
-        return {"version": 2, "kind": "top_n", "chunks": list(self.chunks)}
+        chunks = self.log.snapshot(self.rows)
+        return {"version": 2, "kind": "top_n", "chunks": chunks}
 
     def restore(self, snap: dict[str, Any]) -> None:
         """Load a :meth:`snapshot` (replaces the kept rows); version 1 (one table) too."""
@@ -678,36 +664,13 @@ class TopNOperator(Operator):
         parts = [snap["table"]] if version == 1 else list(snap.get("chunks") or [])
         self.rows = KeyedRows(self.keys, nulls_equal=True)
         self.pending, self.pending_rows = [], 0
-        self.chunks, self.chunk_rows = [], 0
-        frames, shared = [], True
-        for part in parts:
-            frame = _read_part(part)
-            if frame is None:
-                continue
-            frames.append(frame)
-            if isinstance(part, SnapshotChunk):
-                self.chunks.append(part)  # the checkpoints go on referring to it
-                self.chunk_rows += frame.height
-            else:  # rows that came as bytes (an older version, another worker count)
-                shared = False
+        frames, kept = read_parts(parts)
         if frames:
             rows = concat(frames)
             self.rows.append(rows[self._best(rows.select(self.narrow))[0]])
-        if not shared:  # the next checkpoint writes the whole state as its first chunk
-            self.chunks, self.chunk_rows = [], 0
-        self.mark = self.rows.size if shared else 0
-
-
-def _read_part(part: SnapshotChunk | bytes | None) -> pl.DataFrame | None:
-    """A frame of a snapshot (a chunk, whose bytes are then dropped, or Arrow IPC bytes)."""
-    if part is None:
-        return None
-    if isinstance(part, SnapshotChunk):
-        frame = pl.read_ipc(io.BytesIO(part.read()))
-        part.release()
-    else:
-        frame = pl.read_ipc(io.BytesIO(part))
-    return frame if frame.width else None
+        # The checkpoints go on referring to chunks; rows that came as bytes (an older
+        # version, another worker count) make the next checkpoint write the whole state.
+        self.log.restored(self.rows, kept, sum(f.height for f in frames))
 
 
 class SinkOperator(Operator):

@@ -30,13 +30,27 @@ def _own_share(frame: pl.DataFrame, keys: list[str], worker: int, count: int) ->
     return frame.filter((h % count) == worker)
 
 
-def _union(frames: list[bytes | None]) -> pl.DataFrame | None:
-    got = [pl.read_ipc(io.BytesIO(f)) for f in frames if f is not None]
+def _flat(values: list[Any]) -> list[bytes]:
+    """Arrow IPC bytes of snapshot table fields: bytes, chunks (read), lists of them, None."""
+    out: list[bytes] = []
+    for value in values:
+        if isinstance(value, list):
+            out.extend(_flat(value))
+        elif isinstance(value, SnapshotChunk):
+            out.append(value.read())
+        elif value is not None:
+            out.append(value)
+    return out
+
+
+def _union(frames: list[Any]) -> pl.DataFrame | None:
+    """All rows of some snapshot table fields (see :func:`_flat`), None without columns."""
+    got = [pl.read_ipc(io.BytesIO(f)) for f in _flat(frames)]
     got = [f for f in got if f.width]
     return pl.concat(got, how="vertical_relaxed") if got else None
 
 
-def _share(frames: list[bytes | None], keys: list[str], w: int, n: int) -> bytes | None:
+def _share(frames: list[Any], keys: list[str], w: int, n: int) -> bytes | None:
     frame = _union(frames)
     return None if frame is None else _ipc(_own_share(frame, keys, w, n))
 
@@ -47,7 +61,12 @@ _JOINS = ("join_window", "join_interval", "join_table", "lookup")
 def _rescale_join(
     kind: str, keys: list[str], snaps: list[dict[str, Any]], w: int, n: int
 ) -> dict[str, Any]:
-    """Join state (version 2) for worker ``w`` of ``n``: rows by key hash, watermarks merged."""
+    """Join state for worker ``w`` of ``n``: rows by key hash, watermarks merged.
+
+    Version 2 holds each table as Arrow IPC bytes, version 3 as a list of chunks (a regular
+    join's side: every chunk of its snapshots, with right rows met since by their unique left
+    record, which the restore drops); either way the new worker's share is one IPC value.
+    """
     first = snaps[0]
     out = dict(first)
     if kind in ("join_window", "join_interval"):
@@ -95,8 +114,7 @@ def _agg_pairs_with_keys(snap: dict[str, Any], keys: list[str]) -> dict[str, Any
     key_rows = table.select(keys) if table.width else pl.DataFrame(schema=dict.fromkeys(keys))
     pairs: dict[str, bytes] = {}
     for name, parts in (snap.get("pairs") or {}).items():
-        got = [c.read() if isinstance(c, SnapshotChunk) else c for c in parts]
-        frame = _union(got)
+        frame = _union(parts)
         if frame is None or not frame.height:
             pairs[name] = _ipc(pl.DataFrame())
             continue
@@ -130,7 +148,7 @@ def _rescale(
     if kind in _JOINS:
         if first.get("version") == 1:  # a summary without state (older tideflow)
             return first
-        if first.get("version") == 2:
+        if first.get("version") in (2, 3):
             return _rescale_join(kind, keys, snaps, w, n)
     if kind == "event_time":
         # Downstream of the exchange the watermark was the minimum over the workers: resuming
@@ -175,10 +193,7 @@ def _rescale(
     if kind == "top_n" and first.get("version") == 2:
         # Each key was on one worker, whose chunks hold its rows in arrival order; the new
         # worker folds its share (the old workers' chunks are read, not shared).
-        parts = [
-            c.read() if isinstance(c, SnapshotChunk) else c for s in snaps for c in s["chunks"]
-        ]
-        rows = _union(parts)
+        rows = _union([s["chunks"] for s in snaps])
         share = [] if rows is None else [_ipc(_own_share(rows, keys, w, n))]
         return {"version": 2, "kind": "top_n", "chunks": share}
     if kind == "top_n" and first.get("version") == 1:
