@@ -34,6 +34,7 @@ from tests.recovery.test_join_state import (
 
 from tideflow.api._graph import Node
 from tideflow.runtime._joins import IntervalJoinOperator, WindowJoinOperator, build_join_operator
+from tideflow.runtime._keyindex import ChunkLog, KeyedRows
 from tideflow.runtime._operators import Operator
 from tideflow.state import CheckpointStore, SnapshotChunk
 from tideflow.state._resume import resume_for
@@ -241,3 +242,19 @@ def test_a_version_2_snapshot_still_restores(
         r.op.on_end()
     assert run.output() == ref.output()
     assert run.output("late") == ref.output("late")
+
+
+def test_a_store_that_only_grows_is_written_again_once_its_chunks_are_too_many() -> None:
+    store, log = KeyedRows(["k"]), ChunkLog(most=4)
+    counts, before = [], []
+    for i in range(12):
+        store.append(pl.DataFrame({"k": [i, i + 100]}))
+        chunks = log.snapshot(store)
+        assert sum(c not in before for c in chunks) == 1  # one chunk written per snapshot
+        before = chunks
+        held = pl.concat([table_of([c]) for c in chunks])
+        assert sorted(held["k"].to_list()) == sorted(store.live()["k"].to_list())
+        counts.append(len(chunks))
+    # Past four chunks, the whole store is the one chunk of that snapshot.
+    assert counts == [1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3, 4]
+    assert table_of(log.chunks[:1]).height == 2 * 9

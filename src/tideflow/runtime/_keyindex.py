@@ -304,7 +304,9 @@ class ChunkLog:
     chunk, and the owner must be able to tell them on restore). A snapshot makes one chunk
     of the live rows appended since the previous one and refers to the earlier chunks, so a
     checkpoint writes what is new; once the chunks hold more than twice the live rows plus
-    ``slack``, the live rows replace them as one chunk (a compaction, amortized).
+    ``slack``, or number more than ``most``, the live rows replace them as one chunk (a
+    compaction, amortized: a store that only grows is written again once in ``most``
+    snapshots, and a restore reads at most ``most`` chunks).
 
     Removals go through :meth:`remove`, which compacts the store itself and follows the
     positions (``mark``: the first row not yet in a chunk).
@@ -324,8 +326,9 @@ class ChunkLog:
     ([], 0)
     """
 
-    def __init__(self, *, slack: int = 65_536) -> None:
+    def __init__(self, *, slack: int = 65_536, most: int = 32) -> None:
         self.slack = slack
+        self.most = most
         self.chunks: list[SnapshotChunk] = []
         #: Rows in the chunks (live or removed since).
         self.rows = 0
@@ -340,7 +343,7 @@ class ChunkLog:
             self.chunks.append(frame_chunk(new))
             self.rows += new.height
         live = store.height
-        if self.rows > 2 * live + self.slack:
+        if self.rows > 2 * live + self.slack or len(self.chunks) > self.most:
             self.chunks = [frame_chunk(store.live())] if live else []
             self.rows = live
         return list(self.chunks)

@@ -468,8 +468,9 @@ class TopNOperator(Operator):
     the state is saved as a list of chunks, one per checkpoint: the kept rows appended since
     the previous one (a superset of what is new in the top rows, in arrival order). A
     checkpoint writes one chunk of what is new and refers to the earlier ones; once the
-    chunks hold more than twice the kept rows (keys updated again and again), the kept rows
-    replace them as one chunk (a compaction, amortized). A restore folds the chunks.
+    chunks hold more than twice the kept rows (keys updated again and again) or number more
+    than 32, the kept rows replace them as one chunk (a compaction, amortized; see
+    :class:`~tideflow.runtime._keyindex.ChunkLog`). A restore folds the chunks.
     """
 
     #: With emit="final", merge appended batches into the state once they hold this many rows.
@@ -646,7 +647,8 @@ class TopNOperator(Operator):
         """The chunks of the state (version 2): the earlier ones, and one of what is new.
 
         What is new is the kept rows appended since the previous snapshot; once the chunks
-        hold more than twice the kept rows, the kept rows become the only chunk.
+        hold more than twice the kept rows or number more than 32, the kept rows become the
+        only chunk.
         """
         self._flush()
         chunks = self.log.snapshot(self.rows)
