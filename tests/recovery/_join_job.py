@@ -36,6 +36,7 @@ STEP = {
     "window": "pairs",
     "interval": "pairs",
     "regular": "pairs",
+    "regular_unique": "pairs",
     "best": "pairs",
     "table": "tiers",
     "lookup": "names",
@@ -110,7 +111,17 @@ def build(kind: str, d: Path, out: Path, pause: float = 0.003) -> tf.Dataflow:
         .event_time("ts", delay=timedelta(seconds=3))
     )
     result: tf.Stream
-    if kind in ("window", "interval", "regular", "best"):
+    if kind == "regular_unique":
+        # Left records are unique by ``n``; a right record names a record 3 ahead (odd ``n``:
+        # it may wait for its left record, which then removes it) or 3 behind.
+        parts = ev.split(left=pl.col("side") == "L", right=pl.col("side") == "R")
+        ref = pl.when(pl.col("n") % 2 == 1).then(pl.col("n") + 3).otherwise(pl.col("n") - 3)
+        left = parts.left.drop("side").with_columns(id=pl.col("n")).key_by("id")
+        right = parts.right.drop("side").with_columns(id=ref).key_by("id")
+        j = left.join_interval(right, lower=None, upper=None, left_unique=True, name="pairs")
+        result = j.results.select("id", "n", "n_right")
+        j.late.sink(files.sink_jsonl_parts(out / "late"), name="late")
+    elif kind in ("window", "interval", "regular", "best"):
         parts = ev.split(left=pl.col("side") == "L", right=pl.col("side") == "R")
         left = parts.left.drop("side").key_by("k")
         right = parts.right.drop("side").key_by("k")

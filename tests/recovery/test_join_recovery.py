@@ -22,6 +22,15 @@ from tideflow._errors import JobError
 from tideflow.state import CheckpointStore
 
 
+def _chunks(ck: Path) -> list[list[str]]:
+    """The chunk names of each checkpoint left in ``ck``, oldest first."""
+    out = []
+    for d in sorted(ck.glob("chk-*")):
+        man = json.loads((d / "MANIFEST.json").read_text())
+        out.append([c["name"] for e in man["parts"].values() for c in e.get("chunks", [])])
+    return out
+
+
 def run(kind: str, d: Path, out: Path, ck: Path | None, workers: int) -> tf.RunResult:
     kw: dict[str, Any] = {}
     if ck is not None:
@@ -81,9 +90,14 @@ def test_join_job_resumes_after_a_crash(
     step = f"join_recovery_{kind}.{STEP[kind]}"
     state = [p[step] for p in cp.parts if step in p]
     assert state and all(s["version"] == 3 for s in state)
-    held = {k: ("left", "right") for k in ("window", "interval", "regular", "best")}.get(kind, ())
+    sides = ("window", "interval", "regular", "regular_unique", "best")
+    held = {k: ("left", "right") for k in sides}.get(kind, ())
     held += {"table": ("table",), "lookup": ("cache",)}.get(kind, ())
     assert any(table_of(s[f]).height for s in state for f in held)
+    if kind.startswith("regular"):
+        # Incremental: the newest checkpoint refers to chunks the one before it refers to.
+        names = _chunks(ck)
+        assert len(names) >= 2 and set(names[-1]) & set(names[-2])
     (d / "crash").unlink()
     (d / "version").write_text("2")  # a lookup that fetched again would see new names
     assert run(kind, d, out, ck, after).completed
