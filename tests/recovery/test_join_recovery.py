@@ -16,19 +16,11 @@ from typing import Any
 import pytest
 from tests.recovery._join_job import STEP, build, committed, write_input
 from tests.recovery.test_join_state import table_of
+from tests.recovery.test_top_n_recovery import _chunks
 
 import tideflow as tf
 from tideflow._errors import JobError
 from tideflow.state import CheckpointStore
-
-
-def _chunks(ck: Path) -> list[list[str]]:
-    """The chunk names of each checkpoint left in ``ck``, oldest first."""
-    out = []
-    for d in sorted(ck.glob("chk-*")):
-        man = json.loads((d / "MANIFEST.json").read_text())
-        out.append([c["name"] for e in man["parts"].values() for c in e.get("chunks", [])])
-    return out
 
 
 def run(kind: str, d: Path, out: Path, ck: Path | None, workers: int) -> tf.RunResult:
