@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -85,21 +86,25 @@ def _table(value: Any) -> tuple[pl.DataFrame | None, list[Part], int]:
 class _Held:
     """Table fields snapshotted as one chunk each, made again only when their frames change.
 
-    A field's chunk is kept with the frame objects it was made of. While the field still
-    consists of those very objects (the joins never change a buffered frame in place: they
-    replace it), the next snapshot refers to the same chunk and a checkpoint writes nothing
-    for it; a field that changed is written as a new chunk (streamed to its file by Polars).
+    A field's chunk is kept with weak references to the frame objects it was made of. While
+    the field still consists of those very objects (the joins never change a buffered frame
+    in place: they replace it), the next snapshot refers to the same chunk and a checkpoint
+    writes nothing for it; a field that changed is written as a new chunk (streamed to its
+    file by Polars). The references are weak: frames the operator dropped (a window that
+    fired) are not kept alive until the next snapshot.
 
     Examples
     --------
     >>> held, rows = _Held(), pl.DataFrame({"k": [1]})
     >>> first = held.chunks("left", [rows], concat)
-    >>> held.chunks("left", [rows], concat) == first, held.chunks("left", [rows.clone()], concat) == first
-    (True, False)
+    >>> held.chunks("left", [rows], concat) == first
+    True
+    >>> held.chunks("left", [rows.clone()], concat) == first
+    False
     """
 
     def __init__(self) -> None:
-        self.fields: dict[str, tuple[list[pl.DataFrame], SnapshotChunk]] = {}
+        self.fields: dict[str, tuple[list[weakref.ref[pl.DataFrame]], SnapshotChunk]] = {}
 
     def chunks(
         self,
@@ -113,18 +118,19 @@ class _Held:
             self.fields.pop(name, None)
             return []
         held = self.fields.get(name)
-        same = held is not None and len(held[0]) == len(frames)
-        if held is not None and same and all(a is b for a, b in zip(held[0], frames, strict=True)):
-            return [held[1]]
+        if held is not None and len(held[0]) == len(frames):
+            refs, chunk = held
+            if all(r() is f for r, f in zip(refs, frames, strict=True)):
+                return [chunk]
         chunk = frame_chunk(make(frames))
-        self.fields[name] = (frames, chunk)
+        self.fields[name] = ([weakref.ref(f) for f in frames], chunk)
         return [chunk]
 
     def keep(self, name: str, frames: list[pl.DataFrame], parts: list[Part]) -> None:
         """After a restore of ``frames`` from ``parts``: refer to its chunk while unchanged."""
         self.fields.pop(name, None)
         if len(parts) == 1 and isinstance(parts[0], SnapshotChunk) and frames:
-            self.fields[name] = (list(frames), parts[0])
+            self.fields[name] = ([weakref.ref(f) for f in frames], parts[0])
 
 
 def _schema_ipc(schema: dict[str, pl.DataType] | None) -> bytes | None:
