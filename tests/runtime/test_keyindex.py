@@ -2,7 +2,8 @@
 
 Random sequences of appends (of random sizes, so segments merge in every pattern), probes and
 removals, with one integer key (exact codes), one string key and two keys (hashed codes,
-matches confirmed), nulls included: every probe must return exactly the pairs a nested loop
+matches confirmed), two integer keys (packed codes; values that do not fit a packing, negative
+or above 2**31, are hashed and confirmed), nulls included: every probe must return exactly the pairs a nested loop
 over the live rows finds, and ``live()`` the live rows in arrival order.
 """
 
@@ -17,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tideflow.runtime._keyindex import KeyedRows
+from tideflow.runtime._keyindex import KeyedRows, codes_exact, key_codes, stable_argsort
 
 key_value = st.one_of(st.none(), st.integers(0, 6))
 step = st.one_of(
@@ -30,7 +31,10 @@ LAYOUTS = {
     "int32": (["a"], {"a": pl.Int32}),
     "str": (["a"], {"a": pl.String}),
     "two": (["a", "b"], {"a": pl.Int64, "b": pl.String}),
+    "ints": (["a", "b"], {"a": pl.Int32, "b": pl.Int64}),
 }
+#: Second key values of the "ints" layout: packed, and not (negative, too large for 31 bits).
+INT_B = [0, 5, -2, 2**31, 2**31 - 1, 2**33 + 5, 2**20 + 5]
 
 
 def frame(pairs: list[tuple[Any, Any]], layout: str, first_id: int = 0) -> pl.DataFrame:
@@ -38,8 +42,10 @@ def frame(pairs: list[tuple[Any, Any]], layout: str, first_id: int = 0) -> pl.Da
     cols: dict[str, list[Any]] = {
         "a": [a if schema["a"] != pl.String or a is None else f"k{a}" for a, _ in pairs]
     }
-    if "b" in keys:
+    if "b" in keys and schema["b"] == pl.String:
         cols["b"] = [None if b is None else f"v{b % 3}" for _, b in pairs]
+    elif "b" in keys:
+        cols["b"] = [None if b is None else INT_B[b] for _, b in pairs]
     cols["id"] = list(range(first_id, first_id + len(pairs)))
     return pl.DataFrame(cols, schema={**schema, "id": pl.Int64})
 
@@ -54,14 +60,19 @@ def key_of(
 @pytest.mark.parametrize("nulls_equal", [False, True])
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 @settings(max_examples=60, deadline=None)
-@given(steps=st.lists(step, min_size=1, max_size=25), since=st.integers(0, 40))
+@given(
+    steps=st.lists(step, min_size=1, max_size=25),
+    since=st.integers(0, 40),
+    contiguous=st.booleans(),
+)
 def test_keyed_rows_equal_a_nested_loop(
-    layout: str, nulls_equal: bool, steps: list[Any], since: int
+    layout: str, nulls_equal: bool, steps: list[Any], since: int, contiguous: bool
 ) -> None:
     # With nulls_equal (top_n's grouping) a null is a key value; without (joins) it never
     # matches. Probes gather every column, or only "id" (with the keys) when nulls are equal.
+    # With contiguous keys only, merged segments keep the other columns in pieces.
     keys, _ = LAYOUTS[layout]
-    index = KeyedRows(keys, nulls_equal=nulls_equal)
+    index = KeyedRows(keys, nulls_equal=nulls_equal, contiguous=keys if contiguous else None)
     live: list[dict[str, Any]] = []  # the reference: rows in arrival order
     next_id = 0
     for kind, pairs in steps:
@@ -131,3 +142,24 @@ def test_a_null_key_and_the_smallest_integer_are_different_keys() -> None:
     for key, want in ((None, ["null"]), (low, ["low"]), (3, ["three"])):
         found = index.probe(pl.DataFrame({"a": [key]}, schema={"a": pl.Int64}))[1]
         assert found["v"].to_list() == want
+
+
+def test_packed_keys_are_exact_and_others_never_equal_them() -> None:
+    # Two integer keys: packed codes (no confirmation) for values that fit, and the rows that
+    # do not fit get hashed codes with the sign bit, never equal to a packed one.
+    frame = pl.DataFrame(
+        {"a": [1, 1, 2**31, -1, None, 3], "b": [2, 2, 0, 5, 1, 2**31 - 1]},
+        schema={"a": pl.Int64, "b": pl.UInt32},
+    )
+    codes, valid, kind = key_codes(frame, ["a", "b"])
+    assert kind == "packed" and valid.tolist() == [True, True, True, True, False, True]
+    assert codes[0] == codes[1] == (1 << 31) | 2 and codes[5] == (3 << 31) | (2**31 - 1)
+    assert (codes[[2, 3]] < 0).all() and codes_exact(codes[[0, 1, 5]], kind)
+    assert not codes_exact(codes[valid], kind)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(-3, 3), max_size=60))
+def test_stable_argsort_equals_numpy_s(values: list[int]) -> None:
+    array = np.asarray(values, np.int64)
+    assert stable_argsort(array).tolist() == np.argsort(array, kind="stable").tolist()

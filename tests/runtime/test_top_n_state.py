@@ -202,9 +202,9 @@ def test_a_batch_sorts_only_itself_and_its_keys_kept_rows(monkeypatch: pytest.Mo
     sorted_rows: list[int] = []
     best = TopNOperator._best
 
-    def spy(self: TopNOperator, narrow: pl.DataFrame) -> Any:
+    def spy(self: TopNOperator, narrow: pl.DataFrame, group: Any = None) -> Any:
         sorted_rows.append(narrow.height)
-        return best(self, narrow)
+        return best(self, narrow, group)
 
     monkeypatch.setattr(TopNOperator, "_best", spy)
     for i in range(20):

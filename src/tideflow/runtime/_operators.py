@@ -24,7 +24,15 @@ from tideflow.api._smallbatch import SMALL_BATCH_ROWS
 from tideflow.connectors._base import DEAD_LETTER_SCHEMA, SinkContext, dead_letters
 from tideflow.runtime._frames import concat, read_parts
 from tideflow.runtime._keyed import AggState, KeyedTable
-from tideflow.runtime._keyindex import ChunkLog, KeyedRows, Positions
+from tideflow.runtime._keyindex import (
+    ChunkLog,
+    CodeKind,
+    Codes,
+    KeyedRows,
+    Positions,
+    codes_exact,
+    key_codes,
+)
 
 if TYPE_CHECKING:
     from tideflow.connectors._base import SinkWriter
@@ -482,7 +490,7 @@ class TopNOperator(Operator):
         self.keys = list(self.op.keys)
         self.narrow = [*self.keys, *(c for c in self.op.by if c not in self.keys)]
         self.final = emit == "final"
-        self.rows = KeyedRows(self.keys, nulls_equal=True)
+        self.rows = self._store()
         self.pending: list[pl.DataFrame] = []
         self.pending_rows = 0
         # What the checkpoints hold: chunks whose rows, in order, have the same top rows as
@@ -490,27 +498,55 @@ class TopNOperator(Operator):
         # arrived since (a store compaction moves ``mark`` with the rows).
         self.log = ChunkLog(slack=self.FOLD_ROWS)
 
-    def _best(self, narrow: pl.DataFrame) -> tuple[Positions, Positions]:
+    def _store(self) -> KeyedRows:
+        # With emit="final" the probes gather only the key and order columns: only those are
+        # copied together when segments merge; the wide ones are written once per row.
+        return KeyedRows(
+            self.keys, nulls_equal=True, contiguous=self.narrow if self.final else None
+        )
+
+    def _best(
+        self, narrow: pl.DataFrame, group: Codes | None = None
+    ) -> tuple[Positions, Positions]:
         """Row numbers of each key's first ``n`` rows of ``narrow``, and their 0-based ranks.
 
         The rows come key by key, each key's in rank order (ties in the order of ``narrow``).
         With ``n > 1`` one stable sort by key and order columns gives both: a key's rank is
         its distance from the first row of its run. With ``n == 1``, a sort by the order
-        columns and the first row of each key.
+        columns and the first row of each key. ``group``: one integer per row standing for
+        its key exactly (equal keys, equal integers), when the caller has it; the key is then
+        that integer, and order columns of integers (or times) without nulls are sorted by
+        NumPy, no Polars row encoding of several columns.
         """
         by, desc = list(self.op.by), list(self.op.descending)
+        sort_keys = _sort_keys(narrow, by, desc)
         if self.op.n == 1:
-            order = narrow.select(
-                pl.arg_sort_by(by, descending=desc, nulls_last=True, maintain_order=True)
-            ).to_series()
-            keys = narrow.select(pl.col(self.keys).gather(order))
-            first = keys.select(
-                pl.struct(self.keys).is_first_distinct()
-                if len(self.keys) > 1
-                else pl.col(self.keys[0]).is_first_distinct()
-            ).to_series()
+            if sort_keys is not None:  # NumPy's lexsort is stable; its last key is the primary
+                order = pl.Series(np.lexsort(sort_keys[::-1]).astype(np.int64, copy=False))
+            else:
+                order = narrow.select(
+                    pl.arg_sort_by(by, descending=desc, nulls_last=True, maintain_order=True)
+                ).to_series()
+            if group is not None:
+                first = pl.Series(group[order.to_numpy()]).is_first_distinct()
+            else:
+                keys = narrow.select(pl.col(self.keys).gather(order))
+                first = keys.select(
+                    pl.struct(self.keys).is_first_distinct()
+                    if len(self.keys) > 1
+                    else pl.col(self.keys[0]).is_first_distinct()
+                ).to_series()
             rows = order.filter(first).to_numpy().astype(np.int64, copy=False)
             return rows, np.zeros(rows.size, np.int64)
+        if group is not None and sort_keys is not None:
+            primary = _pack_pair(group, sort_keys[0])
+            columns = [group, *sort_keys] if primary is None else [primary, *sort_keys[1:]]
+            at_order = np.lexsort(columns[::-1]).astype(np.int64, copy=False)
+            values = group[at_order]
+            starts = np.empty(values.size, np.bool_)
+            starts[:1] = True
+            np.not_equal(values[1:], values[:-1], out=starts[1:])
+            return self._ranks(at_order, starts)
         order = narrow.select(
             pl.arg_sort_by(
                 [*self.keys, *by],
@@ -536,17 +572,28 @@ class TopNOperator(Operator):
                 .to_series()
                 .to_numpy()
             )
+        return self._ranks(order.to_numpy().astype(np.int64, copy=False), starts)
+
+    def _group(self, narrow: pl.DataFrame) -> Codes | None:
+        """The rows' key codes when they stand for the keys exactly (see :meth:`_best`)."""
+        codes, _, kind = key_codes(narrow, self.keys, nulls_equal=True)
+        return codes if codes_exact(codes, kind, nulls_equal=True) else None
+
+    def _ranks(
+        self, order: Positions, starts: npt.NDArray[np.bool_]
+    ) -> tuple[Positions, Positions]:
+        """The rows of ``order`` (sorted key by key) within the top ``n``, and their ranks."""
         at = np.arange(starts.size, dtype=np.int64)
         ranks = at - np.maximum.accumulate(np.where(starts, at, 0))
         keep = ranks < self.op.n
-        rows = order.to_numpy().astype(np.int64, copy=False)[keep]
-        return rows, ranks[keep]
+        return order[keep], ranks[keep]
 
     def _top(self, frame: pl.DataFrame) -> pl.DataFrame:
         """Each key's first ``n`` rows of ``frame``, ranked (when the step has a rank)."""
         # Order only the key and order columns, then gather the kept rows: wide rows (long
         # strings) are copied once, not moved around by the sort.
-        rows, ranks = self._best(frame.select(self.narrow))
+        narrow = frame.select(self.narrow)
+        rows, ranks = self._best(narrow, self._group(narrow))
         return self._ranked(frame[rows], ranks)
 
     def _ranked(self, rows: pl.DataFrame, ranks: Positions) -> pl.DataFrame:
@@ -560,24 +607,42 @@ class TopNOperator(Operator):
         The returned rows are ranked, key by key (every column, for emission).
         """
         narrow = batch.select(self.narrow)
-        probe = narrow.select(self.keys).unique()
-        _, found, pos = self.rows.probe(probe, None if wide else self.narrow)
+        codes = key_codes(narrow, self.keys, nulls_equal=True)
+        group = codes[0] if codes_exact(codes[0], codes[2], nulls_equal=True) else None
+        if group is not None:  # one row per key: the first of each run of sorted codes
+            by_code = np.argsort(group)
+            ranked = group[by_code]
+            first = np.empty(ranked.size, np.bool_)
+            first[:1] = True
+            np.not_equal(ranked[1:], ranked[:-1], out=first[1:])
+            one = np.zeros(group.size, np.bool_)
+            one[by_code[first]] = True
+            found_rows, found, pos = self.rows.probe(
+                narrow, None if wide else self.narrow, codes=(group, one)
+            )
+        else:
+            probe = narrow.select(self.keys).unique()
+            found_rows, found, pos = self.rows.probe(probe, None if wide else self.narrow)
         if pos.size == 0:
-            top, ranks = self._best(narrow)
+            top, ranks = self._best(narrow, group)
             rows = batch[top]
-            self.rows.append(rows)
+            self.rows.append(rows, codes=_codes_of(codes, top))
             return self._ranked(rows, ranks) if wide else None
-        order = np.argsort(pos, kind="stable")  # arrival order: the earlier of a tie first
+        order = np.argsort(pos)  # arrival order: the earlier of a tie first (distinct)
         pos, found = pos[order], found[order]
         # One sort of the kept rows of the batch's keys and the batch (key and order columns).
         both = pl.concat([found.select(self.narrow), narrow], how="vertical_relaxed")
-        kept, ranks = self._best(both)
+        both_group = None
+        if group is not None:
+            both_group = np.concatenate([group[found_rows[order]], group])
+        kept, ranks = self._best(both, both_group)
         held = pos.size
         lost = np.ones(held, np.bool_)
         lost[kept[kept < held]] = False
         self._remove(pos[lost])
         # Key by key in rank order: the appended rows keep ties' arrival order.
-        self.rows.append(batch[kept[kept >= held] - held])
+        won = kept[kept >= held] - held
+        self.rows.append(batch[won], codes=_codes_of(codes, won))
         if not wide:
             return None
         rows = pl.concat([found, batch], how="vertical_relaxed")[kept]
@@ -628,7 +693,8 @@ class TopNOperator(Operator):
         ranks = None
         if self.op.rank is not None:
             narrow = [part.select(self.narrow) for part in self.rows.live_parts()]
-            rows, best = self._best(pl.concat(narrow, how="vertical_relaxed"))
+            both = pl.concat(narrow, how="vertical_relaxed")
+            rows, best = self._best(both, self._group(both))
             ranks = np.empty(rows.size, np.int64)
             ranks[rows] = best
         at = 0
@@ -664,15 +730,64 @@ class TopNOperator(Operator):
             )
             raise StateError(msg)
         parts = [snap["table"]] if version == 1 else list(snap.get("chunks") or [])
-        self.rows = KeyedRows(self.keys, nulls_equal=True)
+        self.rows = self._store()
         self.pending, self.pending_rows = [], 0
         frames, kept = read_parts(parts)
         if frames:
             rows = concat(frames)
-            self.rows.append(rows[self._best(rows.select(self.narrow))[0]])
+            narrow = rows.select(self.narrow)
+            self.rows.append(rows[self._best(narrow, self._group(narrow))[0]])
         # The checkpoints go on referring to chunks; rows that came as bytes (an older
         # version, another worker count) make the next checkpoint write the whole state.
         self.log.restored(self.rows, kept, sum(f.height for f in frames))
+
+
+def _codes_of(
+    codes: tuple[Codes, npt.NDArray[np.bool_], CodeKind], rows: Positions
+) -> tuple[Codes, npt.NDArray[np.bool_], CodeKind]:
+    """The :func:`key_codes` of some rows, from those of all rows."""
+    return codes[0][rows], codes[1][rows], codes[2]
+
+
+def _pack_pair(first: Codes, second: Any) -> Codes | None:
+    """One integer ordered as the pairs ``(first, second)``, when both ranges fit 63 bits.
+
+    A sort by it and the other keys is one sort pass less, on the column that is not close to
+    sorted (NumPy's lexsort merge-sorts once per key). None when they do not fit.
+
+    Examples
+    --------
+    >>> _pack_pair(np.array([2, 1, 2]), np.array([-5, 9, 3])).argsort().tolist()
+    [1, 0, 2]
+    """
+    if first.size == 0 or second.dtype == np.uint64:
+        return None
+    low, high = int(first.min()), int(first.max())
+    low2, high2 = int(second.min()), int(second.max())
+    bits = (high2 - low2).bit_length()
+    if (high - low).bit_length() + bits > 63:
+        return None
+    # Differences below 2**63 come out right in wrapping int64 arithmetic.
+    packed: Codes = (first - np.int64(low)) << np.int64(bits)
+    packed |= second.astype(np.int64, copy=False) - np.int64(low2)
+    return packed
+
+
+def _sort_keys(frame: pl.DataFrame, columns: list[str], descending: list[bool]) -> list[Any] | None:
+    """NumPy sort keys of ``columns`` (integers, times, Booleans; descending ones inverted).
+
+    None when a column has another type or a null: Polars sorts those (nulls last, NaN).
+    """
+    out: list[Any] = []
+    for name, desc in zip(columns, descending, strict=True):
+        col = frame.get_column(name)
+        if col.null_count() or not (col.dtype.is_integer() or col.dtype.is_temporal()):
+            if col.dtype != pl.Boolean or col.null_count():
+                return None
+            col = col.cast(pl.UInt8)
+        values = col.to_physical().to_numpy()
+        out.append(~values if desc else values)  # ~x = -x - 1: reverses, never overflows
+    return out
 
 
 class SinkOperator(Operator):
