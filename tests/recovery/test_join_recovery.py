@@ -9,6 +9,7 @@ the same checkpoint directory. Output goes to ``files.sink_jsonl_parts`` (exactl
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from tests.recovery.test_top_n_recovery import _chunks
 
 import tideflow as tf
 from tideflow._errors import JobError
-from tideflow.state import CheckpointStore
+from tideflow.state import CheckpointStore, load_savepoint, write_savepoint
 
 
 def run(kind: str, d: Path, out: Path, ck: Path | None, workers: int) -> tf.RunResult:
@@ -55,16 +56,9 @@ def reference(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     return refs
 
 
-@pytest.mark.parametrize("kind", list(STEP))
-@pytest.mark.parametrize(("before", "after"), [(1, 1), (2, 2), (1, 2), (2, 1)])
-def test_join_job_resumes_after_a_crash(
-    kind: str,
-    before: int,
-    after: int,
-    data: Path,
-    reference: dict[str, list[Any]],
-    tmp_path: Path,
-) -> None:
+def crashed(kind: str, data: Path, tmp_path: Path, workers: int) -> tuple[Path, Path, Path]:
+    """Run the job of ``kind`` until it crashes past checkpoint 3: its input, output and
+    checkpoint directories."""
     # The job reads the flag and version files of its own copy of the input directory.
     d = tmp_path / "in"
     d.mkdir()
@@ -76,7 +70,21 @@ def test_join_job_resumes_after_a_crash(
     # Past a third of the input, once checkpoint 3 is complete (2 workers start at their pace).
     (d / "crash").write_text(json.dumps({"at": 4 * 60, "checkpoints": str(ck), "min_id": 3}))
     with pytest.raises(JobError, match="crash requested by the test"):
-        run(kind, d, out, ck, before)
+        run(kind, d, out, ck, workers)
+    return d, out, ck
+
+
+@pytest.mark.parametrize("kind", list(STEP))
+@pytest.mark.parametrize(("before", "after"), [(1, 1), (2, 2), (1, 2), (2, 1)])
+def test_join_job_resumes_after_a_crash(
+    kind: str,
+    before: int,
+    after: int,
+    data: Path,
+    reference: dict[str, list[Any]],
+    tmp_path: Path,
+) -> None:
+    d, out, ck = crashed(kind, data, tmp_path, before)
     cp = CheckpointStore(ck).latest()
     assert cp is not None, "no checkpoint before the crash"
     step = f"join_recovery_{kind}.{STEP[kind]}"
@@ -95,3 +103,30 @@ def test_join_job_resumes_after_a_crash(
     assert run(kind, d, out, ck, after).completed
     assert committed(out / "results") == reference[kind]
     assert not committed(out / "late")
+
+
+@pytest.mark.parametrize("case", [("regular_unique", 2, 1), ("best", 1, 2)])
+def test_join_job_resumes_from_a_savepoint_without_the_checkpoints(
+    case: tuple[str, int, int], data: Path, reference: dict[str, list[Any]], tmp_path: Path
+) -> None:
+    kind, before, after = case
+    d, out, ck = crashed(kind, data, tmp_path, before)
+    cp = CheckpointStore(ck).latest()
+    assert cp is not None
+    # The savepoint holds copies of the chunks; the checkpoints (and their chunks) are gone.
+    sp = write_savepoint(cp.path, tmp_path / "sp")
+    shutil.rmtree(ck)
+    assert (sp / "shared").is_dir() and load_savepoint(sp)[0].id == cp.id
+    (d / "crash").unlink()
+    job = build(kind, d, out, 0.0)
+    ck2 = tmp_path / "ck2"
+    done = tf.run(
+        job,
+        workers=after,
+        batch_size=20,
+        from_savepoint=sp,
+        checkpoint_dir=ck2,
+        dead_letter_path=out / "dead.jsonl",
+    )
+    assert done.completed
+    assert committed(out / "results") == reference[kind]
