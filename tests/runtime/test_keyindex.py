@@ -158,8 +158,9 @@ def test_packed_keys_are_exact_and_others_never_equal_them() -> None:
     assert not codes_exact(codes[valid], kind)
 
 
-@settings(max_examples=100, deadline=None)
-@given(st.lists(st.integers(-3, 3), max_size=60))
-def test_stable_argsort_equals_numpy_s(values: list[int]) -> None:
-    array = np.asarray(values, np.int64)
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(-3, 3), max_size=60), st.sampled_from([1, 2**40, 2**60]))
+def test_stable_argsort_equals_numpy_s(values: list[int], scale: int) -> None:
+    # Small ranges take the packed (value, position) sort, 2**60 apart the two quick sorts.
+    array = np.asarray(values, np.int64) * scale
     assert stable_argsort(array).tolist() == np.argsort(array, kind="stable").tolist()

@@ -143,8 +143,10 @@ def stable_argsort(values: Codes) -> Positions:
 
     NumPy's stable sort of 64-bit integers is a merge sort; its default (quick) sort uses the
     CPU's vector instructions and is several times faster, but does not keep ties in order.
-    So: sorted input as it is; otherwise a quick sort, and when it found ties a second one of
-    (rank of the value, position) pairs, which are distinct.
+    So: sorted input as it is; values whose range leaves room for the positions' bits (key
+    ids, most integer keys) packed with their position into one integer each, which are
+    distinct, and one quick sort of those; otherwise a quick sort, and when it found ties a
+    second one of (rank of the value, position) pairs.
 
     Examples
     --------
@@ -154,6 +156,14 @@ def stable_argsort(values: Codes) -> Positions:
     n = values.size
     if n < 2 or bool((values[1:] >= values[:-1]).all()):
         return np.arange(n, dtype=np.int64)
+    bits = (n - 1).bit_length()
+    lo = int(values.min())
+    if int(values.max()) - lo < 1 << (63 - bits):  # (value, position) fits one int64
+        packed = (values.astype(np.int64, copy=False) - lo) << bits
+        packed |= np.arange(n, dtype=np.int64)
+        packed.sort()
+        packed &= (1 << bits) - 1
+        return packed
     order = np.argsort(values)
     ranked = values[order]
     same = ranked[1:] == ranked[:-1]
