@@ -379,3 +379,19 @@ def test_a_constant_outside_the_column_type_gives_polars_result(expr):
     got = step(df) if step is not None else None
     expected = df.select(expr.alias("new"))
     assert got is None or got.equals(expected)
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        pl.col("a") + pl.lit(-1),  # computed in Int64: 2**63 does not fit, null in Polars
+        pl.col("a") - pl.col("b"),
+        pl.col("a") > pl.col("b"),
+    ],
+)
+def test_a_column_outside_the_type_it_is_computed_in_gives_polars_result(expr):
+    df = pl.DataFrame({"a": [0, 2**63], "b": [1, -1]}, schema={"a": pl.UInt64, "b": pl.Int64})
+    step = compile_select([expr.alias("new")], {}, replace=True)
+    got = step(df) if step is not None else None
+    expected = df.select(expr.alias("new"))
+    assert got is None or got.equals(expected)

@@ -213,6 +213,7 @@ def _bind(node: _Node, empty: pl.DataFrame) -> _Bound:
     types = [k.dtype for k in kids]
     if node.kind == "bin":
         op = node.name
+        common = dtype
         if op in _ARITH:
             if not (_is_numeric(dtype) and all(_is_numeric(t) for t in types)):
                 raise _Unsupported
@@ -237,6 +238,10 @@ def _bind(node: _Node, empty: pl.DataFrame) -> _Bound:
         for k in kids:  # a constant (-1 too) must keep its value in the type it is cast to
             if np_type is not None and not _reads_column(k.node):
                 _check_literal(_constant(k.node), np_type)
+            elif np_type is not None and np_type is not np.bool_ and not _lossless(k.dtype, common):
+                # Polars casts such a column non-strictly: a value that does not fit (UInt64
+                # above 2**63 - 1 in Int64) is null there; NumPy would wrap it around.
+                raise _Unsupported
     elif node.kind == "not":
         if types[0] != pl.Boolean:
             raise _Unsupported
