@@ -18,7 +18,7 @@ import polars as pl
 from tideflow._errors import StateError
 from tideflow.api._aggs import AggSpec
 from tideflow.runtime._distinct import DistinctPairs
-from tideflow.runtime._frames import frame_chunk
+from tideflow.runtime._frames import frame_chunk, read_parts
 from tideflow.state._store import SnapshotChunk
 
 __all__ = ["AggState", "KeyIndex", "table_of_rows"]
@@ -484,13 +484,7 @@ class AggState:
 
     def _load_chunks(self, name: str, parts: list[Any]) -> DistinctPairs:
         """Distinct state from the chunks (or IPC bytes) of a version-3 snapshot."""
-        frames = []
-        for part in parts:
-            if isinstance(part, SnapshotChunk):
-                frames.append(_from_ipc(part.read()))
-                part.release()
-            else:
-                frames.append(_from_ipc(part))
+        frames, _ = read_parts(parts)
         frame = pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
         distinct = DistinctPairs()
         if frame.height:

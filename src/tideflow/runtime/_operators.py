@@ -542,11 +542,7 @@ class TopNOperator(Operator):
             primary = _pack_pair(group, sort_keys[0])
             columns = [group, *sort_keys] if primary is None else [primary, *sort_keys[1:]]
             at_order = np.lexsort(columns[::-1]).astype(np.int64, copy=False)
-            values = group[at_order]
-            starts = np.empty(values.size, np.bool_)
-            starts[:1] = True
-            np.not_equal(values[1:], values[:-1], out=starts[1:])
-            return self._ranks(at_order, starts)
+            return self._ranks(at_order, _run_starts(group[at_order]))
         order = narrow.select(
             pl.arg_sort_by(
                 [*self.keys, *by],
@@ -558,10 +554,7 @@ class TopNOperator(Operator):
         keys = narrow.select(pl.col(self.keys).gather(order))
         one = keys.to_series() if len(self.keys) == 1 else None
         if one is not None and one.dtype.is_numeric() and one.null_count() == 0:
-            values = one.to_numpy()
-            starts = np.empty(values.size, np.bool_)
-            starts[:1] = True
-            np.not_equal(values[1:], values[:-1], out=starts[1:])
+            starts = _run_starts(one.to_numpy())
         else:
             starts = (
                 keys.select(
@@ -611,12 +604,8 @@ class TopNOperator(Operator):
         group = codes[0] if codes_exact(codes[0], codes[2], nulls_equal=True) else None
         if group is not None:  # one row per key: the first of each run of sorted codes
             by_code = np.argsort(group)
-            ranked = group[by_code]
-            first = np.empty(ranked.size, np.bool_)
-            first[:1] = True
-            np.not_equal(ranked[1:], ranked[:-1], out=first[1:])
             one = np.zeros(group.size, np.bool_)
-            one[by_code[first]] = True
+            one[by_code[_run_starts(group[by_code])]] = True
             found_rows, found, pos = self.rows.probe(
                 narrow, None if wide else self.narrow, codes=(group, one)
             )
@@ -740,6 +729,20 @@ class TopNOperator(Operator):
         # The checkpoints go on referring to chunks; rows that came as bytes (an older
         # version, another worker count) make the next checkpoint write the whole state.
         self.log.restored(self.rows, kept, sum(f.height for f in frames))
+
+
+def _run_starts(values: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
+    """Which entries of sorted ``values`` start a run of equal values.
+
+    Examples
+    --------
+    >>> _run_starts(np.array([1, 1, 2, 5, 5])).tolist()
+    [True, False, True, True, False]
+    """
+    starts = np.empty(values.size, np.bool_)
+    starts[:1] = True
+    np.not_equal(values[1:], values[:-1], out=starts[1:])
+    return starts
 
 
 def _codes_of(
