@@ -234,3 +234,48 @@ def test_parquet_dictionary_encodes_only_repeating_columns(tmp_path: Path, first
         # Below 1,024 rows the first batch says little: Arrow's default (every column).
         expected = {"id", "kind", "text", "tags"} if first_rows < 1_024 else {"kind"}
         assert dictionary == expected
+
+
+def test_parquet_layout_drops_dictionaries_and_codecs_that_do_not_pay(tmp_path: Path) -> None:
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(1)
+    n = 6_000
+    frame = pl.DataFrame(
+        {
+            # few distinct values, but sorted: plain + Snappy is smaller than a dictionary
+            "ts": np.sort(rng.integers(0, n // 8, n)) * 1_000 + 1_700_000_000_000,
+            "kind": rng.choice(["a", "b", "c"], n),  # a dictionary pays
+            "noise": rng.integers(0, 2**62, n),  # Snappy cannot shrink it
+        }
+    )
+    assert frame.n_unique(subset="ts") * 2 <= n  # proposed for a dictionary by the sample
+    w = files.sink_parquet(str(tmp_path / "out")).build(SinkContext("write", 0, 1))
+    w.write(frame.head(2_000))
+    w.write(frame.slice(2_000))
+    w.close()
+    (part,) = (tmp_path / "out").glob("part-*.parquet")
+    assert pl.read_parquet(part).equals(frame)
+    meta = pq.ParquetFile(part).metadata
+    for g in range(meta.num_row_groups):
+        cols = {
+            meta.row_group(g).column(c).path_in_schema: meta.row_group(g).column(c)
+            for c in range(3)
+        }
+        dictionary = {k for k, c in cols.items() if any("DICTIONARY" in e for e in c.encodings)}
+        assert dictionary == {"kind"}
+        assert cols["ts"].compression == "SNAPPY"
+        assert cols["noise"].compression == "UNCOMPRESSED"
+        # what was dropped really did not pay on this data: written with it, it is no smaller
+        # than three quarters (dictionary) or 90 % (codec) of what the layout wrote
+    alt = tmp_path / "alt.parquet"
+    pq.write_table(frame.to_arrow(), alt, use_dictionary=["ts", "kind"], compression="snappy")
+    alt_meta = pq.ParquetFile(alt).metadata.row_group(0)
+    ours = pq.ParquetFile(part).metadata
+    ts_ours = sum(
+        ours.row_group(g).column(0).total_compressed_size for g in range(ours.num_row_groups)
+    )
+    assert alt_meta.column(0).total_compressed_size > 0.75 * ts_ours
+    noise = alt_meta.column(2)
+    assert noise.total_compressed_size > 0.9 * noise.total_uncompressed_size

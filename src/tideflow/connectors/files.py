@@ -410,9 +410,10 @@ def sink_parquet(
     ``roll_rows`` rows, when ``roll_interval`` has passed since it was opened (checked on
     ``write`` and ``flush``), and on ``close``. With ``partition_by`` rows go to
     ``key=value/`` sub-directories (the key columns are not stored in the files). A part
-    file dictionary-encodes the columns whose first batch repeats values (at most half of its
-    rows distinct) and writes the others plain (see ``dictionary_columns`` in
-    ``tideflow.connectors._filesinks``).
+    file's layout is judged on its first batch: a column that repeats values (at most half
+    of the rows distinct) is dictionary-encoded when that makes it at least a quarter smaller
+    than plain, and a column is Snappy-compressed when that saves at least a tenth (see
+    ``parquet_layout`` in ``tideflow.connectors._filesinks``).
 
     Examples
     --------
