@@ -1,7 +1,9 @@
 """The key index of regular joins (``KeyedRows``) against a brute-force list of rows.
 
 Random sequences of appends (of random sizes, so segments merge in every pattern), probes and
-removals, with one integer key (exact codes), one string key and two keys (hashed codes,
+removals, with one integer key (exact codes: a compact range indexed by direct address, a
+sparse one by sorted segments, and a range that turns sparse midway; short and long chains of
+rows per key), one string key and two keys (hashed codes,
 matches confirmed), two integer keys (packed codes; values that do not fit a packing, negative
 or above 2**31, are hashed and confirmed), nulls included: every probe must return exactly the pairs a nested loop
 over the live rows finds, and ``live()`` the live rows in arrival order.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import polars as pl
@@ -18,6 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tideflow.runtime import _keyindex
 from tideflow.runtime._keyindex import KeyedRows, codes_exact, key_codes, stable_argsort
 
 key_value = st.one_of(st.none(), st.integers(0, 6))
@@ -29,6 +33,8 @@ step = st.one_of(
 LAYOUTS = {
     "int": (["a"], {"a": pl.Int64}),
     "int32": (["a"], {"a": pl.Int32}),
+    "int_far": (["a"], {"a": pl.Int64}),
+    "int_jump": (["a"], {"a": pl.Int64}),
     "str": (["a"], {"a": pl.String}),
     "two": (["a", "b"], {"a": pl.Int64, "b": pl.String}),
     "ints": (["a", "b"], {"a": pl.Int32, "b": pl.Int64}),
@@ -37,10 +43,24 @@ LAYOUTS = {
 INT_B = [0, 5, -2, 2**31, 2**31 - 1, 2**33 + 5, 2**20 + 5]
 
 
+def int_key(a: int, layout: str) -> int:
+    """The "a" value of a layout: 0-6 (compact), spread 2**40 apart (sparse from the start),
+    or compact but for 6, far above (the range turns sparse when a 6 arrives), negative
+    values included."""
+    if layout == "int_far":
+        return (a - 3) * 2**40
+    if layout == "int_jump":
+        return a - 2 if a < 6 else 2**45
+    return a
+
+
 def frame(pairs: list[tuple[Any, Any]], layout: str, first_id: int = 0) -> pl.DataFrame:
     keys, schema = LAYOUTS[layout]
     cols: dict[str, list[Any]] = {
-        "a": [a if schema["a"] != pl.String or a is None else f"k{a}" for a, _ in pairs]
+        "a": [
+            None if a is None else f"k{a}" if schema["a"] == pl.String else int_key(a, layout)
+            for a, _ in pairs
+        ]
     }
     if "b" in keys and schema["b"] == pl.String:
         cols["b"] = [None if b is None else f"v{b % 3}" for _, b in pairs]
@@ -64,8 +84,18 @@ def key_of(
     steps=st.lists(step, min_size=1, max_size=25),
     since=st.integers(0, 40),
     contiguous=st.booleans(),
+    chains=st.sampled_from([2, 32]),
 )
 def test_keyed_rows_equal_a_nested_loop(
+    layout: str, nulls_equal: bool, steps: list[Any], since: int, contiguous: bool, chains: int
+) -> None:
+    # chains: the longest chain of rows per key the direct index follows (2: a store with a
+    # key of three rows goes to the sorted segments).
+    with mock.patch.object(_keyindex, "_MOST_PER_KEY", chains):
+        check_against_nested_loop(layout, nulls_equal, steps, since, contiguous)
+
+
+def check_against_nested_loop(
     layout: str, nulls_equal: bool, steps: list[Any], since: int, contiguous: bool
 ) -> None:
     # With nulls_equal (top_n's grouping) a null is a key value; without (joins) it never
@@ -164,3 +194,52 @@ def test_stable_argsort_equals_numpy_s(values: list[int], scale: int) -> None:
     # Small ranges take the packed (value, position) sort, 2**60 apart the two quick sorts.
     array = np.asarray(values, np.int64) * scale
     assert stable_argsort(array).tolist() == np.argsort(array, kind="stable").tolist()
+
+
+def test_compact_integer_keys_are_indexed_by_direct_address() -> None:
+    # Auction-like ids: direct; a far key makes the range sparse (sorted segments, same
+    # answers); a restore with compact keys again is direct again.
+    index = KeyedRows(["a"])
+    for i in range(20):
+        index.append(pl.DataFrame({"a": np.arange(i * 50, (i + 1) * 50), "v": i}))
+    assert index.direct is not None and index.direct.depth == 1
+    index.append(pl.DataFrame({"a": [3, 3], "v": [20, 21]}))  # a chain of three rows for 3
+    assert index.direct is not None and index.direct.depth == 3
+    probe_rows, found, _ = index.probe(pl.DataFrame({"a": [999, 3, -1]}))
+    pairs = sorted(zip(probe_rows.tolist(), found["v"].to_list(), strict=True))
+    assert pairs == [(0, 19), (1, 0), (1, 20), (1, 21)]
+    index.append(pl.DataFrame({"a": [2**50], "v": [22]}))
+    assert index.direct is None
+    probe_rows, found, _ = index.probe(pl.DataFrame({"a": [999, 3, 2**50]}))
+    assert sorted(zip(probe_rows.tolist(), found["v"].to_list(), strict=True)) == [
+        (0, 19),
+        (1, 0),
+        (1, 20),
+        (1, 21),
+        (2, 22),
+    ]
+    index.restore(index.live().filter(pl.col("a") < 2**50))
+    assert index.direct is not None
+
+
+@pytest.mark.parametrize("nulls_equal", [False, True])
+def test_direct_and_sorted_probes_return_the_same_pairs_in_the_same_order(
+    nulls_equal: bool,
+) -> None:
+    # The same rows, compact keys (direct) and the same keys spread out (sorted segments):
+    # equal pairs, in the same order (by segment, then probe row, then position).
+    rng = np.random.default_rng(7)
+    direct, spread = KeyedRows(["a"], nulls_equal=nulls_equal), KeyedRows(["a"], nulls_equal=nulls_equal)
+    for size in rng.integers(1, 200, 30):
+        keys = rng.integers(0, 300, size)
+        direct.append(pl.DataFrame({"a": keys, "v": np.arange(size)}))
+        spread.append(pl.DataFrame({"a": keys * 2**40, "v": np.arange(size)}))
+        probe = rng.integers(0, 320, 100)
+        one = direct.probe(pl.DataFrame({"a": probe}))
+        two = spread.probe(pl.DataFrame({"a": probe * 2**40}))
+        assert one[0].tolist() == two[0].tolist() and one[2].tolist() == two[2].tolist()
+        assert one[1]["v"].to_list() == two[1]["v"].to_list()
+        gone = one[2][rng.random(one[2].size) < 0.3]
+        direct.remove(gone)
+        spread.remove(gone)
+    assert direct.direct is not None and spread.direct is None

@@ -180,6 +180,132 @@ def stable_argsort(values: Codes) -> Positions:
     return np.argsort(pairs).astype(np.int64, copy=False)
 
 
+#: A direct index keeps at most this many slots per distinct key (plus :data:`_FREE_SLOTS`);
+#: a sparser range of codes goes to the sorted segments.
+_SLOTS_PER_KEY = 4
+_FREE_SLOTS = 1 << 16
+
+#: A direct index follows chains of at most this many rows per key (removed ones included);
+#: a longer one sends the store to the sorted segments (until it is rebuilt).
+_MOST_PER_KEY = 32
+
+_NONE = np.zeros(0, np.int64)
+
+
+class _Direct:
+    """Exact integer key codes in a compact range, indexed by direct address.
+
+    ``head[code - lo]`` is the position of the first row with that code (-1: none), ``tail``
+    the last, ``count`` how many rows; ``chain[position]`` the next row of the same code
+    (positions ascending, -1 at the end). A unique key is one gather; appending a batch of
+    new distinct codes is a few scatters, no sort.
+    """
+
+    __slots__ = ("chain", "count", "depth", "head", "hi", "keys", "lo", "tail")
+
+    def __init__(self) -> None:
+        self.lo, self.hi = 0, -1  # the codes seen: lo..hi (none yet when hi < lo)
+        self.head, self.tail = _NONE, _NONE
+        self.count: npt.NDArray[np.int32] = np.zeros(0, np.int32)
+        self.chain = _NONE
+        self.keys = 0  # slots holding a row
+        self.depth = 0  # most rows of one slot
+
+    def fits(self, codes: Codes, more: int) -> bool:
+        """Whether ``codes`` (exact) keep the range compact with up to ``more`` new keys."""
+        if codes.size == 0:
+            return True
+        lo, hi = int(codes.min()), int(codes.max())
+        if self.hi >= self.lo:
+            lo, hi = min(lo, self.lo), max(hi, self.hi)
+        return hi - lo + 1 <= _SLOTS_PER_KEY * (self.keys + more) + _FREE_SLOTS
+
+    def sparse(self) -> bool:
+        """Whether the range holds too many slots per key, or a chain is too long."""
+        slots = self.hi - self.lo + 1
+        return self.depth > _MOST_PER_KEY or slots > _SLOTS_PER_KEY * self.keys + _FREE_SLOTS
+
+    def _reserve(self, lo: int, hi: int, size: int) -> None:
+        """Make room for codes ``lo..hi`` and positions below ``size``."""
+        if self.hi < self.lo:  # empty: start at lo
+            self.lo = self.hi = lo
+        hi = max(hi, self.hi)
+        new_lo = min(lo, self.lo)
+        shift = self.lo - new_lo
+        need = hi - new_lo + 1
+        if shift or need > self.head.size:
+            cap = max(need, shift + 2 * self.head.size)
+            head, tail = np.full(cap, -1, np.int64), np.full(cap, -1, np.int64)
+            count = np.zeros(cap, np.int32)
+            n = self.head.size
+            head[shift : shift + n], tail[shift : shift + n] = self.head, self.tail
+            count[shift : shift + n] = self.count
+            self.head, self.tail, self.count, self.lo = head, tail, count, new_lo
+        self.hi = hi
+        if size > self.chain.size:
+            chain = np.full(max(size, 2 * self.chain.size), -1, np.int64)
+            chain[: self.chain.size] = self.chain
+            self.chain = chain
+
+    def add(self, codes: Codes, positions: Positions) -> None:
+        """Index rows at ``positions`` (ascending, after every indexed one) by ``codes``."""
+        if codes.size == 0:
+            return
+        self._reserve(int(codes.min()), int(codes.max()), int(positions[-1]) + 1)
+        slot = codes - self.lo
+        if not (self.head[slot] >= 0).any():  # new keys only: distinct if no write is lost
+            self.head[slot] = positions
+            if bool((self.head[slot] == positions).all()):
+                self.tail[slot] = positions
+                self.count[slot] = 1
+                self.keys += slot.size
+                self.depth = max(self.depth, 1)
+                return
+            self.head[slot] = -1
+        order = stable_argsort(slot)
+        slot, positions = slot[order], positions[order]
+        same = slot[1:] == slot[:-1]
+        self.chain[positions[:-1][same]] = positions[1:][same]
+        starts = np.flatnonzero(np.concatenate(([True], ~same)))
+        ends = np.append(starts[1:], slot.size) - 1
+        key = slot[starts]
+        last = self.tail[key]
+        linked = last >= 0
+        self.chain[last[linked]] = positions[starts[linked]]
+        self.head[key[~linked]] = positions[starts[~linked]]
+        self.tail[key] = positions[ends]
+        had = self.count[key]
+        self.keys += int(np.count_nonzero(had == 0))
+        now = had + (ends - starts + 1).astype(np.int32)
+        self.count[key] = now
+        self.depth = max(self.depth, int(now.max()))
+
+    def find(self, rows: Positions, needles: Codes) -> tuple[Positions, Positions]:
+        """Pairs of ``rows`` (ascending) and positions of equal codes, by row, then position."""
+        inside = (needles >= self.lo) & (needles <= self.hi)
+        if not inside.all():
+            rows, needles = rows[inside], needles[inside]
+        first = self.head[needles - self.lo]
+        hit = first >= 0
+        rows, at = rows[hit], first[hit]
+        if self.depth <= 1 or rows.size == 0:
+            return rows, at
+        got_rows, got_at = [rows], [at]
+        while True:
+            at = self.chain[at]
+            more = at >= 0
+            if not more.any():
+                break
+            rows, at = rows[more], at[more]
+            got_rows.append(rows)
+            got_at.append(at)
+        if len(got_rows) == 1:
+            return got_rows[0], got_at[0]
+        b, at = np.concatenate(got_rows), np.concatenate(got_at)
+        order = stable_argsort(b)  # a row's matches came level by level: positions ascending
+        return b[order], at[order]
+
+
 class _Segment:
     """Consecutive rows (one chunk) and their key index: codes sorted, with row offsets."""
 
@@ -230,6 +356,9 @@ class KeyedRows:
         self.dead: npt.NDArray[np.bool_] = self._flags
         self.n_dead = 0
         self.kind: CodeKind = "value"
+        # Exact codes in a compact range are indexed by direct address (the segments then
+        # hold no codes); None: the segments' sorted codes are the index.
+        self.direct: _Direct | None = None
 
     @property
     def height(self) -> int:
@@ -258,8 +387,21 @@ class KeyedRows:
         self.kind = kind
         offsets = np.flatnonzero(valid).astype(np.int64)
         indexed = all_codes[offsets]
-        order = stable_argsort(indexed)
-        seg = _Segment(self.size, rows, indexed[order], offsets[order])
+        if not self.size:
+            self.direct = _Direct()
+        direct = self.direct
+        if direct is not None and not (
+            codes_exact(indexed, kind, nulls_equal=self.nulls_equal)
+            and direct.fits(indexed, indexed.size)
+        ):
+            self._to_sorted()
+            direct = None
+        if direct is not None:
+            direct.add(indexed, offsets + self.size)
+            seg = _Segment(self.size, rows, _NONE, _NONE)
+        else:
+            order = stable_argsort(indexed)
+            seg = _Segment(self.size, rows, indexed[order], offsets[order])
         self.size += rows.height
         if self.size > self._flags.size:
             grown = np.zeros(max(self.size, 2 * self._flags.size), np.bool_)
@@ -268,13 +410,30 @@ class KeyedRows:
         self.dead = self._flags[: self.size]
         while self.segments and self.segments[-1].frame.height <= 2 * seg.frame.height:
             prev = self.segments.pop()
+            frame = self._joined(prev.frame, seg.frame)
+            if direct is not None:
+                seg = _Segment(prev.base, frame, _NONE, _NONE)
+                continue
             shift = seg.base - prev.base
             merged = np.concatenate([prev.codes, seg.codes])
             order = np.argsort(merged, kind="stable")  # two sorted runs: a linear merge
             offsets = np.concatenate([prev.offsets, seg.offsets + shift])[order]
-            frame = self._joined(prev.frame, seg.frame)
             seg = _Segment(prev.base, frame, merged[order], offsets)
         self.segments.append(seg)
+        if direct is not None and direct.sparse():
+            self._to_sorted()
+
+    def _to_sorted(self) -> None:
+        """Leave the direct index: every segment gets its sorted codes."""
+        if self.direct is None:
+            return
+        self.direct = None
+        for seg in self.segments:
+            codes, valid, _ = key_codes(seg.frame, self.keys, nulls_equal=self.nulls_equal)
+            offsets = np.flatnonzero(valid).astype(np.int64)
+            indexed = codes[offsets]
+            order = stable_argsort(indexed)
+            seg.codes, seg.offsets = indexed[order], offsets[order]
 
     def _joined(self, first: pl.DataFrame, second: pl.DataFrame) -> pl.DataFrame:
         keep = self.contiguous
@@ -311,6 +470,8 @@ class KeyedRows:
             all_codes, valid = codes
         rows = np.flatnonzero(valid)
         needles = all_codes[rows]
+        if self.direct is not None:
+            return self._gathered(*self.direct.find(rows, needles), cols)
         # Sorted needles: each binary search starts where the previous one ended (far fewer
         # cache misses in a large segment); the matches go back to the batch's row order
         # (a row's matches are found together, so the order of equal needles does not matter).
@@ -353,6 +514,34 @@ class KeyedRows:
             return none, self._empty(cols), none
         found = concat(frames)
         return np.concatenate(got_rows), found, np.concatenate(got_pos)
+
+    def _gathered(
+        self, b: Positions, at: Positions, cols: list[str] | None
+    ) -> tuple[Positions, pl.DataFrame, Positions]:
+        """The live ones of the pairs (batch row, position), their rows gathered segment by
+        segment (pairs ordered by segment, then as given)."""
+        if self.n_dead:
+            alive = ~self.dead[at]
+            b, at = b[alive], at[alive]
+        if b.size == 0:
+            return _NONE, self._empty(cols), _NONE
+        segments = self.segments
+        if len(segments) > 1:
+            bases = np.fromiter((seg.base for seg in segments), np.int64, len(segments))
+            which = (np.searchsorted(bases, at, side="right") - 1).astype(np.int16)
+            order = np.argsort(which, kind="stable")  # a radix sort of small integers
+            b, at = b[order], at[order]
+            ends = np.cumsum(np.bincount(which, minlength=len(segments)))
+        else:
+            ends = np.array([b.size])
+        frames: list[pl.DataFrame] = []
+        start = 0
+        for seg, end in zip(segments, ends.tolist(), strict=True):
+            if end > start:
+                frame = seg.frame if cols is None else seg.frame.select(cols)
+                frames.append(_take(frame, at[start:end] - seg.base))
+            start = end
+        return b, concat(frames), at
 
     def _same_keys(
         self, batch: pl.DataFrame, b: Positions, found: pl.DataFrame
@@ -433,6 +622,7 @@ class KeyedRows:
         self.segments, self.size = [], 0
         self._flags = self.dead = np.zeros(0, np.bool_)
         self.n_dead, self.kind = 0, "value"
+        self.direct = None
         if rows is not None and rows.height:
             self.append(rows)
 
