@@ -189,16 +189,17 @@ def test_packed_keys_are_exact_and_others_never_equal_them() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.integers(-3, 3), max_size=60), st.sampled_from([1, 2**40, 2**60]))
+@given(st.lists(st.integers(-3, 3), max_size=60), st.sampled_from([1, 2**14, 2**40, 2**60]))
 def test_stable_argsort_equals_numpy_s(values: list[int], scale: int) -> None:
-    # Small ranges take the packed (value, position) sort, 2**60 apart the two quick sorts.
+    # Ranges below 2**16 take the 16-bit radix sort, larger ones the packed (value, position)
+    # sort, 2**60 apart the two quick sorts.
     array = np.asarray(values, np.int64) * scale
     assert stable_argsort(array).tolist() == np.argsort(array, kind="stable").tolist()
 
 
 def test_compact_integer_keys_are_indexed_by_direct_address() -> None:
     # Auction-like ids: direct; a far key makes the range sparse (sorted segments, same
-    # answers); a restore with compact keys again is direct again.
+    # answers).
     index = KeyedRows(["a"])
     for i in range(20):
         index.append(pl.DataFrame({"a": np.arange(i * 50, (i + 1) * 50), "v": i}))
@@ -209,7 +210,7 @@ def test_compact_integer_keys_are_indexed_by_direct_address() -> None:
     pairs = sorted(zip(probe_rows.tolist(), found["v"].to_list(), strict=True))
     assert pairs == [(0, 19), (1, 0), (1, 20), (1, 21)]
     index.append(pl.DataFrame({"a": [2**50], "v": [22]}))
-    assert index.direct is None
+    assert index.direct is None and not index.direct_ok
     probe_rows, found, _ = index.probe(pl.DataFrame({"a": [999, 3, 2**50]}))
     assert sorted(zip(probe_rows.tolist(), found["v"].to_list(), strict=True)) == [
         (0, 19),
@@ -218,8 +219,13 @@ def test_compact_integer_keys_are_indexed_by_direct_address() -> None:
         (1, 21),
         (2, 22),
     ]
+    # It stays with the sorted segments (its rows would leave again); a new store is direct.
     index.restore(index.live().filter(pl.col("a") < 2**50))
-    assert index.direct is not None
+    assert index.direct is None
+    again = KeyedRows(["a"])
+    again.restore(index.live())
+    assert again.direct is not None
+    assert again.probe(pl.DataFrame({"a": [3]}))[1]["v"].to_list() == [0, 20, 21]
 
 
 @pytest.mark.parametrize("nulls_equal", [False, True])
@@ -229,7 +235,10 @@ def test_direct_and_sorted_probes_return_the_same_pairs_in_the_same_order(
     # The same rows, compact keys (direct) and the same keys spread out (sorted segments):
     # equal pairs, in the same order (by segment, then probe row, then position).
     rng = np.random.default_rng(7)
-    direct, spread = KeyedRows(["a"], nulls_equal=nulls_equal), KeyedRows(["a"], nulls_equal=nulls_equal)
+    direct, spread = (
+        KeyedRows(["a"], nulls_equal=nulls_equal),
+        KeyedRows(["a"], nulls_equal=nulls_equal),
+    )
     for size in rng.integers(1, 200, 30):
         keys = rng.integers(0, 300, size)
         direct.append(pl.DataFrame({"a": keys, "v": np.arange(size)}))

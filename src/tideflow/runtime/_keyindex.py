@@ -143,7 +143,9 @@ def stable_argsort(values: Codes) -> Positions:
 
     NumPy's stable sort of 64-bit integers is a merge sort; its default (quick) sort uses the
     CPU's vector instructions and is several times faster, but does not keep ties in order.
-    So: sorted input as it is; values whose range leaves room for the positions' bits (key
+    So: sorted input as it is; values within a range of 2**16 (row numbers of a batch, codes
+    of a compact range) as 16-bit integers, which NumPy's stable sort orders by radix sort,
+    in linear time; values whose range leaves room for the positions' bits (key
     ids, most integer keys) packed with their position into one integer each, which are
     distinct, and one quick sort of those; otherwise a quick sort, and when it found ties a
     second one of (rank of the value, position) pairs.
@@ -158,7 +160,11 @@ def stable_argsort(values: Codes) -> Positions:
         return np.arange(n, dtype=np.int64)
     bits = (n - 1).bit_length()
     lo = int(values.min())
-    if int(values.max()) - lo < 1 << (63 - bits):  # (value, position) fits one int64
+    span = int(values.max()) - lo
+    if span < 1 << 16:
+        small = (values - lo).astype(np.uint16)
+        return np.argsort(small, kind="stable").astype(np.int64, copy=False)
+    if span < 1 << (63 - bits):  # (value, position) fits one int64
         packed = (values.astype(np.int64, copy=False) - lo) << bits
         packed |= np.arange(n, dtype=np.int64)
         packed.sort()
@@ -357,8 +363,11 @@ class KeyedRows:
         self.n_dead = 0
         self.kind: CodeKind = "value"
         # Exact codes in a compact range are indexed by direct address (the segments then
-        # hold no codes); None: the segments' sorted codes are the index.
+        # hold no codes); None: the segments' sorted codes are the index. A store that left
+        # it (sparse codes, long chains, hashes) does not try it again: its rows would leave
+        # it again after each compaction, at the cost of indexing them twice.
         self.direct: _Direct | None = None
+        self.direct_ok = True
 
     @property
     def height(self) -> int:
@@ -387,7 +396,7 @@ class KeyedRows:
         self.kind = kind
         offsets = np.flatnonzero(valid).astype(np.int64)
         indexed = all_codes[offsets]
-        if not self.size:
+        if not self.size and self.direct_ok:
             self.direct = _Direct()
         direct = self.direct
         if direct is not None and not (
@@ -427,7 +436,7 @@ class KeyedRows:
         """Leave the direct index: every segment gets its sorted codes."""
         if self.direct is None:
             return
-        self.direct = None
+        self.direct, self.direct_ok = None, False
         for seg in self.segments:
             codes, valid, _ = key_codes(seg.frame, self.keys, nulls_equal=self.nulls_equal)
             offsets = np.flatnonzero(valid).astype(np.int64)
