@@ -32,6 +32,9 @@ from tideflow.testing import FakeClock, TestingSource
 T0 = 1_700_000_000_000_000  # µs
 TIME = pl.Datetime("us", "UTC")
 SCHEMA = {"k": pl.String(), "t": TIME, "v": pl.Int64()}
+#: Keys as letters ("str": hashed codes), as integers 0-3 ("int": a compact range, the key
+#: index by direct address) or those spread 2**40 apart ("sparse": its sorted segments).
+SPREAD = {"int": 1, "sparse": 2**40}
 
 
 class Ctx:
@@ -146,9 +149,10 @@ record = st.tuples(
 batches_st = st.lists(st.lists(record, min_size=1, max_size=6), min_size=2, max_size=8)
 
 
-def two_sided(kind: str, how: str = "inner") -> Node:
+def two_sided(kind: str, how: str = "inner", keys: str = "str") -> Node:
     flow = tf.Dataflow("j")
-    s = flow.source(TestingSource([], schema=SCHEMA)).event_time("t")
+    schema = SCHEMA if keys == "str" else {**SCHEMA, "k": pl.Int64()}
+    s = flow.source(TestingSource([], schema=schema)).event_time("t")
     left, right = s.key_by("k"), s.key_by("k")
     if kind == "window":
         window = windows.sliding(timedelta(microseconds=20), timedelta(microseconds=10))
@@ -175,19 +179,28 @@ def two_sided(kind: str, how: str = "inner") -> Node:
     return out.results.node
 
 
-def frames_of(batch: list[tuple[str, str, int]], start: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+def frames_of(
+    batch: list[tuple[str, str, int]], start: int, keys: str = "str"
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    def key(k: str) -> str | int:
+        return k if keys == "str" else (ord(k) - ord("a")) * SPREAD[keys]
+
     def side(name: str) -> pl.DataFrame:
-        recs = [(k, T0 + t, start + i) for i, (s, k, t) in enumerate(batch) if s == name]
+        recs = [(key(k), T0 + t, start + i) for i, (s, k, t) in enumerate(batch) if s == name]
         return pl.DataFrame(
             {"k": [r[0] for r in recs], "t": [r[1] for r in recs], "v": [r[2] for r in recs]},
-            schema={"k": pl.String, "t": pl.Int64, "v": pl.Int64},
+            schema={"k": pl.String if keys == "str" else pl.Int64, "t": pl.Int64, "v": pl.Int64},
         ).with_columns(pl.col("t").cast(TIME))
 
     return side("L"), side("R")
 
 
 def drive_two_sided(
-    node: Node, batches: list[list[tuple[str, str, int]]], delay: int, plan: tuple[int, int, int]
+    node: Node,
+    batches: list[list[tuple[str, str, int]]],
+    delay: int,
+    plan: tuple[int, int, int],
+    keys: str = "str",
 ) -> tuple[Cluster, Cluster]:
     """(uninterrupted single operator, k copies cut after batch ``cut`` and resumed as m)."""
     k, m, cut = plan
@@ -197,7 +210,7 @@ def drive_two_sided(
     for i, batch in enumerate(batches):
         if i == cut:
             run = run.rescaled(m)
-        left, right = frames_of(batch, v)
+        left, right = frames_of(batch, v, keys)
         v += len(batch)
         wm = max(wm, T0 + max(t for _, _, t in batch) - delay)
         for c in (ref, run):
@@ -248,6 +261,23 @@ def test_interval_join_resumes_like_an_uninterrupted_run(kind, batches, delay, p
     ref, run = drive_two_sided(two_sided(kind), batches, delay, plan)
     assert run.output() == ref.output()
     assert run.output("late") == ref.output("late")
+
+
+@pytest.mark.parametrize("keys", ["int", "sparse"])
+@pytest.mark.parametrize("kind", ["regular", "regular_unique"])
+@settings(max_examples=30, deadline=None)
+@given(batches=batches_st, plan=plans)
+def test_regular_join_on_integer_keys_resumes_like_an_uninterrupted_run(kind, keys, batches, plan):
+    # The key index by direct address (compact keys) and by sorted segments (spread keys):
+    # cut, snapshot, restore on another number of copies, and the same output.
+    if kind == "regular_unique":
+        batches = first_left_per_key(batches)
+    ref, run = drive_two_sided(two_sided(kind, keys=keys), batches, 0, plan, keys)
+    assert run.output() == ref.output()
+    if keys == "int":
+        for op in [*ref.ops, *run.ops]:
+            for side in op.sides:  # type: ignore[attr-defined]
+                assert side.direct is not None or not side.height
 
 
 def test_window_join_snapshot_holds_the_open_windows():

@@ -96,14 +96,31 @@ def ref_interval_join(batches, lower, upper, delay):
 
 
 # -- running the engine --------------------------------------------------------------------------
+#: Integer keys of letters: compact (a -> 0, b -> 1, ...; the key index by direct address),
+#: sparse (2**40 apart: its sorted segments) or jumping (a, b compact, the next ones far: the
+#: index leaves the direct address when they come).
+SPARSE = 2**40
+
+
+def int_key(letter, int_keys):
+    """The key of ``letter`` (a string unless ``int_keys`` is "int", "sparse" or "jump")."""
+    i = ord(letter) - ord("a")
+    if not int_keys:
+        return letter
+    if int_keys == "sparse" or (int_keys == "jump" and i >= 2):
+        return i * SPARSE
+    return i
+
+
 def sides(batches, delay, int_keys=False):
-    """The flow, its keyed left and right sides; ``int_keys``: keys as integers (a -> 0, ...)."""
+    """The flow, its keyed left and right sides; ``int_keys``: keys as integers (see
+    :func:`int_key`)."""
     key_type = pl.Int64 if int_keys else pl.String
     items = [
         pl.DataFrame(
             {
                 "side": [r[0] for r in b],
-                "k": [ord(r[1]) - ord("a") if int_keys else r[1] for r in b],
+                "k": [int_key(r[1], int_keys) for r in b],
                 "t": [T0 + r[2] for r in b],
                 "v": [r[3] for r in b],
             },
@@ -122,6 +139,13 @@ def sides(batches, delay, int_keys=False):
     return flow, left, right
 
 
+def letter(key):
+    """The letter of a key (see :func:`int_key`)."""
+    if not isinstance(key, int):
+        return key
+    return chr(ord("a") + (key // SPARSE if key >= SPARSE else key))
+
+
 def late_rows(sink):
     frame = sink.frame()
     if frame.height == 0:
@@ -130,7 +154,7 @@ def late_rows(sink):
     return Counter(
         (
             "L" if r["late_side"] == "left" else "R",
-            r["k"],
+            letter(r["k"]),
             us(r["t"] if r["late_side"] == "left" else r["t_right"]),
             r["v"] if r["late_side"] == "left" else r["v_right"],
         )
@@ -176,7 +200,7 @@ def collect_pairs(flow, j, workers):
     tf.run(flow, workers=workers, batch_size=1)
     got = Counter(
         (
-            chr(ord("a") + r["k"]) if isinstance(r["k"], int) else r["k"],
+            letter(r["k"]),
             us(r["t"]),
             r["v"],
             us(r["t_right"]),
@@ -426,11 +450,12 @@ def random_batches(seed, unique):
 @given(
     batches=batches_st,
     unique=st.booleans(),
-    int_keys=st.booleans(),
+    int_keys=st.sampled_from([False, "int", "sparse", "jump"]),
     emit=st.sampled_from(["arrival", "close"]),
 )
 def test_regular_join_equals_reference(batches, unique, int_keys, emit):
-    """The key index of a regular join (integer keys: exact codes; strings: hashed)."""
+    """The key index of a regular join (integer keys: exact codes, by direct address or
+    sorted; strings: hashed)."""
     if unique:
         batches = unique_left(batches)
     want, want_late = ref_interval_join_end(batches, None, None, 0)
@@ -445,7 +470,7 @@ def test_regular_join_equals_reference(batches, unique, int_keys, emit):
 def test_regular_join_with_two_workers_equals_the_reference(unique):
     batches = random_batches(11, unique)
     want, _ = ref_interval_join_end(batches, None, None, 0)
-    for int_keys in (False, True):
+    for int_keys in (False, "int", "sparse", "jump"):
         got, late, _ = run_interval_join_end(
             batches, None, False, 0, "arrival", workers=2, unique=unique, int_keys=int_keys
         )
@@ -454,6 +479,11 @@ def test_regular_join_with_two_workers_equals_the_reference(unique):
 
 
 LEFT_WHERE = (pl.col("v") % 3 != 0) & (pl.col("k") != "b")
+
+
+def left_where(int_keys):
+    """LEFT_WHERE for keys of ``int_keys``."""
+    return (pl.col("v") % 3 != 0) & (pl.col("k") != int_key("b", int_keys))
 
 
 def meets(pair):
@@ -469,26 +499,43 @@ def meets(pair):
     bounded_end=st.booleans(),
     emit=st.sampled_from(["arrival", "close"]),
     unique=st.booleans(),
+    int_keys=st.sampled_from([False, "int", "sparse"]),
 )
 def test_left_where_keeps_the_pairs_of_left_records_meeting_it(
-    batches, delay, lower, bounded_end, emit, unique
+    batches, delay, lower, bounded_end, emit, unique, int_keys
 ):
     if unique:
         batches = unique_left(batches)
     want, want_late = ref_interval_join_end(batches, lower, span_of if bounded_end else None, delay)
     got, got_late, _ = run_interval_join_end(
-        batches, lower, bounded_end, delay, emit, unique=unique, left_where=LEFT_WHERE
+        batches,
+        lower,
+        bounded_end,
+        delay,
+        emit,
+        unique=unique,
+        int_keys=int_keys,
+        left_where=left_where(int_keys),
     )
     assert got == Counter({p: n for p, n in want.items() if meets(p)})
     assert got_late == want_late
 
 
+@pytest.mark.parametrize("int_keys", [False, "int"])
 @pytest.mark.parametrize("unique", [False, True])
-def test_left_where_with_two_workers_equals_the_reference(unique):
+def test_left_where_with_two_workers_equals_the_reference(unique, int_keys):
     batches = random_batches(5, unique)
     want, _ = ref_interval_join_end(batches, None, None, 0)
     got, late, _ = run_interval_join_end(
-        batches, None, False, 0, "arrival", workers=2, unique=unique, left_where=LEFT_WHERE
+        batches,
+        None,
+        False,
+        0,
+        "arrival",
+        workers=2,
+        unique=unique,
+        int_keys=int_keys,
+        left_where=left_where(int_keys),
     )
     assert got == Counter({p: n for p, n in want.items() if meets(p)})
     assert not late

@@ -512,12 +512,18 @@ class IntervalJoinOperator(_TwoSided):
     def _regular(self, index: int, rows: pl.DataFrame) -> None:
         """A regular join: ``rows`` probe the other side's key index, then join their own."""
         other = self.sides[1 - index]
-        probe, theirs, found = other.probe(rows)
+        narrow = None
+        if self.where is not None:
+            # Only left records meeting it make pairs: the other side's rows are gathered
+            # whole for those only (first the columns that tell which, with the keys).
+            read = self.where.meta.root_names() if index == 1 else []
+            narrow = list(dict.fromkeys([*self.keys, *read]))
+        probe, theirs, found = other.probe(rows, narrow)
         if probe.size:
             picked = probe
-            if self.where is not None:  # only left records meeting it make pairs
+            if self.where is not None:
                 ok = self._meets(rows)[probe] if index == 0 else self._meets(theirs)
-                picked, theirs = probe[ok], theirs.filter(pl.Series(ok))
+                picked, theirs = probe[ok], other.take(found[ok])
             if picked.size:
                 mine = rows.select(pl.all().gather(pl.Series(picked)))
                 self._pairs(*((mine, theirs) if index == 0 else (theirs, mine)))

@@ -534,15 +534,27 @@ class KeyedRows:
             b, at = b[alive], at[alive]
         if b.size == 0:
             return _NONE, self._empty(cols), _NONE
+        order, found = self._by_segment(at, cols)
+        if order is not None:
+            b, at = b[order], at[order]
+        return b, found, at
+
+    def _by_segment(
+        self, at: Positions, cols: list[str] | None
+    ) -> tuple[Positions | None, pl.DataFrame]:
+        """The rows at positions ``at`` (some), gathered segment by segment, and the order
+        of ``at`` they come in (None: as given)."""
         segments = self.segments
+        order = None
         if len(segments) > 1:
             bases = np.fromiter((seg.base for seg in segments), np.int64, len(segments))
             which = (np.searchsorted(bases, at, side="right") - 1).astype(np.int16)
-            order = np.argsort(which, kind="stable")  # a radix sort of small integers
-            b, at = b[order], at[order]
+            if not bool((which[1:] >= which[:-1]).all()):
+                order = np.argsort(which, kind="stable")  # a radix sort of small integers
+                at = at[order]
             ends = np.cumsum(np.bincount(which, minlength=len(segments)))
         else:
-            ends = np.array([b.size])
+            ends = np.array([at.size])
         frames: list[pl.DataFrame] = []
         start = 0
         for seg, end in zip(segments, ends.tolist(), strict=True):
@@ -550,7 +562,29 @@ class KeyedRows:
                 frame = seg.frame if cols is None else seg.frame.select(cols)
                 frames.append(_take(frame, at[start:end] - seg.base))
             start = end
-        return b, concat(frames), at
+        return order, concat(frames)
+
+    def take(self, positions: Positions, columns: list[str] | None = None) -> pl.DataFrame:
+        """The buffered rows at ``positions`` (live or removed), in that order.
+
+        ``columns``: only these (all by default). Positions as :meth:`probe` returns them
+        (ordered by segment) are gathered without reordering.
+
+        Examples
+        --------
+        >>> rows = KeyedRows(["k"])
+        >>> rows.append(pl.DataFrame({"k": [1, 2], "v": ["a", "b"]}))
+        >>> rows.take(np.array([1, 0, 1]), ["v"])["v"].to_list()
+        ['b', 'a', 'b']
+        """
+        if positions.size == 0:
+            return self._empty(columns)
+        order, found = self._by_segment(positions, columns)
+        if order is None:
+            return found
+        back = np.empty(order.size, np.int64)
+        back[order] = np.arange(order.size)
+        return _take(found, back)
 
     def _same_keys(
         self, batch: pl.DataFrame, b: Positions, found: pl.DataFrame
