@@ -7,7 +7,12 @@ keeps the rows in segments, each a Polars chunk of consecutive row positions wit
 segment, merged into the previous one while that one is at most twice as large (as the runs of
 an LSM tree), so there are O(log n) segments and a row is copied O(log n) times in its life.
 Probing a batch is a NumPy ``searchsorted`` per segment and a gather of the matched rows from
-its chunk: O(batch x log n) work, whatever the buffer's size.
+its chunk: O(batch x log n) work, whatever the buffer's size. Exact integer codes in a compact
+range (ids: at most four slots per key, plus 65,536) skip the sorting and searching: the store
+indexes them by direct address (:class:`_Direct`: a key's first row at ``code - lo``, its
+further rows chained), so probing a unique side is one gather and appending new keys a few
+scatters. A store whose codes turn sparse, hashed, or hold more than 32 rows of one key moves to
+the sorted segments for good.
 
 Key codes are the key values themselves for one integer key column; for two to four integer key
 columns whose values fit (non-negative, below 2**(63 // columns)), the values packed into one
