@@ -10,6 +10,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+import xxhash
+from tests.recovery._sha256 import as_sha256
 
 from tideflow._errors import ConfigError, StateError
 from tideflow.state import (
@@ -17,6 +19,7 @@ from tideflow.state import (
     VERSION,
     CheckpointStore,
     SnapshotChunk,
+    SnapshotFile,
     load_savepoint,
     write_savepoint,
 )
@@ -104,6 +107,10 @@ def test_unknown_version_and_bad_settings(tmp_path: Path) -> None:
 
 
 # -- incremental snapshots: chunks shared between checkpoints ------------------------------------
+def _xxh3(data: bytes) -> str:
+    return xxhash.xxh3_128(data).hexdigest()
+
+
 def _chunk_names(d: Path) -> list[str]:
     man = json.loads((d / "MANIFEST.json").read_text())
     return [c["name"] for e in man["parts"].values() for c in e.get("chunks", [])]
@@ -147,7 +154,7 @@ def test_a_streamed_chunk_is_written_by_its_writer_once_and_verified(tmp_path: P
     assert _chunk_names(d1) == _chunk_names(d2)
     man = json.loads((d1 / "MANIFEST.json").read_text())
     entry = man["parts"]["worker-0000"]["chunks"][0]
-    assert entry["size"] == len(body) and entry["sha256"] == hashlib.sha256(body).hexdigest()
+    assert entry == {"name": entry["name"], "size": len(body), "xxh3_128": _xxh3(body)}
     assert store.latest().parts[0]["s"]["rows"].read() == body  # type: ignore[union-attr]
     # Read before any checkpoint holds it: the writer fills memory instead, once.
     early = SnapshotChunk.streamed(write)
@@ -265,3 +272,108 @@ def test_a_savepoint_holds_its_own_copies_of_the_chunks(tmp_path: Path) -> None:
     assert (again.shared / _chunk_names(d2)[0]).read_bytes() == b"kept rows"
     assert again.latest().parts[0]["s"]["x"].read() == b"kept rows"  # type: ignore[union-attr]
     assert load_savepoint(sp)[0].parts[0]["s"]["x"].read() == b"kept rows"  # untouched
+
+
+# -- checksums: XXH3 now, SHA-256 in checkpoints written before session 8 -----------------------
+def _mixed(tmp_path: Path, i: int) -> dict[str, dict[str, object]]:
+    """A state with a blob, a file and a chunk of several file buffers."""
+    src = tmp_path / f"db-{i}.sqlite"
+    src.write_bytes(bytes(range(256)) * 40 + bytes([i]))
+    body = bytes(range(251)) * 2000 + bytes([i])
+    chunk = SnapshotChunk.streamed(lambda fh: fh.write(body))
+    return {**_state(i), "disk": {"db": SnapshotFile(src)}, "top": {"rows": chunk}}
+
+
+def _files(d: Path) -> dict[str, Path]:
+    """What the manifest of ``d`` names: ``json``, ``bin``, ``file`` and ``chunk`` of worker 0."""
+    man = json.loads((d / "MANIFEST.json").read_text())
+    part = man["parts"]["worker-0000"]
+    chunk_dir = d / man.get("chunk_dir", "shared")
+    return {
+        "json": d / "worker-0000.json",
+        "bin": d / "worker-0000.bin",
+        "file": d / part["files"][0]["name"],
+        "chunk": chunk_dir / part["chunks"][0]["name"],
+    }
+
+
+def test_every_manifest_entry_carries_the_xxh3_sum_of_its_file(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path / "ck")
+    d = store.write(1, [_mixed(tmp_path, 1), _mixed(tmp_path, 2)])
+    man = json.loads((d / "MANIFEST.json").read_text())
+    entries = [
+        (e, path)
+        for name, part in man["parts"].items()
+        for e, path in [(part["json"], d / f"{name}.json"), (part["bin"], d / f"{name}.bin")]
+        + [(f, d / f["name"]) for f in part["files"]]
+        + [(c, store.shared / c["name"]) for c in part["chunks"]]
+    ]
+    assert len(entries) == 8
+    for e, path in entries:
+        body = path.read_bytes()
+        assert set(e) - {"name"} == {"size", "xxh3_128"}
+        assert (e["size"], e["xxh3_128"]) == (len(body), _xxh3(body))
+    cp = store.latest()
+    assert cp is not None and cp.parts[1]["top"]["rows"].read()[-1] == 2
+
+
+@pytest.mark.parametrize("old_format", [False, True])
+@pytest.mark.parametrize("kind", ["json", "bin", "file", "chunk"])
+def test_one_flipped_byte_fails_the_load(tmp_path: Path, kind: str, old_format: bool) -> None:
+    store = CheckpointStore(tmp_path / "ck")
+    d = store.write(1, [_mixed(tmp_path, 1)])
+    if old_format:
+        as_sha256(d)
+    assert store.load(1).parts[0]["agg"]["n"] == 1
+    path = _files(d)[kind]
+    body = bytearray(path.read_bytes())
+    at = len(body) // 2
+    body[at] ^= 0x01  # same size, one bit
+    path.write_bytes(bytes(body))
+    with pytest.raises(StateError, match="does not match its manifest sum"):
+        store.load(1)
+    body[at] ^= 0x01
+    path.write_bytes(bytes(body))
+    assert store.load(1).parts[0]["agg"]["n"] == 1
+
+
+def test_checkpoints_with_sha256_sums_load_and_their_chunks_keep_them(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path / "ck", keep=10)
+    d1 = store.write(1, [_mixed(tmp_path, 1)])
+    as_sha256(d1)
+    old = json.loads((d1 / "MANIFEST.json").read_text())["parts"]["worker-0000"]
+    cp = store.latest()
+    assert cp is not None and cp.id == 1
+    chunk = cp.parts[0]["top"]["rows"]
+    body = chunk.read()
+    assert chunk.checksum == ("sha256", hashlib.sha256(body).hexdigest())
+    assert cp.parts[0]["disk"]["db"].read_bytes()[-1] == 1
+    # A resumed job refers to the old chunk with its SHA-256 sum; what it writes has XXH3.
+    d2 = store.write(2, [{"top": {"rows": chunk, "new": SnapshotChunk(b"since")}}])
+    part = json.loads((d2 / "MANIFEST.json").read_text())["parts"]["worker-0000"]
+    assert part["chunks"][0] == old["chunks"][0]
+    assert set(part["chunks"][1]) == {"name", "size", "xxh3_128"}
+    assert "xxh3_128" in part["json"] and "sha256" not in part["json"]
+    back = store.load(2).parts[0]["top"]
+    assert (back["rows"].read(), back["new"].read()) == (body, b"since")
+    # A savepoint of each holds its chunks with the sums they were written with.
+    for cid, d in ((1, d1), (2, d2)):
+        sp = write_savepoint(d, tmp_path / f"sp{cid}")
+        assert load_savepoint(sp)[0].parts[0]["top"]["rows"].read() == body
+        man = json.loads((sp / "MANIFEST.json").read_text())
+        assert man["parts"]["worker-0000"]["chunks"][0] == old["chunks"][0]
+    # Damaged after the conversion: skipped like any damaged checkpoint.
+    path = store.shared / old["chunks"][0]["name"]
+    path.write_bytes(b"x" + path.read_bytes()[1:])
+    assert store.latest() is None
+
+
+def test_an_entry_without_a_known_checksum_is_a_state_error(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path)
+    d = store.write(1, [{"s": {"x": SnapshotChunk(b"rows")}}])
+    man = json.loads((d / "MANIFEST.json").read_text())
+    entry = man["parts"]["worker-0000"]["chunks"][0]
+    entry["blake9"] = entry.pop("xxh3_128")
+    (d / "MANIFEST.json").write_text(json.dumps(man))
+    with pytest.raises(StateError, match=r"has no checksum this tideflow verifies.*blake9"):
+        store.load(1)

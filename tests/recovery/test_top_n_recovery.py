@@ -18,6 +18,7 @@ import polars as pl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.recovery._sha256 import as_sha256
 from tests.runtime.test_top_n import _Ctx
 
 import tideflow as tf
@@ -88,6 +89,27 @@ def _source_rows(cp: Checkpoint, workers: int) -> int:
     return sum(int(p["topn_rec.source"][f"w{w}of{workers}"]) for w, p in enumerate(cp.parts))
 
 
+def _aborted(rows: list[dict[str, Any]], at: int, workers: int, ck: Path, **kw: Any) -> Checkpoint:
+    """Run the job into an abort at row ``at`` with checkpoints every millisecond; the latest.
+
+    A checkpoint needs every worker: under load a spawned worker still importing can leave
+    the other to reach the abort before any checkpoint holds a source row. Such a run tests
+    nothing; it is run again from scratch (five times at most).
+    """
+    for _attempt in range(5):
+        shutil.rmtree(ck, ignore_errors=True)
+        crashed = CollectSink()
+        with pytest.raises(tf.JobError, match="ABORT"):
+            _run(_items(rows, at, ABORT), crashed, workers, checkpoint_dir=ck, **kw)
+        assert crashed.frame().height == 0  # final: nothing is emitted before the end
+        cp = CheckpointStore(ck).latest()
+        if cp is not None and _source_rows(cp, workers) > 0:
+            break
+    assert cp is not None and cp.workers == workers
+    assert _source_rows(cp, workers) > 0
+    return cp
+
+
 # TestingSource keeps its positions per worker count: rescaled resumes are tested on the
 # operator (tests/runtime/test_top_n.py) and with a savepoint below.
 @pytest.mark.parametrize("workers", [1, 2])
@@ -103,27 +125,8 @@ def test_top_n_job_resumes_like_an_uninterrupted_run(
     assert sorted(ref_out.frame().rows()) == want
 
     ck = tmp_path / "ck"
-    # A checkpoint needs every worker: under load a spawned worker still importing can leave
-    # the other to reach the abort before any checkpoint holds a source row. Such a run tests
-    # nothing; run it again from scratch.
-    for _attempt in range(5):
-        shutil.rmtree(ck, ignore_errors=True)
-        crashed = CollectSink()
-        with pytest.raises(tf.JobError, match="ABORT"):
-            _run(
-                _items(rows, 1800, ABORT),
-                crashed,
-                before,
-                checkpoint_dir=ck,
-                checkpoint_interval=MS,
-                checkpoint_keep=1000,  # every checkpoint kept: how often chunks were shared
-            )
-        assert crashed.frame().height == 0  # final: nothing is emitted before the end
-        cp = CheckpointStore(ck).latest()
-        if cp is not None and _source_rows(cp, before) > 0:
-            break
-    assert cp is not None and cp.workers == before
-    assert _source_rows(cp, before) > 0
+    # Every checkpoint kept: how often chunks were shared.
+    cp = _aborted(rows, 1800, before, ck, checkpoint_interval=MS, checkpoint_keep=1000)
     snaps = [p["topn_rec.top"] for p in cp.parts]
     assert all(s["version"] == 2 for s in snaps)
     assert any(s["chunks"] for s in snaps)
@@ -152,20 +155,7 @@ def test_top_n_job_resumes_like_an_uninterrupted_run(
 def test_top_n_savepoint_is_whole_without_the_checkpoints(tmp_path: Path) -> None:
     rows = _rows(2000, seed=5)
     ck = tmp_path / "ck"
-    for _attempt in range(5):  # again if no checkpoint held a row before the abort (see above)
-        shutil.rmtree(ck, ignore_errors=True)
-        with pytest.raises(tf.JobError, match="ABORT"):
-            _run(
-                _items(rows, 1200, ABORT),
-                CollectSink(),
-                2,
-                checkpoint_dir=ck,
-                checkpoint_interval=MS,
-            )
-        cp = CheckpointStore(ck).latest()
-        if cp is not None and _source_rows(cp, 2) > 0:
-            break
-    assert cp is not None and _source_rows(cp, 2) > 0
+    cp = _aborted(rows, 1200, 2, ck, checkpoint_interval=MS)
     sp = write_savepoint(cp.path, tmp_path / "sp")
     shutil.rmtree(ck)
     assert (sp / "shared").is_dir() and load_savepoint(sp)[0].id == cp.id
@@ -173,6 +163,34 @@ def test_top_n_savepoint_is_whole_without_the_checkpoints(tmp_path: Path) -> Non
     _run(_items(rows, 1200, PAUSE), out, 2, from_savepoint=sp, checkpoint_dir=ck2)
     assert sorted(out.frame().rows()) == _reference(rows, 3)
     assert {p.name for p in (ck2 / "shared").iterdir()} == {n for c in _chunks(ck2) for n in c}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_top_n_job_resumes_from_checkpoints_with_sha256_sums(
+    workers: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checkpoints written before session 8 (SHA-256 sums, not XXH3) are verified and resumed."""
+    monkeypatch.setattr(TopNOperator, "FOLD_ROWS", 16)
+    rows = _rows(2400, seed=10 + workers)
+    ck = tmp_path / "ck"
+    _aborted(rows, 1500, workers, ck, checkpoint_interval=MS, checkpoint_keep=1000)
+    for d in sorted(ck.glob("chk-*")):
+        as_sha256(d)
+    old = CheckpointStore(ck).latest()
+    assert old is not None and _source_rows(old, workers) > 0
+    old_chunks = {n for c in _chunks(ck) for n in c}
+    assert old_chunks  # the state is in chunks, verified by SHA-256 on load
+    resumed = CollectSink()
+    _run(_items(rows, 1500, PAUSE), resumed, workers, checkpoint_dir=ck, checkpoint_interval=MS)
+    assert sorted(resumed.frame().rows()) == _reference(rows, 3)
+    # The resumed job's checkpoints load: the old chunks they still name keep their SHA-256.
+    new = CheckpointStore(ck).latest()
+    assert new is not None and new.id > old.id
+    for d in sorted(ck.glob("chk-*")):
+        man = json.loads((d / "MANIFEST.json").read_text())
+        for part in man["parts"].values():
+            for c in part.get("chunks", []):
+                assert ("sha256" in c) == (c["name"] in old_chunks), c
 
 
 def _op(emit: str) -> TopNOperator:

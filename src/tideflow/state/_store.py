@@ -6,7 +6,7 @@ Layout of a checkpoint directory (format ``tideflow-checkpoint``, version 1 to 3
       chk-00000007/            a complete checkpoint (id 7)
         worker-0000.json       state of worker 0: step id -> snapshot (JSON)
         worker-0000.bin        binary blobs (Arrow IPC) the JSON refers to
-        MANIFEST.json          written last: format, version, id, workers, sizes, SHA-256 sums
+        MANIFEST.json          written last: format, version, id, workers, sizes, checksums
       shared/                  chunks: immutable files shared by several checkpoints
         <uuid>.chunk           one chunk, written once by the first checkpoint that holds it
       .tmp-chk-00000008-1234/  being written (never read; removed on the next start)
@@ -14,11 +14,21 @@ Layout of a checkpoint directory (format ``tideflow-checkpoint``, version 1 to 3
 Snapshots are JSON objects; a ``bytes`` value (Arrow IPC tables) is stored in the ``.bin`` file
 and replaced by ``{"$blob": [offset, length]}``. A :class:`SnapshotFile` value (a file an
 operator wrote, e.g. the SQLite database of an on-disk state backend) is moved into the
-checkpoint as ``worker-0000.file-<i>`` and replaced by ``{"$file": i}``; its size and SHA-256
-sum go into the manifest, and the manifest's version is then 2. Nothing is pickled. A checkpoint becomes
+checkpoint as ``worker-0000.file-<i>`` and replaced by ``{"$file": i}``; its size and checksum
+go into the manifest, and the manifest's version is then 2. Nothing is pickled. A checkpoint becomes
 visible by renaming its temporary directory, after every file in it is written and synced; a
 directory without a valid manifest, or whose files do not match the manifest's sums, is
 skipped with a warning and the previous checkpoint is used.
+
+Checksums: every file a checkpoint writes has its size and a checksum in the manifest, and
+loading verifies both. The checksum is XXH3 with 128 bits (the ``xxhash`` package), recorded
+as ``"xxh3_128": "<32 hex digits>"`` next to ``"size"``. Its purpose is to detect a torn or
+corrupted file (a crash mid-write, a bad disk, a file cut short or changed by mistake), for
+which a fast non-cryptographic hash is made; it is not a security measure (whoever can write
+the checkpoint directory can change the state and its manifest alike). Checkpoints and
+savepoints written before it carry ``"sha256"`` instead and are verified with SHA-256; each
+entry names its own algorithm, so a manifest may hold both (a resumed job refers to chunks
+of an older checkpoint with their recorded SHA-256 sums).
 
 Incremental snapshots (version 3): a :class:`SnapshotChunk` value is a piece of state that
 never changes once made (an operator's folded table, the rows appended between two
@@ -26,11 +36,11 @@ checkpoints). The first checkpoint whose snapshot holds it writes it to
 ``shared/<uuid>.chunk`` (written under a temporary name, synced, then renamed, so a chunk file
 is only visible once complete); a later checkpoint whose snapshot holds the same object only
 refers to it. In the JSON the value is ``{"$chunk": i}``, the index into the worker's
-``chunks`` list in the manifest (``name``, ``size``, ``sha256`` of each), and the manifest's
+``chunks`` list in the manifest (``name``, ``size`` and checksum of each), and the manifest's
 ``chunk_dir`` says where the chunk files are (``../shared`` for a checkpoint, ``shared`` for
 a savepoint, which holds copies of its chunks). A checkpoint is complete only when its
 manifest is, which is written after every chunk it names; loading verifies every chunk's size
-and sum, so a damaged chunk makes its checkpoints skipped like any damaged file. After each
+and checksum, so a damaged chunk makes its checkpoints skipped like any damaged file. After each
 completed checkpoint, the chunks no retained checkpoint names are deleted. Versions 1 and 2
 (no chunks) still load.
 """
@@ -50,7 +60,9 @@ import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO, Protocol, cast
+
+import xxhash
 
 from tideflow._errors import ConfigError, StateError
 
@@ -82,6 +94,20 @@ SHARED = "shared"
 _CHUNK_NAME = re.compile(r"^[0-9a-f]{32}\.chunk$")
 #: Writes a streamed chunk's bytes to a binary file (:meth:`SnapshotChunk.streamed`).
 ChunkWriter = Callable[[BinaryIO], object]
+
+
+class _Hash(Protocol):
+    def update(self, data: Any, /) -> None: ...
+    def hexdigest(self) -> str: ...
+
+
+#: The checksum written into new manifests (the name of its field in a manifest entry).
+CHECKSUM = "xxh3_128"
+#: Checksums a manifest entry may carry, in the order they are looked for.
+_CHECKSUMS: dict[str, Callable[[], _Hash]] = {
+    CHECKSUM: xxhash.xxh3_128,
+    "sha256": hashlib.sha256,  # checkpoints written before XXH3 (session 8)
+}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -133,7 +159,7 @@ class SnapshotChunk:
     (b'rows', True, 1)
     """
 
-    __slots__ = ("_data", "_writer", "name", "path", "sha256", "size")
+    __slots__ = ("_data", "_writer", "checksum", "name", "path", "size")
 
     def __init__(self, data: bytes | bytearray | memoryview) -> None:
         self._data: bytes | None = bytes(data)
@@ -144,7 +170,8 @@ class SnapshotChunk:
         self.path: Path | None = None
         #: Bytes in the chunk (0 for a streamed chunk until it is written).
         self.size = len(self._data)
-        self.sha256: str | None = None
+        #: Algorithm and hex digest of the file's checksum, once written (or read back).
+        self.checksum: tuple[str, str] | None = None
 
     @classmethod
     def streamed(cls, write: ChunkWriter) -> SnapshotChunk:
@@ -168,9 +195,9 @@ class SnapshotChunk:
         return chunk
 
     @classmethod
-    def _stored(cls, path: Path, data: bytes, sha: str) -> SnapshotChunk:
+    def _stored(cls, path: Path, data: bytes, checksum: tuple[str, str]) -> SnapshotChunk:
         chunk = cls(data)
-        chunk.name, chunk.path, chunk.sha256 = path.name, path, sha
+        chunk.name, chunk.path, chunk.checksum = path.name, path, checksum
         return chunk
 
     def read(self) -> bytes:
@@ -208,7 +235,7 @@ class _HashingFile(io.RawIOBase):
     def __init__(self, out: io.BufferedWriter) -> None:
         super().__init__()
         self._out = out
-        self.hash = hashlib.sha256()
+        self.hash = _CHECKSUMS[CHECKSUM]()
         self.size = 0
 
     def writable(self) -> bool:
@@ -292,19 +319,50 @@ def _listed(kind: str, index: Any, items: list[Any] | None) -> Any:
     return items[index]
 
 
-def _sha(data: bytes | bytearray) -> str:
-    return hashlib.sha256(data).hexdigest()
+def _entry(size: int, checksum: tuple[str, str]) -> dict[str, Any]:
+    """A manifest entry's size and checksum: ``{"size": n, "<algorithm>": "<hex digest>"}``."""
+    algorithm, digest = checksum
+    return {"size": size, algorithm: digest}
 
 
-def _sha_file(path: Path) -> tuple[int, str]:
-    """Size and SHA-256 of a file, read in chunks."""
-    h = hashlib.sha256()
+def _digest(data: bytes | bytearray, algorithm: str = CHECKSUM) -> tuple[str, str]:
+    """The checksum of ``data`` (algorithm, hex digest)."""
+    h = _CHECKSUMS[algorithm]()
+    h.update(data)
+    return algorithm, h.hexdigest()
+
+
+def _digest_file(path: Path, algorithm: str = CHECKSUM) -> tuple[int, tuple[str, str]]:
+    """Size and checksum of a file, read in pieces."""
+    h = _CHECKSUMS[algorithm]()
     size = 0
     with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-            size += len(chunk)
-    return size, h.hexdigest()
+        while piece := fh.read(1 << 20):
+            h.update(piece)
+            size += len(piece)
+    return size, (algorithm, h.hexdigest())
+
+
+def _algorithm(d: Path, name: str, entry: dict[str, Any]) -> str:
+    """The checksum algorithm of a manifest entry; StateError if it names none this reads."""
+    for algorithm in _CHECKSUMS:
+        if isinstance(entry.get(algorithm), str):
+            return algorithm
+    msg = (
+        f"checkpoint {str(d)!r}: the manifest entry of {name} has no checksum this tideflow "
+        f"verifies (fields {sorted(entry)}; it reads {sorted(_CHECKSUMS)}); was it written by "
+        "a newer tideflow?"
+    )
+    raise StateError(msg)
+
+
+def _verify(d: Path, name: str, entry: dict[str, Any], data: bytes) -> tuple[str, str]:
+    """Check ``data`` against its manifest entry (size, checksum); the checksum it has."""
+    checksum = _digest(data, _algorithm(d, name, entry))
+    if len(data) != entry["size"] or checksum[1] != entry[checksum[0]]:
+        msg = f"checkpoint {str(d)!r}: {name} does not match its manifest sum"
+        raise StateError(msg)
+    return checksum
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -367,14 +425,14 @@ class CheckpointStore:
             fh.flush()
             os.fsync(fh.fileno())
 
-    def _stream_file(self, path: Path, write: ChunkWriter) -> tuple[int, str]:
-        """Write a file by ``write(file)``, fsync it; its size and SHA-256 (a fault seam too)."""
+    def _stream_file(self, path: Path, write: ChunkWriter) -> tuple[int, tuple[str, str]]:
+        """Write a file by ``write(file)``, fsync it; its size and checksum (a fault seam too)."""
         with open(path, "wb") as fh:
             hashing = _HashingFile(fh)
             write(cast(BinaryIO, hashing))  # a raw file that only writes
             fh.flush()
             os.fsync(fh.fileno())
-        return hashing.size, hashing.hash.hexdigest()
+        return hashing.size, (CHECKSUM, hashing.hash.hexdigest())
 
     def tmp_path(self, checkpoint_id: int, owner: int | None = None) -> Path:
         """The temporary directory of a checkpoint written by process ``owner`` (default: this)."""
@@ -406,41 +464,43 @@ class CheckpointStore:
             ]
         self._write_file(tmp / f"{name}.json", doc)
         self._write_file(tmp / f"{name}.bin", blobs)  # the buffer itself: no copy
-        entry["json"] = {"size": len(doc), "sha256": _sha(doc)}
-        entry["bin"] = {"size": len(blobs), "sha256": _sha(blobs)}
+        entry["json"] = _entry(len(doc), _digest(doc))
+        entry["bin"] = _entry(len(blobs), _digest(blobs))
         return entry
 
     def _put_chunk(self, chunk: SnapshotChunk) -> dict[str, Any]:
         """Make sure a chunk is in ``shared/`` (write it once); its manifest entry."""
         shared = self.shared
         if chunk.path is not None and chunk.path.parent == shared and chunk.path.exists():
-            return {"name": chunk.name, "size": chunk.size, "sha256": chunk.sha256}
+            assert chunk.checksum is not None  # set with its path
+            return {"name": chunk.name, **_entry(chunk.size, chunk.checksum)}
         shared.mkdir(exist_ok=True)
         name = f"{uuid.uuid4().hex}.chunk"
         tmp = shared / f".tmp-{name}-{os.getpid()}"
         try:
+            checksum: tuple[str, str]
             if chunk._data is not None:
                 self._write_file(tmp, chunk._data)
-                sha = _sha(chunk._data)
+                checksum = _digest(chunk._data)
             elif chunk._writer is not None:  # hashed on its way to the file: no copy in memory
-                chunk.size, sha = self._stream_file(tmp, chunk._writer)
+                chunk.size, checksum = self._stream_file(tmp, chunk._writer)
             else:  # read back from another directory (a savepoint, another store): copy it
-                assert chunk.path is not None
+                assert chunk.path is not None and chunk.checksum is not None
                 try:
                     os.link(chunk.path, tmp)
                 except OSError:
                     shutil.copyfile(chunk.path, tmp)
                     with open(tmp, "rb") as fh:
                         os.fsync(fh.fileno())
-                sha = str(chunk.sha256)
+                checksum = chunk.checksum  # as verified when it was read (its algorithm)
             os.rename(tmp, shared / name)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         _fsync_dir(shared)
-        chunk.name, chunk.path, chunk.sha256 = name, shared / name, sha
+        chunk.name, chunk.path, chunk.checksum = name, shared / name, checksum
         chunk.release()
-        return {"name": name, "size": chunk.size, "sha256": sha}
+        return {"name": name, **_entry(chunk.size, checksum)}
 
     def _take_file(self, src: Path, dst: Path) -> dict[str, Any]:
         """Move a snapshot file into a checkpoint being written; fsync it; its manifest entry."""
@@ -451,8 +511,8 @@ class CheckpointStore:
             src.unlink()
         with open(dst, "rb") as fh:
             os.fsync(fh.fileno())
-        size, sha = _sha_file(dst)
-        return {"name": dst.name, "size": size, "sha256": sha}
+        size, checksum = _digest_file(dst)
+        return {"name": dst.name, **_entry(size, checksum)}
 
     def complete(
         self, tmp: Path, checkpoint_id: int, entries: list[dict[str, Any]], meta: dict[str, Any]
@@ -586,9 +646,7 @@ def load_dir(d: Path) -> Checkpoint:
             except OSError as exc:
                 msg = f"checkpoint {str(d)!r}: cannot read {name}.{kind}: {exc}"
                 raise StateError(msg) from exc
-            if len(data) != entry[kind]["size"] or _sha(data) != entry[kind]["sha256"]:
-                msg = f"checkpoint {str(d)!r}: {name}.{kind} does not match its manifest sum"
-                raise StateError(msg)
+            _verify(d, f"{name}.{kind}", entry[kind], data)
             files[kind] = data
         paths = [_check_file(d, f) for f in entry.get("files", [])]
         chunk_dir = d / str(manifest.get("chunk_dir", SHARED))
@@ -602,12 +660,13 @@ def load_dir(d: Path) -> Checkpoint:
 def _check_file(d: Path, entry: dict[str, Any]) -> Path:
     """Verify a snapshot file of a checkpoint against its manifest entry; its path."""
     path = d / str(entry["name"])
+    algorithm = _algorithm(d, path.name, entry)
     try:
-        size, sha = _sha_file(path)
+        size, (_, digest) = _digest_file(path, algorithm)
     except OSError as exc:
         msg = f"checkpoint {str(d)!r}: cannot read {path.name}: {exc}"
         raise StateError(msg) from exc
-    if size != entry["size"] or sha != entry["sha256"]:
+    if size != entry["size"] or digest != entry[algorithm]:
         msg = f"checkpoint {str(d)!r}: {path.name} does not match its manifest sum"
         raise StateError(msg)
     return path.resolve()
@@ -625,11 +684,7 @@ def _check_chunk(d: Path, chunk_dir: Path, entry: dict[str, Any]) -> SnapshotChu
     except OSError as exc:
         msg = f"checkpoint {str(d)!r}: cannot read its chunk {name}: {exc}"
         raise StateError(msg) from exc
-    sha = _sha(data)
-    if len(data) != entry["size"] or sha != entry["sha256"]:
-        msg = f"checkpoint {str(d)!r}: chunk {name} does not match its manifest sum"
-        raise StateError(msg)
-    return SnapshotChunk._stored(path, data, sha)
+    return SnapshotChunk._stored(path, data, _verify(d, f"chunk {name}", entry, data))
 
 
 def _fsync_dir(path: Path) -> None:
