@@ -688,7 +688,8 @@ class ChunkLog:
     snapshots, and a restore reads at most ``most`` chunks).
 
     Removals go through :meth:`remove`, which compacts the store itself and follows the
-    positions (``mark``: the first row not yet in a chunk).
+    positions (``mark``: the first row not yet in a chunk); it returns which rows were live
+    when it compacted, so an owner with data per position can follow as well.
 
     Examples
     --------
@@ -700,9 +701,10 @@ class ChunkLog:
     >>> rows.append(pl.DataFrame({"k": [3]}))
     >>> len(log.snapshot(rows)), log.rows
     (2, 3)
-    >>> log.remove(rows, np.array([0, 1, 2]))  # every row: the store is rebuilt empty
-    >>> log.snapshot(rows), log.rows
-    ([], 0)
+    >>> log.remove(rows, np.array([0, 2])).tolist()  # past half removed: compacted
+    [False, True, False]
+    >>> len(log.snapshot(rows)), log.rows  # more than twice the live rows: one chunk of them
+    (1, 1)
     """
 
     def __init__(self, *, slack: int = 65_536, most: int = 32) -> None:
@@ -727,12 +729,19 @@ class ChunkLog:
             self.rows = live
         return list(self.chunks)
 
-    def remove(self, store: KeyedRows, positions: Positions) -> None:
-        """Remove rows from ``store``, compacting it (and moving the mark) past half dead."""
+    def remove(self, store: KeyedRows, positions: Positions) -> npt.NDArray[np.bool_] | None:
+        """Remove rows from ``store``, compacting it (and moving the mark) past half dead.
+
+        Returns None, or after a compaction which positions were live before it (the row at
+        live position ``p`` moved to the number of live positions before ``p``).
+        """
         store.remove(positions, compact=False)
-        if store.n_dead * 2 > store.size:
-            self.mark = store.live_before(self.mark)
-            store.compact()
+        if store.n_dead * 2 <= store.size:
+            return None
+        self.mark = store.live_before(self.mark)
+        alive = ~store.dead
+        store.compact()
+        return alive
 
     def restored(self, store: KeyedRows, parts: list[SnapshotChunk | bytes], rows: int) -> None:
         """After ``store`` was restored from ``parts`` (``rows`` rows in all): go on referring

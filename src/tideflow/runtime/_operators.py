@@ -469,7 +469,10 @@ class TopNOperator(Operator):
 
     With ``emit="updates"`` each batch emits the new top rows of every key it holds; with
     ``emit="final"`` batches are merged once they hold :attr:`FOLD_ROWS` rows (nothing is
-    emitted before the end).
+    emitted before the end). With ``emit="final"`` and a rank column, each kept row's rank
+    is remembered by its position in the store (set by the merge that last touched its key,
+    which ranks all of that key's kept rows), so the end emits them without sorting the
+    whole state again.
 
     Snapshots are incremental (:class:`~tideflow.state.SnapshotChunk`): the top rows of
     ``a + b`` are the top rows of ``top(a) + top(b)`` (ties keep their arrival order), so
@@ -497,6 +500,34 @@ class TopNOperator(Operator):
         # everything before the last snapshot; the store's rows at positions >= ``mark``
         # arrived since (a store compaction moves ``mark`` with the rows).
         self.log = ChunkLog(slack=self.FOLD_ROWS)
+        # emit="final" with a rank: the 0-based rank of the kept row at each store position
+        # (the first ``rows.size`` entries of a buffer grown by doubling).
+        self.track_ranks = self.final and self.op.rank is not None
+        self.rank_of: npt.NDArray[Any] = self._no_ranks()
+
+    def _no_ranks(self) -> npt.NDArray[Any]:
+        return np.zeros(0, np.min_scalar_type(max(self.op.n - 1, 0)))
+
+    def _set_ranks(self, positions: Positions, ranks: Positions) -> None:
+        """Remember the ranks of the kept rows at store ``positions`` (see the class notes)."""
+        if not self.track_ranks:
+            return
+        if self.rows.size > self.rank_of.size:
+            grown = np.zeros(max(self.rows.size, 2 * self.rank_of.size), self.rank_of.dtype)
+            grown[: self.rank_of.size] = self.rank_of
+            self.rank_of = grown
+        self.rank_of[positions] = ranks
+
+    def _append(
+        self,
+        rows: pl.DataFrame,
+        ranks: Positions,
+        codes: tuple[Codes, npt.NDArray[np.bool_], CodeKind] | None = None,
+    ) -> None:
+        """Append kept rows (key by key, in rank order) with their ranks."""
+        start = self.rows.size
+        self.rows.append(rows, codes=codes)
+        self._set_ranks(np.arange(start, self.rows.size, dtype=np.int64), ranks)
 
     def _store(self) -> KeyedRows:
         # With emit="final" the probes gather only the key and order columns: only those are
@@ -615,7 +646,7 @@ class TopNOperator(Operator):
         if pos.size == 0:
             top, ranks = self._best(narrow, group)
             rows = batch[top]
-            self.rows.append(rows, codes=_codes_of(codes, top))
+            self._append(rows, ranks, _codes_of(codes, top))
             return self._ranked(rows, ranks) if wide else None
         order = np.argsort(pos)  # arrival order: the earlier of a tie first (distinct)
         pos, found = pos[order], found[order]
@@ -626,19 +657,23 @@ class TopNOperator(Operator):
             both_group = np.concatenate([group[found_rows[order]], group])
         kept, ranks = self._best(both, both_group)
         held = pos.size
+        stays = kept < held
+        self._set_ranks(pos[kept[stays]], ranks[stays])  # before positions may change
         lost = np.ones(held, np.bool_)
-        lost[kept[kept < held]] = False
+        lost[kept[stays]] = False
         self._remove(pos[lost])
         # Key by key in rank order: the appended rows keep ties' arrival order.
-        won = kept[kept >= held] - held
-        self.rows.append(batch[won], codes=_codes_of(codes, won))
+        won = kept[~stays] - held
+        self._append(batch[won], ranks[~stays], _codes_of(codes, won))
         if not wide:
             return None
         rows = pl.concat([found, batch], how="vertical_relaxed")[kept]
         return self._ranked(rows, ranks)
 
     def _remove(self, positions: npt.NDArray[np.int64]) -> None:
-        self.log.remove(self.rows, positions)
+        alive = self.log.remove(self.rows, positions)
+        if alive is not None and self.track_ranks:  # compacted: the ranks move with the rows
+            self.rank_of = self.rank_of[: alive.size][alive]
 
     def _flush(self) -> None:
         if not self.pending:
@@ -677,15 +712,14 @@ class TopNOperator(Operator):
         if self.rows.height == 0:
             return
         # The live rows are the top rows: emitted as they are, a frame per segment of the
-        # store (no copy of the whole state), with their ranks from a sort of the narrow
-        # columns when the step has a rank column.
+        # store (no copy of the whole state), with their remembered ranks when the step has
+        # a rank column.
         ranks = None
-        if self.op.rank is not None:
-            narrow = [part.select(self.narrow) for part in self.rows.live_parts()]
-            both = pl.concat(narrow, how="vertical_relaxed")
-            rows, best = self._best(both, self._group(both))
-            ranks = np.empty(rows.size, np.int64)
-            ranks[rows] = best
+        if self.track_ranks:
+            ranks = self.rank_of[: self.rows.size]
+            if self.rows.n_dead:
+                ranks = ranks[~self.rows.dead]
+            ranks = ranks.astype(np.int64)
         at = 0
         for part in self.rows.live_parts():
             if ranks is not None:
@@ -719,13 +753,14 @@ class TopNOperator(Operator):
             )
             raise StateError(msg)
         parts = [snap["table"]] if version == 1 else list(snap.get("chunks") or [])
-        self.rows = self._store()
+        self.rows, self.rank_of = self._store(), self._no_ranks()
         self.pending, self.pending_rows = [], 0
         frames, kept = read_parts(parts)
         if frames:
             rows = concat(frames)
             narrow = rows.select(self.narrow)
-            self.rows.append(rows[self._best(narrow, self._group(narrow))[0]])
+            top, ranks = self._best(narrow, self._group(narrow))
+            self._append(rows[top], ranks)
         # The checkpoints go on referring to chunks; rows that came as bytes (an older
         # version, another worker count) make the next checkpoint write the whole state.
         self.log.restored(self.rows, kept, sum(f.height for f in frames))
