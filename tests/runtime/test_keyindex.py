@@ -22,7 +22,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tideflow.runtime import _keyindex
-from tideflow.runtime._keyindex import KeyedRows, codes_exact, key_codes, stable_argsort
+from tideflow.runtime._keyindex import (
+    KeyedRows,
+    codes_exact,
+    key_codes,
+    stable_argsort,
+    stable_lexsort,
+)
 
 key_value = st.one_of(st.none(), st.integers(0, 6))
 step = st.one_of(
@@ -252,3 +258,45 @@ def test_direct_and_sorted_probes_return_the_same_pairs_in_the_same_order(
         direct.remove(gone)
         spread.remove(gone)
     assert direct.direct is not None and spread.direct is None
+
+
+#: Column kinds of stable_lexsort's property test: dtype and value scale. Small ranges pack,
+#: 2**40 apart two columns pack and a third does not, 2**61 apart none do; unsigned 64-bit
+#: columns are never packed; "rising" columns are in order along the rows (dropped),
+#: "falling" ones in reverse order (lexsort as it is when the first column is one).
+LEX_KINDS = {
+    "small": (np.int64, 1),
+    "wide": (np.int64, 2**40),
+    "huge": (np.int64, 2**61),
+    "int32": (np.int32, 1000),
+    "uint8": (np.uint8, 1),
+    "uint64": (np.uint64, 2**62),
+}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(0, 40).flatmap(
+        lambda n: st.lists(
+            st.tuples(
+                st.sampled_from([*LEX_KINDS, "rising", "falling"]),
+                st.lists(st.integers(0, 3), min_size=n, max_size=n),
+            ),
+            min_size=1,
+            max_size=4,
+        )
+    )
+)
+def test_stable_lexsort_equals_numpy_s_lexsort(columns: list[tuple[str, list[int]]]) -> None:
+    arrays = []
+    for kind, values in columns:
+        if kind in ("rising", "falling"):  # in order along the rows (a tie breaker), or reversed
+            rising = np.cumsum(np.asarray(values, np.int64)) - 5
+            arrays.append(rising if kind == "rising" else ~rising)
+            continue
+        dtype, scale = LEX_KINDS[kind]
+        signed = np.dtype(dtype).kind == "i"
+        base = np.asarray(values, np.int64) - (1 if signed else 0)
+        arrays.append((base.astype(dtype) * dtype(scale)).astype(dtype))
+    want = np.lexsort(arrays[::-1]).tolist()
+    assert stable_lexsort(arrays).tolist() == want

@@ -32,6 +32,7 @@ from tideflow.runtime._keyindex import (
     Positions,
     codes_exact,
     key_codes,
+    stable_lexsort,
 )
 
 if TYPE_CHECKING:
@@ -552,8 +553,8 @@ class TopNOperator(Operator):
         by, desc = list(self.op.by), list(self.op.descending)
         sort_keys = _sort_keys(narrow, by, desc)
         if self.op.n == 1:
-            if sort_keys is not None:  # NumPy's lexsort is stable; its last key is the primary
-                order = pl.Series(np.lexsort(sort_keys[::-1]).astype(np.int64, copy=False))
+            if sort_keys is not None:
+                order = pl.Series(stable_lexsort(sort_keys))
             else:
                 order = narrow.select(
                     pl.arg_sort_by(by, descending=desc, nulls_last=True, maintain_order=True)
@@ -570,9 +571,7 @@ class TopNOperator(Operator):
             rows = order.filter(first).to_numpy().astype(np.int64, copy=False)
             return rows, np.zeros(rows.size, np.int64)
         if group is not None and sort_keys is not None:
-            primary = _pack_pair(group, sort_keys[0])
-            columns = [group, *sort_keys] if primary is None else [primary, *sort_keys[1:]]
-            at_order = np.lexsort(columns[::-1]).astype(np.int64, copy=False)
+            at_order = stable_lexsort([group, *sort_keys])
             return self._ranks(at_order, _run_starts(group[at_order]))
         order = narrow.select(
             pl.arg_sort_by(
@@ -785,30 +784,6 @@ def _codes_of(
 ) -> tuple[Codes, npt.NDArray[np.bool_], CodeKind]:
     """The :func:`key_codes` of some rows, from those of all rows."""
     return codes[0][rows], codes[1][rows], codes[2]
-
-
-def _pack_pair(first: Codes, second: Any) -> Codes | None:
-    """One integer ordered as the pairs ``(first, second)``, when both ranges fit 63 bits.
-
-    A sort by it and the other keys is one sort pass less, on the column that is not close to
-    sorted (NumPy's lexsort merge-sorts once per key). None when they do not fit.
-
-    Examples
-    --------
-    >>> _pack_pair(np.array([2, 1, 2]), np.array([-5, 9, 3])).argsort().tolist()
-    [1, 0, 2]
-    """
-    if first.size == 0 or second.dtype == np.uint64:
-        return None
-    low, high = int(first.min()), int(first.max())
-    low2, high2 = int(second.min()), int(second.max())
-    bits = (high2 - low2).bit_length()
-    if (high - low).bit_length() + bits > 63:
-        return None
-    # Differences below 2**63 come out right in wrapping int64 arithmetic.
-    packed: Codes = (first - np.int64(low)) << np.int64(bits)
-    packed |= second.astype(np.int64, copy=False) - np.int64(low2)
-    return packed
 
 
 def _sort_keys(frame: pl.DataFrame, columns: list[str], descending: list[bool]) -> list[Any] | None:
