@@ -644,6 +644,8 @@ class TopNOperator(Operator):
             found_rows, found, pos = self.rows.probe(probe, None if wide else self.narrow)
         if pos.size == 0:
             top, ranks = self._best(narrow, group)
+            if not wide:
+                top, ranks = _by_arrival(top, ranks, batch.height)
             rows = batch[top]
             self._append(rows, ranks, _codes_of(codes, top))
             return self._ranked(rows, ranks) if wide else None
@@ -661,9 +663,10 @@ class TopNOperator(Operator):
         lost = np.ones(held, np.bool_)
         lost[kept[stays]] = False
         self._remove(pos[lost])
-        # Key by key in rank order: the appended rows keep ties' arrival order.
-        won = kept[~stays] - held
-        self._append(batch[won], ranks[~stays], _codes_of(codes, won))
+        won, won_ranks = kept[~stays] - held, ranks[~stays]  # key by key in rank order
+        if not wide:
+            won, won_ranks = _by_arrival(won, won_ranks, batch.height)
+        self._append(batch[won], won_ranks, _codes_of(codes, won))
         if not wide:
             return None
         rows = pl.concat([found, batch], how="vertical_relaxed")[kept]
@@ -777,6 +780,24 @@ def _run_starts(values: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
     starts[:1] = True
     np.not_equal(values[1:], values[:-1], out=starts[1:])
     return starts
+
+
+def _by_arrival(rows: Positions, ranks: Positions, size: int) -> tuple[Positions, Positions]:
+    """``rows`` (distinct row numbers below ``size``) ascending, with their ``ranks``.
+
+    Appending the winners of a batch in arrival order keeps ties in arrival order as well
+    as rank order does, and the gather of their rows reads the batch's columns in order:
+    several times cheaper than in rank order on text columns.
+
+    Examples
+    --------
+    >>> [a.tolist() for a in _by_arrival(np.array([4, 0, 2]), np.array([0, 1, 0]), 5)]
+    [[0, 2, 4], [1, 0, 0]]
+    """
+    rank_of = np.full(size, -1, np.int64)
+    rank_of[rows] = ranks
+    ordered = np.flatnonzero(rank_of >= 0)
+    return ordered, rank_of[ordered]
 
 
 def _codes_of(
