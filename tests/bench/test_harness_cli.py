@@ -108,6 +108,7 @@ def test_cli_bench_default_command_writes_json(
     payload = json.loads(target.read_text())
     assert payload["results"][0]["status"] == "ok"
     assert payload["results"][0]["events_per_s"] > 0
+    assert payload["threads"] == 1  # the default: one thread per pool
 
 
 def test_cli_unknown_query_is_a_usage_error(nexmark_dir: Path, tmp_path: Path) -> None:
@@ -190,3 +191,40 @@ def test_per_record_peers_can_read_a_prefix_of_the_events(
     assert by["duckdb"]["checkpoint_interval_s"] is None
     assert payload["peer_input"].endswith("events-1000-seed-0")
     assert "| q2 | tideflow |" in table and "every 5 s" in table
+
+
+@pytest.mark.parametrize("threads", [0, 1, 2])
+def test_measured_processes_get_the_thread_cap(
+    nexmark_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: int
+) -> None:
+    import subprocess
+
+    from tideflow.bench.nexmark import _harness
+
+    for var in ("POLARS_MAX_THREADS", "OMP_NUM_THREADS", "TIDEFLOW_NEXMARK_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    seen: list[dict[str, str]] = []
+    real = subprocess.run
+
+    def spy(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+        env = kw["env"]
+        assert isinstance(env, dict)
+        seen.append(env)
+        return real(cmd, **kw)  # type: ignore[call-overload,no-any-return]
+
+    monkeypatch.setattr(_harness.subprocess, "run", spy)
+    report = _harness.run_once(
+        "duckdb", "q2", nexmark_dir, tmp_path / "q2.parquet", threads=threads
+    )
+    assert report["rows"] == pl.read_parquet(tmp_path / "q2.parquet").height > 0
+    (env,) = seen
+    want = str(threads) if threads else None
+    for var in ("POLARS_MAX_THREADS", "OMP_NUM_THREADS", "TIDEFLOW_NEXMARK_THREADS"):
+        assert env.get(var) == want
+
+
+def test_negative_threads_fail_before_any_run(nexmark_dir: Path) -> None:
+    from tideflow._errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--threads must be >= 0, got -1"):
+        run_bench(nexmark_dir, ["q0"], ["duckdb"], reps=1, threads=-1)

@@ -159,6 +159,14 @@ def _parser() -> argparse.ArgumentParser:
         default=3600.0,
         help="seconds after which one run counts as failed",
     )
+    _add(
+        bench,
+        "--threads",
+        type=int,
+        default=1,
+        help="threads per pool (Polars, Arrow, DuckDB) of each measured process, so that "
+        "'per core' is one core's work; 0: each engine's default (every core)",
+    )
     _add_json(bench)
     _add(
         bench,
@@ -345,6 +353,7 @@ def _bench(args: argparse.Namespace) -> int:
         checkpoint_interval=float(args.checkpoint_interval),
         peer_input=peer_dir,
         timeout=float(args.timeout),
+        threads=int(args.threads),
     )
     payload = {
         "input": str(input_dir),
@@ -352,6 +361,7 @@ def _bench(args: argparse.Namespace) -> int:
         "cores": os.cpu_count(),
         "reps": int(args.reps),
         "checkpoint_interval_s": float(args.checkpoint_interval),
+        "threads": int(args.threads),
         "results": [r.to_json() for r in results],
     }
     if args.json == "-":

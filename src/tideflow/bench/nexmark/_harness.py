@@ -103,6 +103,27 @@ def count_events(input_dir: Path) -> int:
     )
 
 
+def thread_env(threads: int) -> dict[str, str]:
+    """Environment that caps a measured process at ``threads`` threads per pool (0: no cap).
+
+    Polars (``POLARS_MAX_THREADS``), Arrow (``OMP_NUM_THREADS``, its CPU pool) and DuckDB (the
+    worker's ``SET threads``, from ``TIDEFLOW_NEXMARK_THREADS``) read it when they start. With
+    one thread "per core" is one core's work for every engine, as for the per-record peers;
+    a tideflow run with several workers sizes its workers' pools itself.
+
+    Examples
+    --------
+    >>> thread_env(1)["POLARS_MAX_THREADS"]
+    '1'
+    >>> thread_env(0)
+    {}
+    """
+    if threads <= 0:
+        return {}
+    n = str(int(threads))
+    return {"POLARS_MAX_THREADS": n, "OMP_NUM_THREADS": n, "TIDEFLOW_NEXMARK_THREADS": n}
+
+
 def run_once(
     engine: str,
     query: str,
@@ -111,8 +132,13 @@ def run_once(
     *,
     timeout: float = 3600,
     checkpoint_interval: float = 0.0,
+    threads: int = 1,
 ) -> dict[str, Any]:
-    """Run one measured worker process; return its JSON report (or ``unavailable``/``error``)."""
+    """Run one measured worker process; return its JSON report (or ``unavailable``/``error``).
+
+    ``threads`` > 0 caps the process's thread pools (Polars, Arrow, DuckDB; see
+    :func:`thread_env`); 0 leaves each engine its default (every core).
+    """
     cmd = [
         sys.executable,
         "-m",
@@ -131,6 +157,7 @@ def run_once(
     env = dict(os.environ)
     src = str(Path(__file__).resolve().parents[3])
     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.update(thread_env(threads))
     try:
         proc = subprocess.run(
             cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False
@@ -156,6 +183,7 @@ def run_bench(
     checkpoint_interval: float = 0.0,
     peer_input: Path | None = None,
     timeout: float = 3600,
+    threads: int = 1,
 ) -> list[BenchResult]:
     """Run every engine on every query ``reps`` times, alternating; medians; checks.
 
@@ -177,7 +205,13 @@ def run_bench(
         None: they read ``input_dir`` too.
     timeout
         Seconds after which one run counts as failed.
+    threads
+        Threads per pool of each measured process (:func:`thread_env`; 0: the engines'
+        defaults).
     """
+    if threads < 0:
+        msg = f"nexmark bench: --threads must be >= 0, got {threads}"
+        raise ConfigError(msg)
     for q in queries:
         spec(q)
     unknown = [e for e in engines if e not in KNOWN_ENGINES]
@@ -211,6 +245,7 @@ def run_bench(
                         out,
                         timeout=timeout,
                         checkpoint_interval=checkpoint_interval if engine == "tideflow" else 0.0,
+                        threads=threads,
                     )
                     if "unavailable" in report or "error" in report:
                         status = "unavailable" if "unavailable" in report else "failed"

@@ -13,6 +13,7 @@ import argparse
 import functools
 import importlib.util
 import json
+import os
 import resource
 import sys
 import time
@@ -62,7 +63,8 @@ def _duckdb(query: str, input_dir: Path, output: Path) -> int:
     from tideflow.bench.nexmark._reference import connect, spec
 
     q = spec(query)
-    con = connect(input_dir)
+    threads = os.environ.get("TIDEFLOW_NEXMARK_THREADS")
+    con = connect(input_dir, threads=int(threads) if threads else None)
     try:
         target = str(output).replace("'", "''")
         con.execute(f"COPY ({q.sql}) TO '{target}' (FORMAT parquet)")
