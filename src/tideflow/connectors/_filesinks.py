@@ -155,6 +155,9 @@ class SinkJsonl(Sink):
 _DICT_SAMPLE_MIN = 1_024
 #: Rows of the first batch looked at to choose the dictionary-encoded columns.
 _DICT_SAMPLE_MAX = 65_536
+#: Rows of the first batch written to memory, every column plain, to weigh the codec (enough
+#: for stable ratios; the whole 65,536-row sample of a wide result cost 4 % of Nexmark q20).
+_LAYOUT_SAMPLE = 16_384
 
 
 def dictionary_columns(frame: pl.DataFrame) -> list[str] | bool:
@@ -229,9 +232,10 @@ def parquet_layout(table: pa.Table, codec: str = "snappy") -> ParquetLayout:
     ``codec``; a column keeps its dictionary when that makes it at most three quarters of
     the plain size (integers and times often compress as well plain, without hashing every
     value). Then each column keeps ``codec`` where it shrinks the column's pages to at most
-    90 %; the others (free text, random numbers) are written uncompressed, as the codec would
-    spend CPU on them for little. Below 1,024 rows the sample says little: Arrow's default
-    (a dictionary for every column, ``codec`` for all).
+    90 % (a dictionary column as written with its dictionary, the others on their first
+    16,384 rows written plain); the others (free text, random numbers) are written
+    uncompressed, as the codec would spend CPU on them for little. Below 1,024 rows the
+    sample says little: Arrow's default (a dictionary for every column, ``codec`` for all).
 
     Examples
     --------
@@ -256,18 +260,22 @@ def parquet_layout(table: pa.Table, codec: str = "snappy") -> ParquetLayout:
     proposed = dictionary_columns(frame)
     if proposed is True or codec == "none":
         return ParquetLayout(proposed, codec)
-    sample = table.slice(0, _DICT_SAMPLE_MAX)
-    plain = _sample_sizes(sample, False, codec)
+    # Every column plain, on a smaller sample (wide text columns are costly to write).
+    small = table.slice(0, _LAYOUT_SAMPLE)
+    sizes = _sample_sizes(small, False, codec)
     chosen: list[str] = []
     if proposed:
-        coded = _sample_sizes(sample, proposed, codec)
-        chosen = [c for c in proposed if coded[c][0] <= _DICT_MAX_RATIO * plain[c][0]]
-        if chosen != proposed:
-            coded = _sample_sizes(sample, chosen, codec) if chosen else plain
-        plain = coded
+        # The proposed columns with their dictionaries, on the whole sample (a dictionary is
+        # spread over a batch's rows: a smaller sample would undervalue it), against their
+        # plain sizes scaled up (those grow with the rows).
+        part = table.slice(0, _DICT_SAMPLE_MAX).select(proposed)
+        coded = _sample_sizes(part, True, codec)
+        scale = part.num_rows / max(small.num_rows, 1)
+        chosen = [c for c in proposed if coded[c][0] <= _DICT_MAX_RATIO * scale * sizes[c][0]]
+        sizes.update({c: coded[c] for c in chosen})
     compression = {
         path: codec if packed <= _CODEC_MAX_RATIO * max(raw, 1) else "none"
-        for path, (packed, raw) in plain.items()
+        for path, (packed, raw) in sizes.items()
     }
     return ParquetLayout(chosen, compression)
 
