@@ -28,7 +28,7 @@ from datetime import timedelta
 from typing import Any
 
 from tideflow.connectors._committed import SinkJsonlParts
-from tideflow.connectors._filesinks import SinkCsv, SinkJsonl, SinkParquet
+from tideflow.connectors._filesinks import ParquetStatistics, SinkCsv, SinkJsonl, SinkParquet
 from tideflow.connectors._follow import DEFAULT_POLL_INTERVAL, Follow
 from tideflow.connectors._scan import (
     DEFAULT_CHUNK_BYTES,
@@ -402,6 +402,7 @@ def sink_parquet(
     partition_by: str | Sequence[str] | None = None,
     roll_rows: int = 1_000_000,
     roll_interval: timedelta | None = None,
+    statistics: ParquetStatistics = "numeric",
 ) -> SinkParquet:
     """Write a directory of rolling Parquet part files, optionally hive-partitioned.
 
@@ -412,23 +413,38 @@ def sink_parquet(
     ``key=value/`` sub-directories (the key columns are not stored in the files). A part
     file's layout is judged on its first batch: a column that repeats values (at most half
     of the rows distinct) is dictionary-encoded when that makes it at least a quarter smaller
-    than plain, and a column is Snappy-compressed when that saves at least a tenth (see
+    than plain, a column is Snappy-compressed when that saves at least a tenth, and an
+    integer or time column is delta-encoded when that is about as small (see
     ``parquet_layout`` in ``tideflow.connectors._filesinks``).
+
+    ``statistics`` chooses the columns whose chunks carry min/max statistics (which readers
+    use to skip row groups): ``"numeric"`` (the default) every column except text and binary
+    ones, whose min/max cost a comparison of every value and rarely prune a stream's batches;
+    ``"all"`` every column (Arrow's default); ``"none"`` no column. Another value is a
+    ``ConfigError`` when the flow is built.
 
     Examples
     --------
     >>> import tempfile, os
     >>> from pathlib import Path
     >>> import polars as pl
+    >>> import pyarrow.parquet as pq
     >>> from tideflow.connectors._base import SinkContext
     >>> d = tempfile.mkdtemp()
     >>> w = sink_parquet(d, partition_by="k").build(SinkContext("write", 0, 1))
     >>> w.write(pl.DataFrame({"k": ["a", "b"], "v": [1, 2]})); w.close()
     >>> sorted(os.listdir(d))
     ['k=a', 'k=b']
+    >>> d = tempfile.mkdtemp()
+    >>> w = sink_parquet(d, statistics="all").build(SinkContext("write", 0, 1))
+    >>> w.write(pl.DataFrame({"name": ["b", "a"], "v": [1, 2]})); w.close()
+    >>> (part,) = os.listdir(d)
+    >>> stats = pq.ParquetFile(os.path.join(d, part)).metadata.row_group(0).column(0).statistics
+    >>> (stats.min, stats.max)
+    ('a', 'b')
     """
     if isinstance(partition_by, str):
         keys: tuple[str, ...] = (partition_by,)
     else:
         keys = tuple(partition_by or ())
-    return SinkParquet(os.fspath(path), keys, roll_rows, roll_interval)
+    return SinkParquet(os.fspath(path), keys, roll_rows, roll_interval, statistics)
