@@ -8,7 +8,7 @@ import os
 import re
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import IO, Any, Literal, get_args
 
@@ -208,27 +208,14 @@ ParquetStatistics = Literal["all", "numeric", "none"]
 _STATISTICS: tuple[str, ...] = get_args(ParquetStatistics)
 
 
-def _is_delta_type(t: pa.DataType) -> bool:
-    """Arrow types stored as Parquet INT32/INT64, which DELTA_BINARY_PACKED encodes."""
-    return bool(
-        pa.types.is_integer(t)
-        or pa.types.is_timestamp(t)
-        or pa.types.is_date(t)
-        or pa.types.is_time(t)
-        or pa.types.is_duration(t)
-    )
+#: Arrow types stored as Parquet INT32/INT64, which DELTA_BINARY_PACKED encodes.
+_DELTA_TYPES = ("integer", "timestamp", "date", "time", "duration")
+#: Arrow types stored as Parquet byte arrays (text, binary).
+_BYTE_ARRAYS = ("string", "large_string", "string_view", "binary", "large_binary", "binary_view")
 
 
-def _is_byte_array(t: pa.DataType) -> bool:
-    return bool(
-        pa.types.is_string(t)
-        or pa.types.is_large_string(t)
-        or pa.types.is_string_view(t)
-        or pa.types.is_binary(t)
-        or pa.types.is_large_binary(t)
-        or pa.types.is_binary_view(t)
-        or pa.types.is_fixed_size_binary(t)
-    )
+def _is_any(t: pa.DataType, kinds: Sequence[str]) -> bool:
+    return any(getattr(pa.types, f"is_{kind}")(t) for kind in kinds)
 
 
 def statistics_columns(schema: pa.Schema, statistics: ParquetStatistics) -> list[str] | bool:
@@ -252,7 +239,11 @@ def statistics_columns(schema: pa.Schema, statistics: ParquetStatistics) -> list
         return True
     if statistics == "none":
         return False
-    return [f.name for f in schema if not _is_byte_array(f.type) and not pa.types.is_nested(f.type)]
+    return [
+        f.name
+        for f in schema
+        if not _is_any(f.type, _BYTE_ARRAYS) and not pa.types.is_nested(f.type)
+    ]
 
 
 def check_statistics(step_id: str, statistics: object) -> None:
@@ -384,7 +375,7 @@ def parquet_layout(table: pa.Table, codec: str = "snappy") -> ParquetLayout:
         for path, (packed, raw) in sizes.items()
     }
     encoding: dict[str, str] = {}
-    ints = [f.name for f in table.schema if _is_delta_type(f.type)]
+    ints = [f.name for f in table.schema if _is_any(f.type, _DELTA_TYPES)]
     if ints:
         delta = {c: "DELTA_BINARY_PACKED" for c in ints}
         packed = _sample_sizes(small.select(ints), False, "none", delta)
