@@ -101,3 +101,12 @@ def test_window_queries_equal_the_reference_with_workers(
 ) -> None:
     _, reference = _run_and_check(query, spread_dir, tmp_path, monkeypatch, workers)
     assert reference.height > (1 if query == "q7" else 20)  # many windows, not a trivial case
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("query", ["q21", "q22"])
+def test_string_queries_equal_the_reference_in_many_batches(
+    small_groups: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, query: str, workers: int
+) -> None:
+    result, _ = _run_and_check(query, small_groups, tmp_path, monkeypatch, workers)
+    assert result.height > 1_000

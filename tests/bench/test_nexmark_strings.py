@@ -1,0 +1,111 @@
+"""q21 and q22's string work, done once per distinct value, equals the plain expressions."""
+
+from __future__ import annotations
+
+import polars as pl
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
+
+from tideflow.bench.nexmark._tideflow import (
+    _HOT,
+    _channel_ids,
+    _directories,
+    per_distinct,
+)
+
+# Pieces of urls: separators, the parameter at the start, middle or end, repeated, empty
+# values, non-ASCII text.
+PIECES = [
+    "/", "//", "&", "=", "?", "channel_id=", "channel_id=7", "&channel_id=", "xchannel_id=9",
+    "https://www.nexmark.com", "query=1", "a", "bc", "é", "中文", "🙂", "", "item.htm",
+]  # fmt: skip
+CHANNELS = ["Google", "google", "APPLE", "Baidu", "facebook", "FaceBook", "channel-1", "", "İ"]
+
+urls = st.one_of(st.none(), st.lists(st.sampled_from(PIECES), max_size=8).map("".join))
+channels = st.one_of(st.none(), st.sampled_from(CHANNELS), st.text(max_size=6))
+
+
+@st.composite
+def bids(draw: st.DrawFn) -> pl.DataFrame:
+    """Bid rows whose urls and channels repeat (drawn from small pools) or not."""
+    pool_urls = draw(st.lists(urls, min_size=1, max_size=6))
+    pool_channels = draw(st.lists(channels, min_size=1, max_size=4))
+    n = draw(st.integers(0, 40))
+    rows = draw(
+        st.lists(
+            st.tuples(
+                st.one_of(st.sampled_from(pool_urls), urls),
+                st.one_of(st.sampled_from(pool_channels), channels),
+            ),
+            min_size=n,
+            max_size=n,
+        )
+    )
+    return pl.DataFrame(
+        {
+            "auction": range(n),
+            "bidder": [i * 7 for i in range(n)],
+            "price": [i * 100 for i in range(n)],
+            "channel": [c for _, c in rows],
+            "url": [u for u, _ in rows],
+        },
+        schema={
+            "auction": pl.Int64,
+            "bidder": pl.Int64,
+            "price": pl.Int64,
+            "channel": pl.String,
+            "url": pl.String,
+        },
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(bids())
+def test_q22_directories_equal_the_split_of_every_row(frame: pl.DataFrame) -> None:
+    expected = frame.select(
+        "auction",
+        "bidder",
+        "price",
+        "channel",
+        *[
+            pl.col("url").str.split("/").list.get(k, null_on_oob=True).alias(f"dir{k - 2}")
+            for k in (3, 4, 5)
+        ],
+    )
+    assert_frame_equal(_directories(frame), expected)
+
+
+@settings(max_examples=300, deadline=None)
+@given(bids())
+def test_q21_channel_ids_equal_the_regex_on_every_row(frame: pl.DataFrame) -> None:
+    expected = (
+        frame.with_columns(
+            pl.col("channel")
+            .str.to_lowercase()
+            .replace_strict(_HOT, default=pl.col("url").str.extract(r"(&|^)channel_id=([^&]*)", 2))
+            .alias("channel_id")
+        )
+        .filter(pl.col("channel_id").is_not_null())
+        .select("auction", "bidder", "price", "channel", "channel_id")
+    )
+    assert_frame_equal(_channel_ids(frame), expected)
+
+
+@settings(max_examples=200, deadline=None)
+@given(bids())
+def test_per_distinct_equals_the_expressions_on_every_row(frame: pl.DataFrame) -> None:
+    exprs = [
+        pl.col("url").str.len_bytes().alias("bytes"),
+        pl.col("url").fill_null("(none)").alias("filled"),  # not null on null input
+        pl.col("url").is_null().alias("missing"),
+        pl.col("url").str.to_uppercase().alias("upper"),
+    ]
+    assert_frame_equal(per_distinct(frame, "url", *exprs), frame.select(exprs))
+
+
+def test_per_distinct_keeps_empty_strings_apart_from_nulls() -> None:
+    frame = pl.DataFrame({"s": ["", None, "", "x", None]})
+    got = per_distinct(frame, "s", pl.col("s").is_null().alias("null"), pl.col("s"))
+    assert got["null"].to_list() == [False, True, False, False, True]
+    assert got["s"].to_list() == ["", None, "", "x", None]
