@@ -4,13 +4,21 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
 import polars as pl
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
+from tideflow.bench.nexmark import _tideflow
 from tideflow.bench.nexmark._peers import POLARS_QUERIES
-from tideflow.bench.nexmark._tideflow import _channel_ids, _directories, per_distinct
+from tideflow.bench.nexmark._tideflow import (
+    _channel_ids,
+    _directories,
+    distinct_codes,
+    per_distinct,
+)
 
 # Pieces of urls: separators, the parameter at the start, middle or end, repeated, empty
 # values, non-ASCII text.
@@ -86,3 +94,26 @@ def test_per_distinct_keeps_empty_strings_apart_from_nulls() -> None:
     got = per_distinct(frame, "s", pl.col("s").is_null().alias("null"), pl.col("s"))
     assert got["null"].to_list() == [False, True, False, False, True]
     assert got["s"].to_list() == ["", None, "", "x", None]
+
+
+def reference_codes(frame: pl.DataFrame) -> list[int]:
+    """Each row's number among the distinct rows, in order of first appearance (Python)."""
+    seen: dict[tuple[object, ...], int] = {}
+    return [seen.setdefault(row, len(seen)) for row in frame.rows()]
+
+
+@pytest.mark.parametrize("hashes", ["polars", "colliding"])
+@settings(max_examples=150, deadline=None)
+@given(frame=bids())
+def test_distinct_codes_number_the_distinct_rows(frame: pl.DataFrame, hashes: str) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        if hashes == "colliding":  # every pair of rows shares a hash: the exact fallback
+            patch.setattr(_tideflow, "_row_hashes", lambda f: np.zeros(f.height, np.uint64))
+        keys = frame.select("channel", "url")
+        codes, firsts = distinct_codes(keys)
+        expected = reference_codes(keys)
+        assert codes.tolist() == expected
+        assert firsts.tolist() == [expected.index(c) for c in range(len(set(expected)))]
+        # and the queries stay exact on the fallback too
+        assert_frame_equal(_channel_ids(frame), polars_plan("q21", frame))
+        assert_frame_equal(_directories(frame), polars_plan("q22", frame))

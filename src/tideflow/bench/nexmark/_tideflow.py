@@ -10,7 +10,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -31,6 +33,7 @@ __all__ = [
     "NexmarkSource",
     "ParquetResultSink",
     "build_flow",
+    "distinct_codes",
     "per_distinct",
     "row_group_blocks",
     "run_tideflow",
@@ -641,13 +644,55 @@ def _q20(i: _Inputs) -> Any:
     )
 
 
-def per_distinct(frame: pl.DataFrame, column: str, *exprs: pl.Expr) -> pl.DataFrame:
-    """``exprs``, which read only ``column``, evaluated once per distinct value of ``column``
-    (null included) and gathered back to the rows of ``frame``.
+def _row_hashes(frame: pl.DataFrame) -> np.ndarray[Any, np.dtype[np.uint64]]:
+    """A 64-bit hash of each row of ``frame`` (equal rows, equal hashes)."""
+    return frame.hash_rows().to_numpy()
 
-    One hash of the column replaces the string work on every row where values repeat: a
+
+def _first_rows(codes: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """The row where each code first appears, for codes numbered in order of first
+    appearance (0, 1, 2, ... as rows bring new ones)."""
+    first = np.ones(len(codes), dtype=bool)
+    if len(codes):
+        first[1:] = codes[1:] > np.maximum.accumulate(codes)[:-1]
+    return np.flatnonzero(first)
+
+
+def distinct_codes(frame: pl.DataFrame) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """``(codes, firsts)``: each row's number among the distinct rows of ``frame``, in order
+    of first appearance (nulls equal), and the row where each distinct row first appears.
+
+    The rows are numbered by a 64-bit hash of each (one pass over the columns together),
+    then checked: a hash shared by different rows (which no test has seen at random) makes
+    the numbering fall back to Polars' exact ``unique`` and a join.
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> codes, firsts = distinct_codes(pl.DataFrame({"a": ["x", "y", "x", None, None]}))
+    >>> codes.tolist(), firsts.tolist()
+    ([0, 1, 0, 2, 2], [0, 1, 3])
+    """
+    codes = pc.dictionary_encode(pa.array(_row_hashes(frame))).indices.to_numpy()
+    firsts = _first_rows(codes)
+    if frame[firsts][codes].equals(frame):
+        return codes, firsts
+    name = "__code" + "_" * max((len(c) for c in frame.columns), default=0)  # a new name
+    distinct = frame.unique(maintain_order=True).with_row_index(name)
+    coded = frame.join(
+        distinct, on=frame.columns, how="left", nulls_equal=True, maintain_order="left"
+    )
+    codes = coded.get_column(name).to_numpy()
+    return codes, _first_rows(codes)
+
+
+def per_distinct(frame: pl.DataFrame, columns: str | list[str], *exprs: pl.Expr) -> pl.DataFrame:
+    """``exprs``, which read only ``columns``, evaluated once per distinct row of
+    ``columns`` (nulls included) and gathered back to the rows of ``frame``.
+
+    One hash of the columns replaces the string work on every row where values repeat: a
     Nexmark bid batch of 92 k rows holds about 10 k distinct urls and channels. The result
-    is the same as ``frame.select(*exprs)`` for expressions that map each value on its own
+    is the same as ``frame.select(*exprs)`` for expressions that map each row on its own
     (no aggregation, no look at other rows).
 
     Examples
@@ -667,17 +712,10 @@ def per_distinct(frame: pl.DataFrame, column: str, *exprs: pl.Expr) -> pl.DataFr
     │ null │
     └──────┘
     """
-    values = frame.get_column(column).to_arrow(compat_level=pl.CompatLevel.newest())
-    # Nulls get null indices: Arrow's null_encoding="encode" turns a null string view into ""
-    # in the dictionary (pyarrow 26), so null is appended as a value of its own.
-    encoded = pc.dictionary_encode(values)
-    distinct = pl.Series(column, encoded.dictionary)
-    indices = pl.Series(encoded.indices)
-    if values.null_count:
-        indices = indices.fill_null(len(distinct))
-        distinct = distinct.extend(pl.Series([None], dtype=distinct.dtype))
-    out = distinct.to_frame().lazy().select(*exprs).collect()
-    return out[indices]
+    keys = frame.select(columns)
+    codes, firsts = distinct_codes(keys)
+    out = keys[firsts].lazy().select(*exprs).collect()
+    return out[codes]
 
 
 _CHANNEL_ID = r"(&|^)channel_id=([^&]*)"
@@ -695,11 +733,12 @@ _DIRS = [
 
 def _channel_ids(frame: pl.DataFrame) -> pl.DataFrame:
     """q21: the bids with a channel id (a hot channel's number, else the url's
-    ``channel_id`` parameter), looked up once per distinct channel and url of the batch."""
-    found = per_distinct(frame, "channel", _HOT_NAME).hstack(per_distinct(frame, "url", _FROM_URL))
+    ``channel_id`` parameter), looked up once per distinct (channel, url) of the batch (a
+    channel's bids mostly carry one url)."""
+    channel_id = pl.coalesce(_HOT_NAME, _FROM_URL).alias("channel_id")
     return (
         frame.select("auction", "bidder", "price", "channel")
-        .hstack(found.select(pl.coalesce("hot", "from_url").alias("channel_id")))
+        .hstack(per_distinct(frame, ["channel", "url"], channel_id))
         .filter(pl.col("channel_id").is_not_null())
     )
 
