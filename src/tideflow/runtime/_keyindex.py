@@ -596,6 +596,28 @@ class KeyedRows:
         found = concat(frames)
         return np.concatenate(got_rows), found, np.concatenate(got_pos)
 
+    def pairs(self, batch: pl.DataFrame) -> tuple[Positions, Positions]:
+        """The pairs of :meth:`probe` without their rows: ``batch`` rows and the positions
+        of the live buffered rows with equal keys (a direct index gathers nothing).
+
+        Examples
+        --------
+        >>> rows = KeyedRows(["k"])
+        >>> rows.append(pl.DataFrame({"k": [5, 6, 5]}))
+        >>> [p.tolist() for p in rows.pairs(pl.DataFrame({"k": [6, 7, 5]}))]
+        [[0, 2, 2], [1, 0, 2]]
+        """
+        if self.direct is None or batch.height == 0:
+            b, _, at = self.probe(batch, [])
+            return b, at
+        all_codes, valid, _ = key_codes(batch, self.keys, nulls_equal=self.nulls_equal)
+        rows = np.flatnonzero(valid)
+        b, at = self.direct.find(rows, all_codes[rows])
+        if self.n_dead:
+            alive = ~self.dead[at]
+            b, at = b[alive], at[alive]
+        return b, at
+
     def _gathered(
         self, b: Positions, at: Positions, cols: list[str] | None
     ) -> tuple[Positions, pl.DataFrame, Positions]:
