@@ -632,10 +632,8 @@ class TopNOperator(Operator):
         narrow = batch.select(self.narrow)
         codes = key_codes(narrow, self.keys, nulls_equal=True)
         group = codes[0] if codes_exact(codes[0], codes[2], nulls_equal=True) else None
-        if group is not None:  # one row per key: the first of each run of sorted codes
-            by_code = np.argsort(group)
-            one = np.zeros(group.size, np.bool_)
-            one[by_code[_run_starts(group[by_code])]] = True
+        if group is not None:  # one row per key
+            one = _one_per_code(group)
             found_rows, found, pos = self.rows.probe(
                 narrow, None if wide else self.narrow, codes=(group, one)
             )
@@ -766,6 +764,32 @@ class TopNOperator(Operator):
         # The checkpoints go on referring to chunks; rows that came as bytes (an older
         # version, another worker count) make the next checkpoint write the whole state.
         self.log.restored(self.rows, kept, sum(f.height for f in frames))
+
+
+def _one_per_code(codes: Codes) -> npt.NDArray[np.bool_]:
+    """A mask of one entry per distinct value of ``codes``.
+
+    Codes in a range at most a few times their number are told apart by direct address (a
+    slot per value, O(n)); others by a sort.
+
+    Examples
+    --------
+    >>> mask = _one_per_code(np.array([7, 3, 7, 7, 4]))
+    >>> int(mask.sum()), sorted(np.array([7, 3, 7, 7, 4])[mask].tolist())
+    (3, [3, 4, 7])
+    """
+    one = np.zeros(codes.size, np.bool_)
+    if codes.size == 0:
+        return one
+    lo, hi = int(codes.min()), int(codes.max())
+    if hi - lo < 4 * codes.size + 1024:
+        slot = np.full(hi - lo + 1, -1, np.int64)
+        slot[codes - lo] = np.arange(codes.size)  # one of the writes to a slot stays
+        one[slot[slot >= 0]] = True
+        return one
+    by_code = np.argsort(codes)
+    one[by_code[_run_starts(codes[by_code])]] = True
+    return one
 
 
 def _run_starts(values: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
