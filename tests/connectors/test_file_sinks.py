@@ -384,3 +384,30 @@ def test_parquet_statistics_unknown_choice_is_a_config_error(tmp_path: Path) -> 
         sink.validate("w")
     with pytest.raises(ConfigError, match="unknown statistics='min-max'"):
         sink.build(ctx())
+
+
+def test_parquet_writes_categorical_enum_and_nested_text_columns(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    n = 3_000
+    frame = pl.DataFrame(
+        {
+            "cat": pl.Series(["a", "b", None] * (n // 3), dtype=pl.Categorical),
+            "enum": pl.Series(["x", "y", "x"] * (n // 3), dtype=pl.Enum(["x", "y"])),
+            "tags": [["p", "q"], [], None] * (n // 3),
+            "pair": [{"k": i, "s": f"s{i % 7}"} for i in range(n)],
+            "text": [f"t{i}" for i in range(n)],
+        }
+    )
+    w = files.sink_parquet(str(tmp_path / "out")).build(ctx())
+    w.write(frame)
+    w.write(frame.head(10))
+    w.close()
+    part = _one_part(tmp_path / "out")
+    back = pl.read_parquet(part)
+    expected = pl.concat([frame, frame.head(10)])
+    assert back.equals(expected.with_columns(pl.col("enum").cast(back.schema["enum"])))
+    assert back.schema["cat"] == pl.Categorical
+    # "numeric" statistics: none for the text, categorical or nested columns
+    group = pq.ParquetFile(part).metadata.row_group(0)
+    assert not any(group.column(c).is_stats_set for c in range(group.num_columns))

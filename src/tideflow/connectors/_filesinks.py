@@ -28,6 +28,7 @@ __all__ = [
     "dictionary_columns",
     "open_parquet_writer",
     "parquet_layout",
+    "parquet_table",
     "statistics_columns",
 ]
 
@@ -218,13 +219,19 @@ def _is_any(t: pa.DataType, kinds: Sequence[str]) -> bool:
     return any(getattr(pa.types, f"is_{kind}")(t) for kind in kinds)
 
 
+def _is_text(t: pa.DataType) -> bool:
+    """Text or binary, or a dictionary of them (categoricals)."""
+    return _is_any(t.value_type if pa.types.is_dictionary(t) else t, _BYTE_ARRAYS)
+
+
 def statistics_columns(schema: pa.Schema, statistics: ParquetStatistics) -> list[str] | bool:
     """The ``write_statistics`` option of Arrow's Parquet writer for a statistics setting.
 
     ``"all"`` writes min/max statistics for every column, ``"none"`` for none, and
-    ``"numeric"`` for the flat columns that are not text or binary (numbers, booleans, times,
-    decimals): the min/max of byte arrays cost a comparison of every value (about a tenth of
-    the CPU of writing a short text column) and rarely prune anything in a stream's batches.
+    ``"numeric"`` for the flat columns that are not text, categorical or binary (numbers,
+    booleans, times, decimals): the min/max of byte arrays cost a comparison of every value
+    (about a tenth of the CPU of writing a short text column) and rarely prune anything in a
+    stream's batches.
 
     Examples
     --------
@@ -239,11 +246,7 @@ def statistics_columns(schema: pa.Schema, statistics: ParquetStatistics) -> list
         return True
     if statistics == "none":
         return False
-    return [
-        f.name
-        for f in schema
-        if not _is_any(f.type, _BYTE_ARRAYS) and not pa.types.is_nested(f.type)
-    ]
+    return [f.name for f in schema if not _is_text(f.type) and not pa.types.is_nested(f.type)]
 
 
 def check_statistics(step_id: str, statistics: object) -> None:
@@ -392,6 +395,32 @@ def parquet_layout(table: pa.Table, codec: str = "snappy") -> ParquetLayout:
     return ParquetLayout(chosen, compression, encoding)
 
 
+def parquet_table(frame: pl.DataFrame) -> pa.Table:
+    """``frame`` as an Arrow table for Arrow's Parquet writer, without copying its text.
+
+    Flat text stays in Polars' string views; categorical and enum columns become
+    dictionaries of large strings, and nested columns hold large strings (the writer cannot
+    write dictionaries of string views, nor slice views inside lists and structs).
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> c = pl.Series(["x", "y"], dtype=pl.Categorical)
+    >>> frame = pl.DataFrame({"s": ["a", "b"], "c": c, "l": [["p"], ["q", "r"]]})
+    >>> [str(t) for t in parquet_table(frame).schema.types]
+    ['string_view', 'dictionary<values=large_string, indices=uint32, ordered=0>', 'large_list<item: large_string>']
+    """
+    table = frame.to_arrow(compat_level=pl.CompatLevel.newest())
+    kinds = (pl.Categorical, pl.Enum, *_NESTED)
+    coded = [n for n, t in frame.schema.items() if isinstance(t, kinds)]
+    if coded:
+        large = frame.select(coded).to_arrow(compat_level=pl.CompatLevel.oldest())
+        for name in coded:
+            at = table.schema.get_field_index(name)
+            table = table.set_column(at, large.schema.field(name), large.column(name))
+    return table
+
+
 def open_parquet_writer(
     path: str,
     schema: pa.Schema,
@@ -421,7 +450,7 @@ def open_parquet_writer(
     """
     check_statistics("parquet", statistics)
     if "use_dictionary" not in options or "compression" not in options:
-        sample = first.head(_DICT_SAMPLE_MAX).to_arrow(compat_level=pl.CompatLevel.newest())
+        sample = parquet_table(first.head(_DICT_SAMPLE_MAX))
         layout = parquet_layout(sample.cast(schema)).options()
         if "use_dictionary" in options:  # a column cannot have both a dictionary and delta
             layout.pop("column_encoding", None)
@@ -498,7 +527,7 @@ class _ParquetWriter(SinkWriter):
 
     def _append(self, key: str, directory: str, frame: pl.DataFrame) -> None:
         # Arrow's view types as Polars holds them: no copy of the string buffers.
-        table = frame.to_arrow(compat_level=pl.CompatLevel.newest())
+        table = parquet_table(frame)
         part = self._open.get(key)
         if part is not None and not table.schema.equals(part.schema):
             try:

@@ -27,7 +27,7 @@ from tideflow.connectors._base import (
     SourceContext,
     SourceReader,
 )
-from tideflow.connectors._filesinks import open_parquet_writer
+from tideflow.connectors._filesinks import open_parquet_writer, parquet_table
 
 __all__ = [
     "NexmarkSource",
@@ -195,7 +195,7 @@ class _ParquetResultWriter(SinkWriter):
     def write(self, batch: pl.DataFrame) -> None:
         if not batch.height:
             return
-        table = batch.to_arrow(compat_level=pl.CompatLevel.newest())  # no string copy
+        table = parquet_table(batch)  # no string copy
         if self._writer is None:
             self._schema = table.schema
             self._writer = open_parquet_writer(str(self._path), self._schema, batch)
