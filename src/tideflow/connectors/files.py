@@ -418,10 +418,10 @@ def sink_parquet(
     ``parquet_layout`` in ``tideflow.connectors._filesinks``).
 
     ``statistics`` chooses the columns whose chunks carry min/max statistics (which readers
-    use to skip row groups): ``"numeric"`` (the default) every column except text and binary
-    ones, whose min/max cost a comparison of every value and rarely prune a stream's batches;
-    ``"all"`` every column (Arrow's default); ``"none"`` no column. Another value is a
-    ``ConfigError`` when the flow is built.
+    use to skip row groups): ``"numeric"`` (the default) every flat column except text,
+    categorical and binary ones, whose min/max cost a comparison of every value and rarely
+    prune a stream's batches; ``"all"`` every column (Arrow's default); ``"none"`` no
+    column. Another value is a ``ConfigError`` when the flow is built.
 
     Examples
     --------
