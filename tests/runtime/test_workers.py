@@ -2,7 +2,6 @@
 
 import multiprocessing as mp
 import time
-from datetime import timedelta
 
 import polars as pl
 
@@ -153,25 +152,3 @@ def test_observers_see_graph_published_rows_and_result(workers):
     assert rec.events[-1] == ("finish", True, 10)
     assert rec.rows and all(t == "latest" and r.height <= 2 for t, r in rec.rows)
     assert {v for _, r in rec.rows for v in r["x"].to_list()} <= set(range(10))
-
-
-def _arrivals(small_reads: int, max_delay: timedelta) -> list[list[str]]:
-    """The sources of each batch a union's sink got: a source of one-row reads beside one
-    whose every read fills a batch (run batch size 4)."""
-    small = TestingSource([{"src": "small", "i": i} for i in range(small_reads)], batch_size=1)
-    big = TestingSource([{"src": "big", "i": i} for i in range(4 * small_reads)], batch_size=4)
-    flow = tf.Dataflow("level")
-    out = CollectSink()
-    flow.source(small, name="small").union(flow.source(big, name="big")).sink(out)
-    assert tf.run(flow, batch_size=4, max_delay=max_delay).completed
-    return [sorted(set(b["src"].to_list())) for b in out.frames()]
-
-
-def test_a_source_of_small_reads_goes_out_with_the_others_not_after_them():
-    # One read of each per turn: the small source's row leaves with the big one's batch
-    # (before it), instead of waiting to fill a batch of its own while the big one runs ahead.
-    got = _arrivals(6, timedelta(seconds=30))
-    smalls = [i for i, srcs in enumerate(got) if srcs == ["small"]]
-    bigs = [i for i, srcs in enumerate(got) if srcs == ["big"]]
-    assert len(smalls) == 6 and len(bigs) == 6
-    assert all(s + 1 == b for s, b in zip(smalls, bigs, strict=True))

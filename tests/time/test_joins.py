@@ -9,6 +9,7 @@ are plain Python loops over all pairs, sharing no code with the engine.
 from collections import Counter, defaultdict
 from datetime import timedelta
 
+import numpy as np
 import polars as pl
 import pytest
 from hypothesis import example, given, settings
@@ -974,3 +975,67 @@ def test_best_match_join_checks_its_settings_before_the_job_starts():
                 right, lower=timedelta(0), upper="end", emit=emit, best=best, name=f"best_{i}"
             )
     assert not any(n.kind == "join_interval" for n in flow.nodes)  # nothing was added
+
+
+@pytest.mark.parametrize(("workers", "int_keys"), [(1, True), (1, False), (2, True)])
+def test_best_match_join_at_scale_equals_a_columnar_reference(workers, int_keys):
+    # Thousands of open left records, most right records after their left one: the open
+    # store and the match store are rebuilt from their live rows several times on the way.
+    rng = np.random.default_rng(7)
+    n_left, n_right, span = 12_000, 36_000, 400
+    left = pl.DataFrame(
+        {
+            "k": rng.permutation(n_left),
+            "t": np.sort(rng.integers(0, 20_000, n_left)),
+            "v": rng.integers(0, 50, n_left),
+        }
+    )
+    # Each right record names a left record and comes near its time (a few before it).
+    of = rng.integers(0, n_left, n_right)
+    right = pl.DataFrame(
+        {
+            "k": left["k"].to_numpy()[of],
+            "t": left["t"].to_numpy()[of] + rng.integers(-50, 450, n_right),
+            "v": rng.integers(0, 1_000_000, n_right),
+        }
+    ).filter(pl.col("t") >= 0)
+    if not int_keys:
+        left, right = (f.with_columns(pl.format("key{}", "k").alias("k")) for f in (left, right))
+    events = pl.concat(
+        [left.with_columns(side=pl.lit("L")), right.with_columns(side=pl.lit("R"))]
+    ).sort("t", maintain_order=True)
+    items = [events.slice(i, 1_500) for i in range(0, events.height, 1_500)]
+    flow = tf.Dataflow("joins")
+    s = flow.source(TestingSource(items, batch_size=1, schema=events.schema)).event_time(
+        "t", unit="us", delay=timedelta(microseconds=50)
+    )
+    parts = s.split(left=pl.col("side") == "L", right=pl.col("side") == "R")
+    lhs = parts.left.drop("side").with_columns(end=pl.col("t") + pl.duration(microseconds=span))
+    rhs = parts.right.drop("side").with_columns(w=pl.col("v") % 7)
+    j = lhs.key_by("k").join_interval(
+        rhs.key_by("k"),
+        lower=timedelta(0),
+        upper="end",
+        emit="close",
+        left_unique=True,
+        best=tf.BestMatch(["w", "t", "v"], descending=[True, False, False]),
+    )
+    out, late = CollectSink(), CollectSink()
+    j.results.sink(out)
+    j.late.sink(late)
+    tf.run(flow, workers=workers, batch_size=1_500)
+    assert late.frame().height == 0
+    got = out.frame().select("k", pl.col("t").dt.epoch("us"), "v", "v_right").sort("k")
+    want = (
+        left.join(right.rename({"t": "t_right", "v": "v_right"}), on="k")
+        .filter((pl.col("t_right") >= pl.col("t")) & (pl.col("t_right") <= pl.col("t") + span))
+        .sort(
+            ["k", pl.col("v_right") % 7, "t_right", "v_right"],
+            descending=[False, True, False, False],
+        )
+        .unique("k", keep="first")
+        .select("k", "t", "v", "v_right")
+        .sort("k")
+    )
+    assert want.height > 5_000
+    assert got.to_dicts() == want.to_dicts()

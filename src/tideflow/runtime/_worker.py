@@ -810,9 +810,7 @@ class Worker:
             finally:
                 self.origin = None
 
-    def _poll(self, src: _SourceRunner, now: float) -> tuple[bool, bool]:
-        """Read once from one source: whether anything came, and whether its batch is due
-        (full, its delay up, the source has nothing more now or has ended)."""
+    def _poll(self, src: _SourceRunner, now: float) -> bool:
         try:
             got = src.reader.poll()
         except TideflowError:
@@ -833,35 +831,18 @@ class Worker:
                 src.buffer.append(got.data)
                 src.buffered += got.data.height
                 progressed = True
-        due = bool(src.buffer) and (
+        finished = src.reader.finished
+        if src.buffer and (
             got is None
-            or src.reader.finished
+            or finished
             or src.buffered >= src.batch_size
             or now - src.since >= src.max_delay
-        )
-        return progressed, due
-
-    def _poll_sources(self, now: float) -> bool:
-        """Read once from every source; once one's batch is due, push every source's batch.
-
-        The sources go out together: a source of small reads (a file of rare events) is not
-        held back to fill its batch while another one's batches pass it, which would make a
-        join buffer most of the other side's rows, waiting for the records they match.
-        """
-        progressed = due = False
-        for src in self.sources:
-            if not src.ended:
-                got, ready = self._poll(src, now)
-                progressed |= got
-                due |= ready
-        if due:
-            for src in self.sources:
-                self._push_source(src)
-        for src in self.sources:
-            if not src.ended and src.reader.finished and not src.buffer:
-                src.ended = True
-                self.end_node(src.node.index)
-                progressed = True
+        ):
+            self._push_source(src)
+        if finished and not src.ended:
+            src.ended = True
+            self.end_node(src.node.index)
+            progressed = True
         return progressed
 
     def run(self) -> bool:
@@ -912,8 +893,10 @@ class Worker:
                 blocked = False
                 if self.aligning is None:
                     blocked = self.transport.backlogged()
-                    if not blocked and self._poll_sources(now):
-                        progressed = True
+                    if not blocked:
+                        for src in self.sources:
+                            if not src.ended and self._poll(src, now):
+                                progressed = True
                 self._count_blocked(now, blocked)
                 if self.tickers and self.aligning is None and now - last_tick >= 0.02:
                     for op in self.tickers:
