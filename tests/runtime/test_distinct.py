@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import tideflow as tf
 from tideflow._errors import StateError
 from tideflow.api._aggs import parse_aggs
-from tideflow.runtime import _keyed
+from tideflow.runtime import _distinct, _keyed
 from tideflow.runtime._distinct import DistinctPairs
 from tideflow.runtime._keyed import AggState
 from tideflow.state import CheckpointStore, SnapshotChunk
@@ -67,6 +67,42 @@ def test_distinct_pairs_report_exactly_the_new_pairs(
                 seen.add(pair)
                 want.append(pair[0])
         assert sorted(fresh.tolist()) == sorted(want)
+    _check_frames(state, seen)
+
+
+@settings(max_examples=200, deadline=None)
+@given(case=pair_batches(), bound=st.integers(0, 60), restore_at=st.integers(0, 12))
+def test_deferred_pairs_report_each_new_pair_once(
+    case: tuple[str, list[list[tuple[int, Any]]]], bound: int, restore_at: int
+) -> None:
+    """Deferred: the key ids returned by ``add`` and ``settle`` count every pair once.
+
+    ``bound`` (the pending codes' limit) makes some batches settle all pending codes inside
+    ``add``; the encoding may widen or switch to the dictionary while codes are pending. At
+    ``restore_at`` the settled state is written as a frame and loaded into a new set.
+    """
+    kind, batches = case
+    state, seen = DistinctPairs(deferred=True), set()
+    counted: list[int] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_distinct, "PENDING_MIN", bound)
+        for n, batch in enumerate(batches):
+            if n == restore_at:
+                counted += state.settle().tolist()
+                again = DistinctPairs(deferred=True)
+                again.load(state.frame())
+                state = again
+            ids = np.array([k for k, _ in batch], dtype=np.int64)
+            values = pl.Series("v", [v for _, v in batch], dtype=DTYPES[kind])
+            counted += state.add(ids, values).tolist()
+            seen.update(batch)
+        counted += state.settle().tolist()
+    assert sorted(counted) == sorted(k for k, _ in seen)
+    assert not state.pending and not len(state.settle())
+    _check_frames(state, seen)
+
+
+def _check_frames(state: DistinctPairs, seen: set[tuple[int, Any]]) -> None:
     frame = state.frame()
     assert sorted(frame.iter_rows(), key=repr) == sorted(seen, key=repr)
     again = DistinctPairs()
@@ -130,18 +166,34 @@ def _chunks(rows: list[dict[str, Any]], size: int) -> list[pl.DataFrame]:
     workers=st.integers(1, 3),
     cut=st.integers(0, 150),
     group=st.integers(0, 4),
+    deferred=st.sampled_from([None, 0, 5, 40]),
 )
 def test_n_unique_state_equals_reference_over_workers_and_restores(
-    rows: list[dict[str, Any]], size: int, workers: int, cut: int, group: int
+    rows: list[dict[str, Any]],
+    size: int,
+    workers: int,
+    cut: int,
+    group: int,
+    deferred: int | None,
 ) -> None:
     """Batches hash-partitioned over workers, a snapshot midway restored: same counts.
 
     With ``group`` 0 each worker folds in raw rows; otherwise each batch is first reduced to
     one row per key (its distinct values as lists: the combiner before the exchange) and the
-    partials of ``group`` batches are handed over together (so keys repeat).
+    partials of ``group`` batches are handed over together (so keys repeat). ``deferred``
+    (not None) is the pending bound of deferred pair sets (an aggregation emitting at the end).
     """
+    with pytest.MonkeyPatch.context() as mp:
+        if deferred is not None:
+            mp.setattr(_distinct, "PENDING_MIN", deferred)
+        _fold_over_workers(rows, size, workers, cut, group, deferred=deferred is not None)
+
+
+def _fold_over_workers(
+    rows: list[dict[str, Any]], size: int, workers: int, cut: int, group: int, *, deferred: bool
+) -> None:
     specs = tuple(parse_aggs(AGGS, "t"))
-    states = [AggState(("k", "j"), specs) for _ in range(workers)]
+    states = [AggState(("k", "j"), specs, deferred=deferred) for _ in range(workers)]
     assert states[0].combinable
     batches = _chunks(rows, size)
     if group:
@@ -152,7 +204,7 @@ def test_n_unique_state_equals_reference_over_workers_and_restores(
     for n, batch in enumerate(batches):
         if n * size * max(group, 1) >= cut and not restored:
             for w in range(workers):  # snapshot and restore every worker's state midway
-                fresh = AggState(("k", "j"), specs)
+                fresh = AggState(("k", "j"), specs, deferred=deferred)
                 fresh.restore(states[w].snapshot())
                 states[w] = fresh
             restored = True
@@ -355,9 +407,10 @@ def _named_chunks(store: CheckpointStore) -> set[str]:
     size=st.integers(1, 40),
     marks=st.sets(st.integers(0, 15), max_size=6),
     keep=st.integers(1, 3),
+    deferred=st.booleans(),
 )
 def test_snapshots_write_each_pair_once_and_restore_through_a_store(
-    rows: list[dict[str, Any]], size: int, marks: set[int], keep: int
+    rows: list[dict[str, Any]], size: int, marks: set[int], keep: int, deferred: bool
 ) -> None:
     """Each snapshot adds chunks of the new pairs and changed keys; resumes refer to the old ones.
 
@@ -366,10 +419,19 @@ def test_snapshots_write_each_pair_once_and_restore_through_a_store(
     every pair seen so far exactly once, the table's newest chunk holds the keys changed since
     the previous snapshot, a checkpoint writes at most one new chunk file per aggregate and one
     for the table, the store keeps exactly the chunk files its checkpoints name, and the final
-    counts equal the brute-force reference.
+    counts equal the brute-force reference. A ``deferred`` state (emitting at the end) has
+    pairs pending at the marks.
     """
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_distinct, "PENDING_MIN", 30)
+        _snapshot_through_store(rows, size, marks, keep, deferred=deferred)
+
+
+def _snapshot_through_store(
+    rows: list[dict[str, Any]], size: int, marks: set[int], keep: int, *, deferred: bool
+) -> None:
     specs = tuple(parse_aggs(AGGS, "t"))
-    state = AggState(("k", "j"), specs)
+    state = AggState(("k", "j"), specs, deferred=deferred)
     start = 0  # the first row after the previous snapshot
     with tempfile.TemporaryDirectory() as d:
         store = CheckpointStore(d, keep=keep)
@@ -398,7 +460,7 @@ def test_snapshots_write_each_pair_once_and_restore_through_a_store(
             assert {f.name for f in store.shared.iterdir()} == _named_chunks(store)
             cp = store.latest()
             assert cp is not None
-            state = AggState(("k", "j"), specs)
+            state = AggState(("k", "j"), specs, deferred=deferred)
             state.restore(cp.parts[0]["t.stats"])
     got = state.all_values()
     assert (as_dict(got) if got.height else {}) == reference(rows)

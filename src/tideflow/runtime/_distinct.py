@@ -24,6 +24,12 @@ __all__ = ["DistinctPairs"]
 
 _MAX_BITS = 62  # key bits + slot bits; codes stay positive int64
 
+#: A deferred pair set deduplicates its pending codes once they number at least this many and
+#: at least as many as the pairs it holds (so each code is sorted and looked up about once).
+PENDING_MIN = 1 << 20
+
+_NONE = np.zeros(0, dtype=np.int64)
+
 
 def _physical(values: pl.Series) -> np.ndarray | None:
     """``int64`` codes of ``values`` (nulls as 0; see :func:`_nulls`), or None for other types."""
@@ -69,6 +75,14 @@ class DistinctPairs:
     well, so a checkpoint can write only what is new (see
     :meth:`~tideflow.runtime._keyed.AggState.snapshot`).
 
+    With ``deferred=True`` (an aggregation that emits only at the end), :meth:`add` only
+    appends a batch's codes to a pending list; they are deduplicated together, against the
+    runs and among themselves, by :meth:`settle`, which :meth:`add` calls itself once the
+    pending codes number at least :data:`PENDING_MIN` and at least the pairs held (memory
+    stays within about twice the state). One sort of many batches' codes costs far less than
+    a binary search of every batch in the runs. :meth:`add` then returns the key ids of the
+    new pairs of every batch settled, and :meth:`settle` those of the rest.
+
     Examples
     --------
     >>> import numpy as np
@@ -80,9 +94,16 @@ class DistinctPairs:
     [1]
     >>> d.frame().sort("__id", "value").rows()
     [(0, None), (0, 5), (1, 5), (1, 7)]
+    >>> lazy = DistinctPairs(deferred=True)
+    >>> lazy.add(np.array([0, 0, 1]), pl.Series([5, 5, 5])).tolist()
+    []
+    >>> lazy.add(np.array([1, 1]), pl.Series([5, 6])).tolist()
+    []
+    >>> sorted(lazy.settle().tolist())
+    [0, 1, 1]
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, deferred: bool = False) -> None:
         #: Sorted, distinct, disjoint int64 code arrays; each at least twice the next.
         self.runs: list[np.ndarray] = []
         self.bits = 1  # slot bits
@@ -93,6 +114,11 @@ class DistinctPairs:
         self.dictionary: Any = None
         #: Codes added since the last :meth:`take_new` (None: not tracked).
         self.new: list[np.ndarray] | None = None
+        self.deferred = deferred
+        #: Codes added but not deduplicated yet (``deferred``; see :meth:`settle`).
+        self.pending: list[np.ndarray] = []
+        self._pending_count = 0
+        self._top_key = 0  # at least the largest key id of any code
 
     def __len__(self) -> int:
         return sum(len(r) for r in self.runs)
@@ -112,24 +138,20 @@ class DistinctPairs:
 
     # -- codes ----------------------------------------------------------------------------
     def _arrays(self) -> list[np.ndarray]:
-        """Every code array: the runs, then the new codes kept aside."""
-        return [*self.runs, *(self.new or [])]
+        """Every code array: the runs, the new codes kept aside, then the pending codes."""
+        return [*self.runs, *(self.new or []), *self.pending]
 
     def _remap(self, fn: Any, *, sort: bool) -> None:
-        """Replace every code array ``a`` by ``fn(a)`` (sorted again when ``sort``)."""
-        n_runs = len(self.runs)
-        out = [fn(a) for a in self._arrays()]
+        """Replace every code array ``a`` by ``fn(a)`` (the runs sorted again when ``sort``)."""
+        n_runs, n_new = len(self.runs), len(self.new or [])
+        out = [fn(a) for a in self._arrays()]  # in the order of _arrays (see _recode)
         if sort:
             out[:n_runs] = [np.sort(a) for a in out[:n_runs]]
         self.runs = [a for a in out[:n_runs] if len(a)]
         if self.new is not None:
-            self.new = out[n_runs:]
-
-    def _key_bits(self, ids: np.ndarray) -> int:
-        top = int(ids.max()) if len(ids) else 0
-        for run in self.runs:
-            top = max(top, int(run[-1] >> self.bits))
-        return top.bit_length()
+            self.new = out[n_runs : n_runs + n_new]
+        self.pending = out[n_runs + n_new :]
+        self._pending_count = sum(len(a) for a in self.pending)
 
     def _slots(
         self, values: pl.Series, raw: np.ndarray | None, nulls: np.ndarray, key_bits: int
@@ -201,22 +223,44 @@ class DistinctPairs:
         self._remap(lambda codes: ((codes >> old_bits) << self.bits) | next(it), sort=True)
 
     # -- the state ------------------------------------------------------------------------
-    def add(self, ids: np.ndarray, values: pl.Series) -> np.ndarray:
+    def add(self, ids: np.ndarray, values: pl.Series, *, defer: bool | None = None) -> np.ndarray:
         """Fold in the pairs ``(ids[i], values[i])``; return the key ids of the new ones.
 
         A key id appears once per new distinct value of that key (count them with
-        ``np.bincount``).
+        ``np.bincount``). A deferred set (or ``defer=True``) returns the new pairs of the
+        pending codes it settled, if it settled them (see :meth:`settle`); ``defer=False``
+        inserts at once.
         """
         if len(values) == 0:
-            return np.zeros(0, dtype=np.int64)
+            return _NONE
+        codes = self._codes(np.asarray(ids, dtype=np.int64), values)
+        if not (self.deferred if defer is None else defer):
+            return self._insert(_sorted_unique(codes)) >> self.bits
+        self.pending.append(codes)
+        self._pending_count += len(codes)
+        if self._pending_count >= max(PENDING_MIN, len(self)):
+            return self.settle()
+        return _NONE
+
+    def settle(self) -> np.ndarray:
+        """Deduplicate the pending codes into the runs; return the key ids of the new pairs."""
+        if not self.pending:
+            return _NONE
+        pending = self.pending
+        codes = pending[0] if len(pending) == 1 else np.concatenate(pending)
+        self.pending, self._pending_count = [], 0
+        return self._insert(_sorted_unique(codes)) >> self.bits
+
+    def _codes(self, ids: np.ndarray, values: pl.Series) -> np.ndarray:
+        """The pair codes of ``(ids[i], values[i])`` (the encoding widened or switched first)."""
         if self.dtype is None or self.dtype == pl.Null:
             self.dtype = values.dtype
-        ids = np.asarray(ids, dtype=np.int64)
         if values.null_count():
             nulls = values.is_null().to_numpy()
         else:
             nulls = np.zeros(len(values), dtype=np.bool_)
-        key_bits = self._key_bits(ids)
+        self._top_key = max(self._top_key, int(ids.max()))
+        key_bits = self._top_key.bit_length()
         slots = self._slots(values, _physical(values), nulls, key_bits)
         top = int(slots.max())
         if top >= (1 << self.bits):  # the dictionary grew
@@ -229,8 +273,8 @@ class DistinctPairs:
                 "the 62-bit pair codes of its state; count distinct values of fewer keys"
             )
             raise StateError(msg)
-        fresh = self._insert(_sorted_unique((ids << self.bits) | slots))
-        return fresh >> self.bits
+        codes: np.ndarray = (ids << self.bits) | slots
+        return codes
 
     def _insert(self, batch: np.ndarray) -> np.ndarray:
         """Add the sorted distinct codes ``batch``; return those that were not there."""
@@ -289,7 +333,7 @@ class DistinctPairs:
     def load(self, frame: pl.DataFrame) -> None:
         """Add the pairs of a :meth:`frame` (``__id``, ``value``)."""
         if frame.height:
-            self.add(frame.get_column("__id").to_numpy(), frame.get_column("value"))
+            self.add(frame.get_column("__id").to_numpy(), frame.get_column("value"), defer=False)
         elif self.dtype is None and "value" in frame.columns:
             self.dtype = frame.schema["value"]
 
@@ -306,6 +350,7 @@ class DistinctPairs:
             return out
 
         self._remap(renumber, sort=False)  # new ids keep the old ids' order
+        self._top_key = max(len(kept) - 1, 0)
 
 
 def _sorted_unique(codes: np.ndarray) -> np.ndarray:

@@ -144,11 +144,20 @@ def _grow(arr: np.ndarray, n: int, fill: Any) -> np.ndarray:
 
 
 class AggState:
-    """Incremental state of ``key_by(...).agg(...)``: partial aggregates merged per batch."""
+    """Incremental state of ``key_by(...).agg(...)``: partial aggregates merged per batch.
 
-    def __init__(self, keys: tuple[str, ...], specs: tuple[AggSpec, ...]) -> None:
+    With ``deferred=True`` (an aggregation that emits only at the end) the ``n_unique`` pair
+    sets deduplicate many batches together (:class:`DistinctPairs` ``deferred``); their counts
+    are brought up to date before anything reads them (:meth:`values`, :meth:`all_values`,
+    :meth:`snapshot`, :meth:`compact`).
+    """
+
+    def __init__(
+        self, keys: tuple[str, ...], specs: tuple[AggSpec, ...], *, deferred: bool = False
+    ) -> None:
         self.keys = keys
         self.specs = specs
+        self.deferred = deferred
         self.index = KeyIndex(keys)
         self._arrays: dict[str, np.ndarray] = {}
         self._dtypes: dict[str, pl.DataType] = {}
@@ -324,7 +333,7 @@ class AggState:
         """Fold in the distinct values of ``lists`` (a list per key, the key's id in ``ids``)."""
         distinct = self._distinct.get(s.name)
         if distinct is None:
-            distinct = self._distinct[s.name] = DistinctPairs()
+            distinct = self._distinct[s.name] = DistinctPairs(deferred=self.deferred)
         lens = lists.list.len().to_numpy()
         some = lens > 0
         if not some.all():  # an empty list explodes to one null: leave it out
@@ -335,9 +344,18 @@ class AggState:
         if len(fresh):
             arr += np.bincount(fresh, minlength=len(arr))
 
+    def _settle(self) -> None:
+        """Count the pending pairs of every deferred ``n_unique`` (see :class:`DistinctPairs`)."""
+        for name, distinct in self._distinct.items():
+            fresh = distinct.settle()
+            if len(fresh):
+                arr = self._arrays[f"__{name}"]
+                arr += np.bincount(fresh, minlength=len(arr))
+
     # -- output ---------------------------------------------------------------------------
     def values(self, keys: pl.DataFrame, ids: np.ndarray) -> pl.DataFrame:
         """Current aggregates of the keys at ``ids`` (keys given in the same order)."""
+        self._settle()
         cols: list[pl.Series] = []
         for s in self.specs:
             p = f"__{s.name}"
@@ -374,6 +392,7 @@ class AggState:
         snapshot adds one of the pairs that are new since the previous one. So a checkpoint
         writes what changed, not the whole state.
         """
+        self._settle()
         n = len(self.index)
         if self._rows is None or len(self._rows) >= _MAX_CHUNKS or self._row_count > 2 * n + 1024:
             self._rows, self._row_count = [], 0
@@ -431,6 +450,7 @@ class AggState:
 
     def _pair_frame(self, distinct: DistinctPairs) -> pl.DataFrame:
         """The distinct pairs of one ``n_unique``: key columns and ``__value``."""
+        self._settle()
         pairs = distinct.frame()
         return self._with_keys(pairs.rename({"value": _VALUE}))
 
@@ -486,7 +506,7 @@ class AggState:
         """Distinct state from the chunks (or IPC bytes) of a version-3 snapshot."""
         frames, _ = read_parts(parts)
         frame = pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
-        distinct = DistinctPairs()
+        distinct = DistinctPairs(deferred=self.deferred)
         if frame.height:
             ids = frame.get_column("__id").to_numpy()
             if frame.get_column("__id").null_count() or not (
@@ -505,7 +525,7 @@ class AggState:
 
     def _load_pairs(self, frame: pl.DataFrame) -> DistinctPairs:
         """Distinct state from a frame of key columns and ``__value`` (keys known already)."""
-        distinct = DistinctPairs()
+        distinct = DistinctPairs(deferred=self.deferred)
         if not frame.height:
             if _VALUE in frame.columns:
                 distinct.dtype = frame.schema[_VALUE]
@@ -519,7 +539,7 @@ class AggState:
                 "not have; the checkpoint is damaged, start without it"
             )
             raise StateError(msg)
-        distinct.add(got.get_column(_ID).to_numpy(), got.get_column(_VALUE))
+        distinct.add(got.get_column(_ID).to_numpy(), got.get_column(_VALUE), defer=False)
         return distinct
 
     # -- moving rows in and out (the on-disk backend's hot set) ---------------------------
@@ -568,6 +588,7 @@ class AggState:
         n = len(self.index)
         if n == 0 or bool(keep[:n].all()):
             return np.arange(n, dtype=np.int64)
+        self._settle()
         kept = self.index.compact(keep)
         self._arrays = {name: arr[kept].copy() for name, arr in self._arrays.items()}
         self._topk = {name: [store[i] for i in kept.tolist()] for name, store in self._topk.items()}

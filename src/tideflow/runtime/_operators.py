@@ -299,8 +299,9 @@ class AggOperator(Operator):
     def __init__(self, node: Node, ctx: OpContext, emit: str) -> None:
         super().__init__(node, ctx)
         op: AggOp = node.spec
-        self.state = AggState(op.keys, op.aggs)
         self.updates = emit == "updates"
+        # Emitted only at the end: n_unique's pairs are deduplicated many batches at a time.
+        self.state = AggState(op.keys, op.aggs, deferred=not self.updates)
         self.combined = op.combined
 
     def on_batch(self, index: int, batch: pl.DataFrame) -> None:
