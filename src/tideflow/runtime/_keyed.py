@@ -25,12 +25,40 @@ __all__ = ["AggState", "KeyIndex", "table_of_rows"]
 
 
 class KeyIndex:
-    """Maps key values (one or more columns) to dense integer ids 0, 1, 2, ..."""
+    """Maps key values (one or more columns) to dense integer ids 0, 1, 2, ...
+
+    The ids are kept in a dict by key value (Python values, one entry per key), fronted by a
+    vectorized cache: 64-bit hashes of the key rows (Polars ``hash_rows``) in sorted NumPy
+    runs with the id of the key each stands for. A batch's rows are hashed and searched in
+    the runs, and a hit is confirmed by comparing the row with the stored key row of that id
+    (a gather and a column-wise ``eq_missing``), so keys seen before cost no Python work. Rows
+    that miss, or hit a key with the same hash and other values, take the dict (new keys
+    once). The cache holds the hashes of one key schema (the first); batches of another
+    schema use the dict alone.
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> index = KeyIndex(("k",))
+    >>> ids, new = index.lookup(pl.DataFrame({"k": ["a", "b", "a"]}))
+    >>> ids.tolist(), new
+    ([0, 1, 0], 2)
+    >>> ids, new = index.lookup(pl.DataFrame({"k": ["b", None, "c"]}))
+    >>> ids.tolist(), new
+    ([1, 2, 3], 2)
+    >>> index.frame().get_column("k").to_list()
+    ['a', 'b', None, 'c']
+    """
 
     def __init__(self, keys: tuple[str, ...]) -> None:
         self.keys = keys
         self._ids: dict[Any, int] = {}
+        #: The key rows in id order, in parts of at least twice the size of the next.
         self._chunks: list[pl.DataFrame] = []
+        #: The hash cache: sorted runs of row hashes and the id each stands for.
+        self._hashes: list[np.ndarray] = []
+        self._hash_ids: list[np.ndarray] = []
+        self._schema: dict[str, pl.DataType] | None = None
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -41,26 +69,122 @@ class KeyIndex:
         return list(zip(*(frame.get_column(k).to_list() for k in self.keys), strict=True))
 
     def lookup(self, frame: pl.DataFrame) -> tuple[np.ndarray, int]:
-        """Ids for the (distinct) key rows of ``frame``; new keys get new ids.
+        """Ids for the key rows of ``frame`` (keys may repeat); new keys get new ids.
 
         Returns the ids and how many keys were new.
         """
+        start = len(self._ids)
+        sel = frame.select(self.keys)
+        n = sel.height
+        out = np.full(n, -1, dtype=np.int64)
+        if n == 0:
+            return out, 0
+        schema = dict(sel.schema)
+        if self._schema is None and not any(d == pl.Null for d in schema.values()):
+            self._schema = schema
+        hashes = None
+        if schema == self._schema:
+            hashes = self._hash(sel)
+            self._probe(sel, hashes, out)
+        rest = np.flatnonzero(out < 0)
+        if len(rest):
+            self._by_dict(sel, rest, out)
+            if hashes is not None:
+                self._cache(hashes[rest], out[rest])
+        return out, len(self._ids) - start
+
+    @staticmethod
+    def _hash(sel: pl.DataFrame) -> np.ndarray:
+        """The cache's hashes of key rows (``uint64``)."""
+        hashes: np.ndarray = sel.hash_rows(seed=_HASH_SEED).to_numpy()
+        return hashes
+
+    def _probe(self, sel: pl.DataFrame, hashes: np.ndarray, out: np.ndarray) -> None:
+        """Ids of the rows whose hash the cache holds, confirmed by their key values."""
+        for run, run_ids in zip(self._hashes, self._hash_ids, strict=True):
+            pos = np.searchsorted(run, hashes)
+            np.minimum(pos, len(run) - 1, out=pos)
+            hit = run[pos] == hashes
+            out[hit] = run_ids[pos[hit]]
+        rows = np.flatnonzero(out >= 0)
+        if not len(rows):
+            return
+        same = self._same(sel, rows, out[rows])
+        if not same.all():
+            out[rows[~same]] = -1
+
+    def _same(self, sel: pl.DataFrame, rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Whether the key rows ``sel[rows]`` equal the stored keys of ``ids`` (nulls equal)."""
+        got = sel[rows] if len(rows) < sel.height else sel
+        kept = self._gather(ids)
+        same = np.ones(len(rows), dtype=np.bool_)
+        for k in self.keys:
+            same &= got.get_column(k).eq_missing(kept.get_column(k)).to_numpy()
+        return same
+
+    def _gather(self, ids: np.ndarray) -> pl.DataFrame:
+        """The stored key rows of ``ids``, in that order."""
+        if len(self._chunks) == 1:
+            one: pl.DataFrame = self._chunks[0][ids]
+            return one
+        starts = np.cumsum([0] + [c.height for c in self._chunks])
+        part = np.searchsorted(starts, ids, side="right") - 1
+        order = np.argsort(part, kind="stable")
+        bounds = np.searchsorted(part[order], np.arange(len(self._chunks) + 1))
+        pieces = [
+            chunk[ids[order[lo:hi]] - starts[i]]
+            for i, (chunk, lo, hi) in enumerate(
+                zip(self._chunks, bounds[:-1], bounds[1:], strict=True)
+            )
+            if hi > lo
+        ]
+        inverse = np.empty(len(ids), dtype=np.int64)
+        inverse[order] = np.arange(len(ids), dtype=np.int64)
+        whole: pl.DataFrame = pl.concat(pieces, how="vertical_relaxed")[inverse]
+        return whole
+
+    def _by_dict(self, sel: pl.DataFrame, rows: np.ndarray, out: np.ndarray) -> None:
+        """Ids of ``sel[rows]`` from the dict (Python values); new keys get new ids."""
         ids_map = self._ids
-        values = self._values(frame)
-        out = np.empty(len(values), dtype=np.int64)
-        start = len(ids_map)
+        part = sel[rows] if len(rows) < sel.height else sel
         new_rows: list[int] = []
-        for i, v in enumerate(values):
-            got = ids_map.get(v)
-            if got is None:
-                got = len(ids_map)
-                ids_map[v] = got
+        got = np.empty(len(rows), dtype=np.int64)
+        for i, v in enumerate(self._values(part)):
+            found = ids_map.get(v)
+            if found is None:
+                found = len(ids_map)
+                ids_map[v] = found
                 new_rows.append(i)
-            out[i] = got
+            got[i] = found
+        out[rows] = got
         if new_rows:
-            sel = frame.select(self.keys)
-            self._chunks.append(sel if len(new_rows) == len(values) else sel[new_rows])
-        return out, len(ids_map) - start
+            self._append(part if len(new_rows) == part.height else part[new_rows])
+
+    def _append(self, rows: pl.DataFrame) -> None:
+        chunks = self._chunks
+        chunks.append(rows)
+        while len(chunks) > 1 and chunks[-2].height <= 2 * chunks[-1].height:
+            last = chunks.pop()
+            chunks[-1] = pl.concat([chunks[-1], last], how="vertical_relaxed", rechunk=True)
+
+    def _cache(self, hashes: np.ndarray, ids: np.ndarray) -> None:
+        """Remember ``hashes -> ids`` for hashes the cache does not hold yet (one id each)."""
+        uniq, first = np.unique(hashes, return_index=True)
+        ids = ids[first]
+        for run in self._hashes:  # a hash held already stands for another key: keep that one
+            pos = np.minimum(np.searchsorted(run, uniq), len(run) - 1)
+            fresh = run[pos] != uniq
+            uniq, ids = uniq[fresh], ids[fresh]
+        if not len(uniq):
+            return
+        self._hashes.append(uniq)
+        self._hash_ids.append(ids)
+        runs, run_ids = self._hashes, self._hash_ids
+        while len(runs) > 1 and len(runs[-2]) <= 2 * len(runs[-1]):
+            hs = np.concatenate((runs[-2], runs.pop()))
+            ix = np.concatenate((run_ids[-2], run_ids.pop()))
+            order = np.argsort(hs, kind="stable")  # two sorted runs: a merge
+            runs[-1], run_ids[-1] = hs[order], ix[order]
 
     def compact(self, keep: np.ndarray) -> np.ndarray:
         """Forget the keys whose ``keep`` flag (a boolean array by id) is False.
@@ -76,6 +200,15 @@ class KeyIndex:
         rest = frame[kept] if len(kept) else frame.clear()
         self._chunks = [rest] if rest.height else []
         self._ids = dict(zip(self._values(rest), range(rest.height), strict=True))
+        new_id = np.full(max(n, 1), -1, dtype=np.int64)
+        new_id[kept] = np.arange(len(kept), dtype=np.int64)
+        runs = [
+            (run, new_id[run_ids])
+            for run, run_ids in zip(self._hashes, self._hash_ids, strict=True)
+        ]
+        runs = [(run[ids >= 0], ids[ids >= 0]) for run, ids in runs]
+        self._hashes = [run for run, _ in runs if len(run)]
+        self._hash_ids = [ids for _, ids in runs if len(ids)]
         return kept
 
     def frame(self) -> pl.DataFrame:
@@ -86,6 +219,9 @@ class KeyIndex:
             self._chunks = [pl.concat(self._chunks, how="vertical_relaxed", rechunk=True)]
         return self._chunks[0]
 
+
+#: The seed of the key rows' hashes in :class:`KeyIndex`'s cache (fixed: any works).
+_HASH_SEED = 0x7F4A7C15
 
 _ID = "__tideflow_id"
 _VALUE = "__value"
