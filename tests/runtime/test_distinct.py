@@ -283,9 +283,9 @@ def test_n_unique_recovers_after_abort(workers: int, tmp_path: Path) -> None:
     cp = CheckpointStore(ck).latest()
     assert cp is not None
     snaps = [p["distinct_rec.stats"] for p in cp.parts]
-    assert all(s["version"] == 3 for s in snaps)
+    assert all(s["version"] == 4 for s in snaps)
     # the distinct pairs are in the checkpoint, as chunks of the shared store
-    chunks = [c for s in snaps for parts in s["pairs"].values() for c in parts]
+    chunks = [c for s in snaps for entry in s["pairs"].values() for c in entry["codes"]]
     assert chunks and all(isinstance(c, SnapshotChunk) for c in chunks)
     resumed = CollectSink()
     tf.run(
@@ -316,11 +316,11 @@ def test_n_unique_state_rescales(before: int, after: int) -> None:
         cp = store.latest()
         assert cp is not None
         snaps = [part["t.stats"] for part in cp.parts]
-    new = []
-    for w in range(after):
-        state = AggState(("k", "j"), specs)
-        state.restore(_rescale("t.stats", "agg", ["k", "j"], snaps, w, after))
-        new.append(state)
+        new = []  # restored while the checkpoint is there (chunks are read from their files)
+        for w in range(after):
+            state = AggState(("k", "j"), specs)
+            state.restore(_rescale("t.stats", "agg", ["k", "j"], snaps, w, after))
+            new.append(state)
     part = frame[900:].with_columns(w=pl.struct("k", "j").hash(seed=7) % after)
     for (w,), b in part.partition_by("w", as_dict=True, include_key=False).items():
         new[w].update(b)
@@ -383,13 +383,12 @@ def _pairs_of(rows: list[dict[str, Any]]) -> dict[str, set[tuple[Any, ...]]]:
     }
 
 
-def _chunk_rows(state: AggState, chunks: list[Any]) -> list[tuple[Any, ...]]:
-    """The (k, j, value) rows that a snapshot's chunks of one aggregate hold."""
-    frames = [pl.read_ipc(io.BytesIO(c.read())) for c in chunks]
-    frames = [f for f in frames if f.height]
-    if not frames:
+def _chunk_rows(state: AggState, entry: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """The (k, j, value) rows that a snapshot's chunks of one aggregate hold (repeats kept)."""
+    frame = _keyed.decode_pairs(entry).frame()
+    if not frame.height:
         return []
-    return state._with_keys(pl.concat(frames)).rows()
+    return state._with_keys(frame.rename({"value": "__value"})).rows()
 
 
 def _named_chunks(store: CheckpointStore) -> set[str]:
@@ -440,10 +439,10 @@ def _snapshot_through_store(
             if n not in marks:
                 continue
             snap = state.snapshot()
-            assert snap["version"] == 3
+            assert snap["version"] == 4
             seen = _pairs_of(rows[: (n + 1) * size])
-            for name, chunks in snap["pairs"].items():
-                held = _chunk_rows(state, chunks)
+            for name, entry in snap["pairs"].items():
+                held = _chunk_rows(state, entry)
                 assert len(held) == len(seen[name])  # no pair written twice
                 assert set(held) == seen[name]
             # the table: a chunk of the keys changed since the previous snapshot (all keys
@@ -456,7 +455,8 @@ def _snapshot_through_store(
             start = (n + 1) * size
             before = set(_named_chunks(store))
             store.write(n + 1, [{"t.stats": snap}])
-            assert len(_named_chunks(store) - before) <= len(snap["pairs"]) + 1
+            # per aggregate a chunk of codes and one of dictionary values, and the table's
+            assert len(_named_chunks(store) - before) <= 2 * len(snap["pairs"]) + 1
             assert {f.name for f in store.shared.iterdir()} == _named_chunks(store)
             cp = store.latest()
             assert cp is not None
@@ -480,9 +480,9 @@ def test_many_snapshots_fold_their_newest_chunks(monkeypatch: pytest.MonkeyPatch
             snap = state.snapshot()
             seen = _pairs_of(rows[: (n + 1) * 60])
             assert len(snap["rows"]) <= 4
-            for name, chunks in snap["pairs"].items():
-                assert len(chunks) <= 4
-                held = _chunk_rows(state, chunks)
+            for name, entry in snap["pairs"].items():
+                assert len(entry["codes"]) <= 4 and len(entry["values"]) <= 4
+                held = _chunk_rows(state, entry)
                 assert len(held) == len(seen[name]) and set(held) == seen[name]
             store.write(n + 1, [{"t.stats": snap}])
             assert {f.name for f in store.shared.iterdir()} == _named_chunks(store)
@@ -508,8 +508,8 @@ def test_version_2_snapshot_still_restores() -> None:
     assert as_dict(restored.all_values()) == reference(rows)
     again = restored.snapshot()  # the first snapshot after it writes every pair, once
     seen = _pairs_of(rows)
-    for name, chunks in again["pairs"].items():
-        held = _chunk_rows(restored, chunks)
+    for name, entry in again["pairs"].items():
+        held = _chunk_rows(restored, entry)
         assert len(held) == len(seen[name]) and set(held) == seen[name]
 
 
@@ -518,7 +518,53 @@ def test_damaged_pair_chunks_are_refused() -> None:
     state = AggState(("k", "j"), specs)
     state.update(pl.DataFrame(_rows(50), schema=SCHEMA))
     snap = state.snapshot()
-    bad = pl.DataFrame({"__id": [10_000], "__value": [1]})
-    snap["pairs"]["ni"] = [SnapshotChunk(_ipc(bad))]
+    entry = snap["pairs"]["ni"]
+    bad = pl.DataFrame({"__code": [10_000 << entry["bits"]]})
+    snap["pairs"]["ni"] = {**entry, "codes": [SnapshotChunk(_ipc(bad))]}
     with pytest.raises(StateError, match=r"'ni' name keys .* start without it"):
         AggState(("k", "j"), specs).restore(snap)
+    text = snap["pairs"]["ns"]  # strings: codes of dictionary ids, here without the values
+    assert text["dictionary"]
+    snap["pairs"] = {**snap["pairs"], "ni": entry, "ns": {**text, "values": []}}
+    with pytest.raises(StateError, match=r"dictionary of 0; the checkpoint is damaged"):
+        AggState(("k", "j"), specs).restore(snap)
+
+
+def _version_3(state: AggState, snap: dict[str, Any]) -> dict[str, Any]:
+    """``snap`` in the layout of version 3: pairs as chunks of (key id, value) rows."""
+    pairs = {
+        name: [SnapshotChunk(_ipc(d.frame().rename({"value": "__value"})))]
+        for name, d in state._distinct.items()
+    }
+    return {**snap, "version": 3, "pairs": pairs}
+
+
+def test_version_3_snapshot_restores_and_rescales() -> None:
+    """Chunks of (key id, value) rows (version 3) load, go on, and split over workers."""
+    from tideflow.state._resume import _rescale
+
+    rows = _rows(900)
+    specs = tuple(parse_aggs(AGGS, "t"))
+    first, rest = pl.DataFrame(rows[:500], schema=SCHEMA), pl.DataFrame(rows[500:], schema=SCHEMA)
+    state = AggState(("k", "j"), specs)
+    state.update(first)
+    v3 = _version_3(state, state.snapshot())
+    restored = AggState(("k", "j"), specs)
+    restored.restore(v3)
+    restored.update(rest)
+    assert as_dict(restored.all_values()) == reference(rows)
+    again = restored.snapshot()  # written as version 4, every pair once
+    assert again["version"] == 4
+    for name, entry in again["pairs"].items():
+        held = _chunk_rows(restored, entry)
+        assert len(held) == len(_pairs_of(rows)[name]) and set(held) == _pairs_of(rows)[name]
+    new = []
+    for w in range(2):
+        part = AggState(("k", "j"), specs)
+        part.restore(_rescale("t.stats", "agg", ["k", "j"], [v3], w, 2))
+        new.append(part)
+    split = rest.with_columns(w=pl.struct("k", "j").hash(seed=7) % 2)
+    for (w,), b in split.partition_by("w", as_dict=True, include_key=False).items():
+        new[w].update(b)
+    got = pl.concat([s.all_values() for s in new if len(s.index)])
+    assert as_dict(got) == reference(rows)

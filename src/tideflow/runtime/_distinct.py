@@ -13,6 +13,7 @@ per distinct value of a batch) and their slot is ``id + 1``.
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import numpy as np
@@ -119,6 +120,8 @@ class DistinctPairs:
         self.pending: list[np.ndarray] = []
         self._pending_count = 0
         self._top_key = 0  # at least the largest key id of any code
+        #: Changes whenever the codes of pairs change (a wider range, a dictionary, new ids).
+        self.epoch = 0
 
     def __len__(self) -> int:
         return sum(len(r) for r in self.runs)
@@ -144,6 +147,7 @@ class DistinctPairs:
     def _remap(self, fn: Any, *, sort: bool) -> None:
         """Replace every code array ``a`` by ``fn(a)`` (the runs sorted again when ``sort``)."""
         n_runs, n_new = len(self.runs), len(self.new or [])
+        self.epoch += 1
         out = [fn(a) for a in self._arrays()]  # in the order of _arrays (see _recode)
         if sort:
             out[:n_runs] = [np.sort(a) for a in out[:n_runs]]
@@ -306,6 +310,74 @@ class DistinctPairs:
         if not got:
             return np.zeros(0, dtype=np.int64)
         return got[0] if len(got) == 1 else np.concatenate(got)
+
+    def encoding(self) -> dict[str, Any]:
+        """How codes stand for pairs, as plain data (see :meth:`decoded`).
+
+        ``bits`` (slot bits), ``base`` (the value of slot 1 in range mode), ``ranged``,
+        ``dictionary`` (slots are value ids, the values kept apart) and ``dtype`` (Arrow IPC
+        of an empty frame with the values' type as column ``value``).
+        """
+        dtype = self.dtype if self.dtype is not None else pl.Null()
+        buf = io.BytesIO()
+        pl.DataFrame(schema={"value": dtype}).write_ipc(buf)
+        return {
+            "bits": self.bits,
+            "base": self.base,
+            "ranged": self.ranged,
+            "dictionary": self.dictionary is not None,
+            "dtype": buf.getvalue(),
+        }
+
+    @classmethod
+    def decoded(
+        cls,
+        encoding: dict[str, Any],
+        codes: np.ndarray,
+        values: pl.DataFrame | None,
+        *,
+        deferred: bool = False,
+    ) -> DistinctPairs:
+        """The pair set of ``codes`` under ``encoding`` (:meth:`encoding`).
+
+        ``values`` are the dictionary's values in id order (column ``v``), for an encoding
+        with a dictionary. Raises :class:`~tideflow.StateError` when a code names a value the
+        dictionary does not have.
+
+        Examples
+        --------
+        >>> d = DistinctPairs()
+        >>> _ = d.add(np.array([0, 1]), pl.Series(["x", "y"]))
+        >>> values = d.dictionary.frame()
+        >>> again = DistinctPairs.decoded(d.encoding(), d.codes, values)
+        >>> again.frame().sort("__id").rows()
+        [(0, 'x'), (1, 'y')]
+        """
+        from tideflow.runtime._keyed import KeyIndex
+
+        out = cls(deferred=deferred)
+        out.bits, out.base = int(encoding["bits"]), int(encoding["base"])
+        out.ranged = bool(encoding["ranged"])
+        out.dtype = pl.read_ipc(io.BytesIO(encoding["dtype"])).schema["value"]
+        held = 0
+        if encoding["dictionary"]:
+            out.dictionary = KeyIndex(("v",))
+            if values is not None and values.height:
+                out.dictionary.lookup(values.select("v"))
+            held = len(out.dictionary)
+        codes = np.asarray(codes, dtype=np.int64)
+        if len(codes):
+            slots = codes & ((1 << out.bits) - 1)
+            if out.dictionary is not None and int(slots.max()) > held:
+                msg = (
+                    f"n_unique state: pair codes name value {int(slots.max()) - 1} of a "
+                    f"dictionary of {held}; the checkpoint is damaged, start without it"
+                )
+                raise StateError(msg)
+            codes = np.sort(codes, kind="stable")  # sorted chunks: merged
+            out.runs = [codes]
+            out._top_key = int(codes[-1] >> out.bits)
+        return out
 
     def frame(self, codes: np.ndarray | None = None) -> pl.DataFrame:
         """Pairs as a frame (``__id`` Int64, ``value`` of the values' type): all, or ``codes``."""

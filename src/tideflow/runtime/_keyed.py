@@ -21,7 +21,7 @@ from tideflow.runtime._distinct import DistinctPairs
 from tideflow.runtime._frames import frame_chunk, read_parts
 from tideflow.state._store import SnapshotChunk
 
-__all__ = ["AggState", "KeyIndex", "table_of_rows"]
+__all__ = ["AggState", "KeyIndex", "decode_pairs", "table_of_rows"]
 
 
 class KeyIndex:
@@ -225,6 +225,7 @@ _HASH_SEED = 0x7F4A7C15
 
 _ID = "__tideflow_id"
 _VALUE = "__value"
+_CODE = "__code"
 #: More snapshot chunks than this per ``n_unique``: the newest ``_MERGE_CHUNKS`` become one.
 _MAX_CHUNKS = 16
 _MERGE_CHUNKS = 8
@@ -271,6 +272,20 @@ def table_of_rows(parts: list[Any], *, release: bool = False) -> pl.DataFrame:
     return rows.drop("__id")
 
 
+def decode_pairs(entry: dict[str, Any], *, deferred: bool = False) -> DistinctPairs:
+    """The pair set of one ``n_unique`` of a version-4 aggregation snapshot (see ``snapshot``).
+
+    Its ``codes`` and ``values`` are lists of :class:`~tideflow.state.SnapshotChunk`\\ s (or
+    Arrow IPC bytes); the chunks' bytes are dropped from memory once read.
+    """
+    frames, _ = read_parts(list(entry.get("codes") or []))
+    arrays = [f.get_column(_CODE).to_numpy() for f in frames]
+    codes = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
+    values, _ = read_parts(list(entry.get("values") or []))
+    dictionary = pl.concat(values, how="vertical_relaxed") if values else None
+    return DistinctPairs.decoded(entry, codes, dictionary, deferred=deferred)
+
+
 def _grow(arr: np.ndarray, n: int, fill: Any) -> np.ndarray:
     if n <= len(arr):
         return arr
@@ -298,8 +313,11 @@ class AggState:
         self._arrays: dict[str, np.ndarray] = {}
         self._dtypes: dict[str, pl.DataType] = {}
         self._distinct: dict[str, DistinctPairs] = {}
-        #: The snapshot chunks of each ``n_unique``'s pairs (see :meth:`snapshot`).
+        #: The snapshot chunks of each ``n_unique``'s pair codes and dictionary values (see
+        #: :meth:`snapshot`), and the encoding epoch and dictionary size they were written at.
         self._chunks: dict[str, list[SnapshotChunk]] = {}
+        self._value_chunks: dict[str, list[SnapshotChunk]] = {}
+        self._written: dict[str, tuple[int, int]] = {}
         #: The snapshot chunks of the table (None: the next snapshot writes all of it), the
         #: rows they hold, and the keys changed since (by id).
         self._rows: list[SnapshotChunk] | None = None
@@ -518,15 +536,19 @@ class AggState:
 
     # -- snapshots ------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
-        """Plain-data state (version 3): chunks of the table, and of the distinct pairs.
+        """Plain-data state (version 4): chunks of the table, and of the distinct pairs.
 
         ``rows`` is a list of :class:`~tideflow.state.SnapshotChunk`\\ s of table rows (key
         columns, accumulators, ``__id``): each snapshot adds one chunk of the keys changed
         since the previous one, and a key's last row is its state (the whole table again
         once the chunks hold more than twice its rows, or more than ``_MAX_CHUNKS`` chunks).
-        The distinct pairs of each ``n_unique`` are chunks of (key id, value) rows: each
-        snapshot adds one of the pairs that are new since the previous one. So a checkpoint
-        writes what changed, not the whole state.
+        The distinct pairs of each ``n_unique`` are their int64 codes (column ``__code``;
+        :class:`DistinctPairs`) with their encoding (:meth:`DistinctPairs.encoding`) and, for
+        a value dictionary, chunks of its values in id order: each snapshot adds one chunk of
+        the codes that are new since the previous one and one of the new values (all of them
+        again after the codes changed: a wider value range, a larger dictionary, a compaction).
+        So a checkpoint writes what changed, not the whole state. Version 3 wrote (key id,
+        value) rows instead of codes.
         """
         self._settle()
         n = len(self.index)
@@ -539,9 +561,9 @@ class AggState:
         if len(ids) or not self._rows:
             self._rows.append(frame_chunk(self._table_rows(ids), "lz4"))
             self._row_count += len(ids)
-        pairs = {name: self._pair_chunks(name, d) for name, d in self._distinct.items()}
+        pairs = {name: self._pair_entry(name, d) for name, d in self._distinct.items()}
         return {
-            "version": 3,
+            "version": 4,
             "rows": list(self._rows),
             "dtypes": _ipc(pl.DataFrame(schema=self._dtypes)),
             "pairs": pairs,
@@ -565,24 +587,32 @@ class AggState:
             cols.append(pl.Series(f"__topk_{name}", lists, dtype=pl.List(src)))
         return keys.with_columns(*cols, pl.Series("__id", ids, dtype=pl.Int64))
 
-    def _pair_chunks(self, name: str, distinct: DistinctPairs) -> list[SnapshotChunk]:
-        """The chunks of one ``n_unique``'s pairs: the earlier ones and one of the new pairs."""
+    def _pair_entry(self, name: str, distinct: DistinctPairs) -> dict[str, Any]:
+        """One ``n_unique``'s pairs: the earlier chunks and those of the new codes and values."""
         chunks = self._chunks.setdefault(name, [])
-        if distinct.new is None:  # nothing written yet (or renumbered): every pair, once
-            chunks.clear()
-            codes = distinct.codes
+        values = self._value_chunks.setdefault(name, [])
+        written = self._written.get(name)
+        if distinct.new is None or written is None or written[0] != distinct.epoch:
+            chunks.clear()  # nothing written yet, or the codes changed: every pair, once
+            values.clear()
+            codes, held = distinct.codes, 0
             distinct.track()
         else:
-            codes = distinct.take_new()
+            codes, held = distinct.take_new(), written[1]
         if len(codes) or not chunks:
-            pairs = distinct.frame(codes)
-            # LZ4: the ids of a chunk are few and sorted runs, cheaper to compress than to write
-            chunks.append(frame_chunk(pairs.rename({"value": _VALUE}), "lz4"))
-        if len(chunks) > _MAX_CHUNKS:  # fold the newest (smallest) into one
-            tail = [_from_ipc(c.read()) for c in chunks[-_MERGE_CHUNKS:]]
-            del chunks[-_MERGE_CHUNKS:]
-            chunks.append(frame_chunk(pl.concat(tail, how="vertical_relaxed"), "lz4"))
-        return list(chunks)
+            # uncompressed: LZ4 cost four times the CPU of writing the codes plain
+            chunks.append(frame_chunk(pl.DataFrame([pl.Series(_CODE, codes)])))
+        dictionary = distinct.dictionary
+        size = len(dictionary) if dictionary is not None else 0
+        if size > held:
+            values.append(frame_chunk(dictionary.frame()[held:], "lz4"))
+        for kept in (chunks, values):
+            if len(kept) > _MAX_CHUNKS:  # fold the newest (smallest) into one
+                tail = [_from_ipc(c.read()) for c in kept[-_MERGE_CHUNKS:]]
+                del kept[-_MERGE_CHUNKS:]
+                kept.append(frame_chunk(pl.concat(tail, how="vertical_relaxed"), "lz4"))
+        self._written[name] = (distinct.epoch, size)
+        return {**distinct.encoding(), "codes": list(chunks), "values": list(values)}
 
     def _pair_frame(self, distinct: DistinctPairs) -> pl.DataFrame:
         """The distinct pairs of one ``n_unique``: key columns and ``__value``."""
@@ -598,16 +628,16 @@ class AggState:
         return keys[pairs.get_column("__id")].with_columns(pairs.get_column(_VALUE))
 
     def restore(self, snap: dict[str, Any]) -> None:
-        """Load a :meth:`snapshot` (replaces the current state); versions 1 and 2 too."""
+        """Load a :meth:`snapshot` (replaces the current state); versions 1 to 3 too."""
         version = snap.get("version")
-        if version not in (1, 2, 3):
+        if version not in (1, 2, 3, 4):
             msg = (
-                f"aggregation state version {version!r} is not supported (expected 1 to 3); "
+                f"aggregation state version {version!r} is not supported (expected 1 to 4); "
                 "restore it with the tideflow release that wrote it, or start without it"
             )
             raise StateError(msg)
         self._rows, self._row_count = None, 0
-        if version == 3:
+        if version in (3, 4):
             parts = list(snap.get("rows") or [])
             table = table_of_rows(parts, release=True)
             if parts and all(isinstance(p, SnapshotChunk) for p in parts):
@@ -617,6 +647,7 @@ class AggState:
             table = _from_ipc(snap["table"])
         self.index = KeyIndex(self.keys)
         self._arrays, self._topk, self._distinct, self._chunks = {}, {}, {}, {}
+        self._value_chunks, self._written = {}, {}
         self._dtypes = {}
         if table.height:
             self.index.lookup(table.select(self.keys))
@@ -629,6 +660,9 @@ class AggState:
                     self._arrays[c] = table.get_column(c).to_numpy().copy()
         self._dtypes = dict(_from_ipc(snap["dtypes"]).schema)
         for name, data in snap.get("pairs", {}).items():
+            if version == 4:
+                self._distinct[name] = self._load_codes(name, data)
+                continue
             if version == 3:
                 self._distinct[name] = self._load_chunks(name, data)
                 continue
@@ -637,6 +671,25 @@ class AggState:
                 names = [*self.keys, _VALUE]
                 frame = frame.rename(dict(zip(frame.columns, names, strict=True)))
             self._distinct[name] = self._load_pairs(frame)
+
+    def _load_codes(self, name: str, entry: dict[str, Any]) -> DistinctPairs:
+        """Distinct state from a version-4 entry: code chunks, encoding, dictionary values."""
+        parts, value_parts = list(entry.get("codes") or []), list(entry.get("values") or [])
+        distinct = decode_pairs(entry, deferred=self.deferred)
+        top = max((int(r[-1] >> distinct.bits) for r in distinct.runs), default=-1)
+        if top >= len(self.index):
+            msg = (
+                f"aggregation state: the n_unique pairs of {name!r} name keys that the "
+                "state's table does not have; the checkpoint is damaged, start without it"
+            )
+            raise StateError(msg)
+        if all(isinstance(p, SnapshotChunk) for p in [*parts, *value_parts]) and parts:
+            self._chunks[name] = parts  # later checkpoints go on referring to them
+            self._value_chunks[name] = value_parts
+            size = len(distinct.dictionary) if distinct.dictionary is not None else 0
+            self._written[name] = (distinct.epoch, size)
+            distinct.track()
+        return distinct
 
     def _load_chunks(self, name: str, parts: list[Any]) -> DistinctPairs:
         """Distinct state from the chunks (or IPC bytes) of a version-3 snapshot."""
@@ -731,7 +784,7 @@ class AggState:
         for distinct in self._distinct.values():
             distinct.compact(kept, n)
             distinct.new = None  # the ids changed: the next snapshot writes every pair again
-        self._chunks, self._rows = {}, None
+        self._chunks, self._value_chunks, self._written, self._rows = {}, {}, {}, None
         return kept
 
     def all_values(self) -> pl.DataFrame:
