@@ -568,3 +568,16 @@ def test_version_3_snapshot_restores_and_rescales() -> None:
         new[w].update(b)
     got = pl.concat([s.all_values() for s in new if len(s.index)])
     assert as_dict(got) == reference(rows)
+
+
+@pytest.mark.parametrize("deferred", [False, True])
+def test_int64_extremes_alone_and_with_nulls(deferred: bool) -> None:
+    """A first batch of only the lowest int64 (a range starting there), then the highest."""
+    state = DistinctPairs(deferred=deferred)
+    lo, hi = -(2**63), 2**63 - 1
+    got = state.add(np.array([0, 1, 1]), pl.Series([lo, None, lo], dtype=pl.Int64)).tolist()
+    got += state.add(np.array([0, 1, 0]), pl.Series([hi, lo, lo], dtype=pl.Int64)).tolist()
+    got += state.settle().tolist()
+    assert sorted(got) == [0, 0, 1, 1]
+    want = {(0, lo), (0, hi), (1, None), (1, lo)}
+    assert sorted(state.frame().rows(), key=repr) == sorted(want, key=repr)

@@ -162,17 +162,23 @@ class DistinctPairs:
     ) -> np.ndarray:
         """Slots of ``values`` under the current encoding (widened or switched if needed)."""
         if self.dictionary is None and raw is not None:
-            ok = ~nulls
+            some = int(nulls.sum()) if values.null_count() else 0
             top = self.base + (1 << self.bits) - 2
             lo, hi = self.base, top
-            if ok.any():
-                lo, hi = int(raw[ok].min()), int(raw[ok].max())
+            if some < len(raw):  # the range of the values that are not null, without a copy
+                ok = ~nulls if some else True
+                lo = int(np.min(raw, where=ok, initial=np.iinfo(np.int64).max))
+                hi = int(np.max(raw, where=ok, initial=np.iinfo(np.int64).min))
                 if not self.ranged:
                     self.ranged, self.base, top = True, lo, lo - 1
             if lo < self.base or hi > top or key_bits + self.bits > _MAX_BITS:
                 self._recode(min(lo, self.base), max(hi, top), key_bits)
             if self.dictionary is None:
-                return np.where(nulls, 0, raw - self.base + 1)
+                slots: np.ndarray = raw - self.base  # base - 1 may not fit an int64
+                slots += 1
+                if some:
+                    slots[nulls] = 0
+                return slots
         return self._dict_slots(values, raw, nulls)
 
     def _dict_slots(
