@@ -74,7 +74,12 @@ def _got(*sinks: CollectSink) -> set[tuple[Any, ...]]:
 
 @pytest.fixture
 def pane_calls(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """Records whether each batch of combiner partials went into panes (in this process)."""
+    """Records whether each batch of combiner partials went into panes (in this process).
+
+    Small batches' partials go to the windows' accumulators instead (tested in
+    ``test_window_small.py``): their threshold is 0 here, so that these batches of three rows
+    take the panes."""
+    monkeypatch.setattr(_windowing, "SMALL_AGG_ROWS", 0)
     calls: list[bool] = []
     real = _windowing.AlignedWindowOperator._on_pane_partials
 

@@ -31,8 +31,24 @@ from tideflow.api._windows import (
     WindowSelectOp,
     _us,
 )
-from tideflow.runtime._frames import concat, epoch_us, filter_mask, set_column, without
+from tideflow.runtime._frames import (
+    concat,
+    epoch_us,
+    filter_mask,
+    frame_of,
+    series_of,
+    set_column,
+    without,
+)
 from tideflow.runtime._operators import OpContext, Operator
+from tideflow.runtime._smallagg import (
+    SMALL_AGG_ROWS,
+    SmallPartials,
+    WindowAccumulator,
+    accumulates,
+    exact_partials,
+    partial_columns,
+)
 from tideflow.state._backends import DiskState
 
 __all__ = ["WindowCombiner", "WindowSelector", "build_window_operator"]
@@ -208,6 +224,23 @@ class _WindowBase(Operator):
             return merged.group_by(by).agg(self.merges)
         return self._leaders(merged, by) if len(frames) > 1 or force else merged
 
+    def _compact(self, bucket: list[pl.DataFrame], by: list[str]) -> list[pl.DataFrame]:
+        """A bucket of partials (oldest first) with its newest ones merged: at least half of
+        ``_COMPACT_AT``, and older ones while they hold at most twice the rows merged so far.
+
+        Each frame left before the merged one then holds more than twice the rows of all
+        newer ones, so a bucket keeps a few frames of geometrically growing size and a
+        compaction merges a bucket's large old frames only once the new rows have grown to
+        their size (merging all of them every time cost a group-by of a pane's every key per
+        ``_COMPACT_AT`` micro-batches: most of a small-batch job's window time).
+        """
+        start = len(bucket) - _COMPACT_AT // 2
+        rows = sum(f.height for f in bucket[start:])
+        while start > 0 and bucket[start - 1].height <= 2 * rows:
+            start -= 1
+            rows += bucket[start].height
+        return [*bucket[:start], self._merge(bucket[start:], by)]
+
     def _finalize(self, merged: pl.DataFrame, window_cols: list[str]) -> pl.DataFrame:
         """Partials (or raw records) of windows -> result rows: keys, window columns, values."""
         by = [*self.keys, *window_cols]
@@ -304,6 +337,23 @@ class AlignedWindowOperator(_WindowBase):
             and self.early_every_s is None
             and self.early_every_n is None
         )
+        #: Windows fed by small partial frames (a low-latency job's micro-batches): each
+        #: window's partials merged per key as they come, so that its firing reads finished
+        #: aggregates instead of merging a list of tiny frames. Integer keys and partials,
+        #: aggregations merged exactly (``accumulates``), final results (no allowed lateness,
+        #: no early results); other partials are filed as frames, merged with these at firing.
+        self.acc: dict[int, WindowAccumulator] = {}
+        self.acc_mode = (
+            type(self) is AlignedWindowOperator
+            and accumulates(self.op.aggs)
+            and not self.lateness
+            and self.early_every_s is None
+            and self.early_every_n is None
+        )
+        self.acc_columns = partial_columns(self.op.aggs) if self.acc_mode and self.op.aggs else []
+        #: The dtypes of the key and partial columns the accumulators hold (the first small
+        #: partial frame's); frames of other dtypes are filed as frames.
+        self.acc_dtypes: list[Any] | None = None
 
     def _assign(self, base: pl.DataFrame) -> pl.DataFrame:
         """Rows with a time ``__t`` -> one row per window containing it (``__ws``)."""
@@ -366,7 +416,7 @@ class AlignedWindowOperator(_WindowBase):
             bucket = self.panes.setdefault(pane, [])
             bucket.append(part)
             if len(bucket) >= _COMPACT_AT:
-                self.panes[pane] = [self._merge(bucket, keys)]
+                self.panes[pane] = self._compact(bucket, keys)
         return True
 
     def _in_window(self, part: pl.DataFrame, ws: int) -> pl.DataFrame:
@@ -378,8 +428,12 @@ class AlignedWindowOperator(_WindowBase):
         return part.select(*self.keys, col, pl.exclude(self.keys))
 
     def _fold_panes(self) -> None:
-        """Move the pane partials into the open windows' partials (before a snapshot)."""
+        """Move the pane partials and the accumulators into the open windows' partials
+        (before a snapshot, which holds window partials only)."""
         by = [*self.keys, "__ws"]
+        for ws, acc in self.acc.items():
+            self.pending.setdefault(ws, []).append(self._in_window(acc.frame(), ws))
+        self.acc.clear()
         for pane, frames in self.panes.items():
             part = self._merge(frames, self.keys, force=True)
             for ws in self._windows_of(pane):
@@ -387,11 +441,42 @@ class AlignedWindowOperator(_WindowBase):
                     bucket = self.pending.setdefault(ws, [])
                     bucket.append(self._in_window(part, ws))
                     if len(bucket) >= _COMPACT_AT:
-                        self.pending[ws] = [self._merge(bucket, by)]
+                        self.pending[ws] = self._compact(bucket, by)
         self.panes.clear()
+
+    def _accumulate(self, batch: pl.DataFrame) -> bool:
+        """Merge a small frame of pane partials into the accumulators of the windows holding
+        its panes; False (nothing done) where it cannot: another dtype, a null, a closed
+        window."""
+        names = [*self.keys, *(name for name, _ in self.acc_columns)]
+        cols = [batch.get_column(c) for c in names]
+        dtypes = [c.dtype for c in cols]
+        if self.acc_dtypes is None:
+            if not exact_partials(dtypes, len(self.keys)):
+                self.acc_mode = False
+                return False
+            self.acc_dtypes = dtypes
+        if dtypes != self.acc_dtypes or any(c.null_count() for c in cols):
+            return False
+        pane = batch.get_column("__pane").to_numpy()
+        panes = np.unique(pane).tolist()
+        if any(min(self._windows_of(p)) + self.size <= self.wm for p in panes):
+            return False
+        for p in panes:
+            part = batch if len(panes) == 1 else filter_mask(batch, pane == p)
+            rows: tuple[list[Any], list[Any]] | None = None
+            for ws in self._windows_of(p):
+                acc = self.acc.get(ws)
+                if acc is None:
+                    acc = self.acc[ws] = WindowAccumulator(self.keys, self.acc_columns, dtypes)
+                rows = rows or acc.rows(part)
+                acc.add(*rows)
+        return True
 
     def _on_partials(self, batch: pl.DataFrame) -> None:
         """Pane partials -> partials of the windows containing each pane."""
+        if self.acc_mode and batch.height <= SMALL_AGG_ROWS and self._accumulate(batch):
+            return
         if self.pane_mode and self._on_pane_partials(batch):
             return
         rows = self._assign(batch.rename({"__pane": "__t"})).drop("__t")
@@ -420,7 +505,7 @@ class AlignedWindowOperator(_WindowBase):
                 bucket.append(part)
                 self.dirty.add(int(ws))
                 if len(bucket) >= _COMPACT_AT:
-                    self.pending[int(ws)] = [self._merge(bucket, by)]
+                    self.pending[int(ws)] = self._compact(bucket, by)
         if update is not None:
             out: list[pl.DataFrame] = []
             for (ws,), part in update.partition_by("__ws", as_dict=True).items():
@@ -473,6 +558,7 @@ class AlignedWindowOperator(_WindowBase):
         ready = {ws for ws in self.pending if ws + self.size <= wm}
         for pane in self.panes:
             ready.update(ws for ws in self._windows_of(pane) if before < ws + self.size <= wm)
+        ready.update(ws for ws in self.acc if ws + self.size <= wm)
         out: list[pl.DataFrame] = []
         step = math.gcd(self.size, self.hop)
         for ws in sorted(ready):
@@ -483,6 +569,14 @@ class AlignedWindowOperator(_WindowBase):
                 p for pane in range(ws, ws + self.size, step) for p in self.panes.get(pane, ())
             ]
             self.dirty.discard(ws)
+            acc = self.acc.pop(ws, None)
+            if acc is not None and not parts and not frames:
+                assert self.op.aggs is not None
+                keys, values = acc.finals(self.op.aggs, self.op.select)
+                out.append(self._window_columns(ws, keys, values))
+                continue
+            if acc is not None:
+                parts.append(acc.frame())
             if self.op.aggs is not None and not self.lateness:
                 out.append(self._fire(ws, parts, frames))
                 continue
@@ -518,9 +612,16 @@ class AlignedWindowOperator(_WindowBase):
             res = _largest(res, self.op.select)
         n = len(self.keys)
         cols = res.get_columns()
-        start = pl.Series("window_start", np.full(res.height, ws, dtype=np.int64)).cast(TIME)
-        end = pl.Series("window_end", np.full(res.height, ws + self.size, dtype=np.int64))
-        return pl.DataFrame([*cols[:n], start, end.cast(TIME), *cols[n:]])
+        return self._window_columns(ws, cols[:n], cols[n:])
+
+    def _window_columns(
+        self, ws: int, keys: list[pl.Series], values: list[pl.Series]
+    ) -> pl.DataFrame:
+        """Result rows of window ``ws``: the keys, ``window_start``, ``window_end``, values."""
+        h = len(keys[0]) if keys else 0
+        start = series_of("window_start", np.full(h, ws, dtype=np.int64)).cast(TIME)
+        end = series_of("window_end", np.full(h, ws + self.size, dtype=np.int64)).cast(TIME)
+        return frame_of([*keys, start, end, *values])
 
     def _early(self) -> None:
         by = [*self.keys, "__ws"]
@@ -610,6 +711,12 @@ class WindowCombiner(Operator):
         self.partials = partial_exprs(op.aggs) if op.aggs is not None else None
         self.max_by = op.fn[1] if op.fn is not None and op.fn[0] == "max_by" else None
         self.idle_seen = False
+        #: Small batches' partials in NumPy (the aggregations it computes exactly).
+        self.small = (
+            SmallPartials(self.keys, op.aggs, self.partials)
+            if op.aggs is not None and self.partials is not None
+            else None
+        )
 
     def on_batch(self, index: int, batch: pl.DataFrame) -> None:
         if batch.height == 0:
@@ -628,6 +735,11 @@ class WindowCombiner(Operator):
             self.ctx.emit(filter_mask(batch, closing))
             batch, pane = filter_mask(batch, ~closing), pane[~closing]
             if batch.height == 0:
+                return
+        if self.small is not None and batch.height <= SMALL_AGG_ROWS:
+            part = self.small.partials(batch, pane)
+            if part is not None:
+                self.ctx.emit(part, "partial")
                 return
         rows = set_column(batch, pl.Series("__pane", pane))
         by = [*self.keys, "__pane"]
