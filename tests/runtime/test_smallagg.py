@@ -98,3 +98,49 @@ def test_other_aggregations_are_not_taken() -> None:
     small = SmallPartials(["k"], specs, partial_exprs(specs))
     rows = pl.DataFrame({"k": [1], "v": [datetime(2026, 1, 1, tzinfo=UTC)]})
     assert small.partials(rows, np.zeros(1, np.int64)) is None
+
+
+ACC_SPECS = [s for s in SPECS if s.kind != "mean"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    data=st.data(),
+    two_keys=st.booleans(),
+    dtype=st.sampled_from([pl.Int32, pl.Int64, pl.UInt16, pl.Datetime("us", "UTC")]),
+    specs=st.lists(st.sampled_from(ACC_SPECS), min_size=1, max_size=3, unique=True),
+    select=st.booleans(),
+)
+def test_accumulator_equals_polars_merge_and_finals(
+    data: st.DataObject, two_keys: bool, dtype: Any, specs: list[AggSpec], select: bool
+) -> None:
+    """Partial frames merged into a WindowAccumulator one by one give the frame Polars' merge
+    of all of them gives, and the finals (with a selection of the largest) of the window's
+    columnar firing."""
+    from tideflow.runtime._smallagg import WindowAccumulator, partial_columns
+    from tideflow.runtime._windowing import _largest, final_exprs, merge_exprs
+
+    keys = ["k", "j"] if two_keys else ["k"]
+    small = SmallPartials(keys, tuple(specs), partial_exprs(specs))
+    frames = []
+    for _ in range(data.draw(st.integers(1, 6))):
+        n = data.draw(st.integers(1, 12))
+        cols = {c: data.draw(st.lists(st.integers(0, 3), min_size=n, max_size=n)) for c in keys}
+        values = data.draw(st.lists(st.integers(-1000, 1000), min_size=n, max_size=n))
+        rows = pl.DataFrame(cols).with_columns(_column(values, dtype))
+        part = small.partials(rows, np.zeros(n, dtype=np.int64))
+        assert part is not None
+        frames.append(part.drop("__pane"))
+    acc = WindowAccumulator(keys, partial_columns(tuple(specs)), list(frames[0].schema.values()))
+    for f in frames:
+        acc.add(*acc.rows(f, acc.keys, acc.columns))
+    merged = pl.concat(frames).group_by(keys).agg(merge_exprs(specs))
+    assert acc.frame().sort(keys).equals(merged.sort(keys))
+    top = specs[0].name if select else None
+    want = merged.select(*keys, *final_exprs(specs))
+    if top is not None:
+        want = _largest(want, top)
+    got_keys, got_values = acc.finals(tuple(specs), top)
+    got = pl.DataFrame([*got_keys, *got_values])
+    assert got.schema == want.schema
+    assert got.sort(keys).equals(want.sort(keys))

@@ -231,8 +231,8 @@ class WindowAccumulator:
     --------
     >>> specs = (AggSpec("count", None, "n"),)
     >>> acc = WindowAccumulator(["k"], partial_columns(specs), [pl.Int64, pl.Int64])
-    >>> acc.add(*acc.rows(pl.DataFrame({"k": [7, 3], "__n": [2, 1]})))
-    >>> acc.add(*acc.rows(pl.DataFrame({"k": [3], "__n": [4]})))
+    >>> acc.add(*acc.rows(pl.DataFrame({"k": [7, 3], "__n": [2, 1]}), acc.keys, acc.columns))
+    >>> acc.add(*acc.rows(pl.DataFrame({"k": [3], "__n": [4]}), acc.keys, acc.columns))
     >>> acc.frame().rows()
     [(7, 2), (3, 5)]
     """
@@ -241,23 +241,18 @@ class WindowAccumulator:
         self.keys = keys
         self.columns = columns
         self.dtypes = dtypes
-        #: The key and partial columns, and whether their physical values differ (temporal).
-        self.names = [
-            (c, d.is_temporal())
-            for c, d in zip([*keys, *(c for c, _ in columns)], dtypes, strict=True)
-        ]
         self.slot: dict[Any, int] = {}
         self.size = 0
         self.arrays: list[npt.NDArray[Any]] = []
 
-    def rows(self, part: pl.DataFrame) -> tuple[list[Any], list[npt.NDArray[Any]]]:
+    @staticmethod
+    def rows(
+        part: pl.DataFrame, keys: list[str], columns: list[tuple[str, Any]]
+    ) -> tuple[list[Any], list[npt.NDArray[Any]]]:
         """A partial frame's keys (Python values, tuples for several key columns) and the
         physical values of its key and partial columns, for :meth:`add`."""
-        arrays = [
-            (part.get_column(c).to_physical() if t else part.get_column(c)).to_numpy()
-            for c, t in self.names
-        ]
-        nk = len(self.keys)
+        arrays = [_numpy(part.get_column(c)) for c in [*keys, *(c for c, _ in columns)]]
+        nk = len(keys)
         if nk == 1:
             return arrays[0].tolist(), arrays
         return list(zip(*(a.tolist() for a in arrays[:nk]), strict=True)), arrays
@@ -272,7 +267,7 @@ class WindowAccumulator:
                 if s < 0:
                     slots[i] = self.slot[ids[i]] = self.size
                     self.size += 1
-            self._reserve(self.size)
+            self._reserve(self.size, arrays)
         at = np.array(slots, dtype=np.int64)
         fresh = self.size - old
         if fresh == len(ids):  # new keys only
@@ -289,10 +284,10 @@ class WindowAccumulator:
             if j >= nk:
                 arr[hit] = self.columns[j - nk][1](arr[hit], vals)
 
-    def _reserve(self, n: int) -> None:
-        """Room for ``n`` slots in every array (doubling)."""
+    def _reserve(self, n: int, like: list[npt.NDArray[Any]]) -> None:
+        """Room for ``n`` slots in every array (doubling; the first ones typed ``like``)."""
         if not self.arrays:
-            self.arrays = [np.empty(max(n, 64), dtype=_physical(d)) for d in self.dtypes]
+            self.arrays = [np.empty(max(n, 64), dtype=a.dtype) for a in like]
             return
         have = self.arrays[0].shape[0]
         if n > have:
@@ -346,11 +341,6 @@ def _numpy(col: pl.Series) -> npt.NDArray[Any]:
     """The physical values of a column without nulls (``to_physical`` only where they differ:
     it is a planned Polars query, tens of microseconds)."""
     return (col.to_physical() if col.dtype.is_temporal() else col).to_numpy()
-
-
-def _physical(dtype: Any) -> Any:
-    """The NumPy dtype of a Polars dtype's physical values."""
-    return pl.Series([], dtype=dtype).to_physical().to_numpy().dtype
 
 
 def accumulates(specs: tuple[AggSpec, ...] | None) -> bool:

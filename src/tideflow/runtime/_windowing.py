@@ -462,15 +462,18 @@ class AlignedWindowOperator(_WindowBase):
         panes = np.unique(pane).tolist()
         if any(min(self._windows_of(p)) + self.size <= self.wm for p in panes):
             return False
+        ids, arrays = WindowAccumulator.rows(batch, self.keys, self.acc_columns)
         for p in panes:
-            part = batch if len(panes) == 1 else filter_mask(batch, pane == p)
-            rows: tuple[list[Any], list[Any]] | None = None
+            if len(panes) > 1:  # a pane's rows (its keys are distinct)
+                at = np.flatnonzero(pane == p)
+                ids_p, arrays_p = [ids[i] for i in at.tolist()], [a[at] for a in arrays]
+            else:
+                ids_p, arrays_p = ids, arrays
             for ws in self._windows_of(p):
                 acc = self.acc.get(ws)
                 if acc is None:
                     acc = self.acc[ws] = WindowAccumulator(self.keys, self.acc_columns, dtypes)
-                rows = rows or acc.rows(part)
-                acc.add(*rows)
+                acc.add(ids_p, arrays_p)
         return True
 
     def _on_partials(self, batch: pl.DataFrame) -> None:
