@@ -120,6 +120,8 @@ def test_accumulator_equals_polars_merge_and_finals(
     from tideflow.runtime._smallagg import WindowAccumulator, partial_columns
     from tideflow.runtime._windowing import _largest, final_exprs, merge_exprs
 
+    if dtype.is_temporal():  # no sums of times
+        specs = [s for s in specs if s.kind != "sum"] or [SPECS[0]]
     keys = ["k", "j"] if two_keys else ["k"]
     small = SmallPartials(keys, tuple(specs), partial_exprs(specs))
     frames = []
