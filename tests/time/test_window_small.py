@@ -15,13 +15,12 @@ import polars as pl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.time.test_window_top import _late, _us, _window, assign, crash_and_resume
 
 import tideflow as tf
-from tideflow import windows
 from tideflow.runtime import _smallagg, _windowing
-from tideflow.testing import ABORT, PAUSE, CollectSink, TestingSource
+from tideflow.testing import CollectSink, TestingSource
 
-MIN = -(2**63)
 T0 = 1_700_000_000_000_000  # µs, a multiple of every window size below
 Record = tuple[int, int, int | None]
 COLUMNS = ["k", "window_start", "window_end", "n", "s", "c", "lo", "hi"]
@@ -38,24 +37,10 @@ SCHEMA = pl.Schema(
 def reference(
     batches: list[list[Record]], size: int, hop: int, delay: int, top: str | None
 ) -> tuple[set[tuple[Any, ...]], list[Record]]:
-    """Per record: it joins every window containing it whose end is after the watermark of
-    before its batch, or is late; the watermark then moves to the largest time seen minus
-    ``delay``. Per key and window: count, sum, non-null count, min, max; with ``top``, only
-    the keys of each window carrying the largest ``top`` (nulls never win)."""
-    wm = MIN
-    wins: dict[tuple[int, int], list[int | None]] = defaultdict(list)
-    late: list[Record] = []
-    for batch in batches:
-        for k, t, v in batch:
-            hit = False
-            for ws in range((t // hop) * hop, t - size, -hop):
-                if ws <= t < ws + size and ws + size > wm:
-                    wins[(ws, k)].append(v)
-                    hit = True
-            if not hit:
-                late.append((k, t, v))
-        if batch:
-            wm = max(wm, max(t for _, t, _ in batch) - delay)
+    """Records assigned to windows as :func:`assign` does; per key and window: count, sum,
+    non-null count, min, max; with ``top``, only the keys of each window carrying the
+    largest ``top`` (nulls never win)."""
+    wins, late = assign(batches, size, hop, delay)
     rows: dict[int, list[tuple[Any, ...]]] = defaultdict(list)
     for (ws, k), vs in wins.items():
         known = [v for v in vs if v is not None]
@@ -70,7 +55,7 @@ def reference(
         known = [r[at] for r in group if r[at] is not None]  # nulls never win
         if known:
             out.update(r for r in group if r[at] == max(known))
-    return out, sorted(late, key=repr)
+    return out, late
 
 
 def _frames(batches: list[list[Record]]) -> list[pl.DataFrame]:
@@ -109,10 +94,6 @@ def _flow(
     return flow
 
 
-def _us(col: str) -> pl.Expr:
-    return pl.col(col).dt.epoch("us") - T0
-
-
 def _got(*sinks: CollectSink) -> set[tuple[Any, ...]]:
     """Distinct result rows; a key's result in a window written twice (before a crash and
     after the resume) must be the same both times."""
@@ -128,25 +109,12 @@ def _got(*sinks: CollectSink) -> set[tuple[Any, ...]]:
     return set(seen.values())
 
 
-def _late(sink: CollectSink) -> list[Record]:
-    frame = sink.frame()
-    if not frame.height:
-        return []
-    return sorted(frame.select("k", _us("t"), "v").rows(), key=repr)
-
-
 def run(
     batches: list[list[Record]], window: Any, delay: int, top: str | None, workers: int = 1
 ) -> Any:
     out, late = CollectSink(), CollectSink()
     tf.run(_flow(_frames(batches), window, delay, top, out, late), workers=workers, batch_size=1)
     return _got(out), _late(late)
-
-
-def _window(size: int, hop: int) -> Any:
-    if size == hop:
-        return windows.tumbling(timedelta(microseconds=size))
-    return windows.sliding(timedelta(microseconds=size), timedelta(microseconds=hop))
 
 
 record = st.tuples(st.integers(0, 5), st.integers(0, 100), st.none() | st.integers(-(2**20), 2**20))
@@ -241,29 +209,12 @@ def test_small_batches_take_the_accumulators(monkeypatch: pytest.MonkeyPatch) ->
 def test_small_batches_resume_like_an_uninterrupted_run(workers: int, tmp_path: Path) -> None:
     batches = [b for b in _many(300, seed=11, late=False) if len(b) < 10]  # small ones only
     want, _ = reference(batches, 20, 4, 0, None)
-    frames = _frames(batches)
-    # A pause every tenth batch lets checkpoints happen between the batches.
-    items: list[Any] = []
-    for i, f in enumerate(frames):
-        items += [f, PAUSE] if i % 10 == 9 else [f]
-    at = len(items) * 2 // 3
-    ck, crashed = tmp_path / "ck", CollectSink()
     window = _window(20, 4)
-    with pytest.raises(tf.JobError, match="ABORT"):
-        tf.run(
-            _flow([*items[:at], ABORT, *items[at:]], window, 0, None, crashed, CollectSink()),
-            workers=workers,
-            batch_size=1,
-            checkpoint_dir=ck,
-            checkpoint_interval=timedelta(milliseconds=1),
-        )
-    resumed = CollectSink()
-    tf.run(
-        _flow(items, window, 0, None, resumed, CollectSink()),
-        workers=workers,
-        batch_size=1,
-        checkpoint_dir=ck,
-        checkpoint_interval=timedelta(seconds=60),
+    crashed, resumed = crash_and_resume(
+        _frames(batches),
+        lambda items, out: _flow(items, window, 0, None, out, CollectSink()),
+        workers,
+        tmp_path / "ck",
     )
     windows_after = {r[1] for r in _got(resumed)}
     assert 0 < len(windows_after) < len({r[1] for r in want})  # it resumed mid-stream

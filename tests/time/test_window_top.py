@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -36,16 +37,16 @@ def _values(vs: list[int | None]) -> dict[str, int | None]:
     return {"n": len(vs), "s": sum(known), "hi": max(known) if known else None}
 
 
-def reference(
-    batches: list[list[Record]], size: int, hop: int, delay: int, by: str
-) -> tuple[set[tuple[Any, ...]], list[Record]]:
-    """Replays the batches per record: a record joins every window containing it whose end
-    is after the watermark of before its batch, or is late; then the watermark moves to the
-    largest time seen minus ``delay``. Each window keeps the keys whose ``by`` is the largest
-    (nulls never win)."""
+def assign(
+    batches: list[list[Any]], size: int, hop: int, delay: int
+) -> tuple[dict[tuple[int, Any], list[Any]], list[Any]]:
+    """Replays the batches of ``(key, time, value)`` per record: a record joins every window
+    containing it whose end is after the watermark of before its batch, or is late; then the
+    watermark moves to the largest time seen minus ``delay``. The values per window start and
+    key, and the late records (sorted)."""
     wm = MIN
-    wins: dict[tuple[int, str], list[int | None]] = defaultdict(list)
-    late: list[Record] = []
+    wins: dict[tuple[int, Any], list[Any]] = defaultdict(list)
+    late: list[Any] = []
     for batch in batches:
         for k, t, v in batch:
             hit = False
@@ -57,6 +58,17 @@ def reference(
                 late.append((k, t, v))
         if batch:
             wm = max(wm, max(t for _, t, _ in batch) - delay)
+    return wins, sorted(late, key=repr)
+
+
+def reference(
+    batches: list[list[Record]], size: int, hop: int, delay: int, by: str
+) -> tuple[set[tuple[Any, ...]], list[Record]]:
+    """Replays the batches per record: a record joins every window containing it whose end
+    is after the watermark of before its batch, or is late; then the watermark moves to the
+    largest time seen minus ``delay``. Each window keeps the keys whose ``by`` is the largest
+    (nulls never win)."""
+    wins, late = assign(batches, size, hop, delay)
     per_window: dict[int, dict[str, dict[str, int | None]]] = defaultdict(dict)
     for (ws, k), vs in wins.items():
         per_window[ws][k] = _values(vs)
@@ -69,7 +81,7 @@ def reference(
         for k, r in keys.items():
             if r[by] == best:
                 out.add((k, ws, ws + size, r["n"], r["s"], r["hi"]))
-    return out, sorted(late, key=repr)
+    return out, late
 
 
 # -- the engine ---------------------------------------------------------------------------------
@@ -211,21 +223,23 @@ def test_max_per_window_many_keys(workers: int, shape: tuple[int, int]) -> None:
         assert run(batches, _window(size, hop), 0, by, workers=workers) == (want, want_late)
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_max_per_window_resumes_like_an_uninterrupted_run(workers: int, tmp_path: Path) -> None:
-    batches = _many(240, seed=7, late=False)
-    want, _ = reference(batches, 20, 4, 0, "n")
-    frames = _frames(batches)
-    # A pause every tenth batch lets checkpoints happen between the batches.
+def crash_and_resume(
+    frames: list[pl.DataFrame],
+    flow: Callable[[list[Any], CollectSink], tf.Dataflow],
+    workers: int,
+    ck: Path,
+) -> tuple[CollectSink, CollectSink]:
+    """Runs ``flow(items, sink)`` over ``frames`` (a pause after every tenth, so checkpoints
+    happen between batches) with an abort two thirds in, then again resumed from the last
+    checkpoint; returns the two runs' sinks."""
     items: list[Any] = []
     for i, f in enumerate(frames):
         items += [f, PAUSE] if i % 10 == 9 else [f]
     at = len(items) * 2 // 3
-    ck, crashed = tmp_path / "ck", CollectSink()
-    window = _window(20, 4)
+    crashed, resumed = CollectSink(), CollectSink()
     with pytest.raises(tf.JobError, match="ABORT"):
         tf.run(
-            _flow([*items[:at], ABORT, *items[at:]], window, 0, "n", crashed, CollectSink()),
+            flow([*items[:at], ABORT, *items[at:]], crashed),
             workers=workers,
             batch_size=1,
             checkpoint_dir=ck,
@@ -233,15 +247,30 @@ def test_max_per_window_resumes_like_an_uninterrupted_run(workers: int, tmp_path
         )
     cp = CheckpointStore(ck).latest()
     assert cp is not None
-    assert all(p["top.hot.select"]["kind"] == "select" for p in cp.parts)
-    resumed = CollectSink()
     tf.run(
-        _flow(items, window, 0, "n", resumed, CollectSink()),
+        flow(items, resumed),
         workers=workers,
         batch_size=1,
         checkpoint_dir=ck,
         checkpoint_interval=timedelta(seconds=60),
     )
+    return crashed, resumed
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_max_per_window_resumes_like_an_uninterrupted_run(workers: int, tmp_path: Path) -> None:
+    batches = _many(240, seed=7, late=False)
+    want, _ = reference(batches, 20, 4, 0, "n")
+    window = _window(20, 4)
+    crashed, resumed = crash_and_resume(
+        _frames(batches),
+        lambda items, out: _flow(items, window, 0, "n", out, CollectSink()),
+        workers,
+        tmp_path / "ck",
+    )
+    cp = CheckpointStore(tmp_path / "ck").latest()
+    assert cp is not None
+    assert all(p["top.hot.select"]["kind"] == "select" for p in cp.parts)
     windows_after = {r[1] for r in _got(resumed)}
     assert 0 < len(windows_after) < len({r[1] for r in want})  # it resumed mid-stream
     assert _got(crashed, resumed) == want
