@@ -74,6 +74,19 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         "(lowest latency) [TIDEFLOW_MAX_DELAY_MS, default 100]",
     )
     p.add_argument(
+        "--source-drift-ms",
+        type=_non_negative_int,
+        default=_non_negative_int(_env("SOURCE_DRIFT_MS", "0") or "0"),
+        help="how far (event time) a source may run ahead of the slowest source still reading "
+        "[TIDEFLOW_SOURCE_DRIFT_MS, default 0]",
+    )
+    p.add_argument(
+        "--no-source-pacing",
+        action="store_true",
+        default=(_env("NO_SOURCE_PACING", "") or "") not in ("", "0"),
+        help="read every source as fast as it comes [TIDEFLOW_NO_SOURCE_PACING]",
+    )
+    p.add_argument(
         "--no-progress",
         action="store_true",
         default=(_env("NO_PROGRESS", "") or "") not in ("", "0"),
@@ -91,6 +104,9 @@ def run_kwargs(args: argparse.Namespace) -> dict[str, object]:
         "workers": args.workers,
         "batch_size": args.batch_size,
         "max_delay": timedelta(milliseconds=args.max_delay_ms),
+        "source_drift": (
+            None if args.no_source_pacing else timedelta(milliseconds=args.source_drift_ms)
+        ),
         "progress": not args.no_progress,
     }
 

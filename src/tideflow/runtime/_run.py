@@ -233,6 +233,7 @@ def run(
     checkpoint_keep: int = 3,
     from_savepoint: str | Path | None = None,
     state: StateChoice | None = None,
+    source_drift: timedelta | None = timedelta(0),
 ) -> RunResult:
     """Run a dataflow until its inputs end (bounded) or until stopped (Ctrl-C).
 
@@ -276,6 +277,13 @@ def run(
         Where keyed aggregation state lives for steps that do not choose themselves:
         ``"memory"`` (the default), ``"disk"`` or a :class:`~tideflow.state.DiskState`
         (state larger than memory: a hot set in memory, the rest in SQLite on disk).
+    source_drift
+        How far in event time one source may run ahead of the slowest source that is still
+        reading before the worker stops reading it (watermark alignment). Each source that
+        feeds an event-time step through stateless steps is compared by that step's
+        watermark; a source with nothing to read holds nobody back. A join or a union then
+        meets its inputs' rows of the same time together, instead of holding the rows of the
+        source that ran ahead. ``None`` reads every source as fast as it comes.
 
     Examples
     --------
@@ -299,6 +307,14 @@ def run(
     if not isinstance(flow, Dataflow):
         msg = f"run() takes a tideflow.Dataflow, got {type(flow).__name__}"
         raise ConfigError(msg)
+    if source_drift is not None and (
+        not isinstance(source_drift, timedelta) or source_drift < timedelta(0)
+    ):
+        msg = (
+            "run(): source_drift must be a timedelta >= 0 (or None to never pace sources), "
+            f"got {source_drift!r}"
+        )
+        raise ConfigError(msg)
     cfg = RunConfig(
         workers=n,
         batch_size=batch_size,
@@ -307,6 +323,7 @@ def run(
         dead_letter_path=Path(dead_letter_path) if dead_letter_path else None,
         clock=clock or time.time,
         state=state_backend(state, "run()"),
+        source_drift=source_drift,
     )
     if isinstance(cfg.state, DiskState):
         for nd in flow.nodes:

@@ -110,6 +110,9 @@ class RunConfig:
     checkpoint_meta: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: Where keyed state lives for steps that do not choose (None: memory).
     state: StateBackend | None = None
+    #: How far (event time) a source's watermark may run ahead of the slowest source still
+    #: reading before it is paused (None: sources are never paced).
+    source_drift: timedelta | None = timedelta(0)
 
 
 @dataclasses.dataclass(slots=True)
@@ -461,6 +464,10 @@ class _SourceRunner:
         self.buffered = 0
         self.since = 0.0
         self.ended = False
+        #: The last poll brought rows (a source with nothing to read holds nobody back).
+        self.reading = True
+        #: The event-time step fed by this source alone (None: not paced).
+        self.clock_node: int | None = None
 
     def take(self) -> pl.DataFrame | None:
         if not self.buffer:
@@ -604,6 +611,57 @@ class Worker:
         self.stop_requested = False
         self.exchanges = [n.index for n in nodes if n.kind == "exchange"]
         self.exchanges_above = self._exchanges_above()
+        self.paced = self._pace_sources()
+
+    def _pace_sources(self) -> list[_SourceRunner]:
+        """The sources paced by event time: each feeds an event-time step through stateless
+        steps alone (so that step's watermark is this source's), and there are at least two.
+
+        Pacing keeps sources abreast in event time (what Flink calls watermark alignment): a
+        join or a union then meets its inputs' rows of the same time together instead of
+        holding the rows of the source that ran ahead.
+        """
+        if self.cfg.source_drift is None:
+            return []
+        chained = ("frame", "record", "event_time")
+        for src in self.sources:
+            index = src.node.index
+            while self.nodes[index].kind != "event_time":
+                nexts = self.routes.get((index, "out"), [])
+                if len(nexts) != 1:
+                    break
+                dst, _ = nexts[0]
+                if self.nodes[dst].kind not in chained or len(self.nodes[dst].inputs) != 1:
+                    break
+                index = dst
+            else:
+                src.clock_node = index
+        paced = [src for src in self.sources if src.clock_node is not None]
+        return paced if len(paced) > 1 else []
+
+    def _ahead(self) -> set[int] | None:
+        """The event-time steps whose source is to skip this turn: their watermark is past
+        the slowest reading source's by more than ``source_drift`` (None: no one is)."""
+        drift = self.cfg.source_drift
+        assert drift is not None
+        floor: int | None = None
+        for src in self.paced:
+            node = src.clock_node
+            assert node is not None
+            if src.ended or self.out_idle[node] or not (src.reading or src.buffer):
+                continue
+            wm = self.out_wm[node]
+            if floor is None or wm < floor:
+                floor = wm
+        if floor is None:
+            return None
+        limit = floor + int(drift.total_seconds() * 1_000_000)
+        ahead = {
+            src.clock_node
+            for src in self.paced
+            if src.clock_node is not None and self.out_wm[src.clock_node] > limit
+        }
+        return ahead or None
 
     def _wire_dead_letters(self) -> None:
         dead = [n for n in self.nodes if n.kind == "dead_union"]
@@ -820,6 +878,7 @@ class Worker:
             msg = f"source '{step}' failed: {type(exc).__name__}: {exc}"
             raise JobError(msg, step_id=step) from exc
         progressed = False
+        src.reading = got is not None and got.data.height > 0
         if got is not None:
             if got.dead is not None and got.dead.height:
                 self.stats[src.node.index].dead += got.dead.height
@@ -894,8 +953,15 @@ class Worker:
                 if self.aligning is None:
                     blocked = self.transport.backlogged()
                     if not blocked:
+                        ahead = self._ahead() if self.paced else None
                         for src in self.sources:
-                            if not src.ended and self._poll(src, now):
+                            if src.ended:
+                                continue
+                            if ahead is not None and src.clock_node in ahead:
+                                if src.buffer and now - src.since >= src.max_delay:
+                                    self._push_source(src)
+                                continue
+                            if self._poll(src, now):
                                 progressed = True
                 self._count_blocked(now, blocked)
                 if self.tickers and self.aligning is None and now - last_tick >= 0.02:
