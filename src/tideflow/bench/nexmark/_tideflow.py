@@ -658,13 +658,118 @@ def _first_rows(codes: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     return np.flatnonzero(first)
 
 
+#: Integer types that fit a 64-bit word (UInt64 through int64, wrapping: a bijection).
+_WORD_INTEGERS = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64)
+#: The word a null row's string view gets: a length of 2**32 - 1, which no view has.
+_NULL_VIEW = np.uint64(0xFFFFFFFF)
+
+
+def _view_words(column: pl.Series) -> np.ndarray[Any, np.dtype[np.uint64]]:
+    """The 16-byte Arrow string (or binary) view of each row of ``column`` as two words.
+
+    Equal views mean equal values: a short value (12 bytes or less) is inside its view, a
+    longer one is named by its length, first bytes and place in the array's buffers. Nulls
+    get a view no value has. Polars' Parquet reader gives the rows of a dictionary page the
+    views of their dictionary entries, and a gather copies views, so repeated values
+    usually have equal views.
+    """
+    array = column.to_arrow(compat_level=pl.CompatLevel.newest())  # one chunk
+    views = np.frombuffer(array.buffers()[1], dtype=np.uint64)
+    words = views[2 * array.offset : 2 * (array.offset + len(array))].reshape(-1, 2)
+    if column.null_count():
+        words = words.copy()
+        nulls = column.is_null().to_numpy()
+        words[nulls, 0] = _NULL_VIEW
+        words[nulls, 1] = 0
+    return words
+
+
+def _row_words(frame: pl.DataFrame) -> np.ndarray[Any, np.dtype[np.uint64]] | None:
+    """Fixed-width words per row that are equal only for equal rows (not always the other
+    way round): string and binary views, categorical ids, integers with a null flag.
+    ``None`` when a column has another type."""
+    parts: list[np.ndarray[Any, Any]] = []
+    for column in frame.get_columns():
+        dtype = column.dtype
+        if dtype in (pl.String, pl.Binary):
+            parts.append(_view_words(column))
+            continue
+        if isinstance(dtype, (pl.Categorical, pl.Enum)):  # ids name values exactly
+            column = column.to_physical()
+        elif dtype not in _WORD_INTEGERS:
+            return None
+        values = column.fill_null(0).to_numpy().astype(np.int64, copy=False).view(np.uint64)
+        parts.append(values[:, None])
+        if column.null_count():
+            parts.append(column.is_null().to_numpy().astype(np.uint64)[:, None])
+    if not parts:
+        return None
+    return np.ascontiguousarray(parts[0] if len(parts) == 1 else np.hstack(parts))
+
+
+def _word_codes(words: np.ndarray[Any, np.dtype[np.uint64]]) -> np.ndarray[Any, Any]:
+    """Each row's number among the distinct rows of ``words`` (rows of fixed-width words),
+    in order of first appearance: Arrow's hash table of fixed-size binary values (exact)."""
+    rows, width = words.shape
+    keys = pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(8 * width), rows, [None, pa.py_buffer(words)]
+    )
+    codes: np.ndarray[Any, Any] = pc.dictionary_encode(keys).indices.to_numpy()
+    return codes
+
+
+def _hashed_codes(frame: pl.DataFrame) -> np.ndarray[Any, Any]:
+    """:func:`distinct_codes`' numbering by 64-bit row hashes, checked against the rows."""
+    hashed = pc.dictionary_encode(pa.array(_row_hashes(frame)))
+    codes: np.ndarray[Any, Any] = hashed.indices.to_numpy()
+    firsts = _first_rows(codes)
+    if frame[firsts][codes].equals(frame):
+        return codes
+    name = "__code" + "_" * max((len(c) for c in frame.columns), default=0)  # a new name
+    distinct = frame.unique(maintain_order=True).with_row_index(name)
+    coded = frame.join(
+        distinct, on=frame.columns, how="left", nulls_equal=True, maintain_order="left"
+    )
+    return coded.get_column(name).to_numpy()
+
+
+def _row_groups(frame: pl.DataFrame) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]] | None:
+    """``(groups, heads)``: the rows of ``frame`` numbered by their words (see
+    ``_row_words``; in order of first appearance) and each group's first row. Rows of one
+    group are equal; equal rows are usually, not always, in one group. ``None`` when a
+    column's type has no words."""
+    words = _row_words(frame) if frame.height else None
+    if words is None:
+        return None
+    groups = _word_codes(words)
+    return groups, _first_rows(groups)
+
+
+def _merged_codes(
+    frame: pl.DataFrame, grouped: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]] | None
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """:func:`distinct_codes` from the word groups of ``frame`` (or none): the groups' first
+    rows numbered by their values, which merges groups of equal rows."""
+    if grouped is None or len(grouped[1]) == frame.height:
+        codes = _hashed_codes(frame)
+        return codes, _first_rows(codes)
+    groups, heads = grouped
+    # The heads are in order of first appearance, and so are their numbers.
+    head_codes = _hashed_codes(frame[heads])
+    return head_codes[groups], heads[_first_rows(head_codes)]
+
+
 def distinct_codes(frame: pl.DataFrame) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
     """``(codes, firsts)``: each row's number among the distinct rows of ``frame``, in order
     of first appearance (nulls equal), and the row where each distinct row first appears.
 
-    The rows are numbered by a 64-bit hash of each (one pass over the columns together),
-    then checked: a hash shared by different rows (which no test has seen at random) makes
-    the numbering fall back to Polars' exact ``unique`` and a join.
+    First the rows are grouped by fixed-width words that are equal only for equal rows
+    (Arrow's string views, categorical ids, integers): repeated text read from a Parquet
+    dictionary page, or gathered, has equal views, so no text is read for it. Then the
+    first row of each group is numbered by its values: a 64-bit hash of each (one pass over
+    the columns together), checked against the rows; a hash shared by different rows (which
+    no test has seen at random) makes that numbering fall back to Polars' exact ``unique``
+    and a join.
 
     Examples
     --------
@@ -673,27 +778,21 @@ def distinct_codes(frame: pl.DataFrame) -> tuple[np.ndarray[Any, Any], np.ndarra
     >>> codes.tolist(), firsts.tolist()
     ([0, 1, 0, 2, 2], [0, 1, 3])
     """
-    codes = pc.dictionary_encode(pa.array(_row_hashes(frame))).indices.to_numpy()
-    firsts = _first_rows(codes)
-    if frame[firsts][codes].equals(frame):
-        return codes, firsts
-    name = "__code" + "_" * max((len(c) for c in frame.columns), default=0)  # a new name
-    distinct = frame.unique(maintain_order=True).with_row_index(name)
-    coded = frame.join(
-        distinct, on=frame.columns, how="left", nulls_equal=True, maintain_order="left"
-    )
-    codes = coded.get_column(name).to_numpy()
-    return codes, _first_rows(codes)
+    return _merged_codes(frame, _row_groups(frame))
 
 
 def per_distinct(frame: pl.DataFrame, columns: str | list[str], *exprs: pl.Expr) -> pl.DataFrame:
     """``exprs``, which read only ``columns``, evaluated once per distinct row of
     ``columns`` (nulls included) and gathered back to the rows of ``frame``.
 
-    One hash of the columns replaces the string work on every row where values repeat: a
-    Nexmark bid batch of 92 k rows holds about 10 k distinct urls and channels. The result
-    is the same as ``frame.select(*exprs)`` for expressions that map each row on its own
-    (no aggregation, no look at other rows).
+    A Nexmark bid batch of 92 k rows holds about 10 k distinct urls and channels. The rows
+    are grouped by their Arrow string views (and the other columns' fixed-width words): as
+    Polars reads a Parquet dictionary page, the rows of one value share a view, so the
+    groups are the distinct values without hashing any text. Where the views repeat little
+    (text not from a dictionary), the rows are numbered by :func:`distinct_codes`. A value
+    split over several groups is only evaluated more than once. The result is the same as
+    ``frame.select(*exprs)`` for expressions that map each row on its own (no aggregation,
+    no look at other rows).
 
     Examples
     --------
@@ -713,7 +812,11 @@ def per_distinct(frame: pl.DataFrame, columns: str | list[str], *exprs: pl.Expr)
     └──────┘
     """
     keys = frame.select(columns)
-    codes, firsts = distinct_codes(keys)
+    grouped = _row_groups(keys)
+    if grouped is not None and len(grouped[1]) <= keys.height // 2:
+        codes, firsts = grouped
+    else:
+        codes, firsts = _merged_codes(keys, grouped)
     out = keys[firsts].lazy().select(*exprs).collect()
     return out[codes]
 
