@@ -8,6 +8,8 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tideflow import ConfigError, ConnectorError
 from tideflow.connectors import files, sqlite
@@ -411,3 +413,146 @@ def test_parquet_writes_categorical_enum_and_nested_text_columns(tmp_path: Path)
     # "numeric" statistics: none for the text, categorical or nested columns
     group = pq.ParquetFile(part).metadata.row_group(0)
     assert not any(group.column(c).is_stats_set for c in range(group.num_columns))
+
+
+# -- dictionary columns handed to the Parquet writer ------------------------------------------
+
+
+def _write_coded(path: Path, tables: list[object], schema: str = "values") -> None:
+    """Write Arrow tables with dictionary columns through ``open_parquet_writer``."""
+    import pyarrow as pa
+
+    from tideflow.connectors._filesinks import open_parquet_writer
+
+    first = tables[0]
+    assert isinstance(first, pa.Table)
+    sample = pl.from_arrow(first)
+    assert isinstance(sample, pl.DataFrame)
+    writer = open_parquet_writer(
+        str(path),
+        first.schema,
+        sample,
+        dictionary_schema=schema,  # type: ignore[arg-type]
+    )
+    for table in tables:
+        writer.write_table(table)
+    writer.close()
+
+
+def _decoded(column: object) -> list[str | None]:
+    """A dictionary column's values row by row, decoded in Python (the reference)."""
+    import pyarrow as pa
+
+    assert isinstance(column, pa.ChunkedArray | pa.DictionaryArray)
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    out: list[str | None] = []
+    for chunk in chunks:
+        values = chunk.dictionary.to_pylist()
+        out.extend(None if i is None else values[i] for i in chunk.indices.to_pylist())
+    return out
+
+
+@st.composite
+def coded_batches(draw: st.DrawFn) -> list[object]:
+    """Batches of an id column and a dictionary text column: dictionaries with unused and
+    repeated values or empty, null indices, chunks with their own dictionaries."""
+    import pyarrow as pa
+
+    text = st.text(alphabet="ab/é中", max_size=14)  # some views inline, some not
+    value_type = draw(st.sampled_from([pa.string(), pa.large_string()]))
+    batches: list[object] = []
+    start = 0
+    for _ in range(draw(st.integers(1, 3))):
+        chunks = []
+        for _ in range(draw(st.integers(1, 3))):
+            values = draw(st.lists(text, max_size=6))
+            n = draw(st.integers(0, 30))
+            pick = st.integers(0, len(values) - 1) if values else st.nothing()
+            indices = draw(st.lists(st.one_of(st.none(), pick), min_size=n, max_size=n))
+            chunks.append(
+                pa.DictionaryArray.from_arrays(
+                    pa.array(indices, pa.int32()), pa.array(values, value_type)
+                )
+            )
+        column = pa.chunked_array(chunks, pa.dictionary(pa.int32(), value_type))
+        rows = len(column)
+        ids = pa.array(range(start, start + rows), pa.int64())
+        batches.append(pa.table({"id": ids, "s": column}))
+        start += rows
+    return batches
+
+
+@settings(max_examples=150, deadline=None)
+@given(batches=coded_batches())
+def test_parquet_writes_dictionary_columns_as_their_values(batches: list[object]) -> None:
+    import tempfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "coded.parquet"
+        _write_coded(path, batches)
+        expected = [v for t in batches for v in _decoded(t.column("s"))]  # type: ignore[attr-defined]
+        back = pl.read_parquet(path)
+        assert back.schema == pl.Schema({"id": pl.Int64, "s": pl.String})
+        assert back.get_column("s").to_list() == expected
+        assert back.get_column("id").to_list() == list(range(len(expected)))
+        schema = pq.read_schema(path)
+        value_type = batches[0].schema.field("s").type.value_type  # type: ignore[attr-defined]
+        assert schema.field("s").type == value_type
+        assert pq.read_table(path).column("s").to_pylist() == expected
+        assert not pa.types.is_dictionary(pq.read_table(path).schema.field("s").type)
+
+
+def test_parquet_writes_given_dictionaries_as_they_are(tmp_path: Path) -> None:
+    """The dictionary pages are the given dictionaries (unused values included), read back
+    as text by pyarrow, Polars and DuckDB; nulls and an empty dictionary too."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = 4_000
+    values = pa.array([f"https://example.com/{k}/item" for k in range(50)] + ["unused"])
+    indices = pa.array([None if i % 7 == 0 else (i * 13) % 50 for i in range(n)], pa.int32())
+    empty = pa.DictionaryArray.from_arrays(pa.nulls(n, pa.int32()), pa.array([], pa.string()))
+    table = pa.table(
+        {
+            "id": pa.array(range(n)),
+            "url": pa.DictionaryArray.from_arrays(indices, values),
+            "none": empty,
+        }
+    )
+    path = tmp_path / "coded.parquet"
+    _write_coded(path, [table, table.slice(0, 100)])
+    expected = _decoded(table.column("url")) + _decoded(table.column("url"))[:100]
+    meta = pq.ParquetFile(path).metadata
+    for g in range(meta.num_row_groups):
+        column = meta.row_group(g).column(1)
+        assert column.has_dictionary_page
+        assert "RLE_DICTIONARY" in column.encodings
+    assert str(pq.read_schema(path).field("url").type) == "string"
+    back = pl.read_parquet(path)
+    assert back.get_column("url").to_list() == expected
+    assert back.get_column("none").null_count() == n + 100
+    assert back.schema["url"] == pl.String and back.schema["none"] == pl.String
+    duckdb = pytest.importorskip("duckdb")
+    types = duckdb.sql(f"DESCRIBE SELECT * FROM '{path}'").fetchall()
+    assert [(name, kind) for name, kind, *_ in types] == [
+        ("id", "BIGINT"),
+        ("url", "VARCHAR"),
+        ("none", "VARCHAR"),
+    ]
+    rows = duckdb.sql(f"SELECT url FROM '{path}' ORDER BY id").fetchall()
+    assert sorted((r[0] for r in rows), key=str) == sorted(expected, key=str)
+
+
+def test_parquet_dictionary_schema_setting(tmp_path: Path) -> None:
+    """``"dictionary"`` keeps the columns categorical; an unknown choice is a ConfigError."""
+    import pyarrow as pa
+
+    coded = pa.DictionaryArray.from_arrays(pa.array([0, 1, None, 0]), pa.array(["a", "b"]))
+    table = pa.table({"s": coded})
+    _write_coded(tmp_path / "kept.parquet", [table], schema="dictionary")
+    assert pl.read_parquet(tmp_path / "kept.parquet").schema["s"] == pl.Categorical
+    with pytest.raises(ConfigError, match="unknown dictionary_schema='plain'; choose one of"):
+        _write_coded(tmp_path / "bad.parquet", [table], schema="plain")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import logging
 import os
@@ -20,6 +21,7 @@ from tideflow._errors import ConfigError, ConnectorError
 from tideflow.connectors._base import Sink, SinkContext, SinkWriter
 
 __all__ = [
+    "ParquetDictionarySchema",
     "ParquetLayout",
     "ParquetStatistics",
     "SinkCsv",
@@ -325,7 +327,9 @@ def parquet_layout(table: pa.Table, codec: str = "snappy") -> ParquetLayout:
     uncompressed, as the codec would spend CPU on them for little. Last, an integer or time
     column is written delta-encoded (``DELTA_BINARY_PACKED``, uncompressed) when that is at
     most 1.1 times the size chosen so far with a codec or a dictionary (it costs less CPU
-    than either), or at most 90 % of its plain uncompressed size. Below 1,024 rows the sample says little: Arrow's default (a dictionary for
+    than either), or at most 90 % of its plain uncompressed size. Columns that are Arrow
+    dictionaries keep them (Arrow writes their dictionary and indices without hashing the
+    values). Below 1,024 rows the sample says little: Arrow's default (a dictionary for
     every column, ``codec`` for all).
 
     Examples
@@ -352,6 +356,11 @@ def parquet_layout(table: pa.Table, codec: str = "snappy") -> ParquetLayout:
     frame = pl.from_arrow(table.slice(0, _DICT_SAMPLE_MAX))
     assert isinstance(frame, pl.DataFrame)
     proposed = dictionary_columns(frame)
+    # Columns that come as dictionaries are written with them: their values are hashed
+    # once already, and Arrow writes the given dictionary and indices as they are.
+    given = [f.name for f in table.schema if pa.types.is_dictionary(f.type)]
+    if isinstance(proposed, list):
+        proposed = [*proposed, *(c for c in given if c not in proposed)]
     if proposed is True or codec == "none":
         return ParquetLayout(proposed, codec)
     # Every column plain, on a smaller sample (wide text columns are costly to write).
@@ -366,7 +375,11 @@ def parquet_layout(table: pa.Table, codec: str = "snappy") -> ParquetLayout:
         part = table.slice(0, _DICT_SAMPLE_MAX).select(proposed)
         coded = _sample_sizes(part, True, codec)
         scale = part.num_rows / max(small.num_rows, 1)
-        chosen = [c for c in proposed if coded[c][0] <= _DICT_MAX_RATIO * scale * sizes[c][0]]
+        chosen = [
+            c
+            for c in proposed
+            if c in given or coded[c][0] <= _DICT_MAX_RATIO * scale * sizes[c][0]
+        ]
         sizes.update({c: coded[c] for c in chosen})
     compression = {
         path: codec if packed <= _CODEC_MAX_RATIO * max(raw, 1) else "none"
@@ -421,24 +434,52 @@ def parquet_table(frame: pl.DataFrame) -> pa.Table:
     return table
 
 
+#: How Arrow dictionary columns are declared in a Parquet file's Arrow schema.
+ParquetDictionarySchema = Literal["dictionary", "values"]
+_DICTIONARY_SCHEMAS: tuple[str, ...] = get_args(ParquetDictionarySchema)
+
+
+def values_schema(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with each dictionary column declared as its value type.
+
+    Examples
+    --------
+    >>> import pyarrow as pa
+    >>> values_schema(pa.schema([("s", pa.dictionary(pa.int32(), pa.large_string()))]))
+    s: large_string
+    """
+    fields = [
+        f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f for f in schema
+    ]
+    return pa.schema(fields, metadata=schema.metadata)
+
+
 def open_parquet_writer(
     path: str,
     schema: pa.Schema,
     first: pl.DataFrame,
     *,
     statistics: ParquetStatistics = "numeric",
+    dictionary_schema: ParquetDictionarySchema = "dictionary",
     **options: Any,
 ) -> pq.ParquetWriter:
     """A streaming Parquet writer for batches like ``first``, laid out by
     :func:`parquet_layout` (unless ``options`` name ``use_dictionary`` or ``compression``).
 
     ``statistics`` chooses the columns with min/max statistics (see
-    :func:`statistics_columns`); ``options`` go to :class:`pyarrow.parquet.ParquetWriter`.
+    :func:`statistics_columns`). Columns of ``schema`` that are Arrow dictionaries are
+    written with their dictionaries and indices as they come (no hashing of their values;
+    a batch whose dictionary differs from the first of its row group is written by value);
+    ``dictionary_schema="values"`` declares them in the file as their value type (readers
+    see plain text columns), ``"dictionary"`` as dictionaries (categoricals). ``options`` go
+    to :class:`pyarrow.parquet.ParquetWriter`.
 
     Examples
     --------
     >>> import os, tempfile
     >>> import polars as pl
+    >>> import pyarrow as pa
+    >>> import pyarrow.parquet as pq
     >>> frame = pl.DataFrame({"id": range(3), "kind": ["a", "b", "a"]})
     >>> table = frame.to_arrow()
     >>> path = os.path.join(tempfile.mkdtemp(), "out.parquet")
@@ -447,8 +488,20 @@ def open_parquet_writer(
     >>> writer.close()
     >>> pl.read_parquet(path).equals(frame)
     True
+    >>> kind = pa.DictionaryArray.from_arrays(pa.array([0, 1, 0]), pa.array(["a", "b"]))
+    >>> coded = pa.table({"id": [0, 1, 2], "kind": kind})
+    >>> first = pl.from_arrow(coded)
+    >>> writer = open_parquet_writer(path, coded.schema, first, dictionary_schema="values")
+    >>> writer.write_table(coded)
+    >>> writer.close()
+    >>> pq.read_schema(path).field("kind").type
+    DataType(string)
     """
     check_statistics("parquet", statistics)
+    if dictionary_schema not in _DICTIONARY_SCHEMAS:
+        choices = ", ".join(repr(c) for c in _DICTIONARY_SCHEMAS)
+        msg = f"parquet: unknown dictionary_schema={dictionary_schema!r}; choose one of {choices}"
+        raise ConfigError(msg)
     if "use_dictionary" not in options or "compression" not in options:
         sample = parquet_table(first.head(_DICT_SAMPLE_MAX))
         layout = parquet_layout(sample.cast(schema)).options()
@@ -457,7 +510,15 @@ def open_parquet_writer(
         for key, value in layout.items():
             options.setdefault(key, value)
     options.setdefault("write_statistics", statistics_columns(schema, statistics))
-    return pq.ParquetWriter(path, schema, **options)
+    coded = any(pa.types.is_dictionary(f.type) for f in schema)
+    if dictionary_schema == "dictionary" or not coded:
+        return pq.ParquetWriter(path, schema, **options)
+    # Arrow stores the schema it writes; the file declares the values' types instead (the
+    # pages are the same: a Parquet dictionary column is text either way).
+    writer = pq.ParquetWriter(path, schema, store_schema=False, **options)
+    declared = base64.b64encode(values_schema(schema).serialize().to_pybytes())
+    writer.add_key_value_metadata({"ARROW:schema": declared.decode("ascii")})
+    return writer
 
 
 _PART = re.compile(r"^part-(\d+)-(\d+)\.parquet$")

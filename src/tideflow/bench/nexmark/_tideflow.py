@@ -175,7 +175,8 @@ class _NexmarkReader(SourceReader):
 
 @dataclasses.dataclass(frozen=True)
 class ParquetResultSink(Sink):
-    """Write every batch into one Parquet file (a row group per batch; memory stays flat)."""
+    """Write every batch into one Parquet file (a row group per batch; memory stays flat);
+    categorical columns are written with their dictionaries and read back as text."""
 
     path: Path
     single_writer = True
@@ -198,8 +199,10 @@ class _ParquetResultWriter(SinkWriter):
         table = parquet_table(batch)  # no string copy
         if self._writer is None:
             self._schema = table.schema
-            self._writer = open_parquet_writer(str(self._path), self._schema, batch)
-        else:
+            self._writer = open_parquet_writer(
+                str(self._path), self._schema, batch, dictionary_schema="values"
+            )
+        elif not table.schema.equals(self._schema):
             table = table.cast(self._schema)
         self._writer.write_table(table)
         self.rows += batch.height
