@@ -413,9 +413,10 @@ def sink_parquet(
     ``key=value/`` sub-directories (the key columns are not stored in the files). A part
     file's layout is judged on its first batch: a column that repeats values (at most half
     of the rows distinct) is dictionary-encoded when that makes it at least a quarter smaller
-    than plain, a column is Snappy-compressed when that saves at least a tenth, and an
-    integer or time column is delta-encoded when that is about as small (see
-    ``parquet_layout`` in ``tideflow.connectors._filesinks``).
+    than plain, and categorical and enum columns always are (with their own dictionaries); a
+    column is Snappy-compressed when that saves at least a tenth (a fifth for a dictionary
+    column), and an integer or time column is delta-encoded when that is about as small
+    (see ``parquet_layout`` in ``tideflow.connectors._filesinks``).
 
     ``statistics`` chooses the columns whose chunks carry min/max statistics (which readers
     use to skip row groups): ``"numeric"`` (the default) every flat column except text,
