@@ -30,7 +30,7 @@ incrementally: one chunk per checkpoint of the rows appended since the previous 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -43,6 +43,7 @@ __all__ = [
     "ChunkLog",
     "CodeKind",
     "KeyedRows",
+    "LogRows",
     "codes_exact",
     "key_codes",
     "stable_argsort",
@@ -764,6 +765,39 @@ class KeyedRows:
             self.append(rows)
 
 
+class LogRows(Protocol):
+    """What :class:`ChunkLog` needs of a store: positions, tombstones and the live rows."""
+
+    size: int
+    n_dead: int
+    dead: npt.NDArray[np.bool_]
+
+    @property
+    def height(self) -> int:
+        """Live rows."""
+        ...
+
+    def live_since(self, position: int) -> pl.DataFrame:
+        """The live rows at ``position`` and after, in order."""
+        ...
+
+    def live(self) -> pl.DataFrame:
+        """Every live row, in order."""
+        ...
+
+    def remove(self, positions: Positions, *, compact: bool = True) -> None:
+        """Flag the rows at ``positions`` as removed."""
+        ...
+
+    def live_before(self, position: int) -> int:
+        """How many live rows have a position below ``position``."""
+        ...
+
+    def compact(self) -> None:
+        """Keep the live rows only."""
+        ...
+
+
 class ChunkLog:
     """Incremental snapshots of a :class:`KeyedRows`: one chunk per snapshot of what is new.
 
@@ -805,7 +839,7 @@ class ChunkLog:
         #: Store position of the first row not in a chunk.
         self.mark = 0
 
-    def snapshot(self, store: KeyedRows) -> list[SnapshotChunk]:
+    def snapshot(self, store: LogRows) -> list[SnapshotChunk]:
         """The chunks of the store: the earlier ones and, if rows came since, one of those."""
         new = store.live_since(self.mark)
         self.mark = store.size
@@ -818,7 +852,7 @@ class ChunkLog:
             self.rows = live
         return list(self.chunks)
 
-    def remove(self, store: KeyedRows, positions: Positions) -> npt.NDArray[np.bool_] | None:
+    def remove(self, store: LogRows, positions: Positions) -> npt.NDArray[np.bool_] | None:
         """Remove rows from ``store``, compacting it (and moving the mark) past half dead.
 
         Returns None, or after a compaction which positions were live before it (the row at
@@ -832,7 +866,7 @@ class ChunkLog:
         store.compact()
         return alive
 
-    def restored(self, store: KeyedRows, parts: list[SnapshotChunk | bytes], rows: int) -> None:
+    def restored(self, store: LogRows, parts: list[SnapshotChunk | bytes], rows: int) -> None:
         """After ``store`` was restored from ``parts`` (``rows`` rows in all): go on referring
         to them if they are chunks; else the next snapshot writes the store anew."""
         shared = all(isinstance(p, SnapshotChunk) for p in parts)

@@ -29,11 +29,13 @@ from tideflow.runtime._keyindex import (
     CodeKind,
     Codes,
     KeyedRows,
+    LogRows,
     Positions,
     codes_exact,
     key_codes,
     stable_lexsort,
 )
+from tideflow.runtime._toptable import MOST_N, TopTable, order_values
 
 if TYPE_CHECKING:
     from tideflow.connectors._base import SinkWriter
@@ -506,6 +508,14 @@ class TopNOperator(Operator):
         # (the first ``rows.size`` entries of a buffer grown by doubling).
         self.track_ranks = self.final and self.op.rank is not None
         self.rank_of: npt.NDArray[Any] = self._no_ranks()
+        # emit="final" on integer or time order columns: the kept rows ranked in NumPy slots,
+        # their wide columns written once (see :class:`~tideflow.runtime._toptable.TopTable`);
+        # None: the key-indexed store above (for good, once a batch does not fit the table).
+        self.table: TopTable | None = None
+        self.table_ok = self.final and self.op.n <= MOST_N
+        self.order_schema: dict[str, pl.DataType] | None = None
+        # The input ended and every result went out (see :meth:`snapshot`).
+        self.ended = False
 
     def _no_ranks(self) -> npt.NDArray[Any]:
         return np.zeros(0, np.min_scalar_type(max(self.op.n - 1, 0)))
@@ -685,11 +695,58 @@ class TopNOperator(Operator):
             else pl.concat(self.pending, how="vertical_relaxed")
         )
         self.pending, self.pending_rows = [], 0
-        self._merge(batch, wide=False)
+        if not self._merge_table(batch):
+            self._merge(batch, wide=False)
+
+    def _merge_table(self, batch: pl.DataFrame) -> bool:
+        """Merge ``batch`` into the table; False when the step keeps its rows in the store."""
+        if not self.table_ok:
+            return False
+        by = list(self.op.by)
+        schema = {c: batch.schema[c] for c in by}
+        values = order_values(batch, by, list(self.op.descending))
+        if values is None or (self.order_schema is not None and schema != self.order_schema):
+            self._leave_table()
+            return False
+        if self.table is None:
+            self.table = TopTable(self.keys, self.op.n)
+        self.order_schema = schema
+        keys = batch.select(self.keys)
+        codes, _, kind = key_codes(keys, self.keys, nulls_equal=True)
+        group = codes if codes_exact(codes, kind, nulls_equal=True) else None
+        lost = self.table.merge(batch, values, group)
+        if lost is None:
+            self._leave_table()
+            return False
+        alive = self.log.remove(self.table.rows, lost)
+        if alive is not None:  # compacted: the slots follow the rows
+            self.table.moved(alive)
+        return True
+
+    def _leave_table(self) -> None:
+        """Move the kept rows from the table to the key-indexed store (for good)."""
+        self.table_ok = False
+        table, self.table = self.table, None
+        if table is None:
+            return
+        rows, ranks = table.ranked()
+        self.rows, self.rank_of = self._store(), self._no_ranks()
+        if rows.height:
+            self._append(rows, ranks)  # arrival order: ties keep ranking as they did
+        # The checkpoints' chunks hold the same rows; the next one writes the store anew.
+        self.log = ChunkLog(slack=self.FOLD_ROWS)
 
     def on_batch(self, index: int, batch: pl.DataFrame) -> None:
         if batch.height == 0:
             return
+        if self.ended:
+            msg = (
+                f"step '{self.node.step_id}': top_n had emitted its results for an input that "
+                "ended (the checkpoint it resumed from was taken after the end), and got more "
+                "rows; resume from a checkpoint taken before the end, or run with an empty "
+                "checkpoint directory"
+            )
+            raise StateError(msg)
         if self.final:
             self.pending.append(batch)
             self.pending_rows += batch.height
@@ -700,16 +757,28 @@ class TopNOperator(Operator):
         if top is not None and top.height:
             self.ctx.emit(top)
 
+    @property
+    def kept(self) -> LogRows:
+        """The store of the kept rows (every column) the checkpoints' chunks are made of."""
+        return self.rows if self.table is None else self.table.rows
+
     def _live(self) -> pl.DataFrame | None:
         self._flush()
+        if self.table is not None:
+            return self.table.rows.live() if self.table.rows.height else None
         if self.rows.height == 0:
             return None
         return self.rows.live()
 
     def on_end(self) -> None:
-        if not self.final:
+        restored_after_end, self.ended = self.ended, True
+        if not self.final or restored_after_end:
             return
         self._flush()
+        if self.table is not None:
+            for part, part_ranks in self.table.ranked_parts():
+                self.ctx.emit(self._ranked(part, part_ranks))
+            return
         if self.rows.height == 0:
             return
         # The live rows are the top rows: emitted as they are, a frame per segment of the
@@ -739,9 +808,16 @@ class TopNOperator(Operator):
         What is new is the kept rows appended since the previous snapshot; once the chunks
         hold more than twice the kept rows or number more than 32, the kept rows become the
         only chunk.
+
+        After the end of the input (:meth:`on_end` ran: every result was emitted, and the
+        checkpoint holds the sinks' share of them) the snapshot is a marker without rows:
+        the kept rows serve no later input, and a job resumed from it must not emit the
+        results again.
         """
+        if self.ended:
+            return {"version": 2, "kind": "top_n", "chunks": [], "ended": True}
         self._flush()
-        chunks = self.log.snapshot(self.rows)
+        chunks = self.log.snapshot(self.kept)
         return {"version": 2, "kind": "top_n", "chunks": chunks}
 
     def restore(self, snap: dict[str, Any]) -> None:
@@ -755,16 +831,20 @@ class TopNOperator(Operator):
             raise StateError(msg)
         parts = [snap["table"]] if version == 1 else list(snap.get("chunks") or [])
         self.rows, self.rank_of = self._store(), self._no_ranks()
+        self.table, self.order_schema = None, None
+        self.table_ok = self.final and self.op.n <= MOST_N
         self.pending, self.pending_rows = [], 0
+        self.ended = bool(snap.get("ended"))
         frames, kept = read_parts(parts)
         if frames:
             rows = concat(frames)
-            narrow = rows.select(self.narrow)
-            top, ranks = self._best(narrow, self._group(narrow))
-            self._append(rows[top], ranks)
+            if not self._merge_table(rows):
+                narrow = rows.select(self.narrow)
+                top, ranks = self._best(narrow, self._group(narrow))
+                self._append(rows[top], ranks)
         # The checkpoints go on referring to chunks; rows that came as bytes (an older
         # version, another worker count) make the next checkpoint write the whole state.
-        self.log.restored(self.rows, kept, sum(f.height for f in frames))
+        self.log.restored(self.kept, kept, sum(f.height for f in frames))
 
 
 def _one_per_code(codes: Codes) -> npt.NDArray[np.bool_]:

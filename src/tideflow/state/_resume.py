@@ -200,7 +200,10 @@ def _rescale(
         # worker folds its share (the old workers' chunks are read, not shared).
         rows = _union([s["chunks"] for s in snaps])
         share = [] if rows is None else [_ipc(_own_share(rows, keys, w, n))]
-        return {"version": 2, "kind": "top_n", "chunks": share}
+        out = {"version": 2, "kind": "top_n", "chunks": share}
+        if any(s.get("ended") for s in snaps):  # no input comes after any worker's end
+            out["ended"] = True
+        return out
     if kind == "top_n" and first.get("version") == 1:
         rows = _union([s.get("table") for s in snaps])
         out = dict(first)
