@@ -478,6 +478,13 @@ class TopNOperator(Operator):
     which ranks all of that key's kept rows), so the end emits them without sorting the
     whole state again.
 
+    With ``emit="final"``, ``n <= 32`` and order columns of integers, times or Booleans
+    without nulls, the kept rows are a :class:`~tideflow.runtime._toptable.TopTable`
+    instead: each key's order values and row references in NumPy slots, ranked by NumPy
+    alone, the rows themselves (every column) appended once per merge and never moved
+    again until half of them are removed. The first batch that does not fit (a null or a
+    float in an order column, another order type) moves the rows to the store above.
+
     Snapshots are incremental (:class:`~tideflow.state.SnapshotChunk`): the top rows of
     ``a + b`` are the top rows of ``top(a) + top(b)`` (ties keep their arrival order), so
     the state is saved as a list of chunks, one per checkpoint: the kept rows appended since
@@ -485,7 +492,9 @@ class TopNOperator(Operator):
     checkpoint writes one chunk of what is new and refers to the earlier ones; once the
     chunks hold more than twice the kept rows (keys updated again and again) or number more
     than 32, the kept rows replace them as one chunk (a compaction, amortized; see
-    :class:`~tideflow.runtime._keyindex.ChunkLog`). A restore folds the chunks.
+    :class:`~tideflow.runtime._keyindex.ChunkLog`). A restore folds the chunks. Once the
+    input ended and every result was emitted, a snapshot is a marker without rows (see
+    :meth:`snapshot`).
     """
 
     #: With emit="final", merge appended batches into the state once they hold this many rows.
