@@ -44,6 +44,7 @@ __all__ = [
     "CodeKind",
     "KeyedRows",
     "LogRows",
+    "Tombstones",
     "codes_exact",
     "key_codes",
     "stable_argsort",
@@ -394,11 +395,70 @@ class _Segment:
         self.base, self.frame, self.codes, self.offsets = base, frame, codes, offsets
 
 
+class Tombstones:
+    """Row positions handed out in order, each with a flag once its row is removed.
+
+    The base of the stores of rows that remove rows by flagging them and drop them in a
+    :meth:`compact` once they are more than half.
+
+    Examples
+    --------
+    >>> t = Tombstones()
+    >>> t.added(3)
+    >>> t.remove(np.array([1]), compact=False)
+    >>> t.height, t.live_before(3)
+    (2, 2)
+    """
+
+    def __init__(self) -> None:
+        self.size = 0  # positions handed out (live and removed rows)
+        # The flags: a view of the first ``size`` entries of a buffer grown by doubling.
+        self._flags: npt.NDArray[np.bool_] = np.zeros(0, np.bool_)
+        self.dead: npt.NDArray[np.bool_] = self._flags
+        self.n_dead = 0
+
+    @property
+    def height(self) -> int:
+        """Live rows."""
+        return self.size - self.n_dead
+
+    def added(self, rows: int) -> None:
+        """``rows`` more positions were handed out."""
+        self.size += rows
+        if self.size > self._flags.size:
+            grown = np.zeros(max(self.size, 2 * self._flags.size), np.bool_)
+            grown[: self.dead.size] = self.dead
+            self._flags = grown
+        self.dead = self._flags[: self.size]
+
+    def remove(self, positions: Positions, *, compact: bool = True) -> None:
+        """Flag the rows at ``positions`` as removed.
+
+        Once more than half of the rows are removed, the store is rebuilt with the live rows
+        (:meth:`compact`: positions change), unless ``compact`` is false (the caller then
+        compacts when it can follow the change of positions, see :meth:`live_before`).
+        """
+        if positions.size == 0:
+            return
+        self.dead[positions] = True
+        self.n_dead = int(np.count_nonzero(self.dead))
+        if compact and self.n_dead * 2 > self.size:
+            self.compact()
+
+    def compact(self) -> None:
+        """Keep the live rows only (the row at ``p`` moves to ``live_before(p)``)."""
+        raise NotImplementedError
+
+    def live_before(self, position: int) -> int:
+        """How many live rows have a position below ``position``."""
+        return position - int(np.count_nonzero(self.dead[:position]))
+
+
 def _take(frame: pl.DataFrame, rows: Positions) -> pl.DataFrame:
     return frame.select(pl.all().gather(pl.Series(rows, dtype=pl.Int64)))
 
 
-class KeyedRows:
+class KeyedRows(Tombstones):
     """Rows of one join side with a key index: append, probe, gather, remove.
 
     Rows live in segments: a chunk of consecutive positions with its sorted key codes. A new
@@ -423,17 +483,13 @@ class KeyedRows:
     def __init__(
         self, keys: list[str], *, nulls_equal: bool = False, contiguous: list[str] | None = None
     ) -> None:
+        super().__init__()
         self.keys = keys
         self.nulls_equal = nulls_equal
         # The columns a merge of segments copies into one piece of memory (all by default);
         # the others keep their pieces (each row stays where it was written).
         self.contiguous = contiguous
         self.segments: list[_Segment] = []
-        self.size = 0  # positions handed out (live and removed rows)
-        # Tombstones: a view of the first ``size`` flags of a buffer grown by doubling.
-        self._flags: npt.NDArray[np.bool_] = np.zeros(0, np.bool_)
-        self.dead: npt.NDArray[np.bool_] = self._flags
-        self.n_dead = 0
         self.kind: CodeKind = "value"
         # Exact codes in a compact range are indexed by direct address (the segments then
         # hold no codes); None: the segments' sorted codes are the index. A store that left
@@ -441,11 +497,6 @@ class KeyedRows:
         # it again after each compaction, at the cost of indexing them twice.
         self.direct: _Direct | None = None
         self.direct_ok = True
-
-    @property
-    def height(self) -> int:
-        """Live rows."""
-        return self.size - self.n_dead
 
     def append(
         self,
@@ -484,12 +535,7 @@ class KeyedRows:
         else:
             order = stable_argsort(indexed)
             seg = _Segment(self.size, rows, indexed[order], offsets[order])
-        self.size += rows.height
-        if self.size > self._flags.size:
-            grown = np.zeros(max(self.size, 2 * self._flags.size), np.bool_)
-            grown[: self.dead.size] = self.dead
-            self._flags = grown
-        self.dead = self._flags[: self.size]
+        self.added(rows.height)
         while self.segments and self.segments[-1].frame.height <= 2 * seg.frame.height:
             prev = self.segments.pop()
             frame = self._joined(prev.frame, seg.frame)
@@ -698,20 +744,6 @@ class KeyedRows:
         frame = self.segments[0].frame
         return (frame if columns is None else frame.select(columns)).clear()
 
-    def remove(self, positions: Positions, *, compact: bool = True) -> None:
-        """Drop the rows at ``positions`` (they no longer match, and leave :meth:`live`).
-
-        Once more than half of the rows are removed, the buffer is rebuilt with the live rows
-        (:meth:`compact`: positions change), unless ``compact`` is false (the caller then
-        compacts when it can follow the change of positions, see :meth:`live_before`).
-        """
-        if positions.size == 0:
-            return
-        self.dead[positions] = True
-        self.n_dead = int(np.count_nonzero(self.dead))
-        if compact and self.n_dead * 2 > self.size:
-            self.compact()
-
     def compact(self) -> None:
         """Rebuild the buffer with the live rows only (the row at ``p`` moves to ``live_before(p)``).
 
@@ -722,10 +754,6 @@ class KeyedRows:
             return
         rows = concat([seg.frame for seg in self.segments])
         self.restore(_take(rows, np.flatnonzero(~self.dead)))
-
-    def live_before(self, position: int) -> int:
-        """How many live rows have a position below ``position``."""
-        return position - int(np.count_nonzero(self.dead[:position]))
 
     def live_parts(self, position: int = 0) -> Iterator[pl.DataFrame]:
         """The live rows at ``position`` and after, in the order they came: a frame per segment."""

@@ -20,6 +20,7 @@ that has others makes the owner move the state to its general store.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -28,7 +29,7 @@ import polars as pl
 
 from tideflow.runtime._frames import concat
 from tideflow.runtime._keyed import KeyIndex
-from tideflow.runtime._keyindex import Codes, Positions, stable_lexsort
+from tideflow.runtime._keyindex import Codes, Positions, Tombstones, stable_lexsort
 
 __all__ = ["TopTable", "WideRows", "order_values"]
 
@@ -77,7 +78,7 @@ def order_values(
     return out
 
 
-class WideRows:
+class WideRows(Tombstones):
     """The kept rows, every column: frames appended in arrival order, with tombstones.
 
     Positions are handed out in order; a removed row stays in its frame (flagged) until
@@ -97,16 +98,8 @@ class WideRows:
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self.frames: list[pl.DataFrame] = []
-        self.size = 0  # positions handed out (live and removed rows)
-        self._flags: npt.NDArray[np.bool_] = np.zeros(0, np.bool_)
-        self.dead: npt.NDArray[np.bool_] = self._flags
-        self.n_dead = 0
-
-    @property
-    def height(self) -> int:
-        """Live rows."""
-        return self.size - self.n_dead
 
     def append(self, rows: pl.DataFrame) -> int:
         """Add ``rows`` after the others; returns the position of the first."""
@@ -114,26 +107,8 @@ class WideRows:
         if rows.height == 0:
             return base
         self.frames.append(rows)
-        self.size += rows.height
-        if self.size > self._flags.size:
-            grown = np.zeros(max(self.size, 2 * self._flags.size), np.bool_)
-            grown[: self.dead.size] = self.dead
-            self._flags = grown
-        self.dead = self._flags[: self.size]
+        self.added(rows.height)
         return base
-
-    def remove(self, positions: Positions, *, compact: bool = True) -> None:
-        """Flag the rows at ``positions`` as removed (:meth:`compact` drops them)."""
-        if positions.size == 0:
-            return
-        self.dead[positions] = True
-        self.n_dead = int(np.count_nonzero(self.dead))
-        if compact and self.n_dead * 2 > self.size:
-            self.compact()
-
-    def live_before(self, position: int) -> int:
-        """How many live rows have a position below ``position``."""
-        return position - int(np.count_nonzero(self.dead[:position]))
 
     def compact(self) -> None:
         """Keep the live rows only, as one frame (the row at ``p`` moves to ``live_before(p)``).
@@ -243,6 +218,19 @@ class _CodeIds:
 #: How slots stand for keys: the key value itself (one integer key column, compact values),
 #: a dense id of the exact key code, or a dense id from a key index (any key columns).
 SlotKind = Literal["direct", "codes", "index"]
+
+
+@dataclass(frozen=True)
+class _Tops:
+    """A batch's top rows per key, key by key in rank order (``n == 1``: one per key)."""
+
+    #: The slot of each key, and how many entries it held before the batch.
+    slots: Positions
+    have: Positions
+    #: The top rows (batch row numbers), their order values and 0-based ranks in the batch.
+    rows: Positions
+    values: list[npt.NDArray[np.int64]]
+    ranks: Positions
 
 
 class TopTable:
@@ -368,23 +356,16 @@ class TopTable:
             self._grow(int(slots.max()) + 1, len(values))
         else:
             slots = row_slots[lead if rows is None else rows[lead]]
-        top_values = [v[top] for v in values]
-        top_rows = top if rows is None else rows[top]
         have = self.count[slots].astype(np.int64)
         self.keys_seen += int(np.count_nonzero(have == 0))
-        if self.n == 1:
-            return self._merge_one(batch, slots, have, top_rows, top_values)
-        return self._merge_n(batch, slots, have, top_rows, top_values, ranks)
+        tops = _Tops(
+            slots, have, top if rows is None else rows[top], [v[top] for v in values], ranks
+        )
+        return self._merge_one(batch, tops) if self.n == 1 else self._merge_n(batch, tops)
 
-    def _merge_one(
-        self,
-        batch: pl.DataFrame,
-        slots: Positions,
-        have: Positions,
-        top_rows: Positions,
-        top_values: list[npt.NDArray[np.int64]],
-    ) -> Positions:
+    def _merge_one(self, batch: pl.DataFrame, tops: _Tops) -> Positions:
         """``n == 1``: each key's best batch row replaces its entry if strictly better."""
+        slots, have, top_rows, top_values = tops.slots, tops.have, tops.rows, tops.values
         better = np.ones(slots.size, np.bool_)
         held = np.flatnonzero(have)
         better[held] = self._better([v[held] for v in top_values], slots[held])
@@ -398,20 +379,14 @@ class TopTable:
         out: Positions = lost
         return out
 
-    def _merge_n(
-        self,
-        batch: pl.DataFrame,
-        slots: Positions,
-        have: Positions,
-        top_rows: Positions,
-        top_values: list[npt.NDArray[np.int64]],
-        ranks: Positions,
-    ) -> Positions:
+    def _merge_n(self, batch: pl.DataFrame, tops: _Tops) -> Positions:
         """The kept entries of the batch's keys and its top rows ranked together.
 
         Keys without entries take the batch's top rows as they are; the others rank their
         entries and the batch's top rows in one sort.
         """
+        slots, have, top_rows, top_values = tops.slots, tops.have, tops.rows, tops.values
+        ranks = tops.ranks
         n = self.n
         run = np.cumsum(ranks == 0) - 1  # the key (0..k-1) of each top row
         is_old = (have > 0)[run]
