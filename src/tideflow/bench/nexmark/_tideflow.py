@@ -667,8 +667,9 @@ _WORD_INTEGERS = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl
 _NULL_VIEW = np.uint64(0xFFFFFFFF)
 
 
-def _view_words(column: pl.Series) -> np.ndarray[Any, np.dtype[np.uint64]]:
-    """The 16-byte Arrow string (or binary) view of each row of ``column`` as two words.
+def _view_words(column: pl.Series) -> np.ndarray[Any, np.dtype[np.uint64]] | None:
+    """The 16-byte Arrow string (or binary) view of each row of ``column`` as two words
+    (``None`` if Polars hands the column to Arrow in another layout).
 
     Equal views mean equal values: a short value (12 bytes or less) is inside its view, a
     longer one is named by its length, first bytes and place in the array's buffers. Nulls
@@ -677,6 +678,8 @@ def _view_words(column: pl.Series) -> np.ndarray[Any, np.dtype[np.uint64]]:
     usually have equal views.
     """
     array = column.to_arrow(compat_level=pl.CompatLevel.newest())  # one chunk
+    if not (pa.types.is_string_view(array.type) or pa.types.is_binary_view(array.type)):
+        return None
     views = np.frombuffer(array.buffers()[1], dtype=np.uint64)
     words = views[2 * array.offset : 2 * (array.offset + len(array))].reshape(-1, 2)
     if column.null_count():
@@ -695,7 +698,10 @@ def _row_words(frame: pl.DataFrame) -> np.ndarray[Any, np.dtype[np.uint64]] | No
     for column in frame.get_columns():
         dtype = column.dtype
         if dtype in (pl.String, pl.Binary):
-            parts.append(_view_words(column))
+            views = _view_words(column)
+            if views is None:
+                return None
+            parts.append(views)
             continue
         if isinstance(dtype, (pl.Categorical, pl.Enum)):  # ids name values exactly
             column = column.to_physical()
