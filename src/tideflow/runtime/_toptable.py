@@ -261,6 +261,10 @@ class TopTable:
         self.keys = keys
         self.n = n
         self.rows = WideRows()
+        # The 0-based rank of the kept row at each position of ``rows`` (set by the merge
+        # that last ranked its key; the first ``rows.size`` entries of a buffer grown by
+        # doubling), so the end reads the ranks in the rows' order.
+        self.rank_at: npt.NDArray[np.uint8] = np.zeros(0, np.uint8)
         self.count: npt.NDArray[np.int32] = np.zeros(0, np.int32)
         self.ref: npt.NDArray[np.int64] = _NONE
         self.order: list[npt.NDArray[np.int64]] = []
@@ -372,7 +376,9 @@ class TopTable:
         lost = self.ref[slots[held[better[held]]]]
         win = np.flatnonzero(better)
         flat = slots[win]
-        self.ref[flat] = self._append(batch, top_rows[win])
+        refs = self._append(batch, top_rows[win])
+        self.ref[flat] = refs
+        self.rank_at[refs] = 0
         for mine, theirs in zip(self.order, top_values, strict=True):
             mine[flat] = theirs[win]
         self.count[flat] = 1
@@ -407,6 +413,7 @@ class TopTable:
         refs = self._append(batch, top_rows[np.concatenate([fresh, old[kept[from_batch] - held]])])
         flat = slots[run[fresh]] * n + ranks[fresh]
         self.ref[flat] = refs[: fresh.size]
+        self.rank_at[refs[: fresh.size]] = ranks[fresh]
         for mine, theirs in zip(self.order, top_values, strict=True):
             mine[flat] = theirs[fresh]
         kept_refs = np.empty(kept.size, np.int64)
@@ -414,6 +421,7 @@ class TopTable:
         kept_refs[from_batch] = refs[fresh.size :]
         flat = slots[both_key[kept]] * n + rank
         self.ref[flat] = kept_refs
+        self.rank_at[kept_refs] = rank
         for mine, theirs in zip(self.order, both, strict=True):
             mine[flat] = theirs[kept]
         counts = np.concatenate([run[fresh], both_key[kept]])
@@ -432,6 +440,10 @@ class TopTable:
         wins = np.zeros(batch.height, np.bool_)
         wins[won] = True
         base = self.rows.append(batch[np.flatnonzero(wins)])
+        if self.rows.size > self.rank_at.size:
+            grown = np.zeros(max(self.rows.size, 2 * self.rank_at.size), np.uint8)
+            grown[: self.rank_at.size] = self.rank_at
+            self.rank_at = grown
         out: Positions = (base - 1 + np.cumsum(wins))[won]
         return out
 
@@ -495,6 +507,7 @@ class TopTable:
         new_pos = np.cumsum(alive) - 1
         filled = self._filled()
         self.ref[filled] = new_pos[self.ref[filled]]
+        self.rank_at = self.rank_at[: alive.size][alive]
 
     def _filled(self) -> Positions:
         """The flat positions of the filled entries."""
@@ -503,11 +516,9 @@ class TopTable:
 
     # -- reading --------------------------------------------------------------------------------
     def rank_of(self) -> npt.NDArray[np.int64]:
-        """The 0-based rank of the live row at each position of :attr:`rows` (others: -1)."""
-        ranks = np.full(self.rows.size, -1, np.int64)
-        filled = self._filled()
-        ranks[self.ref[filled]] = filled % self.n
-        return ranks
+        """The 0-based rank of the live row at each position of :attr:`rows` (removed rows:
+        the rank they last had)."""
+        return self.rank_at[: self.rows.size].astype(np.int64)
 
     def ranked(self) -> tuple[pl.DataFrame, Positions]:
         """The kept rows in arrival order and their 0-based ranks."""
