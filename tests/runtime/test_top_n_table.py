@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pytest
 from hypothesis import given, settings
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 from tests.runtime.test_top_n import _Ctx
 
 import tideflow as tf
+from tideflow.runtime import _toptable
 from tideflow.runtime._operators import TopNOperator
 from tideflow.runtime._toptable import TopTable
 from tideflow.state import CheckpointStore
@@ -71,6 +73,7 @@ def _emitted(op: TopNOperator) -> list[Any]:
     desc=st.sampled_from([(True, False), (False, True), (True, True)]),
     fold=st.sampled_from([1, 4, 1000]),
     restore_at=st.integers(-1, 9),
+    sparse=st.booleans(),
 )
 def test_top_n_table_equals_brute_force(
     batches: list[list[tuple[Any, Any, int]]],
@@ -78,10 +81,13 @@ def test_top_n_table_equals_brute_force(
     desc: tuple[bool, bool],
     fold: int,
     restore_at: int,
+    sparse: bool,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    saved = TopNOperator.FOLD_ROWS
+    saved, saved_bytes = TopNOperator.FOLD_ROWS, _toptable.SPARSE_BYTES
     TopNOperator.FOLD_ROWS = fold
+    if sparse:  # any table with fewer than a quarter of its entries filled leaves
+        _toptable.SPARSE_BYTES = 0
     try:
         op, recs, i = _op(n, desc), [], 0
         store = CheckpointStore(tmp_path_factory.mktemp("tbl"))
@@ -99,7 +105,7 @@ def test_top_n_table_equals_brute_force(
         op.on_end()
         assert _emitted(op) == _reference(recs, n, desc)
     finally:
-        TopNOperator.FOLD_ROWS = saved
+        TopNOperator.FOLD_ROWS, _toptable.SPARSE_BYTES = saved, saved_bytes
 
 
 def _batch(keys: list[Any], a: list[Any], start: int) -> pl.DataFrame:
@@ -130,3 +136,35 @@ def test_the_table_goes_through_every_kind_of_slot(monkeypatch: pytest.MonkeyPat
     assert op.table is None and op.rows.height
     op.on_end()
     assert _emitted(op) == _reference(recs, 2, (True, False))
+
+
+def test_a_sparse_table_leaves_for_the_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(TopNOperator, "FOLD_ROWS", 1)
+    monkeypatch.setattr(_toptable, "SPARSE_BYTES", 1024)
+    op = _op(5, (True, False))
+    first = _batch(list(range(0, 300, 3)), [1] * 100, 0)  # one row per key: 1/5 filled
+    op.on_batch(0, first)
+    assert op.table is not None and op.table.sparse()
+    second = _batch([0, 3, 600], [2, 0, 4], 100)
+    op.on_batch(0, second)
+    assert op.table is None and not op.table_ok
+    op.on_end()
+    recs = first.rows(named=True) + second.rows(named=True)
+    assert _emitted(op) == _reference(recs, 5, (True, False))
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    batches=st.lists(
+        st.lists(st.integers(-(2**62), 2**62), max_size=40, unique=True), min_size=1, max_size=30
+    )
+)
+def test_code_ids_number_codes_as_a_dict_does(batches: list[list[int]]) -> None:
+    """Dense ids of exact codes (sorted runs merged geometrically) against a dict."""
+    ids, want = _toptable._CodeIds(), {}
+    for batch in batches:
+        for code in batch:
+            want.setdefault(code, len(want))
+        got = ids.lookup(np.array(batch, dtype=np.int64))
+        assert got.tolist() == [want[c] for c in batch]
+    assert all(bool((r[1:] > r[:-1]).all()) for r in ids.runs)

@@ -42,6 +42,11 @@ _NONE = np.zeros(0, np.int64)
 #: Steps with a larger ``n`` keep their rows in the general store (a slot holds ``n`` entries).
 MOST_N = 32
 
+#: Slots holding more than this many bytes, of which fewer than a quarter of the entries are
+#: filled (many keys with few rows, a large ``n``, a sparse range of direct addresses): the
+#: owner keeps the rows in its general store instead (16 to 24 bytes a row).
+SPARSE_BYTES = 64 << 20
+
 
 def order_values(
     frame: pl.DataFrame, columns: list[str], descending: list[bool]
@@ -209,10 +214,26 @@ class _CodeIds:
         self.ids.append(ids)
         runs, run_ids = self.runs, self.ids
         while len(runs) > 1 and runs[-2].size <= 2 * runs[-1].size:
-            both = np.concatenate((runs[-2], runs.pop()))
-            both_ids = np.concatenate((run_ids[-2], run_ids.pop()))
-            order = np.argsort(both, kind="stable")  # two sorted runs: a merge
-            runs[-1], run_ids[-1] = both[order], both_ids[order]
+            last, last_ids = runs.pop(), run_ids.pop()
+            runs[-1], run_ids[-1] = _merged(runs[-1], run_ids[-1], last, last_ids)
+
+
+def _merged(a: Codes, a_ids: Positions, b: Codes, b_ids: Positions) -> tuple[Codes, Positions]:
+    """Two sorted runs of distinct codes (with their ids) merged into one, without a sort.
+
+    Examples
+    --------
+    >>> codes, ids = _merged(np.array([2, 9]), np.array([0, 1]), np.array([5]), np.array([2]))
+    >>> codes.tolist(), ids.tolist()
+    ([2, 5, 9], [0, 2, 1])
+    """
+    at = np.searchsorted(a, b) + np.arange(b.size)  # where b's codes go in the merged run
+    from_a = np.ones(a.size + b.size, np.bool_)
+    from_a[at] = False
+    codes, ids = np.empty(from_a.size, np.int64), np.empty(from_a.size, np.int64)
+    codes[at], ids[at] = b, b_ids
+    codes[from_a], ids[from_a] = a, a_ids
+    return codes, ids
 
 
 #: How slots stand for keys: the key value itself (one integer key column, compact values),
@@ -272,6 +293,7 @@ class TopTable:
         self.codes = _CodeIds()
         self.index = KeyIndex(tuple(keys))
         self.keys_seen = 0  # slots holding entries
+        self.entries = 0  # filled entries in all slots
 
     # -- slots ----------------------------------------------------------------------------------
     def _grow(self, size: int, columns: int) -> None:
@@ -287,6 +309,12 @@ class TopTable:
         self.count = count
         self.ref = _grown(self.ref, cap * n)
         self.order = [_grown(values, cap * n) for values in self.order]
+
+    def sparse(self) -> bool:
+        """Whether the slots hold more than :data:`SPARSE_BYTES`, a quarter of them filled."""
+        entries = self.count.size * self.n
+        size = entries * 8 * (len(self.order) + 1) + self.count.size * 4
+        return size > SPARSE_BYTES and self.entries * 4 < entries
 
     def _renumber(self, kind: SlotKind, held: Positions, slots: Positions) -> None:
         """Move the entries of slots ``held`` to ``slots`` (a new kind of slot)."""
@@ -328,9 +356,11 @@ class TopTable:
 
         Returns the positions of the kept rows that lost their place (for the owner to
         remove from :attr:`rows`), or None, changing nothing, when the batch has another
-        number of order columns than the ones before.
+        number of order columns than the ones before or the slots are :meth:`sparse`.
         """
         if self.order and len(values) != len(self.order):
+            return None
+        if self.sparse():
             return None
         if batch.height == 0:
             return _NONE
@@ -382,6 +412,7 @@ class TopTable:
         for mine, theirs in zip(self.order, top_values, strict=True):
             mine[flat] = theirs[win]
         self.count[flat] = 1
+        self.entries += int(np.count_nonzero(have[win] == 0))
         out: Positions = lost
         return out
 
@@ -425,7 +456,9 @@ class TopTable:
         for mine, theirs in zip(self.order, both, strict=True):
             mine[flat] = theirs[kept]
         counts = np.concatenate([run[fresh], both_key[kept]])
-        self.count[slots] = np.bincount(counts, minlength=slots.size)
+        now = np.bincount(counts, minlength=slots.size)
+        self.entries += int(now.sum() - have.sum())
+        self.count[slots] = now
         lost = np.ones(held, np.bool_)
         lost[kept[~from_batch]] = False
         out: Positions = ex_ref[lost]
