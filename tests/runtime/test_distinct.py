@@ -283,7 +283,7 @@ def test_n_unique_recovers_after_abort(workers: int, tmp_path: Path) -> None:
     cp = CheckpointStore(ck).latest()
     assert cp is not None
     snaps = [p["distinct_rec.stats"] for p in cp.parts]
-    assert all(s["version"] == 4 for s in snaps)
+    assert all(s["version"] == 5 for s in snaps)
     # the distinct pairs are in the checkpoint, as chunks of the shared store
     chunks = [c for s in snaps for entry in s["pairs"].values() for c in entry["codes"]]
     assert chunks and all(isinstance(c, SnapshotChunk) for c in chunks)
@@ -439,7 +439,7 @@ def _snapshot_through_store(
             if n not in marks:
                 continue
             snap = state.snapshot()
-            assert snap["version"] == 4
+            assert snap["version"] == 5
             seen = _pairs_of(rows[: (n + 1) * size])
             for name, entry in snap["pairs"].items():
                 held = _chunk_rows(state, entry)
@@ -554,7 +554,7 @@ def test_version_3_snapshot_restores_and_rescales() -> None:
     restored.update(rest)
     assert as_dict(restored.all_values()) == reference(rows)
     again = restored.snapshot()  # written as version 4, every pair once
-    assert again["version"] == 4
+    assert again["version"] == 5
     for name, entry in again["pairs"].items():
         held = _chunk_rows(restored, entry)
         assert len(held) == len(_pairs_of(rows)[name]) and set(held) == _pairs_of(rows)[name]

@@ -1001,28 +1001,32 @@ class KeyedStream:
             for s in specs:
                 out_schema[s.name] = _agg_dtype(s, schema)
         combine = all(s.kind != "top_k" for s in specs)
+        # n_unique: the rows themselves cross the shuffle (the columns read, nothing else); the
+        # aggregation deduplicates their (key, value) pairs as integer codes, cheaper than a
+        # combiner's per-key lists of distinct values.
+        rows = any(s.kind == "n_unique" for s in specs)
         if combine:
             # Combiner: reduce each batch to one partial row per key before the shuffle.
             from tideflow.runtime._keyed import AggState
 
             exprs = AggState(self.keys, tuple(specs)).partial_exprs()
             keys = list(self.keys)
-            reads = frozenset(keys) | {s.column for s in specs if s.column is not None}
+            cols = list(dict.fromkeys([*keys, *(s.column for s in specs if s.column)]))
+            reads = frozenset(cols)
+
+            def partial(df: pl.DataFrame) -> pl.DataFrame:
+                return df.select(cols) if rows else df.group_by(keys).agg(exprs)
+
             pre = KeyedStream(
                 self.stream._frame(
-                    "combine",
-                    None,
-                    lambda df: df.group_by(keys).agg(exprs),
-                    "combine",
-                    user_fn=True,
-                    needs=lambda _: reads,
+                    "combine", None, partial, "combine", user_fn=True, needs=lambda _: reads
                 ),
                 self.keys,
             )
             up = pre._exchange(step_id)
         else:
             up = self._exchange(step_id)
-        op = AggOp(self.keys, tuple(specs), emit, combine, ttl, backend)
+        op = AggOp(self.keys, tuple(specs), emit, combine and not rows, ttl, backend)
         if isinstance(backend, DiskState):
             check_disk_agg(step_id, op, schema, "state=DiskState")
         node = flow._add("agg", [up], op, step_id, schema=out_schema)

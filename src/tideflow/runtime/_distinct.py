@@ -21,7 +21,7 @@ import polars as pl
 
 from tideflow._errors import StateError
 
-__all__ = ["DistinctPairs"]
+__all__ = ["DistinctPairs", "family_counts", "member_pairs"]
 
 _MAX_BITS = 62  # key bits + slot bits; codes stay positive int64
 
@@ -444,3 +444,63 @@ def _sorted_unique(codes: np.ndarray) -> np.ndarray:
 
 def _physical_type(dtype: pl.DataType) -> bool:
     return dtype.is_float() or dtype == pl.Boolean or dtype.is_integer() or dtype.is_temporal()
+
+
+# -- families: several n_unique columns in one set -------------------------------------------
+def family_counts(
+    pairs: DistinctPairs, flag_bits: int, members: list[int], n: int
+) -> list[np.ndarray]:
+    """Distinct counts per key id ``0 .. n - 1`` of each member of a family of columns.
+
+    A family holds the distinct values of a base column and of member columns that are each,
+    row by row, either null or the base's value (``pl.when(cond).then(base)``). Its pairs are
+    ``(key << flag_bits | flags, value of the base)``, ``flags`` having bit ``b`` set when
+    the row's member ``b`` was not null. ``members`` are the flag bits asked for (``-1``: the
+    base itself): the base counts the distinct values of a key (null included); member ``b``
+    those of the pairs with bit ``b`` set, plus one when a pair of the key has it clear (the
+    member was null in a row of the key).
+
+    Examples
+    --------
+    >>> d = DistinctPairs()
+    >>> rows = np.array([0, 0, 0, 1])  # key ids of four rows
+    >>> flags = np.array([1, 0, 1, 1])  # bit 0: the member was not null in the row
+    >>> _ = d.add(rows << 1 | flags, pl.Series([5, 6, 5, 7]))
+    >>> [c.tolist() for c in family_counts(d, 1, [-1, 0], 2)]
+    [[2, 1], [2, 1]]
+    """
+    codes = pairs.codes
+    bits = pairs.bits
+    kp = codes >> bits
+    key = kp >> flag_bits
+    flags = kp & ((1 << flag_bits) - 1)
+    x = (key << bits) | (codes & ((1 << bits) - 1))  # (key, value) without the flags
+    seen = np.flatnonzero(np.bincount(flags, minlength=1 << flag_bits))  # the flag patterns
+    out = []
+    for bit in members:
+        if bit < 0:
+            xs = x if len(seen) < 2 else _sorted_unique(x)
+            out.append(np.bincount(xs >> bits, minlength=n)[:n])
+            continue
+        sel = ((flags >> bit) & 1).astype(np.bool_)
+        xs = x[sel]
+        if int(((seen >> bit) & 1).sum()) > 1:  # a pair may be there under several patterns
+            xs = _sorted_unique(xs)
+        got = np.bincount(xs >> bits, minlength=n)[:n]
+        null = np.zeros(n, dtype=np.int64)
+        null[key[~sel]] = 1
+        out.append(got + null)
+    return out
+
+
+def member_pairs(pairs: DistinctPairs, flag_bits: int, bit: int) -> pl.DataFrame:
+    """The distinct (``__id``, ``value``) pairs of one member of a family (see
+    :func:`family_counts`; ``bit`` -1: the base), in no particular order."""
+    frame = pairs.frame()
+    kp = frame.get_column("__id").to_numpy()
+    values = frame.get_column("value")
+    if bit >= 0:
+        has = pl.Series(((kp >> bit) & 1).astype(np.bool_))
+        values = pl.select(pl.when(has).then(values)).to_series().alias("value")
+    out = pl.DataFrame([pl.Series("__id", kp >> flag_bits), values])
+    return out.unique() if flag_bits else out

@@ -17,11 +17,11 @@ import polars as pl
 
 from tideflow._errors import StateError
 from tideflow.api._aggs import AggSpec
-from tideflow.runtime._distinct import DistinctPairs
+from tideflow.runtime._distinct import DistinctPairs, family_counts, member_pairs
 from tideflow.runtime._frames import frame_chunk, read_parts
 from tideflow.state._store import SnapshotChunk
 
-__all__ = ["AggState", "KeyIndex", "decode_pairs", "table_of_rows"]
+__all__ = ["AggState", "KeyIndex", "decode_pairs", "pair_frames", "table_of_rows"]
 
 
 class KeyIndex:
@@ -260,6 +260,9 @@ _HASH_SEED = 0x7F4A7C15
 _ID = "__tideflow_id"
 _VALUE = "__value"
 _CODE = "__code"
+_ROW = "__tideflow_row"
+#: At most this many member columns share a family's set (their flags take key bits).
+_MAX_MEMBERS = 8
 #: More snapshot chunks than this per ``n_unique``: the newest ``_MERGE_CHUNKS`` become one.
 _MAX_CHUNKS = 16
 _MERGE_CHUNKS = 8
@@ -320,6 +323,19 @@ def decode_pairs(entry: dict[str, Any], *, deferred: bool = False) -> DistinctPa
     return DistinctPairs.decoded(entry, codes, dictionary, deferred=deferred)
 
 
+def pair_frames(name: str, entry: dict[str, Any]) -> dict[str, pl.DataFrame]:
+    """The distinct pairs of each ``n_unique`` in one ``pairs`` entry of a version-4 or 5
+    aggregation snapshot: aggregate name -> (``__id``, ``value``) frame.
+
+    A version-5 entry is a family (``members``, ``flag_bits``; see ``AggState.snapshot``);
+    version 4's holds the pairs of the aggregate ``name`` alone.
+    """
+    pairs = decode_pairs(entry)
+    flag_bits = int(entry.get("flag_bits", 0))
+    members = entry.get("members") or [[name, -1]]
+    return {m: member_pairs(pairs, flag_bits, int(bit)) for m, bit in members}
+
+
 def _grow(arr: np.ndarray, n: int, fill: Any) -> np.ndarray:
     if n <= len(arr):
         return arr
@@ -361,6 +377,16 @@ class AggState:
         self._partial_exprs: list[pl.Expr] = []
         for s in specs:
             self._partial_exprs.extend(self._partials(s))
+        #: The partials of the aggregates other than ``n_unique`` (see :meth:`update`).
+        self._scalar_exprs = [e for s in specs if s.kind != "n_unique" for e in self._partials(s)]
+        self._unique = {s.name: s for s in specs if s.kind == "n_unique"}
+        #: The ``n_unique`` sets by family (the key of ``_distinct``): the aggregates sharing
+        #: the set, each with its flag bit (-1: the base, whose column gives the values), and
+        #: the family's number of flag bits (0: one aggregate, counted as pairs are added).
+        self._members: dict[str, list[list[Any]]] = {}
+        self._flag_bits: dict[str, int] = {}
+        #: Families whose set changed since their counts were taken.
+        self._stale: set[str] = set()
 
     # -- partial aggregation --------------------------------------------------------------
     @property
@@ -427,7 +453,23 @@ class AggState:
         return arr
 
     def update(self, batch: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray]:
-        """Fold one batch of raw rows in; return the batch's distinct keys and their ids."""
+        """Fold one batch of raw rows in; return the batch's distinct keys and their ids.
+
+        With ``n_unique`` aggregates, the group-by makes no per-key lists of distinct values:
+        it gives each row's key id (from a list of the rows of each key), and the (key id,
+        value) pairs are deduplicated as integer codes (:meth:`_fold_rows`).
+        """
+        if self._unique:
+            part = batch.with_row_index(_ROW).group_by(self.keys).agg(
+                *self._scalar_exprs, pl.col(_ROW)
+            )
+            ids, _ = self.index.lookup(part)
+            rows = part.get_column(_ROW)
+            row_ids = np.empty(batch.height, dtype=np.int64)
+            row_ids[rows.explode().to_numpy()] = np.repeat(ids, rows.list.len().to_numpy())
+            out = self._fold(part.drop(_ROW), batch, ids)
+            self._fold_rows(batch, row_ids)
+            return out
         if self._partial_exprs:
             partial = batch.group_by(self.keys).agg(self._partial_exprs)
         else:
@@ -485,7 +527,7 @@ class AggState:
                 self._merge_extreme(s, p, partial, ids, n)
             elif s.kind == "top_k":
                 self._merge_topk(s, partial.get_column(p).to_list(), ids, n)
-            elif s.kind == "n_unique":
+            elif s.kind == "n_unique" and p in partial.columns:
                 self._merge_unique(s, partial, ids, n)
         return partial.select(self.keys), ids
 
@@ -527,9 +569,7 @@ class AggState:
         it had a null (``__name_null``).
         """
         p = f"__{s.name}"
-        distinct = self._distinct.get(s.name)
-        if distinct is None:
-            distinct = self._distinct[s.name] = DistinctPairs(deferred=self.deferred)
+        self._dissolve()
         lists = partial.get_column(p)
         values = lists.explode(empty_as_null=False)
         key_ids = np.repeat(ids, lists.list.len().to_numpy())
@@ -538,18 +578,130 @@ class AggState:
             key_ids = np.concatenate((key_ids, ids[had]))
             nulls = pl.Series(values.name, [None] * int(had.sum()), dtype=values.dtype)
             values = pl.concat([values, nulls])
-        fresh = distinct.add(key_ids, values)
-        arr = self._array(f"__{s.name}", np.int64, 0, n)
-        if len(fresh):
+        self._add_pairs(self._family_of(s.name), key_ids, values, n)
+
+    # -- n_unique by rows: families of columns ---------------------------------------------
+    def _family_of(self, name: str) -> str:
+        """The family whose set holds the pairs of the ``n_unique`` ``name`` (made if new)."""
+        for fam, members in self._members.items():
+            if any(m == name for m, _ in members):
+                return fam
+        self._members[name] = [[name, -1]]
+        self._flag_bits[name] = 0
+        return name
+
+    def _plan(self, batch: pl.DataFrame) -> None:
+        """Group the ``n_unique`` columns into families, from the first batch.
+
+        A column that is null or equal to another one in every row (``pl.when(cond)
+        .then(col)``, a count of a subset of the rows) joins that column's family when the
+        aggregation emits at the end (its counts are taken from the set when read); later
+        batches check it again (:meth:`_fold_rows`). Otherwise each has its own set.
+        """
+        bases: list[str] = []
+        for name, s in self._unique.items():
+            column = s.column
+            assert column is not None
+            home = None
+            for fam in bases if self.deferred else ():
+                base = self._unique[fam].column
+                assert base is not None
+                if self._flag_bits[fam] < _MAX_MEMBERS and self._follows(batch, column, base):
+                    home = fam
+                    break
+            if home is None:
+                bases.append(name)
+                self._members[name] = [[name, -1]]
+                self._flag_bits[name] = 0
+            else:
+                self._members[home].append([name, self._flag_bits[home]])
+                self._flag_bits[home] += 1
+
+    @staticmethod
+    def _follows(batch: pl.DataFrame, column: str, base: str) -> bool:
+        """Whether ``column`` is null or equal to ``base`` in every row of ``batch``."""
+        if batch.schema[column] != batch.schema[base]:
+            return False
+        c = pl.col(column)
+        try:
+            return bool(batch.select((c.is_null() | c.eq_missing(pl.col(base))).all()).item())
+        except pl.exceptions.PolarsError:
+            return False
+
+    def _fold_rows(self, batch: pl.DataFrame, row_ids: np.ndarray) -> None:
+        """Fold in the (key id, value) pairs of every ``n_unique`` of a batch's rows."""
+        n = len(self.index)
+        if not self._members:
+            self._plan(batch)
+        for fam in list(self._members):
+            members = self._members[fam]
+            base = self._unique[members[0][0]].column
+            assert base is not None
+            for name, bit in members[1:]:  # still null or the base's value?
+                column = self._unique[name].column
+                assert column is not None
+                if not self._follows(batch, column, base):
+                    self._split(fam, name, bit)
+            flag_bits = self._flag_bits[fam]
+            keys = row_ids
+            if flag_bits:
+                flags = np.zeros(batch.height, dtype=np.int64)
+                for name, bit in self._members[fam][1:]:
+                    column = self._unique[name].column
+                    assert column is not None
+                    flags |= batch.get_column(column).is_not_null().to_numpy().astype(
+                        np.int64
+                    ) << bit
+                keys = (row_ids << flag_bits) | flags
+            self._add_pairs(fam, keys, batch.get_column(base), n)
+
+    def _add_pairs(self, fam: str, keys: np.ndarray, values: pl.Series, n: int) -> None:
+        """Add pairs to a family's set (``keys``: key ids, with the flags if it has some)."""
+        distinct = self._distinct.get(fam)
+        if distinct is None:
+            distinct = self._distinct[fam] = DistinctPairs(deferred=self.deferred)
+        fresh = distinct.add(keys, values)
+        for name, _ in self._members[fam]:
+            arr = self._array(f"__{name}", np.int64, 0, n)
+        if self._flag_bits[fam]:
+            self._stale.add(fam)
+        elif len(fresh):
             arr += np.bincount(fresh, minlength=len(arr))
 
+    def _split(self, fam: str, name: str, bit: int) -> None:
+        """Give the member ``name`` of a family a set of its own (it no longer follows the base)."""
+        self._settle()
+        pairs = member_pairs(self._distinct[fam], self._flag_bits[fam], bit)
+        self._members[fam] = [m for m in self._members[fam] if m[0] != name]
+        self._members[name] = [[name, -1]]
+        self._flag_bits[name] = 0
+        one = self._distinct[name] = DistinctPairs(deferred=self.deferred)
+        if pairs.height:
+            one.add(pairs.get_column("__id").to_numpy(), pairs.get_column("value"), defer=False)
+
+    def _dissolve(self) -> None:
+        """Give every member of a family a set of its own (before pairs come as lists)."""
+        for fam in list(self._members):
+            for name, bit in list(self._members[fam][1:]):
+                self._split(fam, name, bit)
+
     def _settle(self) -> None:
-        """Count the pending pairs of every deferred ``n_unique`` (see :class:`DistinctPairs`)."""
+        """Count the pending pairs of every deferred ``n_unique`` (see :class:`DistinctPairs`);
+        take the counts of the families that changed from their sets."""
+        n = len(self.index)
         for name, distinct in self._distinct.items():
             fresh = distinct.settle()
-            if len(fresh):
+            if self._flag_bits.get(name):
+                if len(fresh) or name in self._stale:
+                    bits = [bit for _, bit in self._members[name]]
+                    counts = family_counts(distinct, self._flag_bits[name], bits, n)
+                    for (member, _), got in zip(self._members[name], counts, strict=True):
+                        arr = self._array(f"__{member}", np.int64, 0, n)
+                        arr[:n] = got
+            elif len(fresh):
                 arr = self._arrays[f"__{name}"]
                 arr += np.bincount(fresh, minlength=len(arr))
+        self._stale.clear()
 
     # -- output ---------------------------------------------------------------------------
     def values(self, keys: pl.DataFrame, ids: np.ndarray) -> pl.DataFrame:
@@ -581,7 +733,7 @@ class AggState:
 
     # -- snapshots ------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
-        """Plain-data state (version 4): chunks of the table, and of the distinct pairs.
+        """Plain-data state (version 5): chunks of the table, and of the distinct pairs.
 
         ``rows`` is a list of :class:`~tideflow.state.SnapshotChunk`\\ s of table rows (key
         columns, accumulators, ``__id``): each snapshot adds one chunk of the keys changed
@@ -592,8 +744,11 @@ class AggState:
         a value dictionary, chunks of its values in id order: each snapshot adds one chunk of
         the codes that are new since the previous one and one of the new values (all of them
         again after the codes changed: a wider value range, a larger dictionary, a compaction).
-        So a checkpoint writes what changed, not the whole state. Version 3 wrote (key id,
-        value) rows instead of codes.
+        So a checkpoint writes what changed, not the whole state. Version 5 keys the pairs
+        by family (:meth:`_plan`): an entry names its ``members`` (aggregate name and flag bit,
+        -1 for the base) and its ``flag_bits``, its key ids carrying the flags; version 4 had
+        one entry per ``n_unique`` and no flags. Version 3 wrote (key id, value) rows instead
+        of codes.
         """
         self._settle()
         n = len(self.index)
@@ -606,9 +761,16 @@ class AggState:
         if len(ids) or not self._rows:
             self._rows.append(frame_chunk(self._table_rows(ids), "lz4"))
             self._row_count += len(ids)
-        pairs = {name: self._pair_entry(name, d) for name, d in self._distinct.items()}
+        pairs = {
+            name: {
+                **self._pair_entry(name, d),
+                "members": [list(m) for m in self._members[name]],
+                "flag_bits": self._flag_bits[name],
+            }
+            for name, d in self._distinct.items()
+        }
         return {
-            "version": 4,
+            "version": 5,
             "rows": list(self._rows),
             "dtypes": _ipc(pl.DataFrame(schema=self._dtypes)),
             "pairs": pairs,
@@ -675,14 +837,14 @@ class AggState:
     def restore(self, snap: dict[str, Any]) -> None:
         """Load a :meth:`snapshot` (replaces the current state); versions 1 to 3 too."""
         version = snap.get("version")
-        if version not in (1, 2, 3, 4):
+        if version not in (1, 2, 3, 4, 5):
             msg = (
-                f"aggregation state version {version!r} is not supported (expected 1 to 4); "
+                f"aggregation state version {version!r} is not supported (expected 1 to 5); "
                 "restore it with the tideflow release that wrote it, or start without it"
             )
             raise StateError(msg)
         self._rows, self._row_count = None, 0
-        if version in (3, 4):
+        if version in (3, 4, 5):
             parts = list(snap.get("rows") or [])
             table = table_of_rows(parts, release=True)
             if parts and all(isinstance(p, SnapshotChunk) for p in parts):
@@ -693,6 +855,7 @@ class AggState:
         self.index = KeyIndex(self.keys)
         self._arrays, self._topk, self._distinct, self._chunks = {}, {}, {}, {}
         self._value_chunks, self._written = {}, {}
+        self._members, self._flag_bits, self._stale = {}, {}, set()
         self._dtypes = {}
         if table.height:
             self.index.lookup(table.select(self.keys))
@@ -705,7 +868,10 @@ class AggState:
                     self._arrays[c] = table.get_column(c).to_numpy().copy()
         self._dtypes = dict(_from_ipc(snap["dtypes"]).schema)
         for name, data in snap.get("pairs", {}).items():
-            if version == 4:
+            five = version == 5
+            self._members[name] = [list(m) for m in data["members"]] if five else [[name, -1]]
+            self._flag_bits[name] = int(data["flag_bits"]) if five else 0
+            if version in (4, 5):
                 self._distinct[name] = self._load_codes(name, data)
                 continue
             if version == 3:
@@ -721,7 +887,8 @@ class AggState:
         """Distinct state from a version-4 entry: code chunks, encoding, dictionary values."""
         parts, value_parts = list(entry.get("codes") or []), list(entry.get("values") or [])
         distinct = decode_pairs(entry, deferred=self.deferred)
-        top = max((int(r[-1] >> distinct.bits) for r in distinct.runs), default=-1)
+        shift = distinct.bits + self._flag_bits[name]
+        top = max((int(r[-1] >> shift) for r in distinct.runs), default=-1)
         if top >= len(self.index):
             msg = (
                 f"aggregation state: the n_unique pairs of {name!r} name keys that the "
@@ -826,8 +993,14 @@ class AggState:
         kept = self.index.compact(keep)
         self._arrays = {name: arr[kept].copy() for name, arr in self._arrays.items()}
         self._topk = {name: [store[i] for i in kept.tolist()] for name, store in self._topk.items()}
-        for distinct in self._distinct.values():
-            distinct.compact(kept, n)
+        for fam, distinct in self._distinct.items():
+            flag_bits = self._flag_bits.get(fam, 0)
+            if flag_bits:  # the key ids carry the flags: keep every flag of a kept key
+                width = 1 << flag_bits
+                parts = (kept[:, None] * width + np.arange(width)).ravel()
+                distinct.compact(parts, n * width)
+            else:
+                distinct.compact(kept, n)
             distinct.new = None  # the ids changed: the next snapshot writes every pair again
         self._chunks, self._value_chunks, self._written, self._rows = {}, {}, {}, None
         return kept

@@ -102,24 +102,28 @@ def _rescale_join(
 
 
 def _agg_pairs_with_keys(snap: dict[str, Any], keys: list[str]) -> dict[str, Any]:
-    """A version-3 or 4 aggregation snapshot in the version-2 layout (one table; pairs with keys).
+    """A version-3, 4 or 5 aggregation snapshot in the version-2 layout (one table; pairs with
+    keys).
 
-    Versions 3 and 4 keep the table as chunks of changed rows and each ``n_unique``'s pairs
-    as chunks of (key id, value) rows (3) or of pair codes with their encoding (4), the id
-    being the key's row in the table; a rescaled restore needs the table and the pairs' key
-    columns to split them by key hash.
+    Versions 3 to 5 keep the table as chunks of changed rows and each ``n_unique``'s pairs
+    as chunks of (key id, value) rows (3) or of pair codes with their encoding (4; 5: one set
+    per family of aggregates), the id being the key's row in the table; a rescaled restore
+    needs the table and the pairs' key columns to split them by key hash (each aggregate's
+    pairs apart again).
     """
-    from tideflow.runtime._keyed import decode_pairs, table_of_rows
+    from tideflow.runtime._keyed import pair_frames, table_of_rows
 
     table = table_of_rows(list(snap.get("rows") or []))
     key_rows = table.select(keys) if table.width else pl.DataFrame(schema=dict.fromkeys(keys))
     pairs: dict[str, bytes] = {}
+    frames: dict[str, pl.DataFrame | None] = {}
     for name, parts in (snap.get("pairs") or {}).items():
-        frame: pl.DataFrame | None = None
-        if snap.get("version") == 4:
-            frame = decode_pairs(parts).frame().rename({"value": "__value"})
+        if snap.get("version") in (4, 5):  # 5: one entry per family of aggregates
+            got = pair_frames(name, parts)
+            frames.update({m: f.rename({"value": "__value"}) for m, f in got.items()})
         else:
-            frame = _union(parts)
+            frames[name] = _union(parts)
+    for name, frame in frames.items():
         if frame is None or not frame.height:
             pairs[name] = _ipc(pl.DataFrame())
             continue
@@ -178,8 +182,10 @@ def _rescale(
             out["spilled"] = spilled
             out["share"] = [w, n]
         return out
-    if kind == "agg" and any(s.get("version") in (3, 4) for s in snaps):
-        snaps = [_agg_pairs_with_keys(s, keys) if s.get("version") in (3, 4) else s for s in snaps]
+    if kind == "agg" and any(s.get("version") in (3, 4, 5) for s in snaps):
+        snaps = [
+            _agg_pairs_with_keys(s, keys) if s.get("version") in (3, 4, 5) else s for s in snaps
+        ]
         first = snaps[0]
     if kind == "agg" and any(s.get("backend") == "sqlite" for s in snaps):
         # On-disk state: every worker's database is read by each new worker, which keeps its
