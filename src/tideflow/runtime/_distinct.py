@@ -471,25 +471,26 @@ def family_counts(
     """
     codes = pairs.codes
     bits = pairs.bits
+    width = 1 << flag_bits
     kp = codes >> bits
-    key = kp >> flag_bits
-    flags = kp & ((1 << flag_bits) - 1)
-    x = (key << bits) | (codes & ((1 << bits) - 1))  # (key, value) without the flags
-    seen = np.flatnonzero(np.bincount(flags, minlength=1 << flag_bits))  # the flag patterns
+    # pairs per (key, flag pattern): a member's pairs under one pattern are distinct values
+    table = np.bincount(kp, minlength=n * width)[: n * width].reshape(n, width)
+    patterns = np.flatnonzero(table.any(axis=0))
     out = []
     for bit in members:
-        if bit < 0:
-            xs = x if len(seen) < 2 else _sorted_unique(x)
-            out.append(np.bincount(xs >> bits, minlength=n)[:n])
-            continue
-        sel = ((flags >> bit) & 1).astype(np.bool_)
-        xs = x[sel]
-        if int(((seen >> bit) & 1).sum()) > 1:  # a pair may be there under several patterns
-            xs = _sorted_unique(xs)
-        got = np.bincount(xs >> bits, minlength=n)[:n]
-        null = np.zeros(n, dtype=np.int64)
-        null[key[~sel]] = 1
-        out.append(got + null)
+        with_bit = patterns[(patterns >> bit) & 1 == 1] if bit >= 0 else patterns
+        if len(with_bit) == 1:
+            got = table[:, with_bit[0]].copy()
+        elif not len(with_bit):
+            got = np.zeros(n, dtype=np.int64)
+        else:  # a value may be there under several patterns: count it once
+            sel = np.ones(len(kp), dtype=np.bool_) if bit < 0 else ((kp >> bit) & 1) == 1
+            x = ((kp[sel] >> flag_bits) << bits) | (codes[sel] & ((1 << bits) - 1))
+            got = np.bincount(_sorted_unique(x) >> bits, minlength=n)[:n]
+        if bit >= 0:  # a null of the member: a pair of the key under a pattern without it
+            without = patterns[(patterns >> bit) & 1 == 0]
+            got += table[:, without].any(axis=1)
+        out.append(got.astype(np.int64, copy=False))
     return out
 
 

@@ -460,8 +460,10 @@ class AggState:
         value) pairs are deduplicated as integer codes (:meth:`_fold_rows`).
         """
         if self._unique:
-            part = batch.with_row_index(_ROW).group_by(self.keys).agg(
-                *self._scalar_exprs, pl.col(_ROW)
+            part = (
+                batch.with_row_index(_ROW)
+                .group_by(self.keys)
+                .agg(*self._scalar_exprs, pl.col(_ROW))
             )
             ids, _ = self.index.lookup(part)
             rows = part.get_column(_ROW)
@@ -606,7 +608,10 @@ class AggState:
             for fam in bases if self.deferred else ():
                 base = self._unique[fam].column
                 assert base is not None
-                if self._flag_bits[fam] < _MAX_MEMBERS and self._follows(batch, column, base):
+                if (
+                    self._flag_bits[fam] < _MAX_MEMBERS
+                    and self._follows(batch, [(column, base)])[0]
+                ):
                     home = fam
                     break
             if home is None:
@@ -618,42 +623,61 @@ class AggState:
                 self._flag_bits[home] += 1
 
     @staticmethod
-    def _follows(batch: pl.DataFrame, column: str, base: str) -> bool:
-        """Whether ``column`` is null or equal to ``base`` in every row of ``batch``."""
-        if batch.schema[column] != batch.schema[base]:
-            return False
-        c = pl.col(column)
+    def _follows(batch: pl.DataFrame, pairs: list[tuple[str, str]]) -> list[bool]:
+        """For each (column, base): whether the column is null or equal to the base in every
+        row of ``batch`` (one ``select`` for all)."""
+        schema = batch.schema
+        same = [schema[c] == schema[b] for c, b in pairs]
+        exprs = [
+            (pl.col(c).is_null() | pl.col(c).eq_missing(pl.col(b))).all().alias(f"_{i}")
+            for i, ((c, b), ok) in enumerate(zip(pairs, same, strict=True))
+            if ok
+        ]
+        if not exprs:
+            return same
         try:
-            return bool(batch.select((c.is_null() | c.eq_missing(pl.col(base))).all()).item())
+            got = iter(batch.select(exprs).row(0))
         except pl.exceptions.PolarsError:
-            return False
+            return [False] * len(pairs)
+        return [bool(next(got)) if ok else False for ok in same]
+
+    def _column(self, name: str) -> str:
+        column = self._unique[name].column
+        assert column is not None
+        return column
 
     def _fold_rows(self, batch: pl.DataFrame, row_ids: np.ndarray) -> None:
         """Fold in the (key id, value) pairs of every ``n_unique`` of a batch's rows."""
         n = len(self.index)
         if not self._members:
             self._plan(batch)
-        for fam in list(self._members):
-            members = self._members[fam]
-            base = self._unique[members[0][0]].column
-            assert base is not None
-            for name, bit in members[1:]:  # still null or the base's value?
-                column = self._unique[name].column
-                assert column is not None
-                if not self._follows(batch, column, base):
+        checks = [
+            (fam, name, bit) for fam, members in self._members.items() for name, bit in members[1:]
+        ]
+        if checks:  # members still null or the base's value?
+            pairs = [(self._column(name), self._column(fam)) for fam, name, _ in checks]
+            for (fam, name, bit), ok in zip(checks, self._follows(batch, pairs), strict=True):
+                if not ok:
                     self._split(fam, name, bit)
-            flag_bits = self._flag_bits[fam]
+        flagged = [fam for fam, members in self._members.items() if len(members) > 1]
+        flags = {}
+        if flagged:  # each row's flags: which members are not null
+            exprs = [
+                pl.sum_horizontal(
+                    pl.col(self._column(name)).is_not_null().cast(pl.Int64) * (1 << bit)
+                    for name, bit in self._members[fam][1:]
+                ).alias(fam)
+                for fam in flagged
+            ]
+            got = batch.select(exprs)
+            flags = {fam: got.get_column(fam).to_numpy() for fam in flagged}
+        for fam in list(self._members):
             keys = row_ids
-            if flag_bits:
-                flags = np.zeros(batch.height, dtype=np.int64)
-                for name, bit in self._members[fam][1:]:
-                    column = self._unique[name].column
-                    assert column is not None
-                    flags |= batch.get_column(column).is_not_null().to_numpy().astype(
-                        np.int64
-                    ) << bit
-                keys = (row_ids << flag_bits) | flags
-            self._add_pairs(fam, keys, batch.get_column(base), n)
+            if self._flag_bits[fam]:
+                keys = row_ids << self._flag_bits[fam]
+                if fam in flags:
+                    keys |= flags[fam]
+            self._add_pairs(fam, keys, batch.get_column(self._column(fam)), n)
 
     def _add_pairs(self, fam: str, keys: np.ndarray, values: pl.Series, n: int) -> None:
         """Add pairs to a family's set (``keys``: key ids, with the flags if it has some)."""
