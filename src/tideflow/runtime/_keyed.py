@@ -651,6 +651,10 @@ class AggState:
         n = len(self.index)
         if not self._members:
             self._plan(batch)
+        held = {m for members in self._members.values() for m, _ in members}
+        for name in self._unique:
+            if name not in held:  # restored without pairs of its own: a set of its own
+                self._family_of(name)
         checks = [
             (fam, name, bit) for fam, members in self._members.items() for name, bit in members[1:]
         ]
@@ -859,7 +863,7 @@ class AggState:
         return keys[pairs.get_column("__id")].with_columns(pairs.get_column(_VALUE))
 
     def restore(self, snap: dict[str, Any]) -> None:
-        """Load a :meth:`snapshot` (replaces the current state); versions 1 to 3 too."""
+        """Load a :meth:`snapshot` (replaces the current state); versions 1 to 4 too."""
         version = snap.get("version")
         if version not in (1, 2, 3, 4, 5):
             msg = (
