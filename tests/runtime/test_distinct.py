@@ -6,7 +6,6 @@ import io
 import json
 import tempfile
 from collections import defaultdict
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import polars as pl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.recovery._abort import abort_and_resume
 
 import tideflow as tf
 from tideflow._errors import StateError
@@ -23,7 +23,7 @@ from tideflow.runtime import _distinct, _keyed
 from tideflow.runtime._distinct import DistinctPairs
 from tideflow.runtime._keyed import AggState
 from tideflow.state import CheckpointStore, SnapshotChunk
-from tideflow.testing import ABORT, PAUSE, CollectSink, TestingSource
+from tideflow.testing import CollectSink, TestingSource
 
 # Values of each kind; "wide" integers span the whole int64 range (the dictionary path).
 VALUES = {
@@ -263,39 +263,13 @@ def _flow(items: list[Any], out: CollectSink) -> tf.Dataflow:
 def test_n_unique_recovers_after_abort(workers: int, tmp_path: Path) -> None:
     """Abort mid-stream, resume: the result of the uninterrupted run."""
     rows = _rows(4000)
-    at = 2200
-    plain = CollectSink()
-    # The same item list in every run (ABORT takes the place of a PAUSE): TestingSource deals
-    # items round-robin to the workers, so every batch goes to the same worker each time.
-    tf.run(_flow([*rows[:at], PAUSE, PAUSE, *rows[at:]], plain), workers=workers, batch_size=50)
-    want = as_dict(plain.frame())
-
-    ck = tmp_path / "ck"
-    crashed = CollectSink()
-    with pytest.raises(tf.JobError, match="ABORT"):
-        tf.run(
-            _flow([*rows[:at], PAUSE, ABORT, *rows[at:]], crashed),
-            workers=workers,
-            batch_size=50,
-            checkpoint_dir=ck,
-            checkpoint_interval=timedelta(milliseconds=1),
-        )
-    cp = CheckpointStore(ck).latest()
-    assert cp is not None
+    plain, cp, resumed = abort_and_resume(_flow, rows, 2200, workers, tmp_path / "ck")
     snaps = [p["distinct_rec.stats"] for p in cp.parts]
     assert all(s["version"] == 5 for s in snaps)
     # the distinct pairs are in the checkpoint, as chunks of the shared store
     chunks = [c for s in snaps for entry in s["pairs"].values() for c in entry["codes"]]
     assert chunks and all(isinstance(c, SnapshotChunk) for c in chunks)
-    resumed = CollectSink()
-    tf.run(
-        _flow([*rows[:at], PAUSE, PAUSE, *rows[at:]], resumed),
-        workers=workers,
-        batch_size=50,
-        checkpoint_dir=ck,
-        checkpoint_interval=timedelta(seconds=60),
-    )
-    assert as_dict(resumed.frame()) == want == reference(rows)
+    assert as_dict(resumed.frame()) == as_dict(plain.frame()) == reference(rows)
 
 
 @pytest.mark.parametrize(("before", "after"), [(2, 1), (2, 3), (1, 2)])

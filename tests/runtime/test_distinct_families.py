@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import tempfile
 from collections import defaultdict
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import polars as pl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.recovery._abort import abort_and_resume
 
 import tideflow as tf
 from tideflow.api._aggs import parse_aggs
@@ -26,7 +26,7 @@ from tideflow.runtime import _distinct
 from tideflow.runtime._keyed import AggState
 from tideflow.state import CheckpointStore
 from tideflow.state._resume import _rescale
-from tideflow.testing import ABORT, PAUSE, CollectSink, TestingSource
+from tideflow.testing import CollectSink, TestingSource
 
 VALUES = {
     "small": (st.integers(-5, 5), pl.Int64),
@@ -227,31 +227,8 @@ def test_family_dataflow_matches_reference(workers: int) -> None:
 def test_families_recover_after_abort(workers: int, tmp_path: Path) -> None:
     """Abort mid-stream, resume from the checkpoint: the result of the uninterrupted run."""
     rows = _rows(np.random.default_rng(4), 4000)
-    items = rows.to_dicts()
-    at = 2200
-    plain = CollectSink()
-    tf.run(_flow([*items[:at], PAUSE, PAUSE, *items[at:]], plain), workers=workers, batch_size=50)
-    want = as_dict(plain.frame())
-    ck = tmp_path / "ck"
-    with pytest.raises(tf.JobError, match="ABORT"):
-        tf.run(
-            _flow([*items[:at], PAUSE, ABORT, *items[at:]], CollectSink()),
-            workers=workers,
-            batch_size=50,
-            checkpoint_dir=ck,
-            checkpoint_interval=timedelta(milliseconds=1),
-        )
-    cp = CheckpointStore(ck).latest()
-    assert cp is not None
+    plain, cp, resumed = abort_and_resume(_flow, rows.to_dicts(), 2200, workers, tmp_path / "ck")
     snaps = [p["families.stats"] for p in cp.parts]
     assert all(s["version"] == 5 for s in snaps)
     assert any(e["flag_bits"] >= 3 for s in snaps for e in s["pairs"].values())
-    resumed = CollectSink()
-    tf.run(
-        _flow([*items[:at], PAUSE, PAUSE, *items[at:]], resumed),
-        workers=workers,
-        batch_size=50,
-        checkpoint_dir=ck,
-        checkpoint_interval=timedelta(seconds=60),
-    )
-    assert as_dict(resumed.frame()) == want == reference(rows)
+    assert as_dict(resumed.frame()) == as_dict(plain.frame()) == reference(rows)
