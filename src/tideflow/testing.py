@@ -16,6 +16,7 @@ from typing import Any
 
 import polars as pl
 
+from tideflow._errors import ConfigError
 from tideflow.connectors._base import (
     Sink,
     SinkContext,
@@ -88,7 +89,9 @@ class TestingSource(Source):
 
     Consecutive rows form batches of at most ``batch_size`` rows; item ``i`` of the resulting
     batch list goes to worker ``i % worker_count``. With ``bounded=False`` the source never
-    ends (it reports nothing available once its items are used up).
+    ends (it reports nothing available once its items are used up). ``fixed=True`` declares
+    that no items ever follow the end (the source's ``fixed`` property): the last
+    checkpoint of a job that reads only fixed sources keeps no state of its result steps.
 
     Examples
     --------
@@ -107,15 +110,25 @@ class TestingSource(Source):
         bounded: bool = True,
         batch_size: int | None = None,
         schema: dict[str, pl.DataType] | None = None,
+        fixed: bool = False,
     ) -> None:
         self.items = list(items)
         self._bounded = bounded
+        if fixed and not bounded:
+            msg = "TestingSource(fixed=True) needs bounded=True: an endless source has no end"
+            raise ConfigError(msg)
+        self._fixed = fixed
         self.batch_size = batch_size
         self._schema = schema
 
     @property
     def bounded(self) -> bool:
         return self._bounded
+
+    @property
+    def fixed(self) -> bool:
+        """Whether the items are declared final (``fixed=True``): nothing follows the end."""
+        return self._fixed
 
     def schema(self) -> dict[str, pl.DataType] | None:
         return self._schema

@@ -134,6 +134,17 @@ class Source(abc.ABC):
     def bounded(self) -> bool:
         """True when the input ends by itself (files), false for streams (follow mode, Kafka)."""
 
+    @property
+    def fixed(self) -> bool:
+        """True when nothing is ever added to the input after its end (a generated or given
+        set of records): a job resumed after that end can read nothing new.
+
+        When every source of a job is fixed, the job's last checkpoint, taken after the end,
+        keeps no operator state (see docs/checkpoints.md). False (the default) for inputs that
+        may grow: a directory that gains files, a topic, a table.
+        """
+        return False
+
     def validate(self, step_id: str) -> None:  # noqa: B027 - optional hook
         """Check settings before the job starts; raise :class:`~tideflow.ConfigError`."""
 

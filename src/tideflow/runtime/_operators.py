@@ -36,6 +36,7 @@ from tideflow.runtime._keyindex import (
     stable_lexsort,
 )
 from tideflow.runtime._toptable import MOST_N, TopTable, order_values
+from tideflow.state._resume import FINISHED
 
 if TYPE_CHECKING:
     from tideflow.connectors._base import SinkWriter
@@ -110,6 +111,29 @@ class Operator:
     def state_table(self) -> pl.DataFrame | None:
         """Keyed state as rows (key columns and values), for SQL; None when not queryable."""
         return None
+
+
+class FinishedOperator(Operator):
+    """Stands for a step restored from a checkpoint taken after the job finished.
+
+    Every result of the step went out before that checkpoint (and the sinks committed it), so
+    the checkpoint kept no state. The sources resume at their end: nothing reaches the step,
+    which passes watermarks on and emits nothing at the end. Input that does arrive (a source
+    that has more now) cannot be combined with the state that was not kept: an error.
+    """
+
+    def on_batch(self, index: int, batch: pl.DataFrame) -> None:
+        step = self.node.step_id
+        msg = (
+            f"step '{step}' is resumed from a checkpoint taken after the job finished (all "
+            f"its results were written and no state was kept), and got {batch.height} more "
+            "records; to process new input, run without that checkpoint directory (or with "
+            "an empty one)"
+        )
+        raise StateError(msg)
+
+    def snapshot(self) -> dict[str, Any]:
+        return dict(FINISHED)
 
 
 def _raw(rec: dict[str, Any]) -> str:
@@ -492,9 +516,7 @@ class TopNOperator(Operator):
     checkpoint writes one chunk of what is new and refers to the earlier ones; once the
     chunks hold more than twice the kept rows (keys updated again and again) or number more
     than 32, the kept rows replace them as one chunk (a compaction, amortized; see
-    :class:`~tideflow.runtime._keyindex.ChunkLog`). A restore folds the chunks. Once the
-    input ended and every result was emitted, a snapshot is a marker without rows (see
-    :meth:`snapshot`).
+    :class:`~tideflow.runtime._keyindex.ChunkLog`). A restore folds the chunks.
     """
 
     #: With emit="final", merge appended batches into the state once they hold this many rows.
@@ -523,8 +545,6 @@ class TopNOperator(Operator):
         self.table: TopTable | None = None
         self.table_ok = self.final and self.op.n <= MOST_N
         self.order_schema: dict[str, pl.DataType] | None = None
-        # The input ended and every result went out (see :meth:`snapshot`).
-        self.ended = False
 
     def _no_ranks(self) -> npt.NDArray[Any]:
         return np.zeros(0, np.min_scalar_type(max(self.op.n - 1, 0)))
@@ -748,14 +768,6 @@ class TopNOperator(Operator):
     def on_batch(self, index: int, batch: pl.DataFrame) -> None:
         if batch.height == 0:
             return
-        if self.ended:
-            msg = (
-                f"step '{self.node.step_id}': top_n had emitted its results for an input that "
-                "ended (the checkpoint it resumed from was taken after the end), and got more "
-                "rows; resume from a checkpoint taken before the end, or run with an empty "
-                "checkpoint directory"
-            )
-            raise StateError(msg)
         if self.final:
             self.pending.append(batch)
             self.pending_rows += batch.height
@@ -780,8 +792,7 @@ class TopNOperator(Operator):
         return self.rows.live()
 
     def on_end(self) -> None:
-        restored_after_end, self.ended = self.ended, True
-        if not self.final or restored_after_end:
+        if not self.final:
             return
         self._flush()
         if self.table is not None:
@@ -817,14 +828,7 @@ class TopNOperator(Operator):
         What is new is the kept rows appended since the previous snapshot; once the chunks
         hold more than twice the kept rows or number more than 32, the kept rows become the
         only chunk.
-
-        After the end of the input (:meth:`on_end` ran: every result was emitted, and the
-        checkpoint holds the sinks' share of them) the snapshot is a marker without rows:
-        the kept rows serve no later input, and a job resumed from it must not emit the
-        results again.
         """
-        if self.ended:
-            return {"version": 2, "kind": "top_n", "chunks": [], "ended": True}
         self._flush()
         chunks = self.log.snapshot(self.kept)
         return {"version": 2, "kind": "top_n", "chunks": chunks}
@@ -843,7 +847,6 @@ class TopNOperator(Operator):
         self.table, self.order_schema = None, None
         self.table_ok = self.final and self.op.n <= MOST_N
         self.pending, self.pending_rows = [], 0
-        self.ended = bool(snap.get("ended"))
         frames, kept = read_parts(parts)
         if frames:
             rows = concat(frames)

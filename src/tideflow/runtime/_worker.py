@@ -31,9 +31,10 @@ from tideflow._errors import JobError, TideflowError
 from tideflow.api._graph import Node
 from tideflow.connectors._base import SinkWriter, SourceContext, SourceReader
 from tideflow.runtime._frames import concat
-from tideflow.runtime._operators import Operator, SinkOperator, build_operator
+from tideflow.runtime._operators import FinishedOperator, Operator, SinkOperator, build_operator
 from tideflow.runtime._projection import project_sources
 from tideflow.state._backends import DiskState, StateBackend
+from tideflow.state._resume import FINISHED, JOB, finished
 from tideflow.state._savepoint import fulfil_requests
 from tideflow.state._store import CheckpointStore
 
@@ -452,6 +453,14 @@ class _TimerSlack:
             self._old = None
 
 
+#: Steps whose state only serves results still to come: once the input ended for good and
+#: they emitted everything, a checkpoint keeps the marker ``FINISHED`` instead. (A model's
+#: state, a ``stateful_map``'s or a custom step's, is kept: it may be wanted for itself.)
+_RESULT_KINDS = frozenset(
+    ("event_time", "window", "agg", "top_n", "join_window", "join_interval", "join_table")
+)
+
+
 class _SourceRunner:
     """Polls one source reader and coalesces small polls into batches."""
 
@@ -532,11 +541,17 @@ class Worker:
         self.ops: list[Operator | None] = [None] * len(nodes)
         self.sources: list[_SourceRunner] = []
         mine = cfg.resume_parts[transport.worker_index] if cfg.resume_parts else cfg.resume
+        #: Resumed from a checkpoint taken after the job's end: every result went out before,
+        #: so the steps' results at the end are not written again, unless a source has new
+        #: records (an input that grew), after which the steps go on from their state.
+        self.quiet = bool(mine.get(JOB, {}).get("ended"))
         projected = project_sources(nodes)
         try:
             for n in nodes:
                 ctx = _NodeContext(self, n.index)
-                if n.kind == "source":
+                if finished(mine.get(n.step_id)) and n.kind not in ("source", "sink"):
+                    self.ops[n.index] = FinishedOperator(n, ctx)
+                elif n.kind == "source":
                     sctx = SourceContext(
                         n.step_id,
                         transport.worker_index,
@@ -612,6 +627,8 @@ class Worker:
         self.exchanges = [n.index for n in nodes if n.kind == "exchange"]
         self.exchanges_above = self._exchanges_above()
         self.paced = self._pace_sources()
+        #: No source can ever have more input after its end.
+        self.fixed_inputs = all(getattr(src.node.spec, "fixed", False) for src in self.sources)
 
     def _pace_sources(self) -> list[_SourceRunner]:
         """The sources paced by event time: each feeds an event-time step through stateless
@@ -693,6 +710,8 @@ class Worker:
             if index in self._evaluators:
                 self._model_metric(self.stats[index], batch)
         for dst, inp in self.routes.get((index, port), ()):
+            if self.quiet and self._sinks[dst]:
+                continue  # written before the checkpoint this run resumed from
             st = self.stats[dst]
             st.rows_in += rows
             st.batches += 1
@@ -849,6 +868,8 @@ class Worker:
             data, self.origin = payload
             batch = _from_ipc(data)
             self.stats[index].rows_in += batch.height
+            if batch.height:
+                self.quiet = False  # a peer's source had new records (see ``quiet``)
             try:
                 self.emit(index, "out", batch)
             finally:
@@ -885,6 +906,13 @@ class Worker:
                 self.emit(src.node.index, "dead", got.dead)
                 progressed = True
             if got.data.height:
+                if self.quiet:
+                    self.quiet = False
+                    log.info(
+                        "source '%s' has new records after the end of the run this one "
+                        "resumed from: the steps go on from their state",
+                        src.node.step_id,
+                    )
                 if not src.buffer:
                     src.since = now
                 src.buffer.append(got.data)
@@ -1105,15 +1133,7 @@ class Worker:
             return
         # Every input is at the cut: snapshot operators, pre-commit sinks, write this part.
         state = al.state
-        for node, op in zip(self.nodes, self.ops, strict=True):
-            if op is None:
-                continue
-            if node.index in self.writers:
-                state[node.step_id] = self.writers[node.index].pre_commit(al.cid)
-            elif not isinstance(op, SinkOperator):
-                snap = op.snapshot()
-                if snap:
-                    state[node.step_id] = snap
+        self._snapshot_steps(al.cid, state)
         assert self.store is not None
         entry: dict[str, Any] | None = None
         error = None
@@ -1154,16 +1174,31 @@ class Worker:
         out: dict[str, dict[str, Any]] = {}
         for src in self.sources:
             out[src.node.step_id] = src.reader.snapshot()
+        self._snapshot_steps(checkpoint_id, out)
+        return out
+
+    def _snapshot_steps(self, checkpoint_id: int, out: dict[str, dict[str, Any]]) -> None:
+        """Add every operator's snapshot to ``out``; sinks pre-commit."""
+        # After the end of fixed inputs each step has emitted all its results, which this
+        # checkpoint commits, and no input can follow: a resume has nothing to do with the
+        # state, so none is written (inputs that may grow keep it, so that a later run can go
+        # on with their new records). With several workers, one that ended everything at a
+        # cut got every peer's end before its barrier: they all did.
+        if all(self.ended):
+            out[JOB] = {"ended": True}
+        done = self.fixed_inputs and all(self.ended)
         for n, op in zip(self.nodes, self.ops, strict=True):
             if op is None:
                 continue
             if n.index in self.writers:
                 out[n.step_id] = self.writers[n.index].pre_commit(checkpoint_id)
             elif not isinstance(op, SinkOperator):
+                if done and n.kind in _RESULT_KINDS:
+                    out[n.step_id] = dict(FINISHED)
+                    continue
                 snap = op.snapshot()
                 if snap:
                     out[n.step_id] = snap
-        return out
 
     def commit(self, checkpoint_id: int) -> None:
         """Checkpoint ``checkpoint_id`` is complete: sinks make its output visible."""

@@ -10,10 +10,30 @@ import polars as pl
 from tideflow._errors import StateError
 from tideflow.state._store import Checkpoint, SnapshotChunk
 
-__all__ = ["resume_for"]
+__all__ = ["FINISHED", "JOB", "finished", "resume_for"]
 
 #: Node kinds whose state is keyed by positions (merged over workers): sources and sinks.
 _MERGED = ("source", "sink")
+
+#: What a checkpoint taken after the job finished holds for each operator: every result went
+#: out (and the sinks hold it), so there is no state to keep, only the fact.
+FINISHED: dict[str, Any] = {"finished": True}
+
+
+#: The entry of a checkpoint part about the whole job, beside the steps':
+#: ``{"ended": true}`` when the worker had ended every step (every result went out).
+JOB = "__job__"
+
+
+def finished(snap: dict[str, Any] | None) -> bool:
+    """Whether ``snap`` is the :data:`FINISHED` marker.
+
+    Examples
+    --------
+    >>> finished(FINISHED), finished({"version": 2}), finished(None)
+    (True, False, False)
+    """
+    return snap is not None and snap.get("finished") is True and len(snap) == 1
 
 
 def _ipc(frame: pl.DataFrame) -> bytes:
@@ -206,10 +226,7 @@ def _rescale(
         # worker folds its share (the old workers' chunks are read, not shared).
         rows = _union([s["chunks"] for s in snaps])
         share = [] if rows is None else [_ipc(_own_share(rows, keys, w, n))]
-        out = {"version": 2, "kind": "top_n", "chunks": share}
-        if any(s.get("ended") for s in snaps):  # no input comes after any worker's end
-            out["ended"] = True
-        return out
+        return {"version": 2, "kind": "top_n", "chunks": share}
     if kind == "top_n" and first.get("version") == 1:
         rows = _union([s.get("table") for s in snaps])
         out = dict(first)
@@ -258,6 +275,12 @@ def resume_for(
         elif cp.workers == count:
             if step in cp.parts[worker]:
                 out[step] = cp.parts[worker][step]
+        elif all(finished(s) for s in snaps):
+            out[step] = FINISHED
         else:
-            out[step] = _rescale(step, node.kind, _keys(node), snaps, worker, count, node.spec)
+            # Workers that finished hold no state; the others' is redistributed.
+            live = [s for s in snaps if not finished(s)]
+            out[step] = _rescale(step, node.kind, _keys(node), live, worker, count, node.spec)
+    if cp.parts and all(p.get(JOB, {}).get("ended") for p in cp.parts):
+        out[JOB] = {"ended": True}  # taken after the job's end: its results are all out
     return out

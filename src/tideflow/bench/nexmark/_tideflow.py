@@ -69,6 +69,11 @@ class NexmarkSource(Source):
         """Generated files end."""
         return True
 
+    @property
+    def fixed(self) -> bool:
+        """Generated files never grow."""
+        return True
+
     def validate(self, step_id: str) -> None:
         """Check the file exists."""
         path = Path(self.directory) / f"{self.kind}.parquet"
