@@ -235,9 +235,22 @@ def _bind(node: _Node, empty: pl.DataFrame) -> _Bound:
                 raise _Unsupported
         elif not all(t == pl.Boolean for t in types):  # & | ^ on integers are bitwise
             raise _Unsupported
-        for k in kids:  # a constant (-1 too) must keep its value in the type it is cast to
-            if np_type is not None and not _reads_column(k.node):
-                _check_literal(_constant(k.node), np_type)
+        for i, k in enumerate(kids):  # a constant (-1 too) must keep its value in the type
+            if np_type is not None and not _reads_column(k.node):  # it is cast to
+                value = _constant(k.node)
+                _check_literal(value, np_type)
+                other = kids[1 - i] if len(kids) == 2 else None
+                whole = isinstance(value, int) and not isinstance(value, bool)
+                if (
+                    whole
+                    and k.node.kind != "lit"
+                    and other is not None
+                    and other.dtype.is_integer()
+                ):
+                    # A computed constant (not a literal, whose type Polars chooses to fit)
+                    # is cast to the integer column's type first: ``u8_col / -lit(1)`` is
+                    # null there (-1 is no UInt8).
+                    _check_literal(value, _NUMPY[other.dtype])
             elif np_type is not None and np_type is not np.bool_ and not _lossless(k.dtype, common):
                 # Polars casts such a column non-strictly: a value that does not fit (UInt64
                 # above 2**63 - 1 in Int64) is null there; NumPy would wrap it around.
@@ -375,6 +388,16 @@ def _compile_bound(b: _Bound) -> Eval:
             return floor if op == "FloorDivide" else left - right * floor
 
         return divide
+    if floats and op == "Minus" and not _reads_column(b.children[0].node):
+
+        def minus_from(frame: pl.DataFrame) -> Any:
+            # Polars rewrites 0 - column as -column: 0.0 - 0.0 is -0.0 there.
+            left, right = operands(frame)
+            if left.ndim == 0 and left == 0:
+                return np.negative(right)
+            return left - right
+
+        return minus_from
     if op in ("FloorDivide", "Modulus"):
         lowest = np.iinfo(t).min if np.issubdtype(t, np.signedinteger) else None
         divisor = b.children[1].node
