@@ -18,7 +18,7 @@ import tideflow as tf
 from tideflow import windows
 from tideflow.runtime import _windowing
 from tideflow.state import CheckpointStore
-from tideflow.testing import ABORT, CollectSink, TestingSource
+from tideflow.testing import ABORT, PAUSE, CollectSink, TestingSource
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 MS = timedelta(milliseconds=1)
@@ -138,7 +138,7 @@ def test_sliding_windows_resume_mid_stream_like_an_uninterrupted_run(
     assert saved["pending"] is not None  # open windows' partials, folded from the panes
     resumed = CollectSink()
     tf.run(
-        _flow([*rows[:200], *rows[200:]], 10, 2, resumed),
+        _flow([*rows[:200], PAUSE, *rows[200:]], 10, 2, resumed),  # batched as with the ABORT
         batch_size=3,
         checkpoint_dir=ck,
         checkpoint_interval=timedelta(seconds=60),

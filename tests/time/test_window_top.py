@@ -268,8 +268,13 @@ def crash_and_resume(
         if cp is not None and _positions(cp) > 0:
             break
     assert cp is not None and _positions(cp) > 0
+    # The resumed run reads the same items with a PAUSE where the ABORT was: a source's items
+    # are dealt to the workers by their index, and a checkpoint may hold a position of the
+    # other worker past the ABORT (it reads on while the first one stops): without the
+    # marker, the items after it would be dealt differently and that position would skip or
+    # repeat some of them.
     tf.run(
-        flow(items, resumed),
+        flow([*items[:at], PAUSE, *items[at:]], resumed),
         workers=workers,
         batch_size=1,
         checkpoint_dir=ck,
