@@ -1184,9 +1184,10 @@ class Worker:
         # state, so none is written (inputs that may grow keep it, so that a later run can go
         # on with their new records). With several workers, one that ended everything at a
         # cut got every peer's end before its barrier: they all did.
-        if all(self.ended):
+        ended = all(self.ended)
+        if ended:
             out[JOB] = {"ended": True}
-        done = self.fixed_inputs and all(self.ended)
+        done = self.fixed_inputs and ended
         for n, op in zip(self.nodes, self.ops, strict=True):
             if op is None:
                 continue
